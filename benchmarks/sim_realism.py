@@ -1,0 +1,152 @@
+"""How close is the simulator to the real SDSS catalogue? Prints a table per class.
+
+    python benchmarks/sim_realism.py --catalog ../shared/data/sdss_photometry_labelled.csv.gz
+
+For STAR and QSO: simulated vs real median colours (u-g, g-r, r-i, i-z) and their differences,
+two-sample KS statistics of the r magnitude and of the QSO redshift, and a check of the images:
+the r magnitude measured in a 3" radius aperture on the simulated cutouts (aperture-corrected
+with the median over bright objects) against the true magnitude, plus the fraction of cutouts
+whose sky noise and FWHM lie in SDSS's range. ``--sim DIR`` scores an existing simulation
+(``DIR/catalog.csv``); otherwise ``--n`` objects are simulated in memory with ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import pathlib
+import sys
+import time
+
+import numpy as np
+from scipy.stats import ks_2samp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from starqso.simulate import simulate_object  # noqa: E402
+from starqso.simulate.survey import REDSHIFT_RANGE  # noqa: E402
+
+COLOURS = ("u-g", "g-r", "r-i", "i-z")
+
+
+def read_real(path):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["class"] in ("STAR", "QSO")]
+    mags = np.array([[float(row[band]) for band in "ugriz"] for row in rows])
+    good = np.all((mags > 5) & (mags < 30), axis=1)
+    return {
+        "label": np.array([row["class"] for row in rows])[good],
+        "mags": mags[good],
+        "redshift": np.array([float(row["redshift"]) for row in rows])[good],
+    }
+
+
+def aperture_magnitude(cutout, radius_pixels=3.0 / 0.396):
+    size = cutout.shape[-1]
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
+    radius = np.hypot(xx, yy)
+    sky = np.median(cutout[:, radius > size / 2.0 - 4], axis=1)
+    flux = (cutout[:, radius <= radius_pixels] - sky[:, None]).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flux > 0, 22.5 - 2.5 * np.log10(flux), np.nan)
+
+
+def simulate(num_objects, seed):
+    objects = [simulate_object(index, seed) for index in range(num_objects)]
+    return {
+        "label": np.array([obj.label for obj in objects]),
+        "mags": np.array([obj.mags for obj in objects]),
+        "redshift": np.array([obj.redshift for obj in objects]),
+        "aperture": np.array([aperture_magnitude(obj.cutout) for obj in objects]),
+        "fwhm": np.array([obj.info["psf_fwhm_r"] for obj in objects]),
+    }
+
+
+def read_sim(folder):
+    from starqso.io import read_catalog, read_cutout, resolve_path
+
+    table = read_catalog(pathlib.Path(folder) / "catalog.csv")
+    return {
+        "label": np.array(table["label"]),
+        "mags": np.array([[float(value) for value in table[band]] for band in "ugriz"]).T,
+        "redshift": np.array(table["redshift"], dtype=float),
+        "aperture": np.array([aperture_magnitude(read_cutout(resolve_path(table, p)).data)
+                              for p in table["image"]]),
+        "fwhm": np.array(table["psf_fwhm_r"], dtype=float),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog", required=True, type=pathlib.Path,
+                        help="real labelled SDSS catalogue (CSV, optionally gzipped)")
+    parser.add_argument("--sim", type=pathlib.Path, help="existing simulation folder")
+    parser.add_argument("--n", type=int, default=3000, help="objects to simulate")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    real = read_real(args.catalog)
+    sim = read_sim(args.sim) if args.sim else simulate(args.n, args.seed)
+    elapsed = time.perf_counter() - start
+    print(f"real rows: {len(real['label'])}, simulated objects: {len(sim['label'])} "
+          f"({'from ' + str(args.sim) if args.sim else f'seed {args.seed}'}), {elapsed:.0f} s\n")
+
+    print("| class | colour | sim median | real median | sim - real |")
+    print("|---|---|---|---|---|")
+    worst = 0.0
+    for label in ("STAR", "QSO"):
+        real_colours = np.diff(real["mags"][real["label"] == label][:, ::-1], axis=1)[:, ::-1]
+        sim_colours = np.diff(sim["mags"][sim["label"] == label][:, ::-1], axis=1)[:, ::-1]
+        for k, name in enumerate(COLOURS):
+            real_median = np.median(real_colours[:, k])
+            sim_median = np.median(sim_colours[:, k])
+            worst = max(worst, abs(sim_median - real_median))
+            print(f"| {label} | {name} | {sim_median:.3f} | {real_median:.3f} | "
+                  f"{sim_median - real_median:+.3f} |")
+    print(f"\nlargest median-colour difference: {worst:.3f} mag (goal <= 0.05)\n")
+
+    print("| class | quantity | KS statistic | p-value | sim median | real median |")
+    print("|---|---|---|---|---|---|")
+    for label in ("STAR", "QSO"):
+        real_r = real["mags"][real["label"] == label][:, 2]
+        sim_r = sim["mags"][sim["label"] == label][:, 2]
+        ks = ks_2samp(sim_r, real_r)
+        print(f"| {label} | r | {ks.statistic:.3f} | {ks.pvalue:.2g} | {np.median(sim_r):.2f} | "
+              f"{np.median(real_r):.2f} |")
+    real_z = real["redshift"][real["label"] == "QSO"]
+    sim_z = sim["redshift"][sim["label"] == "QSO"]
+    for name, reference in (("redshift (all real)", real_z),
+                            (f"redshift (real {REDSHIFT_RANGE[0]}-{REDSHIFT_RANGE[1]})",
+                             real_z[(real_z >= REDSHIFT_RANGE[0])
+                                    & (real_z <= REDSHIFT_RANGE[1])])):
+        ks = ks_2samp(sim_z, reference)
+        print(f"| QSO | {name} | {ks.statistic:.3f} | {ks.pvalue:.2g} | {np.median(sim_z):.2f} "
+              f"| {np.median(reference):.2f} |")
+    qso_fraction = np.mean(sim["label"] == "QSO")
+    print(f"\nQSO fraction: simulated {qso_fraction:.3f}, real {np.mean(real['label'] == 'QSO'):.3f}")
+
+    aperture_r = sim["aperture"][:, 2]
+    true_r = sim["mags"][:, 2]
+    bright = (true_r < 19) & np.isfinite(aperture_r)
+    correction = np.median(aperture_r[bright] - true_r[bright])
+    print("\nimages: r from a 3\" aperture on the cutouts vs true r (aperture correction "
+          f"{correction:+.3f} mag from r < 19)")
+    print("| true r | objects | median offset | robust scatter |")
+    print("|---|---|---|---|")
+    for low, high in ((14, 17), (17, 19), (19, 20), (20, 21), (21, 22), (22, 23)):
+        pick = (true_r >= low) & (true_r < high) & np.isfinite(aperture_r)
+        if pick.sum() < 5:
+            continue
+        offset = aperture_r[pick] - true_r[pick] - correction
+        scatter = 1.4826 * np.median(np.abs(offset - np.median(offset)))
+        print(f"| {low}-{high} | {pick.sum()} | {np.median(offset):+.3f} | {scatter:.3f} |")
+    fwhm = sim["fwhm"]
+    print(f"\nr-band PSF FWHM: median {np.median(fwhm):.2f}\", 5-95% "
+          f"{np.percentile(fwhm, 5):.2f}-{np.percentile(fwhm, 95):.2f}\"")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""The sky simulator: SDSS-like spectra, photometry and cutouts grounded in real data.
+
+NumPy, astropy and speclite only (no TensorFlow). Start from :func:`simulate_survey` (files) or
+:func:`simulate_object` (arrays for one object).
+"""
+
+from starqso.simulate.survey import (
+    SimulatedObject,
+    real_qso_fraction,
+    simulate_object,
+    simulate_survey,
+)
+
+__all__ = ["SimulatedObject", "real_qso_fraction", "simulate_object", "simulate_survey"]

@@ -1,0 +1,210 @@
+"""Simulate a survey: paired cutouts, spectra and a catalogue, grounded in real SDSS rows.
+
+Each object is drawn from the real SDSS STAR/QSO catalogue shipped with the package (class,
+ugriz, redshift), jittered slightly so repeated draws differ, then given a spectrum
+(:mod:`starqso.simulate.spectra`), observed by the SDSS or BOSS spectrograph
+(:mod:`starqso.simulate.spectrograph`) and imaged (:mod:`starqso.simulate.images`).
+
+Object ``i`` of seed ``s`` uses its own random stream ``default_rng([s, i])``, so an object does
+not depend on how many were asked for, and the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from starqso.errors import InputError
+from starqso.simulate import resources
+from starqso.simulate.images import render_cutout
+from starqso.simulate.photometry import nanomaggies_to_magnitudes
+from starqso.simulate.spectra import common_grid, photometer, qso_spectrum, star_spectrum
+from starqso.simulate.spectrograph import observe_spectrum
+
+REDSHIFT_RANGE = (0.1, 5.0)
+
+
+@dataclass
+class SimulatedObject:
+    """One simulated object.
+
+    Attributes:
+        id: identifier, unique within a simulation.
+        label: "STAR" or "QSO".
+        redshift: true redshift (about 0 for stars).
+        mags: true ugriz AB magnitudes of the object as imaged, shape (5,).
+        cutout: float32 (5, size, size) nanomaggies.
+        spectrum: dict from :func:`starqso.simulate.spectrograph.observe_spectrum`.
+        info: provenance and observing conditions (template, seeing, ...).
+    """
+
+    id: str
+    label: str
+    redshift: float
+    mags: np.ndarray
+    cutout: np.ndarray
+    spectrum: dict
+    info: dict = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=1)
+def _population():
+    catalogue = resources.sdss_pointsources()
+    stars = np.flatnonzero(catalogue["label"] == "STAR")
+    qsos = np.flatnonzero((catalogue["label"] == "QSO")
+                          & (catalogue["redshift"] >= REDSHIFT_RANGE[0])
+                          & (catalogue["redshift"] <= REDSHIFT_RANGE[1]))
+    return catalogue, stars, qsos
+
+
+def real_qso_fraction():
+    """Fraction of QSOs among the real catalogue's STAR + QSO rows used by the simulator."""
+    _, stars, qsos = _population()
+    return len(qsos) / (len(stars) + len(qsos))
+
+
+@functools.lru_cache(maxsize=1)
+def _kpc_per_arcsec_table():
+    from astropy.cosmology import Planck18
+
+    redshifts = np.linspace(0.01, 5.0, 200)
+    return redshifts, Planck18.kpc_proper_per_arcmin(redshifts).value / 60.0
+
+
+def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6):
+    """Simulate object number ``index`` of the simulation with ``seed``.
+
+    Args:
+        index: object number (0-based).
+        seed: simulation seed.
+        size: cutout side in pixels.
+        qso_fraction: probability that the object is a QSO; the real catalogue's fraction
+            (about 0.30) when None.
+        id_width: zero padding of the numeric part of the id.
+
+    Returns:
+        :class:`SimulatedObject`.
+    """
+    rng = np.random.default_rng([seed, index])
+    catalogue, stars, qsos = _population()
+    if qso_fraction is None:
+        qso_fraction = real_qso_fraction()
+    is_qso = rng.random() < qso_fraction
+    row = rng.choice(qsos if is_qso else stars)
+    # Jitter: a common magnitude shift and small colour changes, so each draw of a row differs.
+    mags = catalogue["mags"][row] + rng.normal(0.0, 0.1) + rng.normal(0.0, 0.02, size=5)
+    if is_qso:
+        redshift = float(np.clip(catalogue["redshift"][row]
+                                 + rng.normal(0.0, 0.01) * (1 + catalogue["redshift"][row]),
+                                 *REDSHIFT_RANGE))
+        model = qso_spectrum(mags, redshift, rng)
+    else:
+        redshift = float(rng.normal(0.0, 1e-4))  # radial velocities of tens of km/s
+        model = star_spectrum(mags, rng)
+
+    point = photometer().nanomaggies(model.point_flux)
+    host = photometer().nanomaggies(model.flux - model.point_flux)
+    host_radius = 1.0
+    if model.host_fraction > 0:
+        table_z, table_scale = _kpc_per_arcsec_table()
+        host_radius = rng.uniform(2.0, 6.0) / np.interp(redshift, table_z, table_scale)
+    cutout, conditions = render_cutout(
+        rng, size, point, host if model.host_fraction > 0 else None, host_radius,
+        star_mags=catalogue["mags"][stars])
+
+    # Spectra are taken at another epoch with their own flux calibration: QSOs vary by about
+    # 0.1 mag over years, and SDSS spectrophotometry is good to about 5%.
+    epoch_shift = rng.normal(0.0, 0.05) + (rng.normal(0.0, 0.12) if is_qso else 0.0)
+    spectrum = observe_spectrum(common_grid(), model.flux * 10.0 ** (-0.4 * epoch_shift), rng)
+    info = {
+        "template": model.template,
+        "sdss_row": str(catalogue["sdss_id"][row]),
+        "host_fraction": model.host_fraction,
+        "ebv": model.ebv,
+        "spectrograph": spectrum["spectrograph"],
+        **conditions,
+    }
+    return SimulatedObject(
+        id=f"sim-{index:0{id_width}d}",
+        label="QSO" if is_qso else "STAR",
+        redshift=redshift,
+        mags=nanomaggies_to_magnitudes(point + host),
+        cutout=cutout,
+        spectrum=spectrum,
+        info=info,
+    )
+
+
+def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, overwrite=False,
+                    progress=None):
+    """Write a simulated survey: ``catalog.csv``, ``images/*.fits`` and ``spectra/*.fits``.
+
+    Args:
+        outdir: output folder (created).
+        num_objects: number of objects.
+        seed: random seed; the same seed gives byte-identical files.
+        size: cutout side in pixels (>= 16).
+        qso_fraction: QSO probability; the real catalogue's (about 0.30) when None.
+        overwrite: replace an existing simulation in ``outdir``.
+        progress: optional callable called with the number of objects done after each.
+
+    Returns:
+        Path of the catalogue.
+
+    Raises:
+        InputError: for a bad argument or an existing simulation without ``overwrite``.
+
+    Example:
+        >>> path = simulate_survey("demo", 10, seed=1)  # doctest: +SKIP
+    """
+    from starqso.io import Spectrum, write_catalog, write_cutout, write_sdss_spectrum
+
+    if num_objects < 1:
+        raise InputError(f"--n must be at least 1. Received: n={num_objects}")
+    if size < 16:
+        raise InputError(f"--size must be at least 16 pixels. Received: size={size}")
+    if qso_fraction is not None and not 0.0 <= qso_fraction <= 1.0:
+        raise InputError(f"QSO fraction must be within [0, 1]. Received: {qso_fraction}")
+    outdir = pathlib.Path(outdir)
+    catalog_path = outdir / "catalog.csv"
+    if catalog_path.exists() and not overwrite:
+        raise InputError(f"{catalog_path} already exists; choose another folder or pass "
+                         f"--overwrite. Received: outdir={outdir}")
+    (outdir / "images").mkdir(parents=True, exist_ok=True)
+    (outdir / "spectra").mkdir(parents=True, exist_ok=True)
+
+    width = max(6, len(str(num_objects - 1)))
+    rows = []
+    for index in range(num_objects):
+        obj = simulate_object(index, seed, size, qso_fraction, id_width=width)
+        image = f"images/{obj.id}.fits"
+        spectrum_file = f"spectra/{obj.id}.fits"
+        write_cutout(outdir / image, obj.cutout, overwrite=True, header={
+            "OBJID": obj.id, "SEED": seed, "SIMULATD": True,
+            "PSFFWHMR": round(obj.info["psf_fwhm_r"], 4)})
+        write_sdss_spectrum(outdir / spectrum_file, Spectrum(
+            wavelength=obj.spectrum["wavelength"], flux=obj.spectrum["flux"],
+            ivar=obj.spectrum["ivar"], mask=obj.spectrum["and_mask"] != 0,
+            meta={"plate": 0, "mjd": 0, "fiberid": index + 1, "object_class": obj.label,
+                  "redshift": obj.redshift}),
+            and_mask=obj.spectrum["and_mask"], overwrite=True)
+        rows.append({
+            "id": obj.id, "image": image, "spectrum": spectrum_file, "label": obj.label,
+            "redshift": round(obj.redshift, 6),
+            **{band: round(float(mag), 5) for band, mag in zip("ugriz", obj.mags)},
+            "template": obj.info["template"], "sdss_row": obj.info["sdss_row"],
+            "psf_fwhm_r": round(obj.info["psf_fwhm_r"], 4),
+            "sky_sigma_r": round(obj.info["sky_sigma_r"], 5),
+            "psf_kind": obj.info["psf_kind"], "n_neighbours": obj.info["n_neighbours"],
+            "host_fraction": round(obj.info["host_fraction"], 4),
+            "spectrograph": obj.info["spectrograph"],
+        })
+        if progress is not None:
+            progress(index + 1)
+    from astropy.table import Table
+
+    write_catalog(Table(rows=rows, names=list(rows[0])), catalog_path, overwrite=True)
+    return catalog_path
