@@ -126,7 +126,8 @@ def main():
         print(f"| QSO | {name} | {ks.statistic:.3f} | {ks.pvalue:.2g} | {np.median(sim_z):.2f} "
               f"| {np.median(reference):.2f} |")
     qso_fraction = np.mean(sim["label"] == "QSO")
-    print(f"\nQSO fraction: simulated {qso_fraction:.3f}, real {np.mean(real['label'] == 'QSO'):.3f}")
+    real_fraction = np.mean(real["label"] == "QSO")
+    print(f"\nQSO fraction: simulated {qso_fraction:.3f}, real {real_fraction:.3f}")
 
     aperture_r = sim["aperture"][:, 2]
     true_r = sim["mags"][:, 2]

@@ -33,6 +33,32 @@ class _Group(click.Group):
             ctx.exit(EXIT_INPUT_ERROR)
 
 
+class _LazyProgress:
+    """A progress bar on stderr that appears only once work has started.
+
+    Arguments are validated before the first update, so a bad option prints its one-line
+    error without a half-drawn bar before it. Called with the number of items done so far.
+    """
+
+    def __init__(self, length, label):
+        self.length, self.label = length, label
+        self.bar, self.done = None, 0
+
+    def __call__(self, count):
+        if self.bar is None:
+            self.bar = click.progressbar(length=self.length, label=self.label, file=sys.stderr,
+                                         show_pos=True).__enter__()
+        self.bar.update(count - self.done)
+        self.done = count
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.bar is not None:
+            self.bar.__exit__(*exc_info)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="starqso")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
@@ -55,7 +81,9 @@ def main(debug):
 @click.option("--qso-fraction", default=None, type=float,
               help="Fraction of QSOs [default: the real SDSS catalogue's, about 0.30].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing simulation in OUTDIR.")
-def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite):
+@click.option("--workers", default=None, type=int,
+              help="Processes to use [default: all CPU cores, at most 8].")
+def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
     """Simulate SDSS-like cutouts, spectra and a catalogue into OUTDIR.
 
     Writes OUTDIR/catalog.csv, OUTDIR/images/*.fits (5-band cutouts) and
@@ -65,17 +93,10 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite):
     from starqso.simulate import simulate_survey
 
     start = time.perf_counter()
-    with click.progressbar(length=num_objects, label="simulating", file=sys.stderr,
-                           show_pos=True) as bar:
-        done = [0]
-
-        def progress(count):
-            bar.update(count - done[0])
-            done[0] = count
-
+    with _LazyProgress(num_objects, "simulating") as progress:
         path = simulate_survey(outdir, num_objects, seed=seed, size=size,
                                qso_fraction=qso_fraction, overwrite=overwrite,
-                               progress=progress)
+                               progress=progress, workers=workers)
     from starqso.io import read_catalog
 
     labels = list(read_catalog(path)["label"])

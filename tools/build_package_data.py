@@ -21,12 +21,12 @@ It trims the shared files to what the simulator uses and derives its calibration
 from __future__ import annotations
 
 import argparse
-import warnings
 import csv
 import gzip
 import hashlib
 import json
 import pathlib
+import warnings
 
 import numpy as np
 

@@ -11,6 +11,8 @@ SDSS ``and_mask``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from starqso.preprocessing.spectra import resample_spectrum
@@ -34,6 +36,20 @@ def spectrograph_grid(name):
     return 10.0 ** (first + 1e-4 * np.arange(num))
 
 
+@functools.lru_cache(maxsize=None)
+def _sky(spectrograph):
+    """Sky variance on the spectrograph grid and the pixels on bright sky lines."""
+    from scipy.ndimage import median_filter
+
+    calibration = resources.noise_calibration()
+    grid = spectrograph_grid(spectrograph)
+    sky = np.interp(grid, calibration["spectrum_wave"], calibration["spectrum_sky_variance"])
+    # A line stands well above the local continuum of the sky; the noisy blue and red ends of
+    # the spectrograph do not count (SDSS does not flag them either).
+    continuum = median_filter(sky, size=151, mode="nearest")
+    return sky, sky > 3.0 * continuum
+
+
 def observe_spectrum(wavelength, flux, rng, spectrograph=None):
     """A noisy observed spectrum with ivar and and_mask.
 
@@ -53,14 +69,13 @@ def observe_spectrum(wavelength, flux, rng, spectrograph=None):
     true_flux = resample_spectrum(wavelength, flux, target_wavelength=grid).flux.astype(
         np.float64)
     calibration = resources.noise_calibration()
-    sky = np.interp(grid, calibration["spectrum_wave"], calibration["spectrum_sky_variance"])
+    sky, bright_sky = _sky(spectrograph)
     conditions = SPECTROGRAPHS[spectrograph][2] * rng.lognormal(0.0, 0.3)
     variance = conditions * sky + calibration["spectrum_photon_coefficient"] * np.clip(
         true_flux, 0.0, None)
     observed = true_flux + rng.normal(size=grid.size) * np.sqrt(variance)
     ivar = 1.0 / variance
     and_mask = np.zeros(grid.size, dtype=np.int32)
-    bright_sky = sky > 6.0 * np.median(sky)
     and_mask[bright_sky] |= BRIGHTSKY
     for _ in range(rng.poisson(0.5)):
         # A rejected stretch (bad column, cosmic-ray cluster, dead fibre segment).

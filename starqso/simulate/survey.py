@@ -11,7 +11,10 @@ not depend on how many were asked for, and the same seed gives the same bytes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import multiprocessing
+import os
 import pathlib
 from dataclasses import dataclass, field
 
@@ -138,18 +141,54 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6):
     )
 
 
+def _write_object(outdir, index, seed, size, qso_fraction, id_width):
+    """Simulate one object, write its cutout and spectrum, return its catalogue row."""
+    from starqso.io import Spectrum, write_cutout, write_sdss_spectrum
+
+    obj = simulate_object(index, seed, size, qso_fraction, id_width=id_width)
+    image = f"images/{obj.id}.fits"
+    spectrum_file = f"spectra/{obj.id}.fits"
+    write_cutout(outdir / image, obj.cutout, overwrite=True, header={
+        "OBJID": obj.id, "SEED": seed, "SIMULATD": True,
+        "PSFFWHMR": round(obj.info["psf_fwhm_r"], 4)})
+    write_sdss_spectrum(outdir / spectrum_file, Spectrum(
+        wavelength=obj.spectrum["wavelength"], flux=obj.spectrum["flux"],
+        ivar=obj.spectrum["ivar"], mask=obj.spectrum["and_mask"] != 0,
+        meta={"plate": 0, "mjd": 0, "fiberid": index + 1, "object_class": obj.label,
+              "redshift": obj.redshift}),
+        and_mask=obj.spectrum["and_mask"], overwrite=True)
+    return {
+        "id": obj.id, "image": image, "spectrum": spectrum_file, "label": obj.label,
+        "redshift": round(obj.redshift, 6),
+        **{band: round(float(mag), 5) for band, mag in zip("ugriz", obj.mags)},
+        "template": obj.info["template"], "sdss_row": obj.info["sdss_row"],
+        "psf_fwhm_r": round(obj.info["psf_fwhm_r"], 4),
+        "sky_sigma_r": round(obj.info["sky_sigma_r"], 5),
+        "psf_kind": obj.info["psf_kind"], "n_neighbours": obj.info["n_neighbours"],
+        "host_fraction": round(obj.info["host_fraction"], 4),
+        "spectrograph": obj.info["spectrograph"],
+    }
+
+
+def _write_chunk(task):
+    outdir, indices, seed, size, qso_fraction, id_width = task
+    return [_write_object(outdir, index, seed, size, qso_fraction, id_width)
+            for index in indices]
+
+
 def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, overwrite=False,
-                    progress=None):
+                    progress=None, workers=None):
     """Write a simulated survey: ``catalog.csv``, ``images/*.fits`` and ``spectra/*.fits``.
 
     Args:
         outdir: output folder (created).
         num_objects: number of objects.
-        seed: random seed; the same seed gives byte-identical files.
+        seed: random seed; the same seed gives byte-identical files whatever ``workers`` is.
         size: cutout side in pixels (>= 16).
         qso_fraction: QSO probability; the real catalogue's (about 0.30) when None.
         overwrite: replace an existing simulation in ``outdir``.
-        progress: optional callable called with the number of objects done after each.
+        progress: optional callable called with the number of objects done so far.
+        workers: processes to use; all CPU cores (at most 8) when None.
 
     Returns:
         Path of the catalogue.
@@ -160,14 +199,18 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
     Example:
         >>> path = simulate_survey("demo", 10, seed=1)  # doctest: +SKIP
     """
-    from starqso.io import Spectrum, write_catalog, write_cutout, write_sdss_spectrum
+    from astropy.table import Table
+
+    from starqso.io import write_catalog
 
     if num_objects < 1:
         raise InputError(f"--n must be at least 1. Received: n={num_objects}")
     if size < 16:
         raise InputError(f"--size must be at least 16 pixels. Received: size={size}")
     if qso_fraction is not None and not 0.0 <= qso_fraction <= 1.0:
-        raise InputError(f"QSO fraction must be within [0, 1]. Received: {qso_fraction}")
+        raise InputError(f"--qso-fraction must be within [0, 1]. Received: {qso_fraction}")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1. Received: workers={workers}")
     outdir = pathlib.Path(outdir)
     catalog_path = outdir / "catalog.csv"
     if catalog_path.exists() and not overwrite:
@@ -176,35 +219,29 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
     (outdir / "images").mkdir(parents=True, exist_ok=True)
     (outdir / "spectra").mkdir(parents=True, exist_ok=True)
 
-    width = max(6, len(str(num_objects - 1)))
+    id_width = max(6, len(str(num_objects - 1)))
+    chunk = 50
+    tasks = [(outdir, range(start, min(start + chunk, num_objects)), seed, size, qso_fraction,
+              id_width) for start in range(0, num_objects, chunk)]
+    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    workers = min(workers, len(tasks))
     rows = []
-    for index in range(num_objects):
-        obj = simulate_object(index, seed, size, qso_fraction, id_width=width)
-        image = f"images/{obj.id}.fits"
-        spectrum_file = f"spectra/{obj.id}.fits"
-        write_cutout(outdir / image, obj.cutout, overwrite=True, header={
-            "OBJID": obj.id, "SEED": seed, "SIMULATD": True,
-            "PSFFWHMR": round(obj.info["psf_fwhm_r"], 4)})
-        write_sdss_spectrum(outdir / spectrum_file, Spectrum(
-            wavelength=obj.spectrum["wavelength"], flux=obj.spectrum["flux"],
-            ivar=obj.spectrum["ivar"], mask=obj.spectrum["and_mask"] != 0,
-            meta={"plate": 0, "mjd": 0, "fiberid": index + 1, "object_class": obj.label,
-                  "redshift": obj.redshift}),
-            and_mask=obj.spectrum["and_mask"], overwrite=True)
-        rows.append({
-            "id": obj.id, "image": image, "spectrum": spectrum_file, "label": obj.label,
-            "redshift": round(obj.redshift, 6),
-            **{band: round(float(mag), 5) for band, mag in zip("ugriz", obj.mags)},
-            "template": obj.info["template"], "sdss_row": obj.info["sdss_row"],
-            "psf_fwhm_r": round(obj.info["psf_fwhm_r"], 4),
-            "sky_sigma_r": round(obj.info["sky_sigma_r"], 5),
-            "psf_kind": obj.info["psf_kind"], "n_neighbours": obj.info["n_neighbours"],
-            "host_fraction": round(obj.info["host_fraction"], 4),
-            "spectrograph": obj.info["spectrograph"],
-        })
-        if progress is not None:
-            progress(index + 1)
-    from astropy.table import Table
-
+    if workers == 1:
+        results = map(_write_chunk, tasks)
+        executor = None
+    else:
+        # Spawned (not forked) workers: safe even when the caller has imported TensorFlow.
+        executor = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"))
+        results = executor.map(_write_chunk, tasks)
+    try:
+        for chunk_rows in results:
+            rows.extend(chunk_rows)
+            if progress is not None:
+                progress(len(rows))
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    # The catalogue is written last and atomically: its presence means the simulation is whole.
     write_catalog(Table(rows=rows, names=list(rows[0])), catalog_path, overwrite=True)
     return catalog_path

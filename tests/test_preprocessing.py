@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from starqso.errors import InputError
+from starqso.preprocessing import (
+    ENCODER_NUM_PIXELS,
+    encoder_wavelength,
+    log_uniform_grid,
+    pixel_edges,
+    resample_spectrum,
+)
+
+
+def test_encoder_grid_matches_the_shared_data_grid():
+    grid = encoder_wavelength()
+    assert grid.shape == (ENCODER_NUM_PIXELS,)
+    assert grid[0] == 3700.0 and grid[-1] == 9100.0
+    steps = np.diff(np.log10(grid))
+    np.testing.assert_allclose(steps, 1.0566090e-4, rtol=1e-5)
+
+
+def _sdss_like(seed=0):
+    rng = np.random.default_rng(seed)
+    wave = 10 ** (3.55 + 1e-4 * np.arange(4700))  # 3548-10390 A, SDSS step
+    flux = 5 + np.sin(wave / 37.0) + rng.normal(0, 0.3, wave.size)
+    ivar = np.full(wave.size, 1 / 0.3 ** 2)
+    return wave, flux, ivar
+
+
+def test_resampling_conserves_flux_over_whole_output_pixels():
+    wave, flux, ivar = _sdss_like()
+    out = resample_spectrum(wave, flux, ivar)
+    assert not out.mask.any()
+    out_edges = pixel_edges(out.wavelength)
+    in_edges = pixel_edges(wave)
+    total_out = np.sum(out.flux.astype(np.float64) * np.diff(out_edges))
+    # The same range integrated on the input (partial pixels at the two ends).
+    cumulative = np.concatenate([[0.0], np.cumsum(flux * np.diff(in_edges))])
+    integral = np.interp(out_edges[[0, -1]], in_edges, cumulative)
+    np.testing.assert_allclose(total_out, integral[1] - integral[0], rtol=1e-6)
+
+
+def test_resampling_a_constant_gives_the_constant_and_ivar_predicts_the_scatter():
+    rng = np.random.default_rng(3)
+    wave = log_uniform_grid(3000.0, 10000.0, 20000)  # finer than the encoder grid
+    out = resample_spectrum(wave, np.full(wave.size, 2.5), np.full(wave.size, 4.0))
+    np.testing.assert_allclose(out.flux, 2.5, rtol=1e-6)
+    # Resample 300 noise realisations (sigma 0.5, ivar 4): the scatter of each output pixel
+    # must be what the propagated ivar says.
+    trials = np.array([resample_spectrum(wave, rng.normal(0.0, 0.5, wave.size),
+                                         np.full(wave.size, 4.0)).flux for _ in range(300)])
+    ratio = trials.var(axis=0) * out.ivar
+    assert abs(np.median(ratio) - 1.0) < 0.03
+    # About 4 input pixels per output pixel: ivar grows about 4-fold.
+    assert 14 < np.median(out.ivar) < 20
+
+
+def test_masked_and_uncovered_pixels_are_masked_not_zero_filled_silently():
+    wave, flux, ivar = _sdss_like()
+    mask = np.zeros(wave.size, bool)
+    mask[1000:1200] = True  # a rejected stretch
+    flux[1000:1200] = 1e6  # garbage under the mask must not leak
+    out = resample_spectrum(wave, flux, ivar, mask)
+    bad_wave = (out.wavelength > wave[1003]) & (out.wavelength < wave[1196])
+    assert out.mask[bad_wave].all()
+    assert (out.ivar[out.mask] == 0).all() and (out.flux[out.mask] == 0).all()
+    assert out.flux.max() < 10
+    # A spectrum that stops at 7410 A (like MILES) leaves the red end masked.
+    red = resample_spectrum(wave[wave < 7410], flux[wave < 7410], ivar[wave < 7410])
+    assert red.mask[red.wavelength > 7411].all()
+    assert not red.mask[(red.wavelength < 7400) & (red.wavelength > 4000)].any()
+
+
+def test_no_valid_pixel_and_bad_grids_raise_input_error():
+    wave = np.linspace(9200, 9900, 100)
+    with pytest.raises(InputError, match="no valid pixel in 3700-9100"):
+        resample_spectrum(wave, np.ones(100), source="x.fits")
+    with pytest.raises(InputError, match="strictly increasing.*x.fits"):
+        resample_spectrum(np.array([4000.0, 3999.0, 5000.0]), np.ones(3), source="x.fits")
+    with pytest.raises(InputError, match="same length"):
+        resample_spectrum(np.arange(10.0) + 4000, np.ones(9))
