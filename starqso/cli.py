@@ -102,3 +102,39 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
     labels = list(read_catalog(path)["label"])
     click.echo(f"simulated {num_objects} objects ({labels.count('QSO')} QSO, "
                f"{labels.count('STAR')} STAR) in {time.perf_counter() - start:.1f} s -> {path}")
+
+
+@main.command()
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Catalogue (CSV or FITS) of labelled cutouts (+ spectra) [default: freshly "
+                   "simulated demo data].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/starqso",
+              show_default=True, help="Run folder to write.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML run configuration (overrides on top of --preset).")
+@click.option("--preset", type=click.Choice(["tiny", "base"]), default=None,
+              help="Model/training preset [default: base].")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+              default="default", show_default=True,
+              help="tf.distribute strategy: one device, all local devices, or the cluster in "
+                   "TF_CONFIG.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in --out from its last completed epoch.")
+def fit(data, out_dir, config_path, preset, strategy, resume):
+    """Train the spectrum encoder, the GAN, the fusion classifier and the image-only baseline.
+
+    Writes every model (.keras), config.yaml, preprocessing statistics, metrics.json and
+    history.json into the run folder, with a one-line validation summary per stage.
+    """
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from starqso.config import get_preset, load_config
+    from starqso.training import fit_run
+
+    config = None
+    if preset is not None or config_path is not None:
+        config = get_preset(preset or "base")
+        if config_path is not None:
+            config = load_config(config_path, base=config)
+    fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo)

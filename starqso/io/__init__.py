@@ -11,6 +11,7 @@ readers stay fast to import in tools and tests.
 
 from starqso.io.catalog import CATALOG_COLUMNS, LABELS, read_catalog, resolve_path, write_catalog
 from starqso.io.cutouts import BANDS, PIXEL_SCALE_ARCSEC, Cutout, read_cutout, write_cutout
+from starqso.io.dataset import load_catalog_arrays
 from starqso.io.spectra import (
     Spectrum,
     read_lamost_spectrum,
@@ -26,6 +27,7 @@ __all__ = [
     "PIXEL_SCALE_ARCSEC",
     "Cutout",
     "Spectrum",
+    "load_catalog_arrays",
     "read_catalog",
     "read_cutout",
     "read_lamost_spectrum",

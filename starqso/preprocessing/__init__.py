@@ -1,10 +1,13 @@
-"""NumPy-only preprocessing: spectra onto the encoder grid (no TensorFlow here)."""
+"""NumPy-only preprocessing: spectra onto the encoder grid, cutouts to crops (no TensorFlow)."""
 
+from starqso.preprocessing.images import center_crop, channels_last
 from starqso.preprocessing.spectra import (
     ENCODER_NUM_PIXELS,
     ENCODER_WAVELENGTH_MAX,
     ENCODER_WAVELENGTH_MIN,
+    SPECTRUM_CHANNELS,
     GriddedSpectrum,
+    encoder_input,
     encoder_wavelength,
     log_uniform_grid,
     pixel_edges,
@@ -15,7 +18,11 @@ __all__ = [
     "ENCODER_NUM_PIXELS",
     "ENCODER_WAVELENGTH_MAX",
     "ENCODER_WAVELENGTH_MIN",
+    "SPECTRUM_CHANNELS",
     "GriddedSpectrum",
+    "center_crop",
+    "channels_last",
+    "encoder_input",
     "encoder_wavelength",
     "log_uniform_grid",
     "pixel_edges",

@@ -189,3 +189,49 @@ def resample_spectrum(wavelength, flux, ivar=None, mask=None, *, target_waveleng
         ivar=out_ivar.astype(np.float32),
         mask=~ok,
     )
+
+
+SPECTRUM_CHANNELS = 2
+# Beyond 10 RMS a pixel is almost surely a cosmic ray or sky residual, not a spectral feature.
+_MAX_ABS_FLUX = 10.0
+_MAX_RELIABILITY = 10.0
+
+
+def encoder_input(gridded: GriddedSpectrum, *, source="spectrum"):
+    """Encoder input for a gridded spectrum: scaled flux and a per-pixel reliability weight.
+
+    Channel 0 is ``flux / scale`` clipped to [-10, 10] (cosmic rays, sky residuals), with
+    ``scale`` the RMS of the flux over good pixels: unlike a median it stays positive and
+    meaningful for faint spectra whose median is near zero or negative. Channel 1 is
+    ``clip(sqrt(ivar) * scale, 0, 10) / 10``, the pixel's signal-to-noise relative to the
+    spectrum's scale. Both are 0 on masked pixels, so the encoder can tell "no data" (weight
+    0) from "flux 0" instead of seeing silently zero-filled flux. Good pixels are those not
+    masked with finite flux and ``ivar > 0``. The result does not change when flux is
+    multiplied by ``c`` and ivar divided by ``c**2`` (up to float32 rounding).
+
+    Args:
+        gridded: spectrum on the encoder grid, from :func:`resample_spectrum`.
+        source: what the spectrum is (e.g. its file), for error messages.
+
+    Returns:
+        float32 array of shape ``(N, 2)`` (``N = 3700`` on the encoder grid).
+
+    Raises:
+        InputError: no good pixel, or zero flux on every good pixel.
+
+    Example:
+        >>> wave = np.linspace(3500, 9500, 6001)
+        >>> encoder_input(resample_spectrum(wave, np.ones_like(wave))).shape
+        (3700, 2)
+    """
+    flux = np.asarray(gridded.flux, dtype=np.float64)
+    ivar = np.asarray(gridded.ivar, dtype=np.float64)
+    good = ~np.asarray(gridded.mask, dtype=bool) & np.isfinite(flux) & (ivar > 0)
+    scale = float(np.sqrt(np.mean(flux[good] ** 2))) if good.any() else 0.0
+    if not scale > 0 or not np.isfinite(scale):
+        raise InputError(f"spectrum needs good pixels with non-zero flux to be scaled. Received: "
+                         f"{int(good.sum())} good pixels, RMS flux {scale:.3g} in {source}")
+    out = np.zeros((flux.size, SPECTRUM_CHANNELS), dtype=np.float32)
+    out[good, 0] = np.clip(flux[good] / scale, -_MAX_ABS_FLUX, _MAX_ABS_FLUX)
+    out[good, 1] = np.clip(np.sqrt(ivar[good]) * scale, 0, _MAX_RELIABILITY) / _MAX_RELIABILITY
+    return out

@@ -1,0 +1,68 @@
+"""Building blocks shared by the models (plain functions on Keras tensors)."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def image_trunk(image, filters, dense_units, dropout, name):
+    """A small VGG-style CNN for point-source cutouts: (S, S, 5) -> (dense_units,).
+
+    Two 3x3 convolutions per stage then 2x2 max pooling; global average pooling at the end makes
+    it insensitive to the exact centring of the source.
+
+    Args:
+        image: Keras tensor (batch, S, S, 5), already scaled by ``CutoutScaling``.
+        filters: convolution widths, one per stage.
+        dense_units: width of the output embedding.
+        dropout: dropout rate before the embedding.
+        name: prefix for layer names.
+
+    Returns:
+        Keras tensor (batch, dense_units).
+    """
+    x = image
+    for stage, width in enumerate(filters):
+        for conv in range(2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False,
+                              name=f"{name}_conv{stage}_{conv}")(x)
+            x = layers.BatchNormalization(name=f"{name}_bn{stage}_{conv}")(x)
+            x = layers.ReLU(name=f"{name}_relu{stage}_{conv}")(x)
+        if stage < len(filters) - 1:
+            x = layers.MaxPooling2D(2, name=f"{name}_pool{stage}")(x)
+    x = layers.GlobalAveragePooling2D(name=f"{name}_gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return layers.Dense(dense_units, activation="relu", name=f"{name}_embedding")(x)
+
+
+def residual_block_1d(x, filters, stride, name):
+    """A 1-D residual block (two kernel-5 convolutions, projection shortcut when needed)."""
+    shortcut = x
+    y = layers.Conv1D(filters, 5, strides=stride, padding="same", use_bias=False,
+                      name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv1D(filters, 5, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if stride != 1:
+        # Average-pool then project (ResNet-D shortcut). A strided 1x1 Conv1D, the classic
+        # shortcut, corrupts the heap in TF 2.21's oneDNN CPU kernels.
+        shortcut = layers.AveragePooling1D(stride, padding="same", name=f"{name}_pool")(shortcut)
+    if shortcut.shape[-1] != filters:
+        shortcut = layers.Conv1D(filters, 1, use_bias=False, name=f"{name}_project")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_project_bn")(shortcut)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+def base_config(model):
+    """The config every starqso model shares (name, trainable)."""
+    return {"name": model.name, "trainable": model.trainable}
+
+
+def deserialize_submodel(config):
+    """A sub-model stored in a parent's config, or the model itself if already built."""
+    if isinstance(config, (keras.Model, keras.layers.Layer)):
+        return config
+    return keras.saving.deserialize_keras_object(config)

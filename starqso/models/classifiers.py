@@ -1,0 +1,137 @@
+"""Image classifiers: the fusion classifier (image + spectral vector), the image-only
+baseline with the same trunk, and the deployable image -> p(QSO) model."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from starqso.models.blocks import base_config, deserialize_submodel, image_trunk
+from starqso.models.layers import PACKAGE, CutoutScaling, ZeroNoise
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ImageClassifier(keras.Model):
+    """Scaled image -> p(QSO): the image-only baseline.
+
+    Args:
+        image_size: cutout side in pixels.
+        filters: image-trunk widths.
+        dense_units: embedding width.
+        dropout: dropout rate.
+
+    Example:
+        >>> model = ImageClassifier(16, filters=(4, 8), dense_units=8)
+    """
+
+    def __init__(self, image_size=32, filters=(32, 64, 96), dense_units=128, dropout=0.2,
+                 **kwargs):
+        image = keras.Input((image_size, image_size, 5), name="image")
+        x = image_trunk(image, filters, dense_units, dropout, name="trunk")
+        probability = layers.Dense(1, activation="sigmoid", name="p_qso")(x)
+        super().__init__(inputs={"image": image}, outputs=probability, **kwargs)
+        self.image_size = int(image_size)
+        self.filters = tuple(int(f) for f in filters)
+        self.dense_units = int(dense_units)
+        self.dropout = float(dropout)
+
+    def get_config(self):
+        return {**base_config(self), "image_size": self.image_size, "filters": list(self.filters),
+                "dense_units": self.dense_units, "dropout": self.dropout}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FusionClassifier(keras.Model):
+    """(scaled image, spectral feature vector) -> p(QSO).
+
+    The vector is the GAN generator's at training and inference (or the real encoder's, for
+    the upper-bound comparison); the image trunk is the same architecture as
+    :class:`ImageClassifier`, so the two differ only by the vector.
+
+    Args:
+        image_size: cutout side in pixels.
+        filters: image-trunk widths.
+        feature_dim: length of the feature vector.
+        dense_units: width of the hidden layers.
+        dropout: dropout rate.
+    """
+
+    def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, dense_units=128,
+                 dropout=0.2, **kwargs):
+        image = keras.Input((image_size, image_size, 5), name="image")
+        features = keras.Input((feature_dim,), name="features")
+        x = image_trunk(image, filters, dense_units, dropout, name="trunk")
+        v = layers.Dense(dense_units, activation="relu", name="features_dense")(features)
+        x = layers.Concatenate(name="fusion")([x, v])
+        x = layers.Dense(dense_units, activation="relu", name="hidden")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name="dropout")(x)
+        probability = layers.Dense(1, activation="sigmoid", name="p_qso")(x)
+        super().__init__(inputs={"image": image, "features": features}, outputs=probability,
+                         **kwargs)
+        self.image_size = int(image_size)
+        self.filters = tuple(int(f) for f in filters)
+        self.feature_dim = int(feature_dim)
+        self.dense_units = int(dense_units)
+        self.dropout = float(dropout)
+
+    def get_config(self):
+        return {**base_config(self), "image_size": self.image_size, "filters": list(self.filters),
+                "feature_dim": self.feature_dim, "dense_units": self.dense_units,
+                "dropout": self.dropout}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StarQSOClassifier(keras.Model):
+    """The deployable model: raw nanomaggie cutouts (N, S, S, 5) -> p(QSO) (N, 1).
+
+    Scaling (asinh + per-band statistics from fit time), the generator (with zero noise) and
+    the fusion classifier are all inside, so callers pass cutouts exactly as read from FITS
+    (transposed to channels last) and nothing else.
+
+    Args:
+        scaling: a :class:`CutoutScaling` layer (or its config).
+        generator: a trained :class:`FeatureGenerator` (or its config).
+        fusion: a trained :class:`FusionClassifier` (or its config).
+
+    Example:
+        >>> model = StarQSOClassifier(scaling, generator, fusion)  # doctest: +SKIP
+        >>> p_qso = model.predict(cutouts_nhwc)  # doctest: +SKIP
+    """
+
+    def __init__(self, scaling, generator, fusion, **kwargs):
+        scaling = deserialize_submodel(scaling)
+        generator = deserialize_submodel(generator)
+        fusion = deserialize_submodel(fusion)
+        size = generator.image_size
+        cutout = keras.Input((size, size, 5), name="image")
+        scaled = scaling(cutout)
+        noise = ZeroNoise(generator.noise_dim, name="zero_noise")(scaled)
+        features = generator({"image": scaled, "noise": noise})
+        probability = fusion({"image": scaled, "features": features})
+        super().__init__(inputs={"image": cutout}, outputs=probability, **kwargs)
+        self.scaling = scaling
+        self.generator = generator
+        self.fusion = fusion
+        self.image_size = size
+
+    def get_config(self):
+        return {**base_config(self),
+                "scaling": keras.saving.serialize_keras_object(self.scaling),
+                "generator": keras.saving.serialize_keras_object(self.generator),
+                "fusion": keras.saving.serialize_keras_object(self.fusion)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+__all__ = ["CutoutScaling", "FusionClassifier", "ImageClassifier", "StarQSOClassifier"]

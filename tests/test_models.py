@@ -1,0 +1,119 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from starqso.models import (
+    ConditionalGAN,
+    CutoutScaling,
+    FeatureDiscriminator,
+    FeatureGenerator,
+    FusionClassifier,
+    ImageClassifier,
+    SpectrumClassifier,
+    SpectrumEncoder,
+    StarQSOClassifier,
+)
+
+SIZE, FEATURES, NOISE = 16, 8, 4
+rng = np.random.default_rng(0)
+IMAGES = rng.normal(0, 1, (6, SIZE, SIZE, 5)).astype("float32")
+SPECTRA = rng.normal(0, 1, (6, 3700, 2)).astype("float32")
+VECTORS = rng.uniform(-1, 1, (6, FEATURES)).astype("float32")
+LABELS = np.array([0, 1, 0, 1, 1, 0], "float32").reshape(-1, 1)
+
+
+def tiny_models():
+    encoder = SpectrumEncoder(filters=(4, 8), feature_dim=FEATURES)
+    generator = FeatureGenerator(SIZE, (4, 8), FEATURES, NOISE, 8, 0.1)
+    fusion = FusionClassifier(SIZE, (4, 8), FEATURES, 8, 0.1)
+    scaling = CutoutScaling([0.03, 0.01, 0.03, 0.03, 0.1], [0.1] * 5, [2.0] * 5)
+    return {
+        "encoder": (encoder, {"spectrum": SPECTRA}, (6, FEATURES)),
+        "spectrum_classifier": (SpectrumClassifier(encoder, 0.1), {"spectrum": SPECTRA},
+                                (6, 1)),
+        "generator": (generator, {"image": IMAGES, "noise": np.zeros((6, NOISE), "float32")},
+                      (6, FEATURES)),
+        "discriminator": (FeatureDiscriminator(SIZE, (4, 8), FEATURES, 8, 0.1),
+                          {"features": VECTORS, "image": IMAGES}, (6, 1)),
+        "fusion": (fusion, {"image": IMAGES, "features": VECTORS}, (6, 1)),
+        "image": (ImageClassifier(SIZE, (4, 8), 8, 0.1), {"image": IMAGES}, (6, 1)),
+        "deployable": (StarQSOClassifier(scaling, generator, fusion),
+                       {"image": np.abs(IMAGES)}, (6, 1)),
+    }
+
+
+@pytest.mark.parametrize("name", list(tiny_models()))
+def test_shape_config_round_trip_and_keras_reload(name, tmp_path):
+    model, inputs, shape = tiny_models()[name]
+    outputs = np.asarray(model(inputs))
+    assert outputs.shape == shape and np.all(np.isfinite(outputs))
+    clone = type(model).from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    assert clone.count_params() == model.count_params()
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(reloaded) is type(model)
+    np.testing.assert_allclose(np.asarray(reloaded(inputs)), outputs, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["spectrum_classifier", "fusion", "image"])
+def test_one_fit_step_gives_a_finite_loss(name):
+    model, inputs, _ = tiny_models()[name]
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy())
+    history = model.fit(inputs, LABELS, epochs=1, batch_size=6, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_deployable_model_scales_raw_cutouts_inside():
+    models = tiny_models()
+    deployable, inputs, _ = models["deployable"]
+    generator, fusion = deployable.generator, deployable.fusion
+    scaled = np.asarray(deployable.scaling(inputs["image"]))
+    expected_scaled = (np.arcsinh(inputs["image"] / np.array(deployable.scaling.softening))
+                       - 0.1) / 2.0
+    np.testing.assert_allclose(scaled, expected_scaled, rtol=1e-4, atol=1e-5)
+    features = np.asarray(generator({"image": scaled,
+                                     "noise": np.zeros((6, NOISE), "float32")}))
+    expected = fusion({"image": scaled, "features": features})
+    np.testing.assert_allclose(np.asarray(deployable(inputs)), np.asarray(expected),
+                               rtol=1e-5, atol=1e-6)
+
+
+def _gan(strategy):
+    with strategy.scope():
+        generator = FeatureGenerator(SIZE, (4,), FEATURES, NOISE, 8, 0.0)
+        discriminator = FeatureDiscriminator(SIZE, (4,), FEATURES, 8, 0.0)
+        gan = ConditionalGAN(generator, discriminator, reconstruction_weight=5.0, seed=3)
+        gan.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3))
+        gan.build_optimizers()
+    return gan
+
+
+def test_gan_trains_one_epoch_and_reloads(tmp_path):
+    gan = _gan(tf.distribute.get_strategy())
+    history = gan.fit({"image": IMAGES}, VECTORS, epochs=2, batch_size=3, verbose=0)
+    for key in ("generator_loss", "discriminator_loss", "reconstruction"):
+        assert np.all(np.isfinite(history.history[key]))
+    gan.save(tmp_path / "gan.keras")
+    reloaded = keras.saving.load_model(tmp_path / "gan.keras", safe_mode=True)
+    noise = np.zeros((6, NOISE), "float32")
+    np.testing.assert_allclose(
+        np.asarray(reloaded.generator({"image": IMAGES, "noise": noise})),
+        np.asarray(gan.generator({"image": IMAGES, "noise": noise})), atol=1e-6)
+
+
+def test_gan_trains_under_two_replica_mirrored_strategy():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2, "conftest should configure two logical CPUs"
+    strategy = tf.distribute.MirroredStrategy(devices)
+    assert strategy.num_replicas_in_sync == 2
+    gan = _gan(strategy)
+    dataset = tf.data.Dataset.from_tensor_slices(({"image": IMAGES}, VECTORS)).batch(6)
+    before = [w.copy() for w in gan.generator.get_weights()]
+    history = gan.fit(dataset, validation_data=dataset, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["generator_loss"]))
+    assert np.isfinite(history.history["val_reconstruction"][-1])
+    changed = [not np.array_equal(a, b) for a, b in zip(before, gan.generator.get_weights())]
+    assert any(changed)
