@@ -134,6 +134,8 @@ class _Run:
         """``fit()`` (or the distributed loop across workers) with the run's callbacks."""
         import keras
 
+        from starqso.training.callbacks import AtomicBackupAndRestore
+
         backup = self.out / "backup" / stage
         patience = self.config.training.early_stopping_patience
         if self.multi_worker:
@@ -145,7 +147,7 @@ class _Run:
                 write_backup=self.chief, log=lambda line: self.log(f"[{stage}] {line}"))
             return history.history
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(backup)),
+            AtomicBackupAndRestore(str(backup)),
             keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=patience,
                                           restore_best_weights=True),
             keras.callbacks.TensorBoard(str(self.write_dir / "logs" / stage)),

@@ -1,0 +1,82 @@
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+from click.testing import CliRunner
+
+import starqso.models  # noqa: F401 - registers the model classes for loading
+from starqso.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RUN_FILES = (
+    "config.yaml", "preprocessing.json", "split.json", "metrics.json", "history.json",
+    "state.json", "spectrum_classifier.keras", "spectrum_encoder.keras", "generator.keras",
+    "discriminator.keras", "fusion_classifier.keras", "starqso_classifier.keras",
+    "image_classifier.keras",
+)
+
+
+def test_fit_tiny_through_the_cli_writes_a_complete_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for stage in ("encoder", "gan", "fusion", "image"):
+        assert f"[{stage}]" in result.output
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    assert (out / "logs" / "fusion").is_dir()
+    assert not (out / "backup").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"encoder", "gan", "fusion", "image"}
+    assert 0.0 <= metrics["fusion"]["accuracy"] <= 1.0
+    assert json.loads((out / "state.json").read_text())["completed"] == [
+        "encoder", "gan", "fusion", "image"]
+
+    model = keras.saving.load_model(out / "starqso_classifier.keras", safe_mode=True)
+    size = json.loads((out / "preprocessing.json").read_text())["image_size"]
+    p_qso = np.asarray(model.predict({"image": np.ones((3, size, size, 5), "float32")},
+                                     verbose=0))
+    assert p_qso.shape == (3, 1) and np.all((p_qso >= 0) & (p_qso <= 1))
+
+    # A second fit into the same folder is refused, not silently mixed.
+    again = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--out", str(out)])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_fit_killed_mid_stage_resumes_from_its_last_epoch(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: tiny\ntraining:\n  encoder_epochs: 3\n  gan_epochs: 3\n"
+                      "  early_stopping_patience: 3\n")
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "cli.py"), "fit", "--preset", "tiny", "--config",
+               str(config), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    # Kill as soon as the GAN stage has checkpointed an epoch: mid-stage, after the encoder.
+    while not (out / "backup" / "gan" / "training_metadata.json").exists():
+        assert process.poll() is None, "fit ended before it could be interrupted"
+        assert time.time() < deadline, "the GAN stage never started"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads((out / "state.json").read_text())["completed"] == ["encoder"]
+
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    epochs = [line for line in resumed.stdout.splitlines() if line.startswith("Epoch ")]
+    # The encoder is not retrained and the GAN continues after its checkpointed epoch.
+    assert epochs and epochs[0] != "Epoch 1/3", epochs[:3]
+    assert "[encoder]" not in resumed.stdout and "[gan]" in resumed.stdout
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    assert json.loads((out / "state.json").read_text())["completed"] == [
+        "encoder", "gan", "fusion", "image"]
