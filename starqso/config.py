@@ -181,8 +181,8 @@ class ModelConfig:
     """Network sizes shared by the spectrum encoder, the GAN and the image classifier."""
 
     image_size: int = 32  # model input side in pixels (cutouts are centre-cropped to it)
-    image_filters: tuple[int, ...] = (32, 64, 96)  # conv widths of the image trunk, one per stage
-    spectrum_filters: tuple[int, ...] = (16, 32, 48, 64)  # 1-D residual stages of the encoder
+    image_filters: tuple[int, ...] = (16, 32, 64)  # conv widths of the image trunk, one per stage
+    spectrum_filters: tuple[int, ...] = (16, 24, 32, 48)  # 1-D residual stages of the encoder
     feature_dim: int = 128  # spectral feature vector length (the paper's 128)
     noise_dim: int = 16  # GAN generator noise length
     dense_units: int = 128  # width of dense heads
@@ -214,10 +214,10 @@ class TrainingConfig:
     seed: int = 0
     batch_size: int = 128
     learning_rate: float = 1e-3
-    encoder_epochs: int = 12
-    gan_epochs: int = 15
-    fusion_epochs: int = 15
-    image_epochs: int = 15
+    encoder_epochs: int = 8
+    gan_epochs: int = 10
+    fusion_epochs: int = 10
+    image_epochs: int = 10
     gan_learning_rate: float = 2e-4
     gan_reconstruction_weight: float = 10.0  # >= 0; L2 pull of generated vectors to real ones
     early_stopping_patience: int = 4  # >= 1

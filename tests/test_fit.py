@@ -80,3 +80,24 @@ def test_fit_killed_mid_stage_resumes_from_its_last_epoch(tmp_path):
         assert (out / name).exists(), name
     assert json.loads((out / "state.json").read_text())["completed"] == [
         "encoder", "gan", "fusion", "image"]
+
+
+def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
+    from starqso.io import read_catalog, write_catalog
+    from starqso.simulate import simulate_survey
+
+    path = simulate_survey(tmp_path / "sim", 40, seed=3, size=24, workers=1)
+    table = read_catalog(path)
+    table["spectrum"][:8] = ""  # photometry-only objects: classifier stages only
+    catalogue = tmp_path / "sim" / "mixed.csv"
+    write_catalog(table, catalogue)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--data", str(catalogue),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    no_spectrum = set(table["id"][:8])
+    validation = split["validation"]
+    assert metrics["fusion"]["n"] == len(validation)
+    assert metrics["encoder"]["n"] == len([i for i in validation if i not in no_spectrum])

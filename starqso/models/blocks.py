@@ -6,6 +6,13 @@ import keras
 from keras import layers
 
 
+def batch_norm(name):
+    # Momentum 0.9, not Keras' 0.99: a stage sees only a few hundred steps on CPU budgets, and
+    # slow moving averages leave inference-time statistics far from the trained ones (the
+    # validation accuracy then collapses to one class while training accuracy climbs).
+    return layers.BatchNormalization(momentum=0.9, name=name)
+
+
 def image_trunk(image, filters, dense_units, dropout, name):
     """A small VGG-style CNN for point-source cutouts: (S, S, 5) -> (dense_units,).
 
@@ -27,7 +34,7 @@ def image_trunk(image, filters, dense_units, dropout, name):
         for conv in range(2):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False,
                               name=f"{name}_conv{stage}_{conv}")(x)
-            x = layers.BatchNormalization(name=f"{name}_bn{stage}_{conv}")(x)
+            x = batch_norm(name=f"{name}_bn{stage}_{conv}")(x)
             x = layers.ReLU(name=f"{name}_relu{stage}_{conv}")(x)
         if stage < len(filters) - 1:
             x = layers.MaxPooling2D(2, name=f"{name}_pool{stage}")(x)
@@ -42,17 +49,17 @@ def residual_block_1d(x, filters, stride, name):
     shortcut = x
     y = layers.Conv1D(filters, 5, strides=stride, padding="same", use_bias=False,
                       name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = batch_norm(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv1D(filters, 5, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = batch_norm(name=f"{name}_bn2")(y)
     if stride != 1:
         # Average-pool then project (ResNet-D shortcut). A strided 1x1 Conv1D, the classic
         # shortcut, corrupts the heap in TF 2.21's oneDNN CPU kernels.
         shortcut = layers.AveragePooling1D(stride, padding="same", name=f"{name}_pool")(shortcut)
     if shortcut.shape[-1] != filters:
         shortcut = layers.Conv1D(filters, 1, use_bias=False, name=f"{name}_project")(shortcut)
-        shortcut = layers.BatchNormalization(name=f"{name}_project_bn")(shortcut)
+        shortcut = batch_norm(name=f"{name}_project_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from starqso.models.blocks import base_config, deserialize_submodel, residual_block_1d
+from starqso.models.blocks import (
+    base_config,
+    batch_norm,
+    deserialize_submodel,
+    residual_block_1d,
+)
 from starqso.models.layers import PACKAGE
 
 SPECTRUM_PIXELS = 3700
@@ -36,7 +41,7 @@ class SpectrumEncoder(keras.Model):
         spectrum = keras.Input((num_pixels, SPECTRUM_CHANNELS), name="spectrum")
         x = layers.Conv1D(filters[0], 7, strides=2, padding="same", use_bias=False,
                           name="stem_conv")(spectrum)
-        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = batch_norm(name="stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
         for stage, width in enumerate(filters):
             x = residual_block_1d(x, width, stride=2, name=f"stage{stage}")

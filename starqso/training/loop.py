@@ -6,6 +6,21 @@ Keras 3 ``fit()`` under MultiWorkerMirroredStrategy has open upstream bugs
 ``strategy.run`` on a distributed dataset, with losses reduced across workers by Keras' loss
 scaling. It keeps what the stages need from ``fit()``: per-epoch validation, early stopping
 with best-weight restore, per-epoch checkpoints for ``--resume`` and a History-like record.
+
+Every worker builds the same datasets (same arrays, same seeds); the strategy splits each
+global batch into one slice per replica (``AutoShardPolicy.DATA``), so the workers see
+disjoint slices of every batch and the all-reduced gradients are those of the global batch.
+What plain ``fit()`` leaves per replica is made global here, so that all workers end with
+identical models and identical logs:
+
+* metrics are read in cross-replica context after each pass, which sums their state over
+  every replica of every worker (exact global loss, accuracy, AUC, ...);
+* non-trainable float weights that each replica updates on its own (BatchNormalization's
+  moving mean and variance: Keras 3 creates them with ``aggregation="none"``) are averaged
+  over the replicas after every training epoch. The moving-average update is linear, so this
+  equals a moving average of the replica-averaged batch statistics;
+* a final global batch with fewer objects than replicas is skipped in training: some replica
+  would get an empty slice, and BatchNormalization's statistics of an empty batch are NaN.
 """
 
 from __future__ import annotations
@@ -25,19 +40,47 @@ class LoopHistory:
         self.history = {}
 
 
-def _to_python(logs):
-    return {key: float(np.asarray(value)) for key, value in logs.items()}
+def _distribute_options(dataset):
+    import tensorflow as tf
+
+    # The datasets are built from in-memory tensors: there are no files to shard, and AUTO
+    # would only fall back to DATA after logging a warning.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _without_small_batches(dataset, replicas):
+    """Drop global batches that cannot give every replica at least one object."""
+    import tensorflow as tf
+
+    if replicas <= 1:
+        return dataset
+
+    def big_enough(*batch):
+        return tf.shape(tf.nest.flatten(batch)[0])[0] >= replicas
+
+    return dataset.filter(big_enough)
+
+
+def _local_state(model):
+    """Float non-trainable weights: the replica-local state to average (BN moving stats)."""
+    return [variable for variable in model.non_trainable_weights
+            if "float" in str(variable.dtype)]
 
 
 def distributed_fit(model, strategy, train_dataset, validation_dataset, epochs, *, monitor,
                     patience, backup_dir=None, write_backup=True, log=print):
     """Train ``model`` (compiled) for up to ``epochs`` epochs on every worker in lock-step.
 
+    Every worker must call this with the same model, datasets and arguments (collective ops
+    pair up by order); afterwards every worker holds the same weights.
+
     Args:
         model: a compiled Keras model built inside ``strategy.scope()``.
         strategy: the (multi-worker) strategy.
-        train_dataset: ``tf.data.Dataset`` of global batches (same on every worker; the
-            strategy shards it).
+        train_dataset: ``tf.data.Dataset`` of global batches, identical on every worker (same
+            data, same shuffle seed); each replica trains on its slice of every batch.
         validation_dataset: same for validation.
         epochs: maximum number of epochs.
         monitor: validation metric to minimise for early stopping, e.g. "val_loss".
@@ -51,19 +94,58 @@ def distributed_fit(model, strategy, train_dataset, validation_dataset, epochs, 
     """
     import tensorflow as tf
 
-    train_dist = strategy.experimental_distribute_dataset(train_dataset)
-    validation_dist = strategy.experimental_distribute_dataset(validation_dataset)
+    replicas = strategy.num_replicas_in_sync
+    train_dist = strategy.experimental_distribute_dataset(
+        _distribute_options(_without_small_batches(train_dataset, replicas)))
+    validation_dist = strategy.experimental_distribute_dataset(
+        _distribute_options(validation_dataset))
 
-    @tf.function
+    # The signature keeps the batch dimension unknown: a last, smaller batch does not trace
+    # (and build the collectives of) the whole step a second time.
+    @tf.function(input_signature=[train_dist.element_spec])
     def train_step(batch):
         return strategy.run(model.train_step, args=(batch,))
 
-    @tf.function
+    @tf.function(input_signature=[validation_dist.element_spec])
     def test_step(batch):
         return strategy.run(model.test_step, args=(batch,))
 
-    def reduce(logs):
-        return {key: strategy.reduce("MEAN", value, axis=None) for key, value in logs.items()}
+    local_state = _local_state(model)
+
+    @tf.function
+    def average_local_state():
+        def average():
+            context = tf.distribute.get_replica_context()
+            means = context.all_reduce(tf.distribute.ReduceOp.MEAN,
+                                       [tf.identity(variable.value) for variable in local_state])
+            for variable, mean in zip(local_state, means, strict=True):
+                variable.assign(mean)
+
+        strategy.run(average)
+
+    @tf.function
+    def metric_results():
+        # In cross-replica context a metric variable reads as its sum over all replicas of all
+        # workers, so these are the results over the whole epoch (one graph: the collectives
+        # run together instead of one eager round trip per variable).
+        values = {}
+        for metric in model.metrics:
+            result = metric.result()
+            values.update(result if isinstance(result, dict) else {metric.name: result})
+        return values
+
+    def results(step_logs):
+        """The epoch's logs: the metrics' global results, under the keys the step returns."""
+        values = metric_results()
+        return {key: float(np.asarray(values[key] if key in values else
+                                      strategy.reduce("MEAN", value, axis=None)))
+                for key, value in step_logs.items()}
+
+    # Build the optimizer's slots up front, as fit() does: a checkpoint then restores them
+    # too, and no variables are created inside the distributed step.
+    if getattr(model, "optimizer", None) is not None and not model.optimizer.built:
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
 
     history = LoopHistory()
     start_epoch, best, best_weights, waited = 0, np.inf, None, 0
@@ -89,13 +171,15 @@ def distributed_fit(model, strategy, train_dataset, validation_dataset, epochs, 
         logs = {}
         for batch in train_dist:
             logs = train_step(batch)
-        train_logs = _to_python(reduce(logs))
+        train_logs = results(logs)
+        if local_state:
+            average_local_state()
         for metric in model.metrics:
             metric.reset_state()
         logs = {}
         for batch in validation_dist:
             logs = test_step(batch)
-        validation_logs = {f"val_{key}": value for key, value in _to_python(reduce(logs)).items()}
+        validation_logs = {f"val_{key}": value for key, value in results(logs).items()}
         epoch_logs = {**train_logs, **validation_logs}
         for key, value in epoch_logs.items():
             history.history.setdefault(key, []).append(value)
