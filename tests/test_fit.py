@@ -44,6 +44,13 @@ def test_fit_tiny_through_the_cli_writes_a_complete_run_folder(tmp_path):
                                      verbose=0))
     assert p_qso.shape == (3, 1) and np.all((p_qso >= 0) & (p_qso <= 1))
 
+    # Same seed and config on the same machine: the same validation metrics.
+    from starqso.config import get_preset
+    from starqso.training import fit_run
+
+    repeated = fit_run(tmp_path / "again", get_preset("tiny"), log=lambda line: None)
+    assert repeated == metrics
+
     # A second fit into the same folder is refused, not silently mixed.
     again = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--out", str(out)])
     assert again.exit_code == 2 and "--resume" in again.output

@@ -28,7 +28,7 @@ class ImageClassifier(keras.Model):
                  **kwargs):
         image = keras.Input((image_size, image_size, 5), name="image")
         x = image_trunk(image, filters, dense_units, dropout, name="trunk")
-        probability = layers.Dense(1, activation="sigmoid", name="p_qso")(x)
+        probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
         super().__init__(inputs={"image": image}, outputs=probability, **kwargs)
         self.image_size = int(image_size)
         self.filters = tuple(int(f) for f in filters)
@@ -70,7 +70,7 @@ class FusionClassifier(keras.Model):
         x = layers.Dense(dense_units, activation="relu", name="hidden")(x)
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
-        probability = layers.Dense(1, activation="sigmoid", name="p_qso")(x)
+        probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
         super().__init__(inputs={"image": image, "features": features}, outputs=probability,
                          **kwargs)
         self.image_size = int(image_size)

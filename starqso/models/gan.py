@@ -47,7 +47,8 @@ class FeatureGenerator(keras.Model):
         x = image_trunk(image, filters, dense_units, dropout, name="trunk")
         x = layers.Concatenate(name="with_noise")([x, noise])
         x = layers.Dense(dense_units, activation="relu", name="hidden")(x)
-        features = layers.Dense(feature_dim, activation="tanh", name="features")(x)
+        features = layers.Dense(feature_dim, activation="tanh", dtype="float32",
+                                name="features")(x)
         super().__init__(inputs={"image": image, "noise": noise}, outputs=features, **kwargs)
         self.image_size = int(image_size)
         self.filters = tuple(int(f) for f in filters)
@@ -93,7 +94,7 @@ class FeatureDiscriminator(keras.Model):
         x = layers.LeakyReLU(0.2, name="hidden_relu")(x)
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
-        logit = layers.Dense(1, name="logit")(x)
+        logit = layers.Dense(1, dtype="float32", name="logit")(x)
         super().__init__(inputs={"features": features, "image": image}, outputs=logit, **kwargs)
         self.image_size = int(image_size)
         self.filters = tuple(int(f) for f in filters)

@@ -47,7 +47,8 @@ class SpectrumEncoder(keras.Model):
             x = residual_block_1d(x, width, stride=2, name=f"stage{stage}")
         x = layers.GlobalAveragePooling1D(name="gap")(x)
         # tanh bounds the vector, which keeps the GAN's regression target well scaled.
-        features = layers.Dense(feature_dim, activation="tanh", name="features")(x)
+        features = layers.Dense(feature_dim, activation="tanh", dtype="float32",
+                                name="features")(x)
         super().__init__(inputs={"spectrum": spectrum}, outputs=features, **kwargs)
         self.filters = tuple(int(f) for f in filters)
         self.feature_dim = int(feature_dim)
@@ -80,7 +81,7 @@ class SpectrumClassifier(keras.Model):
         x = encoder({"spectrum": spectrum})
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
-        probability = layers.Dense(1, activation="sigmoid", name="p_qso")(x)
+        probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
         super().__init__(inputs={"spectrum": spectrum}, outputs=probability, **kwargs)
         self.encoder = encoder
         self.dropout = float(dropout)
