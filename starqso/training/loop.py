@@ -69,6 +69,32 @@ def _local_state(model):
             if "float" in str(variable.dtype)]
 
 
+def _check_same_start(strategy, start_epoch, backup_dir):
+    """Raise unless every worker starts at the same epoch.
+
+    A worker that cannot see the chief's checkpoints (``--out`` not on shared storage) would
+    start from scratch while the others resume: the collectives would pair up different steps.
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def sums(value):
+        def add(value):
+            return tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.stack([value, value * value, 1.0]))
+
+        return strategy.experimental_local_results(strategy.run(add, args=(value,)))[0]
+
+    # Equal everywhere <=> zero variance: n * sum(x^2) == sum(x)^2 (exact for small integers,
+    # and computed from the same sums on every worker, so all of them agree on raising).
+    total, squares, count = sums(tf.constant(float(start_epoch))).numpy()
+    if count * squares != total * total:
+        raise RuntimeError(
+            f"workers start this stage at different epochs (this one at {start_epoch + 1}): "
+            f"every worker must see the chief's checkpoints in {backup_dir}, so --out must be "
+            f"a folder shared by all workers")
+
+
 def distributed_fit(model, strategy, train_dataset, validation_dataset, epochs, *, monitor,
                     patience, backup_dir=None, write_backup=True, log=print):
     """Train ``model`` (compiled) for up to ``epochs`` epochs on every worker in lock-step.
@@ -161,6 +187,7 @@ def distributed_fit(model, strategy, train_dataset, validation_dataset, epochs, 
             best_weights = model.get_weights()
             model.set_weights(current)
         log(f"resuming at epoch {start_epoch + 1} from {backup_dir}")
+    _check_same_start(strategy, start_epoch, backup_dir)
 
     for epoch in range(start_epoch, epochs):
         if waited >= patience:

@@ -8,6 +8,7 @@
 The run folder::
 
     config.yaml              the run configuration (strict; reload with --config)
+    data.json                the catalogue trained on (null: simulated demo data)
     preprocessing.json       cutout scaling statistics (also inside every model)
     split.json               ids of the train / validation / test objects
     spectrum_classifier.keras, spectrum_encoder.keras, generator.keras,
@@ -228,10 +229,22 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
             raise InputError(f"{out} already holds a run; pass --resume to continue it or "
                              f"choose another --out. Received: out={out}")
         config = config or PRESETS["base"]
+    # The data a run trains on is part of it: --resume must not silently switch to demo data.
+    data_path = out / "data.json"
+    given = str(pathlib.Path(data).resolve()) if data is not None else None
+    if resume and data_path.exists():
+        saved_data = json.loads(data_path.read_text())["data"]
+        if data is not None and given != saved_data:
+            raise InputError(f"--resume continues {out} on the data it started with. Received: "
+                             f"--data {data}, but the run used "
+                             f"{saved_data or 'simulated demo data'}")
+        data = saved_data
     began = time.perf_counter()
     run = _Run(out, config, strategy, resume, log)
     if run.chief:
         save_config(config, config_path)
+        if not data_path.exists():
+            _write_json(data_path, {"data": given})
     _stages(run, _load_arrays(config, data, log))
     if run.chief:
         shutil.rmtree(out / "backup", ignore_errors=True)
