@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error
 
 from starqso.config import (
     PRESETS,
@@ -25,12 +26,6 @@ from starqso.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> None:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from helpers import assert_one_line_error
 
 from starqso.errors import InputError
 from starqso.io import (
@@ -32,12 +33,6 @@ from starqso.io import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> None:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
 @pytest.fixture

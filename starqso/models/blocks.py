@@ -63,9 +63,29 @@ def residual_block_1d(x, filters, stride, name):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
-def base_config(model):
-    """The config every starqso model shares (name, trainable)."""
-    return {"name": model.name, "trainable": model.trainable}
+class ConstructorConfig:
+    """Mixin for models whose constructor arguments are their config (keras-hub style).
+
+    A subclass names its constructor arguments in ``CONFIG_KEYS`` and keeps each as an
+    attribute of the same name; sub-models and layers among them are serialized whole.
+    """
+
+    CONFIG_KEYS = ()
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable}
+        for key in self.CONFIG_KEYS:
+            value = getattr(self, key)
+            if isinstance(value, keras.layers.Layer):
+                value = keras.saving.serialize_keras_object(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            config[key] = value
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 def deserialize_submodel(config):

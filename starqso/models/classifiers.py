@@ -6,12 +6,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from starqso.models.blocks import base_config, deserialize_submodel, image_trunk
+from starqso.models.blocks import ConstructorConfig, deserialize_submodel, image_trunk
 from starqso.models.layers import PACKAGE, CutoutScaling, ZeroNoise
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ImageClassifier(keras.Model):
+class ImageClassifier(ConstructorConfig, keras.Model):
     """Scaled image -> p(QSO): the image-only baseline.
 
     Args:
@@ -24,6 +24,8 @@ class ImageClassifier(keras.Model):
         >>> model = ImageClassifier(16, filters=(4, 8), dense_units=8)
     """
 
+    CONFIG_KEYS = ("image_size", "filters", "dense_units", "dropout")
+
     def __init__(self, image_size=32, filters=(32, 64, 96), dense_units=128, dropout=0.2,
                  **kwargs):
         image = keras.Input((image_size, image_size, 5), name="image")
@@ -35,17 +37,9 @@ class ImageClassifier(keras.Model):
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
 
-    def get_config(self):
-        return {**base_config(self), "image_size": self.image_size, "filters": list(self.filters),
-                "dense_units": self.dense_units, "dropout": self.dropout}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FusionClassifier(keras.Model):
+class FusionClassifier(ConstructorConfig, keras.Model):
     """(scaled image, spectral feature vector) -> p(QSO).
 
     The vector is the GAN generator's at training and inference (or the real encoder's, for
@@ -59,6 +53,8 @@ class FusionClassifier(keras.Model):
         dense_units: width of the hidden layers.
         dropout: dropout rate.
     """
+
+    CONFIG_KEYS = ("image_size", "filters", "feature_dim", "dense_units", "dropout")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, dense_units=128,
                  dropout=0.2, **kwargs):
@@ -79,18 +75,9 @@ class FusionClassifier(keras.Model):
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
 
-    def get_config(self):
-        return {**base_config(self), "image_size": self.image_size, "filters": list(self.filters),
-                "feature_dim": self.feature_dim, "dense_units": self.dense_units,
-                "dropout": self.dropout}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class StarQSOClassifier(keras.Model):
+class StarQSOClassifier(ConstructorConfig, keras.Model):
     """The deployable model: raw nanomaggie cutouts (N, S, S, 5) -> p(QSO) (N, 1).
 
     Scaling (asinh + per-band statistics from fit time), the generator (with zero noise) and
@@ -106,6 +93,8 @@ class StarQSOClassifier(keras.Model):
         >>> model = StarQSOClassifier(scaling, generator, fusion)  # doctest: +SKIP
         >>> p_qso = model.predict(cutouts_nhwc)  # doctest: +SKIP
     """
+
+    CONFIG_KEYS = ("scaling", "generator", "fusion")
 
     def __init__(self, scaling, generator, fusion, **kwargs):
         scaling = deserialize_submodel(scaling)
@@ -123,15 +112,7 @@ class StarQSOClassifier(keras.Model):
         self.fusion = fusion
         self.image_size = size
 
-    def get_config(self):
-        return {**base_config(self),
-                "scaling": keras.saving.serialize_keras_object(self.scaling),
-                "generator": keras.saving.serialize_keras_object(self.generator),
-                "fusion": keras.saving.serialize_keras_object(self.fusion)}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 __all__ = ["CutoutScaling", "FusionClassifier", "ImageClassifier", "StarQSOClassifier"]

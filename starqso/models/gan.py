@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from starqso.models.blocks import base_config, image_trunk
+from starqso.models.blocks import ConstructorConfig, deserialize_submodel, image_trunk
 from starqso.models.layers import PACKAGE
 
 
@@ -25,7 +25,7 @@ def unscale(loss):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FeatureGenerator(keras.Model):
+class FeatureGenerator(ConstructorConfig, keras.Model):
     """(image, noise) -> generated spectral feature vector.
 
     Args:
@@ -39,6 +39,8 @@ class FeatureGenerator(keras.Model):
     Example:
         >>> generator = FeatureGenerator(16, filters=(4, 8), feature_dim=8, noise_dim=4)
     """
+
+    CONFIG_KEYS = ("image_size", "filters", "feature_dim", "noise_dim", "dense_units", "dropout")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, noise_dim=16,
                  dense_units=128, dropout=0.2, **kwargs):
@@ -57,18 +59,9 @@ class FeatureGenerator(keras.Model):
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
 
-    def get_config(self):
-        return {**base_config(self), "image_size": self.image_size, "filters": list(self.filters),
-                "feature_dim": self.feature_dim, "noise_dim": self.noise_dim,
-                "dense_units": self.dense_units, "dropout": self.dropout}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FeatureDiscriminator(keras.Model):
+class FeatureDiscriminator(ConstructorConfig, keras.Model):
     """(feature vector, image) -> logit that the vector is the object's real spectral vector.
 
     Conditioning on the image makes the discriminator judge whether the vector fits this
@@ -81,6 +74,8 @@ class FeatureDiscriminator(keras.Model):
         dense_units: width of the hidden layers.
         dropout: dropout in the hidden layers.
     """
+
+    CONFIG_KEYS = ("image_size", "filters", "feature_dim", "dense_units", "dropout")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, dense_units=128,
                  dropout=0.2, **kwargs):
@@ -102,18 +97,9 @@ class FeatureDiscriminator(keras.Model):
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
 
-    def get_config(self):
-        return {**base_config(self), "image_size": self.image_size, "filters": list(self.filters),
-                "feature_dim": self.feature_dim, "dense_units": self.dense_units,
-                "dropout": self.dropout}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ConditionalGAN(keras.Model):
+class ConditionalGAN(ConstructorConfig, keras.Model):
     """Trains a :class:`FeatureGenerator` against a :class:`FeatureDiscriminator`.
 
     Data: ``({"image": scaled images}, real feature vectors)``. Compile with
@@ -132,13 +118,15 @@ class ConditionalGAN(keras.Model):
         >>> gan.compile(keras.optimizers.Adam(2e-4), keras.optimizers.Adam(2e-4))
     """
 
+    CONFIG_KEYS = ("generator", "discriminator", "reconstruction_weight", "seed")
+
     def __init__(self, generator, discriminator, reconstruction_weight=10.0, seed=0, **kwargs):
         super().__init__(**kwargs)
-        self.generator = generator
-        self.discriminator = discriminator
+        self.generator = deserialize_submodel(generator)
+        self.discriminator = deserialize_submodel(discriminator)
         self.reconstruction_weight = float(reconstruction_weight)
         self.seed = int(seed)
-        self.noise_dim = generator.noise_dim
+        self.noise_dim = self.generator.noise_dim
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.adversarial_loss = keras.losses.BinaryCrossentropy(from_logits=True)
         self.reconstruction_loss = keras.losses.MeanSquaredError()
@@ -218,15 +206,4 @@ class ConditionalGAN(keras.Model):
         self.reconstruction_tracker.update_state(unscale(self.reconstruction_loss(real, fake)))
         return {"reconstruction": self.reconstruction_tracker.result()}
 
-    def get_config(self):
-        return {**base_config(self),
-                "generator": keras.saving.serialize_keras_object(self.generator),
-                "discriminator": keras.saving.serialize_keras_object(self.discriminator),
-                "reconstruction_weight": self.reconstruction_weight, "seed": self.seed}
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("generator", "discriminator"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)

@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from starqso.models.blocks import (
-    base_config,
+    ConstructorConfig,
     batch_norm,
     deserialize_submodel,
     residual_block_1d,
@@ -18,7 +18,7 @@ SPECTRUM_CHANNELS = 2
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SpectrumEncoder(keras.Model):
+class SpectrumEncoder(ConstructorConfig, keras.Model):
     """Spectrum on the encoder grid -> spectral feature vector.
 
     The input has two channels per pixel (:func:`starqso.preprocessing.encoder_input`):
@@ -35,6 +35,8 @@ class SpectrumEncoder(keras.Model):
         >>> encoder({"spectrum": np.zeros((2, 3700, 2), "float32")}).shape  # doctest: +SKIP
         (2, 16)
     """
+
+    CONFIG_KEYS = ("filters", "feature_dim", "num_pixels")
 
     def __init__(self, filters=(16, 32, 48, 64), feature_dim=128, num_pixels=SPECTRUM_PIXELS,
                  **kwargs):
@@ -54,17 +56,9 @@ class SpectrumEncoder(keras.Model):
         self.feature_dim = int(feature_dim)
         self.num_pixels = int(num_pixels)
 
-    def get_config(self):
-        return {**base_config(self), "filters": list(self.filters),
-                "feature_dim": self.feature_dim, "num_pixels": self.num_pixels}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SpectrumClassifier(keras.Model):
+class SpectrumClassifier(ConstructorConfig, keras.Model):
     """Spectrum -> p(QSO): the encoder with a logistic head (a spectrum-only classifier).
 
     Args:
@@ -74,6 +68,8 @@ class SpectrumClassifier(keras.Model):
     Example:
         >>> classifier = SpectrumClassifier(SpectrumEncoder(filters=(8,), feature_dim=8))
     """
+
+    CONFIG_KEYS = ("encoder", "dropout")
 
     def __init__(self, encoder, dropout=0.2, **kwargs):
         encoder = deserialize_submodel(encoder)
@@ -86,10 +82,4 @@ class SpectrumClassifier(keras.Model):
         self.encoder = encoder
         self.dropout = float(dropout)
 
-    def get_config(self):
-        return {**base_config(self), "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "dropout": self.dropout}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
