@@ -37,16 +37,18 @@ class _LazyProgress:
     """A progress bar on stderr that appears only once work has started.
 
     Arguments are validated before the first update, so a bad option prints its one-line
-    error without a half-drawn bar before it. Called with the number of items done so far.
+    error without a half-drawn bar before it. Called with the number of items done so far
+    (and the total, when the caller learns it only once work starts).
     """
 
     def __init__(self, length, label):
         self.length, self.label = length, label
         self.bar, self.done = None, 0
 
-    def __call__(self, count):
+    def __call__(self, count, total=None):
         if self.bar is None:
-            self.bar = click.progressbar(length=self.length, label=self.label, file=sys.stderr,
+            self.bar = click.progressbar(length=total or self.length, label=self.label,
+                                         file=sys.stderr,
                                          show_pos=True).__enter__()
         self.bar.update(count - self.done)
         self.done = count
@@ -138,3 +140,53 @@ def fit(data, out_dir, config_path, preset, strategy, resume):
         if config_path is not None:
             config = load_config(config_path, base=config)
     fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Export folder [default: RUN_DIR/export].")
+def export(run_dir, out_dir):
+    """Export a run's model: SavedModel, TFLite fp32/fp16/int8, checks and model card.
+
+    Every format takes raw nanomaggie cutouts (N, S, S, 5), channels last, and returns
+    p(QSO); each is checked against the Keras model on held-out simulated cutouts.
+    """
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from starqso.export import export_run
+
+    export_run(run_dir, out_dir, log=click.echo)
+
+
+@main.command()
+@click.argument("catalog", type=click.Path())
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Exported model folder [default: the pretrained model shipped with "
+                   "starqso].")
+@click.option("--output", default="predictions.csv", show_default=True,
+              type=click.Path(dir_okay=False),
+              help="Output CSV, or a FITS table if it ends in .fits.")
+@click.option("--runtime", type=click.Choice(["keras", "litert"]), default="keras",
+              show_default=True,
+              help="keras (TensorFlow) or litert (int8 TFLite, no TensorFlow needed).")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+def predict(catalog, model_dir, output, runtime, batch_size):
+    """Classify the cutouts listed in CATALOG (CSV/FITS with id, image) or in a folder.
+
+    Writes every input row, in input order: id, p_qso, label (STAR/QSO at the model's
+    threshold, 0.5), flag (empty, or why the row could not be classified).
+    """
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from starqso.inference import predict_catalog
+
+    start = time.perf_counter()
+    with _LazyProgress(None, "classifying") as progress:
+        summary = predict_catalog(catalog, output, model_dir=model_dir, runtime=runtime,
+                                  batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+    click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "
+               f"{summary['rows'] / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")

@@ -90,6 +90,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.qso_fraction": _UNIT_CLOSED,
     "data.validation_fraction": _UNIT_OPEN,
     "data.test_fraction": _UNIT_HALF_OPEN,
+    **dict.fromkeys(["data.export_check_objects", "data.export_calibration_objects"], _GE1),
     "training.seed": _GE0,
     "training.batch_size": _GE1,
     "training.early_stopping_patience": _GE1,
@@ -202,6 +203,8 @@ class DataConfig:
     qso_fraction: float | None = None  # None = the real catalogue's fraction
     validation_fraction: float = 0.2  # in (0, 1)
     test_fraction: float = 0.0  # in [0, 1), validation + test < 1
+    export_check_objects: int = 2000  # held-out simulated cutouts checking each export
+    export_calibration_objects: int = 300  # simulated cutouts calibrating the int8 model
 
     def __post_init__(self) -> None:
         _validate_in_place(self, "data")
@@ -254,7 +257,8 @@ PRESETS: dict[str, RunConfig] = {
         preset="tiny",
         model=ModelConfig(image_size=16, image_filters=(4, 8), spectrum_filters=(4, 8),
                           feature_dim=8, noise_dim=4, dense_units=8, dropout=0.0),
-        data=DataConfig(num_objects=96, cutout_size=24, validation_fraction=0.25),
+        data=DataConfig(num_objects=96, cutout_size=24, validation_fraction=0.25,
+                        export_check_objects=48, export_calibration_objects=16),
         training=TrainingConfig(batch_size=16, encoder_epochs=2, gan_epochs=2, fusion_epochs=2,
                                 image_epochs=2, early_stopping_patience=2),
     ),

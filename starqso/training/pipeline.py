@@ -17,6 +17,7 @@ The run folder::
     metrics.json             validation metrics per stage
     history.json             per-epoch training history per stage
     state.json               completed stages (for --resume)
+    export/                  SavedModel, TFLite fp32/fp16/int8, checks, model card
     logs/STAGE/              TensorBoard logs
     backup/STAGE/            last-epoch checkpoints while a stage runs (--resume)
 """
@@ -248,6 +249,9 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
     _stages(run, _load_arrays(config, data, log))
     if run.chief:
         shutil.rmtree(out / "backup", ignore_errors=True)
+        from starqso.export import export_run
+
+        export_run(out, out / "export", log=log)
     log(f"done in {time.perf_counter() - began:.0f} s -> {out}")
     return run.metrics
 
