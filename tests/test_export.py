@@ -130,3 +130,16 @@ def test_predict_bad_model_folder_is_one_line(tmp_path, catalogue):
     assert result.exit_code == 2
     assert result.output.strip().startswith("starqso: error: model folder must hold")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_predict_uses_the_shipped_model_by_default(catalogue, tmp_path, monkeypatch):
+    from starqso.inference import default_model_dir
+
+    shipped = default_model_dir()
+    for name in ("metadata.json", "starqso_classifier.keras", "model_int8.tflite"):
+        assert (shipped / name).exists(), name
+    monkeypatch.chdir(tmp_path)  # any working directory
+    result = CliRunner().invoke(main, ["predict", str(catalogue), "--runtime", "litert",
+                                       "--output", "out.fits"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.fits").exists() and "20 rows" in result.output
