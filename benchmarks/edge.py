@@ -40,15 +40,14 @@ def main():
 
     from starqso.inference import KerasPredictor, LiteRTPredictor
     from starqso.io import write_catalog, write_cutout
+    from starqso.preprocessing import center_crop
     from starqso.simulate import simulate_object
 
     model_dir = pathlib.Path(args.model)
     metadata = json.loads((model_dir / "metadata.json").read_text())
     size = metadata["input_shape"][1]
     objects = [simulate_object(i, args.seed) for i in range(args.n)]
-    margin = (objects[0].cutout.shape[-1] - size) // 2
-    images = np.stack([obj.cutout[:, margin:margin + size, margin:margin + size]
-                       for obj in objects]).transpose(0, 2, 3, 1).astype(np.float32)
+    images = np.stack([center_crop(obj.cutout, size) for obj in objects])
     keras_p = np.concatenate([KerasPredictor(model_dir)(images[i:i + 512])
                               for i in range(0, len(images), 512)])
 

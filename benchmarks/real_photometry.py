@@ -18,8 +18,6 @@ neighbours, no sky residuals. It then reports macro-F1, F1(QSO) and accuracy for
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import os
 import pathlib
 import sys
@@ -30,18 +28,11 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sim_realism import read_real  # noqa: E402 - the same reader of the real catalogue
+
 SKY_SIGMA = np.array([0.030, 0.012, 0.029, 0.032, 0.12])  # nanomaggies/px, SDSS-like
 BAND_RATIOS = np.array([1.15, 1.08, 1.0, 0.96, 0.98])
 PIXEL = 0.396
-
-
-def read_rows(path):
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["class"] in ("STAR", "QSO")]
-    mags = np.array([[float(r[b]) for b in "ugriz"] for r in rows])
-    good = np.all((mags > 5) & (mags < 30), axis=1)
-    return mags[good], np.array([r["class"] == "QSO" for r in rows])[good].astype(int)
 
 
 def render(mags, size, rng):
@@ -103,7 +94,8 @@ def main():
     from starqso.inference import KerasPredictor, LiteRTPredictor
 
     began = time.perf_counter()
-    mags, labels = read_rows(args.catalog)
+    real = read_real(args.catalog)
+    mags, labels = real["mags"], (real["label"] == "QSO").astype(int)
     rng = np.random.default_rng(args.seed)
     cubes = np.stack([render(m, 48, rng) for m in mags])
     size = 32

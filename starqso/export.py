@@ -109,27 +109,6 @@ def convert_tflite(saved_model_dir, variant, calibration_images=None):
     return converter.convert()
 
 
-def tflite_predict(model_path, images, batch_size=256, num_threads=None):
-    """p(QSO) from a TFLite model through LiteRT (no TensorFlow needed)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
-    input_index = interpreter.get_input_details()[0]["index"]
-    output_index = interpreter.get_output_details()[0]["index"]
-    outputs = []
-    current = None
-    for start in range(0, len(images), batch_size):
-        batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
-        if batch.shape != current:
-            interpreter.resize_tensor_input(input_index, batch.shape)
-            interpreter.allocate_tensors()
-            current = batch.shape
-        interpreter.set_tensor(input_index, batch)
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(output_index).reshape(-1))
-    return np.concatenate(outputs)
-
-
 def _agreement(reference, other):
     reference, other = np.ravel(reference), np.ravel(other)
     return {
@@ -160,13 +139,20 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
     Example:
         >>> export_run("runs/demo")  # doctest: +SKIP
     """
-    import tensorflow as tf
-
     from starqso.config import load_config
+    from starqso.inference import LiteRTPredictor
     from starqso.simulate.arrays import simulate_arrays
 
     run_dir = pathlib.Path(run_dir)
+    # Check the folder before paying for the TensorFlow import.
+    if not (run_dir / "config.yaml").is_file() or not (
+            run_dir / "starqso_classifier.keras").is_file():
+        raise InputError(f"not a complete `starqso fit` run folder (needs config.yaml and "
+                         f"starqso_classifier.keras). Received: {run_dir}")
     config = load_config(run_dir / "config.yaml")
+
+    import tensorflow as tf
+
     model = _load_keras(run_dir)
     num_check = num_check or config.data.export_check_objects
     num_calibration = num_calibration or config.data.export_calibration_objects
@@ -194,7 +180,10 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
     for variant in TFLITE_VARIANTS:
         path = staging / f"model_{variant}.tflite"
         path.write_bytes(convert_tflite(staging / "saved_model", variant, calibration))
-        results[f"model_{variant}.tflite"] = {**_agreement(reference, tflite_predict(path, check)),
+        predictor = LiteRTPredictor(path)
+        litert_p = np.concatenate([predictor(check[i:i + 256])
+                                   for i in range(0, len(check), 256)])
+        results[f"model_{variant}.tflite"] = {**_agreement(reference, litert_p),
                                               "bytes": path.stat().st_size}
         shown = results[f"model_{variant}.tflite"]
         log(f"model_{variant}.tflite: {shown['bytes'] / 1e3:.0f} kB, max |dp| "
