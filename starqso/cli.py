@@ -190,3 +190,24 @@ def predict(catalog, model_dir, output, runtime, batch_size):
     seconds = time.perf_counter() - start
     click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "
                f"{summary['rows'] / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")
+
+
+@main.command()
+@click.argument("predictions", type=click.Path())
+@click.option("--truth", "truth", type=click.Path(), required=True,
+              help="Labelled catalogue (CSV/FITS with id, label; optional r, redshift).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation",
+              show_default=True, help="Folder for metrics.json and the plots.")
+@click.option("--threshold", default=0.5, show_default=True, type=float,
+              help="Call an object QSO when p_qso >= threshold.")
+def evaluate(predictions, truth, out_dir, threshold):
+    """Score PREDICTIONS (the output of `starqso predict`) against a labelled catalogue.
+
+    Joins the two by id and reports ids missing from PREDICTIONS, extra ids, flagged rows and
+    unlabelled truth rows. Writes metrics.json and plots (confusion matrix, ROC,
+    precision-recall, reliability, QSO completeness/purity vs r and redshift) into --out.
+    """
+    from starqso.evaluation import evaluate_predictions, format_report
+
+    metrics = evaluate_predictions(predictions, truth, out_dir, threshold=threshold)
+    click.echo(format_report(metrics))

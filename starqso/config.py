@@ -85,7 +85,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **dict.fromkeys(["model.feature_dim", "model.noise_dim", "model.dense_units"], _GE1),
     "model.dropout": _UNIT_HALF_OPEN,
     "data.num_objects": (lambda v: v >= 2, ">= 2"),  # a split needs at least two objects
-    "data.simulation_seed": _GE0,  # NumPy rejects negative seeds
+    **dict.fromkeys(["data.simulation_seed", "data.split_seed"], _GE0),  # NumPy: seeds >= 0
     "data.cutout_size": (lambda v: v >= 16, ">= 16"),  # the sky simulator's smallest cutout
     "data.qso_fraction": _UNIT_CLOSED,
     "data.validation_fraction": _UNIT_OPEN,
@@ -94,7 +94,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.seed": _GE0,
     "training.batch_size": _GE1,
     "training.early_stopping_patience": _GE1,
-    "training.gan_reconstruction_weight": _GE0,
+    **dict.fromkeys(["training.gan_reconstruction_weight",
+                     "training.gan_distillation_weight"], _GE0),
     **dict.fromkeys(["training.learning_rate", "training.gan_learning_rate"], _GT0),
     **{f"training.{stage}_epochs": _GE0 for stage in ("encoder", "gan", "fusion", "image")},
 }
@@ -203,6 +204,7 @@ class DataConfig:
     qso_fraction: float | None = None  # None = the real catalogue's fraction
     validation_fraction: float = 0.2  # in (0, 1)
     test_fraction: float = 0.0  # in [0, 1), validation + test < 1
+    split_seed: int = 0  # the train/validation/test split; fixed while training seeds vary
     export_check_objects: int = 2000  # held-out simulated cutouts checking each export
     export_calibration_objects: int = 300  # simulated cutouts calibrating the int8 model
 
@@ -223,6 +225,9 @@ class TrainingConfig:
     image_epochs: int = 10
     gan_learning_rate: float = 2e-4
     gan_reconstruction_weight: float = 10.0  # >= 0; L2 pull of generated vectors to real ones
+    # >= 0; the frozen spectrum head must classify a generated vector as it does the real one
+    # (0 = the paper's recipe; see benchmarks/results/paper_table.md for its effect)
+    gan_distillation_weight: float = 0.0
     early_stopping_patience: int = 4  # >= 1
     augment: bool = True  # random flips / 90-degree rotations of cutouts
     mixed_precision: bool = False

@@ -81,11 +81,12 @@ def test_deployable_model_scales_raw_cutouts_inside():
                                rtol=1e-5, atol=1e-6)
 
 
-def _gan(strategy):
+def _gan(strategy, teacher=None):
     with strategy.scope():
         generator = FeatureGenerator(SIZE, (4,), FEATURES, NOISE, 8, 0.0)
         discriminator = FeatureDiscriminator(SIZE, (4,), FEATURES, 8, 0.0)
-        gan = ConditionalGAN(generator, discriminator, reconstruction_weight=5.0, seed=3)
+        gan = ConditionalGAN(generator, discriminator, reconstruction_weight=5.0, seed=3,
+                             teacher=teacher, distillation_weight=1.0)
         gan.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3))
         gan.build_optimizers()
     return gan
@@ -104,16 +105,25 @@ def test_gan_trains_one_epoch_and_reloads(tmp_path):
         np.asarray(gan.generator({"image": IMAGES, "noise": noise})), atol=1e-6)
 
 
-def test_gan_trains_under_two_replica_mirrored_strategy():
+def test_gan_with_distillation_teacher_trains_under_two_replica_mirrored_strategy():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     assert len(devices) == 2, "conftest should configure two logical CPUs"
     strategy = tf.distribute.MirroredStrategy(devices)
     assert strategy.num_replicas_in_sync == 2
-    gan = _gan(strategy)
+    with strategy.scope():
+        teacher = keras.layers.Dense(1, activation="sigmoid", name="p_qso")
+        teacher.build((None, FEATURES))
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    gan = _gan(strategy, teacher=teacher)
     dataset = tf.data.Dataset.from_tensor_slices(({"image": IMAGES}, VECTORS)).batch(6)
     before = [w.copy() for w in gan.generator.get_weights()]
     history = gan.fit(dataset, validation_data=dataset, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["generator_loss"]))
+    assert np.all(np.isfinite(history.history["distillation"]))
     assert np.isfinite(history.history["val_reconstruction"][-1])
     changed = [not np.array_equal(a, b) for a, b in zip(before, gan.generator.get_weights())]
     assert any(changed)
+    # The teacher is the frozen spectrum head: distillation must never train it.
+    for kept, now in zip(teacher_weights, teacher.get_weights()):
+        np.testing.assert_array_equal(kept, now)
+    assert ConditionalGAN.from_config(gan.get_config()).distillation_weight == 1.0

@@ -5,7 +5,11 @@ image) -> real/fake logit. The real vectors are the frozen spectrum encoder's ou
 paired spectra. :class:`ConditionalGAN` trains both with its own ``train_step`` inside plain
 ``fit()``; on top of the adversarial loss an L2 reconstruction term (weight
 ``reconstruction_weight``, as in pix2pix) pulls each generated vector towards its object's real
-one, which keeps the generator from collapsing to a class-average vector.
+one, which keeps the generator from collapsing to a class-average vector. With a ``teacher``
+(the spectrum classifier's frozen head, vector -> p(QSO)) a distillation term (weight
+``distillation_weight``) asks the teacher to classify each generated vector as it classifies the
+object's real one: the L2 term spreads its effort over all 128 dimensions, most of which carry
+no class information, while this term spends it where the classes differ.
 """
 
 from __future__ import annotations
@@ -111,6 +115,10 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
         discriminator: the discriminator.
         reconstruction_weight: weight of the L2 term between generated and real vectors.
         seed: seed of the generator noise.
+        teacher: optional frozen layer or model, feature vector -> p(QSO) (the spectrum
+            classifier's head); never trained here.
+        distillation_weight: weight of the cross-entropy between the teacher's p(QSO) on the
+            generated and on the real vector (used only with a teacher).
 
     Example:
         >>> gan = ConditionalGAN(FeatureGenerator(16, (4,), 8, 4),
@@ -118,14 +126,20 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
         >>> gan.compile(keras.optimizers.Adam(2e-4), keras.optimizers.Adam(2e-4))
     """
 
-    CONFIG_KEYS = ("generator", "discriminator", "reconstruction_weight", "seed")
+    CONFIG_KEYS = ("generator", "discriminator", "reconstruction_weight", "seed", "teacher",
+                   "distillation_weight")
 
-    def __init__(self, generator, discriminator, reconstruction_weight=10.0, seed=0, **kwargs):
+    def __init__(self, generator, discriminator, reconstruction_weight=10.0, seed=0,
+                 teacher=None, distillation_weight=0.0, **kwargs):
         super().__init__(**kwargs)
         self.generator = deserialize_submodel(generator)
         self.discriminator = deserialize_submodel(discriminator)
         self.reconstruction_weight = float(reconstruction_weight)
         self.seed = int(seed)
+        self.teacher = None if teacher is None else deserialize_submodel(teacher)
+        if self.teacher is not None:
+            self.teacher.trainable = False
+        self.distillation_weight = float(distillation_weight)
         self.noise_dim = self.generator.noise_dim
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.adversarial_loss = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -133,6 +147,8 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
         self.generator_loss_tracker = keras.metrics.Mean(name="generator_loss")
         self.discriminator_loss_tracker = keras.metrics.Mean(name="discriminator_loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.distillation_loss = keras.losses.BinaryCrossentropy()
+        self.distillation_tracker = keras.metrics.Mean(name="distillation")
         # Both sub-models are functional, hence already built; so is this wrapper (callbacks
         # such as BackupAndRestore insist on a built model).
         self.built = True
@@ -149,8 +165,9 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
 
     @property
     def metrics(self):
-        return [self.generator_loss_tracker, self.discriminator_loss_tracker,
-                self.reconstruction_tracker]
+        trackers = [self.generator_loss_tracker, self.discriminator_loss_tracker,
+                    self.reconstruction_tracker]
+        return trackers + ([self.distillation_tracker] if self.teacher is not None else [])
 
     def call(self, inputs, training=False):
         image = inputs["image"]
@@ -189,6 +206,11 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
             reconstruction = self.reconstruction_loss(real, fake)
             g_loss = (self.adversarial_loss(ones, fake_logit)
                       + self.reconstruction_weight * reconstruction)
+            if self.teacher is not None:
+                distillation = self.distillation_loss(
+                    ops.stop_gradient(self.teacher(real, training=False)),
+                    self.teacher(fake, training=False))
+                g_loss = g_loss + self.distillation_weight * distillation
         gradients = tape.gradient(g_loss, self.generator.trainable_variables)
         self.generator_optimizer.apply_gradients(
             zip(gradients, self.generator.trainable_variables))
@@ -196,6 +218,8 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
         self.discriminator_loss_tracker.update_state(unscale(d_loss))
         self.generator_loss_tracker.update_state(unscale(g_loss))
         self.reconstruction_tracker.update_state(unscale(reconstruction))
+        if self.teacher is not None:
+            self.distillation_tracker.update_state(unscale(distillation))
         return {metric.name: metric.result() for metric in self.metrics}
 
     def test_step(self, data):

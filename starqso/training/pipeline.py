@@ -63,21 +63,12 @@ def _write_json(path, payload):
 
 
 def classification_metrics(labels, probabilities, threshold=0.5):
-    """Accuracy, F1(QSO), macro-F1 and ROC AUC of p(QSO) against 0/1 labels."""
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+    """The stage summary: n, accuracy, F1(QSO), macro-F1 and ROC AUC (when both classes)."""
+    from starqso.evaluation import classification_metrics as full_metrics
 
-    labels = np.asarray(labels).astype(int).ravel()
-    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
-    predicted = (probabilities >= threshold).astype(int)
-    metrics = {
-        "n": int(labels.size),
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "f1_qso": float(f1_score(labels, predicted, zero_division=0)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-    }
-    if len(np.unique(labels)) == 2:
-        metrics["roc_auc"] = float(roc_auc_score(labels, probabilities))
-    return metrics
+    metrics = full_metrics(labels, probabilities, threshold)
+    return {key: metrics[key] for key in ("n", "accuracy", "f1_qso", "macro_f1", "roc_auc")
+            if metrics[key] is not None}
 
 
 def _summary(stage, metrics, seconds, epochs):
@@ -190,7 +181,7 @@ def _scale(scaling, images, batch=2048):
 
 
 def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="default",
-            resume=False, log=print):
+            resume=False, log=print, arrays=None, export=True):
     """Train every stage and write the run folder.
 
     Args:
@@ -201,6 +192,11 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
         strategy: "default", "mirrored" or "multiworker".
         resume: continue an interrupted run in ``out_dir``.
         log: callable receiving progress lines.
+        arrays: objects already in memory (the dict of :func:`starqso.io.load_catalog_arrays`
+            or :func:`starqso.simulate.simulate_arrays`) instead of ``data``; for benchmarks
+            that train several runs on one simulation (``resume`` then needs the same
+            arrays again).
+        export: export the deployable model into ``out_dir/export`` at the end.
 
     Returns:
         dict of validation metrics per stage.
@@ -215,6 +211,9 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
 
     out = pathlib.Path(out_dir)
     config_path = out / "config.yaml"
+    if arrays is not None and data is not None:
+        raise InputError(f"fit takes --data or in-memory arrays, not both. Received: "
+                         f"data={data}")
     if resume:
         if not config_path.exists():
             raise InputError(f"--resume needs a run folder with config.yaml. Received: "
@@ -246,9 +245,10 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
         save_config(config, config_path)
         if not data_path.exists():
             _write_json(data_path, {"data": given})
-    _stages(run, _load_arrays(config, data, log))
+    _stages(run, arrays if arrays is not None else _load_arrays(config, data, log))
     if run.chief:
         shutil.rmtree(out / "backup", ignore_errors=True)
+    if run.chief and export:
         from starqso.export import export_run
 
         export_run(out, out / "export", log=log)
@@ -276,7 +276,8 @@ def _stages(run, arrays):
     config, model_config, training = run.config, run.config.model, run.config.training
     labels = arrays["labels"].astype(np.int64)
     train, validation, test = split_indices(labels, config.data.validation_fraction,
-                                            config.data.test_fraction, seed=training.seed)
+                                            config.data.test_fraction,
+                                            seed=config.data.split_seed)
     if run.chief:
         _write_json(run.out / "split.json", {
             name: [str(i) for i in arrays["ids"][index]]
@@ -356,8 +357,11 @@ def _stages(run, arrays):
                 model_config.image_size, discriminator_filters(model_config),
                 model_config.feature_dim,
                 model_config.dense_units, model_config.dropout, name="discriminator")
+            distill = training.gan_distillation_weight > 0
             gan = ConditionalGAN(generator, discriminator, training.gan_reconstruction_weight,
-                                 seed=training.seed, name="conditional_gan")
+                                 seed=training.seed, teacher=head if distill else None,
+                                 distillation_weight=training.gan_distillation_weight,
+                                 name="conditional_gan")
             gan.compile(keras.optimizers.Adam(training.gan_learning_rate, beta_1=0.5),
                         keras.optimizers.Adam(training.gan_learning_rate, beta_1=0.5))
             # Under MirroredStrategy both optimizers must own their slots before the first
