@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import pathlib
+import pickle
 import platform
 import shutil
 import subprocess
@@ -88,6 +89,9 @@ def parse_args():
     parser.add_argument("--real-catalog", default=None,
                         help="real labelled catalogue for the real-data rows")
     parser.add_argument("--out", default=None, help="markdown results file")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a seed's results from WORKDIR/seedN/results.pkl when an "
+                             "earlier run left them (e.g. to re-format, or after a stop)")
     args = parser.parse_args()
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
@@ -414,8 +418,18 @@ def main():
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="starqso-paper-"))
     per_seed, test, folders = [], None, None
     for seed in args.seeds:
-        log(f"--- training seed {seed}")
-        test, results, seed_folders = one_seed(args, seed, arrays, workdir, log)
+        saved = workdir / f"seed{seed}" / "results.pkl"
+        if args.reuse and saved.exists():
+            log(f"--- seed {seed}: results of an earlier run, {saved}")
+            with open(saved, "rb") as stream:
+                test, results = pickle.load(stream)
+            seed_folders = {"mtl": saved.parent / "seed_method",
+                            "mtl_distill": saved.parent / "distillation"}
+        else:
+            log(f"--- training seed {seed}")
+            test, results, seed_folders = one_seed(args, seed, arrays, workdir, log)
+            with open(saved, "wb") as stream:
+                pickle.dump((test, results), stream)  # an hour of training: keep what it measured
         folders = folders or seed_folders
         per_seed.append(results)
     labels = arrays["labels"][test].astype(int)
