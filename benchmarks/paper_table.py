@@ -367,6 +367,7 @@ def real_rows(catalog, model_paths, seed):
     from sim_realism import read_real
     from sklearn.model_selection import cross_val_predict
 
+    import starqso.models  # noqa: F401 - registers the classes the .keras files name
     from starqso.baselines import CLASSICAL, LABELS, make_classical
     from starqso.evaluation import classification_metrics
     from starqso.preprocessing.photometry import photometric_features
