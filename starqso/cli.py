@@ -2,7 +2,8 @@
 
 TensorFlow is imported only inside the commands that need it, so ``starqso --help`` stays fast.
 User errors (:class:`starqso.errors.InputError`, missing files) print one line on stderr and
-exit with status 2; ``--debug`` shows the traceback instead.
+exit with status 2; anything else prints one line and exits with 1, Ctrl-C with 130;
+``starqso --debug COMMAND`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from starqso import __version__
 from starqso.errors import InputError
 
 EXIT_INPUT_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+EXIT_INTERRUPTED = 130
 
 
 class _Group(click.Group):
@@ -24,13 +27,32 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (InputError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except (InputError, OSError) as err:
             if ctx.params.get("debug"):
                 raise
             message = str(err) if isinstance(err, InputError) else \
                 f"{err.strerror or err}: {err.filename}"
-            click.echo(f"starqso: error: {message}", err=True)
+            click.echo(f"starqso: error: {_one_line(message)}", err=True)
             ctx.exit(EXIT_INPUT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("starqso: interrupted (predict and fit continue with --resume)",
+                       err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except Exception as err:
+            # A bug, not bad input: still no traceback unless asked for, but say how to get it.
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"starqso: internal error: {type(err).__name__}: "
+                       f"{_one_line(str(err))} (rerun with `starqso --debug ...` for the "
+                       f"traceback and please report it)", err=True)
+            ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+def _one_line(text):
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return " ".join(lines)[:1000] if lines else "(no message)"
 
 
 class _LazyProgress:
@@ -122,7 +144,10 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
                    "TF_CONFIG.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in --out from its last completed epoch.")
-def fit(data, out_dir, config_path, preset, strategy, resume):
+@click.option("--strict", is_flag=True,
+              help="Fail on any --data row that cannot be used as it is [default: leave it "
+                   "out and list it in OUT/data_flags.csv].")
+def fit(data, out_dir, config_path, preset, strategy, resume, strict):
     """Train the spectrum encoder, the GAN, the fusion classifier and the image-only baseline.
 
     Writes every model (.keras), config.yaml, preprocessing statistics, metrics.json and
@@ -139,7 +164,8 @@ def fit(data, out_dir, config_path, preset, strategy, resume):
         config = get_preset(preset or "base")
         if config_path is not None:
             config = load_config(config_path, base=config)
-    fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo)
+    fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo,
+            strict=strict)
 
 
 @main.command()
@@ -172,11 +198,17 @@ def export(run_dir, out_dir):
               show_default=True,
               help="keras (TensorFlow) or litert (int8 TFLite, no TensorFlow needed).")
 @click.option("--batch-size", default=256, show_default=True, type=int)
-def predict(catalog, model_dir, output, runtime, batch_size):
+@click.option("--strict", is_flag=True,
+              help="Stop with an error at the first row that would be flagged.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from the partial file beside --output.")
+def predict(catalog, model_dir, output, runtime, batch_size, strict, resume):
     """Classify the cutouts listed in CATALOG (CSV/FITS with id, image) or in a folder.
 
     Writes every input row, in input order: id, p_qso, label (STAR/QSO at the model's
-    threshold, 0.5), flag (empty, or why the row could not be classified).
+    threshold, 0.5), flag (empty; why the row could not be classified, with p_qso empty; or
+    "repaired ..." when a few NaN/inf pixels were filled before classifying). The output
+    appears only when complete; an interrupted run continues with --resume.
     """
     import os
 
@@ -186,10 +218,13 @@ def predict(catalog, model_dir, output, runtime, batch_size):
     start = time.perf_counter()
     with _LazyProgress(None, "classifying") as progress:
         summary = predict_catalog(catalog, output, model_dir=model_dir, runtime=runtime,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=batch_size, progress=progress, strict=strict,
+                                  resume=resume, log=lambda line: click.echo(line, err=True))
     seconds = time.perf_counter() - start
+    new_rows = summary["rows"] - summary["resumed"]
     click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "
-               f"{summary['rows'] / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")
+               f"{summary['repaired']} repaired, {new_rows / max(seconds, 1e-9):.0f} rows/s "
+               f"-> {summary['output']}")
 
 
 @main.command()
@@ -200,7 +235,9 @@ def predict(catalog, model_dir, output, runtime, batch_size):
               show_default=True, help="Folder for metrics.json and the plots.")
 @click.option("--threshold", default=0.5, show_default=True, type=float,
               help="Call an object QSO when p_qso >= threshold.")
-def evaluate(predictions, truth, out_dir, threshold):
+@click.option("--strict", is_flag=True,
+              help="Fail unless every truth row is matched, labelled and scored.")
+def evaluate(predictions, truth, out_dir, threshold, strict):
     """Score PREDICTIONS (the output of `starqso predict`) against a labelled catalogue.
 
     Joins the two by id and reports ids missing from PREDICTIONS, extra ids, flagged rows and
@@ -209,5 +246,6 @@ def evaluate(predictions, truth, out_dir, threshold):
     """
     from starqso.evaluation import evaluate_predictions, format_report
 
-    metrics = evaluate_predictions(predictions, truth, out_dir, threshold=threshold)
+    metrics = evaluate_predictions(predictions, truth, out_dir, threshold=threshold,
+                                   strict=strict)
     click.echo(format_report(metrics))

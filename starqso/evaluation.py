@@ -313,11 +313,12 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
     labels = _texts(truth, "label")
 
     missing, flagged, flag_texts, no_probability, unlabelled, keep = [], [], [], [], [], []
+    repaired, repair_texts = [], []
     for truth_row, identifier in enumerate(truth_ids):
         row = by_id.get(identifier)
         if row is None:
             missing.append(identifier)
-        elif flags[row]:
+        elif flags[row] and np.isnan(probabilities[row]):
             flagged.append(identifier)
             flag_texts.append(flags[row])
         elif np.isnan(probabilities[row]):
@@ -326,6 +327,10 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
             unlabelled.append(identifier)
         else:
             keep.append((truth_row, row))
+            if flags[row]:
+                # Classified after a repair (e.g. a few NaN pixels): scored, and counted.
+                repaired.append(identifier)
+                repair_texts.append(flags[row])
     extra = [identifier for identifier in prediction_ids if identifier not in truth_set]
 
     truth_rows = np.array([t for t, _ in keep], dtype=np.int64)
@@ -355,6 +360,7 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
         "missing": _skipped(missing),
         "extra": _skipped(extra),
         "flagged": _skipped(flagged, flag_texts),
+        "repaired": _skipped(repaired, repair_texts),
         "no_probability": _skipped(no_probability),
         "unlabelled": _skipped(unlabelled),
     }
@@ -511,7 +517,8 @@ def _plot_reliability(bins, ece, path):
     _save(figure, path)
 
 
-def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float = 0.5) -> dict:
+def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float = 0.5,
+                         strict: bool = False) -> dict:
     """Score a predictions file against a truth catalogue; write metrics.json and plots.
 
     Writes into ``out_dir`` (created if needed; files replaced atomically): ``metrics.json``,
@@ -524,6 +531,8 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         truth_path: Catalogue with ``id``, ``label`` and optionally ``r`` and ``redshift``.
         out_dir: Folder for the outputs.
         threshold: An object is called QSO when p_qso >= threshold.
+        strict: Raise unless every truth row is matched, labelled and scored, with no extra
+            or flagged prediction rows.
 
     Returns:
         The dict written to ``metrics.json``: :func:`classification_metrics` keys plus
@@ -544,6 +553,13 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"--threshold must be within [0, 1]. Received: {threshold}")
     rows, join = join_predictions(predictions_path, truth_path)
+    if strict:
+        for key in ("missing", "extra", "flagged", "repaired", "no_probability", "unlabelled"):
+            if join[key]["count"]:
+                raise InputError(
+                    f"--strict: {join[key]['count']} {key.replace('_', ' ')} row(s), first ids "
+                    f"{', '.join(join[key]['first_ids'])}. Received: predictions "
+                    f"{join['predictions']}, truth {join['truth']}")
     if join["evaluated"] == 0:
         raise InputError(
             f"no rows left to evaluate: {join['truth_rows']} truth rows, "
@@ -654,7 +670,8 @@ def format_report(metrics: dict) -> str:
                       f"evaluated"]
         for key, text in (("missing", "missing from predictions"),
                           ("extra", "extra (not in truth)"),
-                          ("flagged", "flagged by predict"),
+                          ("flagged", "flagged by predict (not scored)"),
+                          ("repaired", "repaired by predict (scored)"),
                           ("no_probability", "no p_qso and no flag"),
                           ("unlabelled", "unlabelled in truth")):
             part = join[key]

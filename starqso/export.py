@@ -27,6 +27,7 @@ import numpy as np
 
 from starqso import __version__
 from starqso.errors import InputError
+from starqso.model_files import MODEL_FORMAT_VERSION, check_keras_file
 
 THRESHOLD = 0.5
 CLASS_NAMES = ("STAR", "QSO")
@@ -37,15 +38,13 @@ INT8_MIN_AGREEMENT = 0.995
 
 
 def _load_keras(run_dir):
-    import keras
-
-    import starqso.models  # noqa: F401 - registers the classes
+    from starqso.model_files import load_keras_model
 
     path = pathlib.Path(run_dir) / "starqso_classifier.keras"
     if not path.exists():
         raise InputError(f"run folder has no starqso_classifier.keras (run `starqso fit` to the "
                          f"end, or `--resume` it). Received: {run_dir}")
-    return keras.saving.load_model(path, safe_mode=True)
+    return load_keras_model(path)
 
 
 def write_saved_model(model, path):
@@ -150,6 +149,7 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
         raise InputError(f"not a complete `starqso fit` run folder (needs config.yaml and "
                          f"starqso_classifier.keras). Received: {run_dir}")
     config = load_config(run_dir / "config.yaml")
+    check_keras_file(run_dir / "starqso_classifier.keras")
 
     import tensorflow as tf
 
@@ -192,7 +192,8 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
                              "qso_fraction": float(np.mean(arrays["labels"][:num_check] == 1))}
     (staging / "export_check.json").write_text(json.dumps(results, indent=2) + "\n")
     metadata = {
-        "starqso_version": __version__, "input_name": "image", "output_name": "p_qso",
+        "format_version": MODEL_FORMAT_VERSION, "starqso_version": __version__,
+        "input_name": "image", "output_name": "p_qso",
         "input_shape": [None, model.image_size, model.image_size, 5], "bands": "ugriz",
         "units": "nanomaggy", "pixel_scale_arcsec": 0.396, "layout": "NHWC",
         "class_names": list(CLASS_NAMES), "threshold": THRESHOLD,

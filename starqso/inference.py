@@ -1,10 +1,20 @@
 """Classify cutouts with an exported model: `starqso predict`.
 
 Rows stream through in batches (memory stays flat), each row's cutout is read, centre-cropped
-to the model's input size and classified; a row that cannot be classified (missing or broken
-file, cutout smaller than the model input, non-finite pixels) keeps its place in the output
-with an empty ``p_qso`` and the reason in ``flag``. The output is written to a temporary file
-and renamed when complete.
+to the model's input size and classified. Every input row keeps its place in the output:
+
+* a row that cannot be classified (missing or broken file, cutout smaller than the model
+  input, all zeros, NaN/inf at the object) has an empty ``p_qso`` and the reason in ``flag``;
+* a row classified after a repair (a few NaN/inf pixels set to their band median) has its
+  ``p_qso`` and a ``flag`` starting with ``repaired``.
+
+``strict=True`` turns the first flagged row into an error instead.
+
+Nothing is lost and nothing is half-written: rows go to a hidden partial file beside the
+output (``.NAME.partial`` plus a ``.json`` saying which catalogue, model and threshold it
+belongs to), flushed batch by batch, and the partial file becomes the output by a rename only
+when every row is done. A killed run therefore leaves no output, or the previous complete one;
+``resume=True`` continues from the partial file's last complete row.
 
 Two runtimes: ``keras`` (TensorFlow, the ``.keras`` model) and ``litert`` (the TFLite model
 through ``ai_edge_litert``). The LiteRT path imports neither TensorFlow nor Keras, so it runs
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import importlib.resources
+import io
 import json
 import os
 import pathlib
@@ -23,10 +34,11 @@ import tempfile
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.model_files import RUNTIME_FILES, check_model_dir
 
-RUNTIMES = ("keras", "litert")
+RUNTIMES = tuple(RUNTIME_FILES)
 OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag")
-MODEL_FILES = {"keras": "starqso_classifier.keras", "litert": "model_int8.tflite"}
+MODEL_FILES = RUNTIME_FILES
 
 
 def default_model_dir():
@@ -34,42 +46,13 @@ def default_model_dir():
     return pathlib.Path(str(importlib.resources.files("starqso") / "pretrained"))
 
 
-def check_model_dir(model_dir, runtime):
-    """Validate a model folder before any heavy import; return its metadata.
-
-    Raises:
-        InputError: the folder, its ``metadata.json`` or the runtime's model file is missing.
-    """
-    model_dir = pathlib.Path(model_dir)
-    if runtime not in RUNTIMES:
-        raise InputError(f"--runtime must be one of {', '.join(RUNTIMES)}. "
-                         f"Received: {runtime!r}")
-    metadata_path = model_dir / "metadata.json"
-    if not metadata_path.is_file():
-        raise InputError(f"model folder must hold metadata.json (made by `starqso export`). "
-                         f"Received: {model_dir}")
-    try:
-        metadata = json.loads(metadata_path.read_text())
-        int(metadata["input_shape"][1])
-    except (ValueError, KeyError, TypeError, IndexError) as err:
-        raise InputError(f"{metadata_path} is not a starqso model metadata file. Received: "
-                         f"{err}") from err
-    if not (model_dir / MODEL_FILES[runtime]).is_file():
-        raise InputError(f"model folder has no {MODEL_FILES[runtime]} for --runtime {runtime}. "
-                         f"Received: {model_dir}")
-    return metadata
-
-
 class KerasPredictor:
     """p(QSO) with the Keras model (imports TensorFlow)."""
 
     def __init__(self, model_dir):
-        import keras
+        from starqso.model_files import load_keras_model
 
-        import starqso.models  # noqa: F401 - registers the classes
-
-        self.model = keras.saving.load_model(pathlib.Path(model_dir) / MODEL_FILES["keras"],
-                                             safe_mode=True)
+        self.model = load_keras_model(pathlib.Path(model_dir) / MODEL_FILES["keras"])
 
     def __call__(self, images):
         return np.asarray(self.model.predict_on_batch({"image": images})).reshape(-1)
@@ -116,24 +99,80 @@ def list_inputs(source):
 
 def _read_batch(paths, size):
     from starqso.io import read_cutout
-    from starqso.preprocessing.images import center_crop
+    from starqso.preprocessing.images import usable_crop
 
     images = np.zeros((len(paths), size, size, 5), np.float32)
-    flags = [""] * len(paths)
+    flags, usable = [""] * len(paths), np.zeros(len(paths), bool)
     for row, path in enumerate(paths):
         try:
             if not path:
-                raise InputError("blank image path")
-            images[row] = center_crop(read_cutout(path).data, size, source=path)
-            if not np.all(np.isfinite(images[row])):
-                raise InputError("non-finite pixels in the central crop")
+                raise InputError("image path is blank; expected a cutout file")
+            images[row], flags[row] = usable_crop(read_cutout(path).data, size,
+                                                  source=f"file {path}")
+            usable[row] = True
         except InputError as err:
             flags[row] = str(err)
-    return images, flags
+    return images, flags, usable
+
+
+def _partial_paths(output):
+    partial = output.with_name(f".{output.name}.partial")
+    return partial, partial.with_name(partial.name + ".json")
+
+
+def _resumed_rows(partial, ids, identity):
+    """Rows already in a partial file of the same run, after cutting an unfinished last line."""
+    partial_file, identity_file = partial
+    if not partial_file.exists() or not identity_file.exists():
+        return None
+    try:
+        saved = json.loads(identity_file.read_text())
+    except ValueError:
+        saved = None
+    if saved != identity:
+        raise InputError(f"the partial run {partial_file} was made for another catalogue, model "
+                         f"or threshold; delete it or run without --resume. Received: "
+                         f"{saved} vs now {identity}")
+    content = partial_file.read_bytes()
+    content = content[:content.rfind(b"\n") + 1]  # a kill mid-line leaves half a row
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8"), newline="")))
+    if not rows or tuple(rows[0]) != OUTPUT_COLUMNS:
+        raise InputError(f"the partial run {partial_file} has no header line; delete it or run "
+                         f"without --resume")
+    rows = rows[1:]
+    for number, row in enumerate(rows):
+        if len(row) != len(OUTPUT_COLUMNS) or number >= len(ids) or row[0] != ids[number]:
+            raise InputError(f"the partial run {partial_file} does not match the catalogue at "
+                             f"row {number + 1}; delete it or run without --resume. Received: "
+                             f"{row}")
+    partial_file.write_bytes(content)
+    return rows
+
+
+def _finish(partial_file, output, fits_output):
+    if not fits_output:
+        os.replace(partial_file, output)
+        return
+    from astropy.table import Table
+
+    with open(partial_file, newline="", encoding="utf-8") as stream:
+        rows = list(csv.reader(stream))[1:]
+    table = Table({"id": [row[0] for row in rows],
+                   "p_qso": np.array([float(row[1]) if row[1] else np.nan for row in rows]),
+                   "label": [row[2] for row in rows], "flag": [row[3] for row in rows]})
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    os.close(handle)
+    try:
+        table.write(temporary, format="fits", overwrite=True)
+        os.replace(temporary, output)
+    except BaseException:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        raise
+    partial_file.unlink()
 
 
 def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
-                    threshold=None, progress=None):
+                    threshold=None, progress=None, strict=False, resume=False, log=None):
     """Classify every row of ``source`` and write ``id, p_qso, label, flag`` to ``output``.
 
     Args:
@@ -144,9 +183,17 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         batch_size: cutouts per batch.
         threshold: p(QSO) at or above which the label is QSO (the model's own when None).
         progress: optional callable receiving the rows done and the total.
+        strict: raise on the first row that would be flagged (a repair included).
+        resume: continue the partial file an interrupted run left beside ``output``.
+        log: optional callable for notes (e.g. where a resumed run continues).
 
     Returns:
-        dict summary: rows, qso, flagged, output path.
+        dict summary: rows, qso, flagged (not classified), repaired, resumed (rows taken
+        from the partial file) and the output path.
+
+    Raises:
+        InputError: bad options, model folder or catalogue; with ``strict``, a bad row; with
+            ``resume``, a partial file from another catalogue, model or threshold.
 
     Example:
         >>> predict_catalog("demo/catalog.csv", "predictions.csv")  # doctest: +SKIP
@@ -160,49 +207,57 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
     metadata = check_model_dir(model_dir, runtime)
     threshold = metadata.get("threshold", 0.5) if threshold is None else threshold
+    if not 0 <= threshold <= 1:
+        raise InputError(f"threshold must be in [0, 1]. Received: {threshold}")
     size = int(metadata["input_shape"][1])
     ids, paths = list_inputs(source)
+    source_name = str(pathlib.Path(source).resolve())
+    identity = {"source": source_name, "rows": len(ids),
+                "model": str(model_dir.resolve()), "runtime": runtime, "threshold": threshold}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_paths(output)
+    done = _resumed_rows(partial, ids, identity) if resume else None
+    if resume and log is not None:
+        log(f"resuming after row {len(done)} of {len(ids)}" if done is not None else
+            "no partial run to resume; starting from the first row")
+    counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "resumed": 0}
+    for _, p_qso, label, flag in done or []:
+        counts["rows"] += 1
+        counts["qso"] += label == "QSO"
+        counts["flagged"] += bool(flag) and not p_qso
+        counts["repaired"] += bool(flag) and bool(p_qso)
+    counts["resumed"] = counts["rows"]
     predictor = (KerasPredictor(model_dir) if runtime == "keras"
                  else LiteRTPredictor(model_dir / MODEL_FILES["litert"]))
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    counts = {"rows": 0, "qso": 0, "flagged": 0}
-    columns = {name: [] for name in OUTPUT_COLUMNS} if suffix == ".fits" else None
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            if columns is None:
-                writer.writerow(OUTPUT_COLUMNS)
-            for start in range(0, len(ids), batch_size):
-                batch_ids, batch_paths = ids[start:start + batch_size], paths[
-                    start:start + batch_size]
-                images, flags = _read_batch(batch_paths, size)
-                good = np.array([not flag for flag in flags])
-                probabilities = np.full(len(batch_ids), np.nan)
-                if good.any():
-                    probabilities[good] = predictor(images[good])
-                for ident, p_qso, flag in zip(batch_ids, probabilities, flags):
-                    label = "" if flag else ("QSO" if p_qso >= threshold else "STAR")
-                    counts["rows"] += 1
-                    counts["qso"] += label == "QSO"
-                    counts["flagged"] += bool(flag)
-                    row = (ident, "" if flag else f"{p_qso:.6f}", label, flag)
-                    if columns is None:
-                        writer.writerow(row)
-                    else:
-                        for name, value in zip(OUTPUT_COLUMNS, (ident, p_qso, label, flag)):
-                            columns[name].append(value)
-                if progress is not None:
-                    progress(counts["rows"], len(ids))
-        if columns is not None:
-            from astropy.table import Table
-
-            table = Table({"id": columns["id"], "p_qso": np.array(columns["p_qso"], float),
-                           "label": columns["label"], "flag": columns["flag"]})
-            table.write(temporary, format="fits", overwrite=True)
-        os.replace(temporary, output)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+    if done is None:
+        partial[1].write_text(json.dumps(identity, indent=2) + "\n")
+    with open(partial[0], "a" if done is not None else "w", newline="",
+              encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        if done is None:
+            writer.writerow(OUTPUT_COLUMNS)
+        for start in range(counts["rows"], len(ids), batch_size):
+            batch_ids = ids[start:start + batch_size]
+            images, flags, usable = _read_batch(paths[start:start + batch_size], size)
+            if strict and any(flags):
+                row = next(i for i, flag in enumerate(flags) if flag)
+                raise InputError(f"row {start + row + 1} (id {batch_ids[row]!r}) of {source} "
+                                 f"is flagged and --strict is on: {flags[row]}")
+            probabilities = np.full(len(batch_ids), np.nan)
+            if usable.any():
+                probabilities[usable] = predictor(images[usable])
+            for ident, p_qso, flag, ok in zip(batch_ids, probabilities, flags, usable):
+                label = ("QSO" if p_qso >= threshold else "STAR") if ok else ""
+                counts["rows"] += 1
+                counts["qso"] += label == "QSO"
+                counts["flagged"] += not ok
+                counts["repaired"] += ok and bool(flag)
+                writer.writerow((ident, f"{p_qso:.6f}" if ok else "", label, flag))
+            # Each batch reaches the disk whole before the next starts: what --resume reads.
+            stream.flush()
+            os.fsync(stream.fileno())
+            if progress is not None:
+                progress(counts["rows"], len(ids))
+    _finish(partial[0], output, suffix == ".fits")
+    partial[1].unlink(missing_ok=True)
     return {**counts, "output": str(output)}

@@ -132,8 +132,13 @@ def test_rows_without_spectrum_or_label_and_missing_files(survey, loaded):
     with pytest.raises(InputError, match="row 3 \\(id 'lost-1'\\)") as excinfo:
         load_catalog_arrays(_write_csv(folder / "lost.csv", rows), IMAGE)
     assert "nope.fits" in str(excinfo.value) and "\n" not in str(excinfo.value)
+    lenient = load_catalog_arrays(_write_csv(folder / "lost.csv", rows), IMAGE, strict=False)
+    assert lenient["ids"].tolist() == ["a", "b"] and len(lenient["images"]) == 2
+    [flag] = lenient["flags"]
+    assert flag["row"] == 3 and flag["id"] == "lost-1" and not flag["used"]
+    assert "nope.fits" in flag["flag"]
     rows[1][3] = ""
-    with pytest.raises(InputError, match="at least one row labelled"):
+    with pytest.raises(InputError, match="at least one usable row labelled"):
         load_catalog_arrays(_write_csv(folder / "unlabelled.csv", rows[:3]), IMAGE,
                             require_labels=True)
 
@@ -148,7 +153,7 @@ def test_too_small_cutout_names_row_and_file(survey):
 def test_simulate_arrays_matches_files_and_ignores_workers(loaded):
     serial = simulate_arrays(N_SIM, SEED, image_size=IMAGE, cutout_size=CUTOUT, workers=1)
     parallel = simulate_arrays(N_SIM, SEED, image_size=IMAGE, cutout_size=CUTOUT, workers=2)
-    assert serial.keys() == loaded.keys()
+    assert serial.keys() == loaded.keys() - {"flags"} and loaded["flags"] == []
     for key in serial:
         np.testing.assert_array_equal(serial[key], parallel[key], err_msg=key)
     for key in ("ids", "images", "labels", "has_spectrum"):

@@ -147,7 +147,7 @@ BAD_CUTOUTS = {
     "3_bands": (_write_image(np.zeros((3, 48, 48), np.float32)), "shape=(3, 48, 48)"),
     "channels_last": (_write_image(np.zeros((48, 48, 5), np.float32)), "band axis first"),
     "counts": (_write_image(np.zeros((5, 8, 8), np.float32), BUNIT="counts"), "BUNIT='counts'"),
-    "band_order": (_write_image(np.zeros((5, 8, 8), np.float32), BANDS="grizu"), "'grizu'"),
+    "band_names": (_write_image(np.zeros((5, 8, 8), np.float32), BANDS="grizy"), "'grizy'"),
 }
 
 
@@ -159,6 +159,15 @@ def test_bad_cutouts_raise_input_error_naming_the_file(tmp_path, case):
     with pytest.raises(InputError) as excinfo:
         read_cutout(path)
     assert_one_line_error(excinfo, str(path), fragment)
+
+
+def test_cutout_in_another_band_order_is_returned_as_ugriz(tmp_path):
+    cube = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 4, 4), np.float32)
+    path = tmp_path / "zirgu.fits"
+    _write_image(cube[::-1].copy(), BANDS="zirgu")(path)
+    cutout = read_cutout(path)
+    np.testing.assert_array_equal(cutout.data, cube)
+    assert cutout.header["BANDS"] == "ugriz"
 
 
 def test_missing_cutout_raises(tmp_path):

@@ -14,8 +14,10 @@ A cutout is a FITS file holding one float cube of shape ``(5, H, W)`` in NumPy o
 * Header cards written: ``BUNIT = 'nanomaggy'``, ``BANDS = 'ugriz'``, ``PIXSCALE = 0.396``.
 
 Reading is tolerant where that is safe: integer or big-endian data become native ``float32``,
-a missing ``BUNIT`` or ``BANDS`` card is accepted (many cutout services omit them), and
-``BUNIT = 'nanomaggies'`` is taken to mean the same as ``'nanomaggy'``. Non-finite pixels are
+a missing ``BUNIT`` or ``BANDS`` card is accepted (many cutout services omit them),
+``BUNIT = 'nanomaggies'`` is taken to mean the same as ``'nanomaggy'``, and a cube whose
+``BANDS`` card names the five bands in another order (``'zirgu'``) is returned in ``ugriz``
+order. Non-finite pixels are
 returned untouched; flagging them is left to the caller, which knows the object's context.
 
 Writing is deterministic: the same cube and cards always give the same bytes (no ``DATE`` card,
@@ -114,9 +116,9 @@ def _check_unit_and_bands(cards: Mapping, where: str) -> None:
             f"Received: BUNIT={unit!r} {where}"
         )
     bands = cards.get("BANDS")
-    if bands is not None and str(bands).strip().lower() != "".join(BANDS):
+    if bands is not None and sorted(str(bands).strip().lower()) != sorted(BANDS):
         raise InputError(
-            f"cutout bands must be 'ugriz' in that order (BANDS='ugriz'). "
+            f"cutout bands must be u, g, r, i, z, once each (BANDS='ugriz'). "
             f"Received: BANDS={bands!r} {where}"
         )
     scale = cards.get("PIXSCALE")
@@ -160,6 +162,11 @@ def read_cutout(path: str | os.PathLike) -> Cutout:
         _check_cube_shape(tuple(hdu.shape), where)
         _check_unit_and_bands(cards, where)
         data = native(hdu_data(hdu, path, "cutout"), np.float32)
+    bands = str(cards.get("BANDS", "".join(BANDS))).strip().lower()
+    if bands != "".join(BANDS):
+        # The card says which plane is which band, so another order is recoverable.
+        data = np.ascontiguousarray(data[[bands.index(band) for band in BANDS]])
+        cards["BANDS"] = "".join(BANDS)
     return Cutout(data=data, header=cards, path=path)
 
 

@@ -15,7 +15,7 @@ from starqso.errors import InputError
 from starqso.io.catalog import read_catalog, resolve_path
 from starqso.io.cutouts import BANDS, read_cutout
 from starqso.io.spectra import read_spectrum
-from starqso.preprocessing.images import center_crop
+from starqso.preprocessing.images import usable_crop
 from starqso.preprocessing.spectra import (
     ENCODER_NUM_PIXELS,
     SPECTRUM_CHANNELS,
@@ -54,14 +54,8 @@ def empty_arrays(ids: Sequence[str], image_size: int) -> dict:
     }
 
 
-def _image(path: str, image_size: int) -> np.ndarray:
-    crop = center_crop(read_cutout(path).data, image_size, source=f"file {path}")
-    bad = int(np.count_nonzero(~np.isfinite(crop)))
-    if bad:
-        # NaN/inf would poison every gradient step; until such rows can be flagged, stop here.
-        raise InputError(f"cutout must be finite in its central {image_size}x{image_size} "
-                         f"pixels. Received: {bad} NaN/inf values in file {path}")
-    return crop
+def _image(path: str, image_size: int) -> tuple[np.ndarray, str]:
+    return usable_crop(read_cutout(path).data, image_size, source=f"file {path}")
 
 
 def _spectrum(path: str) -> np.ndarray:
@@ -73,31 +67,41 @@ def _spectrum(path: str) -> np.ndarray:
 
 def load_catalog_arrays(path: str | os.PathLike, image_size: int, *,
                         require_labels: bool = False,
-                        progress: Callable[[int], None] | None = None) -> dict:
+                        progress: Callable[[int], None] | None = None,
+                        strict: bool = True) -> dict:
     """Read a catalogue (CSV or FITS) and all its cutouts and spectra into arrays.
+
+    A row whose cutout cannot be used (missing or broken file, too small, all zeros, NaN/inf
+    at the object) is left out; a row whose spectrum cannot be used keeps its image without a
+    spectrum; a few NaN/inf pixels are repaired (:func:`starqso.preprocessing.usable_crop`).
+    Each of these is reported in ``flags``, or raised when ``strict``.
 
     Args:
         path: catalogue file, see :func:`starqso.io.read_catalog` (``id`` and ``image``
             columns required; ``spectrum``, ``label``, ``redshift``, ``u..z`` optional).
         image_size: side of the centre crop taken from each cutout.
-        require_labels: raise unless at least one row is labelled STAR or QSO.
+        require_labels: raise unless at least one usable row is labelled STAR or QSO.
         progress: called with the number of rows read so far, after each row.
+        strict: raise on the first row that would be flagged.
 
     Returns:
-        dict with ``ids`` (str, N), ``images`` float32 (N, S, S, 5) raw nanomaggies,
-        ``spectra`` float32 (N, 3700, 2) from :func:`starqso.preprocessing.encoder_input`
-        (zeros without a spectrum), ``has_spectrum`` bool (N,), ``labels`` int8 (N,)
-        (1 QSO, 0 STAR, -1 unknown), ``redshift`` float32 (N,) and ``mags`` float32 (N, 5),
-        NaN where unknown.
+        dict of the usable rows, in catalogue order: ``ids`` (str, N), ``images`` float32
+        (N, S, S, 5) raw nanomaggies, ``spectra`` float32 (N, 3700, 2) from
+        :func:`starqso.preprocessing.encoder_input` (zeros without a spectrum),
+        ``has_spectrum`` bool (N,), ``labels`` int8 (N,) (1 QSO, 0 STAR, -1 unknown),
+        ``redshift`` float32 (N,) and ``mags`` float32 (N, 5), NaN where unknown; and
+        ``flags``, one dict per flagged catalogue row (``row`` from 1, ``id``, ``used``
+        bool, ``flag`` the reason).
 
     Raises:
-        InputError: the catalogue is invalid, ``require_labels`` and no row is labelled, or a
-            row's cutout/spectrum cannot be read or used (the message names row, id and file).
+        InputError: the catalogue is invalid, no usable row is labelled (``require_labels``),
+            or (``strict``) a row's cutout/spectrum cannot be used as it is (the message
+            names row, id and file).
 
     Example:
-        >>> data = load_catalog_arrays("sim/catalog.csv", 32)  # doctest: +SKIP
-        >>> data["images"].shape, data["labels"][:3]
-        ((1000, 32, 32, 5), array([0, 1, 0], dtype=int8))
+        >>> data = load_catalog_arrays("sim/catalog.csv", 32, strict=False)  # doctest: +SKIP
+        >>> data["images"].shape, data["labels"][:3], len(data["flags"])
+        ((998, 32, 32, 5), array([0, 1, 0], dtype=int8), 2)
     """
     catalog = read_catalog(path)
     source = catalog.meta["path"]
@@ -105,28 +109,47 @@ def load_catalog_arrays(path: str | os.PathLike, image_size: int, *,
     arrays = empty_arrays(ids, image_size)
     if "label" in catalog.colnames:
         arrays["labels"][:] = [LABEL_CODES[label] for label in catalog["label"]]
-    if require_labels and not (arrays["labels"] >= 0).any():
-        raise InputError(f"catalogue needs at least one row labelled STAR or QSO for training. "
-                         f"Received: no labels in {len(ids)} rows of file {source}")
     if "redshift" in catalog.colnames:
         arrays["redshift"][:] = catalog["redshift"]
     for band_index, band in enumerate(BANDS):
         if band in catalog.colnames:
             arrays["mags"][:, band_index] = catalog[band]
     spectra = catalog["spectrum"] if "spectrum" in catalog.colnames else [""] * len(ids)
+    usable = np.ones(len(ids), bool)
+    flags = []
+
+    def flag(row, identifier, reason, used):
+        message = f"catalogue row {row + 1} (id {identifier!r}) of {source}: {reason}"
+        if strict:
+            raise InputError(message + " (strict: no row may be flagged)" if used else message)
+        flags.append({"row": row + 1, "id": identifier, "used": used, "flag": reason})
+
     for row, (identifier, image, spectrum) in enumerate(zip(ids, catalog["image"], spectra)):
         try:
             image_path = resolve_path(catalog, image)
             if not image_path:
                 raise InputError("image path is blank; expected a cutout file")
-            arrays["images"][row] = _image(image_path, image_size)
-            spectrum_path = resolve_path(catalog, spectrum)
-            if spectrum_path:
-                arrays["spectra"][row] = _spectrum(spectrum_path)
-                arrays["has_spectrum"][row] = True
+            arrays["images"][row], note = _image(image_path, image_size)
         except InputError as err:
-            raise InputError(f"catalogue row {row + 1} (id {identifier!r}) of {source}: "
-                             f"{err}") from err
+            usable[row] = False
+            flag(row, identifier, str(err), False)
+        else:
+            if note:
+                flag(row, identifier, f"{note} in file {image_path}", True)
+            try:
+                spectrum_path = resolve_path(catalog, spectrum)
+                if spectrum_path:
+                    arrays["spectra"][row] = _spectrum(spectrum_path)
+                    arrays["has_spectrum"][row] = True
+            except InputError as err:
+                flag(row, identifier, f"spectrum not used: {err}", True)
         if progress is not None:
             progress(row + 1)
+    if not usable.all():
+        arrays = {key: value[usable] for key, value in arrays.items()}
+    if require_labels and not (arrays["labels"] >= 0).any():
+        raise InputError(f"catalogue needs at least one usable row labelled STAR or QSO for "
+                         f"training. Received: no labels in {int(usable.sum())} usable of "
+                         f"{len(ids)} rows of file {source}")
+    arrays["flags"] = flags
     return arrays

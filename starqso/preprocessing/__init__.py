@@ -1,6 +1,6 @@
 """NumPy-only preprocessing: spectra onto the encoder grid, cutouts to crops (no TensorFlow)."""
 
-from starqso.preprocessing.images import center_crop, channels_last
+from starqso.preprocessing.images import center_crop, channels_last, usable_crop
 from starqso.preprocessing.spectra import (
     ENCODER_NUM_PIXELS,
     ENCODER_WAVELENGTH_MAX,
@@ -27,4 +27,5 @@ __all__ = [
     "log_uniform_grid",
     "pixel_edges",
     "resample_spectrum",
+    "usable_crop",
 ]

@@ -9,6 +9,7 @@ The run folder::
 
     config.yaml              the run configuration (strict; reload with --config)
     data.json                the catalogue trained on (null: simulated demo data)
+    data_flags.csv           catalogue rows left out or repaired, with the reason (if any)
     preprocessing.json       cutout scaling statistics (also inside every model)
     split.json               ids of the train / validation / test objects
     spectrum_classifier.keras, spectrum_encoder.keras, generator.keras,
@@ -160,7 +161,26 @@ class _Run:
         return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
-def _load_arrays(config, data, log):
+def _check_resumable(out):
+    """A run folder's state and the models of its completed stages, checked before TF."""
+    from starqso.model_files import check_keras_file
+
+    state_path = out / "state.json"
+    if not state_path.exists():
+        return
+    try:
+        completed = json.loads(state_path.read_text())["completed"]
+        unknown = [stage for stage in completed if stage not in STAGES]
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{state_path} is not a starqso run state ({err}); start a new --out")
+    if unknown:
+        raise InputError(f"{state_path} lists unknown stages. Received: {unknown}")
+    for stage in completed:
+        for name in MODEL_FILES[stage]:
+            check_keras_file(out / name)
+
+
+def _load_arrays(config, data, log, strict=False):
     from starqso.io.dataset import load_catalog_arrays
     from starqso.simulate.arrays import simulate_arrays
 
@@ -172,7 +192,30 @@ def _load_arrays(config, data, log):
                                cutout_size=config.data.cutout_size,
                                qso_fraction=config.data.qso_fraction)
     log(f"reading catalogue {data} ...")
-    return load_catalog_arrays(data, config.model.image_size, require_labels=True)
+    return load_catalog_arrays(data, config.model.image_size, require_labels=True,
+                               strict=strict)
+
+
+def _report_flags(out, flags, log):
+    """``data_flags.csv``: every catalogue row that was left out, or used after a repair."""
+    if not flags:
+        return
+    import csv
+    import io
+
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("row", "id", "used", "flag"))
+    writer.writerows((f["row"], f["id"], "yes" if f["used"] else "no", f["flag"])
+                     for f in flags)
+    temporary = pathlib.Path(f"{out / 'data_flags.csv'}.tmp")
+    temporary.write_text(buffer.getvalue(), encoding="utf-8")
+    os.replace(temporary, out / "data_flags.csv")
+    left_out = sum(not f["used"] for f in flags)
+    first = flags[0]
+    log(f"{len(flags)} catalogue rows flagged ({left_out} left out, {len(flags) - left_out} "
+        f"used with a repair or without their spectrum), listed in {out / 'data_flags.csv'}; "
+        f"first: row {first['row']} (id {first['id']!r}): {first['flag']}")
 
 
 def _scale(scaling, images, batch=2048):
@@ -181,7 +224,7 @@ def _scale(scaling, images, batch=2048):
 
 
 def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="default",
-            resume=False, log=print, arrays=None, export=True):
+            resume=False, log=print, arrays=None, export=True, strict=False):
     """Train every stage and write the run folder.
 
     Args:
@@ -197,6 +240,8 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
             that train several runs on one simulation (``resume`` then needs the same
             arrays again).
         export: export the deployable model into ``out_dir/export`` at the end.
+        strict: fail on any catalogue row that would be flagged; otherwise unusable rows
+            are left out and every flagged row is listed in ``out_dir/data_flags.csv``.
 
     Returns:
         dict of validation metrics per stage.
@@ -224,6 +269,7 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
                              f"--config/--preset or start a new --out. Received: a different "
                              f"configuration")
         config = saved
+        _check_resumable(out)
     else:
         if (out / "state.json").exists() or config_path.exists():
             raise InputError(f"{out} already holds a run; pass --resume to continue it or "
@@ -240,12 +286,18 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
                              f"{saved_data or 'simulated demo data'}")
         data = saved_data
     began = time.perf_counter()
+    # The data first: a bad catalogue stops the run before it leaves a folder behind.
+    flags = []
+    if arrays is None:
+        arrays = _load_arrays(config, data, log, strict)
+        flags = arrays.get("flags", [])
     run = _Run(out, config, strategy, resume, log)
     if run.chief:
         save_config(config, config_path)
         if not data_path.exists():
             _write_json(data_path, {"data": given})
-    _stages(run, arrays if arrays is not None else _load_arrays(config, data, log))
+        _report_flags(out, flags, log)
+    _stages(run, arrays)
     if run.chief:
         shutil.rmtree(out / "backup", ignore_errors=True)
     if run.chief and export:
@@ -300,7 +352,9 @@ def _stages(run, arrays):
                              outputs[validation_index], batch_size=batch_size))
 
     def load(name):
-        return keras.saving.load_model(run.out / name, safe_mode=True)
+        from starqso.model_files import load_keras_model
+
+        return load_keras_model(run.out / name)
 
     def classifier_metrics():
         return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
