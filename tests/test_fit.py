@@ -8,6 +8,7 @@ import time
 
 import keras
 import numpy as np
+from astropy.io import fits
 from click.testing import CliRunner
 
 import starqso.models  # noqa: F401 - registers the model classes for loading
@@ -96,15 +97,28 @@ def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
     path = simulate_survey(tmp_path / "sim", 40, seed=3, size=24, workers=1)
     table = read_catalog(path)
     table["spectrum"][:8] = ""  # photometry-only objects: classifier stages only
+    # A broken cutout (row left out) and a spectrum off the encoder's range (image kept).
+    table["image"][10] = "images/missing.fits"
+    with fits.open(tmp_path / "sim" / table["spectrum"][11]) as hdulist:
+        hdulist["COADD"].data["loglam"] = np.log10(
+            np.linspace(9500, 9900, len(hdulist["COADD"].data)))
+        hdulist.writeto(tmp_path / "sim" / "red.fits")
+    table["spectrum"][11] = "red.fits"
     catalogue = tmp_path / "sim" / "mixed.csv"
     write_catalog(table, catalogue)
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--data", str(catalogue),
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "2 catalogue rows flagged (1 left out, 1 used" in result.output
+    flags = (out / "data_flags.csv").read_text().splitlines()
+    assert flags[0] == "row,id,used,flag" and len(flags) == 3
+    assert flags[1].startswith(f"11,{table['id'][10]},no,") and "missing.fits" in flags[1]
+    assert flags[2].startswith(f"12,{table['id'][11]},yes,spectrum not used")
     metrics = json.loads((out / "metrics.json").read_text())
     split = json.loads((out / "split.json").read_text())
-    no_spectrum = set(table["id"][:8])
+    assert table["id"][10] not in sum(split.values(), [])
+    no_spectrum = set(table["id"][:8]) | {table["id"][11]}
     validation = split["validation"]
     assert metrics["fusion"]["n"] == len(validation)
     assert metrics["encoder"]["n"] == len([i for i in validation if i not in no_spectrum])
