@@ -126,7 +126,7 @@ def files(tmp_path):
                          "b,0.600000,QSO,\n"
                          "c,0.900000,QSO,\n"
                          "d,,,cutout is not 5 x H x W: d.fits\n"
-                         "e,0.200000,STAR,\n"
+                         "e,0.200000,STAR,repaired 3 NaN/inf pixels (set to their band median)\n"
                          "f,0.300000,STAR,\n"
                          "g,0.500000,QSO,\n"
                          "extra1,0.700000,QSO,\n")
@@ -151,6 +151,8 @@ def test_evaluate_command_writes_metrics_plots_and_join_report(files):
     assert "not 5 x H x W" in join["flagged"]["first_reasons"][0]
     assert join["unlabelled"] == {"count": 1, "first_ids": ["g"]}
     assert join["no_probability"]["count"] == 0
+    # Classified after a repair: scored, and counted apart.
+    assert join["repaired"]["count"] == 1 and join["repaired"]["first_ids"] == ["e"]
     # Evaluated a, b, c, e, f: stars 0.1, 0.6, 0.2; QSOs 0.9, 0.3.
     assert metrics["confusion"] == [[2, 1], [1, 1]]
     assert metrics["threshold"] == 0.5
@@ -160,6 +162,7 @@ def test_evaluate_command_writes_metrics_plots_and_join_report(files):
     text = result.stdout
     assert "missing from predictions: 1 (ids: missing1)" in text
     assert "extra (not in truth): 1 (ids: extra1)" in text
+    assert "repaired by predict (scored): 1 (ids: e)" in text
     assert "| F1 (QSO)" in text and "| ECE (15 bins)" in text and str(out) in text
 
     lenient = CliRunner().invoke(main, ["evaluate", predictions, "--truth", truth,
