@@ -14,7 +14,8 @@ Nothing is lost and nothing is half-written: rows go to a hidden partial file be
 output (``.NAME.partial`` plus a ``.json`` saying which catalogue, model and threshold it
 belongs to), flushed batch by batch, and the partial file becomes the output by a rename only
 when every row is done. A killed run therefore leaves no output, or the previous complete one;
-``resume=True`` continues from the partial file's last complete row.
+``resume=True`` continues from the partial file's last complete row. A ``strict`` stop is
+not an interruption: it removes the partial file.
 
 Two runtimes: ``keras`` (TensorFlow, the ``.keras`` model) and ``litert`` (the TFLite model
 through ``ai_edge_litert``). The LiteRT path imports neither TensorFlow nor Keras, so it runs
@@ -241,6 +242,10 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
             images, flags, usable = _read_batch(paths[start:start + batch_size], size)
             if strict and any(flags):
                 row = next(i for i, flag in enumerate(flags) if flag)
+                stream.close()
+                # A deliberate stop, not an interruption: nothing is left to resume.
+                for path in partial:
+                    path.unlink(missing_ok=True)
                 raise InputError(f"row {start + row + 1} (id {batch_ids[row]!r}) of {source} "
                                  f"is flagged and --strict is on: {flags[row]}")
             probabilities = np.full(len(batch_ids), np.nan)

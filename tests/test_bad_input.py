@@ -136,6 +136,7 @@ def test_bad_cutout_is_a_flagged_row_in_place(case, survey, good_cube, tmp_path)
     strict = _predict(catalog, "--output", strict_output, "--strict")
     _one_line_error(strict, "row 2", "id 'b'", fragment)
     assert not strict_output.exists()
+    assert not list(tmp_path.glob(".strict.csv*")), "a --strict stop leaves no partial file"
 
 
 # name: (how to write the file) -- recoverable without changing the answer: no flag
