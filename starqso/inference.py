@@ -30,7 +30,6 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 
@@ -156,19 +155,14 @@ def _finish(partial_file, output, fits_output):
         return
     from astropy.table import Table
 
+    from starqso.io import write_catalog
+
     with open(partial_file, newline="", encoding="utf-8") as stream:
         rows = list(csv.reader(stream))[1:]
     table = Table({"id": [row[0] for row in rows],
                    "p_qso": np.array([float(row[1]) if row[1] else np.nan for row in rows]),
                    "label": [row[2] for row in rows], "flag": [row[3] for row in rows]})
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    os.close(handle)
-    try:
-        table.write(temporary, format="fits", overwrite=True)
-        os.replace(temporary, output)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+    write_catalog(table, output, overwrite=True)
     partial_file.unlink()
 
 

@@ -203,14 +203,14 @@ def _report_flags(out, flags, log):
     import csv
     import io
 
+    from starqso.io._fits import write_bytes_atomically
+
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("row", "id", "used", "flag"))
     writer.writerows((f["row"], f["id"], "yes" if f["used"] else "no", f["flag"])
                      for f in flags)
-    temporary = pathlib.Path(f"{out / 'data_flags.csv'}.tmp")
-    temporary.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(temporary, out / "data_flags.csv")
+    write_bytes_atomically(out / "data_flags.csv", buffer.getvalue().encode(), overwrite=True)
     left_out = sum(not f["used"] for f in flags)
     first = flags[0]
     log(f"{len(flags)} catalogue rows flagged ({left_out} left out, {len(flags) - left_out} "
