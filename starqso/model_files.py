@@ -27,7 +27,9 @@ MODEL_FORMAT_VERSION = 1
 KERAS_ARCHIVE_FILES = ("config.json", "metadata.json", "model.weights.h5")
 RUNTIME_FILES = {"keras": "starqso_classifier.keras", "litert": "model_int8.tflite"}
 # Classes that run Python code given in the file rather than code installed on the machine.
-_CODE_CLASSES = ("Lambda", "TFOpLambda", "__lambda__", "function")
+# (A serialised *function* is fine when it names one of Keras' own, e.g. an activation; one
+# from any other module is caught by the module check below.)
+_CODE_CLASSES = ("Lambda", "TFOpLambda", "__lambda__")
 _TRUSTED_MODULE_PREFIXES = ("keras", "starqso")
 
 

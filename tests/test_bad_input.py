@@ -8,6 +8,7 @@ or model folder) are one line naming the file and what was expected, with exit s
 import csv
 import json
 import shutil
+import warnings
 import zipfile
 
 import numpy as np
@@ -417,8 +418,6 @@ def _lambda_model_file(path):
 
     inputs = keras.Input((32, 32, 5), name="image")
     outputs = keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2, 3)))(inputs)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*__array__.*", category=DeprecationWarning)
         keras.Model(inputs, outputs).save(path)
@@ -435,6 +434,17 @@ def test_lambda_layer_is_refused_by_the_check_and_by_keras_safe_mode(survey, tmp
         "predict", str(survey / "catalog.csv"), "--model", str(folder), "--runtime", "keras",
         "--output", str(tmp_path / "p.csv")])
     _one_line_error(result, "Lambda", "safe mode")
+    # A plain Keras model (built-in layers and activation functions) passes the check.
+    import keras
+
+    from starqso.model_files import check_keras_file
+
+    inputs = keras.Input((4,))
+    plain = keras.Model(inputs, keras.layers.Dense(2, activation=keras.activations.gelu)(inputs))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*__array__.*", category=DeprecationWarning)
+        plain.save(tmp_path / "plain.keras")
+    assert check_keras_file(tmp_path / "plain.keras")["keras_version"].startswith("3.")
     # Second line of defence: without starqso's own check, Keras' safe mode still refuses.
     monkeypatch.setattr(starqso.model_files, "check_keras_file", lambda path: {})
     with pytest.raises(InputError, match="could not be loaded safely.*[Ll]ambda"):
