@@ -10,7 +10,11 @@ neural row is trained once per training seed and scored on the same test objects
 * spectrum-only: the spectrum encoder + head, on the real spectrum;
 * image-only CNN: the same image trunk as every image model, no vector;
 * MTL, the seed method: image + GAN-generated vector (GAN with adversarial + L2 reconstruction
-  loss; what ``starqso fit`` trains and ships);
+  loss; ``model.photometry: false``);
+* MTL + photometry (what ``starqso fit`` trains and ships): the generator and the fusion
+  classifier also take aperture photometry measured inside the model from the cutout
+  (``model.photometry: true``), sharing the encoder and the image-only baseline of the
+  seed-method run;
 * MTL + distillation: the same GAN with a distillation term (the frozen spectrum head must
   classify a generated vector as it does the real one; ``training.gan_distillation_weight``
   1.0), sharing the encoder and the image-only baseline of the seed-method run;
@@ -55,7 +59,9 @@ R_EDGES = (0.0, 18.0, 19.0, 20.0, 21.0, 30.0)
 ROWS = (
     ("spectrum", "spectrum-only (encoder + head)", "spectrum"),
     ("image", "image-only CNN (same trunk)", "image"),
-    ("mtl", "MTL, seed method: image + GAN-generated vector (shipped)", "image"),
+    ("mtl", "MTL, seed method: image + GAN-generated vector (the paper's)", "image"),
+    ("mtl_photometry", "MTL + photometry: image + in-model aperture photometry + GAN vector "
+     "(shipped)", "image"),
     ("mtl_distill", "MTL + distillation of the spectrum head into the GAN", "image"),
     ("mtl_real", "MTL with the real spectral vector (upper bound)", "image + spectrum"),
     ("photometry", "image CNN + photometric-features branch", "image"),
@@ -122,10 +128,12 @@ def load_simulation(args):
     return arrays
 
 
-def run_config(args, seed, **training_changes):
+def run_config(args, seed, photometry=False, **training_changes):
     from starqso.config import get_preset
 
     base = get_preset("base")
+    base = dataclasses.replace(base, model=dataclasses.replace(base.model,
+                                                                photometry=photometry))
     training = {"seed": seed, **training_changes}
     if args.epochs is not None:
         training.update({f"{stage}_epochs": args.epochs
@@ -140,21 +148,72 @@ def run_config(args, seed, **training_changes):
         training=dataclasses.replace(base.training, **training))
 
 
-def distillation_run(method_dir, out_dir, config, arrays, log):
-    """GAN + fusion again with distillation, on the same encoder and image baseline."""
+def variant_run(method_dir, out_dir, config, arrays, log):
+    """GAN + fusion again with ``config``, on the seed-method run's encoder and image baseline."""
     from starqso.config import save_config
     from starqso.training import fit_run
 
+    shutil.rmtree(out_dir, ignore_errors=True)  # a run stopped half-way starts again
     out_dir.mkdir(parents=True)
     for name in ("data.json", "split.json", "preprocessing.json", "metrics.json",
                  "history.json", "spectrum_classifier.keras", "spectrum_encoder.keras",
                  "image_classifier.keras"):
         shutil.copy(method_dir / name, out_dir / name)
-    save_config(dataclasses.replace(config, training=dataclasses.replace(
-        config.training, gan_distillation_weight=1.0)),
-        out_dir / "config.yaml")
+    save_config(config, out_dir / "config.yaml")
     (out_dir / "state.json").write_text(json.dumps({"completed": ["encoder", "image"]}))
     fit_run(out_dir, None, resume=True, arrays=arrays, export=False, log=log)
+
+
+def generated_vectors(folder, scaled, test_images):
+    """The run's generator on the test objects, zero noise (photometry from its own layer)."""
+    from starqso.model_files import load_keras_model
+
+    generator = load_keras_model(folder / "generator.keras")
+    inputs = {"image": scaled}
+    if generator.photometry_dim:
+        deployable = load_keras_model(folder / "starqso_classifier.keras")
+        inputs["photometry"] = np.asarray(deployable.photometry(test_images))
+    return generator.predict(generator.generator_inputs(inputs, np.zeros(
+        (len(scaled), generator.noise_dim), np.float32)), batch_size=512, verbose=0)
+
+
+def gan_diagnostics(generated, real, labels, head):
+    """R^2 and spread of generated vs real vectors; the spectrum head on the generated ones."""
+    from starqso.evaluation import classification_metrics
+
+    return {
+        "r2": float(1 - np.sum((generated - real) ** 2)
+                    / np.sum((real - real.mean(axis=0)) ** 2)),
+        "spread": float(np.mean(generated.std(axis=0)) / np.mean(real.std(axis=0))),
+        "head_macro_f1": classification_metrics(labels, np.asarray(head(generated)))[
+            "macro_f1"],
+    }
+
+
+def photometry_row(args, seed, arrays, workdir, test, log):
+    """The MTL + photometry row of one seed: (p_qso on test, rate, params), diagnostics."""
+    import keras
+
+    from starqso.models import CutoutScaling
+
+    method_dir = workdir / f"seed{seed}" / "seed_method"
+    out_dir = workdir / f"seed{seed}" / "photometry_mtl"
+    variant_run(method_dir, out_dir, run_config(args, seed, photometry=True), arrays, log)
+    deployable = keras.saving.load_model(out_dir / "starqso_classifier.keras", safe_mode=True)
+    test_images = arrays["images"][test]
+    result = (*timed(lambda: deployable.predict({"image": test_images}, batch_size=512,
+                                                verbose=0)), deployable.count_params())
+    stats = json.loads((out_dir / "preprocessing.json").read_text())
+    scaled = np.asarray(CutoutScaling(**{key: stats[key] for key in ("softening", "mean",
+                                                                     "std")})(test_images))
+    spectrum_classifier = keras.saving.load_model(out_dir / "spectrum_classifier.keras",
+                                                  safe_mode=True)
+    real = spectrum_classifier.encoder.predict({"spectrum": arrays["spectra"][test]},
+                                               batch_size=512, verbose=0)
+    diagnostics = gan_diagnostics(generated_vectors(out_dir, scaled, test_images), real,
+                                  arrays["labels"][test].astype(int),
+                                  spectrum_classifier.get_layer("p_qso"))
+    return result, diagnostics
 
 
 def train_classifier(model, train_inputs, train_labels, validation_inputs, validation_labels,
@@ -195,7 +254,8 @@ def one_seed(args, seed, arrays, workdir, log):
     method_dir = workdir / f"seed{seed}" / "seed_method"
     distill_dir = workdir / f"seed{seed}" / "distillation"
     fit_run(method_dir, config, arrays=arrays, export=False, log=log)
-    distillation_run(method_dir, distill_dir, config, arrays, log)
+    variant_run(method_dir, distill_dir, run_config(args, seed, gan_distillation_weight=1.0),
+                arrays, log)
 
     split = json.loads((method_dir / "split.json").read_text())
     index = {name: i for i, name in enumerate(arrays["ids"])}
@@ -266,29 +326,19 @@ def one_seed(args, seed, arrays, workdir, log):
         batch_size=512, verbose=0)), photometry.count_params())
 
     # Why MTL does (not) help: is the generated vector the real one, or a collapsed average?
-    from starqso.evaluation import classification_metrics
-
-    real_test = vectors[test]
-    head = spectrum_classifier.get_layer("p_qso")
-    diagnostics = {}
-    for key, folder in (("mtl", method_dir), ("mtl_distill", distill_dir)):
-        generator = load(folder, "generator.keras")
-        generated = generator.predict({"image": scaled[test], "noise": np.zeros(
-            (len(test), generator.noise_dim), np.float32)}, batch_size=512, verbose=0)
-        diagnostics[key] = {
-            "r2": float(1 - np.sum((generated - real_test) ** 2)
-                        / np.sum((real_test - real_test.mean(axis=0)) ** 2)),
-            "spread": float(np.mean(generated.std(axis=0)) / np.mean(real_test.std(axis=0))),
-            "head_macro_f1": classification_metrics(
-                labels[test], np.asarray(head(generated)))["macro_f1"],
-        }
-    results["diagnostics"] = diagnostics
+    results["diagnostics"] = {
+        key: gan_diagnostics(generated_vectors(folder, scaled[test], test_images),
+                             vectors[test], labels[test],
+                             spectrum_classifier.get_layer("p_qso"))
+        for key, folder in (("mtl", method_dir), ("mtl_distill", distill_dir))}
+    results["mtl_photometry"], results["diagnostics"]["mtl_photometry"] = photometry_row(
+        args, seed, arrays, workdir, test, log)
 
     classical = fit_classical(features[train], labels[train], seed=seed)
     for name in CLASSICAL:
         results[name] = (*timed(lambda m=classical[name]: predict_classical(
             m, photometric_features(test_images))), None)
-    return test, results, {"mtl": method_dir, "mtl_distill": distill_dir}
+    return test, results
 
 
 def score_rows(labels, magnitudes_r, per_seed):
@@ -352,7 +402,8 @@ def format_tables(table, labels, magnitudes_r, seeds, diagnostics):
               "collapse), macro-F1 of the frozen spectrum head on the generated vector.", "",
               "| GAN | R^2 | spread | spectrum head on generated vector, macro-F1 |",
               "|---|---|---|---|"]
-    for key, title in (("mtl", "seed method"), ("mtl_distill", "+ distillation")):
+    for key, title in (("mtl", "seed method"), ("mtl_distill", "+ distillation"),
+                       ("mtl_photometry", "+ photometry")):
         values = [np.mean([d[key][name] for d in diagnostics])
                   for name in ("r2", "spread", "head_macro_f1")]
         lines.append(f"| {title} | {values[0]:.3f} | {values[1]:.3f} | {values[2]:.4f} |")
@@ -416,21 +467,22 @@ def main():
     log(f"simulation: {len(arrays['labels'])} objects (seed {args.simulation_seed}), "
         f"{time.perf_counter() - began:.0f} s")
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="starqso-paper-"))
-    per_seed, test, folders = [], None, None
+    per_seed, test = [], None
     for seed in args.seeds:
         saved = workdir / f"seed{seed}" / "results.pkl"
         if args.reuse and saved.exists():
             log(f"--- seed {seed}: results of an earlier run, {saved}")
             with open(saved, "rb") as stream:
                 test, results = pickle.load(stream)
-            seed_folders = {"mtl": saved.parent / "seed_method",
-                            "mtl_distill": saved.parent / "distillation"}
+            if "mtl_photometry" not in results:  # a table from before that row existed
+                log(f"--- seed {seed}: training the MTL + photometry row")
+                results["mtl_photometry"], results["diagnostics"]["mtl_photometry"] = \
+                    photometry_row(args, seed, arrays, workdir, test, log)
         else:
             log(f"--- training seed {seed}")
-            test, results, seed_folders = one_seed(args, seed, arrays, workdir, log)
-            with open(saved, "wb") as stream:
-                pickle.dump((test, results), stream)  # an hour of training: keep what it measured
-        folders = folders or seed_folders
+            test, results = one_seed(args, seed, arrays, workdir, log)
+        with open(saved, "wb") as stream:
+            pickle.dump((test, results), stream)  # an hour of training: keep what it measured
         per_seed.append(results)
     labels = arrays["labels"][test].astype(int)
     magnitudes_r = arrays["mags"][test, 2]
@@ -442,10 +494,11 @@ def main():
             args.real_catalog,
             [("starqso shipped model (saved_models/starqso-base)",
               ROOT / "saved_models/starqso-base/starqso_classifier.keras"),
-             (f"MTL, seed method, this table's seed {args.seeds[0]}",
-              folders["mtl"] / "starqso_classifier.keras"),
-             (f"MTL + distillation, this table's seed {args.seeds[0]}",
-              folders["mtl_distill"] / "starqso_classifier.keras")], seed=0)
+             *((f"{title}, this table's seed {args.seeds[0]}",
+                workdir / f"seed{args.seeds[0]}" / folder / "starqso_classifier.keras")
+               for title, folder in (("MTL, seed method", "seed_method"),
+                                     ("MTL + distillation", "distillation"),
+                                     ("MTL + photometry", "photometry_mtl")))], seed=0)
     seconds = time.perf_counter() - began
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()

@@ -178,6 +178,10 @@ def _check_run(model: ModelConfig, data: DataConfig, where: str) -> None:
         )
 
 
+# The photometry's 3" aperture (7.6 pixels) plus its 3-pixel sky border need 22 pixels.
+PHOTOMETRY_MIN_SIZE = 22
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Network sizes shared by the spectrum encoder, the GAN and the image classifier."""
@@ -189,9 +193,17 @@ class ModelConfig:
     noise_dim: int = 16  # GAN generator noise length
     dense_units: int = 128  # width of dense heads
     dropout: float = 0.2  # in [0, 1)
+    # Aperture photometry (colours, r, concentration) measured inside the model from the raw
+    # cutout, as an extra input of the generator and fusion classifier; false = the paper's.
+    photometry: bool = True
 
     def __post_init__(self) -> None:
         _validate_in_place(self, "model")
+        if self.photometry and self.image_size < PHOTOMETRY_MIN_SIZE:
+            raise InputError(f"model.photometry needs model.image_size >= "
+                             f"{PHOTOMETRY_MIN_SIZE} (a 3\" aperture and a sky border); set "
+                             f"photometry: false for smaller cutouts. Received: image_size "
+                             f"{self.image_size}")
 
 
 @dataclass(frozen=True)
@@ -260,7 +272,7 @@ PRESETS: dict[str, RunConfig] = {
     # Small enough that a full `fit` finishes in seconds on a CPU; used by the tests.
     "tiny": RunConfig(
         preset="tiny",
-        model=ModelConfig(image_size=16, image_filters=(4, 8), spectrum_filters=(4, 8),
+        model=ModelConfig(image_size=24, image_filters=(4, 8), spectrum_filters=(4, 8),
                           feature_dim=8, noise_dim=4, dense_units=8, dropout=0.0),
         data=DataConfig(num_objects=96, cutout_size=24, validation_fraction=0.25,
                         export_check_objects=48, export_calibration_objects=16),

@@ -61,7 +61,7 @@ def test_round_trip_of_changed_values(tmp_path):
 def test_tiny_preset_values():
     tiny = get_preset("tiny")
     assert tiny.preset == "tiny"
-    assert tiny.model == ModelConfig(16, (4, 8), (4, 8), 8, 4, 8, 0.0)
+    assert tiny.model == ModelConfig(24, (4, 8), (4, 8), 8, 4, 8, 0.0, True)
     assert (tiny.data.num_objects, tiny.data.cutout_size) == (96, 24)
     assert tiny.data.validation_fraction == 0.25
     training = tiny.training
@@ -85,7 +85,7 @@ def test_yaml_overrides_apply_on_top_of_named_preset(tmp_path):
 def test_overrides_on_top_of_base_argument(tmp_path):
     path = write(tmp_path, "model:\n  dropout: 0.5\n")
     config = load_config(path, base=get_preset("tiny"))
-    assert config.model.dropout == 0.5 and config.model.image_size == 16
+    assert config.model.dropout == 0.5 and config.model.image_size == 24
 
 
 def test_empty_file_and_empty_section_mean_no_overrides(tmp_path):

@@ -52,7 +52,7 @@ def test_fit_exports_every_format_with_checks(run):
     assert checks["model_int8.tflite"]["max_abs_diff"] < 0.2
     assert checks["model_int8.tflite"]["label_agreement"] >= 0.9
     metadata = json.loads((export / "metadata.json").read_text())
-    assert metadata["input_shape"] == [None, 16, 16, 5]
+    assert metadata["input_shape"] == [None, 24, 24, 5]
     assert metadata["units"] == "nanomaggy" and metadata["class_names"] == ["STAR", "QSO"]
 
 
@@ -69,7 +69,7 @@ def test_saved_model_loads_without_starqso(run):
     code = (
         "import sys, numpy as np, tensorflow as tf, keras\n"
         f"path = {str(run / 'export' / 'saved_model')!r}\n"
-        "x = np.abs(np.random.default_rng(0).normal(0, 1, (3, 16, 16, 5))).astype('float32')\n"
+        "x = np.abs(np.random.default_rng(0).normal(0, 1, (3, 24, 24, 5))).astype('float32')\n"
         "served = tf.saved_model.load(path).signatures['serving_default']\n"
         "p = served(image=tf.constant(x))['p_qso'].numpy()\n"
         "layer = keras.layers.TFSMLayer(path, call_endpoint='serving_default')\n"
@@ -91,7 +91,7 @@ def test_predict_keeps_every_row_in_order_and_flags_bad_ones(run, catalogue, run
     rows = list(csv.DictReader(output.open()))
     assert [row["id"] for row in rows] == list(read_catalog(catalogue)["id"])
     assert rows[3]["flag"] and rows[3]["p_qso"] == "" and rows[3]["label"] == ""
-    assert "smaller" in rows[5]["flag"] or "16" in rows[5]["flag"]
+    assert "at least 24x24" in rows[5]["flag"]
     good = [row for i, row in enumerate(rows) if i not in (3, 5)]
     assert all(0 <= float(row["p_qso"]) <= 1 and row["label"] in ("STAR", "QSO")
                for row in good)

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from starqso.models import (
+    AperturePhotometry,
     ConditionalGAN,
     CutoutScaling,
     FeatureDiscriminator,
@@ -23,12 +24,29 @@ VECTORS = rng.uniform(-1, 1, (6, FEATURES)).astype("float32")
 LABELS = np.array([0, 1, 0, 1, 1, 0], "float32").reshape(-1, 1)
 
 
+def rng_images(size):
+    return np.random.default_rng(1).normal(0, 1, (6, size, size, 5)).astype("float32")
+
+
 def tiny_models():
     encoder = SpectrumEncoder(filters=(4, 8), feature_dim=FEATURES)
     generator = FeatureGenerator(SIZE, (4, 8), FEATURES, NOISE, 8, 0.1)
     fusion = FusionClassifier(SIZE, (4, 8), FEATURES, 8, 0.1)
     scaling = CutoutScaling([0.03, 0.01, 0.03, 0.03, 0.1], [0.1] * 5, [2.0] * 5)
+    # The photometry variants need a 3" aperture and its sky border: 24-pixel cutouts.
+    big = np.abs(rng_images(24))
+    photometry = AperturePhotometry(24, [0.1] * 6, [2.0] * 6)
+    generator_p = FeatureGenerator(24, (4, 8), FEATURES, NOISE, 8, 0.1, photometry_dim=6)
+    fusion_p = FusionClassifier(24, (4, 8), FEATURES, 8, 0.1, photometry_dim=6)
+    table = np.asarray(photometry(big))
     return {
+        "photometry_generator": (generator_p, {"image": big, "photometry": table,
+                                               "noise": np.zeros((6, NOISE), "float32")},
+                                 (6, FEATURES)),
+        "photometry_fusion": (fusion_p, {"image": big, "features": VECTORS,
+                                         "photometry": table}, (6, 1)),
+        "photometry_deployable": (StarQSOClassifier(scaling, generator_p, fusion_p, photometry),
+                                  {"image": big}, (6, 1)),
         "encoder": (encoder, {"spectrum": SPECTRA}, (6, FEATURES)),
         "spectrum_classifier": (SpectrumClassifier(encoder, 0.1), {"spectrum": SPECTRA},
                                 (6, 1)),
@@ -58,7 +76,7 @@ def test_shape_config_round_trip_and_keras_reload(name, tmp_path):
     np.testing.assert_allclose(np.asarray(reloaded(inputs)), outputs, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["spectrum_classifier", "fusion", "image"])
+@pytest.mark.parametrize("name", ["spectrum_classifier", "fusion", "image", "photometry_fusion"])
 def test_one_fit_step_gives_a_finite_loss(name):
     model, inputs, _ = tiny_models()[name]
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy())
@@ -127,3 +145,28 @@ def test_gan_with_distillation_teacher_trains_under_two_replica_mirrored_strateg
     for kept, now in zip(teacher_weights, teacher.get_weights()):
         np.testing.assert_array_equal(kept, now)
     assert ConditionalGAN.from_config(gan.get_config()).distillation_weight == 1.0
+
+
+def test_aperture_photometry_layer_matches_the_numpy_photometry():
+    from starqso.preprocessing.photometry import photometric_features
+
+    rng = np.random.default_rng(3)
+    cutouts = rng.normal(0, 0.05, (5, 32, 32, 5)).astype("float32")
+    yy, xx = np.mgrid[0:32, 0:32] - 15.5
+    star = np.exp(-(xx ** 2 + yy ** 2) / (2 * 2.0 ** 2))[None, :, :, None]
+    cutouts += star * np.array([1.0, 3.0, 5.0, 6.0, 7.0])[None, None, None, :] * \
+        np.array([0.1, 1.0, 10.0, 100.0, 0.01])[:, None, None, None]
+    expected = photometric_features(cutouts)
+    layer = AperturePhotometry(32, expected.mean(axis=0), expected.std(axis=0))
+    got = np.asarray(layer(cutouts)) * expected.std(axis=0) + expected.mean(axis=0)
+    np.testing.assert_allclose(got, expected, atol=2e-4)
+    with pytest.raises(ValueError, match="too small"):
+        AperturePhotometry(16)
+
+
+def test_deployable_refuses_photometry_models_without_the_layer():
+    generator = FeatureGenerator(24, (4,), FEATURES, NOISE, 8, 0.0, photometry_dim=6)
+    fusion = FusionClassifier(24, (4,), FEATURES, 8, 0.0, photometry_dim=6)
+    scaling = CutoutScaling([0.03] * 5, [0.0] * 5, [1.0] * 5)
+    with pytest.raises(ValueError, match="AperturePhotometry"):
+        StarQSOClassifier(scaling, generator, fusion)

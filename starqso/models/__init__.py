@@ -5,7 +5,8 @@
   generated spectral vector.
 * :class:`FusionClassifier`: image + vector -> p(QSO); :class:`ImageClassifier`: the
   image-only baseline with the same trunk.
-* :class:`StarQSOClassifier`: raw cutout -> p(QSO), scaling and generator inside.
+* :class:`StarQSOClassifier`: raw cutout -> p(QSO), scaling, photometry and generator inside.
+* :class:`CutoutScaling`, :class:`AperturePhotometry`: the in-graph preprocessing layers.
 
 All are Keras functional models registered under the ``starqso`` package, so ``.keras`` files
 load with ``keras.saving.load_model`` after ``import starqso.models``.
@@ -13,10 +14,11 @@ load with ``keras.saving.load_model`` after ``import starqso.models``.
 
 from starqso.models.classifiers import FusionClassifier, ImageClassifier, StarQSOClassifier
 from starqso.models.gan import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
-from starqso.models.layers import CutoutScaling, ZeroNoise
+from starqso.models.layers import AperturePhotometry, CutoutScaling, ZeroNoise
 from starqso.models.spectrum import SpectrumClassifier, SpectrumEncoder
 
 __all__ = [
+    "AperturePhotometry",
     "ConditionalGAN",
     "CutoutScaling",
     "FeatureDiscriminator",

@@ -44,6 +44,16 @@ def image_trunk(image, filters, dense_units, dropout, name):
     return layers.Dense(dense_units, activation="relu", name=f"{name}_embedding")(x)
 
 
+def photometry_branch(photometry, units):
+    """A dense embedding of the standardised aperture photometry: (6,) -> (units,).
+
+    Two layers let the model form non-linear colour cuts (the QSO locus bends in ugriz) before
+    they meet the image embedding.
+    """
+    x = layers.Dense(units, activation="relu", name="photometry_dense0")(photometry)
+    return layers.Dense(units, activation="relu", name="photometry_dense1")(x)
+
+
 def residual_block_1d(x, filters, stride, name):
     """A 1-D residual block (two kernel-5 convolutions, projection shortcut when needed)."""
     shortcut = x

@@ -6,8 +6,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from starqso.models.blocks import ConstructorConfig, deserialize_submodel, image_trunk
-from starqso.models.layers import PACKAGE, CutoutScaling, ZeroNoise
+from starqso.models.blocks import (
+    ConstructorConfig,
+    deserialize_submodel,
+    image_trunk,
+    photometry_branch,
+)
+from starqso.models.layers import PACKAGE, AperturePhotometry, CutoutScaling, ZeroNoise
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -52,67 +57,100 @@ class FusionClassifier(ConstructorConfig, keras.Model):
         feature_dim: length of the feature vector.
         dense_units: width of the hidden layers.
         dropout: dropout rate.
+        photometry_dim: length of an extra ``"photometry"`` input (standardised aperture
+            photometry), fed through a dense branch; 0 (the paper's fusion) for none.
+
+    Example:
+        >>> fusion = FusionClassifier(16, filters=(4, 8), feature_dim=8, photometry_dim=6)
     """
 
-    CONFIG_KEYS = ("image_size", "filters", "feature_dim", "dense_units", "dropout")
+    CONFIG_KEYS = ("image_size", "filters", "feature_dim", "dense_units", "dropout",
+                   "photometry_dim")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, dense_units=128,
-                 dropout=0.2, **kwargs):
+                 dropout=0.2, photometry_dim=0, **kwargs):
         image = keras.Input((image_size, image_size, 5), name="image")
         features = keras.Input((feature_dim,), name="features")
+        inputs = {"image": image, "features": features}
         x = image_trunk(image, filters, dense_units, dropout, name="trunk")
-        v = layers.Dense(dense_units, activation="relu", name="features_dense")(features)
-        x = layers.Concatenate(name="fusion")([x, v])
+        branches = [x, layers.Dense(dense_units, activation="relu",
+                                    name="features_dense")(features)]
+        if photometry_dim:
+            inputs["photometry"] = keras.Input((photometry_dim,), name="photometry")
+            branches.append(photometry_branch(inputs["photometry"], dense_units))
+        x = layers.Concatenate(name="fusion")(branches)
         x = layers.Dense(dense_units, activation="relu", name="hidden")(x)
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
         probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
-        super().__init__(inputs={"image": image, "features": features}, outputs=probability,
-                         **kwargs)
+        super().__init__(inputs=inputs, outputs=probability, **kwargs)
         self.image_size = int(image_size)
         self.filters = tuple(int(f) for f in filters)
         self.feature_dim = int(feature_dim)
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
+        self.photometry_dim = int(photometry_dim)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class StarQSOClassifier(ConstructorConfig, keras.Model):
     """The deployable model: raw nanomaggie cutouts (N, S, S, 5) -> p(QSO) (N, 1).
 
-    Scaling (asinh + per-band statistics from fit time), the generator (with zero noise) and
-    the fusion classifier are all inside, so callers pass cutouts exactly as read from FITS
-    (transposed to channels last) and nothing else.
+    Scaling (asinh + per-band statistics from fit time), the aperture photometry (when the
+    generator and fusion take it), the generator (with zero noise) and the fusion classifier
+    are all inside, so callers pass cutouts exactly as read from FITS (transposed to channels
+    last) and nothing else.
 
     Args:
         scaling: a :class:`CutoutScaling` layer (or its config).
         generator: a trained :class:`FeatureGenerator` (or its config).
         fusion: a trained :class:`FusionClassifier` (or its config).
+        photometry: an :class:`AperturePhotometry` layer (or its config), required when the
+            generator or fusion classifier has a photometry input; None otherwise.
 
     Example:
         >>> model = StarQSOClassifier(scaling, generator, fusion)  # doctest: +SKIP
         >>> p_qso = model.predict(cutouts_nhwc)  # doctest: +SKIP
     """
 
-    CONFIG_KEYS = ("scaling", "generator", "fusion")
+    CONFIG_KEYS = ("scaling", "generator", "fusion", "photometry")
 
-    def __init__(self, scaling, generator, fusion, **kwargs):
+    def __init__(self, scaling, generator, fusion, photometry=None, **kwargs):
         scaling = deserialize_submodel(scaling)
         generator = deserialize_submodel(generator)
         fusion = deserialize_submodel(fusion)
+        photometry = None if photometry is None else deserialize_submodel(photometry)
+        wanted = max(getattr(generator, "photometry_dim", 0), getattr(fusion, "photometry_dim", 0))
+        if bool(wanted) != (photometry is not None):
+            raise ValueError(f"StarQSOClassifier needs an AperturePhotometry layer exactly when "
+                             f"the generator or fusion takes photometry. Received: "
+                             f"photometry={photometry}, photometry_dim={wanted}")
         size = generator.image_size
         cutout = keras.Input((size, size, 5), name="image")
         scaled = scaling(cutout)
+        inputs = {"image": scaled}
+        if photometry is not None:
+            inputs["photometry"] = photometry(cutout)
         noise = ZeroNoise(generator.noise_dim, name="zero_noise")(scaled)
-        features = generator({"image": scaled, "noise": noise})
-        probability = fusion({"image": scaled, "features": features})
+        features = generator(generator.generator_inputs(inputs, noise))
+        fusion_inputs = {"image": scaled, "features": features}
+        if getattr(fusion, "photometry_dim", 0):
+            fusion_inputs["photometry"] = inputs["photometry"]
+        probability = fusion(fusion_inputs)
         super().__init__(inputs={"image": cutout}, outputs=probability, **kwargs)
         self.scaling = scaling
         self.generator = generator
         self.fusion = fusion
+        self.photometry = photometry
         self.image_size = size
 
 
 
 
-__all__ = ["CutoutScaling", "FusionClassifier", "ImageClassifier", "StarQSOClassifier"]
+__all__ = [
+    "AperturePhotometry",
+    "CutoutScaling",
+    "FusionClassifier",
+    "ImageClassifier",
+    "StarQSOClassifier",
+]

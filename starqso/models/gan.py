@@ -17,7 +17,12 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from starqso.models.blocks import ConstructorConfig, deserialize_submodel, image_trunk
+from starqso.models.blocks import (
+    ConstructorConfig,
+    deserialize_submodel,
+    image_trunk,
+    photometry_branch,
+)
 from starqso.models.layers import PACKAGE
 
 
@@ -39,29 +44,46 @@ class FeatureGenerator(ConstructorConfig, keras.Model):
         noise_dim: length of the noise input.
         dense_units: width of the hidden layers.
         dropout: dropout in the image trunk.
+        photometry_dim: length of an extra ``"photometry"`` input (the standardised output of
+            :class:`AperturePhotometry`), fed through a dense branch beside the trunk;
+            0 (the paper's generator) for none.
 
     Example:
         >>> generator = FeatureGenerator(16, filters=(4, 8), feature_dim=8, noise_dim=4)
     """
 
-    CONFIG_KEYS = ("image_size", "filters", "feature_dim", "noise_dim", "dense_units", "dropout")
+    CONFIG_KEYS = ("image_size", "filters", "feature_dim", "noise_dim", "dense_units", "dropout",
+                   "photometry_dim")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, noise_dim=16,
-                 dense_units=128, dropout=0.2, **kwargs):
+                 dense_units=128, dropout=0.2, photometry_dim=0, **kwargs):
         image = keras.Input((image_size, image_size, 5), name="image")
         noise = keras.Input((noise_dim,), name="noise")
+        inputs = {"image": image, "noise": noise}
         x = image_trunk(image, filters, dense_units, dropout, name="trunk")
-        x = layers.Concatenate(name="with_noise")([x, noise])
+        branches = [x, noise]
+        if photometry_dim:
+            inputs["photometry"] = keras.Input((photometry_dim,), name="photometry")
+            branches.append(photometry_branch(inputs["photometry"], dense_units))
+        x = layers.Concatenate(name="with_noise")(branches)
         x = layers.Dense(dense_units, activation="relu", name="hidden")(x)
         features = layers.Dense(feature_dim, activation="tanh", dtype="float32",
                                 name="features")(x)
-        super().__init__(inputs={"image": image, "noise": noise}, outputs=features, **kwargs)
+        super().__init__(inputs=inputs, outputs=features, **kwargs)
         self.image_size = int(image_size)
         self.filters = tuple(int(f) for f in filters)
         self.feature_dim = int(feature_dim)
         self.noise_dim = int(noise_dim)
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
+        self.photometry_dim = int(photometry_dim)
+
+    def generator_inputs(self, inputs, noise):
+        """The generator's input dict from a batch's inputs (image [+ photometry]) and noise."""
+        selected = {"image": inputs["image"], "noise": noise}
+        if self.photometry_dim:
+            selected["photometry"] = inputs["photometry"]
+        return selected
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -106,7 +128,7 @@ class FeatureDiscriminator(ConstructorConfig, keras.Model):
 class ConditionalGAN(ConstructorConfig, keras.Model):
     """Trains a :class:`FeatureGenerator` against a :class:`FeatureDiscriminator`.
 
-    Data: ``({"image": scaled images}, real feature vectors)``. Compile with
+    Data: ``({"image": scaled images[, "photometry": ...]}, real feature vectors)``. Compile with
     ``compile(generator_optimizer=..., discriminator_optimizer=...)``; the losses are Keras
     loss objects, which scale correctly across replicas under ``tf.distribute``.
 
@@ -170,10 +192,9 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
         return trackers + ([self.distillation_tracker] if self.teacher is not None else [])
 
     def call(self, inputs, training=False):
-        image = inputs["image"]
-        noise = keras.random.normal((ops.shape(image)[0], self.noise_dim),
-                                    seed=self.seed_generator)
-        return self.generator({"image": image, "noise": noise}, training=training)
+        noise = self._noise(ops.shape(inputs["image"])[0])
+        return self.generator(self.generator.generator_inputs(inputs, noise),
+                              training=training)
 
     def _noise(self, batch):
         return keras.random.normal((batch, self.noise_dim), seed=self.seed_generator)
@@ -189,7 +210,8 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
 
         noise = self._noise(batch)
         with tf.GradientTape() as tape:
-            fake = self.generator({"image": image, "noise": noise}, training=True)
+            fake = self.generator(self.generator.generator_inputs(inputs, noise),
+                                  training=True)
             real_logit = self.discriminator({"features": real, "image": image}, training=True)
             fake_logit = self.discriminator({"features": fake, "image": image}, training=True)
             # One-sided label smoothing (0.9) keeps the discriminator from overpowering early.
@@ -201,7 +223,8 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
 
         noise = self._noise(batch)
         with tf.GradientTape() as tape:
-            fake = self.generator({"image": image, "noise": noise}, training=True)
+            fake = self.generator(self.generator.generator_inputs(inputs, noise),
+                                  training=True)
             fake_logit = self.discriminator({"features": fake, "image": image}, training=True)
             reconstruction = self.reconstruction_loss(real, fake)
             g_loss = (self.adversarial_loss(ones, fake_logit)
@@ -225,8 +248,8 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
     def test_step(self, data):
         inputs, real = data
         image = inputs["image"]
-        fake = self.generator({"image": image, "noise": self._noise(ops.shape(image)[0])},
-                              training=False)
+        fake = self.generator(self.generator.generator_inputs(
+            inputs, self._noise(ops.shape(image)[0])), training=False)
         self.reconstruction_tracker.update_state(unscale(self.reconstruction_loss(real, fake)))
         return {"reconstruction": self.reconstruction_tracker.result()}
 

@@ -86,3 +86,80 @@ class ZeroNoise(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "noise_dim": self.noise_dim}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AperturePhotometry(keras.layers.Layer):
+    """Raw nanomaggie cutouts -> standardised aperture photometry, inside the graph.
+
+    The same features as :func:`starqso.preprocessing.photometry.photometric_features` (u-g,
+    g-r, r-i, i-z and r as SDSS asinh magnitudes in a 3" aperture, minus the median of the
+    sky border; r-band concentration between 1.5" and 3"), then ``(f - mean) / std``. The
+    image CNN learns colours only approximately from a few thousand cutouts, while colours
+    and brightness are what separates stars from QSOs; measuring them explicitly in the model
+    keeps the model image-only (one input, raw cutouts) and exportable with builtin ops.
+
+    Args:
+        image_size: cutout side in pixels (at least 26, for the 3" aperture and sky border).
+        mean: per-feature mean on the training cutouts, length 6 (default zeros).
+        std: per-feature standard deviation, length 6 (default ones).
+
+    Example:
+        >>> layer = AperturePhotometry(32)
+        >>> layer(np.zeros((2, 32, 32, 5), "float32")).shape  # doctest: +SKIP
+        (2, 6)
+    """
+
+    NUM_FEATURES = 6
+
+    def __init__(self, image_size, mean=None, std=None, **kwargs):
+        from starqso.preprocessing.photometry import SOFTENING, aperture_masks
+
+        super().__init__(**kwargs)
+        self.image_size = int(image_size)
+        self.mean = [float(v) for v in (mean if mean is not None else [0.0] * 6)]
+        self.std = [float(v) for v in (std if std is not None else [1.0] * 6)]
+        if len(self.mean) != 6 or len(self.std) != 6 or min(self.std) <= 0:
+            raise ValueError(f"AperturePhotometry mean and std must be 6 numbers, std > 0. "
+                             f"Received: mean={self.mean}, std={self.std}")
+        try:
+            outer, border = aperture_masks(self.image_size, 3.0)
+            inner, _ = aperture_masks(self.image_size, 1.5)
+        except Exception as error:  # InputError, for a too-small cutout
+            raise ValueError(f"{error}. Received: image_size={image_size}") from None
+        pixels = self.image_size * self.image_size
+        self._masks = np.stack([outer.ravel(), inner.ravel()], axis=1).astype("float32")
+        self._areas = self._masks.sum(axis=0)
+        self._border = np.flatnonzero(border.ravel()).astype("int32")
+        self._pixels = pixels
+        # asinh magnitude m = -2.5/ln10 (asinh(f / 2b) + ln b), f in units of 3631 Jy.
+        self._flux_scale = (1e-9 / (2 * SOFTENING)).astype("float32")
+        self._log_b = np.log(SOFTENING).astype("float32")
+
+    def _asinh(self, x):
+        # Builtin TFLite ops only (no ASINH); exact for large |x| of either sign.
+        return ops.sign(x) * ops.log(ops.abs(x) + ops.sqrt(ops.square(x) + 1.0))
+
+    def call(self, inputs):
+        x = ops.reshape(ops.cast(inputs, "float32"), (-1, self._pixels, 5))
+        border = ops.take(x, ops.convert_to_tensor(self._border), axis=1)  # (N, B, 5)
+        count = int(self._border.size)
+        # The median of the border: the mean of the two middle values (NumPy's convention).
+        top = ops.top_k(ops.transpose(border, (0, 2, 1)), count // 2 + 1, sorted=True)[0]
+        sky = (top[:, :, -1] + top[:, :, -2 + count % 2]) / 2.0  # (N, 5)
+        sums = ops.einsum("npb,pa->nab", x, ops.convert_to_tensor(self._masks))  # (N, 2, 5)
+        fluxes = sums - ops.convert_to_tensor(self._areas)[None, :, None] * sky[:, None, :]
+        magnitudes = -2.5 / np.log(10.0) * (
+            self._asinh(fluxes * ops.convert_to_tensor(self._flux_scale))
+            + ops.convert_to_tensor(self._log_b))
+        outer, inner = magnitudes[:, 0, :], magnitudes[:, 1, :]
+        features = ops.concatenate([outer[:, :-1] - outer[:, 1:], outer[:, 2:3],
+                                    inner[:, 2:3] - outer[:, 2:3]], axis=1)
+        return (features - ops.convert_to_tensor(self.mean)) / ops.convert_to_tensor(self.std)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.NUM_FEATURES)
+
+    def get_config(self):
+        return {**super().get_config(), "image_size": self.image_size, "mean": self.mean,
+                "std": self.std}

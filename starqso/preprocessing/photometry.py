@@ -47,16 +47,28 @@ def aperture_fluxes(cutouts, radius_arcsec=3.0):
     if cutouts.ndim != 4 or cutouts.shape[-1] != 5 or cutouts.shape[1] != cutouts.shape[2]:
         raise InputError(f"cutouts must have shape (N, S, S, 5). Received: shape="
                          f"{cutouts.shape}")
-    size = cutouts.shape[1]
+    inside, border = aperture_masks(cutouts.shape[1], radius_arcsec)
+    sky = np.median(cutouts[:, border, :], axis=1)
+    return (cutouts[:, inside, :] - sky[:, None, :]).sum(axis=1, dtype=np.float64)
+
+
+def aperture_masks(size, radius_arcsec):
+    """(aperture, sky border) boolean (size, size) masks around the cutout centre.
+
+    The sky border is every pixel more than (size/2 - 3) pixels from the centre. Shared by
+    :func:`aperture_fluxes` and the in-graph :class:`starqso.models.AperturePhotometry`, so
+    both measure the same pixels.
+
+    Raises:
+        InputError: if the aperture does not fit inside the sky border.
+    """
     radius_px = radius_arcsec / PIXEL_SCALE
     if size / 2 - 3 <= radius_px:
         raise InputError(f"cutouts are too small for a {radius_arcsec}\" aperture with a sky "
                          f"border. Received: side {size} pixels")
     yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
     distance = np.hypot(xx, yy)
-    sky = np.median(cutouts[:, distance > size / 2 - 3, :], axis=1)
-    inside = distance <= radius_px
-    return (cutouts[:, inside, :] - sky[:, None, :]).sum(axis=1, dtype=np.float64)
+    return distance <= radius_px, distance > size / 2 - 3
 
 
 def photometric_features(cutouts):

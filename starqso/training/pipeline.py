@@ -1,8 +1,10 @@
 """``starqso fit``: the stages of the method, in order, into one run folder.
 
 1. ``encoder``: :class:`SpectrumClassifier` (encoder + head) on objects with a spectrum.
-2. ``gan``: :class:`ConditionalGAN` learns the frozen encoder's vectors from images.
-3. ``fusion``: :class:`FusionClassifier` on image + generated vector, for every labelled object.
+2. ``gan``: :class:`ConditionalGAN` learns the frozen encoder's vectors from images (and the
+   aperture photometry measured from them, with ``model.photometry``).
+3. ``fusion``: :class:`FusionClassifier` on image + generated vector (+ photometry), for every
+   labelled object.
 4. ``image``: the image-only baseline with the same trunk.
 
 The run folder::
@@ -313,6 +315,7 @@ def _stages(run, arrays):
 
     from starqso.data.pipeline import make_dataset, split_indices
     from starqso.models import (
+        AperturePhotometry,
         ConditionalGAN,
         CutoutScaling,
         FeatureDiscriminator,
@@ -335,12 +338,21 @@ def _stages(run, arrays):
             name: [str(i) for i in arrays["ids"][index]]
             for name, index in (("train", train), ("validation", validation), ("test", test))})
     stats = cutout_statistics(arrays["images"][train], seed=training.seed)
-    if run.chief:
-        _write_json(run.out / "preprocessing.json", {**stats, "image_size":
-                                                     model_config.image_size,
-                                                     "units": "nanomaggy", "bands": "ugriz"})
     scaling = CutoutScaling(**stats, name="cutout_scaling")
     scaled = _scale(scaling, arrays["images"])
+    images = {"image": scaled}  # the inputs of the generator and the fusion classifier
+    photometry = None
+    if model_config.photometry:
+        raw = _scale(AperturePhotometry(model_config.image_size), arrays["images"])
+        photometry = AperturePhotometry(model_config.image_size, raw[train].mean(axis=0),
+                                        raw[train].std(axis=0) + 1e-6, name="photometry")
+        images["photometry"] = _scale(photometry, arrays["images"])
+    photometry_dim = AperturePhotometry.NUM_FEATURES if model_config.photometry else 0
+    if run.chief:
+        _write_json(run.out / "preprocessing.json", {
+            **stats, "image_size": model_config.image_size, "units": "nanomaggy",
+            "bands": "ugriz", **({"photometry_mean": photometry.mean,
+                                  "photometry_std": photometry.std} if photometry else {})})
     target = labels.astype(np.float32).reshape(-1, 1)
     batch_size = training.batch_size
 
@@ -396,8 +408,7 @@ def _stages(run, arrays):
                                              batch_size=512, verbose=0)
     head = spectrum_classifier.get_layer("p_qso")
 
-    # Stage 2: the conditional GAN, image -> the encoder's vector.
-    images = {"image": scaled}
+    # Stage 2: the conditional GAN, image (+ photometry) -> the encoder's vector.
     if "gan" in run.completed:
         generator = load("generator.keras")
     else:
@@ -406,7 +417,7 @@ def _stages(run, arrays):
             generator = FeatureGenerator(model_config.image_size, model_config.image_filters,
                                          model_config.feature_dim, model_config.noise_dim,
                                          model_config.dense_units, model_config.dropout,
-                                         name="generator")
+                                         photometry_dim, name="generator")
             discriminator = FeatureDiscriminator(
                 model_config.image_size, discriminator_filters(model_config),
                 model_config.feature_dim,
@@ -426,7 +437,7 @@ def _stages(run, arrays):
                             training.gan_epochs, "val_reconstruction")
         run.save_model(generator, "generator.keras")
         run.save_model(discriminator, "discriminator.keras")
-        generated = _generate(generator, scaled[spec_validation], zero_noise=True)
+        generated = _generate(generator, images, spec_validation, zero_noise=True)
         metrics = {
             "n": int(len(spec_validation)),
             "reconstruction_mse": float(np.mean((generated - vectors[spec_validation]) ** 2)),
@@ -443,23 +454,25 @@ def _stages(run, arrays):
     generated = np.zeros_like(vectors)
     # Noise while training (the GAN's spread acts as augmentation); zero noise for
     # validation, exactly as the deployed model runs.
-    generated[labelled_train] = _generate(generator, scaled[labelled_train], rng=rng)
-    generated[labelled_validation] = _generate(generator, scaled[labelled_validation],
+    generated[labelled_train] = _generate(generator, images, labelled_train, rng=rng)
+    generated[labelled_validation] = _generate(generator, images, labelled_validation,
                                                zero_noise=True)
-    fused = {"image": scaled, "features": generated}
+    fused = {**images, "features": generated}
     if "fusion" not in run.completed:
         began = time.perf_counter()
         with run.strategy.scope():
             fusion = FusionClassifier(model_config.image_size, model_config.image_filters,
                                       model_config.feature_dim, model_config.dense_units,
-                                      model_config.dropout, name="fusion_classifier")
+                                      model_config.dropout, photometry_dim,
+                                      name="fusion_classifier")
             fusion.compile(keras.optimizers.Adam(training.learning_rate),
                            keras.losses.BinaryCrossentropy(), metrics=classifier_metrics())
         history = run.train(fusion, "fusion", *datasets(fused, target, labelled_train,
                                                         labelled_validation, True),
                             training.fusion_epochs, "val_loss")
         run.save_model(fusion, "fusion_classifier.keras")
-        deployable = StarQSOClassifier(scaling, generator, fusion, name="starqso_classifier")
+        deployable = StarQSOClassifier(scaling, generator, fusion, photometry,
+                                       name="starqso_classifier")
         run.save_model(deployable, "starqso_classifier.keras")
         probabilities = deployable.predict({"image": arrays["images"][labelled_validation]},
                                            batch_size=512, verbose=0)
@@ -479,8 +492,8 @@ def _stages(run, arrays):
                                      keras.losses.BinaryCrossentropy(),
                                      metrics=classifier_metrics())
         history = run.train(image_classifier, "image",
-                            *datasets(images, target, labelled_train, labelled_validation,
-                                      True),
+                            *datasets({"image": scaled}, target, labelled_train,
+                                      labelled_validation, True),
                             training.image_epochs, "val_loss")
         run.save_model(image_classifier, "image_classifier.keras")
         probabilities = image_classifier.predict({"image": scaled[labelled_validation]},
@@ -490,9 +503,10 @@ def _stages(run, arrays):
                          history, time.perf_counter() - began, len(history.get("loss", [])))
 
 
-def _generate(generator, scaled_images, *, zero_noise=False, rng=None):
-    noise_shape = (len(scaled_images), generator.noise_dim)
+def _generate(generator, inputs, index, *, zero_noise=False, rng=None):
+    noise_shape = (len(index), generator.noise_dim)
     noise = np.zeros(noise_shape, np.float32) if zero_noise else rng.normal(
         size=noise_shape).astype(np.float32)
-    return generator.predict({"image": scaled_images, "noise": noise}, batch_size=512,
-                             verbose=0)
+    return generator.predict(generator.generator_inputs(
+        {key: value[index] for key, value in inputs.items()}, noise), batch_size=512,
+        verbose=0)
