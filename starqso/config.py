@@ -170,16 +170,22 @@ def _validate_in_place(section_config: Any, section: str) -> None:
         object.__setattr__(section_config, name, value)  # frozen: bypass __setattr__ once
 
 
+# The photometry's 3" aperture (7.6 pixels) plus its 3-pixel sky border need 22 pixels.
+PHOTOMETRY_MIN_SIZE = 22
+
+
 def _check_run(model: ModelConfig, data: DataConfig, where: str) -> None:
+    if model.photometry and model.image_size < PHOTOMETRY_MIN_SIZE:
+        raise InputError(
+            f"model.photometry needs model.image_size >= {PHOTOMETRY_MIN_SIZE} (a 3\" aperture "
+            f"and a sky border); set photometry: false for smaller cutouts. Received: "
+            f"{model.image_size}{where}"
+        )
     if data.cutout_size < model.image_size:
         raise InputError(
             f"data.cutout_size must be >= model.image_size ({model.image_size}) because cutouts "
             f"are centre-cropped to the model input. Received: {data.cutout_size}{where}"
         )
-
-
-# The photometry's 3" aperture (7.6 pixels) plus its 3-pixel sky border need 22 pixels.
-PHOTOMETRY_MIN_SIZE = 22
 
 
 @dataclass(frozen=True)
@@ -199,11 +205,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _validate_in_place(self, "model")
-        if self.photometry and self.image_size < PHOTOMETRY_MIN_SIZE:
-            raise InputError(f"model.photometry needs model.image_size >= "
-                             f"{PHOTOMETRY_MIN_SIZE} (a 3\" aperture and a sky border); set "
-                             f"photometry: false for smaller cutouts. Received: image_size "
-                             f"{self.image_size}")
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,7 @@ def test_wrong_type_message_style(tmp_path):
         ({"data": {"qso_fraction": 1.5}}, "data.qso_fraction"),
         ({"data": {"num_objects": 1}}, "data.num_objects"),
         ({"model": {"image_size": 4}}, "model.image_size must be an integer >= 8"),
+        ({"model": {"image_size": 16}}, "model.photometry needs model.image_size >= 22"),
         ({"model": {"dropout": 1.0}}, "model.dropout"),
         ({"training": {"gan_epochs": -1}}, "training.gan_epochs"),
         ({"training": {"learning_rate": 0}}, "training.learning_rate must be a number > 0"),

@@ -122,3 +122,15 @@ def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
     validation = split["validation"]
     assert metrics["fusion"]["n"] == len(validation)
     assert metrics["encoder"]["n"] == len([i for i in validation if i not in no_spectrum])
+
+
+def test_resume_reads_a_config_from_before_the_photometry_key_as_without(tmp_path):
+    from starqso.config import get_preset, save_config
+    from starqso.training.pipeline import _saved_config
+
+    path = tmp_path / "config.yaml"
+    save_config(get_preset("tiny"), path)
+    assert _saved_config(path).model.photometry is True
+    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                            if "photometry" not in line))
+    assert _saved_config(path).model.photometry is False

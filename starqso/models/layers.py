@@ -127,11 +127,13 @@ class AperturePhotometry(keras.layers.Layer):
             inner, _ = aperture_masks(self.image_size, 1.5)
         except Exception as error:  # InputError, for a too-small cutout
             raise ValueError(f"{error}. Received: image_size={image_size}") from None
-        pixels = self.image_size * self.image_size
-        self._masks = np.stack([outer.ravel(), inner.ravel()], axis=1).astype("float32")
-        self._areas = self._masks.sum(axis=0)
+        self._pixels = self.image_size * self.image_size
+        # (2, S, S, 1): the 3" and 1.5" apertures, summed by MUL + SUM, not a matmul: the
+        # int8 export keeps MUL/SUM float (export.FLOAT_OPS), a FULLY_CONNECTED it would
+        # quantise, and raw nanomaggies do not survive int8.
+        self._masks = np.stack([outer, inner])[..., None].astype("float32")
+        self._areas = self._masks.sum(axis=(1, 2, 3))
         self._border = np.flatnonzero(border.ravel()).astype("int32")
-        self._pixels = pixels
         # asinh magnitude m = -2.5/ln10 (asinh(f / 2b) + ln b), f in units of 3631 Jy.
         self._flux_scale = (1e-9 / (2 * SOFTENING)).astype("float32")
         self._log_b = np.log(SOFTENING).astype("float32")
@@ -141,18 +143,21 @@ class AperturePhotometry(keras.layers.Layer):
         return ops.sign(x) * ops.log(ops.abs(x) + ops.sqrt(ops.square(x) + 1.0))
 
     def call(self, inputs):
-        x = ops.reshape(ops.cast(inputs, "float32"), (-1, self._pixels, 5))
-        border = ops.take(x, ops.convert_to_tensor(self._border), axis=1)  # (N, B, 5)
+        x = ops.cast(inputs, "float32")
+        flat = ops.reshape(x, (-1, self._pixels, 5))
+        border = ops.take(flat, ops.convert_to_tensor(self._border), axis=1)  # (N, B, 5)
         count = int(self._border.size)
         # The median of the border: the mean of the two middle values (NumPy's convention).
         top = ops.top_k(ops.transpose(border, (0, 2, 1)), count // 2 + 1, sorted=True)[0]
         sky = (top[:, :, -1] + top[:, :, -2 + count % 2]) / 2.0  # (N, 5)
-        sums = ops.einsum("npb,pa->nab", x, ops.convert_to_tensor(self._masks))  # (N, 2, 5)
-        fluxes = sums - ops.convert_to_tensor(self._areas)[None, :, None] * sky[:, None, :]
-        magnitudes = -2.5 / np.log(10.0) * (
-            self._asinh(fluxes * ops.convert_to_tensor(self._flux_scale))
-            + ops.convert_to_tensor(self._log_b))
-        outer, inner = magnitudes[:, 0, :], magnitudes[:, 1, :]
+        magnitudes = []
+        for aperture in range(2):
+            mask = ops.convert_to_tensor(self._masks[aperture])
+            flux = ops.sum(x * mask, axis=(1, 2)) - float(self._areas[aperture]) * sky
+            magnitudes.append(-2.5 / np.log(10.0) * (
+                self._asinh(flux * ops.convert_to_tensor(self._flux_scale))
+                + ops.convert_to_tensor(self._log_b)))
+        outer, inner = magnitudes
         features = ops.concatenate([outer[:, :-1] - outer[:, 1:], outer[:, 2:3],
                                     inner[:, 2:3] - outer[:, 2:3]], axis=1)
         return (features - ops.convert_to_tensor(self.mean)) / ops.convert_to_tensor(self.std)

@@ -182,6 +182,20 @@ def _check_resumable(out):
             check_keras_file(out / name)
 
 
+def _saved_config(path):
+    """A run folder's config; folders from before ``model.photometry`` existed trained without."""
+    import dataclasses
+
+    import yaml
+
+    config = load_config(path)
+    model = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model") or {}
+    if "photometry" not in model:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                       photometry=False))
+    return config
+
+
 def _load_arrays(config, data, log, strict=False):
     from starqso.io.dataset import load_catalog_arrays
     from starqso.simulate.arrays import simulate_arrays
@@ -265,7 +279,7 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
         if not config_path.exists():
             raise InputError(f"--resume needs a run folder with config.yaml. Received: "
                              f"{out} has none")
-        saved = load_config(config_path)
+        saved = _saved_config(config_path)
         if config is not None and config_to_dict(config) != config_to_dict(saved):
             raise InputError(f"--resume continues {out} with its own config.yaml; drop "
                              f"--config/--preset or start a new --out. Received: a different "
