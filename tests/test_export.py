@@ -63,6 +63,12 @@ def test_int8_model_uses_builtin_ops_only_and_keeps_the_stretch_float(run):
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert not any(name.startswith("FlexDelegate") or "Flex" in name for name in ops)
     assert {"CONV_2D", "QUANTIZE", "LOG"} <= ops
+    # The aperture photometry works on raw nanomaggies: its sky median and sums stay float.
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    photometry_ops = [op for op in interpreter._get_ops_details()
+                      if op["op_name"] in ("TOPK_V2", "SUM", "GATHER")]
+    assert {op["op_name"] for op in photometry_ops} == {"TOPK_V2", "SUM", "GATHER"}
+    assert all(tensors[op["inputs"][0]]["dtype"] == np.float32 for op in photometry_ops)
 
 
 def test_saved_model_loads_without_starqso(run):
