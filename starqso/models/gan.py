@@ -1,16 +1,15 @@
 """The conditional GAN that learns to generate spectral feature vectors from images.
 
-Generator: (scaled image, noise) -> feature vector. Discriminator: (feature vector, scaled
-image) -> real/fake logit. The real vectors are the frozen spectrum encoder's outputs for the
-paired spectra. :class:`ConditionalGAN` trains both with its own ``train_step`` inside plain
-``fit()``; on top of the adversarial loss an L2 reconstruction term (weight
-``reconstruction_weight``, as in pix2pix) pulls each generated vector towards its object's real
-one, which keeps the generator from collapsing to a class-average vector. With a ``teacher``
-(the spectrum classifier's frozen head, vector -> p(QSO)) a distillation term (weight
-``distillation_weight``) asks the teacher to classify each generated vector as it classifies the
-object's real one: the L2 term spreads its effort over all 128 dimensions, most of which carry
-no class information, while this term spends it where the classes differ.
-"""
+Generator: (scaled image[, aperture photometry], noise) -> feature vector. Discriminator:
+(feature vector, scaled image) -> real/fake logit. The real vectors are the frozen spectrum
+encoder's outputs for the paired spectra. :class:`ConditionalGAN` trains both with its own
+``train_step`` inside plain ``fit()``; on top of the adversarial loss an L2 reconstruction term
+(weight ``reconstruction_weight``, as in pix2pix) pulls each generated vector towards its
+object's real one, which keeps the generator from collapsing to a class-average vector. With a
+``teacher`` (the spectrum classifier's frozen head, vector -> p(QSO)) a distillation term
+(weight ``distillation_weight``) asks the teacher to classify each generated vector as it
+classifies the object's real one: the L2 term spreads its effort over all 128 dimensions, most
+of which carry no class information, while this term spends it where the classes differ."""
 
 from __future__ import annotations
 
