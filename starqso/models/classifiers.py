@@ -120,7 +120,7 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
         generator = deserialize_submodel(generator)
         fusion = deserialize_submodel(fusion)
         photometry = None if photometry is None else deserialize_submodel(photometry)
-        wanted = max(getattr(generator, "photometry_dim", 0), getattr(fusion, "photometry_dim", 0))
+        wanted = max(generator.photometry_dim, fusion.photometry_dim)
         if bool(wanted) != (photometry is not None):
             raise ValueError(f"StarQSOClassifier needs an AperturePhotometry layer exactly when "
                              f"the generator or fusion takes photometry. Received: "
@@ -134,7 +134,7 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
         noise = ZeroNoise(generator.noise_dim, name="zero_noise")(scaled)
         features = generator(generator.generator_inputs(inputs, noise))
         fusion_inputs = {"image": scaled, "features": features}
-        if getattr(fusion, "photometry_dim", 0):
+        if fusion.photometry_dim:
             fusion_inputs["photometry"] = inputs["photometry"]
         probability = fusion(fusion_inputs)
         super().__init__(inputs={"image": cutout}, outputs=probability, **kwargs)

@@ -13,6 +13,12 @@ from keras import ops
 PACKAGE = "starqso"
 
 
+def asinh(x):
+    """asinh(x) = sign(x) log(|x| + sqrt(x^2 + 1)): builtin TFLite ops only (no ASINH), and no
+    cancellation for large negative x."""
+    return ops.sign(x) * ops.log(ops.abs(x) + ops.sqrt(ops.square(x) + 1.0))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class CutoutScaling(keras.layers.Layer):
     """Raw nanomaggie cutouts -> asinh-stretched, per-band standardised pixels.
@@ -47,9 +53,7 @@ class CutoutScaling(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.divide(ops.cast(inputs, "float32"), ops.convert_to_tensor(self.softening))
-        # asinh(x) = sign(x) log(|x| + sqrt(x^2 + 1)): builtin TFLite ops only (no ASINH),
-        # and no cancellation for large negative x.
-        stretched = ops.sign(x) * ops.log(ops.abs(x) + ops.sqrt(ops.square(x) + 1.0))
+        stretched = asinh(x)
         return (stretched - ops.convert_to_tensor(self.mean)) / ops.convert_to_tensor(self.std)
 
     def compute_output_shape(self, input_shape):
@@ -113,6 +117,7 @@ class AperturePhotometry(keras.layers.Layer):
     NUM_FEATURES = 6
 
     def __init__(self, image_size, mean=None, std=None, **kwargs):
+        from starqso.errors import InputError
         from starqso.preprocessing.photometry import SOFTENING, aperture_masks
 
         super().__init__(**kwargs)
@@ -125,7 +130,7 @@ class AperturePhotometry(keras.layers.Layer):
         try:
             outer, border = aperture_masks(self.image_size, 3.0)
             inner, _ = aperture_masks(self.image_size, 1.5)
-        except Exception as error:  # InputError, for a too-small cutout
+        except InputError as error:  # a cutout too small for the aperture and sky border
             raise ValueError(f"{error}. Received: image_size={image_size}") from None
         self._pixels = self.image_size * self.image_size
         # (2, S, S, 1): the 3" and 1.5" apertures, summed by MUL + SUM, not a matmul: the
@@ -137,10 +142,6 @@ class AperturePhotometry(keras.layers.Layer):
         # asinh magnitude m = -2.5/ln10 (asinh(f / 2b) + ln b), f in units of 3631 Jy.
         self._flux_scale = (1e-9 / (2 * SOFTENING)).astype("float32")
         self._log_b = np.log(SOFTENING).astype("float32")
-
-    def _asinh(self, x):
-        # Builtin TFLite ops only (no ASINH); exact for large |x| of either sign.
-        return ops.sign(x) * ops.log(ops.abs(x) + ops.sqrt(ops.square(x) + 1.0))
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
@@ -155,7 +156,7 @@ class AperturePhotometry(keras.layers.Layer):
             mask = ops.convert_to_tensor(self._masks[aperture])
             flux = ops.sum(x * mask, axis=(1, 2)) - float(self._areas[aperture]) * sky
             magnitudes.append(-2.5 / np.log(10.0) * (
-                self._asinh(flux * ops.convert_to_tensor(self._flux_scale))
+                asinh(flux * ops.convert_to_tensor(self._flux_scale))
                 + ops.convert_to_tensor(self._log_b)))
         outer, inner = magnitudes
         features = ops.concatenate([outer[:, :-1] - outer[:, 1:], outer[:, 2:3],
