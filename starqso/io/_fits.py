@@ -1,18 +1,16 @@
-"""Shared helpers for the readers and writers: clear errors on open, atomic writes.
+"""Shared helpers of the FITS readers and writers: clear errors on open, deterministic bytes.
 
 Every reader goes through :func:`open_fits` so that a missing, empty, non-FITS or truncated file
 is reported the same way everywhere, as a one-line :class:`~starqso.errors.InputError` naming the
-file. Every writer goes through :func:`write_bytes_atomically` so that a crash half-way through
-never leaves a truncated file where a good one used to be.
+file. Writers serialise with :func:`hdulist_bytes` and write with
+:func:`starqso.atomic.write_bytes_atomically`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import os
-import secrets
 import warnings
 from collections.abc import Iterator
 
@@ -150,51 +148,3 @@ def hdulist_bytes(hdulist: fits.HDUList) -> bytes:
         warnings.simplefilter("ignore")
         hdulist.writeto(buffer, output_verify="exception")
     return buffer.getvalue()
-
-
-def write_bytes_atomically(path: str | os.PathLike, payload: bytes, *, overwrite: bool) -> str:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    A name ending in ``.gz`` is gzip-compressed with a zero timestamp and no embedded file name,
-    so the same payload always gives the same bytes on disk.
-
-    Args:
-        path: Destination file.
-        payload: Uncompressed file content.
-        overwrite: Replace an existing file if True; otherwise an existing file is an error.
-
-    Returns:
-        The destination path as a ``str``.
-
-    Example:
-        >>> write_bytes_atomically("out.csv", b"id\\n001\\n", overwrite=True)  # doctest: +SKIP
-        'out.csv'
-    """
-    path = os.fspath(path)
-    if not path:
-        raise InputError("output path is blank; expected a file name")
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"output file already exists (pass overwrite=True to replace it): {path}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"output folder does not exist: {folder} (for file {path})")
-    if path.lower().endswith(".gz"):
-        compressed = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as stream:
-            stream.write(payload)
-        payload = compressed.getvalue()
-    # Same folder so os.replace is an atomic rename on one filesystem; O_EXCL so two writers
-    # never share a temp file; mode 0o666 so the umask applies like for a plain open().
-    temp_path = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temp_path)
-        raise
-    return path

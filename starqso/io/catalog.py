@@ -38,14 +38,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Column, Table
 
+from starqso.atomic import write_bytes_atomically
 from starqso.errors import InputError
-from starqso.io._fits import (
-    check_readable_file,
-    hdu_data,
-    hdulist_bytes,
-    open_fits,
-    write_bytes_atomically,
-)
+from starqso.io._fits import check_readable_file, hdu_data, hdulist_bytes, open_fits
 
 CATALOG_COLUMNS = ("id", "image", "spectrum", "label", "redshift", "u", "g", "r", "i", "z")
 LABELS = ("STAR", "QSO")

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
+from starqso.atomic import write_bytes_atomically
 from starqso.errors import InputError
-from starqso.io._fits import hdu_data, hdulist_bytes, native, open_fits, write_bytes_atomically
+from starqso.io._fits import hdu_data, hdulist_bytes, native, open_fits
 
 BANDS = ("u", "g", "r", "i", "z")
 PIXEL_SCALE_ARCSEC = 0.396

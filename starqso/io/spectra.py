@@ -59,8 +59,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.io import fits
 
+from starqso.atomic import write_bytes_atomically
 from starqso.errors import InputError
-from starqso.io._fits import hdu_data, hdulist_bytes, native, open_fits, write_bytes_atomically
+from starqso.io._fits import hdu_data, hdulist_bytes, native, open_fits
 
 SDSS_TELESCOPE = "SDSS 2.5-M"
 SDSS_FLUX_UNIT = "1E-17 erg/cm^2/s/Ang"

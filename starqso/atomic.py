@@ -1,0 +1,173 @@
+"""Atomic file writes: the one place starqso writes a file that a reader may see.
+
+Every file starqso writes goes through here: content goes to a hidden temporary file in the
+destination folder, is flushed to disk, and is renamed over the destination with
+``os.replace``. A crash or a kill half-way therefore leaves either the previous complete file
+or none, never a truncated one. Folders are swapped in whole by :func:`replace_folder`.
+
+NumPy-free and TensorFlow-free, so every layer (I/O, config, training, export) can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+
+from starqso.errors import InputError
+
+__all__ = [
+    "atomic_path",
+    "replace_folder",
+    "write_bytes_atomically",
+    "write_json_atomically",
+    "write_text_atomically",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside ``path`` that becomes ``path`` when the block ends cleanly.
+
+    For writers that need a file name rather than bytes (Keras ``save_weights``, HDF5): write
+    to the yielded path; on success it is renamed over ``path``, on any error it is removed.
+    The temporary name keeps ``path``'s suffix, since some writers choose the format by it.
+
+    Args:
+        path: Destination file; its folder must exist.
+
+    Yields:
+        The temporary file name (``str``) to write.
+
+    Example:
+        >>> with atomic_path("backup/last.weights.h5") as temporary:  # doctest: +SKIP
+        ...     model.save_weights(temporary)
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, dot, suffix = name.partition(".")
+    # Same folder so os.replace is an atomic rename on one filesystem; a random part so two
+    # writers never share a temporary file.
+    temporary = os.path.join(folder, f".{stem}.{secrets.token_hex(6)}.tmp{dot}{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def write_bytes_atomically(path: str | os.PathLike, payload: bytes, *,
+                           overwrite: bool = True) -> str:
+    """Write ``payload`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    A name ending in ``.gz`` is gzip-compressed with a zero timestamp and no embedded file name,
+    so the same payload always gives the same bytes on disk.
+
+    Args:
+        path: Destination file.
+        payload: Uncompressed file content.
+        overwrite: Replace an existing file if True; otherwise an existing file is an error.
+
+    Returns:
+        The destination path as a ``str``.
+
+    Raises:
+        InputError: a blank path, an existing file without ``overwrite``, a missing folder.
+
+    Example:
+        >>> write_bytes_atomically("out.csv", b"id\\n001\\n")  # doctest: +SKIP
+        'out.csv'
+    """
+    path = os.fspath(path)
+    if not path:
+        raise InputError("output path is blank; expected a file name")
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"output file already exists (pass overwrite=True to replace it): {path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"output folder does not exist: {folder} (for file {path})")
+    if path.lower().endswith(".gz"):
+        compressed = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as stream:
+            stream.write(payload)
+        payload = compressed.getvalue()
+    temp_path = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL so two writers never share a temp file; mode 0o666 so the umask applies like for
+    # a plain open().
+    descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temp_path)
+        raise
+    return path
+
+
+def write_text_atomically(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> str:
+    """:func:`write_bytes_atomically` for UTF-8 text.
+
+    Example:
+        >>> write_text_atomically("notes.md", "# notes\\n")  # doctest: +SKIP
+        'notes.md'
+    """
+    return write_bytes_atomically(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def write_json_atomically(path: str | os.PathLike, payload, *, sort_keys: bool = True) -> str:
+    """Write ``payload`` as indented JSON (one trailing newline), atomically.
+
+    Example:
+        >>> write_json_atomically("state.json", {"completed": ["encoder"]})  # doctest: +SKIP
+        'state.json'
+    """
+    return write_text_atomically(
+        path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def replace_folder(build: Callable[[str], None], destination: str | os.PathLike) -> str:
+    """Build a folder beside ``destination`` and swap it in whole.
+
+    ``build`` fills a fresh staging folder; only when it returns is the old ``destination``
+    (if any) moved aside and the staging folder renamed into place, so a reader never sees
+    half a folder. A failed build removes the staging folder and leaves ``destination`` as it
+    was.
+
+    Args:
+        build: called with the staging folder's path.
+        destination: the folder to create or replace.
+
+    Returns:
+        ``destination`` as a ``str``.
+
+    Example:
+        >>> replace_folder(lambda folder: export_into(folder), "runs/demo/export")  # doctest: +SKIP
+    """
+    destination = os.fspath(destination)
+    staging, old = f"{destination}.partial", f"{destination}.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        build(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if os.path.exists(destination):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(destination, old)
+        os.replace(staging, destination)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, destination)
+    return destination
