@@ -232,3 +232,10 @@ def test_evaluation_does_not_import_tensorflow(files):
     )
     subprocess.run([sys.executable, "-c", code, predictions, truth, str(tmp_path / "out")],
                    check=True, cwd=ROOT)
+
+
+def test_classification_metrics_has_one_home():
+    from starqso import evaluation
+    from starqso.evaluation import metrics
+
+    assert metrics.classification_metrics is evaluation.classification_metrics

@@ -1,0 +1,205 @@
+"""The PNG figures of ``starqso evaluate``, drawn with matplotlib on its Agg canvas.
+
+matplotlib is imported here only, and only when a figure is drawn, so the metrics and the
+join work without it.
+
+Example:
+    >>> from starqso.evaluation.plots import write_plots
+    >>> write_plots("evaluation", metrics, labels, probabilities, bins)  # doctest: +SKIP
+    ['confusion_matrix.png', 'roc.png', 'precision_recall.png', 'reliability.png']
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+
+from starqso.atomic import write_bytes_atomically
+
+PLOT_FILES = ("confusion_matrix.png", "roc.png", "precision_recall.png",
+              "completeness_purity_r.png", "completeness_purity_redshift.png", "reliability.png")
+
+
+def _save(figure, path: str) -> None:
+    # Rendered in memory, then written by starqso.atomic's temp-file-and-rename, so a
+    # reader never sees half a PNG and the umask applies as for a plain open().
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    write_bytes_atomically(path, buffer.getvalue(), overwrite=True)
+
+
+def _new_figure(figsize=(5.0, 4.2)):
+    # A bare Figure on an Agg canvas rather than pyplot + matplotlib.use("Agg"): no GUI is
+    # needed, and a notebook's own backend and open figures are left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _note(axes, text):
+    axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, wrap=True)
+
+
+def _plot_confusion(metrics, path):
+    confusion = np.array(metrics["confusion"], dtype=np.float64)
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    axes.imshow(confusion / totals, cmap="Blues", vmin=0, vmax=1)
+    for true in range(2):
+        for guess in range(2):
+            share = confusion[true, guess] / totals[true, 0]
+            axes.text(guess, true, f"{int(confusion[true, guess])}\n({share:.1%} of row)",
+                      ha="center", va="center", color="white" if share > 0.5 else "black")
+    axes.set_xticks([0, 1], ["STAR", "QSO"])
+    axes.set_yticks([0, 1], ["STAR", "QSO"])
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"confusion matrix (n={metrics['n']}, threshold {metrics['threshold']:g})")
+    _save(figure, path)
+
+
+def _plot_roc(labels, probabilities, metrics, path):
+    from sklearn.metrics import roc_curve
+
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    if metrics["roc_auc"] is None:
+        _note(axes, "ROC undefined: only one class among the evaluated rows")
+        axes.set_title("ROC")
+    else:
+        false_rate, true_rate, _ = roc_curve(labels, probabilities)
+        axes.plot(false_rate, true_rate, color="C0")
+        axes.set_title(f"ROC (AUC = {metrics['roc_auc']:.4f})")
+    axes.set_xlabel("false positive rate (stars called QSO)")
+    axes.set_ylabel("true positive rate (QSO completeness)")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    _save(figure, path)
+
+
+def _plot_precision_recall(labels, probabilities, metrics, path):
+    from sklearn.metrics import precision_recall_curve
+
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    if metrics["average_precision"] is None:
+        _note(axes, "precision-recall undefined: no QSO among the evaluated rows")
+        axes.set_title("precision-recall")
+    else:
+        precision, recall, _ = precision_recall_curve(labels, probabilities)
+        axes.step(recall, precision, where="post", color="C0")
+        axes.axhline(labels.mean(), color="0.7", linestyle="--", linewidth=1,
+                     label=f"chance (QSO fraction {labels.mean():.3f})")
+        axes.plot(metrics["recall_qso"], metrics["precision_qso"], "o", color="C3",
+                  label=f"threshold {metrics['threshold']:g}")
+        axes.legend(loc="lower left")
+        axes.set_title(f"precision-recall (AP = {metrics['average_precision']:.4f})")
+    axes.set_xlabel("recall (QSO completeness)")
+    axes.set_ylabel("precision (QSO purity)")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    _save(figure, path)
+
+
+def _plot_binned(bins, quantity, path, note=""):
+    figure = _new_figure(figsize=(6.0, 4.2))
+    axes = figure.add_subplot()
+    centres = [(part["lo"] + part["hi"]) / 2 for part in bins]
+    for key, label, color in (("completeness", "QSO completeness", "C0"),
+                              ("purity", "QSO purity", "C1")):
+        values = [np.nan if part[key] is None else part[key] for part in bins]
+        axes.plot(centres, values, "o-", color=color, label=label)
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel(quantity)
+    axes.set_ylabel("fraction")
+    # Object counts on a second axis: a dip in a bin of five objects means little.
+    counts = axes.twinx()
+    widths = [part["hi"] - part["lo"] for part in bins]
+    counts.bar([part["lo"] for part in bins], [part["n_qso"] for part in bins], width=widths,
+               align="edge", color="C0", alpha=0.12, label="QSOs per bin")
+    counts.bar([part["lo"] for part in bins], [part["n_star"] for part in bins], width=widths,
+               align="edge", color="C1", alpha=0.12, bottom=[part["n_qso"] for part in bins],
+               label="stars per bin")
+    counts.set_ylabel("objects per bin")
+    axes.set_zorder(counts.get_zorder() + 1)
+    axes.patch.set_visible(False)
+    handles = axes.get_legend_handles_labels()
+    extra = counts.get_legend_handles_labels()
+    axes.legend(handles[0] + extra[0], handles[1] + extra[1], loc="lower left", fontsize=8)
+    axes.set_title(f"QSO completeness and purity vs {quantity}" + (f"\n{note}" if note else ""),
+                   fontsize=10)
+    _save(figure, path)
+
+
+def _plot_reliability(bins, ece, path):
+    figure = _new_figure(figsize=(5.0, 5.2))
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="perfect")
+    filled = bins["count"] > 0
+    top.plot(bins["mean_probability"][filled], bins["fraction_qso"][filled], "o-", color="C0",
+             label="model")
+    top.set_ylabel("fraction of QSOs")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left")
+    top.set_title(f"reliability ({len(bins['count'])} bins, ECE = {ece:.4f})")
+    edges = bins["edges"]
+    bottom.bar(edges[:-1], bins["count"], width=np.diff(edges), align="edge", color="C0",
+               alpha=0.6)
+    bottom.set_yscale("symlog")
+    bottom.set_xlabel("p(QSO)")
+    bottom.set_ylabel("objects")
+    bottom.set_xlim(0, 1)
+    _save(figure, path)
+
+
+def write_plots(out_dir: str, metrics: dict, labels, probabilities, bins) -> list[str]:
+    """Draw the figures of :func:`~starqso.evaluation.report.evaluate_predictions` into a folder.
+
+    The r and redshift figures are drawn only when ``metrics["by_r"]`` /
+    ``metrics["by_redshift"]`` is not None; each file is replaced atomically.
+
+    Args:
+        out_dir: Existing folder for the PNG files.
+        metrics: :func:`~starqso.evaluation.metrics.classification_metrics` keys plus
+            ``threshold``, ``by_r`` and ``by_redshift``.
+        labels: 0 (STAR) / 1 (QSO) NumPy array of the evaluated rows.
+        probabilities: p(QSO) NumPy array of the evaluated rows.
+        bins: :func:`~starqso.evaluation.metrics.reliability_bins` of those rows.
+
+    Returns:
+        The names written, in :data:`PLOT_FILES` order less the figures that were skipped.
+
+    Example:
+        >>> write_plots("evaluation", metrics, labels, probabilities, bins)  # doctest: +SKIP
+        ['confusion_matrix.png', 'roc.png', 'precision_recall.png', 'reliability.png']
+    """
+    files = []
+    with warnings.catch_warnings():
+        # Plotting a curve with a single point or an all-NaN line warns; the plot says why.
+        warnings.simplefilter("ignore")
+        _plot_confusion(metrics, os.path.join(out_dir, "confusion_matrix.png"))
+        _plot_roc(labels, probabilities, metrics, os.path.join(out_dir, "roc.png"))
+        _plot_precision_recall(labels, probabilities, metrics,
+                               os.path.join(out_dir, "precision_recall.png"))
+        files += ["confusion_matrix.png", "roc.png", "precision_recall.png"]
+        if metrics["by_r"] is not None:
+            _plot_binned(metrics["by_r"], "r magnitude",
+                         os.path.join(out_dir, "completeness_purity_r.png"))
+            files.append("completeness_purity_r.png")
+        if metrics["by_redshift"] is not None:
+            # Stars sit at z ~ 0, so they can only lower purity in the first bin.
+            _plot_binned(metrics["by_redshift"], "redshift",
+                         os.path.join(out_dir, "completeness_purity_redshift.png"),
+                         note="stars sit at z ~ 0: purity above the first bin is QSOs only")
+            files.append("completeness_purity_redshift.png")
+        _plot_reliability(bins, metrics["ece"], os.path.join(out_dir, "reliability.png"))
+        files.append("reliability.png")
+    return files

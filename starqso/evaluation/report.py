@@ -1,0 +1,185 @@
+"""The ``starqso evaluate`` command: join, metrics, plots, ``metrics.json`` and the text report.
+
+Example:
+    >>> from starqso.evaluation.report import evaluate_predictions, format_report
+    >>> print(format_report(evaluate_predictions("p.csv", "t.csv", "ev")))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from starqso.atomic import write_json_atomically
+from starqso.errors import InputError
+from starqso.evaluation.join import join_predictions
+from starqso.evaluation.metrics import (
+    R_EDGES,
+    REDSHIFT_EDGES,
+    binned_metrics,
+    classification_metrics,
+    reliability_bins,
+)
+from starqso.evaluation.plots import write_plots
+
+
+def _json_ready(value):
+    """NumPy values to Python ones and NaN to None, since JSON has no NaN."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float = 0.5,
+                         strict: bool = False) -> dict:
+    """Score a predictions file against a truth catalogue; write metrics.json and plots.
+
+    Writes into ``out_dir`` (created if needed; files replaced atomically): ``metrics.json``,
+    ``confusion_matrix.png``, ``roc.png``, ``precision_recall.png``, ``reliability.png``,
+    and ``completeness_purity_r.png`` / ``completeness_purity_redshift.png`` when the truth
+    catalogue has ``r`` / ``redshift`` values for the evaluated rows.
+
+    Args:
+        predictions_path: ``starqso predict`` output, CSV or FITS (``id``, ``p_qso``, ``flag``).
+        truth_path: Catalogue with ``id``, ``label`` and optionally ``r`` and ``redshift``.
+        out_dir: Folder for the outputs.
+        threshold: An object is called QSO when p_qso >= threshold.
+        strict: Raise unless every truth row is matched, labelled and scored, with no extra
+            or flagged prediction rows.
+
+    Returns:
+        The dict written to ``metrics.json``: :func:`classification_metrics` keys plus
+        ``threshold``, ``join`` (see :func:`join_predictions`), ``by_r`` and ``by_redshift``
+        (:func:`binned_metrics` lists on :data:`R_EDGES` / :data:`REDSHIFT_EDGES`, None without
+        that column), ``reliability`` (:func:`reliability_bins`, NaN as None), ``out_dir`` and
+        ``files`` (names written).
+
+    Raises:
+        InputError: A file is unreadable, p_qso is not a number in [0, 1], the threshold is
+            outside [0, 1], no row is left to score, or ``out_dir`` cannot be made.
+
+    Example:
+        >>> metrics = evaluate_predictions("predictions.csv", "truth.csv",
+        ...                                "evaluation")  # doctest: +SKIP
+        >>> print(format_report(metrics))  # doctest: +SKIP
+    """
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"--threshold must be within [0, 1]. Received: {threshold}")
+    rows, join = join_predictions(predictions_path, truth_path)
+    if strict:
+        for key in ("missing", "extra", "flagged", "repaired", "no_probability", "unlabelled"):
+            if join[key]["count"]:
+                raise InputError(
+                    f"--strict: {join[key]['count']} {key.replace('_', ' ')} row(s), first ids "
+                    f"{', '.join(join[key]['first_ids'])}. Received: predictions "
+                    f"{join['predictions']}, truth {join['truth']}")
+    if join["evaluated"] == 0:
+        raise InputError(
+            f"no rows left to evaluate: {join['truth_rows']} truth rows, "
+            f"{join['prediction_rows']} prediction rows, {join['matched']} ids in common, "
+            f"{join['flagged']['count']} flagged, {join['no_probability']['count']} without "
+            f"p_qso, {join['unlabelled']['count']} unlabelled. Received: predictions "
+            f"{join['predictions']}, truth {join['truth']}")
+    labels, probabilities = rows["labels"], rows["probabilities"]
+    predicted = (probabilities >= threshold).astype(np.int64)
+
+    metrics = classification_metrics(labels, probabilities, threshold)
+    metrics["threshold"] = float(threshold)
+    metrics["n_qso"] = int(labels.sum())
+    metrics["n_star"] = int(labels.size - labels.sum())
+    metrics["join"] = join
+    for key, values, present, edges in (("r", rows["r"], rows["has_r"], R_EDGES),
+                                        ("redshift", rows["redshift"], rows["has_redshift"],
+                                         REDSHIFT_EDGES)):
+        known = present and bool(np.isfinite(values).any())
+        metrics[f"by_{key}"] = binned_metrics(labels, predicted, values, edges) if known else None
+    bins = reliability_bins(labels, probabilities)
+    metrics["reliability"] = _json_ready(bins)
+
+    out = os.fspath(out_dir)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        # FileExistsError (a file named like the folder) is not one of the errors the CLI
+        # turns into one line, so say it here.
+        raise InputError(f"output folder could not be made ({err.strerror or err}): "
+                         f"{out}") from err
+    files = write_plots(out, metrics, labels, probabilities, bins)
+    metrics["out_dir"] = os.path.abspath(out)
+    metrics["files"] = ["metrics.json", *files]
+    metrics = _json_ready(metrics)
+    # Same bytes as before the split: indent 2, sorted keys, one trailing newline, UTF-8.
+    write_json_atomically(os.path.join(out, "metrics.json"), metrics)
+    return metrics
+
+
+def _cell(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_report(metrics: dict) -> str:
+    """The headline table and the join report of :func:`evaluate_predictions`, as text.
+
+    Args:
+        metrics: The dict returned by :func:`evaluate_predictions`.
+
+    Returns:
+        Markdown-style text: a metric | value table, then one line per kind of skipped row
+        with the first few ids, then the output folder.
+
+    Example:
+        >>> print(format_report(evaluate_predictions("p.csv", "t.csv", "ev")))  # doctest: +SKIP
+        | metric | value |
+        ...
+    """
+    (true_negative, false_positive), (false_negative, true_positive) = metrics["confusion"]
+    rows = [
+        ("n", f"{metrics['n']} ({metrics.get('n_qso', '?')} QSO, "
+              f"{metrics.get('n_star', '?')} STAR)"),
+        ("threshold", f"{metrics.get('threshold', 0.5):g}"),
+        ("accuracy", _cell(metrics["accuracy"])),
+        ("F1 (QSO)", _cell(metrics["f1_qso"])),
+        ("F1 (STAR)", _cell(metrics["f1_star"])),
+        ("macro-F1", _cell(metrics["macro_f1"])),
+        ("precision (QSO)", _cell(metrics["precision_qso"])),
+        ("recall (QSO)", _cell(metrics["recall_qso"])),
+        ("ROC AUC", _cell(metrics["roc_auc"])),
+        ("average precision", _cell(metrics["average_precision"])),
+        ("ECE (15 bins)", _cell(metrics["ece"])),
+        ("error rate", _cell(metrics["error_rate"])),
+        ("confusion [[TN, FP], [FN, TP]]",
+         f"[[{true_negative}, {false_positive}], [{false_negative}, {true_positive}]]"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    value_width = max(len(value) for _, value in rows)
+    lines = [f"| {'metric'.ljust(width)} | {'value'.ljust(value_width)} |",
+             f"|{'-' * (width + 2)}|{'-' * (value_width + 2)}|"]
+    lines += [f"| {name.ljust(width)} | {value.ljust(value_width)} |" for name, value in rows]
+    join = metrics.get("join")
+    if join:
+        lines += ["", f"join: {join['truth_rows']} truth rows, {join['prediction_rows']} "
+                      f"prediction rows, {join['matched']} matched by id, {join['evaluated']} "
+                      f"evaluated"]
+        for key, text in (("missing", "missing from predictions"),
+                          ("extra", "extra (not in truth)"),
+                          ("flagged", "flagged by predict (not scored)"),
+                          ("repaired", "repaired by predict (scored)"),
+                          ("no_probability", "no p_qso and no flag"),
+                          ("unlabelled", "unlabelled in truth")):
+            part = join[key]
+            shown = ""
+            if part["count"]:
+                more = ", ..." if part["count"] > len(part["first_ids"]) else ""
+                shown = f" (ids: {', '.join(part['first_ids'])}{more})"
+            lines.append(f"  {text}: {part['count']}{shown}")
+    if metrics.get("out_dir"):
+        lines += ["", f"wrote {', '.join(metrics.get('files', []))} -> {metrics['out_dir']}"]
+    return "\n".join(lines)
