@@ -160,10 +160,10 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict):
     from starqso.training import fit_run
 
     config = None
-    if preset is not None or config_path is not None:
-        config = get_preset(preset or "base")
-        if config_path is not None:
-            config = load_config(config_path, base=config)
+    if config_path is not None:
+        config = load_config(config_path, preset=preset)
+    elif preset is not None:
+        config = get_preset(preset)
     fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo,
             strict=strict)
 

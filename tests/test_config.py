@@ -16,6 +16,7 @@ from starqso.config import (
     DataConfig,
     ModelConfig,
     RunConfig,
+    TrainingConfig,
     config_from_dict,
     config_to_dict,
     get_preset,
@@ -45,6 +46,7 @@ def test_save_load_round_trip(tmp_path, name):
 
 def test_saved_yaml_is_plain_sorted_block_style(tmp_path):
     text = save_config(get_preset("tiny"), tmp_path / "run.yaml").read_text(encoding="utf-8")
+    assert text.startswith("# starqso run configuration\ndata:\n  cutout_size: 24\n")
     assert "  image_filters:\n  - 4\n  - 8\n" in text
     assert "{" not in text and "!!" not in text
     assert text.index("data:") < text.index("model:") < text.index("preset:")
@@ -82,10 +84,41 @@ def test_yaml_overrides_apply_on_top_of_named_preset(tmp_path):
     assert config.training.gan_epochs == tiny.training.gan_epochs
 
 
-def test_overrides_on_top_of_base_argument(tmp_path):
+def test_preset_argument_is_used_when_the_file_names_none(tmp_path):
     path = write(tmp_path, "model:\n  dropout: 0.5\n")
-    config = load_config(path, base=get_preset("tiny"))
+    config = load_config(path, preset="tiny")
     assert config.model.dropout == 0.5 and config.model.image_size == 24
+    assert config.preset == "tiny"
+    assert config_from_dict({"model": {"dropout": 0.5}}, preset="tiny") == config
+
+
+def test_file_preset_is_used_without_preset_argument(tmp_path):
+    config = load_config(write(tmp_path, "preset: tiny\nmodel:\n  dropout: 0.5\n"))
+    assert config.preset == "tiny" and config.model.image_size == 24
+    assert load_config(write(tmp_path, "model:\n  dropout: 0.5\n")).preset == "base"
+
+
+def test_file_preset_and_preset_argument_may_agree(tmp_path):
+    path = write(tmp_path, "preset: tiny\ntraining:\n  batch_size: 8\n")
+    assert load_config(path, preset="tiny") == load_config(path)
+    assert load_config(path, preset="tiny").preset == "tiny"
+
+
+def test_file_preset_and_preset_argument_must_not_differ(tmp_path):
+    path = write(tmp_path, "preset: tiny\n")
+    with pytest.raises(InputError) as excinfo:
+        load_config(path, preset="base")
+    assert_one_line_error(excinfo, f"config file {path}", "preset: tiny", "--preset base",
+                          "Received:")
+    with pytest.raises(InputError) as excinfo:
+        config_from_dict({"preset": "base"}, preset="tiny")
+    assert_one_line_error(excinfo, "<dict>", "preset: base", "--preset tiny")
+
+
+def test_unknown_preset_argument_lists_known_presets(tmp_path):
+    with pytest.raises(InputError) as excinfo:
+        load_config(write(tmp_path, ""), preset="huge")
+    assert_one_line_error(excinfo, "'huge'", "base, tiny")
 
 
 def test_empty_file_and_empty_section_mean_no_overrides(tmp_path):
@@ -184,7 +217,64 @@ def test_direct_construction_is_checked_too():
         ModelConfig(image_size=True)
     with pytest.raises(InputError, match="data.cutout_size must be >= model.image_size"):
         RunConfig(data=DataConfig(cutout_size=16))
+    with pytest.raises(InputError, match="test_fraction must be < 1"):
+        RunConfig(data=DataConfig(validation_fraction=0.5, test_fraction=0.5))
+    with pytest.raises(InputError, match="model.photometry needs"):
+        RunConfig(model=ModelConfig(image_size=16), data=DataConfig(cutout_size=16))
+    with pytest.raises(InputError, match="preset must be a non-empty string"):
+        RunConfig(preset="")
     assert ModelConfig(image_filters=[8, 16]).image_filters == (8, 16)
+    assert TrainingConfig(learning_rate="5e-4").learning_rate == 5e-4
+
+
+# One value out of range or of the wrong type for every checked field, set in Python.
+PYTHON_VIOLATIONS = [
+    (ModelConfig, "image_size", 7, "an integer >= 8"),
+    (ModelConfig, "image_filters", (8, 0), "a non-empty list of integers >= 1"),
+    (ModelConfig, "spectrum_filters", (), "a non-empty list of integers >= 1"),
+    (ModelConfig, "feature_dim", 0, "an integer >= 1"),
+    (ModelConfig, "noise_dim", 0, "an integer >= 1"),
+    (ModelConfig, "dense_units", 0, "an integer >= 1"),
+    (ModelConfig, "dropout", 1.0, "a number in [0, 1)"),
+    (ModelConfig, "photometry", 1, "true or false"),
+    (DataConfig, "num_objects", 1, "an integer >= 2"),
+    (DataConfig, "simulation_seed", -1, "an integer >= 0"),
+    (DataConfig, "cutout_size", 15, "an integer >= 16"),
+    (DataConfig, "qso_fraction", 1.5, "a number in [0, 1] or null"),
+    (DataConfig, "validation_fraction", 0.0, "a number in (0, 1)"),
+    (DataConfig, "test_fraction", 1.0, "a number in [0, 1)"),
+    (DataConfig, "split_seed", -1, "an integer >= 0"),
+    (DataConfig, "export_check_objects", 0, "an integer >= 1"),
+    (DataConfig, "export_calibration_objects", 0, "an integer >= 1"),
+    (TrainingConfig, "seed", -1, "an integer >= 0"),
+    (TrainingConfig, "batch_size", 0, "an integer >= 1"),
+    (TrainingConfig, "learning_rate", 0.0, "a number > 0"),
+    (TrainingConfig, "encoder_epochs", -1, "an integer >= 0"),
+    (TrainingConfig, "gan_epochs", -1, "an integer >= 0"),
+    (TrainingConfig, "fusion_epochs", -1, "an integer >= 0"),
+    (TrainingConfig, "image_epochs", -1, "an integer >= 0"),
+    (TrainingConfig, "gan_learning_rate", -1e-4, "a number > 0"),
+    (TrainingConfig, "gan_reconstruction_weight", -0.1, "a number >= 0"),
+    (TrainingConfig, "gan_distillation_weight", -0.1, "a number >= 0"),
+    (TrainingConfig, "early_stopping_patience", 0, "an integer >= 1"),
+    (TrainingConfig, "augment", "yes", "true or false"),
+    (TrainingConfig, "mixed_precision", None, "true or false"),
+]
+
+
+def test_python_violations_cover_every_field():
+    covered = {(cls, name) for cls, name, _, _ in PYTHON_VIOLATIONS}
+    assert covered == {(cls, f.name) for cls in (ModelConfig, DataConfig, TrainingConfig)
+                       for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize(("cls", "name", "value", "expected"), PYTHON_VIOLATIONS,
+                         ids=[f"{c.__name__}.{n}" for c, n, _, _ in PYTHON_VIOLATIONS])
+def test_every_field_check_fires_for_a_value_set_in_python(cls, name, value, expected):
+    section = {ModelConfig: "model", DataConfig: "data", TrainingConfig: "training"}[cls]
+    with pytest.raises(InputError) as excinfo:
+        cls(**{name: value})
+    assert str(excinfo.value) == f"{section}.{name} must be {expected}. Received: {value!r}"
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):
