@@ -33,7 +33,7 @@ from starqso.models import (  # noqa: E402
     SpectrumClassifier,
     SpectrumEncoder,
 )
-from starqso.training.pipeline import discriminator_filters  # noqa: E402
+from starqso.training.stages import discriminator_filters  # noqa: E402
 
 
 def build(stage, config):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import pathlib
 import pickle
@@ -112,19 +111,18 @@ def parse_args():
 
 
 def load_simulation(args):
-    from starqso.simulate.arrays import simulate_arrays
+    from starqso.data.arrays import ObjectArrays
 
-    cache = pathlib.Path(args.cache) if args.cache else None
+    # The seed is part of the cache's name: a cache of another simulation is never taken.
+    cache = pathlib.Path(f"{args.cache}.seed{args.simulation_seed}.npz") if args.cache else None
     if cache is not None and cache.exists():
-        with np.load(cache) as stored:
-            if int(stored["simulation_seed"]) == args.simulation_seed and len(
-                    stored["labels"]) >= args.num_objects:
-                # Object i of a seed is the same whatever the total: a prefix is a simulation.
-                return {key: stored[key][:args.num_objects] for key in stored.files
-                        if key != "simulation_seed"}
-    arrays = simulate_arrays(args.num_objects, args.simulation_seed, image_size=32)
+        stored = ObjectArrays.load(cache)
+        if len(stored) >= args.num_objects:
+            # Object i of a seed is the same whatever the total: a prefix is a simulation.
+            return stored.subset(np.arange(args.num_objects))
+    arrays = ObjectArrays.from_simulation(args.num_objects, args.simulation_seed, image_size=32)
     if cache is not None:
-        np.savez(cache, simulation_seed=args.simulation_seed, **arrays)
+        arrays.save(cache)
     return arrays
 
 
@@ -150,31 +148,24 @@ def run_config(args, seed, photometry=False, **training_changes):
 
 def variant_run(method_dir, out_dir, config, arrays, log):
     """GAN + fusion again with ``config``, on the seed-method run's encoder and image baseline."""
-    from starqso.config import save_config
     from starqso.training import fit_run
 
     shutil.rmtree(out_dir, ignore_errors=True)  # a run stopped half-way starts again
-    out_dir.mkdir(parents=True)
-    for name in ("data.json", "split.json", "preprocessing.json", "metrics.json",
-                 "history.json", "spectrum_classifier.keras", "spectrum_encoder.keras",
-                 "image_classifier.keras"):
-        shutil.copy(method_dir / name, out_dir / name)
-    save_config(config, out_dir / "config.yaml")
-    (out_dir / "state.json").write_text(json.dumps({"completed": ["encoder", "image"]}))
-    fit_run(out_dir, None, resume=True, arrays=arrays, export=False, log=log)
+    fit_run(out_dir, config, arrays=arrays, export=False, log=log,
+            reuse={"encoder": method_dir, "image": method_dir})
 
 
 def generated_vectors(folder, scaled, test_images):
     """The run's generator on the test objects, zero noise (photometry from its own layer)."""
-    from starqso.model_files import load_keras_model
+    from starqso.run_folder import RunFolder
+    from starqso.training.stages import generate_vectors
 
-    generator = load_keras_model(folder / "generator.keras")
+    run = RunFolder(folder)
+    generator = run.load_model("generator.keras")
     inputs = {"image": scaled}
     if generator.photometry_dim:
-        deployable = load_keras_model(folder / "starqso_classifier.keras")
-        inputs["photometry"] = np.asarray(deployable.photometry(test_images))
-    return generator.predict(generator.generator_inputs(inputs, np.zeros(
-        (len(scaled), generator.noise_dim), np.float32)), batch_size=512, verbose=0)
+        inputs["photometry"] = np.asarray(run.load_model(run.DEPLOYABLE).photometry(test_images))
+    return generate_vectors(generator, inputs, np.arange(len(scaled)), zero_noise=True)
 
 
 def gan_diagnostics(generated, real, labels, head):
@@ -195,43 +186,26 @@ def photometry_row(args, seed, arrays, workdir, test, log):
     import keras
 
     from starqso.models import CutoutScaling
+    from starqso.run_folder import RunFolder
 
     method_dir = workdir / f"seed{seed}" / "seed_method"
     out_dir = workdir / f"seed{seed}" / "photometry_mtl"
     variant_run(method_dir, out_dir, run_config(args, seed, photometry=True), arrays, log)
     deployable = keras.saving.load_model(out_dir / "starqso_classifier.keras", safe_mode=True)
-    test_images = arrays["images"][test]
+    test_images = arrays.images[test]
     result = (*timed(lambda: deployable.predict({"image": test_images}, batch_size=512,
                                                 verbose=0)), deployable.count_params())
-    stats = json.loads((out_dir / "preprocessing.json").read_text())
+    stats = RunFolder(out_dir).preprocessing()
     scaled = np.asarray(CutoutScaling(**{key: stats[key] for key in ("softening", "mean",
                                                                      "std")})(test_images))
     spectrum_classifier = keras.saving.load_model(out_dir / "spectrum_classifier.keras",
                                                   safe_mode=True)
-    real = spectrum_classifier.encoder.predict({"spectrum": arrays["spectra"][test]},
+    real = spectrum_classifier.encoder.predict({"spectrum": arrays.spectra[test]},
                                                batch_size=512, verbose=0)
     diagnostics = gan_diagnostics(generated_vectors(out_dir, scaled, test_images), real,
-                                  arrays["labels"][test].astype(int),
+                                  arrays.labels[test].astype(int),
                                   spectrum_classifier.get_layer("p_qso"))
     return result, diagnostics
-
-
-def train_classifier(model, train_inputs, train_labels, validation_inputs, validation_labels,
-                     epochs, batch_size, learning_rate, patience, seed):
-    """Plain ``fit()`` with early stopping on validation loss (as ``starqso fit`` stages)."""
-    import keras
-
-    from starqso.data.pipeline import make_dataset
-
-    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.BinaryCrossentropy())
-    model.fit(make_dataset(train_inputs, train_labels.reshape(-1, 1).astype(np.float32),
-                           batch_size=batch_size, shuffle=True, augment=True, seed=seed),
-              validation_data=make_dataset(validation_inputs, validation_labels.reshape(
-                  -1, 1).astype(np.float32), batch_size=batch_size),
-              epochs=epochs, verbose=0,
-              callbacks=[keras.callbacks.EarlyStopping(patience=patience,
-                                                       restore_best_weights=True)])
-    return model
 
 
 def timed(predict):
@@ -246,9 +220,11 @@ def one_seed(args, seed, arrays, workdir, log):
     import keras
 
     from starqso.baselines import CLASSICAL, fit_classical, predict_classical
-    from starqso.models import CutoutScaling, FusionClassifier
+    from starqso.models import CutoutScaling
     from starqso.preprocessing.photometry import photometric_features
-    from starqso.training import fit_run
+    from starqso.run_folder import RunFolder
+    from starqso.training import EncoderStage, FusionStage, fit_run
+    from starqso.training.inputs import fit_photometry
 
     config = run_config(args, seed)
     method_dir = workdir / f"seed{seed}" / "seed_method"
@@ -256,20 +232,25 @@ def one_seed(args, seed, arrays, workdir, log):
     fit_run(method_dir, config, arrays=arrays, export=False, log=log)
     variant_run(method_dir, distill_dir, run_config(args, seed, gan_distillation_weight=1.0),
                 arrays, log)
+    # The peers on the seed method's encoder and split, as stages of the same run: the fusion
+    # classifier on the real spectral vector (upper bound) and on aperture photometry.
+    fit_run(method_dir, None, arrays=arrays, resume=True, export=False, log=log,
+            stages=[EncoderStage(), FusionStage("real", name="fusion_real_vector"),
+                    FusionStage("photometry", name="image_photometry")])
 
-    split = json.loads((method_dir / "split.json").read_text())
-    index = {name: i for i, name in enumerate(arrays["ids"])}
-    train, validation, test = (np.array([index[i] for i in split[part]])
-                               for part in ("train", "validation", "test"))
-    labels = arrays["labels"].astype(np.int64)
+    run = RunFolder(method_dir)
+    split = run.split()
+    index = {name: i for i, name in enumerate(arrays.ids)}
+    train, test = (np.array([index[i] for i in split[part]]) for part in ("train", "test"))
+    labels = arrays.labels.astype(np.int64)
 
     def load(folder, name):
         return keras.saving.load_model(folder / name, safe_mode=True)
 
-    stats = json.loads((method_dir / "preprocessing.json").read_text())
+    stats = run.preprocessing()
     scaling = CutoutScaling(**{key: stats[key] for key in ("softening", "mean", "std")})
-    scaled = np.asarray(scaling(arrays["images"]))
-    test_images, test_spectra = arrays["images"][test], arrays["spectra"][test]
+    scaled = np.asarray(scaling(arrays.images))
+    test_images, test_spectra = arrays.images[test], arrays.spectra[test]
     results = {}
 
     spectrum_classifier = load(method_dir, "spectrum_classifier.keras")
@@ -286,21 +267,9 @@ def one_seed(args, seed, arrays, workdir, log):
         results[key] = (*timed(lambda m=deployable: m.predict(
             {"image": test_images}, batch_size=512, verbose=0)), deployable.count_params())
 
-    training = config.training
-    fit_args = dict(epochs=training.fusion_epochs, batch_size=training.batch_size,
-                    learning_rate=training.learning_rate,
-                    patience=training.early_stopping_patience, seed=seed)
-    model_config = config.model
     encoder = spectrum_classifier.encoder
-    vectors = encoder.predict({"spectrum": arrays["spectra"]}, batch_size=512, verbose=0)
-    keras.utils.set_random_seed(seed)
-    upper = FusionClassifier(model_config.image_size, model_config.image_filters,
-                             model_config.feature_dim, model_config.dense_units,
-                             model_config.dropout, name="fusion_real_vector")
-    upper = train_classifier(upper, {"image": scaled[train], "features": vectors[train]},
-                             labels[train], {"image": scaled[validation],
-                                             "features": vectors[validation]},
-                             labels[validation], **fit_args)
+    vectors = encoder.predict({"spectrum": arrays.spectra}, batch_size=512, verbose=0)
+    upper = load(method_dir, "fusion_real_vector.keras")
 
     def predict_upper():
         test_vectors = encoder.predict({"spectrum": test_spectra}, batch_size=512, verbose=0)
@@ -309,20 +278,11 @@ def one_seed(args, seed, arrays, workdir, log):
 
     results["mtl_real"] = (*timed(predict_upper), upper.count_params() + encoder.count_params())
 
-    features = photometric_features(arrays["images"])
-    mean, std = features[train].mean(axis=0), features[train].std(axis=0) + 1e-6
-    standardised = (features - mean) / std
-    keras.utils.set_random_seed(seed)
-    photometry = FusionClassifier(model_config.image_size, model_config.image_filters,
-                                  features.shape[1], model_config.dense_units,
-                                  model_config.dropout, name="image_photometry")
-    photometry = train_classifier(
-        photometry, {"image": scaled[train], "features": standardised[train]}, labels[train],
-        {"image": scaled[validation], "features": standardised[validation]},
-        labels[validation], **fit_args)
+    photometry_layer, _ = fit_photometry(arrays.images, train, config.model.image_size)
+    photometry = load(method_dir, "image_photometry.keras")
     results["photometry"] = (*timed(lambda: photometry.predict(
         {"image": np.asarray(scaling(test_images)),
-         "features": (photometric_features(test_images) - mean) / std},
+         "features": np.asarray(photometry_layer(test_images))},
         batch_size=512, verbose=0)), photometry.count_params())
 
     # Why MTL does (not) help: is the generated vector the real one, or a collapsed average?
@@ -334,6 +294,7 @@ def one_seed(args, seed, arrays, workdir, log):
     results["mtl_photometry"], results["diagnostics"]["mtl_photometry"] = photometry_row(
         args, seed, arrays, workdir, test, log)
 
+    features = photometric_features(arrays.images)
     classical = fit_classical(features[train], labels[train], seed=seed)
     for name in CLASSICAL:
         results[name] = (*timed(lambda m=classical[name]: predict_classical(
@@ -464,7 +425,7 @@ def main():
         print(line, flush=True)
 
     arrays = load_simulation(args)
-    log(f"simulation: {len(arrays['labels'])} objects (seed {args.simulation_seed}), "
+    log(f"simulation: {len(arrays)} objects (seed {args.simulation_seed}), "
         f"{time.perf_counter() - began:.0f} s")
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="starqso-paper-"))
     per_seed, test = [], None
@@ -484,8 +445,8 @@ def main():
         with open(saved, "wb") as stream:
             pickle.dump((test, results), stream)  # an hour of training: keep what it measured
         per_seed.append(results)
-    labels = arrays["labels"][test].astype(int)
-    magnitudes_r = arrays["mags"][test, 2]
+    labels = arrays.labels[test].astype(int)
+    magnitudes_r = arrays.mags[test, 2]
     diagnostics = [results.pop("diagnostics") for results in per_seed]
     table = score_rows(labels, magnitudes_r, per_seed)
     text = format_tables(table, labels, magnitudes_r, args.seeds, diagnostics)
@@ -504,7 +465,7 @@ def main():
                          capture_output=True, text=True).stdout.strip()
     header = (f"# Paper table\n\n`{command}`\n\n{datetime.date.today()}, git {git}, "
               f"{platform.machine()} {os.cpu_count()} CPU cores, no GPU, {seconds / 60:.0f} min. "
-              f"{len(arrays['labels'])} simulated objects (seed {args.simulation_seed}); "
+              f"{len(arrays)} simulated objects (seed {args.simulation_seed}); "
               f"test {len(labels)} ({labels.sum()} QSO), validation {args.validation_objects}, "
               f"training the rest; training seeds {', '.join(map(str, args.seeds))}"
               f"{' (mean ± std)' if len(args.seeds) > 1 else ''}; threshold 0.5; "

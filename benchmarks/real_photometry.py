@@ -30,9 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 from sim_realism import read_real  # noqa: E402 - the same reader of the real catalogue
 
+from starqso.preprocessing.objects import prepare_object  # noqa: E402
+from starqso.schema import PIXEL_SCALE_ARCSEC as PIXEL  # noqa: E402
+
 SKY_SIGMA = np.array([0.030, 0.012, 0.029, 0.032, 0.12])  # nanomaggies/px, SDSS-like
 BAND_RATIOS = np.array([1.15, 1.08, 1.0, 0.96, 0.98])
-PIXEL = 0.396
 
 
 def render(mags, size, rng):
@@ -99,7 +101,9 @@ def main():
     rng = np.random.default_rng(args.seed)
     cubes = np.stack([render(m, 48, rng) for m in mags])
     size = 32
-    crop = cubes[:, :, 8:8 + size, 8:8 + size].transpose(0, 2, 3, 1)
+    # The crop `starqso predict` takes (the centre 32x32 of the 48x48 render).
+    crop = np.stack([prepare_object(cube, size, source="rendered cutout").image
+                     for cube in cubes])
     model_dir = pathlib.Path(args.model)
     rows = []
     for name, predictor in (("starqso (LiteRT int8)",

@@ -24,6 +24,7 @@ from scipy.stats import ks_2samp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from starqso.schema import BANDS, CLASS_NAMES, PIXEL_SCALE_ARCSEC  # noqa: E402
 from starqso.simulate import simulate_object  # noqa: E402
 from starqso.simulate.survey import REDSHIFT_RANGE  # noqa: E402
 
@@ -33,8 +34,8 @@ COLOURS = ("u-g", "g-r", "r-i", "i-z")
 def read_real(path):
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["class"] in ("STAR", "QSO")]
-    mags = np.array([[float(row[band]) for band in "ugriz"] for row in rows])
+        rows = [row for row in csv.DictReader(handle) if row["class"] in CLASS_NAMES]
+    mags = np.array([[float(row[band]) for band in BANDS] for row in rows])
     good = np.all((mags > 5) & (mags < 30), axis=1)
     return {
         "label": np.array([row["class"] for row in rows])[good],
@@ -43,7 +44,7 @@ def read_real(path):
     }
 
 
-def aperture_magnitude(cutout, radius_pixels=3.0 / 0.396):
+def aperture_magnitude(cutout, radius_pixels=3.0 / PIXEL_SCALE_ARCSEC):
     size = cutout.shape[-1]
     yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
     radius = np.hypot(xx, yy)
@@ -70,7 +71,7 @@ def read_sim(folder):
     table = read_catalog(pathlib.Path(folder) / "catalog.csv")
     return {
         "label": np.array(table["label"]),
-        "mags": np.array([[float(value) for value in table[band]] for band in "ugriz"]).T,
+        "mags": np.array([[float(value) for value in table[band]] for band in BANDS]).T,
         "redshift": np.array(table["redshift"], dtype=float),
         "aperture": np.array([aperture_magnitude(read_cutout(resolve_path(table, p)).data)
                               for p in table["image"]]),

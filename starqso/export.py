@@ -2,8 +2,10 @@
 
 Every format takes a float32 batch of **raw nanomaggie cutouts, channels last, (N, S, S, 5)**
 (bands ugriz, S = the model's input size) and returns p(QSO) (N, 1); scaling, generator and
-fusion classifier are inside. Each export is checked against the Keras model on held-out
-simulated cutouts and the numbers are written to ``export_check.json``.
+fusion classifier are inside. Each export is checked against the Keras model on the run's own
+held-out objects (its recorded test split, or the validation split when the run kept no test
+objects; the int8 model is calibrated on training objects), and the numbers are written to
+``export_check.json``.
 
 The export folder::
 
@@ -17,20 +19,26 @@ The export folder::
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import shutil
 import warnings
 
 import numpy as np
 
 from starqso import __version__
+from starqso.atomic import replace_folder, write_json_atomically, write_text_atomically
 from starqso.errors import InputError
 from starqso.model_files import MODEL_FORMAT_VERSION, check_keras_file
+from starqso.run_folder import RunFolder
+from starqso.schema import (
+    BANDS,
+    BUNIT,
+    CLASS_NAMES,
+    DEFAULT_THRESHOLD,
+    LAYOUT,
+    PIXEL_SCALE_ARCSEC,
+)
 
-THRESHOLD = 0.5
-CLASS_NAMES = ("STAR", "QSO")
+THRESHOLD = DEFAULT_THRESHOLD
 TFLITE_VARIANTS = ("fp32", "fp16", "int8")
 # Kept float in the int8 model: the asinh scaling and the aperture photometry, which work on
 # raw nanomaggies (the photometry's sky median also needs RESHAPE/GATHER/TRANSPOSE/TOPK_V2 and
@@ -40,16 +48,6 @@ FLOAT_OPS = ("MUL", "DIV", "ADD", "SUB", "ABS", "SIGN", "SQUARE", "SQRT", "LOG",
              "RESHAPE", "GATHER", "TRANSPOSE", "TOPK_V2", "STRIDED_SLICE", "CONCATENATION")
 # An int8 model is accepted when it agrees on the label this often (the issue's target).
 INT8_MIN_AGREEMENT = 0.995
-
-
-def _load_keras(run_dir):
-    from starqso.model_files import load_keras_model
-
-    path = pathlib.Path(run_dir) / "starqso_classifier.keras"
-    if not path.exists():
-        raise InputError(f"run folder has no starqso_classifier.keras (run `starqso fit` to the "
-                         f"end, or `--resume` it). Received: {run_dir}")
-    return load_keras_model(path)
 
 
 def write_saved_model(model, path):
@@ -122,17 +120,62 @@ def _agreement(reference, other):
     }
 
 
-def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, log=print):
+def check_objects(folder, config, num_check, num_calibration, arrays=None):
+    """The run's held-out objects for the export checks, and training objects for int8.
+
+    Args:
+        folder: the :class:`~starqso.run_folder.RunFolder`.
+        config: its configuration.
+        num_check: at most this many held-out objects (the test split, else validation).
+        num_calibration: at most this many training objects.
+        arrays: the run's objects when already in memory (``fit``); otherwise they are read
+            again from the recorded catalogue, or simulated again from the recorded seed.
+
+    Returns:
+        ``(split name, check ObjectArrays, calibration ObjectArrays)``.
+
+    Raises:
+        InputError: the data no longer holds the split's objects.
+    """
+    from starqso.data.arrays import ObjectArrays
+
+    split = folder.split()
+    held_name = "test" if split.get("test") else "validation"
+    if arrays is None:
+        _, data = folder.data_source()
+        if data:
+            arrays = ObjectArrays.from_catalog(data, config.model.image_size, strict=False)
+        else:
+            arrays = ObjectArrays.from_simulation(
+                config.data.num_objects, config.data.simulation_seed,
+                image_size=config.model.image_size, cutout_size=config.data.cutout_size,
+                qso_fraction=config.data.qso_fraction)
+    position = {str(identifier): row for row, identifier in enumerate(arrays.ids)}
+
+    def rows(ids, limit):
+        missing = [identifier for identifier in ids if identifier not in position]
+        if missing:
+            raise InputError(f"the run's data no longer holds the objects of its split.json "
+                             f"(first missing id {missing[0]!r}); export needs the data the "
+                             f"run trained on. Received: {folder.root}")
+        return arrays.subset(np.array([position[i] for i in ids[:limit]], dtype=np.int64))
+
+    return held_name, rows(split[held_name], num_check), rows(split["train"], num_calibration)
+
+
+def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, log=print,
+               arrays=None):
     """Export ``run_dir``'s deployable model in every format and check each against Keras.
 
     Args:
         run_dir: a complete ``starqso fit`` run folder.
         out_dir: export folder (default ``RUN_DIR/export``); replaced if it exists.
-        num_check: held-out simulated cutouts for the numeric checks (default: the run
-            config's ``data.export_check_objects``).
-        num_calibration: simulated cutouts for int8 calibration, disjoint from the checks
+        num_check: at most this many of the run's held-out objects for the numeric checks
+            (default: the run config's ``data.export_check_objects``).
+        num_calibration: at most this many training objects for int8 calibration
             (default: ``data.export_calibration_objects``).
         log: callable for progress lines.
+        arrays: the run's :class:`~starqso.data.ObjectArrays` when already in memory.
 
     Returns:
         dict of check results per format (also written to ``export_check.json``).
@@ -143,90 +186,82 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
     Example:
         >>> export_run("runs/demo")  # doctest: +SKIP
     """
-    from starqso.config import load_config
     from starqso.inference import LiteRTPredictor
-    from starqso.simulate.arrays import simulate_arrays
+    from starqso.model_files import load_keras_model
 
-    run_dir = pathlib.Path(run_dir)
+    folder = RunFolder(run_dir)
     # Check the folder before paying for the TensorFlow import.
-    if not (run_dir / "config.yaml").is_file() or not (
-            run_dir / "starqso_classifier.keras").is_file():
+    if not folder.is_complete():
         raise InputError(f"not a complete `starqso fit` run folder (needs config.yaml and "
                          f"starqso_classifier.keras). Received: {run_dir}")
-    config = load_config(run_dir / "config.yaml")
-    check_keras_file(run_dir / "starqso_classifier.keras")
+    config = folder.load_config()
+    check_keras_file(folder.deployable_path)
 
     import tensorflow as tf
 
-    model = _load_keras(run_dir)
+    model = load_keras_model(folder.deployable_path, checked=True)
     num_check = num_check or config.data.export_check_objects
     num_calibration = num_calibration or config.data.export_calibration_objects
-    out = pathlib.Path(out_dir) if out_dir is not None else run_dir / "export"
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-
-    # Held-out cutouts: a seed the training simulation never used.
-    seed = config.data.simulation_seed + 1_000_003
-    arrays = simulate_arrays(num_check + num_calibration, seed, image_size=model.image_size,
-                             cutout_size=config.data.cutout_size)
-    check, calibration = arrays["images"][:num_check], arrays["images"][num_check:]
+    out = pathlib.Path(out_dir) if out_dir is not None else folder.export_dir
+    held_name, check_arrays, calibration_arrays = check_objects(
+        folder, config, num_check, num_calibration, arrays)
+    check, calibration = check_arrays.images, calibration_arrays.images
     reference = np.asarray(model.predict({"image": check}, batch_size=512, verbose=0)).ravel()
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*__array__.*", category=DeprecationWarning)
-        model.save(staging / "starqso_classifier.keras")
-    write_saved_model(model, staging / "saved_model")
-    served = tf.saved_model.load(str(staging / "saved_model")).signatures["serving_default"]
-    saved_p = np.concatenate([served(image=tf.constant(check[i:i + 512]))["p_qso"].numpy().ravel()
-                              for i in range(0, len(check), 512)])
-    results = {"saved_model": _agreement(reference, saved_p)}
-    log(f"saved_model: max |dp| {results['saved_model']['max_abs_diff']:.2e}")
-    for variant in TFLITE_VARIANTS:
-        path = staging / f"model_{variant}.tflite"
-        path.write_bytes(convert_tflite(staging / "saved_model", variant, calibration))
-        predictor = LiteRTPredictor(path)
-        litert_p = np.concatenate([predictor(check[i:i + 256])
-                                   for i in range(0, len(check), 256)])
-        results[f"model_{variant}.tflite"] = {**_agreement(reference, litert_p),
-                                              "bytes": path.stat().st_size}
-        shown = results[f"model_{variant}.tflite"]
-        log(f"model_{variant}.tflite: {shown['bytes'] / 1e3:.0f} kB, max |dp| "
-            f"{shown['max_abs_diff']:.2e}, label agreement {shown['label_agreement']:.4f}")
-        if variant == "int8" and shown["label_agreement"] < INT8_MIN_AGREEMENT:
-            log(f"warning: model_int8.tflite agrees with the Keras model on only "
-                f"{shown['label_agreement']:.2%} of the check cutouts (target "
-                f"{INT8_MIN_AGREEMENT:.1%}); use model_fp16.tflite or model_fp32.tflite")
-    results["checked_on"] = {"cutouts": int(num_check), "simulation_seed": int(seed),
-                             "qso_fraction": float(np.mean(arrays["labels"][:num_check] == 1))}
-    (staging / "export_check.json").write_text(json.dumps(results, indent=2) + "\n")
-    metadata = {
-        "format_version": MODEL_FORMAT_VERSION, "starqso_version": __version__,
-        "input_name": "image", "output_name": "p_qso",
-        "input_shape": [None, model.image_size, model.image_size, 5], "bands": "ugriz",
-        "units": "nanomaggy", "pixel_scale_arcsec": 0.396, "layout": "NHWC",
-        "class_names": list(CLASS_NAMES), "threshold": THRESHOLD,
-    }
-    (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    (staging / "model_card.md").write_text(_model_card(run_dir, config, metadata, results))
-    # Swap the finished folder in whole: a reader never sees half an export.
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+    def build(staging):
+        staging = pathlib.Path(staging)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*__array__.*",
+                                    category=DeprecationWarning)
+            model.save(staging / "starqso_classifier.keras")
+        write_saved_model(model, staging / "saved_model")
+        served = tf.saved_model.load(str(staging / "saved_model")).signatures["serving_default"]
+        saved_p = np.concatenate([
+            served(image=tf.constant(check[i:i + 512]))["p_qso"].numpy().ravel()
+            for i in range(0, len(check), 512)])
+        results = {"saved_model": _agreement(reference, saved_p)}
+        log(f"saved_model: max |dp| {results['saved_model']['max_abs_diff']:.2e}")
+        for variant in TFLITE_VARIANTS:
+            path = staging / f"model_{variant}.tflite"
+            path.write_bytes(convert_tflite(staging / "saved_model", variant, calibration))
+            predictor = LiteRTPredictor(path)
+            litert_p = np.concatenate([predictor(check[i:i + 256])
+                                       for i in range(0, len(check), 256)])
+            results[f"model_{variant}.tflite"] = {**_agreement(reference, litert_p),
+                                                  "bytes": path.stat().st_size}
+            shown = results[f"model_{variant}.tflite"]
+            log(f"model_{variant}.tflite: {shown['bytes'] / 1e3:.0f} kB, max |dp| "
+                f"{shown['max_abs_diff']:.2e}, label agreement {shown['label_agreement']:.4f}")
+            if variant == "int8" and shown["label_agreement"] < INT8_MIN_AGREEMENT:
+                log(f"warning: model_int8.tflite agrees with the Keras model on only "
+                    f"{shown['label_agreement']:.2%} of the check cutouts (target "
+                    f"{INT8_MIN_AGREEMENT:.1%}); use model_fp16.tflite or model_fp32.tflite")
+        results["checked_on"] = {
+            "cutouts": int(len(check)), "split": held_name,
+            "calibration_cutouts": int(len(calibration)),
+            "qso_fraction": float(np.mean(check_arrays.labels == 1))}
+        write_json_atomically(staging / "export_check.json", results, sort_keys=False)
+        metadata = {
+            "format_version": MODEL_FORMAT_VERSION, "starqso_version": __version__,
+            "input_name": "image", "output_name": "p_qso",
+            "input_shape": [None, model.image_size, model.image_size, len(BANDS)],
+            "bands": "".join(BANDS), "units": BUNIT, "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
+            "layout": LAYOUT, "class_names": list(CLASS_NAMES), "threshold": THRESHOLD,
+        }
+        write_json_atomically(staging / "metadata.json", metadata, sort_keys=False)
+        write_text_atomically(staging / "model_card.md",
+                              _model_card(folder, config, metadata, results))
+        build.results = results
+
+    # The finished folder is swapped in whole: a reader never sees half an export.
+    replace_folder(build, out)
     log(f"exported -> {out}")
-    return results
+    return build.results
 
 
-def _model_card(run_dir, config, metadata, results):
-    metrics_path = pathlib.Path(run_dir) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    data_path = pathlib.Path(run_dir) / "data.json"
-    data = json.loads(data_path.read_text())["data"] if data_path.exists() else None
+def _model_card(folder, config, metadata, results):
+    metrics = folder.metrics()
+    _, data = folder.data_source()
     trained_on = data or (f"{config.data.num_objects} simulated objects (seed "
                           f"{config.data.simulation_seed}) drawn from real SDSS STAR/QSO "
                           f"catalogue rows with real stellar spectra and QSO archetypes")

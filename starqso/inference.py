@@ -38,7 +38,6 @@ from starqso.model_files import RUNTIME_FILES, check_model_dir
 
 RUNTIMES = tuple(RUNTIME_FILES)
 OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag")
-MODEL_FILES = RUNTIME_FILES
 
 
 def default_model_dir():
@@ -47,12 +46,18 @@ def default_model_dir():
 
 
 class KerasPredictor:
-    """p(QSO) with the Keras model (imports TensorFlow)."""
+    """p(QSO) with the Keras model (imports TensorFlow).
 
-    def __init__(self, model_dir):
+    Args:
+        model_dir: exported model folder.
+        checked: the folder already passed :func:`~starqso.model_files.check_model_dir`.
+    """
+
+    def __init__(self, model_dir, *, checked=False):
         from starqso.model_files import load_keras_model
 
-        self.model = load_keras_model(pathlib.Path(model_dir) / MODEL_FILES["keras"])
+        self.model = load_keras_model(pathlib.Path(model_dir) / RUNTIME_FILES["keras"],
+                                      checked=checked)
 
     def __call__(self, images):
         return np.asarray(self.model.predict_on_batch({"image": images})).reshape(-1)
@@ -80,6 +85,35 @@ class LiteRTPredictor:
         return self.interpreter.get_tensor(self.output_index).reshape(-1).copy()
 
 
+def open_model(model_dir, runtime="keras"):
+    """Check an exported model folder once and load its predictor for ``runtime``.
+
+    Args:
+        model_dir: folder written by ``starqso export``; the shipped model when None.
+        runtime: "keras" (TensorFlow) or "litert" (``ai_edge_litert``, no TensorFlow).
+
+    Returns:
+        ``(metadata, predictor)``: the folder's ``metadata.json`` and a callable mapping raw
+        cutouts (N, S, S, 5) to p(QSO) (N,).
+
+    Raises:
+        InputError: see :func:`~starqso.model_files.check_model_dir`.
+
+    Example:
+        >>> metadata, predictor = open_model(None, "litert")
+        >>> metadata["class_names"]
+        ['STAR', 'QSO']
+    """
+    model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
+    return check_model_dir(model_dir, runtime), _checked_predictor(model_dir, runtime)
+
+
+def _checked_predictor(model_dir, runtime):
+    if runtime == "keras":
+        return KerasPredictor(model_dir, checked=True)
+    return LiteRTPredictor(model_dir / RUNTIME_FILES["litert"])
+
+
 def list_inputs(source):
     """``(ids, paths)`` of a catalogue (CSV/FITS with ``id``, ``image``) or a folder of FITS."""
     from starqso.io import read_catalog, resolve_path
@@ -99,16 +133,18 @@ def list_inputs(source):
 
 def _read_batch(paths, size):
     from starqso.io import read_cutout
-    from starqso.preprocessing.images import usable_crop
+    from starqso.preprocessing.objects import prepare_object
+    from starqso.schema import NUM_BANDS
 
-    images = np.zeros((len(paths), size, size, 5), np.float32)
+    images = np.zeros((len(paths), size, size, NUM_BANDS), np.float32)
     flags, usable = [""] * len(paths), np.zeros(len(paths), bool)
     for row, path in enumerate(paths):
         try:
             if not path:
                 raise InputError("image path is blank; expected a cutout file")
-            images[row], flags[row] = usable_crop(read_cutout(path).data, size,
-                                                  source=f"file {path}")
+            # The same crop (and repair) as the training arrays: ObjectArrays.from_catalog.
+            prepared = prepare_object(read_cutout(path).data, size, source=f"file {path}")
+            images[row], flags[row] = prepared.image, prepared.note
             usable[row] = True
         except InputError as err:
             flags[row] = str(err)
@@ -222,8 +258,9 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         counts["flagged"] += bool(flag) and not p_qso
         counts["repaired"] += bool(flag) and bool(p_qso)
     counts["resumed"] = counts["rows"]
-    predictor = (KerasPredictor(model_dir) if runtime == "keras"
-                 else LiteRTPredictor(model_dir / MODEL_FILES["litert"]))
+    # The folder was checked above, before the catalogue: a bad catalogue fails before
+    # TensorFlow is imported, and the model files are read once.
+    predictor = _checked_predictor(model_dir, runtime)
     if done is None:
         partial[1].write_text(json.dumps(identity, indent=2) + "\n")
     with open(partial[0], "a" if done is not None else "w", newline="",

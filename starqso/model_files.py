@@ -177,11 +177,13 @@ def check_model_dir(model_dir, runtime: str) -> dict:
     return metadata
 
 
-def load_keras_model(path):
+def load_keras_model(path, *, checked=False):
     """Load a ``.keras`` model after :func:`check_keras_file`, with Keras safe mode on.
 
     Args:
         path: ``.keras`` file made by starqso (its classes are registered on import).
+        checked: the caller already ran :func:`check_keras_file` on it (before importing
+            TensorFlow), so it is not read twice.
 
     Returns:
         The Keras model.
@@ -192,7 +194,8 @@ def load_keras_model(path):
     Example:
         >>> model = load_keras_model("runs/demo/starqso_classifier.keras")  # doctest: +SKIP
     """
-    check_keras_file(path)
+    if not checked:
+        check_keras_file(path)
     import keras
 
     import starqso.models  # noqa: F401 - registers the classes

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from starqso.baselines import CLASSICAL, fit_classical, make_classical, predict_classical
+from starqso.data import ObjectArrays
 from starqso.errors import InputError
 from starqso.preprocessing.photometry import (
     FEATURE_NAMES,
@@ -9,7 +10,6 @@ from starqso.preprocessing.photometry import (
     asinh_magnitudes,
     photometric_features,
 )
-from starqso.simulate.arrays import simulate_arrays
 
 
 def point_source(fluxes, size=32, sigma=1.5, sky=0.0):
@@ -38,9 +38,9 @@ def test_photometry_rejects_wrong_shapes():
 
 
 def test_classical_baselines_fit_and_predict_on_a_tiny_simulation():
-    arrays = simulate_arrays(60, seed=5, image_size=32, workers=1)
-    features = photometric_features(arrays["images"])
-    labels = arrays["labels"].astype(int)
+    arrays = ObjectArrays.from_simulation(60, seed=5, image_size=32, workers=1)
+    features = photometric_features(arrays.images)
+    labels = arrays.labels.astype(int)
     assert np.isfinite(features).all() and 0 < labels.sum() < len(labels)
     models = fit_classical(features[:40], labels[:40], seed=0)
     assert sorted(models) == sorted(CLASSICAL)

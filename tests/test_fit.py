@@ -125,12 +125,60 @@ def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
 
 
 def test_resume_reads_a_config_from_before_the_photometry_key_as_without(tmp_path):
-    from starqso.config import get_preset, save_config
-    from starqso.training.pipeline import _saved_config
+    from starqso.config import get_preset
+    from starqso.run_folder import RunFolder
 
-    path = tmp_path / "config.yaml"
-    save_config(get_preset("tiny"), path)
-    assert _saved_config(path).model.photometry is True
+    folder = RunFolder(tmp_path)
+    folder.save_config(get_preset("tiny"))
+    path = folder.config_path
+    assert folder.load_config().model.photometry is True
     path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
                             if "photometry" not in line))
-    assert _saved_config(path).model.photometry is False
+    assert folder.load_config().model.photometry is False
+
+
+def test_stages_run_alone_and_a_variant_reuses_another_runs_stages(tmp_path):
+    """The stage API the benchmarks use: reuse completed stages, run extra stage variants."""
+    from starqso.config import get_preset
+    from starqso.data.arrays import ObjectArrays
+    from starqso.run_folder import RunFolder
+    from starqso.training import EncoderStage, FusionStage, fit_run
+
+    config = get_preset("tiny")
+    arrays = ObjectArrays.from_simulation(config.data.num_objects, 0,
+                                          image_size=config.model.image_size,
+                                          cutout_size=config.data.cutout_size, workers=1)
+    base = tmp_path / "base"
+    fit_run(base, config, arrays=arrays, export=False, log=lambda line: None)
+
+    lines = []
+    variant = fit_run(tmp_path / "variant", config, arrays=arrays, export=False,
+                      log=lines.append, reuse={"encoder": base, "image": base})
+    trained = [line.split("]")[0][1:] for line in lines if line.startswith("[")]
+    assert trained == ["gan", "fusion"]
+    assert variant["encoder"] == RunFolder(base).metrics()["encoder"]
+    assert RunFolder(tmp_path / "variant").completed_stages() == [
+        "encoder", "image", "gan", "fusion"]
+
+    lines.clear()
+    extra = fit_run(base, None, arrays=arrays, resume=True, export=False, log=lines.append,
+                    stages=[EncoderStage(), FusionStage("real", name="fusion_real_vector")])
+    assert [line.split("]")[0][1:] for line in lines if line.startswith("[")] == [
+        "fusion_real_vector"]
+    assert (base / "fusion_real_vector.keras").is_file()
+    assert 0.0 <= extra["fusion_real_vector"]["accuracy"] <= 1.0
+
+
+def test_run_folder_refuses_to_adopt_an_incomplete_stage(tmp_path):
+    import pytest
+
+    from starqso.errors import InputError
+    from starqso.run_folder import RunFolder
+
+    other = RunFolder(tmp_path / "other")
+    other.root.mkdir()
+    with pytest.raises(InputError, match="not complete"):
+        RunFolder(tmp_path / "mine").adopt(other, "encoder", ["spectrum_classifier.keras"])
+    (other.root / "state.json").write_text('{"completed": ["nonsense"]}')
+    with pytest.raises(InputError, match="unknown stages"):
+        other.completed_stages(["encoder"])

@@ -6,12 +6,13 @@
 
 Every problem a user can cause with a file raises :class:`starqso.errors.InputError` with a
 one-line message naming the file and what was expected. Nothing here imports TensorFlow, so the
-readers stay fast to import in tools and tests.
+readers stay fast to import in tools and tests. Turning a catalogue into model inputs is
+:meth:`starqso.data.ObjectArrays.from_catalog`; the data model's constants live in
+:mod:`starqso.schema` (``BANDS`` and ``PIXEL_SCALE_ARCSEC`` are re-exported here).
 """
 
-from starqso.io.catalog import CATALOG_COLUMNS, LABELS, read_catalog, resolve_path, write_catalog
+from starqso.io.catalog import CATALOG_COLUMNS, read_catalog, resolve_path, write_catalog
 from starqso.io.cutouts import BANDS, PIXEL_SCALE_ARCSEC, Cutout, read_cutout, write_cutout
-from starqso.io.dataset import load_catalog_arrays
 from starqso.io.spectra import (
     Spectrum,
     read_lamost_spectrum,
@@ -23,11 +24,9 @@ from starqso.io.spectra import (
 __all__ = [
     "BANDS",
     "CATALOG_COLUMNS",
-    "LABELS",
     "PIXEL_SCALE_ARCSEC",
     "Cutout",
     "Spectrum",
-    "load_catalog_arrays",
     "read_catalog",
     "read_cutout",
     "read_lamost_spectrum",

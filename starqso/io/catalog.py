@@ -41,12 +41,12 @@ from astropy.table import Column, Table
 from starqso.atomic import write_bytes_atomically
 from starqso.errors import InputError
 from starqso.io._fits import check_readable_file, hdu_data, hdulist_bytes, open_fits
+from starqso.schema import BANDS, CLASS_NAMES
 
-CATALOG_COLUMNS = ("id", "image", "spectrum", "label", "redshift", "u", "g", "r", "i", "z")
-LABELS = ("STAR", "QSO")
+CATALOG_COLUMNS = ("id", "image", "spectrum", "label", "redshift", *BANDS)
 
 _PATH_COLUMNS = ("image", "spectrum")
-_FLOAT_COLUMNS = ("redshift", "u", "g", "r", "i", "z")
+_FLOAT_COLUMNS = ("redshift", *BANDS)
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 
@@ -219,7 +219,7 @@ def _normalised_column(name: str, column, path: str, from_csv: bool):
         if name == "label":
             texts = [text.upper() for text in texts]
             for row, label in enumerate(texts, start=1):
-                if label and label not in LABELS:
+                if label and label not in CLASS_NAMES:
                     raise InputError(
                         f"catalogue label must be STAR, QSO or blank. Received: {label!r} at "
                         f"row {row} in file {path}"

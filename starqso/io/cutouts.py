@@ -38,12 +38,9 @@ from astropy.io import fits
 from starqso.atomic import write_bytes_atomically
 from starqso.errors import InputError
 from starqso.io._fits import hdu_data, hdulist_bytes, native, open_fits
+from starqso.schema import BANDS, BUNIT, PIXEL_SCALE_ARCSEC
 
-BANDS = ("u", "g", "r", "i", "z")
-PIXEL_SCALE_ARCSEC = 0.396
-BUNIT = "nanomaggy"
-
-_ACCEPTED_BUNITS = ("nanomaggy", "nanomaggies")
+_ACCEPTED_BUNITS = (BUNIT, "nanomaggies")
 # Cards that describe the FITS structure itself: astropy writes them, so they are neither
 # returned in Cutout.header nor accepted from the caller.
 _STRUCTURAL_KEYWORD = re.compile(

@@ -98,6 +98,33 @@ class ConstructorConfig:
         return cls(**config)
 
 
+class BinaryClassifierDefaults:
+    """Mixin: the compile defaults of every p(QSO) classifier, owned by the model class.
+
+    ``model.compile(learning_rate=1e-3)`` gives Adam, binary cross-entropy and the accuracy
+    and AUC metrics the stage summaries report; any argument given explicitly (a saved
+    model's compile config, a caller's own optimizer) wins.
+    """
+
+    def compile(self, optimizer=None, loss=None, metrics=None, *, learning_rate=1e-3,
+                **kwargs):
+        super().compile(
+            optimizer=optimizer if optimizer is not None else keras.optimizers.Adam(
+                learning_rate),
+            loss=loss if loss is not None else keras.losses.BinaryCrossentropy(),
+            metrics=metrics if metrics is not None else [
+                keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+            **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips models whose compile() is overridden; this one takes the saved optimizer,
+        # loss and metrics as they were, so a reloaded classifier can train on.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
+
+
 def deserialize_submodel(config):
     """A sub-model stored in a parent's config, or the model itself if already built."""
     if isinstance(config, (keras.Model, keras.layers.Layer)):

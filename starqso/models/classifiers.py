@@ -7,6 +7,7 @@ import keras
 from keras import layers
 
 from starqso.models.blocks import (
+    BinaryClassifierDefaults,
     ConstructorConfig,
     deserialize_submodel,
     image_trunk,
@@ -16,7 +17,7 @@ from starqso.models.layers import PACKAGE, AperturePhotometry, CutoutScaling, Ze
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ImageClassifier(ConstructorConfig, keras.Model):
+class ImageClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
     """Scaled image -> p(QSO): the image-only baseline.
 
     Args:
@@ -44,7 +45,7 @@ class ImageClassifier(ConstructorConfig, keras.Model):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FusionClassifier(ConstructorConfig, keras.Model):
+class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
     """(scaled image, spectral feature vector) -> p(QSO).
 
     The vector is the GAN generator's at training and inference (or the real encoder's, for

@@ -174,7 +174,13 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
         # such as BackupAndRestore insist on a built model).
         self.built = True
 
-    def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
+    def compile(self, generator_optimizer=None, discriminator_optimizer=None, *,
+                learning_rate=2e-4, **kwargs):
+        """Two optimizers; by default Adam(``learning_rate``, beta_1=0.5) each (DCGAN's)."""
+        generator_optimizer = generator_optimizer or keras.optimizers.Adam(learning_rate,
+                                                                           beta_1=0.5)
+        discriminator_optimizer = discriminator_optimizer or keras.optimizers.Adam(
+            learning_rate, beta_1=0.5)
         super().compile(**kwargs)
         self.generator_optimizer = generator_optimizer
         self.discriminator_optimizer = discriminator_optimizer

@@ -6,15 +6,15 @@ import keras
 from keras import layers
 
 from starqso.models.blocks import (
+    BinaryClassifierDefaults,
     ConstructorConfig,
     batch_norm,
     deserialize_submodel,
     residual_block_1d,
 )
 from starqso.models.layers import PACKAGE
-
-SPECTRUM_PIXELS = 3700
-SPECTRUM_CHANNELS = 2
+from starqso.schema import ENCODER_NUM_PIXELS as SPECTRUM_PIXELS
+from starqso.schema import SPECTRUM_CHANNELS
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -58,7 +58,7 @@ class SpectrumEncoder(ConstructorConfig, keras.Model):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SpectrumClassifier(ConstructorConfig, keras.Model):
+class SpectrumClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
     """Spectrum -> p(QSO): the encoder with a logistic head (a spectrum-only classifier).
 
     Args:

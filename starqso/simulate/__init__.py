@@ -1,7 +1,8 @@
 """The sky simulator: SDSS-like spectra, photometry and cutouts grounded in real data.
 
-NumPy, astropy and speclite only (no TensorFlow). Start from :func:`simulate_survey` (files) or
-:func:`simulate_object` (arrays for one object).
+NumPy, astropy and speclite only (no TensorFlow). Start from :func:`simulate_survey` (files),
+:func:`simulate_object` (arrays for one object) or, for model inputs held in memory,
+:meth:`starqso.data.ObjectArrays.from_simulation`.
 """
 
 from starqso.simulate.survey import (

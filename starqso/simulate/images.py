@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from starqso.schema import PIXEL_SCALE_ARCSEC
 from starqso.simulate import resources
 from starqso.simulate.photometry import magnitudes_to_nanomaggies
 
-PIXEL_SCALE = 0.396  # arcsec per pixel
 SUPERSAMPLE = 4
 SEEING_MEDIAN_ARCSEC = 1.4
 SEEING_RANGE_ARCSEC = (0.75, 2.8)
@@ -89,7 +89,7 @@ def draw_psfs(rng):
     angle = rng.uniform(0.0, np.pi)
     psfs = []
     for ratio in ratios:
-        fwhm = seeing * ratio * rng.lognormal(0.0, 0.06) / PIXEL_SCALE
+        fwhm = seeing * ratio * rng.lognormal(0.0, 0.06) / PIXEL_SCALE_ARCSEC
         psfs.append(PSF(kind=kind, fwhm=float(fwhm), beta=beta, wing_fraction=wing_fraction,
                         wing_scale=wing_scale,
                         ellipticity=float(np.clip(ellipticity + rng.normal(0, 0.02), 0, 0.2)),
@@ -169,7 +169,7 @@ def draw_neighbours(rng, size, star_mags):
     Returns:
         list of :class:`Neighbour`.
     """
-    area_arcmin2 = (size * PIXEL_SCALE / 60.0) ** 2
+    area_arcmin2 = (size * PIXEL_SCALE_ARCSEC / 60.0) ** 2
     # About 6 objects per arcmin^2 to r = 23.5 (SDSS depth), counts rising ~0.35 dex per mag.
     count = rng.poisson(6.0 * area_arcmin2)
     centre = (size - 1) / 2.0
@@ -196,7 +196,7 @@ def draw_neighbours(rng, size, star_mags):
             mags = r_mag + offsets - offsets[2]
             neighbours.append(Neighbour(
                 x, y, magnitudes_to_nanomaggies(mags),
-                half_light_radius=rng.lognormal(np.log(0.8), 0.5) / PIXEL_SCALE,
+                half_light_radius=rng.lognormal(np.log(0.8), 0.5) / PIXEL_SCALE_ARCSEC,
                 axis_ratio=rng.uniform(0.3, 1.0), angle=rng.uniform(0, np.pi)))
     return neighbours
 
@@ -240,7 +240,7 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         kernel = render_point(psf, size, size // 2, size // 2) if extended else None
         if host_nanomaggies is not None and host_nanomaggies[band] > 0:
             signal += host_nanomaggies[band] * render_exponential(
-                psf, size, x0 + shift_x, y0 + shift_y, host_radius_arcsec / PIXEL_SCALE,
+                psf, size, x0 + shift_x, y0 + shift_y, host_radius_arcsec / PIXEL_SCALE_ARCSEC,
                 host_axis_ratio, host_angle, kernel)
         for neighbour in neighbours:
             if neighbour.half_light_radius > 0:
@@ -261,7 +261,7 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
             residual += sky_sigma[band] * rng.uniform(1.0, 4.0) * np.exp(along)
         cube[band] = signal + noise + residual
     info = {
-        "psf_fwhm_r": psfs[2].fwhm * PIXEL_SCALE,
+        "psf_fwhm_r": psfs[2].fwhm * PIXEL_SCALE_ARCSEC,
         "sky_sigma_r": float(sky_sigma[2]),
         "psf_kind": psfs[0].kind,
         "n_neighbours": len(neighbours),

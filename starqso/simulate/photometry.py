@@ -15,7 +15,6 @@ import numpy as np
 
 from starqso.preprocessing.spectra import pixel_edges
 
-BANDS = ("u", "g", "r", "i", "z")
 SPEED_OF_LIGHT_ANGSTROM_PER_S = 2.99792458e18
 NANOMAGGY_ERG_S_CM2_HZ = 3.631e-29
 FLUX_UNIT_ERG_S_CM2_A = 1e-17  # SDSS spectra: 1e-17 erg/s/cm^2/A

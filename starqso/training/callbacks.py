@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
+
+from starqso.atomic import atomic_path, write_json_atomically
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -19,10 +20,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        temporary_weights = f"{self._weights_path}.tmp.weights.h5"
-        self.model.save_weights(filepath=temporary_weights, overwrite=True)
-        os.replace(temporary_weights, self._weights_path)
-        temporary_metadata = f"{self._training_metadata_path}.tmp"
-        with open(temporary_metadata, "w") as handle:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, handle)
-        os.replace(temporary_metadata, self._training_metadata_path)
+        with atomic_path(self._weights_path) as temporary_weights:
+            self.model.save_weights(filepath=temporary_weights, overwrite=True)
+        write_json_atomically(self._training_metadata_path,
+                              {"epoch": self._current_epoch, "batch": self._last_batch_seen})

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from starqso.atomic import atomic_path, write_json_atomically
+
 
 class LoopHistory:
     """What ``fit()`` returns: ``history[metric] = [value per epoch]``."""
@@ -219,13 +221,11 @@ def distributed_fit(model, strategy, train_dataset, validation_dataset, epochs, 
             waited += 1
         if backup_dir is not None and write_backup:
             os.makedirs(backup_dir, exist_ok=True)
-            model.save_weights(pathlib.Path(backup_dir) / "last.weights.h5")
-            if waited == 0:
-                model.save_weights(pathlib.Path(backup_dir) / "best.weights.h5")
-            temporary = state_path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"epoch": epoch + 1, "best": best, "waited": waited,
-                                             "history": history.history}))
-            os.replace(temporary, state_path)
+            for name in ("last.weights.h5",) + (("best.weights.h5",) if waited == 0 else ()):
+                with atomic_path(pathlib.Path(backup_dir) / name) as temporary:
+                    model.save_weights(temporary)
+            write_json_atomically(state_path, {"epoch": epoch + 1, "best": best,
+                                               "waited": waited, "history": history.history})
     if best_weights is not None:
         model.set_weights(best_weights)
     return history

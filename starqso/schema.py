@@ -1,0 +1,49 @@
+"""The data model's constants, each defined here and only here (standard library only).
+
+Every module that needs a band order, the pixel scale, the encoder's spectral grid or the class
+names imports it from this module (some re-export it under the same name for their existing
+importers, e.g. ``starqso.io.BANDS``), so a change to the data model is one edit and readers,
+writers, the simulator, preprocessing, models and exported metadata cannot disagree.
+"""
+
+from __future__ import annotations
+
+# --- images ------------------------------------------------------------------------------------
+
+# SDSS filters, in the order of a cutout's first axis (FITS NAXIS3), of an image's channels and
+# of magnitude columns; a cutout's ``BANDS`` card is ``"".join(BANDS)``.
+BANDS = ("u", "g", "r", "i", "z")
+# Channels of every image the models see: one per band.
+NUM_BANDS = len(BANDS)
+# SDSS imaging pixel scale in arcsec per pixel: the simulator renders at it, a cutout's
+# ``PIXSCALE`` card must match it, apertures in arcsec are converted with it.
+PIXEL_SCALE_ARCSEC = 0.396
+# Unit of cutout pixels (the ``BUNIT`` card): 1 nanomaggy is AB magnitude 22.5, so
+# ``mag = 22.5 - 2.5 log10(flux)``.
+BUNIT = "nanomaggy"
+# Memory layout of image batches given to the models: (objects, height, width, bands), channels
+# last as Keras convolutions expect (cutout files are (bands, height, width)).
+LAYOUT = "NHWC"
+
+# --- spectra -----------------------------------------------------------------------------------
+
+# The encoder grid: ENCODER_NUM_PIXELS log-uniform pixel centres from ENCODER_WAVELENGTH_MIN to
+# ENCODER_WAVELENGTH_MAX Angstrom (vacuum), the ``wave[863:4563]`` window of the project's
+# common grid (delta log10 lambda = 1.0566e-4, about 72.9 km/s).
+ENCODER_WAVELENGTH_MIN = 3700.0
+ENCODER_WAVELENGTH_MAX = 9100.0
+ENCODER_NUM_PIXELS = 3700
+# Channels of an encoder spectrum: 0 scaled flux, 1 reliability weight (0 where masked).
+SPECTRUM_CHANNELS = 2
+
+# --- labels and decisions ----------------------------------------------------------------------
+
+# Class names in the order of their integer codes (STAR 0, QSO 1): a model's output is
+# p(CLASS_NAMES[1]) = p(QSO); catalogue ``label`` cells are one of these or blank.
+CLASS_NAMES = ("STAR", "QSO")
+# Integer code of an object without a (known) label.
+UNKNOWN_LABEL = -1
+# Catalogue label -> integer label of the arrays: {"STAR": 0, "QSO": 1, "": -1}.
+LABEL_CODES = {**{name: code for code, name in enumerate(CLASS_NAMES)}, "": UNKNOWN_LABEL}
+# p(QSO) at or above which an object is called QSO, unless a model's metadata says otherwise.
+DEFAULT_THRESHOLD = 0.5

@@ -1,0 +1,107 @@
+"""The models' input preprocessing, fitted once on the training cutouts and applied in one place.
+
+Raw nanomaggie cutouts become the named model inputs here and nowhere else: ``"image"`` (the
+asinh-scaled cutout, :class:`~starqso.models.CutoutScaling`) and, with ``model.photometry``,
+``"photometry"`` (standardised aperture photometry, :class:`~starqso.models.AperturePhotometry`).
+The layers that compute them are the very ones placed inside the deployable
+:class:`~starqso.models.StarQSOClassifier`, so training inputs and deployed inputs cannot drift
+apart. Stages train on the arrays these layers produce; the statistics go to the run folder's
+``preprocessing.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from starqso.schema import BANDS, BUNIT
+
+_BATCH = 2048
+
+
+def apply_layer(layer, images: np.ndarray, batch: int = _BATCH) -> np.ndarray:
+    """``layer`` over ``images`` in batches, as one NumPy array (bounded memory)."""
+    return np.concatenate([np.asarray(layer(images[start:start + batch]))
+                           for start in range(0, len(images), batch)])
+
+
+def fit_photometry(images: np.ndarray, train: np.ndarray, image_size: int, name="photometry"):
+    """An :class:`AperturePhotometry` layer standardised with the training objects' statistics.
+
+    Args:
+        images: raw cutouts (N, S, S, 5).
+        train: indices of the training objects.
+        image_size: S.
+        name: the layer's name.
+
+    Returns:
+        ``(layer, features)``: the fitted layer and its output for every cutout (N, 6).
+    """
+    from starqso.models import AperturePhotometry
+
+    raw = apply_layer(AperturePhotometry(image_size), images)
+    layer = AperturePhotometry(image_size, raw[train].mean(axis=0),
+                               raw[train].std(axis=0) + 1e-6, name=name)
+    return layer, apply_layer(layer, images)
+
+
+@dataclasses.dataclass
+class ModelInputs:
+    """The fitted preprocessing of one run and the model inputs it gives for every object.
+
+    Attributes:
+        scaling: the :class:`CutoutScaling` layer.
+        photometry: the :class:`AperturePhotometry` layer, or None without ``model.photometry``.
+        statistics: the scaling statistics (``softening``, ``mean``, ``std`` per band).
+        arrays: ``{"image": (N, S, S, 5)[, "photometry": (N, 6)]}`` for every object.
+    """
+
+    scaling: object
+    photometry: object | None
+    statistics: dict
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def fit(cls, images: np.ndarray, train: np.ndarray, model_config, seed: int) -> ModelInputs:
+        """Fit the statistics on ``images[train]`` and apply them to every image.
+
+        Args:
+            images: raw cutouts (N, S, S, 5) in nanomaggies.
+            train: indices of the training objects.
+            model_config: :class:`starqso.config.ModelConfig` (``image_size``, ``photometry``).
+            seed: seed of the statistics' subsample.
+
+        Returns:
+            :class:`ModelInputs`.
+
+        Example:
+            >>> inputs = ModelInputs.fit(arrays.images, train, config.model, 0)  # doctest: +SKIP
+            >>> inputs.arrays["image"].shape
+            (96, 24, 24, 5)
+        """
+        from starqso.models import CutoutScaling
+        from starqso.preprocessing.scaling import cutout_statistics
+
+        statistics = cutout_statistics(images[train], seed=seed)
+        scaling = CutoutScaling(**statistics, name="cutout_scaling")
+        arrays = {"image": apply_layer(scaling, images)}
+        photometry = None
+        if model_config.photometry:
+            photometry, arrays["photometry"] = fit_photometry(images, train,
+                                                              model_config.image_size)
+        return cls(scaling, photometry, statistics, arrays)
+
+    @property
+    def photometry_dim(self) -> int:
+        """Length of the photometry input (0 without photometry)."""
+        return 0 if self.photometry is None else self.photometry.NUM_FEATURES
+
+    def record(self, image_size: int) -> dict:
+        """What ``preprocessing.json`` holds."""
+        record = {**self.statistics, "image_size": image_size, "units": BUNIT,
+                  "bands": "".join(BANDS)}
+        if self.photometry is not None:
+            record.update(photometry_mean=self.photometry.mean,
+                          photometry_std=self.photometry.std)
+        return record

@@ -1,0 +1,137 @@
+"""The one runner of training stages: strategy, seeds, resume, checkpoints, saving, summary.
+
+Every stage (:mod:`starqso.training.stages`) runs through :meth:`StageRunner.run`::
+
+    prepare -> [completed: load files[0]] or [scope: build -> train -> save -> evaluate ->
+    record + one-line summary] -> provide
+
+Training is Keras ``fit()`` with atomic per-epoch checkpoints (``--resume`` continues from
+the last epoch), early stopping and TensorBoard logs; under ``multiworker`` it is the
+distributed custom loop of :mod:`starqso.training.loop` (Keras ``fit()`` fails under
+MultiWorkerMirroredStrategy, keras-team/keras#20585). Only the chief writes the run folder.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import tempfile
+import time
+import warnings
+
+from starqso.atomic import atomic_path
+from starqso.run_folder import RunFolder
+
+
+def summary_line(stage, metrics, seconds, epochs):
+    """``[stage] E epochs, S s, validation (n=N): key=value ...``"""
+    shown = " ".join(f"{key}={value:.4f}" for key, value in metrics.items()
+                     if key != "n" and isinstance(value, float))
+    return f"[{stage}] {epochs} epochs, {seconds:.0f} s, validation (n={metrics.get('n')}): {shown}"
+
+
+class StageRunner:
+    """Runs stages into one run folder under one ``tf.distribute`` strategy.
+
+    Args:
+        folder: the :class:`~starqso.run_folder.RunFolder` (or its path).
+        config: the run's :class:`~starqso.config.RunConfig`.
+        strategy: "default", "mirrored" or "multiworker".
+        resume: take the stages ``state.json`` lists as completed (and continue the
+            interrupted one from its checkpoint).
+        log: callable receiving progress lines.
+        known_stages: stage names a resumed ``state.json`` may list.
+
+    Example:
+        >>> runner = StageRunner("runs/demo", config)  # doctest: +SKIP
+        >>> runner.run(EncoderStage(), context)  # doctest: +SKIP
+    """
+
+    def __init__(self, folder, config, strategy="default", resume=False, log=print,
+                 known_stages=None):
+        import keras
+
+        from starqso.training.strategies import is_chief, make_strategy
+
+        self.folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
+        self.config = config
+        self.log = log
+        self.strategy = make_strategy(strategy)
+        self.multi_worker = strategy == "multiworker"
+        self.chief = is_chief(self.strategy)
+        # Non-chief workers write to a scratch folder: only the chief's files are the run.
+        self.write_dir = self.folder.root if self.chief else pathlib.Path(
+            tempfile.mkdtemp(prefix="starqso-worker-"))
+        self.write_dir.mkdir(parents=True, exist_ok=True)
+        self.completed = self.folder.completed_stages(known_stages) if resume else []
+        self.metrics = self.folder.metrics() if resume else {}
+        self.history = self.folder.history() if resume and self.metrics else {}
+        # Same seed, same config, same machine -> same metrics. (tf.config.experimental.
+        # enable_op_determinism is not used: under TF 2.21 on CPU it corrupts the heap in
+        # Conv1D training; seeded CPU kernels are reproducible without it.)
+        keras.utils.set_random_seed(config.training.seed)
+        if config.training.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        self.verbose = 1 if sys.stdout.isatty() else 2
+
+    def run(self, stage, context):
+        """Run (or, when completed, reload) ``stage``; returns its ``{file: model}`` outputs."""
+        done = stage.name in self.completed
+        stage.prepare(context, train=not done)
+        if done:
+            outputs = {stage.files[0]: self.folder.load_model(stage.files[0])}
+        else:
+            began = time.perf_counter()
+            with self.strategy.scope():
+                model = stage.build(context)
+            history = self.train(model, stage.name, *stage.datasets(context),
+                                 stage.epochs(self.config.training), stage.monitor)
+            outputs = stage.outputs(context, model)
+            for name, output in outputs.items():
+                self.save_model(output, name)
+            metrics = stage.evaluate(context, outputs)
+            self.finish(stage.name, metrics, history, time.perf_counter() - began,
+                        len(history.get(stage.epoch_key, [])))
+        stage.provide(context, outputs)
+        return outputs
+
+    def save_model(self, model, name):
+        with warnings.catch_warnings(), atomic_path(self.write_dir / name) as temporary:
+            warnings.filterwarnings("ignore", message=".*__array__.*",
+                                    category=DeprecationWarning)
+            model.save(temporary)
+
+    def finish(self, stage, metrics, history, seconds, epochs):
+        self.metrics[stage] = metrics
+        self.history[stage] = history
+        if stage not in self.completed:
+            self.completed.append(stage)
+        if self.chief:
+            self.folder.record_stage(stage, self.completed, self.metrics, self.history)
+        self.log(summary_line(stage, metrics, seconds, epochs))
+
+    def train(self, model, stage, train_dataset, validation_dataset, epochs, monitor):
+        """``fit()`` (or the distributed loop across workers) with the run's callbacks."""
+        import keras
+
+        from starqso.training.callbacks import AtomicBackupAndRestore
+
+        backup = self.folder.backup_dir(stage)
+        patience = self.config.training.early_stopping_patience
+        if self.multi_worker:
+            from starqso.training.loop import distributed_fit
+
+            history = distributed_fit(
+                model, self.strategy, train_dataset, validation_dataset, epochs,
+                monitor=monitor, patience=patience, backup_dir=backup,
+                write_backup=self.chief, log=lambda line: self.log(f"[{stage}] {line}"))
+            return history.history
+        callbacks = [
+            AtomicBackupAndRestore(str(backup)),
+            keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=patience,
+                                          restore_best_weights=True),
+            keras.callbacks.TensorBoard(str(self.write_dir / "logs" / stage)),
+        ]
+        history = model.fit(train_dataset, validation_data=validation_dataset, epochs=epochs,
+                            callbacks=callbacks, verbose=self.verbose)
+        return {key: [float(v) for v in values] for key, values in history.history.items()}

@@ -1,0 +1,415 @@
+"""The stages of the method as units, each run by :class:`~starqso.training.runner.StageRunner`.
+
+1. :class:`EncoderStage`: :class:`SpectrumClassifier` (encoder + head) on objects with a spectrum.
+2. :class:`GANStage`: :class:`ConditionalGAN` learns the frozen encoder's vectors from images
+   (and the aperture photometry measured from them, with ``model.photometry``).
+3. :class:`FusionStage`: :class:`FusionClassifier` on image + generated vector (+ photometry),
+   for every labelled object, and the deployable :class:`StarQSOClassifier`. Its ``features``
+   option trains the benchmark variants on the real spectral vector or on photometry instead.
+4. :class:`ImageStage`: the image-only baseline with the same trunk.
+
+A stage says what it needs and makes; the runner owns the rest (strategy scope, ``fit`` or the
+multi-worker loop, checkpoints, resume, saving, metrics, the one-line summary). Every stage
+has the same five methods:
+
+* ``prepare(context, train)``: checks and inputs needed whether or not it trains;
+* ``build(context)``: the compiled model (called inside the strategy scope);
+* ``datasets(context)``: ``(train, validation)`` ``tf.data`` datasets;
+* ``outputs(context, model)``: ``{file name: model}`` to save;
+* ``evaluate(context, outputs)``: the validation metrics of the summary;
+* ``provide(context, outputs)``: what later stages take from it (after a resume, ``outputs``
+  holds only ``files[0]``, loaded from the run folder).
+
+Data flows one way: the :class:`StageContext` holds the NumPy arrays (raw objects, the fitted
+:class:`~starqso.training.inputs.ModelInputs`, and what earlier stages provided); stages turn
+them into ``tf.data`` datasets and models, and never read files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from starqso.errors import InputError
+
+_PREDICT_BATCH = 512
+
+
+def summary_metrics(labels, probabilities, threshold=0.5) -> dict:
+    """A stage's summary: n, accuracy, F1(QSO), macro-F1 and ROC AUC (when both classes)."""
+    from starqso.evaluation import classification_metrics
+
+    metrics = classification_metrics(labels, probabilities, threshold)
+    return {key: metrics[key] for key in ("n", "accuracy", "f1_qso", "macro_f1", "roc_auc")
+            if metrics[key] is not None}
+
+
+def discriminator_filters(model_config):
+    """The discriminator's image trunk: half the generator's widths.
+
+    It only has to judge whether a vector fits an image; a lighter trunk halves the GAN's cost
+    per step (the GAN stage dominates `fit` on CPUs) and keeps it from overpowering the
+    generator.
+    """
+    return tuple(max(4, width // 2) for width in model_config.image_filters)
+
+
+def generate_vectors(generator, inputs, index, *, zero_noise=False, rng=None):
+    """The generator's vectors for ``inputs[...][index]``: zero noise (as deployed) or noise
+    drawn from ``rng`` (the GAN's spread as augmentation while training the fusion stage).
+
+    Example:
+        >>> vectors = generate_vectors(generator, model_inputs.arrays, test,  # doctest: +SKIP
+        ...                            zero_noise=True)
+    """
+    noise_shape = (len(index), generator.noise_dim)
+    noise = np.zeros(noise_shape, np.float32) if zero_noise else rng.normal(
+        size=noise_shape).astype(np.float32)
+    return generator.predict(generator.generator_inputs(
+        {key: value[index] for key, value in inputs.items()}, noise),
+        batch_size=_PREDICT_BATCH, verbose=0)
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What the stages of one run share: data, split, fitted inputs, and stage products.
+
+    Attributes:
+        config: the run's :class:`~starqso.config.RunConfig`.
+        arrays: the objects (:class:`~starqso.data.ObjectArrays`).
+        train, validation, test: index arrays of the split.
+        inputs: the fitted :class:`~starqso.training.inputs.ModelInputs`.
+        products: what completed stages provide (``"spectrum_classifier"``, ``"encoder"``,
+            ``"head"``, ``"vectors"``, ``"generator"``, ...).
+    """
+
+    config: object
+    arrays: object
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    inputs: object
+    products: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config, arrays) -> StageContext:
+        """Split the objects (``data.*`` fractions and seed) and fit the input preprocessing."""
+        from starqso.data.splits import split_indices
+        from starqso.training.inputs import ModelInputs
+
+        train, validation, test = split_indices(
+            arrays.labels.astype(np.int64), config.data.validation_fraction,
+            config.data.test_fraction, seed=config.data.split_seed)
+        inputs = ModelInputs.fit(arrays.images, train, config.model, config.training.seed)
+        return cls(config, arrays, train, validation, test, inputs)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.arrays.labels.astype(np.int64)
+
+    @property
+    def target(self) -> np.ndarray:
+        """Labels as the (N, 1) float32 training target."""
+        return self.labels.astype(np.float32).reshape(-1, 1)
+
+    def labelled(self, index) -> np.ndarray:
+        """The labelled objects (STAR or QSO) among ``index``."""
+        return index[self.labels[index] >= 0]
+
+    def with_spectrum(self, index) -> np.ndarray:
+        """The labelled objects with a spectrum among ``index``."""
+        index = self.labelled(index)
+        return index[self.arrays.has_spectrum[index]]
+
+    def datasets(self, inputs, outputs, train_index, validation_index, augment):
+        """Shuffled (augmented) training and plain validation datasets of the two subsets."""
+        from starqso.data.pipeline import make_dataset
+
+        training = self.config.training
+        return (make_dataset({k: v[train_index] for k, v in inputs.items()},
+                             outputs[train_index], batch_size=training.batch_size,
+                             shuffle=True, augment=augment and training.augment,
+                             seed=training.seed),
+                make_dataset({k: v[validation_index] for k, v in inputs.items()},
+                             outputs[validation_index], batch_size=training.batch_size))
+
+
+class Stage:
+    """The shape every stage has (see the module docstring); subclasses fill it in.
+
+    Attributes:
+        name: the stage's name in ``state.json``, ``metrics.json`` and the summary line.
+        files: its model files in the run folder; ``files[0]`` is the one reloaded on resume.
+        monitor: the validation metric early stopping minimises.
+        epoch_key: the history key whose length is the number of epochs trained.
+    """
+
+    name = ""
+    files: tuple[str, ...] = ()
+    monitor = "val_loss"
+    epoch_key = "loss"
+
+    def epochs(self, training) -> int:
+        return getattr(training, f"{self.name}_epochs")
+
+    def prepare(self, context, train: bool) -> None:
+        """Checks and inputs needed whether or not the stage trains (default: none)."""
+
+    def build(self, context):
+        raise NotImplementedError
+
+    def datasets(self, context):
+        raise NotImplementedError
+
+    def outputs(self, context, model) -> dict:
+        return {self.files[0]: model}
+
+    def evaluate(self, context, outputs) -> dict:
+        raise NotImplementedError
+
+    def provide(self, context, outputs) -> None:
+        """Hand later stages what they need (default: nothing)."""
+
+
+class EncoderStage(Stage):
+    """Spectrum encoder + logistic head, on labelled objects with a spectrum."""
+
+    name = "encoder"
+    files = ("spectrum_classifier.keras", "spectrum_encoder.keras")
+
+    def prepare(self, context, train):
+        spec_train = context.with_spectrum(context.train)
+        spec_validation = context.with_spectrum(context.validation)
+        if len(spec_train) < 2 or len(spec_validation) < 1:
+            raise InputError("the encoder and GAN stages need labelled objects with spectra in "
+                             f"both splits. Received: {len(spec_train)} train, "
+                             f"{len(spec_validation)} validation")
+
+    def build(self, context):
+        from starqso.models import SpectrumClassifier, SpectrumEncoder
+
+        model_config = context.config.model
+        encoder = SpectrumEncoder(model_config.spectrum_filters, model_config.feature_dim,
+                                  name="spectrum_encoder")
+        classifier = SpectrumClassifier(encoder, model_config.dropout,
+                                        name="spectrum_classifier")
+        classifier.compile(learning_rate=context.config.training.learning_rate)
+        return classifier
+
+    def datasets(self, context):
+        return context.datasets({"spectrum": context.arrays.spectra}, context.target,
+                                context.with_spectrum(context.train),
+                                context.with_spectrum(context.validation), augment=False)
+
+    def outputs(self, context, model):
+        return {"spectrum_classifier.keras": model, "spectrum_encoder.keras": model.encoder}
+
+    def evaluate(self, context, outputs):
+        index = context.with_spectrum(context.validation)
+        probabilities = outputs["spectrum_classifier.keras"].predict(
+            {"spectrum": context.arrays.spectra[index]}, batch_size=_PREDICT_BATCH, verbose=0)
+        return summary_metrics(context.labels[index], probabilities)
+
+    def provide(self, context, outputs):
+        model = outputs["spectrum_classifier.keras"]
+        arrays, feature_dim = context.arrays, context.config.model.feature_dim
+        with_spectrum = arrays.has_spectrum & (arrays.labels >= 0)
+        vectors = np.zeros((len(arrays), feature_dim), np.float32)
+        vectors[with_spectrum] = model.encoder.predict(
+            {"spectrum": arrays.spectra[with_spectrum]}, batch_size=_PREDICT_BATCH, verbose=0)
+        context.products.update(spectrum_classifier=model, encoder=model.encoder,
+                                head=model.get_layer("p_qso"), vectors=vectors)
+
+
+class GANStage(Stage):
+    """The conditional GAN: image (+ photometry) -> the frozen encoder's vector."""
+
+    name = "gan"
+    files = ("generator.keras", "discriminator.keras")
+    monitor = "val_reconstruction"
+    epoch_key = "generator_loss"
+
+    def build(self, context):
+        from starqso.models import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
+
+        model_config, training = context.config.model, context.config.training
+        generator = FeatureGenerator(model_config.image_size, model_config.image_filters,
+                                     model_config.feature_dim, model_config.noise_dim,
+                                     model_config.dense_units, model_config.dropout,
+                                     context.inputs.photometry_dim, name="generator")
+        discriminator = FeatureDiscriminator(
+            model_config.image_size, discriminator_filters(model_config),
+            model_config.feature_dim, model_config.dense_units, model_config.dropout,
+            name="discriminator")
+        distill = training.gan_distillation_weight > 0
+        gan = ConditionalGAN(generator, discriminator, training.gan_reconstruction_weight,
+                             seed=training.seed,
+                             teacher=context.products["head"] if distill else None,
+                             distillation_weight=training.gan_distillation_weight,
+                             name="conditional_gan")
+        gan.compile(learning_rate=training.gan_learning_rate)
+        # Under MirroredStrategy both optimizers must own their slots before the first
+        # distributed step, or the second replica fails to create them.
+        gan.build_optimizers()
+        return gan
+
+    def datasets(self, context):
+        return context.datasets(context.inputs.arrays, context.products["vectors"],
+                                context.with_spectrum(context.train),
+                                context.with_spectrum(context.validation), augment=True)
+
+    def outputs(self, context, model):
+        return {"generator.keras": model.generator, "discriminator.keras": model.discriminator}
+
+    def evaluate(self, context, outputs):
+        index = context.with_spectrum(context.validation)
+        generated = generate_vectors(outputs["generator.keras"], context.inputs.arrays, index,
+                                     zero_noise=True)
+        head = context.products["head"]
+        return {
+            "n": int(len(index)),
+            "reconstruction_mse": float(np.mean(
+                (generated - context.products["vectors"][index]) ** 2)),
+            **{f"head_on_generated_{key}": value for key, value in summary_metrics(
+                context.labels[index], np.asarray(head(generated))).items() if key != "n"},
+        }
+
+    def provide(self, context, outputs):
+        context.products["generator"] = outputs["generator.keras"]
+
+
+class FusionStage(Stage):
+    """The fusion classifier on image + a feature vector, for every labelled object.
+
+    Args:
+        features: the vector beside the image: ``"generated"`` (the GAN's; the method, which
+            also writes the deployable model), ``"real"`` (the encoder's vector of the real
+            spectrum: the upper bound, needs the spectrum at inference) or ``"photometry"``
+            (standardised aperture photometry: the image + photometric-features peer).
+        name: the stage's name (and model file ``NAME.keras`` for the variants).
+    """
+
+    epoch_key = "loss"
+
+    def __init__(self, features="generated", name=None):
+        if features not in ("generated", "real", "photometry"):
+            raise ValueError(f"features must be 'generated', 'real' or 'photometry'. "
+                             f"Received: features={features!r}")
+        self.features = features
+        self.name = name or ("fusion" if features == "generated" else f"fusion_{features}")
+        self.files = (("fusion_classifier.keras", "starqso_classifier.keras")
+                      if features == "generated" else (f"{self.name}.keras",))
+
+    def epochs(self, training):
+        return training.fusion_epochs
+
+    def _train_index(self, context):
+        return context.labelled(context.train), context.labelled(context.validation)
+
+    def prepare(self, context, train):
+        if not train:
+            return
+        labelled_train, labelled_validation = self._train_index(context)
+        if self.features == "generated":
+            generator = context.products["generator"]
+            rng = np.random.default_rng(context.config.training.seed)
+            vectors = np.zeros_like(context.products["vectors"])
+            # Noise while training (the GAN's spread acts as augmentation); zero noise for
+            # validation, exactly as the deployed model runs.
+            vectors[labelled_train] = generate_vectors(generator, context.inputs.arrays,
+                                                       labelled_train, rng=rng)
+            vectors[labelled_validation] = generate_vectors(
+                generator, context.inputs.arrays, labelled_validation, zero_noise=True)
+            self.inputs = {**context.inputs.arrays, "features": vectors}
+        elif self.features == "real":
+            self.inputs = {"image": context.inputs.arrays["image"],
+                           "features": context.products["vectors"]}
+        else:
+            from starqso.training.inputs import fit_photometry
+
+            _, features = fit_photometry(context.arrays.images, context.train,
+                                         context.config.model.image_size)
+            self.inputs = {"image": context.inputs.arrays["image"], "features": features}
+
+    def build(self, context):
+        from starqso.models import FusionClassifier
+
+        model_config = context.config.model
+        generated = self.features == "generated"
+        model = FusionClassifier(
+            model_config.image_size, model_config.image_filters,
+            self.inputs["features"].shape[1], model_config.dense_units, model_config.dropout,
+            context.inputs.photometry_dim if generated else 0,
+            name="fusion_classifier" if generated else self.name)
+        model.compile(learning_rate=context.config.training.learning_rate)
+        return model
+
+    def datasets(self, context):
+        return context.datasets(self.inputs, context.target, *self._train_index(context),
+                                augment=True)
+
+    def outputs(self, context, model):
+        if self.features != "generated":
+            return {self.files[0]: model}
+        from starqso.models import StarQSOClassifier
+
+        deployable = StarQSOClassifier(context.inputs.scaling, context.products["generator"],
+                                       model, context.inputs.photometry,
+                                       name="starqso_classifier")
+        return {"fusion_classifier.keras": model, "starqso_classifier.keras": deployable}
+
+    def evaluate(self, context, outputs):
+        index = context.labelled(context.validation)
+        if self.features == "generated":
+            probabilities = outputs["starqso_classifier.keras"].predict(
+                {"image": context.arrays.images[index]}, batch_size=_PREDICT_BATCH, verbose=0)
+        else:
+            probabilities = outputs[self.files[0]].predict(
+                {key: value[index] for key, value in self.inputs.items()},
+                batch_size=_PREDICT_BATCH, verbose=0)
+        return summary_metrics(context.labels[index], probabilities)
+
+    def provide(self, context, outputs):
+        context.products[self.name] = outputs[self.files[0]]
+
+
+class ImageStage(Stage):
+    """The image-only baseline: the same trunk as the fusion classifier, no vector."""
+
+    name = "image"
+    files = ("image_classifier.keras",)
+
+    def build(self, context):
+        from starqso.models import ImageClassifier
+
+        model_config = context.config.model
+        model = ImageClassifier(model_config.image_size, model_config.image_filters,
+                                model_config.dense_units, model_config.dropout,
+                                name="image_classifier")
+        model.compile(learning_rate=context.config.training.learning_rate)
+        return model
+
+    def datasets(self, context):
+        return context.datasets({"image": context.inputs.arrays["image"]}, context.target,
+                                context.labelled(context.train),
+                                context.labelled(context.validation), augment=True)
+
+    def evaluate(self, context, outputs):
+        index = context.labelled(context.validation)
+        probabilities = outputs[self.files[0]].predict(
+            {"image": context.inputs.arrays["image"][index]}, batch_size=_PREDICT_BATCH,
+            verbose=0)
+        return summary_metrics(context.labels[index], probabilities)
+
+    def provide(self, context, outputs):
+        context.products["image_classifier"] = outputs[self.files[0]]
+
+
+#: The stages ``starqso fit`` runs, in order.
+STAGES = ("encoder", "gan", "fusion", "image")
+
+
+def default_stages() -> list[Stage]:
+    """The method's stages in order: encoder, GAN, fusion (+ deployable), image-only."""
+    return [EncoderStage(), GANStage(), FusionStage(), ImageStage()]
