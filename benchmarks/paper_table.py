@@ -379,7 +379,7 @@ def real_rows(catalog, model_paths, seed):
     from sklearn.model_selection import cross_val_predict
 
     import starqso.models  # noqa: F401 - registers the classes the .keras files name
-    from starqso.baselines import CLASSICAL, LABELS, make_classical
+    from starqso.baselines import CLASSICAL, TITLES, make_classical
     from starqso.evaluation import classification_metrics
     from starqso.preprocessing.photometry import photometric_features
 
@@ -400,7 +400,7 @@ def real_rows(catalog, model_paths, seed):
         for name in CLASSICAL:
             probabilities = cross_val_predict(make_classical(name, seed), features, labels,
                                               cv=5, method="predict_proba")[:, 1]
-            rows.append((f"{LABELS[name]}, 5-fold CV", source,
+            rows.append((f"{TITLES[name]}, 5-fold CV", source,
                          classification_metrics(labels, probabilities)))
     lines = [f"{len(labels)} real SDSS STAR/QSO rows ({labels.sum()} QSO) of {catalog}, "
              f"rendered by real_photometry.py's independent renderer (seed {seed}).", "",

@@ -14,7 +14,7 @@ from starqso.errors import InputError
 
 CLASSICAL = ("logistic_regression", "decision_tree", "random_forest", "adaboost",
              "gradient_boosting")
-LABELS = {
+TITLES = {
     "logistic_regression": "LogReg",
     "decision_tree": "DecisionTree",
     "random_forest": "RandomForest",

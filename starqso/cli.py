@@ -118,14 +118,12 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
 
     start = time.perf_counter()
     with _LazyProgress(num_objects, "simulating") as progress:
-        path = simulate_survey(outdir, num_objects, seed=seed, size=size,
-                               qso_fraction=qso_fraction, overwrite=overwrite,
-                               progress=progress, workers=workers)
-    from starqso.io import read_catalog
-
-    labels = list(read_catalog(path)["label"])
-    click.echo(f"simulated {num_objects} objects ({labels.count('QSO')} QSO, "
-               f"{labels.count('STAR')} STAR) in {time.perf_counter() - start:.1f} s -> {path}")
+        summary = simulate_survey(outdir, num_objects, seed=seed, size=size,
+                                  qso_fraction=qso_fraction, overwrite=overwrite,
+                                  progress=progress, workers=workers)
+    click.echo(f"simulated {summary.num_objects} objects ({summary.num_qso} QSO, "
+               f"{summary.num_star} STAR) in {time.perf_counter() - start:.1f} s -> "
+               f"{summary.catalog}")
 
 
 @main.command()

@@ -36,7 +36,7 @@ N_SIM, SEED, CUTOUT, IMAGE = 6, 1, 24, 16
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
     return simulate_survey(tmp_path_factory.mktemp("sim") / "sim", N_SIM, seed=SEED, size=CUTOUT,
-                           workers=1)
+                           workers=1).catalog
 
 
 @pytest.fixture(scope="module")

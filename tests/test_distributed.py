@@ -34,7 +34,7 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from starqso.data.pipeline import make_dataset
+from starqso.data.datasets import make_dataset
 from starqso.training.loop import distributed_fit
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()

@@ -27,7 +27,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory):
     path = simulate_survey(tmp_path_factory.mktemp("sim") / "sim", 20, seed=8, size=24,
-                           workers=1)
+                           workers=1).catalog
     table = read_catalog(path)
     # Row 3 points at a missing file, row 5 at a cutout smaller than the model input.
     table["image"][3] = "images/missing.fits"

@@ -94,7 +94,7 @@ def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
     from starqso.io import read_catalog, write_catalog
     from starqso.simulate import simulate_survey
 
-    path = simulate_survey(tmp_path / "sim", 40, seed=3, size=24, workers=1)
+    path = simulate_survey(tmp_path / "sim", 40, seed=3, size=24, workers=1).catalog
     table = read_catalog(path)
     table["spectrum"][:8] = ""  # photometry-only objects: classifier stages only
     # A broken cutout (row left out) and a spectrum off the encoder's range (image kept).

@@ -67,9 +67,10 @@ def test_qso_fraction_is_respected():
 
 
 def test_simulate_survey_writes_paired_files_in_the_documented_formats(tmp_path):
-    path = simulate_survey(tmp_path / "sim", 12, seed=4, size=32, workers=1)
-    table = read_catalog(path)
-    assert len(table) == 12
+    summary = simulate_survey(tmp_path / "sim", 12, seed=4, size=32, workers=1)
+    table = read_catalog(summary.catalog)
+    assert len(table) == summary.num_objects == 12
+    assert summary.num_qso == list(table["label"]).count("QSO") == 12 - summary.num_star
     for name in ("id", "image", "spectrum", "label", "redshift", "u", "g", "r", "i", "z"):
         assert name in table.colnames
     for row in table:
@@ -84,8 +85,8 @@ def test_simulate_survey_writes_paired_files_in_the_documented_formats(tmp_path)
 
 
 def test_same_seed_same_bytes_whatever_the_number_of_workers(tmp_path):
-    one = simulate_survey(tmp_path / "a", 6, seed=9, size=24, workers=1).parent
-    two = simulate_survey(tmp_path / "b", 6, seed=9, size=24, workers=2).parent
+    one = simulate_survey(tmp_path / "a", 6, seed=9, size=24, workers=1).catalog.parent
+    two = simulate_survey(tmp_path / "b", 6, seed=9, size=24, workers=2).catalog.parent
     names = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
     assert names == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
     for name in names:

@@ -12,7 +12,7 @@ __all__ = ["ObjectArrays", "make_dataset", "split_indices"]
 
 def __getattr__(name):
     if name == "make_dataset":
-        from starqso.data.pipeline import make_dataset
+        from starqso.data.datasets import make_dataset
 
         return make_dataset
     if name == "ObjectArrays":

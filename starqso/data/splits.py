@@ -26,7 +26,7 @@ def split_indices(labels, validation_fraction: float, test_fraction: float = 0.0
 
     Args:
         labels: one label per object, shape (N,), e.g. ``labels`` from
-            :func:`starqso.io.load_catalog_arrays`.
+            :attr:`starqso.data.ObjectArrays.labels`.
         validation_fraction: fraction of objects for validation, in (0, 1).
         test_fraction: fraction of objects for test, in [0, 1); 0 gives an empty test split.
         seed: the same seed and labels always give the same split.

@@ -104,7 +104,8 @@ class AperturePhotometry(keras.layers.Layer):
     keeps the model image-only (one input, raw cutouts) and exportable with builtin ops.
 
     Args:
-        image_size: cutout side in pixels (at least 26, for the 3" aperture and sky border).
+        image_size: cutout side in pixels (at least 22, ``config.PHOTOMETRY_MIN_SIZE``: the 3"
+            aperture and its 3-pixel sky border).
         mean: per-feature mean on the training cutouts, length 6 (default zeros).
         std: per-feature standard deviation, length 6 (default ones).
 

@@ -170,6 +170,16 @@ def _write_object(outdir, index, seed, size, qso_fraction, id_width):
     }
 
 
+@dataclass(frozen=True)
+class SurveySummary:
+    """What :func:`simulate_survey` wrote: the catalogue and its class counts."""
+
+    catalog: pathlib.Path
+    num_objects: int
+    num_qso: int
+    num_star: int
+
+
 def _write_chunk(task):
     outdir, indices, seed, size, qso_fraction, id_width = task
     return [_write_object(outdir, index, seed, size, qso_fraction, id_width)
@@ -191,13 +201,14 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
         workers: processes to use; all CPU cores (at most 8) when None.
 
     Returns:
-        Path of the catalogue.
+        :class:`SurveySummary`: the catalogue's path and how many objects of each class.
 
     Raises:
         InputError: for a bad argument or an existing simulation without ``overwrite``.
 
     Example:
-        >>> path = simulate_survey("demo", 10, seed=1)  # doctest: +SKIP
+        >>> simulate_survey("demo", 10, seed=1).catalog  # doctest: +SKIP
+        PosixPath('demo/catalog.csv')
     """
     from astropy.table import Table
 
@@ -244,4 +255,5 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
             executor.shutdown(cancel_futures=True)
     # The catalogue is written last and atomically: its presence means the simulation is whole.
     write_catalog(Table(rows=rows, names=list(rows[0])), catalog_path, overwrite=True)
-    return catalog_path
+    labels = [row["label"] for row in rows]
+    return SurveySummary(catalog_path, len(rows), labels.count("QSO"), labels.count("STAR"))

@@ -124,7 +124,7 @@ class StageContext:
 
     def datasets(self, inputs, outputs, train_index, validation_index, augment):
         """Shuffled (augmented) training and plain validation datasets of the two subsets."""
-        from starqso.data.pipeline import make_dataset
+        from starqso.data.datasets import make_dataset
 
         training = self.config.training
         return (make_dataset({k: v[train_index] for k, v in inputs.items()},

@@ -59,8 +59,8 @@ def make_dataset(inputs: dict[str, np.ndarray], target: np.ndarray | None, *, ba
             ``augment``.
 
     Example:
-        >>> data = simulate_arrays(64, seed=0, image_size=32)  # doctest: +SKIP
-        >>> ds = make_dataset({"image": data["images"]}, data["labels"], batch_size=16,
+        >>> data = ObjectArrays.from_simulation(64, seed=0, image_size=32)  # doctest: +SKIP
+        >>> ds = make_dataset({"image": data.images}, data.labels, batch_size=16,
         ...                   shuffle=True, augment=True)
     """
     if not inputs:
