@@ -65,6 +65,15 @@ def _plot_confusion(metrics, path):
     _save(figure, path)
 
 
+def _save_rate_axes(figure, axes, xlabel, ylabel, path):
+    """Label a plot of two rates in [0, 1] and save it."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    _save(figure, path)
+
+
 def _plot_roc(labels, probabilities, metrics, path):
     from sklearn.metrics import roc_curve
 
@@ -78,11 +87,8 @@ def _plot_roc(labels, probabilities, metrics, path):
         false_rate, true_rate, _ = roc_curve(labels, probabilities)
         axes.plot(false_rate, true_rate, color="C0")
         axes.set_title(f"ROC (AUC = {metrics['roc_auc']:.4f})")
-    axes.set_xlabel("false positive rate (stars called QSO)")
-    axes.set_ylabel("true positive rate (QSO completeness)")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.01)
-    _save(figure, path)
+    _save_rate_axes(figure, axes, "false positive rate (stars called QSO)",
+                    "true positive rate (QSO completeness)", path)
 
 
 def _plot_precision_recall(labels, probabilities, metrics, path):
@@ -102,11 +108,7 @@ def _plot_precision_recall(labels, probabilities, metrics, path):
                   label=f"threshold {metrics['threshold']:g}")
         axes.legend(loc="lower left")
         axes.set_title(f"precision-recall (AP = {metrics['average_precision']:.4f})")
-    axes.set_xlabel("recall (QSO completeness)")
-    axes.set_ylabel("precision (QSO purity)")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.01)
-    _save(figure, path)
+    _save_rate_axes(figure, axes, "recall (QSO completeness)", "precision (QSO purity)", path)
 
 
 def _plot_binned(bins, quantity, path, note=""):
