@@ -35,6 +35,7 @@ import numpy as np
 
 from starqso.errors import InputError
 from starqso.model_files import RUNTIME_FILES, check_model_dir
+from starqso.schema import DEFAULT_THRESHOLD
 
 RUNTIMES = tuple(RUNTIME_FILES)
 OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag")
@@ -237,7 +238,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         raise InputError(f"output must end in .csv or .fits. Received: {output}")
     model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
     metadata = check_model_dir(model_dir, runtime)
-    threshold = metadata.get("threshold", 0.5) if threshold is None else threshold
+    threshold = metadata.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
     if not 0 <= threshold <= 1:
         raise InputError(f"threshold must be in [0, 1]. Received: {threshold}")
     size = int(metadata["input_shape"][1])

@@ -21,6 +21,7 @@ import pathlib
 import zipfile
 
 from starqso.errors import InputError
+from starqso.schema import BANDS, BUNIT, CLASS_NAMES, DEFAULT_THRESHOLD, LAYOUT
 
 #: The export folder layout this version writes and reads (``metadata.json: format_version``).
 MODEL_FORMAT_VERSION = 1
@@ -115,8 +116,8 @@ def _check_metadata(metadata_path: pathlib.Path) -> dict:
         raise InputError(f"model folder was exported in format {version!r}; this starqso reads "
                          f"format {MODEL_FORMAT_VERSION} (upgrade starqso). Received: "
                          f"{metadata_path}")
-    expected = {"bands": "ugriz", "units": "nanomaggy", "layout": "NHWC",
-                "class_names": ["STAR", "QSO"]}
+    expected = {"bands": "".join(BANDS), "units": BUNIT, "layout": LAYOUT,
+                "class_names": list(CLASS_NAMES)}
     for key, value in expected.items():
         if metadata.get(key) != value:
             raise InputError(f"{metadata_path} must say {key}={value!r}. Received: "
@@ -126,7 +127,7 @@ def _check_metadata(metadata_path: pathlib.Path) -> dict:
             and isinstance(shape[1], int) and shape[1] == shape[2] and shape[1] > 0):
         raise InputError(f"{metadata_path} must give input_shape [null, S, S, 5]. Received: "
                          f"input_shape={shape!r}")
-    threshold = metadata.get("threshold", 0.5)
+    threshold = metadata.get("threshold", DEFAULT_THRESHOLD)
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise InputError(f"{metadata_path} must give a threshold in [0, 1]. Received: "
                          f"threshold={threshold!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.schema import CLASS_NAMES
 
 # How many ids of each kind of skipped row the report lists; the counts are always complete.
 SHOWN_IDS = 5
@@ -106,7 +107,7 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
             flag_texts.append(flags[row])
         elif np.isnan(probabilities[row]):
             no_probability.append(identifier)
-        elif labels[truth_row] not in ("STAR", "QSO"):
+        elif labels[truth_row] not in CLASS_NAMES:
             unlabelled.append(identifier)
         else:
             keep.append((truth_row, row))

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from starqso.atomic import write_bytes_atomically
+from starqso.schema import CLASS_NAMES
 
 PLOT_FILES = ("confusion_matrix.png", "roc.png", "precision_recall.png",
               "completeness_purity_r.png", "completeness_purity_redshift.png", "reliability.png")
@@ -57,8 +58,8 @@ def _plot_confusion(metrics, path):
             share = confusion[true, guess] / totals[true, 0]
             axes.text(guess, true, f"{int(confusion[true, guess])}\n({share:.1%} of row)",
                       ha="center", va="center", color="white" if share > 0.5 else "black")
-    axes.set_xticks([0, 1], ["STAR", "QSO"])
-    axes.set_yticks([0, 1], ["STAR", "QSO"])
+    axes.set_xticks([0, 1], CLASS_NAMES)
+    axes.set_yticks([0, 1], CLASS_NAMES)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(f"confusion matrix (n={metrics['n']}, threshold {metrics['threshold']:g})")

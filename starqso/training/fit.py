@@ -122,7 +122,6 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
         arrays = _load_arrays(config, data, log, strict)
     from starqso.training.runner import StageRunner
 
-    out.mkdir(parents=True, exist_ok=True)
     for name, other in (reuse or {}).items():
         stage = next(stage for stage in stages if stage.name == name)
         folder.adopt(RunFolder(other), name, stage.files)
