@@ -1,11 +1,18 @@
 """Edge numbers of an exported model: size, LiteRT speed, agreement, predict throughput, start-up.
 
-    python benchmarks/edge.py --model saved_models/starqso-base/export [--n 2000]
+    python benchmarks/edge.py --model saved_models/starqso-base/export [--n 2000] \
+        [--reference ../shared/tools/edge_reference.py]
 
-Prints a table:
+Prints the CPU (``lscpu``'s model name) and a table:
 
 * size of each TFLite variant;
-* cutouts/s of each variant on one CPU thread, batched (256), LiteRT only;
+* cutouts/s of each variant on one CPU thread, batched (256), LiteRT only: the variants are
+  timed in interleaved rounds (``--rounds``) and each keeps its best round, so that load from
+  other processes on a shared machine hits them alike;
+* with ``--reference``: the edge peer, a seed-sized full-integer int8 CNN (three residual
+  blocks + a generator head, random weights) built at the model's input size by that script
+  (``edge_reference.py SIZE OUT.tflite``), timed in the same rounds; then the ratios
+  int8/fp32 and int8/reference;
 * label agreement of each variant with the Keras model on ``--n`` simulated cutouts;
 * ``starqso predict --runtime litert`` end to end (FITS reading included) on ``--n`` cutouts
   written to disk, rows/s;
@@ -19,6 +26,7 @@ import argparse
 import json
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +36,57 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+BATCH = 256
+
+
+def cpu_name():
+    """The CPU's model name as ``lscpu`` gives it (else /proc/cpuinfo, else platform)."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True,
+                               env={**os.environ, "LC_ALL": "C"}).stdout.splitlines()
+        for line in lines:
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_reference(script, size, folder):
+    """The reference int8 CNN, built by ``script SIZE OUT.tflite`` in a fresh process."""
+    path = pathlib.Path(folder) / f"edge_reference_{size}.tflite"
+    subprocess.run([sys.executable, str(script), str(size), str(path)], check=True,
+                   capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return path
+
+
+def throughputs(paths, images, rounds):
+    """Best cutouts/s of each model over ``rounds`` interleaved rounds, one thread, batch 256.
+
+    Returns ``{name: (rate, probabilities)}``.
+    """
+    from starqso.inference import LiteRTPredictor
+
+    predictors = {}
+    for name, path in paths.items():
+        predictors[name] = LiteRTPredictor(path, num_threads=1)
+        predictors[name](images[:BATCH])  # allocate for the batch shape
+    best = dict.fromkeys(paths, 0.0)
+    outputs = {}
+    usable = len(images) // BATCH * BATCH or len(images)
+    for _ in range(rounds):
+        for name, predictor in predictors.items():
+            began = time.perf_counter()
+            outputs[name] = np.concatenate([predictor(images[i:i + BATCH])
+                                            for i in range(0, usable, BATCH)])
+            best[name] = max(best[name], usable / (time.perf_counter() - began))
+    return {name: (best[name], outputs[name]) for name in paths}
 
 
 def main():
@@ -35,10 +94,17 @@ def main():
     parser.add_argument("--model", default=str(ROOT / "saved_models/starqso-base/export"))
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=424242)
+    parser.add_argument("--reference", default=None,
+                        help="path to edge_reference.py (e.g. ../shared/tools/"
+                             "edge_reference.py): time its int8 CNN beside the model")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved timing rounds; each model keeps its best")
+    parser.add_argument("--skip-predict", action="store_true",
+                        help="leave out the `starqso predict` end-to-end and start-up runs")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from starqso.inference import KerasPredictor, LiteRTPredictor
+    from starqso.inference import KerasPredictor
     from starqso.io import write_catalog, write_cutout
     from starqso.preprocessing import center_crop
     from starqso.simulate import simulate_object
@@ -52,19 +118,30 @@ def main():
                               for i in range(0, len(images), 512)])
 
     print(f"model {model_dir}, {args.n} simulated cutouts (seed {args.seed}), "
-          f"{os.cpu_count()} CPU cores\n")
-    print("| variant | size (kB) | cutouts/s, 1 thread, batch 256 | label agreement with Keras |")
+          f"CPU {cpu_name()} ({os.cpu_count()} cores), LiteRT on 1 thread, batch {BATCH}, "
+          f"best of {args.rounds} interleaved rounds\n")
+    paths = {variant: model_dir / f"model_{variant}.tflite" for variant in ("fp32", "fp16", "int8")}
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.reference:
+            paths["reference int8"] = build_reference(args.reference, size, scratch)
+        results = throughputs(paths, images, args.rounds)
+        sizes = {name: path.stat().st_size for name, path in paths.items()}
+    print(f"| variant | size (kB) | cutouts/s, 1 thread, batch {BATCH} | "
+          "label agreement with Keras |")
     print("|---|---|---|---|")
-    for variant in ("fp32", "fp16", "int8"):
-        path = model_dir / f"model_{variant}.tflite"
-        predictor = LiteRTPredictor(path, num_threads=1)
-        predictor(images[:256])  # allocate
-        began = time.perf_counter()
-        probabilities = np.concatenate([predictor(images[i:i + 256])
-                                        for i in range(0, len(images), 256)])
-        rate = len(images) / (time.perf_counter() - began)
-        agreement = np.mean((probabilities >= 0.5) == (keras_p >= 0.5))
-        print(f"| {variant} | {path.stat().st_size / 1e3:.0f} | {rate:,.0f} | {agreement:.4f} |")
+    for name, (rate, probabilities) in results.items():
+        if name == "reference int8":
+            agreement = "- (random weights)"
+        else:
+            compared = keras_p[:len(probabilities)]
+            agreement = f"{np.mean((probabilities >= 0.5) == (compared >= 0.5)):.4f}"
+        print(f"| {name} | {sizes[name] / 1e3:.0f} | {rate:,.0f} | {agreement} |")
+    int8 = results["int8"][0]
+    print(f"\nint8 / fp32: {int8 / results['fp32'][0]:.2f}x")
+    if "reference int8" in results:
+        print(f"int8 / reference int8: {int8 / results['reference int8'][0]:.2f}x")
+    if args.skip_predict:
+        return
 
     with tempfile.TemporaryDirectory() as folder:
         folder = pathlib.Path(folder)

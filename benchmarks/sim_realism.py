@@ -8,6 +8,12 @@ the r magnitude measured in a 3" radius aperture on the simulated cutouts (apert
 with the median over bright objects) against the true magnitude, plus the fraction of cutouts
 whose sky noise and FWHM lie in SDSS's range. ``--sim DIR`` scores an existing simulation
 (``DIR/catalog.csv``); otherwise ``--n`` objects are simulated in memory with ``--seed``.
+
+``--real-qso ../shared/data/real_qso_iqvit_dev.npz`` adds a comparison of the cutouts
+themselves with real SDSS QSO cutouts (2.75 < z < 5): per-band sky sigma (1.4826 x MAD of the
+6-px border of the central 32x32 pixels) and its spread, lag-1 autocorrelation of the sky, and
+the PSF FWHM distribution (the same half-maximum-area estimator on both, objects with
+r < 19.5), with the simulated QSOs at z > 2.75 for the high-z colours.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ def simulate(num_objects, seed):
         "redshift": np.array([obj.redshift for obj in objects]),
         "aperture": np.array([aperture_magnitude(obj.cutout) for obj in objects]),
         "fwhm": np.array([obj.info["psf_fwhm_r"] for obj in objects]),
+        "cutouts": np.array([obj.cutout for obj in objects]),
     }
 
 
@@ -76,7 +83,90 @@ def read_sim(folder):
         "aperture": np.array([aperture_magnitude(read_cutout(resolve_path(table, p)).data)
                               for p in table["image"]]),
         "fwhm": np.array(table["psf_fwhm_r"], dtype=float),
+        "cutouts": np.array([read_cutout(resolve_path(table, p)).data for p in table["image"]]),
     }
+
+
+def _central(cutout, size=32):
+    start = (cutout.shape[-1] - size) // 2
+    return cutout[..., start:start + size, start:start + size]
+
+
+def sky_statistics(cutouts, border=6):
+    """Per-cutout, per-band sky sigma (1.4826 MAD of the border) and lag-1 autocorrelation."""
+    cutouts = np.asarray(cutouts, dtype=np.float64)
+    mask = np.ones(cutouts.shape[-2:], bool)
+    mask[border:-border, border:-border] = False
+    pixels = cutouts[:, :, mask]
+    sigma = 1.4826 * np.median(np.abs(pixels - np.median(pixels, -1, keepdims=True)), -1)
+    strips = np.concatenate([cutouts[:, :, :border], cutouts[:, :, -border:]], axis=2)
+    strips = strips - np.median(strips, axis=(-2, -1), keepdims=True)
+    left, right = strips[..., :-1], strips[..., 1:]
+    lag1 = (left * right).mean((-2, -1)) / np.sqrt((left ** 2).mean((-2, -1))
+                                                   * (right ** 2).mean((-2, -1)))
+    return sigma, lag1
+
+
+def fwhm_half_max_area(cutouts, border=6):
+    """FWHM (arcsec) per band from the number of pixels above half the peak: 2 sqrt(A / pi)."""
+    cutouts = np.asarray(cutouts, dtype=np.float64)
+    mask = np.ones(cutouts.shape[-2:], bool)
+    mask[border:-border, border:-border] = False
+    sky = np.median(cutouts[:, :, mask], axis=-1)[:, :, None, None]
+    size = cutouts.shape[-1]
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
+    inner = np.hypot(xx, yy) < 5
+    signal = cutouts - sky
+    peak = np.where(inner, signal, -np.inf).max(axis=(-2, -1), keepdims=True)
+    area = ((signal > 0.5 * peak) & inner).sum(axis=(-2, -1))
+    return 2.0 * np.sqrt(area / np.pi) * PIXEL_SCALE_ARCSEC
+
+
+def compare_real_qso_cutouts(path, sim_cutouts, sim_mags, sim_label, sim_redshift):
+    real = np.load(path)
+    images = real["images"].astype(np.float64)
+    real_r = real["r"]
+    sim_cutouts = _central(np.asarray(sim_cutouts))
+    real_sigma, real_lag1 = sky_statistics(images)
+    sim_sigma, sim_lag1 = sky_statistics(sim_cutouts)
+    print(f"\nimages vs {len(images)} real SDSS QSO cutouts ({path.name}), central 32x32 px")
+    print("| band | real sky sigma median | sim median | sim/real | real 5-95% | sim 5-95% "
+          "| real lag-1 | sim lag-1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k, band in enumerate(BANDS):
+        print(f"| {band} | {np.median(real_sigma[:, k]):.4f} | {np.median(sim_sigma[:, k]):.4f} | "
+              f"{np.median(sim_sigma[:, k]) / np.median(real_sigma[:, k]):.2f} | "
+              f"{np.percentile(real_sigma[:, k], 5):.4f}-{np.percentile(real_sigma[:, k], 95):.4f}"
+              f" | {np.percentile(sim_sigma[:, k], 5):.4f}-"
+              f"{np.percentile(sim_sigma[:, k], 95):.4f} | {np.median(real_lag1[:, k]):.3f} | "
+              f"{np.median(sim_lag1[:, k]):.3f} |")
+    real_fwhm = fwhm_half_max_area(images[real_r < 19.5])
+    sim_fwhm = fwhm_half_max_area(sim_cutouts[sim_mags[:, 2] < 19.5])
+    print(f"\nPSF FWHM (half-maximum area, arcsec; r < 19.5: {len(real_fwhm)} real QSOs, "
+          f"{len(sim_fwhm)} simulated objects)")
+    print("| band | real median | sim median | real 5-95% | sim 5-95% | KS |")
+    print("|---|---|---|---|---|---|")
+    for k, band in enumerate(BANDS):
+        ks = ks_2samp(sim_fwhm[:, k], real_fwhm[:, k]).statistic
+        print(f"| {band} | {np.median(real_fwhm[:, k]):.2f} | {np.median(sim_fwhm[:, k]):.2f} | "
+              f"{np.percentile(real_fwhm[:, k], 5):.2f}-{np.percentile(real_fwhm[:, k], 95):.2f} | "
+              f"{np.percentile(sim_fwhm[:, k], 5):.2f}-{np.percentile(sim_fwhm[:, k], 95):.2f} | "
+              f"{ks:.2f} |")
+    real_mags = np.stack([real[band] for band in BANDS], axis=1)
+    print("\nhigh-z QSO median colours (sim: true magnitudes; real: catalogue magnitudes)")
+    print("| z | sim n | sim u-g, g-r, r-i | real n | real u-g, g-r, r-i |")
+    print("|---|---|---|---|---|")
+    sim_qso = sim_label == "QSO"
+    for low, high in ((2.75, 3.0), (3.0, 3.5), (3.5, 4.0), (4.0, 4.5), (4.5, 5.0)):
+        rows = []
+        for mags, z in ((sim_mags[sim_qso], sim_redshift[sim_qso]),
+                        (real_mags, real["redshift"])):
+            pick = (z >= low) & (z < high)
+            colours = -np.diff(mags[pick], axis=1)[:, :3]
+            text = ", ".join(f"{v:.2f}" for v in np.median(colours, axis=0)) if pick.any() \
+                else "-"
+            rows.append((pick.sum(), text))
+        print(f"| {low}-{high} | {rows[0][0]} | {rows[0][1]} | {rows[1][0]} | {rows[1][1]} |")
 
 
 def main():
@@ -86,6 +176,8 @@ def main():
     parser.add_argument("--sim", type=pathlib.Path, help="existing simulation folder")
     parser.add_argument("--n", type=int, default=3000, help="objects to simulate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real-qso", type=pathlib.Path,
+                        help="real SDSS QSO cutouts (real_qso_iqvit_dev.npz) to compare images")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -148,6 +240,9 @@ def main():
     fwhm = sim["fwhm"]
     print(f"\nr-band PSF FWHM: median {np.median(fwhm):.2f}\", 5-95% "
           f"{np.percentile(fwhm, 5):.2f}-{np.percentile(fwhm, 95):.2f}\"")
+    if args.real_qso:
+        compare_real_qso_cutouts(args.real_qso, sim["cutouts"], sim["mags"], sim["label"],
+                                 sim["redshift"])
 
 
 if __name__ == "__main__":

@@ -134,8 +134,9 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
               show_default=True, help="Run folder to write.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML run configuration (overrides on top of --preset).")
-@click.option("--preset", type=click.Choice(["tiny", "base"]), default=None,
-              help="Model/training preset [default: base].")
+@click.option("--preset", type=click.Choice(["tiny", "base", "large"]), default=None,
+              help="Model/training preset: tiny (tests), base (the demo), large (the shipped "
+                   "model) [default: base].")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
               default="default", show_default=True,
               help="tf.distribute strategy: one device, all local devices, or the cluster in "
@@ -145,7 +146,10 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
 @click.option("--strict", is_flag=True,
               help="Fail on any --data row that cannot be used as it is [default: leave it "
                    "out and list it in OUT/data_flags.csv].")
-def fit(data, out_dir, config_path, preset, strategy, resume, strict):
+@click.option("--simulation-cache", type=click.Path(file_okay=False), default=None,
+              help="Folder keeping the simulated demo data between runs (reused when the "
+                   "arguments and the simulator are the same).")
+def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation_cache):
     """Train the spectrum encoder, the GAN, the fusion classifier and the image-only baseline.
 
     Writes every model (.keras), config.yaml, preprocessing statistics, metrics.json and
@@ -163,7 +167,7 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict):
     elif preset is not None:
         config = get_preset(preset)
     fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo,
-            strict=strict)
+            strict=strict, simulation_cache=simulation_cache)
 
 
 @main.command()
@@ -174,7 +178,10 @@ def export(run_dir, out_dir):
     """Export a run's model: SavedModel, TFLite fp32/fp16/int8, checks and model card.
 
     Every format takes raw nanomaggie cutouts (N, S, S, 5), channels last, and returns
-    p(QSO); each is checked against the Keras model on held-out simulated cutouts.
+    calibrated p(QSO) (temperature scaling fitted on the run's validation split); each is
+    checked against the Keras model on the run's held-out cutouts. metadata.json gets the
+    temperature, the decision threshold chosen on validation (best macro-F1), the training
+    QSO fraction and the default prior of `starqso predict`.
     """
     import os
 
@@ -200,12 +207,22 @@ def export(run_dir, out_dir):
               help="Stop with an error at the first row that would be flagged.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from the partial file beside --output.")
-def predict(catalog, model_dir, output, runtime, batch_size, strict, resume):
+@click.option("--prior", default=None, metavar="F|train",
+              help="QSO fraction of your sample, 0 < F < 1: p_qso is corrected to it by "
+                   "Bayes' rule from the model's training fraction; 'train' for no correction "
+                   "[default: the model's default_prior, 0.02 (the sky's, high latitude, "
+                   "r < 21); none for models exported without one].")
+@click.option("--tta", is_flag=True,
+              help="Average p_qso over the 8 flips/90-degree rotations of each cutout (8x "
+                   "slower).")
+def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, prior, tta):
     """Classify the cutouts listed in CATALOG (CSV/FITS with id, image) or in a folder.
 
     Writes every input row, in input order: id, p_qso, label (STAR/QSO at the model's
-    threshold, 0.5), flag (empty; why the row could not be classified, with p_qso empty; or
-    "repaired ..." when a few NaN/inf pixels were filled before classifying). The output
+    threshold, applied to p_qso under the chosen prior), flag (empty; why the row could not
+    be classified, with p_qso empty; or "repaired ..." when a few NaN/inf pixels were filled
+    before classifying). The prior, threshold and temperature p_qso comes from are in the
+    FITS header (PRIOR, THRESH, TEMPER) or, for CSV, in the side-car OUTPUT.json. The output
     appears only when complete; an interrupted run continues with --resume.
     """
     import os
@@ -217,12 +234,13 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume):
     with _LazyProgress(None, "classifying") as progress:
         summary = predict_catalog(catalog, output, model_dir=model_dir, runtime=runtime,
                                   batch_size=batch_size, progress=progress, strict=strict,
-                                  resume=resume, log=lambda line: click.echo(line, err=True))
+                                  resume=resume, log=lambda line: click.echo(line, err=True),
+                                  prior=prior, tta=tta)
     seconds = time.perf_counter() - start
     new_rows = summary["rows"] - summary["resumed"]
     click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "
-               f"{summary['repaired']} repaired, {new_rows / max(seconds, 1e-9):.0f} rows/s "
-               f"-> {summary['output']}")
+               f"{summary['repaired']} repaired, prior {summary['prior']}, "
+               f"{new_rows / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")
 
 
 @main.command()

@@ -7,13 +7,24 @@ held-out objects (its recorded test split, or the validation split when the run 
 objects; the int8 model is calibrated on training objects), and the numbers are written to
 ``export_check.json``.
 
+The exported model is calibrated: :func:`fit_temperature` fits one temperature ``T`` on the
+run's validation split and the export folder's Keras model is a
+:class:`~starqso.models.CalibratedClassifier`, ``sigmoid(logit(p) / T)`` of the run's own
+(uncalibrated) ``starqso_classifier.keras``, in every format. :func:`choose_threshold` then
+picks the decision threshold on the same objects. Both, the training QSO fraction the
+calibrated p(QSO) assumes and the sky prior ``starqso predict`` corrects to by default go into
+``metadata.json``; the ECE before and after calibration into ``export_check.json`` and the
+model card.
+
 The export folder::
 
     saved_model/               tf.saved_model, signature "serving_default": image -> p_qso
     model_fp32.tflite  model_fp16.tflite  model_int8.tflite
-    starqso_classifier.keras   the Keras model
-    metadata.json              version, input size, bands, units, class names, threshold
-    export_check.json          max |dp| and label agreement of each format vs Keras
+    starqso_classifier.keras   the Keras model (calibrated: CalibratedClassifier)
+    metadata.json              version, input size, bands, units, class names, threshold,
+                               temperature, training_qso_fraction, default_prior
+    export_check.json          max |dp| and label agreement of each format vs Keras, and the
+                               calibration (temperature, ECE before/after, threshold)
     model_card.md              what it was trained on, its metrics, its limits
 """
 
@@ -39,6 +50,20 @@ from starqso.schema import (
 )
 
 THRESHOLD = DEFAULT_THRESHOLD
+# The QSO fraction `starqso predict` corrects p(QSO) to unless told otherwise (metadata.json
+# `default_prior`). The training mix (about 30% QSOs, the spectroscopic sample's) is not the
+# sky's: at high Galactic latitude and r < 21, QSOs are about 1-3% of point sources, so a p
+# trained at 30% overstates every faint star's chance of being a QSO; 0.02 is the middle of
+# that range.
+SKY_QSO_PRIOR = 0.02
+# The temperature is searched in [1/20, 20] (on log T): beyond that a model is broken, not
+# miscalibrated.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+# The decision-threshold grid of choose_threshold: 0.05, 0.06, ..., 0.95.
+THRESHOLD_GRID = tuple(round(0.05 + 0.01 * step, 2) for step in range(91))
+THRESHOLD_RULE = ("best macro-F1 of the calibrated p(QSO) on the validation split, at the "
+                  "training QSO fraction, over 0.05..0.95 in steps of 0.01; ties go to the "
+                  "value closest to 0.5 (then the lower)")
 TFLITE_VARIANTS = ("fp32", "fp16", "int8")
 # Kept float in the int8 model: the asinh scaling and the aperture photometry, which work on
 # raw nanomaggies (the photometry's sky median also needs RESHAPE/GATHER/TRANSPOSE/TOPK_V2 and
@@ -111,17 +136,105 @@ def convert_tflite(saved_model_dir, variant, calibration_images=None):
     return converter.convert()
 
 
-def _agreement(reference, other):
+def _agreement(reference, other, threshold=THRESHOLD):
     reference, other = np.ravel(reference), np.ravel(other)
     return {
         "max_abs_diff": float(np.max(np.abs(reference - other))),
         "mean_abs_diff": float(np.mean(np.abs(reference - other))),
-        "label_agreement": float(np.mean((reference >= THRESHOLD) == (other >= THRESHOLD))),
+        "label_agreement": float(np.mean((reference >= threshold) == (other >= threshold))),
     }
+
+
+def _logits(probabilities):
+    from starqso.models.calibration import EPSILON
+
+    p = np.clip(np.asarray(probabilities, np.float64).ravel(), EPSILON, 1.0 - EPSILON)
+    return np.log(p) - np.log1p(-p)
+
+
+def _nll(labels, logits, temperature):
+    z = logits / temperature
+    return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+
+
+def fit_temperature(labels, probabilities, bounds=TEMPERATURE_BOUNDS):
+    """The temperature T minimising the NLL of ``sigmoid(logit(p) / T)`` against ``labels``.
+
+    Searched on log T within ``bounds`` (:func:`scipy.optimize.minimize_scalar`, bounded);
+    ``logit(p)`` is taken after clipping p to [1e-7, 1 - 1e-7], as the
+    :class:`~starqso.models.TemperatureScaling` layer does.
+
+    Args:
+        labels: 0 (STAR) / 1 (QSO) per object; both classes must occur.
+        probabilities: the uncalibrated p(QSO) per object.
+        bounds: (lowest, highest) temperature.
+
+    Returns:
+        T as a float (> 1: the model was over-confident).
+
+    Raises:
+        InputError: fewer than two objects, or only one class.
+
+    Example:
+        >>> fit_temperature([0, 1, 1, 0], [0.001, 0.999, 0.001, 0.999]) > 1
+        True
+    """
+    from scipy.optimize import minimize_scalar
+
+    labels = np.asarray(labels, np.float64).ravel()
+    logits = _logits(probabilities)
+    if labels.size != logits.size or labels.size < 2 or not (0 < labels.mean() < 1):
+        raise InputError(f"temperature scaling needs labelled objects of both classes. "
+                         f"Received: {labels.size} objects, {int(labels.sum())} QSO")
+    low, high = np.log(bounds[0]), np.log(bounds[1])
+    result = minimize_scalar(lambda log_t: _nll(labels, logits, np.exp(log_t)),
+                             bounds=(low, high), method="bounded",
+                             options={"xatol": 1e-6})
+    return float(np.exp(result.x))
+
+
+def calibrate(probabilities, temperature):
+    """``sigmoid(logit(p) / T)`` in NumPy (float64), what the calibrated model computes."""
+    return 1.0 / (1.0 + np.exp(-_logits(probabilities) / temperature))
+
+
+def _macro_f1(labels, predicted):
+    scores = []
+    for positive in (1, 0):
+        tp = np.sum((predicted == positive) & (labels == positive))
+        wrong = np.sum(predicted != labels)
+        scores.append(2 * tp / (2 * tp + wrong) if 2 * tp + wrong else 0.0)
+    return float(np.mean(scores))
+
+
+def choose_threshold(labels, probabilities, grid=THRESHOLD_GRID):
+    """The decision threshold of the rule :data:`THRESHOLD_RULE`.
+
+    Args:
+        labels: 0 (STAR) / 1 (QSO) per object.
+        probabilities: calibrated p(QSO) per object (at the training QSO fraction).
+        grid: thresholds to try.
+
+    Returns:
+        ``(threshold, macro_f1 at it)``; an object is QSO when p >= threshold.
+
+    Example:
+        >>> choose_threshold([0, 0, 1, 1], [0.2, 0.6, 0.65, 0.9])
+        (0.61, 1.0)
+    """
+    labels = np.asarray(labels).ravel().astype(np.int64)
+    probabilities = np.asarray(probabilities, np.float64).ravel()
+    scores = [_macro_f1(labels, (probabilities >= t).astype(np.int64)) for t in grid]
+    best = max(scores)
+    chosen = min((abs(t - 0.5), t) for t, score in zip(grid, scores)
+                 if score >= best - 1e-12)[1]
+    return float(chosen), float(best)
 
 
 def check_objects(folder, config, num_check, num_calibration, arrays=None):
     """The run's held-out objects for the export checks, and training objects for int8.
+
+    (:func:`split_objects` also gives the validation and all training objects.)
 
     Args:
         folder: the :class:`~starqso.run_folder.RunFolder`.
@@ -133,6 +246,24 @@ def check_objects(folder, config, num_check, num_calibration, arrays=None):
 
     Returns:
         ``(split name, check ObjectArrays, calibration ObjectArrays)``.
+
+    Raises:
+        InputError: the data no longer holds the split's objects.
+    """
+    objects = split_objects(folder, config, num_check, num_calibration, arrays)
+    return objects["held_name"], objects["check"], objects["calibration"]
+
+
+def split_objects(folder, config, num_check, num_calibration, arrays=None):
+    """The run's recorded splits as :class:`~starqso.data.ObjectArrays` for ``export``.
+
+    Args: as :func:`check_objects`.
+
+    Returns:
+        dict: ``held_name`` (the check split's name), ``check`` (at most ``num_check``
+        held-out objects), ``calibration`` (at most ``num_calibration`` training objects, for
+        int8), ``validation`` (the whole validation split: temperature and threshold) and
+        ``train`` (every training object: the training QSO fraction).
 
     Raises:
         InputError: the data no longer holds the split's objects.
@@ -160,12 +291,19 @@ def check_objects(folder, config, num_check, num_calibration, arrays=None):
                              f"run trained on. Received: {folder.root}")
         return arrays.subset(np.array([position[i] for i in ids[:limit]], dtype=np.int64))
 
-    return held_name, rows(split[held_name], num_check), rows(split["train"], num_calibration)
+    return {"held_name": held_name, "check": rows(split[held_name], num_check),
+            "calibration": rows(split["train"], num_calibration),
+            "validation": rows(split["validation"], None), "train": rows(split["train"], None)}
 
 
 def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, log=print,
                arrays=None):
     """Export ``run_dir``'s deployable model in every format and check each against Keras.
+
+    The exported model is the run's ``starqso_classifier.keras`` (left as it is) wrapped in a
+    :class:`~starqso.models.CalibratedClassifier` whose temperature is fitted on the run's
+    validation split (:func:`fit_temperature`); the threshold (:func:`choose_threshold`) is
+    chosen on the same objects. Every format is checked against this calibrated Keras model.
 
     Args:
         run_dir: a complete ``starqso fit`` run folder.
@@ -178,10 +316,13 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
         arrays: the run's :class:`~starqso.data.ObjectArrays` when already in memory.
 
     Returns:
-        dict of check results per format (also written to ``export_check.json``).
+        dict of check results per format and the ``calibration`` (temperature, threshold,
+        ECE and NLL before and after on the validation split, and on the test split when
+        the run kept one), also written to ``export_check.json``.
 
     Raises:
-        InputError: an incomplete run folder.
+        InputError: an incomplete run folder, or a validation split without labelled STARs
+            and QSOs.
 
     Example:
         >>> export_run("runs/demo")  # doctest: +SKIP
@@ -199,13 +340,19 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
 
     import tensorflow as tf
 
-    model = load_keras_model(folder.deployable_path, checked=True)
+    from starqso.models import CalibratedClassifier
+
+    raw_model = load_keras_model(folder.deployable_path, checked=True)
     num_check = num_check or config.data.export_check_objects
     num_calibration = num_calibration or config.data.export_calibration_objects
     out = pathlib.Path(out_dir) if out_dir is not None else folder.export_dir
-    held_name, check_arrays, calibration_arrays = check_objects(
-        folder, config, num_check, num_calibration, arrays)
-    check, calibration = check_arrays.images, calibration_arrays.images
+    objects = split_objects(folder, config, num_check, num_calibration, arrays)
+    held_name, check_arrays = objects["held_name"], objects["check"]
+    check, calibration = check_arrays.images, objects["calibration"].images
+    # The run's own model stays as the stages wrote it; the export folder gets it calibrated.
+    calibration_results, temperature = _calibration(raw_model, objects, held_name, log)
+    model = CalibratedClassifier(raw_model, temperature, name="starqso_calibrated")
+    threshold = calibration_results["threshold"]
     reference = np.asarray(model.predict({"image": check}, batch_size=512, verbose=0)).ravel()
 
     def build(staging):
@@ -219,7 +366,7 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
         saved_p = np.concatenate([
             served(image=tf.constant(check[i:i + 512]))["p_qso"].numpy().ravel()
             for i in range(0, len(check), 512)])
-        results = {"saved_model": _agreement(reference, saved_p)}
+        results = {"saved_model": _agreement(reference, saved_p, threshold)}
         log(f"saved_model: max |dp| {results['saved_model']['max_abs_diff']:.2e}")
         for variant in TFLITE_VARIANTS:
             path = staging / f"model_{variant}.tflite"
@@ -227,7 +374,7 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
             predictor = LiteRTPredictor(path)
             litert_p = np.concatenate([predictor(check[i:i + 256])
                                        for i in range(0, len(check), 256)])
-            results[f"model_{variant}.tflite"] = {**_agreement(reference, litert_p),
+            results[f"model_{variant}.tflite"] = {**_agreement(reference, litert_p, threshold),
                                                   "bytes": path.stat().st_size}
             shown = results[f"model_{variant}.tflite"]
             log(f"model_{variant}.tflite: {shown['bytes'] / 1e3:.0f} kB, max |dp| "
@@ -240,13 +387,17 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
             "cutouts": int(len(check)), "split": held_name,
             "calibration_cutouts": int(len(calibration)),
             "qso_fraction": float(np.mean(check_arrays.labels == 1))}
+        results["calibration"] = calibration_results
         write_json_atomically(staging / "export_check.json", results, sort_keys=False)
         metadata = {
             "format_version": MODEL_FORMAT_VERSION, "starqso_version": __version__,
             "input_name": "image", "output_name": "p_qso",
             "input_shape": [None, model.image_size, model.image_size, len(BANDS)],
             "bands": "".join(BANDS), "units": BUNIT, "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
-            "layout": LAYOUT, "class_names": list(CLASS_NAMES), "threshold": THRESHOLD,
+            "layout": LAYOUT, "class_names": list(CLASS_NAMES), "threshold": threshold,
+            "temperature": temperature,
+            "training_qso_fraction": calibration_results["training_qso_fraction"],
+            "default_prior": SKY_QSO_PRIOR,
         }
         write_json_atomically(staging / "metadata.json", metadata, sort_keys=False)
         write_text_atomically(staging / "model_card.md",
@@ -259,6 +410,68 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
     return build.results
 
 
+def _calibration(raw_model, objects, held_name, log):
+    """Fit the temperature and the threshold on the validation split; ECE before and after.
+
+    Returns ``(the export_check.json "calibration" entry, temperature)``.
+    """
+    from starqso.evaluation import classification_metrics
+
+    def labelled(arrays):
+        known = arrays.labels >= 0
+        if not known.any():
+            return None, None
+        images = arrays.images[known]
+        raw = np.asarray(raw_model.predict({"image": images}, batch_size=512,
+                                           verbose=0)).ravel()
+        return arrays.labels[known].astype(np.int64), raw
+
+    train_labels = objects["train"].labels
+    train_labels = train_labels[train_labels >= 0]
+    if not train_labels.size:
+        raise InputError("the run's training split has no labelled objects; export needs them "
+                         "for the training QSO fraction")
+    training_fraction = float(np.mean(train_labels == 1))
+    labels, raw = labelled(objects["validation"])
+    if labels is None or not 0 < labels.mean() < 1:
+        raise InputError("the run's validation split needs labelled STARs and QSOs to fit the "
+                         "temperature and the threshold of the export")
+    temperature = fit_temperature(labels, raw)
+    if not TEMPERATURE_BOUNDS[0] * 1.01 < temperature < TEMPERATURE_BOUNDS[1] / 1.01:
+        log(f"warning: the fitted temperature {temperature:.3g} is at the edge of its range "
+            f"{TEMPERATURE_BOUNDS} (too few validation objects, {labels.size}, or a model whose "
+            f"p(QSO) hardly separates the classes, or separates them perfectly)")
+    calibrated = calibrate(raw, temperature)
+    threshold, macro_f1 = choose_threshold(labels, calibrated)
+    entry = {
+        "fitted_on": {"split": "validation", "objects": int(labels.size),
+                      "qso_fraction": float(labels.mean())},
+        "temperature": temperature, "threshold": threshold, "threshold_rule": THRESHOLD_RULE,
+        "training_qso_fraction": training_fraction, "default_prior": SKY_QSO_PRIOR,
+    }
+
+    def scores(labels, raw, calibrated):
+        before = classification_metrics(labels, raw, THRESHOLD)
+        after = classification_metrics(labels, calibrated, threshold)
+        return {"objects": int(labels.size), "ece_before": before["ece"],
+                "ece_after": after["ece"], "nll_before": _nll(labels, _logits(raw), 1.0),
+                "nll_after": _nll(labels, _logits(raw), temperature),
+                "macro_f1_at_0.5": before["macro_f1"],
+                "macro_f1_at_threshold": after["macro_f1"]}
+
+    entry["validation"] = scores(labels, raw, calibrated)
+    if held_name == "test":
+        # Out of sample: the temperature and threshold never saw these objects.
+        test_labels, test_raw = labelled(objects["check"])
+        if test_labels is not None:
+            entry["test"] = scores(test_labels, test_raw, calibrate(test_raw, temperature))
+    shown = entry.get("test", entry["validation"])
+    log(f"calibration: temperature {temperature:.3f}, ECE {shown['ece_before']:.4f} -> "
+        f"{shown['ece_after']:.4f} ({'test' if 'test' in entry else 'validation'}), threshold "
+        f"{threshold:.2f} (macro-F1 {macro_f1:.4f} on validation)")
+    return entry, temperature
+
+
 def _model_card(folder, config, metadata, results):
     metrics = folder.metrics()
     _, data = folder.data_source()
@@ -269,8 +482,10 @@ def _model_card(folder, config, metadata, results):
         "# starqso classifier: model card", "",
         f"* starqso {metadata['starqso_version']}, preset `{config.preset}`",
         f"* Input: raw cutouts, float32 nanomaggies, NHWC {metadata['input_shape']}, bands "
-        "ugriz, 0.396\"/px; output p(QSO); label QSO when p >= "
-        f"{metadata['threshold']}.",
+        "ugriz, 0.396\"/px; output calibrated p(QSO) at the training QSO fraction "
+        f"({metadata['training_qso_fraction']:.3f}); `starqso predict` labels QSO when p >= "
+        f"{metadata['threshold']} after correcting p to the prior it is given (default "
+        f"{metadata['default_prior']}, the sky's QSO fraction; `--prior train`: none).",
         f"* Trained on: {trained_on}.",
         "* Inside: asinh scaling" + (", aperture photometry (colours, r, concentration)"
                                      if config.model.photometry else "")
@@ -292,11 +507,30 @@ def _model_card(folder, config, metadata, results):
         if "max_abs_diff" in result:
             lines.append(f"| {name} | {result['max_abs_diff']:.2e} | "
                          f"{result['label_agreement']:.4f} |")
+    calibration = results["calibration"]
+    lines += ["", "## Calibration and decision threshold", "",
+              f"* Temperature scaling inside every format: p = sigmoid(logit(p_raw) / T), "
+              f"T = {calibration['temperature']:.4f}, fitted (NLL) on the "
+              f"{calibration['fitted_on']['objects']} validation objects.",
+              f"* Threshold {calibration['threshold']:.2f}: {calibration['threshold_rule']}.",
+              f"* p(QSO) assumes the training QSO fraction "
+              f"{calibration['training_qso_fraction']:.3f}; `starqso predict` corrects it by "
+              f"Bayes' rule to `--prior` (default {calibration['default_prior']}: QSOs are "
+              "about 1-3% of point sources at high Galactic latitude and r < 21).", "",
+              "| objects | n | ECE before | ECE after | macro-F1 at 0.5 (raw) | "
+              "macro-F1 at threshold (calibrated) |", "|---|---|---|---|---|---|"]
+    for split in ("validation", "test"):
+        if split in calibration:
+            row = calibration[split]
+            lines.append(f"| {split}{' (fitted on)' if split == 'validation' else ''} | "
+                         f"{row['objects']} | {row['ece_before']:.4f} | {row['ece_after']:.4f} "
+                         f"| {row['macro_f1_at_0.5']:.4f} | {row['macro_f1_at_threshold']:.4f} |")
     lines += ["", "## Limits", "",
               "* Trained on simulated images; real surveys differ in PSF, noise and "
               "neighbours. Check it on your own labelled objects before trusting p(QSO).",
               "* Point sources only (galaxies were not in the training set); bright stars "
               "(r < 14) are not saturated in the simulation as they are in SDSS.",
               "* Validation metrics are on the simulated population (about 30% QSOs); "
-              "precision depends on the QSO fraction of your sample.", ""]
+              "precision depends on the QSO fraction of your sample: give it to "
+              "`starqso predict --prior`.", ""]
     return "\n".join(lines)

@@ -10,6 +10,25 @@ to the model's input size and classified. Every input row keeps its place in the
 
 ``strict=True`` turns the first flagged row into an error instead.
 
+**The prior.** An exported model's p(QSO) is calibrated at its training QSO fraction
+(``metadata.json: training_qso_fraction``, about 0.30). ``prior`` (``--prior F``) moves it to
+a sample where a fraction F of objects are QSOs, by Bayes' rule on the odds::
+
+    logit(p') = logit(p) + log(F / (1 - F)) - log(f_train / (1 - f_train))
+
+in NumPy after the model, for both runtimes. The default is the model's ``default_prior`` (the
+sky's QSO fraction, 0.02); ``prior="train"`` keeps p at the training mix. The model's
+threshold is applied to p' (p under the chosen prior). A model folder from before these keys
+(no ``training_qso_fraction``) is left uncorrected by default; a ``prior`` given for it is
+applied from an assumed training fraction of 0.30 (the simulator's, the SDSS spectroscopic
+sample's), with a note. Every output records which prior its p_qso assumes: FITS header
+keywords, or a JSON side-car ``OUTPUT.json`` beside a CSV output.
+
+**Test-time augmentation.** ``tta=True`` (``--tta``) averages p(QSO) over the eight dihedral
+views of each cutout (four 90-degree rotations, each also flipped): a point source has no
+orientation (Dieleman et al. 2015), so the average removes orientation noise from the
+network. It costs eight model evaluations per row.
+
 Nothing is lost and nothing is half-written: rows go to a hidden partial file beside the
 output (``.NAME.partial`` plus a ``.json`` saying which catalogue, model and threshold it
 belongs to), flushed batch by batch, and the partial file becomes the output by a rename only
@@ -39,6 +58,13 @@ from starqso.schema import DEFAULT_THRESHOLD
 
 RUNTIMES = tuple(RUNTIME_FILES)
 OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag")
+#: ``--prior`` value meaning "no correction": p(QSO) at the model's training QSO fraction.
+TRAINING_PRIOR = "train"
+# The training QSO fraction assumed for a model folder whose metadata.json predates the
+# `training_qso_fraction` key (the shipped model among them), used only when a --prior is given:
+# those models were all trained on the simulator's default mix, the real SDSS catalogue's
+# fraction of about 0.30.
+LEGACY_TRAINING_QSO_FRACTION = 0.30
 
 
 def default_model_dir():
@@ -115,6 +141,127 @@ def _checked_predictor(model_dir, runtime):
     return LiteRTPredictor(model_dir / RUNTIME_FILES["litert"])
 
 
+def _logit(p):
+    p = np.asarray(p, np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(x):
+    # tanh form: exact at +-inf and no overflow warnings.
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
+
+
+def parse_prior(value):
+    """A ``--prior`` value: None (the model's default), ``"train"`` or a fraction in (0, 1).
+
+    Raises:
+        InputError: anything else (0, 1, negative, not a number).
+
+    Example:
+        >>> parse_prior("0.05"), parse_prior("train"), parse_prior(None)
+        (0.05, 'train', None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == TRAINING_PRIOR:
+        return TRAINING_PRIOR
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if isinstance(value, bool) or not 0 < fraction < 1:
+        raise InputError(f"--prior must be the QSO fraction of your sample, strictly between 0 "
+                         f"and 1 (e.g. 0.02), or '{TRAINING_PRIOR}' for the model's training "
+                         f"mix. Received: {value!r}")
+    return fraction
+
+
+def resolve_prior(metadata, prior=None):
+    """Which prior p(QSO) will assume, and the logit shift that gets it there.
+
+    Args:
+        metadata: the model folder's ``metadata.json``.
+        prior: as :func:`parse_prior` accepts (None: the model's ``default_prior``).
+
+    Returns:
+        dict: ``prior`` (the QSO fraction the output p_qso assumes; None when that is the
+        training mix of an older model, which is unknown), ``source`` ("default", "user" or
+        "train"), ``shift`` (added to logit p; 0 for none), ``training_qso_fraction`` (None
+        when unknown), ``training_qso_fraction_assumed`` (the legacy 0.30 was used) and
+        ``note`` (None, or a line saying what was assumed).
+
+    Example:
+        >>> resolve_prior({"training_qso_fraction": 0.3, "default_prior": 0.02})["prior"]
+        0.02
+    """
+    prior = parse_prior(prior)
+    training = metadata.get("training_qso_fraction")
+    source = "user"
+    if prior is None:
+        source = "default"
+        prior = metadata.get("default_prior", TRAINING_PRIOR)
+    if prior == TRAINING_PRIOR:
+        return {"prior": training, "source": TRAINING_PRIOR, "shift": 0.0,
+                "training_qso_fraction": training, "training_qso_fraction_assumed": False,
+                "note": None}
+    note, assumed = None, training is None
+    if assumed:
+        training = LEGACY_TRAINING_QSO_FRACTION
+        note = (f"note: the model's metadata.json gives no training_qso_fraction (an older "
+                f"export); --prior {prior} is applied from an assumed training fraction of "
+                f"{training}")
+    shift = float(np.log(prior / (1 - prior)) - np.log(training / (1 - training)))
+    return {"prior": float(prior), "source": source, "shift": shift,
+            "training_qso_fraction": float(training), "training_qso_fraction_assumed": assumed,
+            "note": note}
+
+
+def prior_label(settings):
+    """How the summary line names the prior: ``0.02``, ``train (0.3)`` or ``train``."""
+    if settings["source"] != TRAINING_PRIOR:
+        return f"{settings['prior']:g}"
+    training = settings["training_qso_fraction"]
+    return TRAINING_PRIOR if training is None else f"{TRAINING_PRIOR} ({training:g})"
+
+
+def apply_prior(probabilities, shift):
+    """p(QSO) moved to another prior: ``sigmoid(logit(p) + shift)`` (NumPy, float64).
+
+    ``shift = log(F / (1 - F)) - log(f_train / (1 - f_train))``; 0 returns p unchanged, and
+    p = 0 or 1 stays where it is.
+
+    Example:
+        >>> float(apply_prior([0.5], np.log(1 / 9))[0])  # 50% odds at a 10x lower prior
+        0.1
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    if shift == 0:
+        return probabilities
+    return _sigmoid(_logit(probabilities) + shift)
+
+
+def dihedral_views(images):
+    """The eight dihedral views of (N, S, S, C) cutouts, stacked view by view: (8N, S, S, C).
+
+    Views 0-3 are the cutouts rotated by 0, 90, 180, 270 degrees, views 4-7 the same after a
+    left-right flip; a square crop maps onto itself, its centre stays its centre.
+    """
+    images = np.asarray(images)
+    flipped = images[:, :, ::-1]
+    return np.concatenate([np.rot90(view, k, axes=(1, 2))
+                           for view in (images, flipped) for k in range(4)])
+
+
+def predict_tta(predictor, images):
+    """p(QSO) averaged over the eight :func:`dihedral_views` (eight model evaluations)."""
+    images = np.asarray(images, np.float32)
+    if not len(images):
+        return np.zeros(0)
+    views = np.ascontiguousarray(dihedral_views(images))
+    return np.asarray(predictor(views), np.float64).reshape(8, len(images)).mean(axis=0)
+
+
 def list_inputs(source):
     """``(ids, paths)`` of a catalogue (CSV/FITS with ``id``, ``image``) or a folder of FITS."""
     from starqso.io import read_catalog, resolve_path
@@ -167,9 +314,9 @@ def _resumed_rows(partial, ids, identity):
     except ValueError:
         saved = None
     if saved != identity:
-        raise InputError(f"the partial run {partial_file} was made for another catalogue, model "
-                         f"or threshold; delete it or run without --resume. Received: "
-                         f"{saved} vs now {identity}")
+        raise InputError(f"the partial run {partial_file} was made for another catalogue, "
+                         f"model, threshold, prior or --tta; delete it or run without --resume. "
+                         f"Received: {saved} vs now {identity}")
     content = partial_file.read_bytes()
     content = content[:content.rfind(b"\n") + 1]  # a kill mid-line leaves half a row
     rows = list(csv.reader(io.StringIO(content.decode("utf-8"), newline="")))
@@ -186,26 +333,77 @@ def _resumed_rows(partial, ids, identity):
     return rows
 
 
-def _finish(partial_file, output, fits_output):
+def sidecar_path(output):
+    """The JSON side-car of a CSV output: ``OUTPUT.json`` (``predictions.csv.json``)."""
+    output = pathlib.Path(output)
+    return output.with_name(output.name + ".json")
+
+
+def _header_cards(record):
+    """FITS header cards of the output record (prior, threshold, temperature, ...)."""
+    prior = record["prior"]
+    return [
+        ("PRIOR", prior, "QSO fraction p_qso assumes" if prior is not None
+         else "QSO fraction p_qso assumes: training mix, unknown"),
+        ("PRIORSRC", record["prior_source"], "prior from: default, user or train"),
+        ("THRESH", record["threshold"], "label QSO when p_qso >= THRESH"),
+        ("TEMPER", 1.0 if record["temperature"] is None else record["temperature"],
+         "calibration temperature" if record["temperature"] is not None
+         else "not calibrated (older export)"),
+        ("TRNFRAC", record["training_qso_fraction"],
+         "training QSO fraction" + (" (assumed)" if record["training_qso_fraction_assumed"]
+                                    else "")),
+        ("TTA", record["tta"], "p_qso averaged over 8 dihedral views"),
+        ("RUNTIME", record["runtime"], "starqso predict --runtime"),
+    ]
+
+
+def _finish(partial_file, output, fits_output, record):
+    """The partial file becomes the output; then its record (side-car or header) is complete.
+
+    A CSV's side-car is removed before the rename and written after it, so a kill in between
+    leaves an output without a side-car, never one beside the record of another run.
+    """
+    from starqso.atomic import write_bytes_atomically, write_json_atomically
+
     if not fits_output:
+        sidecar = sidecar_path(output)
+        sidecar.unlink(missing_ok=True)
         os.replace(partial_file, output)
+        write_json_atomically(sidecar, record, sort_keys=False)
         return
+    from astropy.io import fits
     from astropy.table import Table
 
-    from starqso.io import write_catalog
+    from starqso.io._fits import hdulist_bytes
 
     with open(partial_file, newline="", encoding="utf-8") as stream:
         rows = list(csv.reader(stream))[1:]
-    table = Table({"id": [row[0] for row in rows],
+    text = {name: np.char.encode(np.asarray([row[column] for row in rows], dtype=str), "utf-8")
+            for column, name in ((0, "id"), (2, "label"), (3, "flag"))}
+    # Text as UTF-8 bytes, as starqso.io.write_catalog stores it (which writes no header cards).
+    table = Table({"id": text["id"].astype(f"S{max(text['id'].dtype.itemsize, 1)}"),
                    "p_qso": np.array([float(row[1]) if row[1] else np.nan for row in rows]),
-                   "label": [row[2] for row in rows], "flag": [row[3] for row in rows]})
-    write_catalog(table, output, overwrite=True)
+                   "label": text["label"].astype(f"S{max(text['label'].dtype.itemsize, 1)}"),
+                   "flag": text["flag"].astype(f"S{max(text['flag'].dtype.itemsize, 1)}")})
+    hdu = fits.table_to_hdu(table)
+    hdu.name = "CATALOG"
+    for keyword, value, comment in _header_cards(record):
+        hdu.header[keyword] = (value, comment)
+    write_bytes_atomically(output, hdulist_bytes(fits.HDUList([fits.PrimaryHDU(), hdu])))
     partial_file.unlink()
 
 
 def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
-                    threshold=None, progress=None, strict=False, resume=False, log=None):
+                    threshold=None, progress=None, strict=False, resume=False, log=None,
+                    prior=None, tta=False):
     """Classify every row of ``source`` and write ``id, p_qso, label, flag`` to ``output``.
+
+    p_qso is the model's calibrated p(QSO), averaged over the eight dihedral views with
+    ``tta``, then corrected to ``prior`` (see the module docstring); the label compares it to
+    the threshold. A CSV output gets the side-car :func:`sidecar_path` and a FITS output
+    header cards (``PRIOR``, ``PRIORSRC``, ``THRESH``, ``TEMPER``, ``TRNFRAC``, ``TTA``,
+    ``RUNTIME``) saying which prior, threshold, temperature and runtime p_qso comes from.
 
     Args:
         source: catalogue (CSV/FITS with ``id`` and ``image``) or a folder of cutout FITS.
@@ -218,14 +416,19 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         strict: raise on the first row that would be flagged (a repair included).
         resume: continue the partial file an interrupted run left beside ``output``.
         log: optional callable for notes (e.g. where a resumed run continues).
+        prior: the QSO fraction of the sample, in (0, 1); ``"train"`` for none (p at the
+            training mix); None for the model's ``default_prior`` (none for older models).
+        tta: average p(QSO) over the eight dihedral views of each cutout (8x the model work).
 
     Returns:
         dict summary: rows, qso, flagged (not classified), repaired, resumed (rows taken
-        from the partial file) and the output path.
+        from the partial file), the output path and ``record`` (what the side-car holds:
+        prior, threshold, temperature, ...).
 
     Raises:
-        InputError: bad options, model folder or catalogue; with ``strict``, a bad row; with
-            ``resume``, a partial file from another catalogue, model or threshold.
+        InputError: bad options (a prior outside (0, 1) among them), model folder or
+            catalogue; with ``strict``, a bad row; with ``resume``, a partial file from
+            another catalogue, model, threshold, prior or ``tta``.
 
     Example:
         >>> predict_catalog("demo/catalog.csv", "predictions.csv")  # doctest: +SKIP
@@ -236,16 +439,30 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     suffix = "".join(output.suffixes[-1:]).lower()
     if suffix not in (".csv", ".fits"):
         raise InputError(f"output must end in .csv or .fits. Received: {output}")
+    prior = parse_prior(prior)
     model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
     metadata = check_model_dir(model_dir, runtime)
     threshold = metadata.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
     if not 0 <= threshold <= 1:
         raise InputError(f"threshold must be in [0, 1]. Received: {threshold}")
+    settings = resolve_prior(metadata, prior)
+    if settings["note"] and log is not None:
+        log(settings["note"])
     size = int(metadata["input_shape"][1])
     ids, paths = list_inputs(source)
     source_name = str(pathlib.Path(source).resolve())
     identity = {"source": source_name, "rows": len(ids),
-                "model": str(model_dir.resolve()), "runtime": runtime, "threshold": threshold}
+                "model": str(model_dir.resolve()), "runtime": runtime, "threshold": threshold,
+                "prior": settings["prior"], "prior_shift": settings["shift"], "tta": bool(tta)}
+    from starqso import __version__
+
+    record = {"output": output.name, "source": source_name, "rows": len(ids),
+              "prior": settings["prior"], "prior_source": settings["source"],
+              "threshold": float(threshold), "temperature": metadata.get("temperature"),
+              "training_qso_fraction": settings["training_qso_fraction"],
+              "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
+              "tta": bool(tta), "model": str(model_dir.resolve()), "runtime": runtime,
+              "starqso_version": __version__}
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_paths(output)
     done = _resumed_rows(partial, ids, identity) if resume else None
@@ -282,7 +499,9 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                                  f"is flagged and --strict is on: {flags[row]}")
             probabilities = np.full(len(batch_ids), np.nan)
             if usable.any():
-                probabilities[usable] = predictor(images[usable])
+                good = images[usable]
+                p = predict_tta(predictor, good) if tta else predictor(good)
+                probabilities[usable] = apply_prior(p, settings["shift"])
             for ident, p_qso, flag, ok in zip(batch_ids, probabilities, flags, usable):
                 label = ("QSO" if p_qso >= threshold else "STAR") if ok else ""
                 counts["rows"] += 1
@@ -295,6 +514,6 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
             os.fsync(stream.fileno())
             if progress is not None:
                 progress(counts["rows"], len(ids))
-    _finish(partial[0], output, suffix == ".fits")
+    _finish(partial[0], output, suffix == ".fits", record)
     partial[1].unlink(missing_ok=True)
-    return {**counts, "output": str(output)}
+    return {**counts, "output": str(output), "prior": prior_label(settings), "record": record}

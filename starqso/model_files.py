@@ -9,7 +9,9 @@ is neither Keras nor starqso. Only then does it hand the file to
 
 An exported model folder (``starqso export``) is checked the same way: every file the chosen
 runtime needs, ``metadata.json`` with the data model starqso expects (ugriz, nanomaggies,
-NHWC, STAR/QSO) and a format version this starqso can read.
+NHWC, STAR/QSO), a format version this starqso can read and, when present, valid calibration
+keys (``threshold`` in [0, 1], ``temperature`` > 0, ``training_qso_fraction`` and
+``default_prior`` in (0, 1)).
 
 Nothing here imports TensorFlow or Keras except :func:`load_keras_model`, after its checks.
 """
@@ -17,6 +19,7 @@ Nothing here imports TensorFlow or Keras except :func:`load_keras_model`, after 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import zipfile
 
@@ -128,10 +131,31 @@ def _check_metadata(metadata_path: pathlib.Path) -> dict:
         raise InputError(f"{metadata_path} must give input_shape [null, S, S, 5]. Received: "
                          f"input_shape={shape!r}")
     threshold = metadata.get("threshold", DEFAULT_THRESHOLD)
-    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+    if not _is_number(threshold) or not 0 <= threshold <= 1:
         raise InputError(f"{metadata_path} must give a threshold in [0, 1]. Received: "
                          f"threshold={threshold!r}")
+    # The calibration keys (optional: older exports have none of them).
+    temperature = metadata.get("temperature")
+    if "temperature" in metadata and not (_is_number(temperature)
+                                          and 0 < temperature < math.inf):
+        raise InputError(f"{metadata_path} must give a temperature > 0. Received: "
+                         f"temperature={temperature!r}")
+    for key in ("training_qso_fraction", "default_prior"):
+        value = metadata.get(key)
+        if key in metadata and not (_is_number(value) and 0 < value < 1):
+            raise InputError(f"{metadata_path} must give {key} strictly between 0 and 1. "
+                             f"Received: {key}={value!r}")
+    if "default_prior" in metadata and "training_qso_fraction" not in metadata:
+        raise InputError(f"{metadata_path} gives a default_prior but no training_qso_fraction "
+                         f"to correct from. Received: default_prior="
+                         f"{metadata['default_prior']!r}")
     return metadata
+
+
+def _is_number(value) -> bool:
+    # JSON true/false load as bool, a subclass of int: not a number here. NaN fails every
+    # comparison the callers make.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_model_dir(model_dir, runtime: str) -> dict:

@@ -390,6 +390,20 @@ BAD_MODEL_FOLDERS = {
         "not a readable .keras archive"),
     "foreign_class": (lambda f: _edit_keras_config(f, _foreign_class), "keras",
                       "module evil.payload"),
+    "prior_out_of_range": (lambda f: _rewrite_metadata(f, training_qso_fraction=0.3,
+                                                       default_prior=1.5), "litert",
+                           "default_prior=1.5"),
+    "prior_not_a_number": (lambda f: _rewrite_metadata(f, training_qso_fraction=0.3,
+                                                       default_prior="sky"), "litert",
+                           "default_prior='sky'"),
+    "training_fraction_zero": (lambda f: _rewrite_metadata(f, training_qso_fraction=0),
+                               "litert", "training_qso_fraction=0"),
+    "prior_without_training_fraction": (lambda f: _rewrite_metadata(f, default_prior=0.02),
+                                        "litert", "no training_qso_fraction"),
+    "negative_temperature": (lambda f: _rewrite_metadata(f, temperature=-1.0), "keras",
+                             "temperature=-1.0"),
+    "threshold_above_one": (lambda f: _rewrite_metadata(f, threshold=1.2), "litert",
+                            "threshold=1.2"),
 }
 
 
@@ -411,6 +425,16 @@ def test_bad_model_folder_is_refused_before_tensorflow_work(case, survey, tmp_pa
         "--output", str(tmp_path / "p.csv")])
     _one_line_error(result, fragment)
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("prior", ["0", "1", "-1", "abc", "1.5", "nan"])
+@pytest.mark.parametrize("runtime", ["litert", "keras"])
+def test_bad_prior_is_one_line(prior, runtime, survey, tmp_path):
+    result = CliRunner().invoke(main, [
+        "predict", str(survey / "catalog.csv"), "--prior", prior, "--runtime", runtime,
+        "--output", str(tmp_path / "p.csv")])
+    _one_line_error(result, "--prior must be", "strictly between 0 and 1", repr(prior))
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.csv.json").exists()
 
 
 def _lambda_model_file(path):

@@ -25,6 +25,21 @@ def test_help_and_version_do_not_import_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def test_predict_help_names_the_prior_and_tta_without_tensorflow():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from starqso.cli import main\n"
+        "result = CliRunner().invoke(main, ['predict', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "text = ' '.join(result.output.split())\n"
+        "assert '--prior F|train' in text and '--tta' in text, text\n"
+        "assert \"'train' for no correction\" in text and '8x' in text, text\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_version():
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output

@@ -149,3 +149,162 @@ def test_predict_uses_the_shipped_model_by_default(catalogue, tmp_path, monkeypa
                                        "--output", "out.fits"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out.fits").exists() and "20 rows" in result.output
+
+
+# ------------------------------------------------------- calibration, prior, threshold, TTA
+
+
+def _p_column(path):
+    return np.array([float(row["p_qso"]) if row["p_qso"] else np.nan
+                     for row in csv.DictReader(pathlib.Path(path).open())])
+
+
+def _predict(catalogue, model, output, *options):
+    result = CliRunner().invoke(main, ["predict", str(catalogue), "--model", str(model),
+                                       "--output", str(output), *map(str, options)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_export_calibrates_on_the_validation_split_and_records_it(run):
+    from starqso.export import calibrate, choose_threshold, fit_temperature, split_objects
+    from starqso.model_files import load_keras_model
+    from starqso.models import CalibratedClassifier, StarQSOClassifier
+    from starqso.run_folder import RunFolder
+
+    export = run / "export"
+    metadata = json.loads((export / "metadata.json").read_text())
+    assert metadata["default_prior"] == 0.02
+    temperature, threshold = metadata["temperature"], metadata["threshold"]
+    assert 0.05 <= temperature <= 20 and 0.05 <= threshold <= 0.95
+    folder = RunFolder(run)
+    objects = split_objects(folder, folder.load_config(), 48, 16)
+    # The run keeps its own model uncalibrated; the export's is the calibrated wrapper.
+    raw_model = load_keras_model(folder.deployable_path)
+    calibrated_model = load_keras_model(export / "starqso_classifier.keras")
+    assert type(raw_model) is StarQSOClassifier
+    assert type(calibrated_model) is CalibratedClassifier
+    assert calibrated_model.temperature == temperature
+    validation = objects["validation"]
+    known = validation.labels >= 0
+    raw = np.asarray(raw_model.predict({"image": validation.images[known]}, verbose=0)).ravel()
+    calibrated = np.asarray(calibrated_model.predict({"image": validation.images[known]},
+                                                     verbose=0)).ravel()
+    np.testing.assert_allclose(calibrated, calibrate(raw, temperature), atol=2e-6)
+    labels = validation.labels[known]
+    assert temperature == pytest.approx(fit_temperature(labels, raw), rel=1e-4)
+    assert threshold == choose_threshold(labels, calibrate(raw, temperature))[0]
+    train = objects["train"].labels
+    assert metadata["training_qso_fraction"] == pytest.approx(np.mean(train[train >= 0] == 1))
+    checks = json.loads((export / "export_check.json").read_text())["calibration"]
+    assert checks["temperature"] == temperature and checks["threshold"] == threshold
+    assert checks["fitted_on"] == {"split": "validation", "objects": int(known.sum()),
+                                   "qso_fraction": pytest.approx(labels.mean())}
+    for key in ("ece_before", "ece_after", "nll_before", "nll_after"):
+        assert 0 <= checks["validation"][key] < 10
+    # T minimises the NLL on the objects it was fitted on.
+    assert checks["validation"]["nll_after"] <= checks["validation"]["nll_before"] + 1e-9
+    card = (export / "model_card.md").read_text()
+    assert "## Calibration and decision threshold" in card and "ECE before" in card
+    assert f"Threshold {threshold:.2f}" in card
+
+
+def test_prior_correction_and_the_side_car(run, catalogue, tmp_path):
+    from starqso.inference import apply_prior
+
+    export = run / "export"
+    metadata = json.loads((export / "metadata.json").read_text())
+    training = metadata["training_qso_fraction"]
+    default = _predict(catalogue, export, tmp_path / "default.csv")
+    assert "20 rows" in default.output and ", prior 0.02, " in default.output
+    train = _predict(catalogue, export, tmp_path / "train.csv", "--prior", "train")
+    assert f"prior train ({training:g})" in train.output
+    _predict(catalogue, export, tmp_path / "same.csv", "--prior", repr(training))
+    _predict(catalogue, export, tmp_path / "low.csv", "--prior", "0.001")
+    p_train = _p_column(tmp_path / "train.csv")
+    p_default, p_low = _p_column(tmp_path / "default.csv"), _p_column(tmp_path / "low.csv")
+    # The training fraction as the prior changes nothing.
+    assert (tmp_path / "same.csv").read_bytes() == (tmp_path / "train.csv").read_bytes()
+    good = np.isfinite(p_train)
+    assert good.sum() == 18
+    # A lower prior lowers every p (strictly, where 6 decimals can show it).
+    assert np.all(p_low[good] <= p_default[good]) and np.all(p_default[good] <= p_train[good])
+    visible = good & (p_train > 1e-3)
+    assert visible.any() and np.all(p_low[visible] < p_train[visible])
+    shift = np.log(0.02 / 0.98) - np.log(training / (1 - training))
+    np.testing.assert_allclose(p_default[good], apply_prior(p_train[good], shift), atol=2e-6)
+    # The threshold applies to p under the chosen prior.
+    for row in csv.DictReader((tmp_path / "default.csv").open()):
+        if row["p_qso"]:
+            assert row["label"] == ("QSO" if float(row["p_qso"]) >= metadata["threshold"]
+                                    else "STAR")
+    record = json.loads((tmp_path / "default.csv.json").read_text())
+    assert record["prior"] == 0.02 and record["prior_source"] == "default"
+    assert record["threshold"] == metadata["threshold"]
+    assert record["temperature"] == metadata["temperature"]
+    assert record["training_qso_fraction"] == training
+    assert record["runtime"] == "keras" and record["tta"] is False and record["rows"] == 20
+    assert record["model"] == str(export.resolve())
+    assert json.loads((tmp_path / "train.csv.json").read_text())["prior"] == training
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_fits_output_header_and_tta_on_both_runtimes(run, catalogue, tmp_path):
+    from astropy.table import Table
+
+    export = run / "export"
+    metadata = json.loads((export / "metadata.json").read_text())
+    results = {}
+    for runtime in ("keras", "litert"):
+        for tta in (False, True):
+            name = f"{runtime}{'-tta' if tta else ''}.fits"
+            result = _predict(catalogue, export, tmp_path / name, "--runtime", runtime,
+                              "--prior", "0.1", *(["--tta"] if tta else []))
+            assert "prior 0.1," in result.output
+            table = Table.read(tmp_path / name)
+            assert table.meta["PRIOR"] == 0.1 and table.meta["PRIORSRC"] == "user"
+            assert table.meta["THRESH"] == metadata["threshold"]
+            assert table.meta["TEMPER"] == metadata["temperature"]
+            assert table.meta["TRNFRAC"] == metadata["training_qso_fraction"]
+            assert table.meta["TTA"] is tta and table.meta["RUNTIME"] == runtime
+            assert list(table["id"]) == list(read_catalog(catalogue)["id"])
+            assert not (tmp_path / f"{name}.json").exists()
+            results[runtime, tta] = np.array(table["p_qso"], float)
+    for runtime in ("keras", "litert"):
+        plain, averaged = results[runtime, False], results[runtime, True]
+        assert np.array_equal(np.isfinite(plain), np.isfinite(averaged))
+        assert np.nanmax(np.abs(plain - averaged)) < 0.05
+        assert np.all((averaged[np.isfinite(averaged)] >= 0) & (averaged[np.isfinite(averaged)]
+                                                                 <= 1))
+    # Real cutouts are not symmetric: the eight views do not all agree. (The tiny model's
+    # calibrated p hardly varies, so the differences are small; the int8 model's steps of
+    # 1/256 hide most of them, so only Keras is held to it.)
+    assert np.sum(np.abs(results["keras", False] - results["keras", True]) > 1e-6) >= 5
+
+
+def test_model_folder_without_calibration_keys_still_predicts(run, catalogue, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run / "export", old)
+    metadata = json.loads((old / "metadata.json").read_text())
+    for key in ("temperature", "training_qso_fraction", "default_prior"):
+        metadata.pop(key)
+    metadata["threshold"] = 0.5
+    (old / "metadata.json").write_text(json.dumps(metadata))
+    # No training fraction: no correction by default, p_qso is the model's own.
+    result = _predict(catalogue, old, tmp_path / "old.csv")
+    assert "prior train," in result.output
+    _predict(catalogue, run / "export", tmp_path / "new.csv", "--prior", "train")
+    np.testing.assert_array_equal(_p_column(tmp_path / "old.csv"),
+                                  _p_column(tmp_path / "new.csv"))
+    record = json.loads((tmp_path / "old.csv.json").read_text())
+    assert record["prior"] is None and record["prior_source"] == "train"
+    assert record["temperature"] is None and record["training_qso_fraction"] is None
+    # A prior given for it is applied from the assumed 0.30, and says so.
+    given = _predict(catalogue, old, tmp_path / "given.csv", "--prior", "0.3")
+    assert "assumed training fraction of 0.3" in given.stderr
+    np.testing.assert_array_equal(_p_column(tmp_path / "given.csv"),
+                                  _p_column(tmp_path / "old.csv"))
+    assert json.loads((tmp_path / "given.csv.json").read_text())[
+        "training_qso_fraction_assumed"] is True

@@ -79,3 +79,34 @@ def test_no_valid_pixel_and_bad_grids_raise_input_error():
         resample_spectrum(np.array([4000.0, 3999.0, 5000.0]), np.ones(3), source="x.fits")
     with pytest.raises(InputError, match="same length"):
         resample_spectrum(np.arange(10.0) + 4000, np.ones(9))
+
+
+def test_sky_levels_are_shift_invariant_and_ignore_a_neighbour_in_the_border():
+    from starqso.preprocessing.photometry import aperture_fluxes, aperture_masks, sky_levels
+
+    rng = np.random.default_rng(5)
+    sigma = 0.05
+    sky = rng.normal(0.0, sigma, (200, 32, 32, 5))
+    np.testing.assert_allclose(sky_levels(sky + 0.7), sky_levels(sky) + 0.7, atol=1e-12)
+    # On white noise it is about as precise as the mean of the 484 border pixels (0.91x the
+    # median's scatter).
+    assert sky_levels(sky).std() < 1.25 * sigma / np.sqrt(484)
+    # A 17th-magnitude star (158 nanomaggies) in the border, near a corner: the arcs it
+    # brightens are dropped, and the sky under the 3" aperture moves a third as much as the
+    # median of the border pixels does (measured 0.55 against 1.77 nanomaggies), where the
+    # plain border mean moves by 55.
+    yy, xx = np.mgrid[0:32, 0:32]
+    star = 158.0 * np.exp(-((xx - 3.0) ** 2 + (yy - 4.0) ** 2) / 4.5) / (2 * np.pi * 2.25)
+    crowded = sky + star[None, :, :, None]
+    moved = 180 * (sky_levels(crowded) - sky_levels(sky))[:, 2]
+    _, border = aperture_masks(32, 3.0)
+    median_moved = 180 * (np.median(crowded[:, border], axis=1)
+                          - np.median(sky[:, border], axis=1))[:, 2]
+    mean_moved = 180 * (crowded[:, border].mean(axis=1) - sky[:, border].mean(axis=1))[:, 2]
+    assert np.median(moved) < 0.4 * np.median(median_moved) and np.abs(moved).max() < 1.5
+    assert np.median(mean_moved) > 50
+    # The fluxes subtract exactly this sky (the star adds 1e-7 inside the aperture).
+    np.testing.assert_allclose(aperture_fluxes(crowded) - aperture_fluxes(sky),
+                               -(sky_levels(crowded) - sky_levels(sky)) * 180, atol=1e-6)
+    with pytest.raises(InputError, match="shape"):
+        sky_levels(np.zeros((2, 32, 32)))

@@ -13,10 +13,13 @@ import pytest
 
 from starqso.preprocessing.photometry import (
     PIXEL_SCALE,
+    SKY_ARCS,
+    SKY_TRIM,
     aperture_fluxes,
     aperture_masks,
     asinh_magnitudes,
     photometric_features,
+    sky_levels,
 )
 from starqso.preprocessing.spectra import encoder_wavelength, pixel_edges, resample_spectrum
 
@@ -44,28 +47,68 @@ def cutouts():
     return np.concatenate([sky_free, sky_free + pedestal])
 
 
+def _sky_border():
+    from photutils.aperture import CircularAnnulus
+
+    centre = ((SIZE - 1) / 2, (SIZE - 1) / 2)
+    return CircularAnnulus(centre, r_in=SIZE / 2 - 3, r_out=SIZE)
+
+
+def _sky_arc_masks():
+    """The sky border (photutils' annulus from S/2 - 3 pixels out to beyond the corners,
+    ``"center"`` membership: exactly starqso's border) as SKY_ARCS boolean (S, S) masks: its
+    pixels in order of angle around the centre (from -pi, ties by row-major position), split
+    into SKY_ARCS runs of equal count, the first ``count // SKY_ARCS`` pixels of each of
+    ``numpy.array_split``'s pieces (starqso drops the few left over)."""
+    border = _sky_border().to_mask(method="center").to_image((SIZE, SIZE)).astype(bool)
+    rows, cols = np.nonzero(border)  # row-major order
+    angle = np.arctan2(rows - (SIZE - 1) / 2, cols - (SIZE - 1) / 2)
+    order = np.lexsort((np.arange(rows.size), angle))
+    length = rows.size // SKY_ARCS
+    masks = np.zeros((SKY_ARCS, SIZE, SIZE), bool)
+    for arc, piece in enumerate(np.array_split(order, SKY_ARCS)):
+        masks[arc, rows[piece[:length]], cols[piece[:length]]] = True
+    return masks
+
+
+def _photutils_sky(image, arc_masks):
+    """The sky estimate with photutils: the mean of the middle SKY_ARCS - 2 SKY_TRIM of the
+    arcs' means, each arc's mean from ApertureStats over the annulus with the rest masked."""
+    from photutils.aperture import ApertureStats
+
+    border = _sky_border()
+    means = np.sort([ApertureStats(image, border, mask=~arc).mean for arc in arc_masks])
+    return means[SKY_TRIM:SKY_ARCS - SKY_TRIM].mean()
+
+
 def _photutils_photometry(cutouts):
-    """Sky-subtracted 3" and 1.5" aperture fluxes measured with photutils, (N, 5) each.
+    """Sky-subtracted 3" and 1.5" aperture fluxes measured with photutils, (N, 5) each, and
+    the sky per pixel (N, 5).
 
     Apertures are centred where starqso centres them, (S - 1) / 2 in both pixel coordinates
     (photutils puts pixel centres on integers, like starqso's masks); ``"center"`` membership
-    is starqso's. The sky is the median of the annulus from S/2 - 3 pixels out to beyond the
-    corners: exactly starqso's sky border.
+    is starqso's. The sky is :func:`_photutils_sky`.
     """
-    from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture
+    from photutils.aperture import ApertureStats, CircularAperture
 
     centre = ((SIZE - 1) / 2, (SIZE - 1) / 2)
     apertures = [CircularAperture(centre, r=radius / PIXEL_SCALE) for radius in (3.0, 1.5)]
-    sky_border = CircularAnnulus(centre, r_in=SIZE / 2 - 3, r_out=SIZE)
+    arc_masks = _sky_arc_masks()
     fluxes = np.empty((2, len(cutouts), 5))
+    skies = np.empty((len(cutouts), 5))
     for n, cutout in enumerate(cutouts):
         for band in range(5):
             image = cutout[:, :, band].astype(np.float64)
-            sky = ApertureStats(image, sky_border).median  # statistics use "center" pixels
+            skies[n, band] = sky = _photutils_sky(image, arc_masks)
             for k, aperture in enumerate(apertures):
                 fluxes[k, n, band] = ApertureStats(image, aperture, sum_method="center",
                                                    local_bkg=sky).sum
-    return fluxes
+    return fluxes, skies
+
+
+@pytest.fixture(scope="module")
+def reference(cutouts):
+    return _photutils_photometry(cutouts)
 
 
 def _features(outer, inner):
@@ -91,32 +134,35 @@ def test_aperture_sums_are_photutils_center_method_sums(cutouts):
         np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
 
 
-def test_sky_subtracted_fluxes_and_concentration_match_photutils(cutouts):
-    pytest.importorskip("photutils")
-    outer, inner = _photutils_photometry(cutouts)
-    # starqso subtracts the sky from float32 pixels: float32 rounding of ~1e-7 per pixel.
-    np.testing.assert_allclose(aperture_fluxes(cutouts, 3.0), outer, rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(aperture_fluxes(cutouts, 1.5), inner, rtol=1e-6, atol=1e-5)
+def test_sky_estimate_matches_photutils_arc_means(cutouts, reference):
+    _, skies = reference
+    border = _sky_border().to_mask(method="center").to_image((SIZE, SIZE)).astype(bool)
+    assert border.tolist() == aperture_masks(SIZE, 3.0)[1].tolist()
+    arcs = _sky_arc_masks()
+    assert arcs.sum() == border.sum() // SKY_ARCS * SKY_ARCS and not (arcs.sum(0) > 1).any()
+    np.testing.assert_allclose(sky_levels(cutouts), skies, rtol=1e-12, atol=1e-12)
+
+
+def test_sky_subtracted_fluxes_and_concentration_match_photutils(cutouts, reference):
+    (outer, inner), _ = reference
+    # starqso subtracts the sky from the pixels in float64: float64 rounding only.
+    np.testing.assert_allclose(aperture_fluxes(cutouts, 3.0), outer, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(aperture_fluxes(cutouts, 1.5), inner, rtol=1e-9, atol=1e-9)
     # Colours, r and the 1.5"/3" concentration: float32 output of ~20 mag values.
     np.testing.assert_allclose(photometric_features(cutouts), _features(outer, inner),
                                atol=1e-5)
 
 
-def test_in_graph_aperture_photometry_layer_matches_photutils(cutouts):
-    # tests/test_models.py checks the layer against the NumPy twin only to 2e-4 (through the
-    # standardisation round trip); here the raw layer output (mean 0, std 1) is held to the
-    # 1e-5 mag contract against photutils directly.
-    pytest.importorskip("photutils")
+def test_in_graph_aperture_photometry_layer_matches_photutils(cutouts, reference):
+    # The raw layer output (mean 0, std 1) held to the 1e-5 mag contract against photutils,
+    # on a sky pedestal too: the layer subtracts an offset and the sky from every pixel before
+    # its float32 sums (a sum(pixels) - area * sky cancelled to 2.6e-5 mag).
     from starqso.models import AperturePhotometry
 
-    outer, inner = _photutils_photometry(cutouts)
+    (outer, inner), _ = reference
     expected = _features(outer, inner)
     got = np.asarray(AperturePhotometry(SIZE)(cutouts.astype(np.float32)))
-    sky_free = slice(0, len(cutouts) // 2)
-    np.testing.assert_allclose(got[sky_free], expected[sky_free], atol=1e-5)
-    # On a sky pedestal the layer's float32 sum(pixels) - area * sky cancels: about 2e-5 mag
-    # for sources near the softening flux (NumPy subtracts the sky per pixel first).
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def _sdss_like_spectrum():

@@ -327,6 +327,55 @@ class ObjectArrays:
                 index = index.astype(np.intp)
         return type(self)(**{name: getattr(self, name)[index] for name in _ROW_FIELDS})
 
+    @classmethod
+    def from_simulation_cache(cls, folder: str | os.PathLike, num_objects: int, seed: int, *,
+                              image_size: int, cutout_size: int = 48,
+                              qso_fraction: float | None = None, log=None,
+                              **kwargs) -> ObjectArrays:
+        """:meth:`from_simulation`, kept in ``folder`` and reused on the next call.
+
+        The file name is a hash of the arguments and of the simulator itself (its code and
+        its resources), so a changed simulator or a different seed never reuses a stale cache.
+
+        Args:
+            folder: cache folder (created if needed).
+            num_objects, seed, image_size, cutout_size, qso_fraction, **kwargs: as
+                :meth:`from_simulation`.
+            log: optional callable told whether the cache was used.
+
+        Returns:
+            :class:`ObjectArrays`.
+
+        Example:
+            >>> data = ObjectArrays.from_simulation_cache("cache", 40000, 0,  # doctest: +SKIP
+            ...                                           image_size=32)
+        """
+        import hashlib
+        import importlib.resources
+        import json
+
+        digest = hashlib.sha256(json.dumps(
+            [num_objects, seed, image_size, cutout_size, qso_fraction]).encode())
+        package = importlib.resources.files("starqso")
+        for part in ("simulate", "resources"):
+            for item in sorted(package.joinpath(part).iterdir(), key=lambda item: item.name):
+                if item.is_file() and not item.name.endswith(".pyc"):
+                    digest.update(item.name.encode() + item.read_bytes())
+        folder = os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"simulation-{digest.hexdigest()[:16]}.npz")
+        if os.path.exists(path):
+            if log is not None:
+                log(f"simulation cache {path} (same arguments and simulator)")
+            return cls.load(path)
+        arrays = cls.from_simulation(num_objects, seed, image_size=image_size,
+                                     cutout_size=cutout_size, qso_fraction=qso_fraction,
+                                     **kwargs)
+        arrays.save(path)
+        if log is not None:
+            log(f"simulation cached in {path}")
+        return arrays
+
     def save(self, path: str | os.PathLike) -> str:
         """Save the arrays to an uncompressed ``.npz`` file (atomically), e.g. a benchmark's
         cache of a simulation. ``flags`` are not saved.

@@ -7,11 +7,14 @@
   image-only baseline with the same trunk.
 * :class:`StarQSOClassifier`: raw cutout -> p(QSO), scaling, photometry and generator inside.
 * :class:`CutoutScaling`, :class:`AperturePhotometry`: the in-graph preprocessing layers.
+* :class:`CalibratedClassifier`, :class:`TemperatureScaling`: temperature-scaled p(QSO), the
+  model ``starqso export`` writes.
 
 All are Keras functional models registered under the ``starqso`` package, so ``.keras`` files
 load with ``keras.saving.load_model`` after ``import starqso.models``.
 """
 
+from starqso.models.calibration import CalibratedClassifier, TemperatureScaling
 from starqso.models.classifiers import FusionClassifier, ImageClassifier, StarQSOClassifier
 from starqso.models.gan import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
 from starqso.models.layers import AperturePhotometry, CutoutScaling, ZeroNoise
@@ -19,6 +22,7 @@ from starqso.models.spectrum import SpectrumClassifier, SpectrumEncoder
 
 __all__ = [
     "AperturePhotometry",
+    "CalibratedClassifier",
     "ConditionalGAN",
     "CutoutScaling",
     "FeatureDiscriminator",
@@ -28,5 +32,6 @@ __all__ = [
     "SpectrumClassifier",
     "SpectrumEncoder",
     "StarQSOClassifier",
+    "TemperatureScaling",
     "ZeroNoise",
 ]

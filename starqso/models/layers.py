@@ -92,14 +92,27 @@ class ZeroNoise(keras.layers.Layer):
         return {**super().get_config(), "noise_dim": self.noise_dim}
 
 
+def _median3(a, b, c):
+    """Element-wise median of three tensors with ADD/SUB/ABS/MUL only (max(u, v) is
+    (u + v + |u - v|) / 2): float ops of export.FLOAT_OPS, no MINIMUM/MAXIMUM to quantise."""
+    def high(u, v):
+        return (u + v + ops.abs(u - v)) * 0.5
+
+    def low(u, v):
+        return (u + v - ops.abs(u - v)) * 0.5
+
+    return high(low(a, b), low(high(a, b), c))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class AperturePhotometry(keras.layers.Layer):
     """Raw nanomaggie cutouts -> standardised aperture photometry, inside the graph.
 
     The same features as :func:`starqso.preprocessing.photometry.photometric_features` (u-g,
-    g-r, r-i, i-z and r as SDSS asinh magnitudes in a 3" aperture, minus the median of the
-    sky border; r-band concentration between 1.5" and 3"), then ``(f - mean) / std``. The
-    image CNN learns colours only approximately from a few thousand cutouts, while colours
+    g-r, r-i, i-z and r as SDSS asinh magnitudes in a 3" aperture, minus the robust sky of
+    :func:`~starqso.preprocessing.photometry.sky_levels`: the interquartile mean of 16 arc
+    means of the border; r-band concentration between 1.5" and 3"), then ``(f - mean) / std``.
+    The image CNN learns colours only approximately from a few thousand cutouts, while colours
     and brightness are what separates stars from QSOs; measuring them explicitly in the model
     keeps the model image-only (one input, raw cutouts) and exportable with builtin ops.
 
@@ -119,7 +132,7 @@ class AperturePhotometry(keras.layers.Layer):
 
     def __init__(self, image_size, mean=None, std=None, **kwargs):
         from starqso.errors import InputError
-        from starqso.preprocessing.photometry import SOFTENING, aperture_masks
+        from starqso.preprocessing.photometry import SOFTENING, aperture_masks, sky_arcs
 
         super().__init__(**kwargs)
         self.image_size = int(image_size)
@@ -129,37 +142,54 @@ class AperturePhotometry(keras.layers.Layer):
             raise ValueError(f"AperturePhotometry mean and std must be 6 numbers, std > 0. "
                              f"Received: mean={self.mean}, std={self.std}")
         try:
-            outer, border = aperture_masks(self.image_size, 3.0)
+            outer, _ = aperture_masks(self.image_size, 3.0)
             inner, _ = aperture_masks(self.image_size, 1.5)
         except InputError as error:  # a cutout too small for the aperture and sky border
             raise ValueError(f"{error}. Received: image_size={image_size}") from None
         self._pixels = self.image_size * self.image_size
-        # (2, S, S, 1): the 3" and 1.5" apertures, summed by MUL + SUM, not a matmul: the
-        # int8 export keeps MUL/SUM float (export.FLOAT_OPS), a FULLY_CONNECTED it would
-        # quantise, and raw nanomaggies do not survive int8.
-        self._masks = np.stack([outer, inner])[..., None].astype("float32")
-        self._areas = self._masks.sum(axis=(1, 2, 3))
-        self._border = np.flatnonzero(border.ravel()).astype("int32")
+        # Only the 3" aperture's pixels are gathered (180 of 1,024 for 32 pixels); the 1.5"
+        # aperture is a 0/1 weight on them. Sums are MUL + SUM, not a matmul: the int8 export
+        # keeps MUL/SUM float (export.FLOAT_OPS), a FULLY_CONNECTED it would quantise, and
+        # raw nanomaggies do not survive int8.
+        self._aperture = np.flatnonzero(outer.ravel()).astype("int32")
+        self._inner = inner.ravel()[self._aperture].astype("float32")[:, None]  # (A, 1)
+        self._areas = (float(self._aperture.size), float(inner.sum()))
+        arcs = sky_arcs(self.image_size)  # (16, L) border pixels, arc by arc
+        self._arcs = arcs.shape
+        self._sky_index = arcs.ravel()
+        # Three border pixels a third of the border apart, for the float32 offset (call).
+        self._offset_pixels = tuple(int(arcs[k, 0]) for k in (0, len(arcs) // 3,
+                                                             2 * len(arcs) // 3))
         # asinh magnitude m = -2.5/ln10 (asinh(f / 2b) + ln b), f in units of 3631 Jy.
         self._flux_scale = (1e-9 / (2 * SOFTENING)).astype("float32")
         self._log_b = np.log(SOFTENING).astype("float32")
 
     def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        flat = ops.reshape(x, (-1, self._pixels, 5))
-        border = ops.take(flat, ops.convert_to_tensor(self._border), axis=1)  # (N, B, 5)
-        count = int(self._border.size)
-        # The median of the border: the mean of the two middle values (NumPy's convention).
-        top = ops.top_k(ops.transpose(border, (0, 2, 1)), count // 2 + 1, sorted=True)[0]
-        sky = (top[:, :, -1] + top[:, :, -2 + count % 2]) / 2.0  # (N, 5)
-        magnitudes = []
-        for aperture in range(2):
-            mask = ops.convert_to_tensor(self._masks[aperture])
-            flux = ops.sum(x * mask, axis=(1, 2)) - float(self._areas[aperture]) * sky
-            magnitudes.append(-2.5 / np.log(10.0) * (
-                asinh(flux * ops.convert_to_tensor(self._flux_scale))
-                + ops.convert_to_tensor(self._log_b)))
-        outer, inner = magnitudes
+        from starqso.preprocessing.photometry import SKY_ARCS, SKY_TRIM
+
+        flat = ops.reshape(ops.cast(inputs, "float32"), (-1, self._pixels, 5))
+        # Float32 on a sky pedestal: an offset near the sky (the median of three border
+        # pixels) is subtracted from every pixel first, then the rest of the sky from each
+        # aperture pixel, so that sums work on noise-sized numbers and the sky is never one
+        # float32 number times the area (sum(pixels) - area * sky cancelled to 2.6e-5 mag on
+        # faint sources). The estimate commutes with a constant shift, so the result is that
+        # of sky_levels whatever the offset.
+        offset = _median3(*(flat[:, j, :] for j in self._offset_pixels))[:, None, :]
+        border = ops.transpose(ops.take(flat, ops.convert_to_tensor(self._sky_index), axis=1)
+                               - offset, (0, 2, 1))  # (N, 5, arcs * L)
+        arcs, length = self._arcs
+        sums = ops.sum(ops.reshape(border, (-1, 5, arcs, length)), axis=3)  # (N, 5, arcs)
+        # TOPK_V2 over the 16 arc sums per band, descending: drop the SKY_TRIM highest (where
+        # neighbours are) and as many of the lowest; the sky is the mean of the rest.
+        top = ops.top_k(sums, SKY_ARCS - SKY_TRIM, sorted=True)[0][:, :, SKY_TRIM:]
+        sky = ops.sum(top, axis=2) * (1.0 / ((SKY_ARCS - 2 * SKY_TRIM) * length))  # - offset
+        pixels = (ops.take(flat, ops.convert_to_tensor(self._aperture), axis=1) - offset
+                  - sky[:, None, :])
+        fluxes = (ops.sum(pixels, axis=1),
+                  ops.sum(pixels * ops.convert_to_tensor(self._inner), axis=1))
+        outer, inner = (-2.5 / np.log(10.0) * (
+            asinh(flux * ops.convert_to_tensor(self._flux_scale))
+            + ops.convert_to_tensor(self._log_b)) for flux in fluxes)
         features = ops.concatenate([outer[:, :-1] - outer[:, 1:], outer[:, 2:3],
                                     inner[:, 2:3] - outer[:, 2:3]], axis=1)
         return (features - ops.convert_to_tensor(self.mean)) / ops.convert_to_tensor(self.std)

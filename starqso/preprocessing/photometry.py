@@ -10,7 +10,17 @@ Hand-written rather than built on photutils: this is the exact NumPy twin of the
 vectorised pass takes 1.4 s for 15,000 32x32x5 cutouts against 64 s for photutils'
 ``ApertureStats``/``aperture_photometry`` per image and band (4.5 s even when the cutouts are
 tiled into one image per band). photutils is the reference it is tested against
-(``tests/test_reference_libraries.py``: ``method="center"`` sums, sky median, concentration).
+(``tests/test_reference_libraries.py``: ``method="center"`` sums, the sky estimate,
+concentration).
+
+The sky is a robust mean of the border (:func:`sky_levels`): the border pixels, in order of
+angle around the centre, are cut into 16 arcs of equal pixel count (30 for a 32-pixel cutout),
+and the sky is the mean of the middle 8 arc means (ranks 5-12, an interquartile mean). A
+neighbour in the border brightens the one or two arcs it falls in, which end up among the 4
+dropped at the top; averaging 30-pixel arc means, then 8 of them, keeps more statistical
+efficiency than a median of pixels (sky noise 0.91x the border median's on white noise). In
+the graph it is a TOPK_V2 over 16 values per band, where the median of all 484 border pixels
+of a 32-pixel cutout needed a TOPK_V2 of 243 of 484: 45% of the int8 model's time.
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ from starqso.schema import PIXEL_SCALE_ARCSEC as PIXEL_SCALE
 
 # SDSS asinh softening parameters b per band (Lupton, Gunn & Szalay 1999; SDSS DR docs).
 SOFTENING = np.array([1.4e-10, 0.9e-10, 1.2e-10, 1.8e-10, 7.4e-10])
+# The sky: the mean of the arc means ranked SKY_TRIM + 1 .. SKY_ARCS - SKY_TRIM (of SKY_ARCS).
+SKY_ARCS = 16
+SKY_TRIM = 4
 FEATURE_NAMES = ("u-g", "g-r", "r-i", "i-z", "r", "concentration_r")
 
 
@@ -31,17 +44,18 @@ def asinh_magnitudes(nanomaggies):
     return -2.5 / np.log(10) * (np.arcsinh(flux / (2 * SOFTENING)) + np.log(SOFTENING))
 
 
-def aperture_fluxes(cutouts, radius_arcsec=3.0):
+def aperture_fluxes(cutouts, radius_arcsec=3.0, sky=None):
     """Sky-subtracted fluxes within a circular aperture at the cutout centre.
 
     Args:
         cutouts: (N, S, S, 5) cutouts in nanomaggies, channels last, source at the centre.
         radius_arcsec: aperture radius; 3" (twice SDSS's fibre-magnitude aperture) holds
             most of the light of a point source in 2" seeing.
+        sky: (N, 5) sky levels per pixel to subtract; :func:`sky_levels` of the cutouts when
+            None.
 
     Returns:
-        (N, 5) float64 fluxes in nanomaggies. The sky is the median of the pixels more than
-        (S/2 - 3) pixels from the centre, per band.
+        (N, 5) float64 fluxes in nanomaggies, the sky subtracted from each pixel in float64.
 
     Raises:
         InputError: for cutouts that are not (N, S, S, 5) or are too small for the aperture.
@@ -50,21 +64,69 @@ def aperture_fluxes(cutouts, radius_arcsec=3.0):
         >>> aperture_fluxes(np.ones((2, 32, 32, 5))).shape
         (2, 5)
     """
+    cutouts = _checked(cutouts)
+    inside, _ = aperture_masks(cutouts.shape[1], radius_arcsec)
+    if sky is None:
+        sky = sky_levels(cutouts)
+    pixels = cutouts[:, inside, :].astype(np.float64)
+    return (pixels - np.asarray(sky, dtype=np.float64)[:, None, :]).sum(axis=1)
+
+
+def _checked(cutouts):
     cutouts = np.asarray(cutouts)
     if cutouts.ndim != 4 or cutouts.shape[-1] != 5 or cutouts.shape[1] != cutouts.shape[2]:
         raise InputError(f"cutouts must have shape (N, S, S, 5). Received: shape="
                          f"{cutouts.shape}")
-    inside, border = aperture_masks(cutouts.shape[1], radius_arcsec)
-    sky = np.median(cutouts[:, border, :], axis=1)
-    return (cutouts[:, inside, :] - sky[:, None, :]).sum(axis=1, dtype=np.float64)
+    return cutouts
+
+
+def sky_arcs(size, arcs=SKY_ARCS):
+    """The sky border of a ``size`` cutout as ``arcs`` arcs of equal pixel count.
+
+    The border pixels (:func:`aperture_masks`) are ordered by angle around the centre
+    (``arctan2(y, x)`` from -pi, ties by flat index) and split as :func:`numpy.array_split`
+    does; each arc keeps its first ``count // arcs`` pixels (the 4 left over of a 32-pixel
+    cutout's 484 are dropped), so that arc means need no weights in the graph. Shared by
+    :func:`sky_levels` and the in-graph :class:`starqso.models.AperturePhotometry`.
+
+    Returns:
+        (arcs, count // arcs) int32 flat pixel indices into ``size * size``.
+
+    Example:
+        >>> sky_arcs(32).shape
+        (16, 30)
+    """
+    _, border = aperture_masks(size, 0.0)  # the border does not depend on the radius
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    flat = np.flatnonzero(border.ravel())
+    ordered = flat[np.argsort(np.arctan2(yy.ravel()[flat], xx.ravel()[flat]), kind="stable")]
+    length = len(ordered) // arcs
+    return np.array([chunk[:length] for chunk in np.array_split(ordered, arcs)], np.int32)
+
+
+def sky_levels(cutouts):
+    """Robust sky level per pixel and band from the border, float64 (N, 5).
+
+    The mean of the middle ``SKY_ARCS - 2 * SKY_TRIM`` of the ``SKY_ARCS`` arc means
+    (:func:`sky_arcs`): an interquartile mean that drops the arcs a neighbour brightens.
+
+    Example:
+        >>> float(sky_levels(np.full((1, 32, 32, 5), 0.25))[0, 2])
+        0.25
+    """
+    cutouts = _checked(cutouts)
+    index = sky_arcs(cutouts.shape[1])
+    pixels = cutouts.reshape(len(cutouts), -1, 5)[:, index, :].astype(np.float64)
+    means = np.sort(pixels.mean(axis=2), axis=1)  # (N, arcs, 5)
+    return means[:, SKY_TRIM:SKY_ARCS - SKY_TRIM].mean(axis=1)
 
 
 def aperture_masks(size, radius_arcsec):
     """(aperture, sky border) boolean (size, size) masks around the cutout centre.
 
     The sky border is every pixel more than (size/2 - 3) pixels from the centre. Shared by
-    :func:`aperture_fluxes` and the in-graph :class:`starqso.models.AperturePhotometry`, so
-    both measure the same pixels.
+    :func:`aperture_fluxes`, :func:`sky_arcs` and the in-graph
+    :class:`starqso.models.AperturePhotometry`, so both measure the same pixels.
 
     Raises:
         InputError: if the aperture does not fit inside the sky border.
@@ -93,8 +155,9 @@ def photometric_features(cutouts):
         >>> photometric_features(np.zeros((1, 32, 32, 5))).shape
         (1, 6)
     """
-    magnitudes = asinh_magnitudes(aperture_fluxes(cutouts, 3.0))
-    inner = asinh_magnitudes(aperture_fluxes(cutouts, 1.5))[:, 2]
+    sky = sky_levels(cutouts)
+    magnitudes = asinh_magnitudes(aperture_fluxes(cutouts, 3.0, sky))
+    inner = asinh_magnitudes(aperture_fluxes(cutouts, 1.5, sky))[:, 2]
     features = np.column_stack([magnitudes[:, :-1] - magnitudes[:, 1:], magnitudes[:, 2],
                                 inner - magnitudes[:, 2]])
     return features.astype(np.float32)

@@ -1,15 +1,26 @@
 """Render five-band SDSS-like cutouts (nanomaggies, 0.396"/px) of a point source.
 
-What varies, per object and per band, and why:
+What varies, per object and per band, and why (numbers: see the constants below and the
+README section "What the simulator varies, and over what range"):
 
-* PSF: Moffat (beta 2-5) or double Gaussian (core + 5-20% wing at 2-3x the width), small
-  ellipticity; r-band FWHM log-normal around 1.4" within 0.75-2.8" (SDSS's seeing spans about
-  0.8-2.6"), other bands scaled by the band-to-band ratios measured on real SDSS fields, each
-  with its own jitter (the five bands are exposed at different moments of the drift scan).
-* Position: sub-pixel centring, a small catalogue-position error, band misregistration.
-* Noise: sky noise per band measured on real SDSS cutouts, varied with conditions; Poisson
-  noise of the source; sky-subtraction residuals (offset + gradient, sometimes a bright
-  neighbour's halo).
+* PSF: Moffat (beta 1.8-6) or double Gaussian (core + 2-30% wing at 1.8-4x the width), small
+  ellipticity; r-band FWHM log-normal around 1.1" within 0.7-3.0" (SDSS's seeing spans about
+  0.8-2.6", with a tail of bad fields), other bands scaled by the band-to-band ratios measured
+  on real SDSS spectra's fields, each with its own jitter (the five bands are exposed at
+  different moments of the drift scan).
+* Position: sub-pixel centring plus a catalogue-position error (at most 1 px per axis), band
+  misregistration (a fraction of a pixel).
+* Photometric calibration: a per-band zero-point offset of a few hundredths of a magnitude.
+* Noise: sky noise per band measured on 1,861 real SDSS QSO cutouts, scaled per field and per
+  band over 0.6-2.5x nominal; Poisson noise of the source. Per object the noise is either
+  white (each band cut from its own frame, as SDSS cutouts are) or correlated (the four
+  non-r bands resampled onto the r grid by bilinear interpolation with a random sub-pixel
+  phase, as cutout services and co-adds do: the per-pixel sigma drops by up to 2x while the
+  flux error in an aperture stays that of the frame). Sky-subtraction residuals (offset +
+  gradient, sometimes a bright neighbour's halo).
+* Saturation: pixels above the band's saturation level (derived from SDSS's documented bright
+  limits, below) are flat-topped and the excess charge bleeds along the column.
+* Artefacts: a few % of objects get a cosmic-ray residual or a bad column in one band.
 * Neighbours: Poisson-distributed faint stars and galaxies (number counts rising to 23.5 mag),
   sometimes blended; QSO host galaxies at low redshift as a resolved exponential disc.
 """
@@ -26,10 +37,59 @@ from starqso.simulate import resources
 from starqso.simulate.photometry import magnitudes_to_nanomaggies
 
 SUPERSAMPLE = 4
-SEEING_MEDIAN_ARCSEC = 1.4
-SEEING_RANGE_ARCSEC = (0.75, 2.8)
+# r-band seeing median. benchmarks/sim_realism.py --real-qso measures the FWHM of the 228
+# real SDSS QSO cutouts with r < 19.5 (half-maximum-area estimator) at a median of 1.14" in r
+# (u 1.34, g 1.26, i 1.09, z 1.09); the same estimator reads 1.48" on simulated cutouts of
+# true median 1.40", so the real true median is about 1.08". 1.4" (the previous value, SDSS's
+# survey-wide typical seeing) made simulated PSFs 0.35" too broad; 1.1" matches the real QSOs.
+SEEING_MEDIAN_ARCSEC = 1.1
+SEEING_RANGE_ARCSEC = (0.7, 3.0)
+# Fraction of fields drawn from a broad (log-uniform over SEEING_RANGE_ARCSEC) seeing
+# distribution instead of the log-normal: bad nights and excellent ones.
+SEEING_BROAD_FRACTION = 0.1
 # Detected electrons per nanomaggy (gain x counts per nanomaggy), typical SDSS camera values.
 ELECTRONS_PER_NANOMAGGY = np.array([170.0, 1000.0, 900.0, 750.0, 150.0])
+
+# Sky-noise scale relative to the nominal (image_sky_sigma, the median over real cutouts).
+# Real SDSS QSO cutouts (real_qso_iqvit_dev.npz, 1,861 objects) have per-cutout sigma / median
+# of 0.66-0.75 (1%), 0.75-0.89 (5%), 1.15-1.40 (95%), 1.36-1.64 (99%) depending on the band,
+# and the bands' log-sigmas correlate by 0.1-0.6: a field term (log-normal, 0.12) times a band
+# term (log-normal, 0.12) reproduces that; a further NOISE_BROAD_FRACTION of fields are drawn
+# log-uniform over the whole NOISE_SCALE_RANGE (bright moon, twilight, cirrus), which the
+# 1,861 real cutouts do not sample.
+NOISE_SCALE_RANGE = (0.6, 2.5)
+NOISE_FIELD_LOG_SIGMA = 0.12
+NOISE_BAND_LOG_SIGMA = 0.12
+NOISE_BROAD_FRACTION = 0.1
+# Fraction of objects whose u, g, i, z are resampled onto the r grid (correlated noise). The
+# real SDSS QSO cutouts are white (lag-1 autocorrelation 0.007-0.020 per band); the Kim &
+# Brunner cutouts are resampled (0.24-0.44 in u, g, i, z; 0.05 in r).
+CORRELATED_NOISE_FRACTION = 0.3
+REFERENCE_BAND = 2  # r: the grid the other bands are resampled onto
+
+# Position: sub-pixel phase (uniform +-0.5 px) plus a catalogue error; at most 1 px per axis.
+# Band-to-band registration: per band, normal with REGISTRATION_SIGMA_PX, at most +-0.5 px.
+CENTROID_ERROR_SIGMA_PX = 0.2
+CENTROID_MAX_OFFSET_PX = 1.0
+REGISTRATION_SIGMA_PX = 0.15
+REGISTRATION_MAX_PX = 0.5
+# Per-band zero-point error (SDSS ubercalibration: ~1% in g, r, i, ~2% in u, z; a few
+# hundredths at most): normal, clipped.
+ZERO_POINT_SIGMA_MAG = np.array([0.02, 0.01, 0.01, 0.01, 0.02])
+ZERO_POINT_MAX_MAG = 0.05
+
+# Saturation level, nanomaggies per pixel, ugriz. SDSS documents its bright limits (PSF
+# photometry starts to saturate) as u 12.0, g 14.1, r 14.1, i 13.8, z 12.3 in typical seeing.
+# A star at those magnitudes, 1.4" r-band FWHM (other bands by psf_fwhm_band_ratio), centred
+# at (0.25, 0.25) px, has a peak pixel of 511, 81, 113, 170, 596 nanomaggies (Moffat beta 3)
+# or 627, 99, 139, 210, 733 (double Gaussian); the levels are the means. Cross-check: about
+# 55,000 DN of full well x gain (1.6, 3.9, 4.7, 5.1, 4.8 e-/DN) / ELECTRONS_PER_NANOMAGGY gives
+# 520, 215, 290, 375, 1760: the same order (full well is reached before the ADC limit).
+SATURATION_NANOMAGGIES_PER_PIXEL = np.array([570.0, 90.0, 125.0, 190.0, 665.0])
+
+# Artefacts (per object, one band): a cosmic-ray residual, a bad column.
+COSMIC_RAY_FRACTION = 0.03
+BAD_COLUMN_FRACTION = 0.02
 
 
 @dataclass
@@ -80,16 +140,21 @@ def _elliptical_radius2(dx, dy, ellipticity, angle):
 def draw_psfs(rng):
     """PSFs for the five bands of one object (shared shape, per-band width and jitter)."""
     ratios = resources.noise_calibration()["psf_fwhm_band_ratio"]
-    seeing = np.clip(rng.lognormal(np.log(SEEING_MEDIAN_ARCSEC), 0.25), *SEEING_RANGE_ARCSEC)
+    if rng.random() < SEEING_BROAD_FRACTION:
+        seeing = np.exp(rng.uniform(*np.log(SEEING_RANGE_ARCSEC)))
+    else:
+        seeing = np.clip(rng.lognormal(np.log(SEEING_MEDIAN_ARCSEC), 0.25),
+                         *SEEING_RANGE_ARCSEC)
     kind = "moffat" if rng.random() < 0.6 else "double_gaussian"
-    beta = rng.uniform(2.0, 5.0)
-    wing_fraction = rng.uniform(0.05, 0.2)
-    wing_scale = rng.uniform(2.0, 3.0)
+    beta = rng.uniform(1.8, 6.0)
+    wing_fraction = rng.uniform(0.02, 0.3)
+    wing_scale = rng.uniform(1.8, 4.0)
     ellipticity = rng.uniform(0.0, 0.12)
     angle = rng.uniform(0.0, np.pi)
     psfs = []
     for ratio in ratios:
-        fwhm = seeing * ratio * rng.lognormal(0.0, 0.06) / PIXEL_SCALE_ARCSEC
+        fwhm = np.clip(seeing * ratio * rng.lognormal(0.0, 0.06), 0.6,
+                       3.6) / PIXEL_SCALE_ARCSEC
         psfs.append(PSF(kind=kind, fwhm=float(fwhm), beta=beta, wing_fraction=wing_fraction,
                         wing_scale=wing_scale,
                         ellipticity=float(np.clip(ellipticity + rng.normal(0, 0.02), 0, 0.2)),
@@ -201,6 +266,92 @@ def draw_neighbours(rng, size, star_mags):
     return neighbours
 
 
+def draw_noise_scale(rng):
+    """Per-band sky-noise scale (x nominal) of one field, within NOISE_SCALE_RANGE."""
+    if rng.random() < NOISE_BROAD_FRACTION:
+        field = np.exp(rng.uniform(*np.log(NOISE_SCALE_RANGE)))
+    else:
+        field = rng.lognormal(0.0, NOISE_FIELD_LOG_SIGMA)
+    return np.clip(field * rng.lognormal(0.0, NOISE_BAND_LOG_SIGMA, size=5),
+                   *NOISE_SCALE_RANGE)
+
+
+def resample_bilinear(image, phase_x, phase_y):
+    """Bilinear interpolation of ``image`` at ``(x + phase_x, y + phase_y)``, |phase| <= 0.5.
+
+    This is what resampling a band onto another band's grid does: content at position X ends
+    up at X - phase. The kernel's weights sum to one, so fluxes and the flux error in an
+    aperture of several pixels are kept, while the per-pixel sigma of white noise drops by
+    sqrt(sum of squared weights) (to 0.5 at half a pixel on both axes) and neighbouring
+    pixels correlate. Edges are repeated.
+    """
+    padded = np.pad(image, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    weight_x, weight_y = abs(phase_x), abs(phase_y)
+    side_x = padded[1:-1, 2:] if phase_x >= 0 else padded[1:-1, :-2]
+    along_x = (1 - weight_x) * centre + weight_x * side_x
+    padded = np.pad(along_x, 1, mode="edge")
+    side_y = padded[2:, 1:-1] if phase_y >= 0 else padded[:-2, 1:-1]
+    return (1 - weight_y) * along_x + weight_y * side_y
+
+
+def saturate(image, level):
+    """Flat-top pixels above ``level`` and bleed their excess along columns (axis 0).
+
+    Charge above full well spills into the pixels above and below in the same column (SDSS
+    drift-scan CCDs bleed along columns), filling each to ``level`` in turn; the column's
+    total flux is kept unless the trail runs off the cutout.
+
+    Returns:
+        ``(image, saturated)``: the new image and whether any pixel saturated.
+    """
+    over = image > level
+    if not over.any():
+        return image, False
+    image = image.copy()
+    rows = image.shape[0]
+    for column in np.flatnonzero(over.any(axis=0)):
+        values = image[:, column]
+        hit = np.flatnonzero(values > level)
+        excess = float(np.sum(values[hit] - level))
+        values[hit] = level
+        low, high = hit.min() - 1, hit.max() + 1
+        up = True
+        while excess > 0 and (low >= 0 or high < rows):
+            position = high if (up and high < rows) or low < 0 else low
+            room = max(level - values[position], 0.0)
+            fill = min(room, excess)
+            values[position] += fill
+            excess -= fill
+            if position == high:
+                high += 1
+            else:
+                low -= 1
+            up = not up
+        image[:, column] = values
+    return image, True
+
+
+def add_artefact(rng, image, sigma, kind):
+    """A cosmic-ray residual (a short, sharp track) or a bad column, in place."""
+    size = image.shape[0]
+    if kind == "cosmic_ray":
+        length = rng.integers(1, 6)
+        angle = rng.uniform(0, np.pi)
+        x, y = rng.uniform(0, size - 1, size=2)
+        amplitude = sigma * rng.uniform(10.0, 100.0)
+        for step in range(length):
+            column = int(np.clip(round(x + step * np.cos(angle)), 0, size - 1))
+            row = int(np.clip(round(y + step * np.sin(angle)), 0, size - 1))
+            image[row, column] += amplitude * rng.uniform(0.5, 1.0)
+    else:
+        column = rng.integers(0, size)
+        if rng.random() < 0.5:  # dead or masked-and-zeroed column
+            image[:, column] = 0.0
+        else:  # hot column: an offset of several sigma
+            image[:, column] += sigma * rng.uniform(3.0, 20.0)
+
+
 def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radius_arcsec=1.0,
                   star_mags=None):
     """A noisy five-band cutout of one object with its surroundings.
@@ -216,16 +367,31 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
 
     Returns:
         ``(cube, info)``: float32 array (5, size, size) in nanomaggies, and a dict describing
-        the observing conditions (r-band FWHM in arcsec, r-band sky sigma, PSF kind,
-        number of neighbours).
+        the observing conditions: r-band and per-band PSF FWHM (arcsec), r-band and per-band
+        sky sigma (nanomaggies per pixel, of the frame before any resampling), the per-band
+        noise scale (x nominal), whether the noise is correlated (bands resampled onto r),
+        whether any pixel saturated, the per-band zero-point offsets (mag), the artefact
+        ("none", "cosmic_ray" or "bad_column"), PSF kind and number of neighbours.
     """
     psfs = draw_psfs(rng)
     centre = (size - 1) / 2.0
-    # Sub-pixel centring plus a catalogue-position error of ~0.06".
-    x0 = centre + rng.uniform(-0.5, 0.5) + rng.normal(0.0, 0.15)
-    y0 = centre + rng.uniform(-0.5, 0.5) + rng.normal(0.0, 0.15)
+    # Sub-pixel centring plus a catalogue-position error, at most 1 px from the centre.
+    x0, y0 = centre + np.clip(rng.uniform(-0.5, 0.5, size=2)
+                              + rng.normal(0.0, CENTROID_ERROR_SIGMA_PX, size=2),
+                              -CENTROID_MAX_OFFSET_PX, CENTROID_MAX_OFFSET_PX)
     neighbours = draw_neighbours(rng, size, star_mags) if star_mags is not None else []
-    sky_sigma = resources.noise_calibration()["image_sky_sigma"] * rng.lognormal(0.0, 0.25)
+    noise_scale = draw_noise_scale(rng)
+    sky_sigma = resources.noise_calibration()["image_sky_sigma"] * noise_scale
+    correlated = bool(rng.random() < CORRELATED_NOISE_FRACTION)
+    zero_point = np.clip(rng.normal(0.0, ZERO_POINT_SIGMA_MAG), -ZERO_POINT_MAX_MAG,
+                         ZERO_POINT_MAX_MAG)
+    artefact = "none"
+    chance = rng.random()
+    if chance < COSMIC_RAY_FRACTION:
+        artefact = "cosmic_ray"
+    elif chance < COSMIC_RAY_FRACTION + BAD_COLUMN_FRACTION:
+        artefact = "bad_column"
+    artefact_band = int(rng.integers(5))
     host_axis_ratio = rng.uniform(0.4, 1.0)
     host_angle = rng.uniform(0, np.pi)
     bright_halo = rng.random() < 0.05
@@ -234,8 +400,17 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
 
     cube = np.empty((5, size, size), dtype=np.float64)
     yy, xx = np.mgrid[0:size, 0:size] - centre
+    saturated = False
     for band, psf in enumerate(psfs):
-        shift_x, shift_y = rng.normal(0.0, 0.1, size=2)  # band-to-band registration
+        shift_x, shift_y = np.clip(rng.normal(0.0, REGISTRATION_SIGMA_PX, size=2),
+                                   -REGISTRATION_MAX_PX, REGISTRATION_MAX_PX)
+        # A resampled band's own frame sits at a sub-pixel phase from the r grid; the
+        # scene is rendered there and interpolated back (see resample_bilinear).
+        phase_x, phase_y = rng.uniform(-0.5, 0.5, size=2)
+        resampled = correlated and band != REFERENCE_BAND
+        if not resampled:
+            phase_x = phase_y = 0.0
+        shift_x, shift_y = shift_x + phase_x, shift_y + phase_y
         signal = point_nanomaggies[band] * render_point(psf, size, x0 + shift_x, y0 + shift_y)
         kernel = render_point(psf, size, size // 2, size // 2) if extended else None
         if host_nanomaggies is not None and host_nanomaggies[band] > 0:
@@ -245,11 +420,12 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         for neighbour in neighbours:
             if neighbour.half_light_radius > 0:
                 signal += neighbour.nanomaggies[band] * render_exponential(
-                    psf, size, neighbour.x, neighbour.y, neighbour.half_light_radius,
-                    neighbour.axis_ratio, neighbour.angle, kernel)
+                    psf, size, neighbour.x + phase_x, neighbour.y + phase_y,
+                    neighbour.half_light_radius, neighbour.axis_ratio, neighbour.angle, kernel)
             else:
-                signal += neighbour.nanomaggies[band] * render_point(psf, size, neighbour.x,
-                                                                     neighbour.y)
+                signal += neighbour.nanomaggies[band] * render_point(
+                    psf, size, neighbour.x + phase_x, neighbour.y + phase_y)
+        signal *= 10.0 ** (-0.4 * zero_point[band])
         electrons = ELECTRONS_PER_NANOMAGGY[band] * rng.lognormal(0.0, 0.15)
         variance = sky_sigma[band] ** 2 + np.clip(signal, 0.0, None) / electrons
         noise = rng.normal(size=signal.shape) * np.sqrt(variance)
@@ -259,10 +435,27 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         if bright_halo:
             along = (xx * np.cos(halo_direction) + yy * np.sin(halo_direction)) / size
             residual += sky_sigma[band] * rng.uniform(1.0, 4.0) * np.exp(along)
-        cube[band] = signal + noise + residual
+        # The frame: saturation happens on the detector, before any resampling.
+        frame, band_saturated = saturate(signal + noise,
+                                         SATURATION_NANOMAGGIES_PER_PIXEL[band])
+        saturated |= band_saturated
+        if artefact != "none" and band == artefact_band:
+            add_artefact(rng, frame, sky_sigma[band], artefact)
+        if resampled:
+            frame = resample_bilinear(frame, phase_x, phase_y)
+        cube[band] = frame + residual
     info = {
         "psf_fwhm_r": psfs[2].fwhm * PIXEL_SCALE_ARCSEC,
+        "psf_fwhm": [psf.fwhm * PIXEL_SCALE_ARCSEC for psf in psfs],
         "sky_sigma_r": float(sky_sigma[2]),
+        "sky_sigma": [float(value) for value in sky_sigma],
+        "noise_scale": [float(value) for value in noise_scale],
+        "correlated_noise": correlated,
+        "saturated": saturated,
+        "zero_point_offset": [float(value) for value in zero_point],
+        "artefact": artefact,
+        "sky_halo": bright_halo,
+        "centre_offset_px": [float(x0 - centre), float(y0 - centre)],
         "psf_kind": psfs[0].kind,
         "n_neighbours": len(neighbours),
     }

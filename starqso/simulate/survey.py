@@ -5,6 +5,12 @@ ugriz, redshift), jittered slightly so repeated draws differ, then given a spect
 (:mod:`starqso.simulate.spectra`), observed by the SDSS or BOSS spectrograph
 (:mod:`starqso.simulate.spectrograph`) and imaged (:mod:`starqso.simulate.images`).
 
+A fraction HIGH_Z_QSO_FRACTION of the QSOs is not a catalogue row but a synthetic high-redshift
+QSO (z uniform in HIGH_Z_RANGE, spectrum from :func:`starqso.simulate.spectra.
+high_z_qso_spectrum`, r magnitude drawn from the real catalogue's z > 2.75 QSOs): the
+developer catalogue holds only 146 of its 2,052 QSOs above z 2.75, where real completeness
+falls (0.57 at z 3.5-4, 0.18 at z 4.5-5).
+
 Object ``i`` of seed ``s`` uses its own random stream ``default_rng([s, i])``, so an object does
 not depend on how many were asked for, and the same seed gives the same bytes.
 """
@@ -24,10 +30,21 @@ from starqso.errors import InputError
 from starqso.simulate import resources
 from starqso.simulate.images import render_cutout
 from starqso.simulate.photometry import nanomaggies_to_magnitudes
-from starqso.simulate.spectra import common_grid, photometer, qso_spectrum, star_spectrum
+from starqso.simulate.spectra import (
+    common_grid,
+    high_z_qso_spectrum,
+    photometer,
+    qso_spectrum,
+    star_spectrum,
+)
 from starqso.simulate.spectrograph import observe_spectrum
 
 REDSHIFT_RANGE = (0.1, 5.0)
+# Fraction of QSOs drawn from the synthetic high-redshift population, and its redshift range.
+HIGH_Z_QSO_FRACTION = 0.25
+HIGH_Z_RANGE = (2.7, 5.0)
+# Catalogue QSOs above this redshift supply the high-z population's r magnitudes.
+HIGH_Z_CATALOGUE_MIN = 2.75
 
 
 @dataclass
@@ -63,6 +80,12 @@ def _population():
     return catalogue, stars, qsos
 
 
+@functools.lru_cache(maxsize=1)
+def _high_z_r_magnitudes():
+    catalogue, _, qsos = _population()
+    return catalogue["mags"][qsos[catalogue["redshift"][qsos] > HIGH_Z_CATALOGUE_MIN], 2]
+
+
 def real_qso_fraction():
     """Fraction of QSOs among the real catalogue's STAR + QSO rows used by the simulator."""
     _, stars, qsos = _population()
@@ -77,7 +100,8 @@ def _kpc_per_arcsec_table():
     return redshifts, Planck18.kpc_proper_per_arcmin(redshifts).value / 60.0
 
 
-def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6):
+def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
+                    high_z_fraction=None):
     """Simulate object number ``index`` of the simulation with ``seed``.
 
     Args:
@@ -87,6 +111,8 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6):
         qso_fraction: probability that the object is a QSO; the real catalogue's fraction
             (about 0.30) when None.
         id_width: zero padding of the numeric part of the id.
+        high_z_fraction: probability that a QSO is a synthetic high-redshift one (z in
+            HIGH_Z_RANGE); HIGH_Z_QSO_FRACTION when None.
 
     Returns:
         :class:`SimulatedObject`.
@@ -95,11 +121,19 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6):
     catalogue, stars, qsos = _population()
     if qso_fraction is None:
         qso_fraction = real_qso_fraction()
+    if high_z_fraction is None:
+        high_z_fraction = HIGH_Z_QSO_FRACTION
     is_qso = rng.random() < qso_fraction
     row = rng.choice(qsos if is_qso else stars)
     # Jitter: a common magnitude shift and small colour changes, so each draw of a row differs.
     mags = catalogue["mags"][row] + rng.normal(0.0, 0.1) + rng.normal(0.0, 0.02, size=5)
-    if is_qso:
+    # Drawn for every object (used by QSOs only), so streams do not depend on the fraction.
+    high_z = bool(rng.random() < high_z_fraction) and is_qso
+    if high_z:
+        redshift = float(rng.uniform(*HIGH_Z_RANGE))
+        r_mag = rng.choice(_high_z_r_magnitudes()) + rng.normal(0.0, 0.15)
+        model = high_z_qso_spectrum(r_mag, redshift, rng)
+    elif is_qso:
         redshift = float(np.clip(catalogue["redshift"][row]
                                  + rng.normal(0.0, 0.01) * (1 + catalogue["redshift"][row]),
                                  *REDSHIFT_RANGE))
@@ -124,7 +158,8 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6):
     spectrum = observe_spectrum(common_grid(), model.flux * 10.0 ** (-0.4 * epoch_shift), rng)
     info = {
         "template": model.template,
-        "sdss_row": str(catalogue["sdss_id"][row]),
+        "sdss_row": "synthetic-high-z" if high_z else str(catalogue["sdss_id"][row]),
+        "population": "high_z" if high_z else ("catalogue" if is_qso else "star"),
         "host_fraction": model.host_fraction,
         "ebv": model.ebv,
         "spectrograph": spectrum["spectrograph"],
@@ -164,6 +199,10 @@ def _write_object(outdir, index, seed, size, qso_fraction, id_width):
         "template": obj.info["template"], "sdss_row": obj.info["sdss_row"],
         "psf_fwhm_r": round(obj.info["psf_fwhm_r"], 4),
         "sky_sigma_r": round(obj.info["sky_sigma_r"], 5),
+        "noise_scale": round(float(np.mean(obj.info["noise_scale"])), 4),
+        "correlated_noise": obj.info["correlated_noise"],
+        "saturated": obj.info["saturated"], "artefact": obj.info["artefact"],
+        "population": obj.info["population"],
         "psf_kind": obj.info["psf_kind"], "n_neighbours": obj.info["n_neighbours"],
         "host_fraction": round(obj.info["host_fraction"], 4),
         "spectrograph": obj.info["spectrograph"],

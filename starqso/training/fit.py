@@ -19,16 +19,21 @@ from starqso.run_folder import RunFolder
 from starqso.training.stages import STAGES, StageContext, default_stages
 
 
-def _load_arrays(config, data, log, strict=False):
+def _load_arrays(config, data, log, strict=False, simulation_cache=None):
     from starqso.data.arrays import ObjectArrays
 
     if data is None:
         log(f"simulating {config.data.num_objects} demo objects (seed "
             f"{config.data.simulation_seed}) ...")
-        return ObjectArrays.from_simulation(
-            config.data.num_objects, config.data.simulation_seed,
-            image_size=config.model.image_size, cutout_size=config.data.cutout_size,
-            qso_fraction=config.data.qso_fraction)
+        arguments = dict(image_size=config.model.image_size,
+                         cutout_size=config.data.cutout_size,
+                         qso_fraction=config.data.qso_fraction)
+        if simulation_cache is not None:
+            return ObjectArrays.from_simulation_cache(
+                simulation_cache, config.data.num_objects, config.data.simulation_seed,
+                log=log, **arguments)
+        return ObjectArrays.from_simulation(config.data.num_objects,
+                                            config.data.simulation_seed, **arguments)
     log(f"reading catalogue {data} ...")
     return ObjectArrays.from_catalog(data, config.model.image_size, require_labels=True,
                                      strict=strict)
@@ -47,7 +52,7 @@ def _report_flags(folder, flags, log):
 
 def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="default",
             resume=False, log=print, arrays=None, export=True, strict=False, stages=None,
-            reuse=None):
+            reuse=None, simulation_cache=None):
     """Train the configured stages and write the run folder.
 
     Args:
@@ -69,6 +74,8 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
         reuse: ``{stage name: run folder}``: take these completed stages from another run
             folder of the same data and split instead of training them (a variant of the
             later stages on the same encoder, say).
+        simulation_cache: folder keeping simulated demo data between runs
+            (:meth:`~starqso.data.ObjectArrays.from_simulation_cache`); None simulates anew.
 
     Returns:
         dict of validation metrics per stage.
@@ -119,7 +126,7 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
     began = time.perf_counter()
     # The data first: a bad catalogue stops the run before it leaves a folder behind.
     if arrays is None:
-        arrays = _load_arrays(config, data, log, strict)
+        arrays = _load_arrays(config, data, log, strict, simulation_cache)
     from starqso.training.runner import StageRunner
 
     for name, other in (reuse or {}).items():

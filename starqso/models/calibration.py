@@ -1,0 +1,102 @@
+"""Temperature scaling inside the graph: the exported model's p(QSO) is calibrated.
+
+A classifier trained with cross-entropy and early stopping is usually over-confident: its
+p(QSO) sits nearer 0 and 1 than the observed frequencies (Guo et al. 2017, "On calibration of
+modern neural networks"). Temperature scaling divides the logit by one number ``T`` fitted on
+held-out objects (``starqso export`` fits it on the run's validation split)::
+
+    p_calibrated = sigmoid(logit(p) / T)
+
+``T > 1`` softens an over-confident model, ``T < 1`` sharpens an under-confident one; ``T``
+never changes the ranking of objects, nor the label at 0.5. Both classes here carry ``T`` in
+their config, so the ``.keras`` file, the SavedModel and every TFLite model calibrate alike,
+with builtin ops only (MINIMUM/MAXIMUM, LOG, SUB, MUL, LOGISTIC).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from starqso.models.blocks import ConstructorConfig, deserialize_submodel
+from starqso.models.layers import PACKAGE
+
+#: p(QSO) is clipped to [EPSILON, 1 - EPSILON] before its logit is taken: float32 rounds
+#: 1 - 1e-8 to 1, whose logit is infinite.
+EPSILON = 1e-7
+
+
+def _check_temperature(temperature):
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"temperature must be a finite number > 0. Received: {temperature!r}")
+    return value
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TemperatureScaling(keras.layers.Layer):
+    """p(QSO) (N, 1) -> sigmoid(logit(p) / temperature) (N, 1).
+
+    Args:
+        temperature: the fitted temperature, > 0 (1: no change).
+
+    Example:
+        >>> layer = TemperatureScaling(2.0)
+        >>> float(layer(np.array([[0.5]], "float32"))[0, 0])  # doctest: +SKIP
+        0.5
+    """
+
+    def __init__(self, temperature=1.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.temperature = _check_temperature(temperature)
+
+    def call(self, probability):
+        p = ops.clip(ops.cast(probability, "float32"), EPSILON, 1.0 - EPSILON)
+        logit = ops.log(p) - ops.log(1.0 - p)
+        return ops.sigmoid(logit * (1.0 / self.temperature))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CalibratedClassifier(ConstructorConfig, keras.Model):
+    """A deployable classifier with temperature scaling on its output.
+
+    Same interface as :class:`~starqso.models.StarQSOClassifier`: input ``{"image": raw
+    nanomaggie cutouts (N, S, S, 5)}``, output calibrated p(QSO) (N, 1).
+
+    Args:
+        classifier: the uncalibrated deployable model (a ``StarQSOClassifier``, or its config).
+        temperature: the fitted temperature, > 0.
+
+    Example:
+        >>> model = CalibratedClassifier(starqso_classifier, 1.7)  # doctest: +SKIP
+        >>> p_qso = model.predict({"image": cutouts_nhwc})  # doctest: +SKIP
+    """
+
+    CONFIG_KEYS = ("classifier", "temperature")
+
+    def __init__(self, classifier, temperature=1.0, **kwargs):
+        classifier = deserialize_submodel(classifier)
+        temperature = _check_temperature(temperature)
+        size = int(classifier.image_size)
+        cutout = keras.Input((size, size, 5), name="image")
+        probability = classifier({"image": cutout})
+        calibrated = TemperatureScaling(temperature, name="temperature_scaling")(probability)
+        super().__init__(inputs={"image": cutout}, outputs=calibrated, **kwargs)
+        self.classifier = classifier
+        self.temperature = temperature
+        self.image_size = size
+
+
+__all__ = ["EPSILON", "CalibratedClassifier", "TemperatureScaling"]
