@@ -118,7 +118,7 @@ def test_file_preset_and_preset_argument_must_not_differ(tmp_path):
 def test_unknown_preset_argument_lists_known_presets(tmp_path):
     with pytest.raises(InputError) as excinfo:
         load_config(write(tmp_path, ""), preset="huge")
-    assert_one_line_error(excinfo, "'huge'", "base, tiny")
+    assert_one_line_error(excinfo, "'huge'", "base, large, tiny")
 
 
 def test_empty_file_and_empty_section_mean_no_overrides(tmp_path):
@@ -316,7 +316,7 @@ def test_unknown_preset_lists_known_presets(tmp_path):
     assert_one_line_error(excinfo, "'huge'", "base", "tiny")
     with pytest.raises(InputError) as excinfo:
         load_config(write(tmp_path, "preset: huge\n"))
-    assert_one_line_error(excinfo, "'huge'", "base, tiny", "run.yaml")
+    assert_one_line_error(excinfo, "'huge'", "base, large, tiny", "run.yaml")
 
 
 def test_importing_config_does_not_import_tensorflow():
