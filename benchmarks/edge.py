@@ -1,6 +1,6 @@
 """Edge numbers of an exported model: size, LiteRT speed, agreement, predict throughput, start-up.
 
-    python benchmarks/edge.py --model saved_models/starqso-base/export [--n 2000] \
+    python benchmarks/edge.py --model saved_models/starqso-large/export [--n 2000] \
         [--reference ../shared/tools/edge_reference.py]
 
 Prints the CPU (``lscpu``'s model name) and a table:
@@ -91,7 +91,7 @@ def throughputs(paths, images, rounds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "saved_models/starqso-base/export"))
+    parser.add_argument("--model", default=str(ROOT / "saved_models/starqso-large/export"))
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=424242)
     parser.add_argument("--reference", default=None,

@@ -453,8 +453,8 @@ def main():
     if args.real_catalog:
         text += "\n\n## Real SDSS rows\n\n" + real_rows(
             args.real_catalog,
-            [("starqso shipped model (saved_models/starqso-base)",
-              ROOT / "saved_models/starqso-base/starqso_classifier.keras"),
+            [("starqso shipped model (saved_models/starqso-large)",
+              ROOT / "saved_models/starqso-large/starqso_classifier.keras"),
              *((f"{title}, this table's seed {args.seeds[0]}",
                 workdir / f"seed{args.seeds[0]}" / folder / "starqso_classifier.keras")
                for title, folder in (("MTL, seed method", "seed_method"),

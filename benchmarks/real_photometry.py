@@ -1,4 +1,4 @@
-"""Real SDSS stars and QSOs: the model against photometry + boosting, at two depths and on real pixels.
+"""Real SDSS stars and QSOs: the model vs photometry + boosting, at two depths and on real pixels.
 
     python benchmarks/real_photometry.py --catalog ../shared/data/sdss_photometry_labelled.csv.gz \\
         --real-qso ../shared/data/real_qso_iqvit_dev.npz
@@ -55,6 +55,7 @@ BAND_RATIOS = np.array([1.15, 1.08, 1.0, 0.96, 0.98])
 DEPTHS = {"nominal": (0.8, 1.25), "noisier": (1.3, 2.5)}
 R_EDGES = (14.0, 18.0, 19.0, 20.0, 21.0, 23.0)
 Z_EDGES = (0.0, 1.0, 2.0, 2.75, 3.5, 4.0, 4.5, 5.0, 7.1)
+REAL_Z = (2.75, 3.5, 4.0, 4.5, 5.0)  # the real QSO cutouts' range
 RENDER_SIZE, SIZE = 48, 32
 
 
@@ -196,7 +197,7 @@ def main():
     parser.add_argument("--catalog", required=True)
     parser.add_argument("--real-qso", default=None,
                         help="real SDSS QSO cutouts (real_qso_iqvit_dev.npz)")
-    parser.add_argument("--model", default=str(ROOT / "saved_models/starqso-base/export"))
+    parser.add_argument("--model", default=str(ROOT / "saved_models/starqso-large/export"))
     parser.add_argument("--prior", type=float, default=0.3,
                         help="QSO fraction the rendered rows are scored at [0.3, their mix]")
     parser.add_argument("--sim-objects", type=int, default=8000,
@@ -258,8 +259,8 @@ def main():
                  f"({args.real_qso})", "", "QSO completeness (prior "
                  f"{args.prior:g} for the model):", "",
                  "| classifier | all | " + " | ".join(
-                     f"z {lo:g}-{hi:g}" for lo, hi in zip(Z_EDGES[2:-1], Z_EDGES[3:-1])) + " |",
-                 "|---|---|" + "---|" * (len(Z_EDGES) - 4)]
+                     f"z {lo:g}-{hi:g}" for lo, hi in zip(REAL_Z[:-1], REAL_Z[1:])) + " |",
+                 "|---|---|" + "---|" * (len(REAL_Z) - 1)]
         called = {}
         for name, metadata, predictor in runtimes:
             p = np.concatenate([predictor(images[i:i + 512]) for i in range(0, len(images),
@@ -271,8 +272,8 @@ def main():
             colour_peer.predict_proba(np.column_stack(
                 [catalogue[:, :-1] - catalogue[:, 1:], catalogue[:, 2]]))[:, 1] >= 0.5
         for name, calls in called.items():
-            bins = [calls[(z >= lo) & (z < hi)].mean() for lo, hi in zip(Z_EDGES[2:-1],
-                                                                          Z_EDGES[3:-1])]
+            bins = [calls[(z >= lo) & (z < hi)].mean() for lo, hi in zip(REAL_Z[:-1],
+                                                                          REAL_Z[1:])]
             lines.append(f"| {name} | {calls.mean():.3f} | "
                          + " | ".join(f"{value:.3f}" for value in bins) + " |")
         sections.append("\n".join(lines))
