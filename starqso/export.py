@@ -66,9 +66,9 @@ THRESHOLD_RULE = ("best macro-F1 of the calibrated p(QSO) on the validation spli
                   "value closest to 0.5 (then the lower)")
 TFLITE_VARIANTS = ("fp32", "fp16", "int8")
 # Kept float in the int8 model: the asinh scaling and the aperture photometry, which work on
-# raw nanomaggies (the photometry's sky median also needs RESHAPE/GATHER/TRANSPOSE/TOPK_V2 and
-# slices, its sums SUM; CONCATENATION and STRIDED_SLICE also occur in the network, where
-# staying float costs little).
+# raw nanomaggies (the photometry's arc sky needs RESHAPE/GATHER/TRANSPOSE/TOPK_V2 over 16 arc
+# means and slices, its sums SUM; CONCATENATION and STRIDED_SLICE also occur in the network,
+# where staying float costs little).
 FLOAT_OPS = ("MUL", "DIV", "ADD", "SUB", "ABS", "SIGN", "SQUARE", "SQRT", "LOG", "SUM",
              "RESHAPE", "GATHER", "TRANSPOSE", "TOPK_V2", "STRIDED_SLICE", "CONCATENATION")
 # An int8 model is accepted when it agrees on the label this often (the issue's target).
