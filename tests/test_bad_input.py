@@ -351,8 +351,10 @@ def _model_copy(tmp_path):
 
 
 def _rewrite_metadata(folder, **changes):
+    """Set the given metadata keys; a value of None removes the key."""
     metadata = json.loads((folder / "metadata.json").read_text())
     metadata.update(changes)
+    metadata = {key: value for key, value in metadata.items() if value is not None}
     (folder / "metadata.json").write_text(json.dumps(metadata))
 
 
@@ -398,7 +400,8 @@ BAD_MODEL_FOLDERS = {
                            "default_prior='sky'"),
     "training_fraction_zero": (lambda f: _rewrite_metadata(f, training_qso_fraction=0),
                                "litert", "training_qso_fraction=0"),
-    "prior_without_training_fraction": (lambda f: _rewrite_metadata(f, default_prior=0.02),
+    "prior_without_training_fraction": (lambda f: _rewrite_metadata(
+        f, default_prior=0.02, training_qso_fraction=None),
                                         "litert", "no training_qso_fraction"),
     "negative_temperature": (lambda f: _rewrite_metadata(f, temperature=-1.0), "keras",
                              "temperature=-1.0"),
