@@ -112,6 +112,7 @@ def main():
     model_dir = pathlib.Path(args.model)
     metadata = json.loads((model_dir / "metadata.json").read_text())
     size = metadata["input_shape"][1]
+    threshold = metadata.get("threshold", 0.5)  # agreement on the label the model gives
     objects = [simulate_object(i, args.seed) for i in range(args.n)]
     images = np.stack([center_crop(obj.cutout, size) for obj in objects])
     keras_p = np.concatenate([KerasPredictor(model_dir)(images[i:i + 512])
@@ -119,7 +120,8 @@ def main():
 
     print(f"model {model_dir}, {args.n} simulated cutouts (seed {args.seed}), "
           f"CPU {cpu_name()} ({os.cpu_count()} cores), LiteRT on 1 thread, batch {BATCH}, "
-          f"best of {args.rounds} interleaved rounds\n")
+          f"best of {args.rounds} interleaved rounds; label agreement at the model's threshold "
+          f"{threshold:g}\n")
     paths = {variant: model_dir / f"model_{variant}.tflite" for variant in ("fp32", "fp16", "int8")}
     with tempfile.TemporaryDirectory() as scratch:
         if args.reference:
@@ -134,7 +136,7 @@ def main():
             agreement = "- (random weights)"
         else:
             compared = keras_p[:len(probabilities)]
-            agreement = f"{np.mean((probabilities >= 0.5) == (compared >= 0.5)):.4f}"
+            agreement = f"{np.mean((probabilities >= threshold) == (compared >= threshold)):.4f}"
         print(f"| {name} | {sizes[name] / 1e3:.0f} | {rate:,.0f} | {agreement} |")
     int8 = results["int8"][0]
     print(f"\nint8 / fp32: {int8 / results['fp32'][0]:.2f}x")
