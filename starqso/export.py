@@ -39,6 +39,7 @@ from starqso import __version__
 from starqso.atomic import replace_folder, write_json_atomically, write_text_atomically
 from starqso.errors import InputError
 from starqso.model_files import MODEL_FORMAT_VERSION, check_keras_file
+from starqso.probability import EPSILON, logit, sigmoid
 from starqso.run_folder import RunFolder
 from starqso.schema import (
     BANDS,
@@ -146,10 +147,8 @@ def _agreement(reference, other, threshold=THRESHOLD):
 
 
 def _logits(probabilities):
-    from starqso.models.calibration import EPSILON
-
-    p = np.clip(np.asarray(probabilities, np.float64).ravel(), EPSILON, 1.0 - EPSILON)
-    return np.log(p) - np.log1p(-p)
+    # Clipped as the TemperatureScaling layer clips, so NumPy and the model agree.
+    return logit(np.ravel(probabilities), EPSILON)
 
 
 def _nll(labels, logits, temperature):
@@ -195,7 +194,7 @@ def fit_temperature(labels, probabilities, bounds=TEMPERATURE_BOUNDS):
 
 def calibrate(probabilities, temperature):
     """``sigmoid(logit(p) / T)`` in NumPy (float64), what the calibrated model computes."""
-    return 1.0 / (1.0 + np.exp(-_logits(probabilities) / temperature))
+    return sigmoid(_logits(probabilities) / temperature)
 
 
 def _macro_f1(labels, predicted):

@@ -54,6 +54,7 @@ import numpy as np
 
 from starqso.errors import InputError
 from starqso.model_files import RUNTIME_FILES, check_model_dir
+from starqso.probability import logit, sigmoid
 from starqso.schema import DEFAULT_THRESHOLD
 
 RUNTIMES = tuple(RUNTIME_FILES)
@@ -139,17 +140,6 @@ def _checked_predictor(model_dir, runtime):
     if runtime == "keras":
         return KerasPredictor(model_dir, checked=True)
     return LiteRTPredictor(model_dir / RUNTIME_FILES["litert"])
-
-
-def _logit(p):
-    p = np.asarray(p, np.float64)
-    with np.errstate(divide="ignore"):
-        return np.log(p) - np.log1p(-p)
-
-
-def _sigmoid(x):
-    # tanh form: exact at +-inf and no overflow warnings.
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
 
 
 def parse_prior(value):
@@ -238,7 +228,7 @@ def apply_prior(probabilities, shift):
     probabilities = np.asarray(probabilities, np.float64)
     if shift == 0:
         return probabilities
-    return _sigmoid(_logit(probabilities) + shift)
+    return sigmoid(logit(probabilities) + shift)
 
 
 def dihedral_views(images):
@@ -451,17 +441,17 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     size = int(metadata["input_shape"][1])
     ids, paths = list_inputs(source)
     source_name = str(pathlib.Path(source).resolve())
-    identity = {"source": source_name, "rows": len(ids),
-                "model": str(model_dir.resolve()), "runtime": runtime, "threshold": threshold,
-                "prior": settings["prior"], "prior_shift": settings["shift"], "tta": bool(tta)}
     from starqso import __version__
 
-    record = {"output": output.name, "source": source_name, "rows": len(ids),
-              "prior": settings["prior"], "prior_source": settings["source"],
-              "threshold": float(threshold), "temperature": metadata.get("temperature"),
+    # What a partial file must match to be resumed, and what the finished output records.
+    common = {"source": source_name, "rows": len(ids), "model": str(model_dir.resolve()),
+              "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
+              "tta": bool(tta)}
+    identity = {**common, "prior_shift": settings["shift"]}
+    record = {"output": output.name, **common, "prior_source": settings["source"],
+              "temperature": metadata.get("temperature"),
               "training_qso_fraction": settings["training_qso_fraction"],
               "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
-              "tta": bool(tta), "model": str(model_dir.resolve()), "runtime": runtime,
               "starqso_version": __version__}
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_paths(output)

@@ -22,10 +22,7 @@ from keras import ops
 
 from starqso.models.blocks import ConstructorConfig, deserialize_submodel
 from starqso.models.layers import PACKAGE
-
-#: p(QSO) is clipped to [EPSILON, 1 - EPSILON] before its logit is taken: float32 rounds
-#: 1 - 1e-8 to 1, whose logit is infinite.
-EPSILON = 1e-7
+from starqso.probability import EPSILON
 
 
 def _check_temperature(temperature):
