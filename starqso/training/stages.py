@@ -326,10 +326,13 @@ class FusionStage(Stage):
             self.inputs = {"image": context.inputs.arrays["image"],
                            "features": context.products["vectors"]}
         else:
-            from starqso.training.inputs import fit_photometry
+            # The run's own standardised photometry when it has one; the same fit otherwise.
+            features = context.inputs.arrays.get("photometry")
+            if features is None:
+                from starqso.training.inputs import fit_photometry
 
-            _, features = fit_photometry(context.arrays.images, context.train,
-                                         context.config.model.image_size)
+                _, features = fit_photometry(context.arrays.images, context.train,
+                                             context.config.model.image_size)
             self.inputs = {"image": context.inputs.arrays["image"], "features": features}
 
     def build(self, context):
