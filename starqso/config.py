@@ -89,6 +89,11 @@ def integer(*, minimum: int) -> Check:
     return _check(f"an integer >= {minimum}", lambda v: _is_int(v) and v >= minimum)
 
 
+def optional_integer(*, minimum: int) -> Check:  # or None (YAML null)
+    return _check(f"an integer >= {minimum} or null",
+                  lambda v: v is None or (_is_int(v) and v >= minimum))
+
+
 def int_tuple() -> Check:  # stored as a tuple
     return _check("a non-empty list of integers >= 1", lambda v: isinstance(v, (list, tuple))
                   and len(v) > 0 and all(_is_int(item) and item >= 1 for item in v), tuple)
@@ -155,6 +160,10 @@ class ModelConfig:
 
     # model input side in pixels (cutouts are centre-cropped to it)
     image_size: int = setting(32, integer(minimum=8))
+    # side of the centre the image CNNs see (null = image_size); the photometry still measures
+    # the whole input. A point source and its profile fit in far less than the sky border the
+    # photometry needs, and the CNNs' cost grows with the square of this side.
+    trunk_size: int | None = setting(None, optional_integer(minimum=8))
     # conv widths of the image trunk, one per stage
     image_filters: tuple[int, ...] = setting((16, 32, 64), int_tuple())
     # 1-D residual stages of the encoder
@@ -251,6 +260,11 @@ def _check_run(config: RunConfig) -> None:
             f"model.photometry needs model.image_size >= {PHOTOMETRY_MIN_SIZE} (a 3\" aperture "
             f"and a sky border); set photometry: false for smaller cutouts. Received: "
             f"{model.image_size}")
+    if model.trunk_size is not None and (model.trunk_size > model.image_size
+                                         or (model.image_size - model.trunk_size) % 2):
+        raise InputError(
+            f"model.trunk_size must be <= model.image_size ({model.image_size}) and differ from "
+            f"it by an even number of pixels (a centred crop). Received: {model.trunk_size}")
     if data.cutout_size < model.image_size:
         raise InputError(
             f"data.cutout_size must be >= model.image_size ({model.image_size}) because cutouts "
@@ -263,9 +277,12 @@ PRESETS: dict[str, RunConfig] = {
     "base": RunConfig(),
     # The shipped model: the base network on three times the demo's simulated objects (a
     # simulator that varies noise, seeing and populations needs more of them), with a
-    # 2,400-object validation split for calibration, threshold and export checks.
+    # 2,400-object validation split for calibration, threshold and export checks. Its CNNs see
+    # the central 24 pixels (9.5"), which makes the int8 model 1.6x faster on one CPU thread
+    # (benchmarks/edge.py) while the photometry keeps the 32-pixel sky border.
     "large": RunConfig(
         preset="large",
+        model=ModelConfig(trunk_size=24),
         data=DataConfig(num_objects=24000, validation_fraction=0.1),
     ),
     # Small enough that a full `fit` finishes in seconds on a CPU; used by the tests.
