@@ -100,7 +100,9 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
     Scaling (asinh + per-band statistics from fit time), the aperture photometry (when the
     generator and fusion take it), the generator (with zero noise) and the fusion classifier
     are all inside, so callers pass cutouts exactly as read from FITS (transposed to channels
-    last) and nothing else.
+    last) and nothing else. When the generator and fusion classifier are smaller than
+    ``image_size``, they see the centre of the cutout (cropped before the scaling, so the float
+    stretch of an int8 export runs on those pixels only) while the photometry measures all of it.
 
     Args:
         scaling: a :class:`CutoutScaling` layer (or its config).
@@ -108,15 +110,17 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
         fusion: a trained :class:`FusionClassifier` (or its config).
         photometry: an :class:`AperturePhotometry` layer (or its config), required when the
             generator or fusion classifier has a photometry input; None otherwise.
+        image_size: side of the input cutouts; None for the generator's (no crop). At least
+            the generator's, by an even number of pixels.
 
     Example:
         >>> model = StarQSOClassifier(scaling, generator, fusion)  # doctest: +SKIP
         >>> p_qso = model.predict(cutouts_nhwc)  # doctest: +SKIP
     """
 
-    CONFIG_KEYS = ("scaling", "generator", "fusion", "photometry")
+    CONFIG_KEYS = ("scaling", "generator", "fusion", "photometry", "image_size")
 
-    def __init__(self, scaling, generator, fusion, photometry=None, **kwargs):
+    def __init__(self, scaling, generator, fusion, photometry=None, image_size=None, **kwargs):
         scaling = deserialize_submodel(scaling)
         generator = deserialize_submodel(generator)
         fusion = deserialize_submodel(fusion)
@@ -126,9 +130,21 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
             raise ValueError(f"StarQSOClassifier needs an AperturePhotometry layer exactly when "
                              f"the generator or fusion takes photometry. Received: "
                              f"photometry={photometry}, photometry_dim={wanted}")
-        size = generator.image_size
+        trunk = generator.image_size
+        size = trunk if image_size is None else int(image_size)
+        if size < trunk or (size - trunk) % 2 or fusion.image_size != trunk:
+            raise ValueError(f"StarQSOClassifier image_size must be >= the generator's and "
+                             f"fusion classifier's (equal) input side, by an even number of "
+                             f"pixels. Received: image_size={image_size}, generator "
+                             f"{trunk}, fusion {fusion.image_size}")
+        if photometry is not None and photometry.image_size != size:
+            raise ValueError(f"StarQSOClassifier photometry must measure the whole "
+                             f"{size}-pixel cutout. Received: photometry.image_size="
+                             f"{photometry.image_size}")
         cutout = keras.Input((size, size, 5), name="image")
-        scaled = scaling(cutout)
+        centre = (layers.Cropping2D((size - trunk) // 2, name="trunk_crop")(cutout)
+                  if size > trunk else cutout)
+        scaled = scaling(centre)
         inputs = {"image": scaled}
         if photometry is not None:
             inputs["photometry"] = photometry(cutout)

@@ -52,9 +52,13 @@ class CutoutScaling(keras.layers.Layer):
                                  f"Received: {name}={values}")
 
     def call(self, inputs):
-        x = ops.divide(ops.cast(inputs, "float32"), ops.convert_to_tensor(self.softening))
-        stretched = asinh(x)
-        return (stretched - ops.convert_to_tensor(self.mean)) / ops.convert_to_tensor(self.std)
+        # Multiplications by reciprocals and one fused affine, not DIV and SUB: this runs
+        # float on every pixel of an int8 export, where each element-wise op costs.
+        softening = np.asarray(self.softening, "float32")
+        scale = 1.0 / np.asarray(self.std, "float32")
+        x = ops.cast(inputs, "float32") * ops.convert_to_tensor(1.0 / softening)
+        return (asinh(x) * ops.convert_to_tensor(scale)
+                + ops.convert_to_tensor(-np.asarray(self.mean, "float32") * scale))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -26,6 +26,18 @@ def apply_layer(layer, images: np.ndarray, batch: int = _BATCH) -> np.ndarray:
                            for start in range(0, len(images), batch)])
 
 
+def trunk_side(model_config) -> int:
+    """Side of the centre the image CNNs see: ``model.trunk_size``, else ``model.image_size``."""
+    return model_config.trunk_size or model_config.image_size
+
+
+def centre(images: np.ndarray, side: int) -> np.ndarray:
+    """The central ``side`` x ``side`` pixels of channels-last cutouts (N, S, S, 5): the crop
+    :class:`~starqso.models.StarQSOClassifier` takes before its scaling (equal margins)."""
+    margin = (images.shape[1] - side) // 2
+    return images[:, margin:margin + side, margin:margin + side] if margin else images
+
+
 def fit_photometry(images: np.ndarray, train: np.ndarray, image_size: int, name="photometry"):
     """An :class:`AperturePhotometry` layer standardised with the training objects' statistics.
 
@@ -54,7 +66,8 @@ class ModelInputs:
         scaling: the :class:`CutoutScaling` layer.
         photometry: the :class:`AperturePhotometry` layer, or None without ``model.photometry``.
         statistics: the scaling statistics (``softening``, ``mean``, ``std`` per band).
-        arrays: ``{"image": (N, S, S, 5)[, "photometry": (N, 6)]}`` for every object.
+        arrays: ``{"image": (N, T, T, 5)[, "photometry": (N, 6)]}`` for every object (T the
+            trunk side, :func:`trunk_side`).
     """
 
     scaling: object
@@ -69,7 +82,8 @@ class ModelInputs:
         Args:
             images: raw cutouts (N, S, S, 5) in nanomaggies.
             train: indices of the training objects.
-            model_config: :class:`starqso.config.ModelConfig` (``image_size``, ``photometry``).
+            model_config: :class:`starqso.config.ModelConfig` (``image_size``, ``trunk_size``,
+                ``photometry``).
             seed: seed of the statistics' subsample.
 
         Returns:
@@ -85,7 +99,7 @@ class ModelInputs:
 
         statistics = cutout_statistics(images[train], seed=seed)
         scaling = CutoutScaling(**statistics, name="cutout_scaling")
-        arrays = {"image": apply_layer(scaling, images)}
+        arrays = {"image": apply_layer(scaling, centre(images, trunk_side(model_config)))}
         photometry = None
         if model_config.photometry:
             photometry, arrays["photometry"] = fit_photometry(images, train,
@@ -99,7 +113,8 @@ class ModelInputs:
 
     def record(self, image_size: int) -> dict:
         """What ``preprocessing.json`` holds."""
-        record = {**self.statistics, "image_size": image_size, "units": BUNIT,
+        record = {**self.statistics, "image_size": image_size,
+                  "trunk_size": int(self.arrays["image"].shape[1]), "units": BUNIT,
                   "bands": "".join(BANDS)}
         if self.photometry is not None:
             record.update(photometry_mean=self.photometry.mean,

@@ -32,6 +32,7 @@ import dataclasses
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.training.inputs import trunk_side
 
 _PREDICT_BATCH = 512
 
@@ -234,12 +235,12 @@ class GANStage(Stage):
         from starqso.models import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
 
         model_config, training = context.config.model, context.config.training
-        generator = FeatureGenerator(model_config.image_size, model_config.image_filters,
+        generator = FeatureGenerator(trunk_side(model_config), model_config.image_filters,
                                      model_config.feature_dim, model_config.noise_dim,
                                      model_config.dense_units, model_config.dropout,
                                      context.inputs.photometry_dim, name="generator")
         discriminator = FeatureDiscriminator(
-            model_config.image_size, discriminator_filters(model_config),
+            trunk_side(model_config), discriminator_filters(model_config),
             model_config.feature_dim, model_config.dense_units, model_config.dropout,
             name="discriminator")
         distill = training.gan_distillation_weight > 0
@@ -341,7 +342,7 @@ class FusionStage(Stage):
         model_config = context.config.model
         generated = self.features == "generated"
         model = FusionClassifier(
-            model_config.image_size, model_config.image_filters,
+            trunk_side(model_config), model_config.image_filters,
             self.inputs["features"].shape[1], model_config.dense_units, model_config.dropout,
             context.inputs.photometry_dim if generated else 0,
             name="fusion_classifier" if generated else self.name)
@@ -359,6 +360,7 @@ class FusionStage(Stage):
 
         deployable = StarQSOClassifier(context.inputs.scaling, context.products["generator"],
                                        model, context.inputs.photometry,
+                                       image_size=context.config.model.image_size,
                                        name="starqso_classifier")
         return {"fusion_classifier.keras": model, "starqso_classifier.keras": deployable}
 
@@ -387,7 +389,7 @@ class ImageStage(Stage):
         from starqso.models import ImageClassifier
 
         model_config = context.config.model
-        model = ImageClassifier(model_config.image_size, model_config.image_filters,
+        model = ImageClassifier(trunk_side(model_config), model_config.image_filters,
                                 model_config.dense_units, model_config.dropout,
                                 name="image_classifier")
         model.compile(learning_rate=context.config.training.learning_rate)
