@@ -30,6 +30,21 @@ __all__ = [
 ]
 
 
+def _naming_destination(err: OSError, path: str, temporary: str) -> OSError:
+    """``err`` as an OSError naming the destination, when it names no file or the temp file.
+
+    A write that fails for lack of space (``ENOSPC`` from ``write``/``fsync``) carries no file
+    name, and one from the rename names the hidden temporary file; either way the user should
+    read the file they asked for, e.g. ``No space left on device: out/predictions.csv``
+    rather than ``...: None``.
+    """
+    if err.filename not in (None, temporary):
+        return err
+    # OSError(errno, ...) picks the matching subclass (PermissionError, ...), so callers'
+    # ``except`` clauses see the same type as before.
+    return OSError(err.errno, err.strerror or str(err), path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside ``path`` that becomes ``path`` when the block ends cleanly.
@@ -57,10 +72,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     try:
         yield temporary
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(temporary)
-        raise
+        named = _naming_destination(err, path, temporary) if isinstance(err, OSError) else err
+        if named is err:
+            raise
+        raise named from err
 
 
 def write_bytes_atomically(path: str | os.PathLike, payload: bytes, *,
@@ -99,19 +117,28 @@ def write_bytes_atomically(path: str | os.PathLike, payload: bytes, *,
             stream.write(payload)
         payload = compressed.getvalue()
     temp_path = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL so two writers never share a temp file; mode 0o666 so the umask applies like for
-    # a plain open().
-    descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        # O_EXCL so two writers never share a temp file; mode 0o666 so the umask applies like
+        # for a plain open().
+        descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        named = _naming_destination(err, path, temp_path)
+        if named is err:
+            raise
+        raise named from err
     try:
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_path, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(temp_path)
-        raise
+        named = _naming_destination(err, path, temp_path) if isinstance(err, OSError) else err
+        if named is err:
+            raise
+        raise named from err
     return path
 
 

@@ -8,17 +8,108 @@ exit with status 2; anything else prints one line and exits with 1, Ctrl-C with 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import subprocess
 import sys
 import time
 
-import click
+# Before anything imports TensorFlow: its C++ INFO/WARNING lines off (TensorFlow reads this
+# once, when it loads). TensorFlow 2.21 logs through absl before absl is initialised and then
+# ignores it, which is why the commands also filter native stderr (_native_stderr_filtered).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from starqso import __version__
-from starqso.errors import InputError
+import click  # noqa: E402
+
+from starqso import __version__  # noqa: E402
+from starqso.errors import InputError  # noqa: E402
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 EXIT_INTERRUPTED = 130
+#: ``simulate --size`` range: the sky simulator's smallest cutout, and 256 pixels (101"), far
+#: more than a point source and its sky need; each object costs time and memory growing with
+#: the square of the side (5 s per object at 256 on one core, 4x supersampled).
+SIMULATE_SIZE_RANGE = (16, 256)
+# Native (C++) log lines of TensorFlow and LiteRT that carry nothing for a user: absl's
+# "before InitializeLog" notice, INFO/WARNING lines ("I0000 00:00:... port.cc:153] ..."), the
+# CPU-instructions note and the CUDA probe's errors on a machine without a GPU, and LiteRT's
+# XNNPACK notice. Any other line (an F fatal line, a real error) still reaches stderr.
+NATIVE_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ cuda_\w+\.cc:\d+\] "
+    r"|To enable the following instructions: "
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate")
+# The filter runs in its own process, so that whatever a crash writes last (an absl FATAL
+# line before abort) still reaches the terminal after this process is gone.
+_FILTER_PROGRAM = """
+import re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the command; drain until EOF
+noise = re.compile(sys.argv[1].encode())
+for line in sys.stdin.buffer:
+    if not noise.match(line):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered():
+    """Drop TensorFlow's and LiteRT's native log noise (:data:`NATIVE_NOISE`) from stderr.
+
+    File descriptor 2 goes through a small filter process while Python's own ``sys.stderr``
+    (error lines, the progress bar) writes to the terminal directly. Nothing changes when
+    stderr is not a real file descriptor (click's CliRunner) or ``STARQSO_NATIVE_LOGS`` is
+    set (to see every line).
+
+    Yields:
+        None.
+    """
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        stderr_fd = None
+    if stderr_fd != 2 or os.name != "posix" or os.environ.get("STARQSO_NATIVE_LOGS"):
+        yield
+        return
+    try:  # absl-py's "logging before flag parsing" notice, if anything logs through it
+        import absl.logging
+
+        absl.logging._warn_preinit_stderr = False
+    except (ImportError, AttributeError):
+        pass
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read, write = os.pipe()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _FILTER_PROGRAM, NATIVE_NOISE.pattern],
+            stdin=read, stdout=terminal, stderr=subprocess.DEVNULL)
+    except OSError:  # no filter: the lines are noise, not a reason to fail
+        for fd in (read, write, terminal):
+            os.close(fd)
+        yield
+        return
+    os.close(read)
+    python_stderr = sys.stderr
+    sys.stderr = open(terminal, "w", buffering=1, encoding=python_stderr.encoding,  # noqa: SIM115
+                      errors="backslashreplace", closefd=False)
+    os.dup2(write, 2)
+    os.close(write)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # closes the pipe's write end here: the filter drains and exits
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.close(terminal)
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a worker process still holds the pipe open
+            pass
 
 
 class _Group(click.Group):
@@ -101,7 +192,7 @@ def main(debug):
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Random seed; the same seed gives byte-identical files.")
 @click.option("--size", default=48, show_default=True, type=int,
-              help="Cutout side in pixels (0.396\"/px).")
+              help="Cutout side in pixels (0.396\"/px), 16 to 256.")
 @click.option("--qso-fraction", default=None, type=float,
               help="Fraction of QSOs [default: the real SDSS catalogue's, about 0.30].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing simulation in OUTDIR.")
@@ -116,6 +207,11 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
     """
     from starqso.simulate import simulate_survey
 
+    low, high = SIMULATE_SIZE_RANGE
+    if not low <= size <= high:
+        raise InputError(f"--size must be between {low} and {high} pixels ({high} px is 101\" "
+                         f"at 0.396\"/px, far more than a point source needs; the cost per "
+                         f"object grows with the square of the side). Received: size={size}")
     start = time.perf_counter()
     with _LazyProgress(num_objects, "simulating") as progress:
         summary = simulate_survey(outdir, num_objects, seed=seed, size=size,
@@ -155,19 +251,18 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
     Writes every model (.keras), config.yaml, preprocessing statistics, metrics.json and
     history.json into the run folder, with a one-line validation summary per stage.
     """
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from starqso.config import get_preset, load_config
-    from starqso.training import fit_run
 
     config = None
     if config_path is not None:
         config = load_config(config_path, preset=preset)
     elif preset is not None:
         config = get_preset(preset)
-    fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo,
-            strict=strict, simulation_cache=simulation_cache)
+    with _native_stderr_filtered():
+        from starqso.training import fit_run
+
+        fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo,
+                strict=strict, simulation_cache=simulation_cache)
 
 
 @main.command()
@@ -183,12 +278,10 @@ def export(run_dir, out_dir):
     temperature, the decision threshold chosen on validation (best macro-F1), the training
     QSO fraction and the default prior of `starqso predict`.
     """
-    import os
+    with _native_stderr_filtered():
+        from starqso.export import export_run
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from starqso.export import export_run
-
-    export_run(run_dir, out_dir, log=click.echo)
+        export_run(run_dir, out_dir, log=click.echo)
 
 
 @main.command()
@@ -225,13 +318,10 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     FITS header (PRIOR, THRESH, TEMPER) or, for CSV, in the side-car OUTPUT.json. The output
     appears only when complete; an interrupted run continues with --resume.
     """
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from starqso.inference import predict_catalog
 
     start = time.perf_counter()
-    with _LazyProgress(None, "classifying") as progress:
+    with _native_stderr_filtered(), _LazyProgress(None, "classifying") as progress:
         summary = predict_catalog(catalog, output, model_dir=model_dir, runtime=runtime,
                                   batch_size=batch_size, progress=progress, strict=strict,
                                   resume=resume, log=lambda line: click.echo(line, err=True),
@@ -265,3 +355,7 @@ def evaluate(predictions, truth, out_dir, threshold, strict):
     metrics = evaluate_predictions(predictions, truth, out_dir, threshold=threshold,
                                    strict=strict)
     click.echo(format_report(metrics))
+
+
+if __name__ == "__main__":  # python -m starqso.cli
+    main()

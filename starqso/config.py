@@ -29,6 +29,7 @@ import dataclasses
 import math
 import os
 import re
+import reprlib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,9 +55,24 @@ def _where(source: str) -> str:
     return f" in {source}" if source.startswith("<") else f" in file {source}"
 
 
+# Error messages show values through this: a bounded repr, however large the value (a repr
+# of a whole value before truncating it could take minutes and gigabytes).
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 12
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` in at most 80 characters."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        text = f"<int of {value.bit_length()} bits>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _fail(key: str, expected: str, value: Any, where: str = "") -> typing.NoReturn:
-    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-    raise InputError(f"{key} must be {expected}. Received: {shown}{where}")
+    raise InputError(f"{key} must be {expected}. Received: {_shown(value)}{where}")
 
 
 # --- Field checks: each maps (dotted key, value) to the value to store, or raises InputError ---
@@ -160,10 +176,6 @@ class ModelConfig:
 
     # model input side in pixels (cutouts are centre-cropped to it)
     image_size: int = setting(32, integer(minimum=8))
-    # side of the centre the image CNNs see (null = image_size); the photometry still measures
-    # the whole input. A point source and its profile fit in far less than the sky border the
-    # photometry needs, and the CNNs' cost grows with the square of this side.
-    trunk_size: int | None = setting(None, optional_integer(minimum=8))
     # conv widths of the image trunk, one per stage
     image_filters: tuple[int, ...] = setting((16, 32, 64), int_tuple())
     # 1-D residual stages of the encoder
@@ -175,6 +187,10 @@ class ModelConfig:
     # Aperture photometry (colours, r, concentration) measured inside the model from the raw
     # cutout, as an extra input of the generator and fusion classifier; false = the paper's.
     photometry: bool = setting(True, flag())
+    # side of the centre the image CNNs see (null = image_size); the photometry still measures
+    # the whole input. A point source and its profile fit in far less than the sky border the
+    # photometry needs, and the CNNs' cost grows with the square of this side.
+    trunk_size: int | None = setting(None, optional_integer(minimum=8))
 
     def __post_init__(self) -> None:
         _check_fields(self, "model")
@@ -332,7 +348,10 @@ def _check_keys(values: Mapping, allowed: typing.Iterable[str], prefix: str, whe
     allowed = sorted(allowed)
     for key in values:
         if key not in allowed:
-            raise InputError(f"unknown key '{prefix}{key}'{where}; allowed: {', '.join(allowed)}")
+            shown = ((key if len(key) <= 80 else key[:77] + "...") if isinstance(key, str)
+                     else _shown(key))
+            raise InputError(f"unknown key '{prefix}{shown}'{where}; allowed: "
+                             f"{', '.join(allowed)}")
 
 
 def _start_preset(data: Mapping, preset: str | None, source: str, where: str) -> str:
@@ -392,6 +411,61 @@ def config_from_dict(
         raise InputError(f"{error}{where}") from None
 
 
+#: The largest config file read (a full run config is under 2 kB).
+MAX_CONFIG_BYTES = 1 << 20
+#: The deepest YAML nesting accepted (a run config nests 2 levels).
+MAX_CONFIG_DEPTH = 20
+
+
+class _RefusedYAML(yaml.YAMLError):
+    """YAML that parses but that a run config must not use (aliases, deep nesting)."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader without anchors/aliases and with a nesting limit.
+
+    An alias repeats a value without copying it, so nine lines of aliases to aliases describe
+    a value of 9**9 items ("billion laughs"): loading it is instant, but any code that walks
+    or prints it (an error message's repr) runs for minutes into MemoryError. A run config has
+    no use for aliases. PyYAML composes nested nodes recursively, so nesting is capped before
+    it can reach Python's recursion limit.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _RefusedYAML("uses a YAML anchor or alias (&name / *name), which starqso "
+                               "does not allow in a run config; write the values out",
+                               event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise _RefusedYAML(f"nests more than {MAX_CONFIG_DEPTH} levels deep (a run "
+                                   f"config needs 2)", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_config_text(name: str) -> str:
+    """The text of config file ``name``, at most MAX_CONFIG_BYTES of UTF-8."""
+    with open(name, "rb") as stream:
+        data = stream.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InputError(f"config file {name} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a "
+                         f"run config is a few lines of YAML. Received: more than "
+                         f"{MAX_CONFIG_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def load_config(path: str | os.PathLike, *, preset: str | None = None) -> RunConfig:
     """Read a YAML run configuration: overrides on top of a preset.
 
@@ -401,15 +475,17 @@ def load_config(path: str | os.PathLike, *, preset: str | None = None) -> RunCon
             key, else ``"base"``. A file naming another preset is an error.
 
     Raises:
-        InputError: the file is missing, unreadable or not UTF-8 YAML, or its content is wrong
-            (see :func:`config_from_dict`); the message names the file.
+        InputError: the file is missing, unreadable, larger than :data:`MAX_CONFIG_BYTES`,
+            not UTF-8 YAML, uses YAML anchors/aliases, nests deeper than
+            :data:`MAX_CONFIG_DEPTH`, or its content is wrong (see :func:`config_from_dict`);
+            the message names the file.
 
     Example:
         >>> config = load_config("run.yaml", preset="tiny")  # doctest: +SKIP
     """
     name = os.fspath(path)
     try:
-        content = Path(name).read_text(encoding="utf-8")
+        content = _read_config_text(name)
     except FileNotFoundError:
         raise InputError(f"config file does not exist: {name}") from None
     except IsADirectoryError:
@@ -419,13 +495,19 @@ def load_config(path: str | os.PathLike, *, preset: str | None = None) -> RunCon
     except OSError as error:
         raise InputError(f"cannot read config file {name}: {error.strerror}") from None
     try:
-        data = yaml.safe_load(content)
+        data = yaml.load(content, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         problem = getattr(error, "problem", None) or str(error)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = " ".join(str(problem).split())  # keep the message on one line
+        if isinstance(error, _RefusedYAML):
+            raise InputError(f"config file {name} {problem}{at}") from None
         raise InputError(f"config file {name} is not valid YAML: {problem}{at}") from None
+    except (ValueError, RecursionError) as error:
+        # ValueError: an integer of more than 4300 digits (Python's int() limit).
+        problem = " ".join(str(error).split())[:200]
+        raise InputError(f"config file {name} is not valid YAML: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

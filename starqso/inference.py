@@ -4,11 +4,14 @@ Rows stream through in batches (memory stays flat), each row's cutout is read, c
 to the model's input size and classified. Every input row keeps its place in the output:
 
 * a row that cannot be classified (missing or broken file, cutout smaller than the model
-  input, all zeros, NaN/inf at the object) has an empty ``p_qso`` and the reason in ``flag``;
+  input, all zeros, NaN/inf at the object; no source detected at the centre, a pixel beyond
+  1e7 nanomaggies such as a 1e30 no-data fill, sky noise not plausible in nanomaggies, see
+  :mod:`starqso.preprocessing.quality`; a model output that is not a finite probability)
+  has an empty ``p_qso`` and the reason in ``flag``;
 * a row classified after a repair (a few NaN/inf pixels set to their band median) has its
   ``p_qso`` and a ``flag`` starting with ``repaired``.
 
-``strict=True`` turns the first flagged row into an error instead.
+``strict=True`` turns the first flagged row into an error instead, resumed rows included.
 
 **The prior.** An exported model's p(QSO) is calibrated at its training QSO fraction
 (``metadata.json: training_qso_fraction``, about 0.30). ``prior`` (``--prior F``) moves it to
@@ -31,10 +34,20 @@ network. It costs eight model evaluations per row.
 
 Nothing is lost and nothing is half-written: rows go to a hidden partial file beside the
 output (``.NAME.partial`` plus a ``.json`` saying which catalogue, model and threshold it
-belongs to), flushed batch by batch, and the partial file becomes the output by a rename only
-when every row is done. A killed run therefore leaves no output, or the previous complete one;
-``resume=True`` continues from the partial file's last complete row. A ``strict`` stop is
-not an interruption: it removes the partial file.
+belongs to, with SHA-256 hashes of the catalogue file and of the model file the runtime
+loads), its header line and then each batch flushed to disk, and the partial file becomes
+the output by a rename only when every row is done. A killed run therefore leaves no output,
+or the previous complete one; ``resume=True`` continues from the partial file's last
+complete row (a partial file without a complete header line, killed before it reached the
+disk, is started afresh) and refuses one made for another catalogue, model file, threshold,
+prior or ``tta``. A ``strict`` stop is not an interruption: it removes the partial file.
+
+One writer per output: a run holds an exclusive lock on ``.NAME.lock`` beside the output
+from before it reads the partial file until the output is in place
+(:func:`starqso.locking.exclusive_lock`); a second run on the same output, with or without
+``--resume``, is refused with one line naming the output and the owner's pid. An output that
+is the input catalogue (the same file, through a link too) is refused before anything is
+written.
 
 Two runtimes: ``keras`` (TensorFlow, the ``.keras`` model) and ``litert`` (the TFLite model
 through ``ai_edge_litert``). The LiteRT path imports neither TensorFlow nor Keras, so it runs
@@ -44,16 +57,18 @@ on a machine with only ``pip install ".[litert]"``-style light dependencies.
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.resources
 import io
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 
 from starqso.errors import InputError
-from starqso.model_files import RUNTIME_FILES, check_model_dir
+from starqso.model_files import RUNTIME_FILES, check_model_dir, file_sha256
 from starqso.probability import logit, sigmoid
 from starqso.schema import DEFAULT_THRESHOLD
 
@@ -252,17 +267,64 @@ def predict_tta(predictor, images):
     return np.asarray(predictor(views), np.float64).reshape(8, len(images)).mean(axis=0)
 
 
+# Cutout file names in folder mode: a FITS suffix, optionally compressed the ways astropy
+# opens (gzip, bzip2, xz, zip) or tile-compressed by fpack (.fz). The id is the name without them.
+FITS_SUFFIX = re.compile(r"\.(fits|fit|fts)(\.(gz|bz2|xz|zip|fz))?$", re.IGNORECASE)
+
+
+def cutout_id(name):
+    """The id of a cutout file in folder mode: its name without the FITS suffixes.
+
+    Args:
+        name: file name (no folder).
+
+    Returns:
+        The id, or None when ``name`` is not a cutout file name (no FITS suffix, or hidden:
+        starting with ``.``, as macOS' ``._obj.fits`` resource files do).
+
+    Example:
+        >>> cutout_id("obj.a.fits"), cutout_id("J1234.fits.fz"), cutout_id("._obj.fits")
+        ('obj.a', 'J1234', None)
+    """
+    match = FITS_SUFFIX.search(name)
+    if name.startswith(".") or match is None or match.start() == 0:
+        return None
+    return name[:match.start()]
+
+
 def list_inputs(source):
-    """``(ids, paths)`` of a catalogue (CSV/FITS with ``id``, ``image``) or a folder of FITS."""
+    """``(ids, paths)`` of a catalogue (CSV/FITS with ``id``, ``image``) or a folder of FITS.
+
+    In a folder every non-hidden ``*.fits``, ``*.fit`` or ``*.fts`` file counts, plain or
+    compressed (``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.fz``), in name order; its id is
+    :func:`cutout_id`.
+
+    Args:
+        source: catalogue file or folder.
+
+    Returns:
+        ``(ids, paths)``: lists of str, one per row, in input order.
+
+    Raises:
+        InputError: a bad catalogue, a folder without cutouts, or two files of a folder with
+            the same id (``dup.fits`` and ``dup.fits.gz``).
+    """
     from starqso.io import read_catalog, resolve_path
 
     source = pathlib.Path(source)
     if source.is_dir():
-        paths = sorted(p for p in source.iterdir()
-                       if p.name.lower().endswith((".fits", ".fit", ".fits.gz")))
-        if not paths:
-            raise InputError(f"folder has no cutout FITS files (*.fits). Received: {source}")
-        return [p.name.split(".")[0] for p in paths], [str(p) for p in paths]
+        found = sorted((p.name, cutout_id(p.name)) for p in source.iterdir())
+        found = [(name, ident) for name, ident in found if ident is not None]
+        if not found:
+            raise InputError(f"folder has no cutout FITS files (*.fits, *.fit, *.fts, also "
+                             f"compressed). Received: {source}")
+        first = {}
+        for name, ident in found:
+            if ident in first:
+                raise InputError(f"folder has two cutouts with the id {ident!r}: {first[ident]} "
+                                 f"and {name}; rename or remove one. Received: {source}")
+            first[ident] = name
+        return [ident for _, ident in found], [str(source / name) for name, _ in found]
     table = read_catalog(source)
     return ([str(i) for i in table["id"]],
             [resolve_path(table, str(value)) if str(value).strip() else ""
@@ -270,8 +332,10 @@ def list_inputs(source):
 
 
 def _read_batch(paths, size):
+    """Cutouts of one batch: ``(images, flags, usable)``; a refused row has its reason."""
     from starqso.io import read_cutout
     from starqso.preprocessing.objects import prepare_object
+    from starqso.preprocessing.quality import check_source
     from starqso.schema import NUM_BANDS
 
     images = np.zeros((len(paths), size, size, NUM_BANDS), np.float32)
@@ -281,7 +345,11 @@ def _read_batch(paths, size):
             if not path:
                 raise InputError("image path is blank; expected a cutout file")
             # The same crop (and repair) as the training arrays: ObjectArrays.from_catalog.
-            prepared = prepare_object(read_cutout(path).data, size, source=f"file {path}")
+            # Only the centre crop is read: an oversized or bomb cutout is one flagged row.
+            prepared = prepare_object(read_cutout(path, crop_size=size).data, size,
+                                      source=f"file {path}")
+            # No answer without a source: blank sky, no-data fills and other units are refused.
+            check_source(prepared.image, source=f"file {path}")
             images[row], flags[row] = prepared.image, prepared.note
             usable[row] = True
         except InputError as err:
@@ -294,10 +362,43 @@ def _partial_paths(output):
     return partial, partial.with_name(partial.name + ".json")
 
 
-def _resumed_rows(partial, ids, identity):
-    """Rows already in a partial file of the same run, after cutting an unfinished last line."""
+# What the resume message calls the identity keys that differ.
+_IDENTITY_NAMES = {"source": "catalogue", "rows": "row count",
+                   "catalog_sha256": "catalogue content (SHA-256)", "model": "model folder",
+                   "model_sha256": "model file content (SHA-256)", "runtime": "runtime",
+                   "threshold": "threshold", "prior": "prior", "prior_shift": "prior shift",
+                   "tta": "--tta"}
+
+
+def _identity_differences(saved, identity):
+    if not isinstance(saved, dict):
+        return "its record is unreadable"
+    keys = [key for key in identity if saved.get(key) != identity[key]]
+    keys += [key for key in saved if key not in identity]
+
+    def short(value):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:16] + "..." + text[-16:]
+
+    return "; ".join(f"{_IDENTITY_NAMES.get(key, key)} {short(saved.get(key))} then, "
+                     f"{short(identity.get(key))} now" for key in keys)
+
+
+def _resumed_rows(partial, ids, identity, log=None):
+    """Rows already in a partial file of the same run, after cutting an unfinished last line.
+
+    None when there is nothing to resume: no partial file, or one without a complete header
+    line (a run killed before its header reached the disk), which is started afresh.
+    """
     partial_file, identity_file = partial
     if not partial_file.exists() or not identity_file.exists():
+        return None
+    content = partial_file.read_bytes()
+    if b"\n" not in content:
+        # Killed before the header line was on disk: no row was written, nothing is lost.
+        if log is not None:
+            log(f"note: the partial run {partial_file} has no complete header line (killed "
+                f"before its first row); starting afresh")
         return None
     try:
         saved = json.loads(identity_file.read_text())
@@ -306,13 +407,14 @@ def _resumed_rows(partial, ids, identity):
     if saved != identity:
         raise InputError(f"the partial run {partial_file} was made for another catalogue, "
                          f"model, threshold, prior or --tta; delete it or run without --resume. "
-                         f"Received: {saved} vs now {identity}")
-    content = partial_file.read_bytes()
+                         f"Received: {_identity_differences(saved, identity)}")
     content = content[:content.rfind(b"\n") + 1]  # a kill mid-line leaves half a row
-    rows = list(csv.reader(io.StringIO(content.decode("utf-8"), newline="")))
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8", errors="replace"),
+                                       newline="")))
     if not rows or tuple(rows[0]) != OUTPUT_COLUMNS:
-        raise InputError(f"the partial run {partial_file} has no header line; delete it or run "
-                         f"without --resume")
+        raise InputError(f"the partial run {partial_file} does not start with the header line "
+                         f"{','.join(OUTPUT_COLUMNS)}; delete it or run without --resume. "
+                         f"Received: {rows[0] if rows else ''}")
     rows = rows[1:]
     for number, row in enumerate(rows):
         if len(row) != len(OUTPUT_COLUMNS) or number >= len(ids) or row[0] != ids[number]:
@@ -321,6 +423,57 @@ def _resumed_rows(partial, ids, identity):
                              f"{row}")
     partial_file.write_bytes(content)
     return rows
+
+
+def catalog_sha256(source, paths):
+    """What ``--resume`` checks the input by: SHA-256 of the catalogue file's content, or for
+    a folder of cutouts of its listing (each listed file's name, size and mtime in ns, in
+    order), so that an added, removed, replaced or rewritten cutout changes it."""
+    if not pathlib.Path(source).is_dir():
+        return file_sha256(source)
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size = mtime = -1
+        digest.update(f"{pathlib.Path(path).name}\t{size}\t{mtime}\n".encode("utf-8",
+                                                                              "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _check_output_is_not_input(source, output):
+    """Refuse an output that is the input catalogue (the same file, a link to it included)."""
+    source = pathlib.Path(source)
+    if source.is_dir() or not output.exists():
+        return
+    try:
+        same = os.path.samefile(source, output)
+    except OSError:
+        same = output.resolve() == source.resolve()
+    if same:
+        raise InputError(f"--output is the input catalogue {source}: writing it would replace "
+                         f"the catalogue; choose another output. Received: --output {output}")
+
+
+def _strict_stop(partial, message):
+    """A deliberate stop, not an interruption: nothing is left to resume."""
+    for path in partial:
+        path.unlink(missing_ok=True)
+    raise InputError(message)
+
+
+def _unusable_outputs(probabilities, usable, flags):
+    """Flag classified rows whose p(QSO) is not a finite probability (NaN from a 1e30 pixel)."""
+    bad = usable & ~((probabilities >= 0) & (probabilities <= 1))  # NaN compares False
+    for row in np.flatnonzero(bad):
+        value = probabilities[row]
+        reason = "not finite" if not np.isfinite(value) else "not a probability in [0, 1]"
+        flags[row] = (f"model output is {reason} for this cutout (p_qso={value:g}); expected "
+                      f"a probability in [0, 1]")
+        usable[row] = False
+    return usable
 
 
 def sidecar_path(output):
@@ -417,8 +570,10 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
 
     Raises:
         InputError: bad options (a prior outside (0, 1) among them), model folder or
-            catalogue; with ``strict``, a bad row; with ``resume``, a partial file from
-            another catalogue, model, threshold, prior or ``tta``.
+            catalogue (two folder cutouts with one id among them); ``output`` is the
+            catalogue; another run holds ``output``'s lock; with ``strict``, a bad row (a
+            resumed one included); with ``resume``, a partial file from another catalogue,
+            model file, threshold, prior or ``tta``.
 
     Example:
         >>> predict_catalog("demo/catalog.csv", "predictions.csv")  # doctest: +SKIP
@@ -440,11 +595,17 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         log(settings["note"])
     size = int(metadata["input_shape"][1])
     ids, paths = list_inputs(source)
+    _check_output_is_not_input(source, output)
     source_name = str(pathlib.Path(source).resolve())
     from starqso import __version__
+    from starqso.locking import exclusive_lock
 
-    # What a partial file must match to be resumed, and what the finished output records.
-    common = {"source": source_name, "rows": len(ids), "model": str(model_dir.resolve()),
+    # What a partial file must match to be resumed, and what the finished output records:
+    # content hashes too, so a replaced model file or an edited catalogue is not continued.
+    common = {"source": source_name, "rows": len(ids),
+              "catalog_sha256": catalog_sha256(source, paths),
+              "model": str(model_dir.resolve()),
+              "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
               "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
               "tta": bool(tta)}
     identity = {**common, "prior_shift": settings["shift"]}
@@ -455,55 +616,72 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
               "starqso_version": __version__}
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_paths(output)
-    done = _resumed_rows(partial, ids, identity) if resume else None
-    if resume and log is not None:
-        log(f"resuming after row {len(done)} of {len(ids)}" if done is not None else
-            "no partial run to resume; starting from the first row")
-    counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "resumed": 0}
-    for _, p_qso, label, flag in done or []:
-        counts["rows"] += 1
-        counts["qso"] += label == "QSO"
-        counts["flagged"] += bool(flag) and not p_qso
-        counts["repaired"] += bool(flag) and bool(p_qso)
-    counts["resumed"] = counts["rows"]
-    # The folder was checked above, before the catalogue: a bad catalogue fails before
-    # TensorFlow is imported, and the model files are read once.
-    predictor = _checked_predictor(model_dir, runtime)
-    if done is None:
-        partial[1].write_text(json.dumps(identity, indent=2) + "\n")
-    with open(partial[0], "a" if done is not None else "w", newline="",
-              encoding="utf-8") as stream:
-        writer = csv.writer(stream)
+    # One writer per output, for the whole run (--resume included): see starqso.locking.
+    with exclusive_lock(output):
+        done = _resumed_rows(partial, ids, identity, log) if resume else None
+        # The resumed rows answer to --strict as the new ones do (a fresh run would stop).
+        for number, (ident, _, _, flag) in enumerate(done if strict and done else []):
+            if flag:
+                _strict_stop(partial, f"row {number + 1} (id {ident!r}) of {source} is "
+                                      f"flagged and --strict is on: {flag}")
+        if resume and log is not None:
+            log(f"resuming after row {len(done)} of {len(ids)}" if done is not None else
+                "no partial run to resume; starting from the first row")
+        counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "resumed": 0}
+        for _, p_qso, label, flag in done or []:
+            counts["rows"] += 1
+            counts["qso"] += label == "QSO"
+            counts["flagged"] += bool(flag) and not p_qso
+            counts["repaired"] += bool(flag) and bool(p_qso)
+        counts["resumed"] = counts["rows"]
+        # The folder was checked above, before the catalogue: a bad catalogue fails before
+        # TensorFlow is imported, and the model files are read once.
+        predictor = _checked_predictor(model_dir, runtime)
         if done is None:
-            writer.writerow(OUTPUT_COLUMNS)
-        for start in range(counts["rows"], len(ids), batch_size):
-            batch_ids = ids[start:start + batch_size]
-            images, flags, usable = _read_batch(paths[start:start + batch_size], size)
-            if strict and any(flags):
-                row = next(i for i, flag in enumerate(flags) if flag)
-                stream.close()
-                # A deliberate stop, not an interruption: nothing is left to resume.
-                for path in partial:
-                    path.unlink(missing_ok=True)
-                raise InputError(f"row {start + row + 1} (id {batch_ids[row]!r}) of {source} "
-                                 f"is flagged and --strict is on: {flags[row]}")
-            probabilities = np.full(len(batch_ids), np.nan)
-            if usable.any():
-                good = images[usable]
-                p = predict_tta(predictor, good) if tta else predictor(good)
-                probabilities[usable] = apply_prior(p, settings["shift"])
-            for ident, p_qso, flag, ok in zip(batch_ids, probabilities, flags, usable):
-                label = ("QSO" if p_qso >= threshold else "STAR") if ok else ""
-                counts["rows"] += 1
-                counts["qso"] += label == "QSO"
-                counts["flagged"] += not ok
-                counts["repaired"] += ok and bool(flag)
-                writer.writerow((ident, f"{p_qso:.6f}" if ok else "", label, flag))
-            # Each batch reaches the disk whole before the next starts: what --resume reads.
-            stream.flush()
-            os.fsync(stream.fileno())
-            if progress is not None:
-                progress(counts["rows"], len(ids))
-    _finish(partial[0], output, suffix == ".fits", record)
-    partial[1].unlink(missing_ok=True)
+            from starqso.atomic import write_text_atomically
+
+            write_text_atomically(partial[1], json.dumps(identity, indent=2) + "\n")
+        try:
+            with open(partial[0], "a" if done is not None else "w", newline="",
+                      encoding="utf-8") as stream:
+                writer = csv.writer(stream)
+                if done is None:
+                    # On disk before the first batch: a run killed in it leaves a resumable file.
+                    writer.writerow(OUTPUT_COLUMNS)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                for start in range(counts["rows"], len(ids), batch_size):
+                    batch_ids = ids[start:start + batch_size]
+                    images, flags, usable = _read_batch(paths[start:start + batch_size], size)
+                    probabilities = np.full(len(batch_ids), np.nan)
+                    if usable.any():
+                        good = images[usable]
+                        p = predict_tta(predictor, good) if tta else predictor(good)
+                        probabilities[usable] = apply_prior(p, settings["shift"])
+                    usable = _unusable_outputs(probabilities, usable, flags)
+                    if strict and any(flags):
+                        row = next(i for i, flag in enumerate(flags) if flag)
+                        stream.close()
+                        _strict_stop(partial, f"row {start + row + 1} (id {batch_ids[row]!r})"
+                                              f" of {source} is flagged and --strict is on: "
+                                              f"{flags[row]}")
+                    for ident, p_qso, flag, ok in zip(batch_ids, probabilities, flags, usable):
+                        label = ("QSO" if p_qso >= threshold else "STAR") if ok else ""
+                        counts["rows"] += 1
+                        counts["qso"] += label == "QSO"
+                        counts["flagged"] += not ok
+                        counts["repaired"] += ok and bool(flag)
+                        writer.writerow((ident, f"{p_qso:.6f}" if ok else "", label, flag))
+                    # Each batch reaches the disk whole before the next starts: what --resume reads.
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                    if progress is not None:
+                        progress(counts["rows"], len(ids))
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            # A failed write or fsync (a full disk) names no file: name the partial file.
+            raise type(err)(err.errno, err.strerror, str(partial[0])) from err
+        _finish(partial[0], output, suffix == ".fits", record)
+        partial[1].unlink(missing_ok=True)
     return {**counts, "output": str(output), "prior": prior_label(settings), "record": record}

@@ -195,6 +195,8 @@ def test_wrong_type_message_style(tmp_path):
         ({"model": {"image_size": 4}}, "model.image_size must be an integer >= 8"),
         ({"model": {"image_size": 16}}, "model.photometry needs model.image_size >= 22"),
         ({"model": {"dropout": 1.0}}, "model.dropout"),
+        ({"model": {"trunk_size": 40}}, "model.trunk_size must be <= model.image_size (32)"),
+        ({"model": {"trunk_size": 25}}, "differ from it by an even number of pixels"),
         ({"training": {"gan_epochs": -1}}, "training.gan_epochs"),
         ({"training": {"learning_rate": 0}}, "training.learning_rate must be a number > 0"),
         ({"training": {"early_stopping_patience": 0}}, "training.early_stopping_patience"),
@@ -230,6 +232,7 @@ def test_direct_construction_is_checked_too():
 # One value out of range or of the wrong type for every checked field, set in Python.
 PYTHON_VIOLATIONS = [
     (ModelConfig, "image_size", 7, "an integer >= 8"),
+    (ModelConfig, "trunk_size", 7, "an integer >= 8 or null"),
     (ModelConfig, "image_filters", (8, 0), "a non-empty list of integers >= 1"),
     (ModelConfig, "spectrum_filters", (), "a non-empty list of integers >= 1"),
     (ModelConfig, "feature_dim", 0, "an integer >= 1"),

@@ -39,7 +39,12 @@ def tiny_models():
     generator_p = FeatureGenerator(24, (4, 8), FEATURES, NOISE, 8, 0.1, photometry_dim=6)
     fusion_p = FusionClassifier(24, (4, 8), FEATURES, 8, 0.1, photometry_dim=6)
     table = np.asarray(photometry(big))
+    # CNNs on the central 16 pixels of a 24-pixel cutout, photometry on all of it.
+    generator_c = FeatureGenerator(16, (4, 8), FEATURES, NOISE, 8, 0.1, photometry_dim=6)
+    fusion_c = FusionClassifier(16, (4, 8), FEATURES, 8, 0.1, photometry_dim=6)
     return {
+        "cropped_deployable": (StarQSOClassifier(scaling, generator_c, fusion_c, photometry,
+                                                 image_size=24), {"image": big}, (6, 1)),
         "photometry_generator": (generator_p, {"image": big, "photometry": table,
                                                "noise": np.zeros((6, NOISE), "float32")},
                                  (6, FEATURES)),
@@ -97,6 +102,28 @@ def test_deployable_model_scales_raw_cutouts_inside():
     expected = fusion({"image": scaled, "features": features})
     np.testing.assert_allclose(np.asarray(deployable(inputs)), np.asarray(expected),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_cropped_deployable_feeds_the_centre_to_the_cnns_and_all_pixels_to_photometry():
+    deployable, inputs, _ = tiny_models()["cropped_deployable"]
+    big = inputs["image"]
+    scaled = np.asarray(deployable.scaling(big[:, 4:20, 4:20]))
+    table = np.asarray(deployable.photometry(big))
+    features = np.asarray(deployable.generator({"image": scaled, "photometry": table,
+                                                "noise": np.zeros((6, NOISE), "float32")}))
+    expected = deployable.fusion({"image": scaled, "features": features, "photometry": table})
+    np.testing.assert_allclose(np.asarray(deployable(inputs)), np.asarray(expected),
+                               rtol=1e-5, atol=1e-6)
+    assert deployable.image_size == 24 and deployable.get_config()["image_size"] == 24
+
+
+@pytest.mark.parametrize("image_size", [12, 23])
+def test_cropped_deployable_refuses_a_smaller_or_odd_margin_input(image_size):
+    generator = FeatureGenerator(16, (4,), FEATURES, NOISE, 8, 0.0)
+    fusion = FusionClassifier(16, (4,), FEATURES, 8, 0.0)
+    scaling = CutoutScaling([0.03] * 5, [0.0] * 5, [1.0] * 5)
+    with pytest.raises(ValueError, match="even number of pixels"):
+        StarQSOClassifier(scaling, generator, fusion, image_size=image_size)
 
 
 def _gan(strategy, teacher=None):

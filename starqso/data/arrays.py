@@ -426,7 +426,8 @@ def _catalog_row(catalog, image, spectrum, image_size):
     image_path = resolve_path(catalog, image)
     if not image_path:
         raise InputError("image path is blank; expected a cutout file")
-    cube = read_cutout(image_path).data
+    # Only the centre crop is read (bounded memory for any file size).
+    cube = read_cutout(image_path, crop_size=image_size).data
     arrays, spectrum_path, error = None, "", ""
     try:
         spectrum_path = resolve_path(catalog, spectrum)

@@ -52,7 +52,8 @@ def make_dataset(inputs: dict[str, np.ndarray], target: np.ndarray | None, *, ba
 
     Returns:
         Dataset of ``(inputs_dict, target)`` batches (``inputs_dict`` alone when ``target`` is
-        None), prefetched.
+        None), prefetched, with ``tf.data.Options().deterministic`` set: the same seed gives
+        the same batches in the same order on every run, whatever the load.
 
     Raises:
         InputError: empty or mismatched arrays, ``batch_size < 1``, or non-square images with
@@ -103,4 +104,10 @@ def make_dataset(inputs: dict[str, np.ndarray], target: np.ndarray | None, *, ba
         return batch if labels is None else (batch, labels)
 
     dataset = dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    # Element order must not depend on which parallel call finishes first, whatever a caller's
+    # or tf.data's global options say: the order of the batches is part of a reproducible run.
+    # AUTOTUNE only sizes the parallelism and the prefetch buffer; neither changes the values
+    # (the map gathers and flips, no arithmetic that could round differently).
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

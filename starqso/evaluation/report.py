@@ -7,12 +7,13 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
 import numpy as np
 
-from starqso.atomic import write_json_atomically
+from starqso.atomic import replace_folder, write_json_atomically
 from starqso.errors import InputError
 from starqso.evaluation.join import join_predictions
 from starqso.evaluation.metrics import (
@@ -22,7 +23,12 @@ from starqso.evaluation.metrics import (
     classification_metrics,
     reliability_bins,
 )
-from starqso.evaluation.plots import write_plots
+from starqso.evaluation.plots import PLOT_FILES, write_plots
+
+#: The names ``evaluate`` writes into ``--out``: the only entries a folder it replaces may hold.
+OUTPUT_FILES = ("metrics.json", *PLOT_FILES)
+# A metrics.json is a few kilobytes; anything far larger is not one of ours (and is not read).
+_METRICS_MAX_BYTES = 16 * 1024 * 1024
 
 
 def _json_ready(value):
@@ -38,14 +44,87 @@ def _json_ready(value):
     return value
 
 
+def _is_our_metrics(path: str) -> bool:
+    """Whether ``path`` is a ``metrics.json`` that ``starqso evaluate`` wrote."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > _METRICS_MAX_BYTES:
+            return False
+        with open(path, encoding="utf-8") as stream:
+            payload = json.load(stream)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(payload, dict) and all(key in payload for key in ("confusion", "join",
+                                                                          "files"))
+
+
+def check_output_folder(out_dir) -> str:
+    """Check that ``out_dir`` may be replaced by an evaluation, and make its parent folder.
+
+    ``evaluate`` replaces ``--out`` as a whole, so the previous run's plots never stay beside
+    the new ``metrics.json``. Replacing deletes what the folder held, so only a folder that
+    is missing, empty, or holds an earlier evaluation and nothing else (a starqso
+    ``metrics.json`` plus the names in :data:`OUTPUT_FILES`) is accepted: a user's unrelated
+    folder given as ``--out`` by mistake is refused, never emptied.
+
+    Args:
+        out_dir: the ``--out`` folder.
+
+    Returns:
+        The folder to swap: ``out_dir``, or the folder a symbolic link ``out_dir`` points to
+        (so the link stays a link and its target gets the new evaluation).
+
+    Raises:
+        InputError: ``out_dir`` is a file, holds anything else, or its parent cannot be made.
+    """
+    out = os.fspath(out_dir)
+    if not out:
+        raise InputError("--out is blank; expected a folder name. Received: out=''")
+    # Absolute and without a trailing separator: the staging folder is "OUT.partial" beside
+    # OUT, never "OUT/.partial" inside it.
+    destination = os.path.realpath(out) if os.path.islink(out) else os.path.abspath(out)
+    if os.path.isdir(destination):
+        try:
+            entries = sorted(os.listdir(destination))
+        except OSError as err:
+            raise InputError(f"output folder could not be read ({err.strerror or err}): "
+                             f"{out}") from err
+        foreign = [name for name in entries if name not in OUTPUT_FILES
+                   or not os.path.isfile(os.path.join(destination, name))]
+        if entries and (foreign or not _is_our_metrics(os.path.join(destination,
+                                                                     "metrics.json"))):
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            what = f"holds {shown}" if foreign else "has no metrics.json of starqso evaluate"
+            raise InputError(
+                f"--out is replaced as a whole, so it must be a new or empty folder or an "
+                f"earlier evaluation (metrics.json and plots only); this one {what}. Choose "
+                f"another --out. Received: out={out}")
+        return destination
+    if os.path.lexists(destination):
+        raise InputError(f"output folder could not be made (a file of that name exists): "
+                         f"{out}")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+    except OSError as err:
+        # FileExistsError (a file named like a parent folder) is not one of the errors the CLI
+        # turns into one line, so say it here.
+        raise InputError(f"output folder could not be made ({err.strerror or err}): "
+                         f"{out}") from err
+    return destination
+
+
 def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float = 0.5,
                          strict: bool = False) -> dict:
     """Score a predictions file against a truth catalogue; write metrics.json and plots.
 
-    Writes into ``out_dir`` (created if needed; files replaced atomically): ``metrics.json``,
-    ``confusion_matrix.png``, ``roc.png``, ``precision_recall.png``, ``reliability.png``,
-    and ``completeness_purity_r.png`` / ``completeness_purity_redshift.png`` when the truth
-    catalogue has ``r`` / ``redshift`` values for the evaluated rows.
+    Writes ``out_dir`` as a whole: ``metrics.json``, ``confusion_matrix.png``, ``roc.png``,
+    ``precision_recall.png``, ``reliability.png``, and ``completeness_purity_r.png`` /
+    ``completeness_purity_redshift.png`` when the truth catalogue has ``r`` / ``redshift``
+    values for the evaluated rows. Everything is written into a staging folder beside it
+    (``OUT.partial``) that replaces ``out_dir`` only once complete
+    (:func:`starqso.atomic.replace_folder`): no plot of an earlier run stays beside the new
+    ``metrics.json``, and a failure or a kill midway leaves the previous folder as it was.
+    An existing ``out_dir`` must be empty or an earlier evaluation
+    (:func:`check_output_folder`).
 
     Args:
         predictions_path: ``starqso predict`` output, CSV or FITS (``id``, ``p_qso``, ``flag``).
@@ -64,7 +143,8 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
 
     Raises:
         InputError: A file is unreadable, p_qso is not a number in [0, 1], the threshold is
-            outside [0, 1], no row is left to score, or ``out_dir`` cannot be made.
+            outside [0, 1], no row is left to score, ``out_dir`` cannot be made, or it holds
+            something other than an earlier evaluation.
 
     Example:
         >>> metrics = evaluate_predictions("predictions.csv", "truth.csv",
@@ -73,6 +153,8 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     """
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"--threshold must be within [0, 1]. Received: {threshold}")
+    # Before the (slow) join: a refused --out is reported at once.
+    destination = check_output_folder(out_dir)
     rows, join = join_predictions(predictions_path, truth_path)
     if strict:
         for key in ("missing", "extra", "flagged", "repaired", "no_probability", "unlabelled"):
@@ -104,21 +186,16 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     bins = reliability_bins(labels, probabilities)
     metrics["reliability"] = _json_ready(bins)
 
-    out = os.fspath(out_dir)
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as err:
-        # FileExistsError (a file named like the folder) is not one of the errors the CLI
-        # turns into one line, so say it here.
-        raise InputError(f"output folder could not be made ({err.strerror or err}): "
-                         f"{out}") from err
-    files = write_plots(out, metrics, labels, probabilities, bins)
-    metrics["out_dir"] = os.path.abspath(out)
-    metrics["files"] = ["metrics.json", *files]
-    metrics = _json_ready(metrics)
-    # Same bytes as before the split: indent 2, sorted keys, one trailing newline, UTF-8.
-    write_json_atomically(os.path.join(out, "metrics.json"), metrics)
-    return metrics
+    metrics["out_dir"] = os.path.abspath(os.fspath(out_dir))
+
+    def build(staging):
+        files = write_plots(staging, metrics, labels, probabilities, bins)
+        metrics["files"] = ["metrics.json", *files]
+        # Same bytes as before the split: indent 2, sorted keys, one trailing newline, UTF-8.
+        write_json_atomically(os.path.join(staging, "metrics.json"), _json_ready(metrics))
+
+    replace_folder(build, destination)
+    return _json_ready(metrics)
 
 
 def _cell(value, digits: int = 4) -> str:

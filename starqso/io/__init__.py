@@ -12,7 +12,14 @@ readers stay fast to import in tools and tests. Turning a catalogue into model i
 """
 
 from starqso.io.catalog import CATALOG_COLUMNS, read_catalog, resolve_path, write_catalog
-from starqso.io.cutouts import BANDS, PIXEL_SCALE_ARCSEC, Cutout, read_cutout, write_cutout
+from starqso.io.cutouts import (
+    BANDS,
+    MAX_CUTOUT_VALUES,
+    PIXEL_SCALE_ARCSEC,
+    Cutout,
+    read_cutout,
+    write_cutout,
+)
 from starqso.io.spectra import (
     Spectrum,
     read_lamost_spectrum,
@@ -24,6 +31,7 @@ from starqso.io.spectra import (
 __all__ = [
     "BANDS",
     "CATALOG_COLUMNS",
+    "MAX_CUTOUT_VALUES",
     "PIXEL_SCALE_ARCSEC",
     "Cutout",
     "Spectrum",

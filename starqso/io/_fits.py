@@ -8,10 +8,14 @@ file. Writers serialise with :func:`hdulist_bytes` and write with
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import io
+import lzma
 import os
 import warnings
+import zipfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -83,6 +87,132 @@ def open_fits(path: str | os.PathLike, what: str) -> Iterator[fits.HDUList]:
         yield hdulist
     finally:
         hdulist.close()
+
+
+# Leading bytes of the whole-file compressions astropy reads (the same magic numbers it checks);
+# a ``.fits`` name proves nothing, astropy looks at the content.
+_COMPRESSION_MAGIC = (
+    (b"\x1f\x8b\x08", "gzip"),
+    (b"PK\x03\x04", "zip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "lzma"),
+    (b"\x1f\x9d", "lzw"),
+)
+
+
+def whole_file_compression(path: str) -> str | None:
+    """The whole-file compression of ``path`` by its leading bytes, or None for plain FITS.
+
+    Tile compression (``.fits.fz``) is not whole-file compression: such a file starts with a
+    plain FITS header and gives None.
+
+    Args:
+        path: An existing file.
+
+    Returns:
+        ``"gzip"``, ``"zip"``, ``"bzip2"``, ``"lzma"``, ``"lzw"`` or None.
+
+    Example:
+        >>> whole_file_compression("cutout.fits.gz")  # doctest: +SKIP
+        'gzip'
+    """
+    with open(path, "rb") as stream:
+        head = stream.read(8)
+    for magic, name in _COMPRESSION_MAGIC:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def decompressed_prefix(path: str, compression: str, limit: int, what: str) -> bytes:
+    """At most the first ``limit`` bytes of the decompressed content of ``path``.
+
+    Only what is returned is ever decompressed, so a small file that expands to gigabytes
+    (a decompression bomb) costs at most ``limit`` bytes of memory and the time to inflate
+    them. astropy itself would inflate a zip member in full and, for the other formats,
+    decompress everything it seeks over.
+
+    Args:
+        path: File compressed as :func:`whole_file_compression` says.
+        compression: Its compression, not None.
+        limit: The most bytes to return.
+        what: What the file should be, for messages.
+
+    Returns:
+        The decompressed bytes; fewer than ``limit`` when the content is shorter.
+
+    Raises:
+        InputError: The compressed stream is corrupt or cut short, a zip archive does not hold
+            exactly one file, or the compression is LZW (``.Z``), which is not read.
+
+    Example:
+        >>> len(decompressed_prefix("cutout.fits.gz", "gzip", 2880, "cutout"))  # doctest: +SKIP
+        2880
+    """
+    try:
+        if compression == "zip":
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if len(names) != 1:
+                    raise InputError(
+                        f"{what} zip archive must hold exactly one FITS file. Received: "
+                        f"{len(names)} members in file {path}"
+                    )
+                with archive.open(names[0]) as stream:
+                    return stream.read(limit)
+        openers = {"gzip": gzip.open, "bzip2": bz2.open, "lzma": lzma.open}
+        if compression not in openers:
+            raise InputError(
+                f"{what} file is {compression}-compressed, which starqso does not read; "
+                f"decompress it first. Received: file {path}"
+            )
+        with openers[compression](path, "rb") as stream:
+            # read(n) inflates only until n bytes are out, never the whole stream.
+            return stream.read(limit)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError) as err:
+        if isinstance(err, InputError):
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(
+            f"{what} file is not a readable {compression} stream ({reason}): {path}"
+        ) from err
+
+
+@contextlib.contextmanager
+def open_fits_lazily(source, path: str, what: str) -> Iterator[fits.HDUList]:
+    """Open FITS content reading headers only on demand, for readers that bound their reads.
+
+    Unlike :func:`open_fits`, HDUs are parsed one at a time as they are indexed, and data is
+    read only when asked for, so a reader can check an image's header (its size against the
+    file, against a memory cap) before a byte of pixels is touched. The caller checks
+    completeness itself; astropy's truncation warnings are dropped.
+
+    Args:
+        source: A file name or a binary file object (e.g. ``io.BytesIO`` of decompressed
+            content).
+        path: The user's file, for messages.
+        what: What the file should be, for messages.
+
+    Yields:
+        The lazily loaded ``HDUList``; closed when the block ends.
+
+    Example:
+        >>> with open_fits_lazily("a.fits", "a.fits", "cutout") as hdulist:  # doctest: +SKIP
+        ...     header = hdulist[0].header
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            # memmap=False: a file cut short after this check would otherwise crash the
+            # whole process with SIGBUS when a mapped page past its end is touched.
+            hdulist = fits.open(source, memmap=False, lazy_load_hdus=True)
+        except (OSError, ValueError, TypeError, EOFError, IndexError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"{what} file is not a readable FITS file ({reason}): {path}") from err
+        try:
+            yield hdulist
+        finally:
+            hdulist.close()
 
 
 def hdu_data(hdu, path: str, what: str):

@@ -6,7 +6,8 @@ A catalogue is a CSV file (``.csv`` or ``.csv.gz``, UTF-8, header line first) or
 (``.fits``, ``.fit``, ``.fits.gz``, ``.fit.gz``; the first table extension) with columns:
 
 =============  ==========================================================================
-``id``         required, unique, kept exactly as written (``"001"`` stays ``"001"``)
+``id``         required, unique, kept as written (``"001"`` stays ``"001"``) except for
+               leading/trailing spaces, which are removed (see below)
 ``image``      cutout path, relative to the catalogue's folder or absolute
                (required by :func:`read_catalog` by default; blank allowed per row)
 ``spectrum``   optional spectrum path, same rule; blank means no spectrum
@@ -14,6 +15,12 @@ A catalogue is a CSV file (``.csv`` or ``.csv.gz``, UTF-8, header line first) or
 ``redshift``   optional float; blank = NaN
 ``u g r i z``  optional float AB magnitudes; blank = NaN
 =============  ==========================================================================
+
+Leading and trailing spaces are removed from every text cell, ids included: CSV writers put
+a space after the comma and FITS pads strings with blanks, so ``" 0003 "`` is the id
+``"0003"`` and is written back that way. Two ids that differ only in such spaces (``" x"``
+and ``"x "``) are therefore the same id, and are refused as a duplicate with both spellings
+and their rows in the message.
 
 Column names are matched case-insensitively and stored lower case. Other columns are kept
 (as strings when read from CSV). Rows are numbered from 1, counting data rows only, in every
@@ -145,7 +152,7 @@ def _cells(column) -> list:
     return values
 
 
-def _text(value, path: str, row: int, name: str) -> str:
+def _text(value, path: str, row: int, name: str, *, strip: bool = True) -> str:
     if value is None:
         return ""
     if isinstance(value, np.generic):
@@ -158,7 +165,7 @@ def _text(value, path: str, row: int, name: str) -> str:
                 f"catalogue text must be UTF-8. Received: {value!r} at row {row} column "
                 f"'{name}' in file {path}"
             ) from err
-    return str(value).strip()
+    return str(value).strip() if strip else str(value)
 
 
 def _number(value, path: str, row: int, name: str) -> float:
@@ -188,14 +195,26 @@ def _check_one_value_per_row(column, name: str, path: str) -> None:
         )
 
 
-def _check_unique_ids(ids: list[str], path: str) -> None:
+def _check_unique_ids(ids: list[str], written: list[str], path: str) -> None:
+    """Refuse repeated ids, naming the rows and, where they differ, the spellings as written.
+
+    Ids are compared after stripping (see the module docstring), so ``" x"`` and ``"x "`` are
+    the same id; the message shows both spellings, or it would read as ``'x'`` twice.
+    """
     seen: set[str] = set()
     for identifier in ids:
         if identifier in seen:
-            rows = [str(row) for row, other in enumerate(ids, start=1) if other == identifier]
+            rows = [row for row, other in enumerate(ids, start=1) if other == identifier]
+            spellings = {written[row - 1] for row in rows}
+            if len(spellings) == 1:
+                where = ", ".join(str(row) for row in rows)
+                rule = "catalogue ids must be unique"
+            else:
+                where = ", ".join(f"{row} ({written[row - 1]!r})" for row in rows)
+                rule = ("catalogue ids must be unique once leading/trailing spaces are "
+                        "removed (they are not part of an id)")
             raise InputError(
-                f"catalogue ids must be unique. Received: id {identifier!r} in rows "
-                f"{', '.join(rows)} in file {path}"
+                f"{rule}. Received: id {identifier!r} in rows {where} in file {path}"
             )
         seen.add(identifier)
 
@@ -209,13 +228,15 @@ def _normalised_column(name: str, column, path: str, from_csv: bool):
         _check_one_value_per_row(column, name, path)
         texts = [_text(value, path, row, name) for row, value in enumerate(_cells(column), 1)]
         if name == "id":
+            written = [_text(value, path, row, name, strip=False)
+                       for row, value in enumerate(_cells(column), 1)]
             for row, identifier in enumerate(texts, start=1):
                 if not identifier:
                     raise InputError(
                         f"catalogue id must not be blank. Received: blank id at row {row} "
                         f"in file {path}"
                     )
-            _check_unique_ids(texts, path)
+            _check_unique_ids(texts, written, path)
         if name == "label":
             texts = [text.upper() for text in texts]
             for row, label in enumerate(texts, start=1):

@@ -20,15 +20,24 @@ a missing ``BUNIT`` or ``BANDS`` card is accepted (many cutout services omit the
 order. Non-finite pixels are
 returned untouched; flagging them is left to the caller, which knows the object's context.
 
+Reading is bounded, so one hostile or broken file costs one flagged row, never the run: with
+``crop_size`` only the centre crop is read (the rows under it in a plain file, the tiles under
+it in a tile-compressed ``.fits.fz``); a header claiming more data than the file holds is
+refused as truncated before any pixel is touched; and no read decompresses or loads more than
+:data:`MAX_CUTOUT_VALUES` pixel values, so a whole-file compressed (``.gz``, ``.bz2``,
+``.xz``, ``.zip``) image larger than that is refused from its header alone.
+
 Writing is deterministic: the same cube and cards always give the same bytes (no ``DATE`` card,
 no checksum), and the file is written atomically.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,10 +46,28 @@ from astropy.io import fits
 
 from starqso.atomic import write_bytes_atomically
 from starqso.errors import InputError
-from starqso.io._fits import hdu_data, hdulist_bytes, native, open_fits
+from starqso.io._fits import (
+    check_readable_file,
+    decompressed_prefix,
+    hdu_data,
+    hdulist_bytes,
+    native,
+    open_fits_lazily,
+    whole_file_compression,
+)
 from starqso.schema import BANDS, BUNIT, PIXEL_SCALE_ARCSEC
 
 _ACCEPTED_BUNITS = (BUNIT, "nanomaggies")
+
+#: The most pixel values one :func:`read_cutout` call may decompress or load: 2**23, which is
+#: 64 MiB as float64 (FITS' widest pixel type) and 32 MiB as the float32 it returns. That is a
+#: 5-band float64 cube of 1,295 x 1,295 pixels (8.5 arcmin at 0.396 arcsec/px) or a float32
+#: one of 1,832 x 1,832, far more than an object cutout needs, while a batch of bad rows can
+#: never take more than a few hundred MB however large their headers claim they are.
+MAX_CUTOUT_VALUES = 2**23
+#: The decompressed bytes read to find the image header of a compressed file: 360 FITS
+#: blocks, about 13,000 header cards (survey cutout headers have a few hundred).
+MAX_HEADER_BYTES = 360 * 2880
 # Cards that describe the FITS structure itself: astropy writes them, so they are neither
 # returned in Cutout.header nor accepted from the caller.
 _STRUCTURAL_KEYWORD = re.compile(
@@ -129,37 +156,201 @@ def _check_unit_and_bands(cards: Mapping, where: str) -> None:
         )
 
 
-def read_cutout(path: str | os.PathLike) -> Cutout:
+def _checked_crop_size(crop_size) -> int | None:
+    if crop_size is None:
+        return None
+    if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) \
+            or crop_size < 1:
+        raise InputError(f"crop_size must be a positive integer or None. "
+                         f"Received: crop_size={crop_size!r}")
+    return int(crop_size)
+
+
+def _crop_window(shape: tuple, crop_size: int | None, where: str):
+    """``(top, left)`` of the centre crop, the same corner as preprocessing.center_crop."""
+    if crop_size is None:
+        return None
+    height, width = shape[1:]
+    if height < crop_size or width < crop_size:
+        raise InputError(f"cutout must be at least {crop_size}x{crop_size} pixels to crop to "
+                         f"image size {crop_size}. Received: {height}x{width} {where}")
+    # Odd differences drop the extra pixel at the bottom/right, as center_crop does.
+    return (height - crop_size) // 2, (width - crop_size) // 2
+
+
+def _data_bytes(hdu) -> int:
+    """Bytes of the HDU's data block as its header claims them, without padding."""
+    bintable = getattr(hdu, "_bintable", None)
+    if isinstance(hdu, fits.CompImageHDU) and bintable is not None:
+        header = bintable.header
+        return int(header["NAXIS1"]) * int(header["NAXIS2"]) + int(header.get("PCOUNT", 0))
+    if isinstance(hdu, fits.CompImageHDU):
+        # No table header to hand: the padded span is the best bound the HDU gives.
+        return max(int(hdu.fileinfo()["datSpan"]) - 2879, 0)
+    return math.prod(hdu.shape) * abs(int(hdu.header["BITPIX"])) // 8
+
+
+def _tile_values(hdu, shape: tuple, window, crop_size: int) -> int:
+    """Pixel values decompressed to read the crop: every tile that overlaps it, in full."""
+    tiles = tuple(int(size) for size in hdu.tile_shape)
+    top, left = window
+    spans = ((0, shape[0]), (top, top + crop_size), (left, left + crop_size))
+    values = 1
+    for (start, stop), tile, length in zip(spans, tiles, shape):
+        count = (stop - 1) // tile - start // tile + 1
+        values *= min(count * tile, length)
+    return values
+
+
+def _refuse_size(shape: tuple, values: int, why: str, path: str) -> None:
+    if values > MAX_CUTOUT_VALUES:
+        raise InputError(
+            f"cutout is too large to read: {why} needs {values:,} pixel values, over the "
+            f"limit of {MAX_CUTOUT_VALUES:,} (64 MiB as float64). Received: "
+            f"shape={shape} in file {path}"
+        )
+
+
+def _check_size(hdu, shape: tuple, window, crop_size, whole_file: str | None,
+                path: str) -> None:
+    """Refuse, before any pixel is read, a read that would decompress or load too much."""
+    if whole_file is not None:
+        # gzip and friends have no random access: the crop costs inflating all before it.
+        _refuse_size(shape, math.prod(shape), f"a {whole_file}-compressed file is read in "
+                     f"full, which", path)
+    elif window is None:
+        _refuse_size(shape, math.prod(shape), "reading the whole image (pass crop_size to "
+                     "read only the centre)", path)
+    elif isinstance(hdu, fits.CompImageHDU):
+        _refuse_size(shape, _tile_values(hdu, shape, window, crop_size),
+                     "decompressing the tiles under the centre crop", path)
+    else:
+        _refuse_size(shape, len(BANDS) * crop_size * crop_size, "the centre crop", path)
+
+
+def _check_complete(hdu, available: int, path: str) -> None:
+    """Refuse an image whose header claims more bytes than the file holds."""
+    needed = int(hdu.fileinfo()["datLoc"]) + _data_bytes(hdu)
+    if needed > available:
+        raise InputError(
+            f"cutout file is truncated (shorter than its FITS headers say): its header claims "
+            f"{needed:,} bytes, the file holds {available:,}. Received: shape={tuple(hdu.shape)} "
+            f"in file {path}"
+        )
+
+
+def _pixels(hdu, window, crop_size, path: str) -> np.ndarray:
+    if window is None:
+        return native(hdu_data(hdu, path, "cutout"), np.float32)
+    top, left = window
+    rows, columns = slice(top, top + crop_size), slice(left, left + crop_size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # section reads (or decompresses) only the rows and tiles under the crop.
+            section = hdu.section[:, rows, columns]
+    except (ValueError, TypeError, EOFError, IndexError, KeyError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"cutout file has a corrupt data block ({reason}): {path}") from err
+    return native(section, np.float32)
+
+
+def _read_image(source, path: str, available: int, crop_size, whole_file):
+    where = f"in file {path}"
+    with open_fits_lazily(source, path, "cutout") as hdulist:
+        hdu = _find_image_hdu(hdulist, path)
+        cards = _header_cards(hdulist[0].header)
+        if hdu is not hdulist[0]:
+            cards.update(_header_cards(hdu.header))
+        shape = tuple(hdu.shape)
+        # The header alone gives the shape, so a bad cube is rejected without loading it.
+        _check_cube_shape(shape, where)
+        _check_unit_and_bands(cards, where)
+        window = _crop_window(shape, crop_size, where)
+        # Truncation first: a header claiming more than the file holds is the real fault.
+        _check_complete(hdu, available, path)
+        _check_size(hdu, shape, window, crop_size, whole_file, path)
+        data = _pixels(hdu, window, crop_size, path)
+    return data, cards
+
+
+def _read_cube(path: str, crop_size):
+    compression = whole_file_compression(path)
+    if compression is None:
+        return _read_image(path, path, os.path.getsize(path), crop_size, None)
+    # First the headers only (bounded), to learn how much the image needs; then exactly that.
+    prefix = decompressed_prefix(path, compression, MAX_HEADER_BYTES, "cutout")
+    try:
+        with open_fits_lazily(io.BytesIO(prefix), path, "cutout") as hdulist:
+            hdu = _find_image_hdu(hdulist, path)
+            shape = tuple(hdu.shape)
+            _check_cube_shape(shape, f"in file {path}")
+            _check_size(hdu, shape, None, None, compression, path)
+            needed = int(hdu.fileinfo()["datLoc"]) + _data_bytes(hdu)
+    except InputError as err:
+        if len(prefix) == MAX_HEADER_BYTES and "not a readable FITS" in str(err):
+            raise InputError(
+                f"cutout FITS headers must end within the first {MAX_HEADER_BYTES:,} bytes. "
+                f"Received: no image header there in {compression}-compressed file {path}"
+            ) from err
+        raise
+    content = decompressed_prefix(path, compression, needed, "cutout")
+    return _read_image(io.BytesIO(content), path, len(content), crop_size, compression)
+
+
+def read_cutout(path: str | os.PathLike, *, crop_size: int | None = None) -> Cutout:
     """Read a ``(5, H, W)`` ugriz cutout in nanomaggies from a FITS file.
 
+    Reads are bounded. With ``crop_size``, a plain FITS file has only the rows of the centre
+    crop read from disk, and a tile-compressed one (``.fits.fz``) only the tiles under it.
+    A read that would decompress or load more than :data:`MAX_CUTOUT_VALUES` pixel values
+    is refused before any pixel is read: the whole image without ``crop_size``, any image
+    in a whole-file compressed file (``.gz``, ``.bz2``, ``.xz``, ``.zip``: these cannot be
+    read from the middle, so the crop costs decompressing everything), or the tiles under the
+    crop. A header claiming more data than the file holds is refused as truncated.
+
     Args:
-        path: FITS file (``.fits`` or ``.fits.gz``) with the cube in the primary HDU, or in the
-            first image extension when the primary HDU is empty.
+        path: FITS file (``.fits``, ``.fits.gz``, tile-compressed ``.fits.fz``, ...) with the
+            cube in the primary HDU, or in the first image extension when the primary HDU is
+            empty.
+        crop_size: None to return the whole cube; else return only the centred
+            ``crop_size x crop_size`` region of every band, the region
+            :func:`starqso.preprocessing.center_crop` takes (for an odd size difference the
+            extra pixel is dropped at the bottom/right).
 
     Returns:
-        A :class:`Cutout` with ``float32`` native-order data, the header cards and the path.
+        A :class:`Cutout` with ``float32`` native-order data of shape ``(5, H, W)`` (or
+        ``(5, crop_size, crop_size)``), the header cards and the path.
 
     Raises:
         InputError: The file is missing, empty, not FITS or truncated; it has no image; the
-            image is not ``(5, H, W)``; or ``BUNIT``/``BANDS``/``PIXSCALE`` contradict the
-            data model.
+            image is not ``(5, H, W)`` or is smaller than ``crop_size``; the read is over the
+            size limit; ``BUNIT``/``BANDS``/``PIXSCALE`` contradict the data model; or
+            reading failed (out of memory, an OS error).
 
     Example:
         >>> cutout = read_cutout("cutouts/J123456.78+123456.7.fits")  # doctest: +SKIP
         >>> cutout.data.shape, cutout.data.dtype
         ((5, 64, 64), dtype('float32'))
+        >>> read_cutout("cutouts/J123456.78+123456.7.fits", crop_size=32).data.shape
+        (5, 32, 32)
     """
-    path = os.fspath(path)
-    where = f"in file {path}"
-    with open_fits(path, "cutout") as hdulist:
-        hdu = _find_image_hdu(hdulist, path)
-        cards = _header_cards(hdulist[0].header)
-        if hdu is not hdulist[0]:
-            cards.update(_header_cards(hdu.header))
-        # The header alone gives the shape, so a bad cube is rejected without loading it.
-        _check_cube_shape(tuple(hdu.shape), where)
-        _check_unit_and_bands(cards, where)
-        data = native(hdu_data(hdu, path, "cutout"), np.float32)
+    path = check_readable_file(path, "cutout")
+    crop_size = _checked_crop_size(crop_size)
+    try:
+        data, cards = _read_cube(path, crop_size)
+    except InputError:
+        raise
+    except MemoryError as err:
+        raise InputError(f"cutout file could not be read: out of memory. Received: "
+                         f"file {path}") from err
+    except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
+        # Lazily parsed HDUs fail here, while the reader walks to the image; OSError is also
+        # the disk or the file system failing.
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        what = "could not be read" if isinstance(err, OSError) else \
+            "is not a readable FITS file"
+        raise InputError(f"cutout file {what} ({reason}): {path}") from err
     bands = str(cards.get("BANDS", "".join(BANDS))).strip().lower()
     if bands != "".join(BANDS):
         # The card says which plane is which band, so another order is recoverable.

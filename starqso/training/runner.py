@@ -51,11 +51,26 @@ class StageRunner:
                  known_stages=None):
         import keras
 
-        from starqso.training.strategies import is_chief, make_strategy
+        from starqso.training.strategies import (
+            THREADS_VARIABLE,
+            fix_thread_pools,
+            is_chief,
+            make_strategy,
+        )
 
         self.folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
         self.config = config
         self.log = log
+        # Before the strategy: it is the first thing to start TensorFlow's runtime, and the
+        # pool sizes are read only then. They decide the kernels' reduction order, so they
+        # are what makes a run repeat bit for bit (see strategies.fix_thread_pools).
+        self.threads, fixed = fix_thread_pools()
+        log(f"training with {self.threads} threads ({THREADS_VARIABLE} sets them; the same "
+            f"number repeats a run bit for bit)")
+        if not fixed:
+            log(f"TensorFlow was started before this run with other thread-pool sizes than "
+                f"{self.threads} ({THREADS_VARIABLE}); the results repeat only in a process "
+                f"started the same way")
         self.strategy = make_strategy(strategy)
         self.multi_worker = strategy == "multiworker"
         self.chief = is_chief(self.strategy)
@@ -66,9 +81,11 @@ class StageRunner:
         self.completed = self.folder.completed_stages(known_stages) if resume else []
         self.metrics = self.folder.metrics() if resume else {}
         self.history = self.folder.history() if resume and self.metrics else {}
-        # Same seed, same config, same machine -> same metrics. (tf.config.experimental.
-        # enable_op_determinism is not used: under TF 2.21 on CPU it corrupts the heap in
-        # Conv1D training; seeded CPU kernels are reproducible without it.)
+        # Seeds Python, NumPy and TensorFlow (the dataset shuffles, the augmentation draws and
+        # the Keras layers' seed generators derive from it). tf.config.experimental.
+        # enable_op_determinism is not used: on CPU it gave the same bits as without it (the
+        # stages use no kernel it would replace or refuse), and an earlier TF 2.21 build
+        # corrupted the heap with it in Conv1D training.
         keras.utils.set_random_seed(config.training.seed)
         if config.training.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -132,6 +149,8 @@ class StageRunner:
                                           restore_best_weights=True),
             keras.callbacks.TensorBoard(str(self.write_dir / "logs" / stage)),
         ]
+        # shuffle=False: the dataset shuffles itself with the run's seed; Keras ignores
+        # fit()'s shuffle for a tf.data.Dataset, and its default True only warns.
         history = model.fit(train_dataset, validation_data=validation_dataset, epochs=epochs,
-                            callbacks=callbacks, verbose=self.verbose)
+                            callbacks=callbacks, verbose=self.verbose, shuffle=False)
         return {key: [float(v) for v in values] for key, values in history.history.items()}
