@@ -202,6 +202,11 @@ def _tile_values(hdu, shape: tuple, window, crop_size: int) -> int:
     return values
 
 
+# Uncompressed images up to this many pixel values (5 x 256 x 256) are read whole and then
+# cropped; larger ones through hdu.section, only the rows under the crop.
+WHOLE_READ_VALUES = 5 * 256 * 256
+
+
 def _refuse_size(shape: tuple, values: int, why: str, path: str) -> None:
     if values > MAX_CUTOUT_VALUES:
         raise InputError(
@@ -244,6 +249,10 @@ def _pixels(hdu, window, crop_size, path: str) -> np.ndarray:
         return native(hdu_data(hdu, path, "cutout"), np.float32)
     top, left = window
     rows, columns = slice(top, top + crop_size), slice(left, left + crop_size)
+    if not isinstance(hdu, fits.CompImageHDU) and math.prod(hdu.shape) <= WHOLE_READ_VALUES:
+        # A typical cutout: one read of the whole (small) array is ~8x faster than section's
+        # row-by-row reads (5 bands x 32 rows); section is for the large images.
+        return native(hdu_data(hdu, path, "cutout")[:, rows, columns], np.float32)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

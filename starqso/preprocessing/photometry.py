@@ -25,6 +25,8 @@ of a 32-pixel cutout needed a TOPK_V2 of 243 of 484: 45% of the int8 model's tim
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from starqso.errors import InputError
@@ -80,6 +82,7 @@ def _checked(cutouts):
     return cutouts
 
 
+@functools.lru_cache(maxsize=32)
 def sky_arcs(size, arcs=SKY_ARCS):
     """The sky border of a ``size`` cutout as ``arcs`` arcs of equal pixel count.
 
@@ -101,7 +104,9 @@ def sky_arcs(size, arcs=SKY_ARCS):
     flat = np.flatnonzero(border.ravel())
     ordered = flat[np.argsort(np.arctan2(yy.ravel()[flat], xx.ravel()[flat]), kind="stable")]
     length = len(ordered) // arcs
-    return np.array([chunk[:length] for chunk in np.array_split(ordered, arcs)], np.int32)
+    index = np.array([chunk[:length] for chunk in np.array_split(ordered, arcs)], np.int32)
+    index.flags.writeable = False  # cached (predict checks every row): shared, read-only
+    return index
 
 
 def sky_levels(cutouts):
@@ -121,6 +126,7 @@ def sky_levels(cutouts):
     return means[:, SKY_TRIM:SKY_ARCS - SKY_TRIM].mean(axis=1)
 
 
+@functools.lru_cache(maxsize=32)
 def aperture_masks(size, radius_arcsec):
     """(aperture, sky border) boolean (size, size) masks around the cutout centre.
 
@@ -137,7 +143,10 @@ def aperture_masks(size, radius_arcsec):
                          f"border. Received: side {size} pixels")
     yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
     distance = np.hypot(xx, yy)
-    return distance <= radius_px, distance > size / 2 - 3
+    masks = distance <= radius_px, distance > size / 2 - 3
+    for mask in masks:
+        mask.flags.writeable = False  # cached: shared, read-only
+    return masks
 
 
 def photometric_features(cutouts):
