@@ -1,6 +1,7 @@
 """How often `starqso predict`'s source check (no source, implausible values) flags a cutout.
 
-    python benchmarks/detection.py [--n 500] [--seeds 0 1] [--real-qso ../shared/data/real_qso_iqvit_dev.npz]
+    python benchmarks/detection.py [--n 500] [--seeds 0 1] \
+        [--real-qso ../shared/data/real_qso_iqvit_dev.npz]
 
 Prints three tables, each from :func:`starqso.preprocessing.check_source` on the crop the
 shipped model sees (32 pixels):
@@ -55,9 +56,9 @@ def main():
     from starqso.simulate import simulate_object
 
     objects = [simulate_object(i, seed, size=48) for seed in args.seeds for i in range(args.n)]
-    crops = np.stack([center_crop(obj.cutout, SIZE) for obj in objects])
+    crops = np.stack([center_crop(obj.cutout, SIZE) for obj in objects])  # (N, S, S, 5)
     r = np.array([obj.mags[2] for obj in objects])  # true r magnitude
-    refused = flagged(np.moveaxis(crops, 1, -1))
+    refused = flagged(crops)
     print(f"simulated objects ({len(objects)}, seeds {args.seeds}), flagged by r bin:\n")
     print("| r | objects | flagged |\n|---|---|---|")
     for low, high in zip(R_BINS[:-1], R_BINS[1:]):

@@ -14,7 +14,9 @@ the package's simulator) in turn, with unique ids: 100,000 distinct files would 
 4 GB of disk, while every row still goes through the whole path (catalogue parsing, FITS
 open, header checks, crop, batch, model, streamed output). The operating system's file cache
 holds the pool, as it would hold a survey's recent cutouts; cold-disk reads are not measured.
-The benchmark checks that every output has exactly N rows in order and none flagged.
+The benchmark checks that every output has exactly N rows in order and that the only flagged
+rows are simulated objects too faint to be detected (``no source detected``: the simulator
+draws a few beyond the survey limit), which it counts.
 """
 
 from __future__ import annotations
@@ -84,11 +86,13 @@ def check_output(path, num_rows):
     expected = [f"obj{row:07d}" for row in range(num_rows)]
     if [row["id"] for row in rows] != expected:
         raise SystemExit(f"{path}: rows missing or out of order")
-    flagged = sum(bool(row["flag"]) for row in rows)
-    if flagged:
-        raise SystemExit(f"{path}: {flagged} rows flagged; first: "
-                         f"{next(row['flag'] for row in rows if row['flag'])}")
-    return sum(row["label"] == "QSO" for row in rows)
+    other = [row["flag"] for row in rows
+             if row["flag"] and not row["flag"].startswith("no source detected")]
+    if other:
+        raise SystemExit(f"{path}: {len(other)} rows flagged for another reason than an "
+                         f"undetected source; first: {other[0]}")
+    return (sum(row["label"] == "QSO" for row in rows),
+            sum(bool(row["flag"]) for row in rows))
 
 
 def main():
@@ -109,8 +113,9 @@ def main():
             output = workdir / f"predictions_{runtime}_{num_rows}.csv"
             seconds, peak_mib = run_predict(catalogue, output, runtime, args.batch_size,
                                             args.model)
-            qso = check_output(output, num_rows)
-            rows.append((runtime, num_rows, seconds, num_rows / seconds, peak_mib, qso))
+            qso, flagged = check_output(output, num_rows)
+            rows.append((runtime, num_rows, seconds, num_rows / seconds, peak_mib, qso,
+                         flagged))
             print(f"{runtime} N={num_rows}: {seconds:.1f} s, {peak_mib:.0f} MiB", flush=True)
             output.unlink()
 
@@ -127,7 +132,8 @@ def main():
         "|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {runtime} | {num_rows:,} | {seconds:.1f} | {rate:,.0f} | {peak:.0f} | "
-              f"{qso:,} | 0 |" for runtime, num_rows, seconds, rate, peak, qso in rows]
+              f"{qso:,} | {flagged:,} (no source detected) |"
+              for runtime, num_rows, seconds, rate, peak, qso, flagged in rows]
     lines.append("")
     for runtime in args.runtimes:
         mine = [row for row in rows if row[0] == runtime]

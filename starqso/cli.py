@@ -266,6 +266,52 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
 
 
 @main.command()
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Catalogue (CSV or FITS) of your labelled cutouts: id, image, label.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Run or export folder to start from [default: the shipped model].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/finetune",
+              show_default=True, help="Run folder to write (with OUT/export).")
+@click.option("--trainable", default="head", show_default=True,
+              help="How deep training reaches: head (the dense layers), N (the head and the "
+                   "last N CNN blocks of the classifier) or all (the generator too).")
+@click.option("--lr-decay", default=0.75, show_default=True, type=float,
+              help="Learning-rate factor per block deeper than the head.")
+@click.option("--learning-rate", default=1e-4, show_default=True, type=float,
+              help="The head's learning rate.")
+@click.option("--epochs", default=10, show_default=True, type=int,
+              help="At most this many epochs (early stopping on the validation loss).")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--validation-fraction", default=0.2, show_default=True, type=float,
+              help="Stratified share of the labels held out for early stopping, the "
+                   "calibration and the threshold.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+              default="default", show_default=True, help="tf.distribute strategy, as for fit.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted fine-tuning in --out with its own settings.")
+@click.option("--strict", is_flag=True,
+              help="Fail on any --data row that cannot be used as it is [default: leave it "
+                   "out and list it in OUT/data_flags.csv].")
+def finetune(data, model_dir, out_dir, trainable, lr_decay, learning_rate, epochs, batch_size,
+             validation_fraction, seed, strategy, resume, strict):
+    """Adapt a trained model to your own labelled cutouts, then export it.
+
+    Trains the model's last blocks (--trainable) on the catalogue's training split, keeps the
+    preprocessing of the base model, and refits the calibration and the decision threshold
+    on your validation split; `starqso predict --model OUT/export` then uses the result.
+    The validation metrics before and after are in OUT/finetune.json and the model card.
+    """
+    with _native_stderr_filtered():
+        from starqso.training.finetune import finetune_run
+
+        finetune_run(out_dir, data, model_dir, trainable=trainable, lr_decay=lr_decay,
+                     epochs=epochs, learning_rate=learning_rate,
+                     validation_fraction=validation_fraction, batch_size=batch_size, seed=seed,
+                     strategy=strategy, resume=resume, strict=strict, log=click.echo)
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Export folder [default: RUN_DIR/export].")
@@ -338,9 +384,12 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
 @click.option("--truth", "truth", type=click.Path(), required=True,
               help="Labelled catalogue (CSV/FITS with id, label; optional r, redshift).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation",
-              show_default=True, help="Folder for metrics.json and the plots.")
-@click.option("--threshold", default=0.5, show_default=True, type=float,
-              help="Call an object QSO when p_qso >= threshold.")
+              show_default=True, help="Folder for metrics.json and the plots; replaced "
+              "as a whole, so it must be new, empty or an earlier evaluation.")
+@click.option("--threshold", default=None, type=float,
+              help="Call an object QSO when p_qso >= threshold [default: the threshold "
+                   "predict labelled PREDICTIONS with (its side-car or FITS header), else "
+                   "0.5].")
 @click.option("--strict", is_flag=True,
               help="Fail unless every truth row is matched, labelled and scored.")
 def evaluate(predictions, truth, out_dir, threshold, strict):

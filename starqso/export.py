@@ -529,11 +529,34 @@ def _model_card(folder, config, metadata, results):
            if config.model.trunk_size not in (None, config.model.image_size) else "") + ".",
         "* Made by: `starqso fit` (config in the run folder's `config.yaml`), then "
         "`starqso export`.", "",
+    ]
+    finetuned = folder / "finetune.json"
+    if finetuned.is_file():
+        import json
+
+        settings = json.loads(finetuned.read_text())
+        lines[-2] = ("* Made by: `starqso finetune` (settings in the run folder's "
+                     "`finetune.json`), then `starqso export`.")
+        lines += ["## Fine-tuning", "",
+                  f"* Base model: `{settings['base_model']}` (SHA-256 "
+                  f"{settings['base_sha256']}).",
+                  f"* Fine-tuning data: {data}; trainable depth `{settings['trainable']}`, "
+                  f"learning rate {settings['learning_rate']:g} (x {settings['lr_decay']:g} "
+                  f"per block deeper), at most {settings['epochs']} epochs.", "",
+                  "| validation | accuracy | f1_qso | macro_f1 | roc_auc |",
+                  "|---|---|---|---|---|"]
+        for when in ("before", "after"):
+            if when in settings:
+                lines.append(f"| {when} fine-tuning | " + " | ".join(
+                    f"{settings[when].get(key, float('nan')):.4f}"
+                    for key in ("accuracy", "f1_qso", "macro_f1", "roc_auc")) + " |")
+        lines.append("")
+    lines += [
         "## Validation metrics (from `metrics.json`)", "",
         "| stage | " + " | ".join(("accuracy", "f1_qso", "macro_f1", "roc_auc")) + " |",
         "|---|---|---|---|---|",
     ]
-    for stage in ("encoder", "fusion", "image"):
+    for stage in ("encoder", "fusion", "finetune", "image"):
         if stage in metrics:
             lines.append(f"| {stage} | " + " | ".join(
                 f"{metrics[stage].get(key, float('nan')):.4f}"

@@ -335,7 +335,7 @@ def _read_batch(paths, size):
     """Cutouts of one batch: ``(images, flags, usable)``; a refused row has its reason."""
     from starqso.io import read_cutout
     from starqso.preprocessing.objects import prepare_object
-    from starqso.preprocessing.quality import check_source
+    from starqso.preprocessing.quality import check_source, suspect_crops
     from starqso.schema import NUM_BANDS
 
     images = np.zeros((len(paths), size, size, NUM_BANDS), np.float32)
@@ -348,12 +348,18 @@ def _read_batch(paths, size):
             # Only the centre crop is read: an oversized or bomb cutout is one flagged row.
             prepared = prepare_object(read_cutout(path, crop_size=size).data, size,
                                       source=f"file {path}")
-            # No answer without a source: blank sky, no-data fills and other units are refused.
-            check_source(prepared.image, source=f"file {path}")
             images[row], flags[row] = prepared.image, prepared.note
             usable[row] = True
         except InputError as err:
             flags[row] = str(err)
+    # No answer without a source: blank sky, no-data fills and other units are refused. The
+    # batch is screened at once; check_source gives the reason for the suspects.
+    rows = np.flatnonzero(usable)
+    for row in rows[suspect_crops(images[rows])]:
+        try:
+            check_source(images[row], source=f"file {paths[row]}")
+        except InputError as err:
+            flags[row], usable[row] = str(err), False
     return images, flags, usable
 
 

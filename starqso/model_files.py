@@ -58,6 +58,7 @@ STARQSO_CLASSES = {
     "starqso>ConditionalGAN": "starqso.models.gan",
     "starqso>CutoutScaling": "starqso.models.layers",
     "starqso>FeatureDiscriminator": "starqso.models.gan",
+    "starqso>FineTuner": "starqso.models.finetune",
     "starqso>FeatureGenerator": "starqso.models.gan",
     "starqso>FusionClassifier": "starqso.models.classifiers",
     "starqso>ImageClassifier": "starqso.models.classifiers",

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
+from helpers import cli_error_line, rewrite_metadata, simulated_survey
 
 from starqso.cli import main
 from starqso.errors import InputError
@@ -26,11 +27,7 @@ CUTOUT = 40  # the shipped model crops 32x32 from it
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
-    from starqso.simulate import simulate_survey
-
-    folder = tmp_path_factory.mktemp("survey")
-    simulate_survey(folder, 4, seed=11, size=CUTOUT, workers=1)
-    return folder
+    return simulated_survey(tmp_path_factory, 4, seed=11, size=CUTOUT)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +36,7 @@ def good_cube(survey):
 
 
 def _one_line_error(result, *fragments):
-    """Exit 2, one line on stderr that names every fragment, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("starqso: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    cli_error_line(result, *fragments)
 
 
 def _predictions(path):
@@ -350,12 +341,6 @@ def _model_copy(tmp_path):
     return folder
 
 
-def _rewrite_metadata(folder, **changes):
-    """Set the given metadata keys; a value of None removes the key."""
-    metadata = json.loads((folder / "metadata.json").read_text())
-    metadata.update(changes)
-    metadata = {key: value for key, value in metadata.items() if value is not None}
-    (folder / "metadata.json").write_text(json.dumps(metadata))
 
 
 def _edit_keras_config(folder, edit):
@@ -382,9 +367,9 @@ BAD_MODEL_FOLDERS = {
                   "no model_int8.tflite"),
     "no_keras": (lambda f: (f / "starqso_classifier.keras").unlink(), "keras",
                  "no starqso_classifier.keras"),
-    "newer_format": (lambda f: _rewrite_metadata(f, format_version=99), "litert",
+    "newer_format": (lambda f: rewrite_metadata(f, format_version=99), "litert",
                      "format 99"),
-    "other_bands": (lambda f: _rewrite_metadata(f, bands="grizy"), "litert", "bands='ugriz'"),
+    "other_bands": (lambda f: rewrite_metadata(f, bands="grizy"), "litert", "bands='ugriz'"),
     "not_tflite": (lambda f: (f / "model_int8.tflite").write_bytes(b"0" * 64), "litert",
                    "not a TFLite model"),
     "truncated_keras": (lambda f: (f / "starqso_classifier.keras").write_bytes(
@@ -392,20 +377,20 @@ BAD_MODEL_FOLDERS = {
         "not a readable .keras archive"),
     "foreign_class": (lambda f: _edit_keras_config(f, _foreign_class), "keras",
                       "module evil.payload"),
-    "prior_out_of_range": (lambda f: _rewrite_metadata(f, training_qso_fraction=0.3,
+    "prior_out_of_range": (lambda f: rewrite_metadata(f, training_qso_fraction=0.3,
                                                        default_prior=1.5), "litert",
                            "default_prior=1.5"),
-    "prior_not_a_number": (lambda f: _rewrite_metadata(f, training_qso_fraction=0.3,
+    "prior_not_a_number": (lambda f: rewrite_metadata(f, training_qso_fraction=0.3,
                                                        default_prior="sky"), "litert",
                            "default_prior='sky'"),
-    "training_fraction_zero": (lambda f: _rewrite_metadata(f, training_qso_fraction=0),
+    "training_fraction_zero": (lambda f: rewrite_metadata(f, training_qso_fraction=0),
                                "litert", "training_qso_fraction=0"),
-    "prior_without_training_fraction": (lambda f: _rewrite_metadata(
+    "prior_without_training_fraction": (lambda f: rewrite_metadata(
         f, default_prior=0.02, training_qso_fraction=None),
                                         "litert", "no training_qso_fraction"),
-    "negative_temperature": (lambda f: _rewrite_metadata(f, temperature=-1.0), "keras",
+    "negative_temperature": (lambda f: rewrite_metadata(f, temperature=-1.0), "keras",
                              "temperature=-1.0"),
-    "threshold_above_one": (lambda f: _rewrite_metadata(f, threshold=1.2), "litert",
+    "threshold_above_one": (lambda f: rewrite_metadata(f, threshold=1.2), "litert",
                             "threshold=1.2"),
 }
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 from click.testing import CliRunner
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, cli_error_line
 
 from starqso.cli import main
 from starqso.errors import InputError
@@ -185,11 +185,7 @@ def test_evaluate_reads_fits_predictions_and_skips_missing_columns(tmp_path):
 
 
 def _one_line_error(result):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("starqso: error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
+    return cli_error_line(result)
 
 
 def test_non_numeric_p_qso_is_a_one_line_error(files):
@@ -239,3 +235,29 @@ def test_classification_metrics_has_one_home():
     from starqso.evaluation import metrics
 
     assert metrics.classification_metrics is evaluation.classification_metrics
+
+
+def test_evaluate_uses_the_threshold_predict_recorded(tmp_path):
+    """Without --threshold: the side-car's (CSV) or THRESH card's (FITS), else 0.5."""
+    truth = _write(tmp_path / "truth.csv", "id,label\na,STAR\nb,QSO\nc,QSO\n")
+    predictions = _write(tmp_path / "p.csv",
+                         "id,p_qso,label,flag\na,0.2,STAR,\nb,0.6,QSO,\nc,0.4,STAR,\n")
+    out = tmp_path / "out"
+    plain = evaluate_predictions(predictions, truth, out)
+    assert plain["threshold"] == 0.5 and plain["threshold_source"] == "default"
+    (tmp_path / "p.csv.json").write_text(json.dumps({"threshold": 0.35}))
+    recorded = evaluate_predictions(predictions, truth, out)
+    assert recorded["threshold"] == 0.35 and recorded["threshold_source"] == "predictions"
+    assert recorded["confusion"] == [[1, 0], [0, 2]]
+    given = evaluate_predictions(predictions, truth, out, threshold=0.7)
+    assert given["threshold"] == 0.7 and given["threshold_source"] == "--threshold"
+    (tmp_path / "p.csv.json").write_text(json.dumps({"threshold": True}))
+    result = CliRunner().invoke(main, ["evaluate", predictions, "--truth", truth,
+                                       "--out", str(out)])
+    assert result.exit_code == 2 and "p.csv.json" in result.output
+    fits_predictions = tmp_path / "p.fits"
+    table = Table({"id": ["a", "b", "c"], "p_qso": [0.2, 0.6, 0.4],
+                   "label": ["STAR", "QSO", "STAR"], "flag": ["", "", ""]})
+    table.meta["THRESH"] = 0.65
+    table.write(fits_predictions)
+    assert evaluate_predictions(fits_predictions, truth, out)["threshold"] == 0.65

@@ -5,6 +5,7 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from helpers import cli_error_line
 
 from starqso.cli import main
 from starqso.evaluation import report
@@ -37,11 +38,7 @@ def _evaluate(files, truth, out, *extra):
 
 
 def _one_line_error(result):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("starqso: error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
+    return cli_error_line(result)
 
 
 def test_a_second_evaluation_leaves_no_plot_of_the_first(files):

@@ -7,10 +7,10 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
+from helpers import wait_for
 
 from starqso.cli import main
 
@@ -24,12 +24,6 @@ RUN_FILES = (
 )
 
 
-def _wait_for(condition, process, what, timeout=300):
-    deadline = time.time() + timeout
-    while not condition():
-        assert process.poll() is None, f"the run ended before {what}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _kill(process):
@@ -64,7 +58,7 @@ def test_killed_predict_leaves_no_output_and_resumes_to_the_same_rows(large_cata
                "--runtime", "litert", "--batch-size", "32", "--output", str(output)]
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    _wait_for(lambda: partial.exists() and partial.stat().st_size > 20_000, process,
+    wait_for(lambda: partial.exists() and partial.stat().st_size > 20_000, process,
               "predict wrote its first rows")
     _kill(process)
     assert not output.exists(), "a killed predict must not leave an output"
@@ -117,7 +111,7 @@ def test_fit_killed_in_every_stage_resumes_to_a_complete_run(tmp_path):
         process = subprocess.Popen(command + (["--resume"] if number else []), env=ENV,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Killed once the stage has checkpointed an epoch: mid-stage, never between stages.
-        _wait_for(lambda: (out / "backup" / stage / "training_metadata.json").exists(),
+        wait_for(lambda: (out / "backup" / stage / "training_metadata.json").exists(),
                   process, f"the {stage} stage checkpointed an epoch")
         _kill(process)
         assert stage not in completed(), f"{stage} finished before it could be killed"
@@ -126,7 +120,7 @@ def test_fit_killed_in_every_stage_resumes_to_a_complete_run(tmp_path):
     # Killed while exporting: the export folder is swapped in whole or not at all.
     process = subprocess.Popen(command + ["--resume"], env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    _wait_for(lambda: (out / "export.partial").exists(), process, "the export started")
+    wait_for(lambda: (out / "export.partial").exists(), process, "the export started")
     _kill(process)
     assert not (out / "export").exists()
 

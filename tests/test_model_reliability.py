@@ -20,6 +20,7 @@ import zipfile
 
 import pytest
 from click.testing import CliRunner
+from helpers import cli_error_line, rewrite_metadata, simulated_survey
 
 from starqso.cli import NATIVE_NOISE, main
 from starqso.errors import InputError
@@ -38,37 +39,21 @@ CUTOUT = 40  # the shipped model crops 32x32 from it
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
-    from starqso.simulate import simulate_survey
-
-    folder = tmp_path_factory.mktemp("survey")
-    simulate_survey(folder, 2, seed=11, size=CUTOUT, workers=1)
-    return folder
+    return simulated_survey(tmp_path_factory, 2, seed=11, size=CUTOUT)
 
 
 def _one_line_error(result, *fragments):
-    """Exit 2, one line on stderr that names every fragment, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("starqso: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    cli_error_line(result, *fragments)
 
 
 def _model_copy(tmp_path, checksums=True):
     folder = tmp_path / "model"
     shutil.copytree(default_model_dir(), folder)
     if not checksums:  # as exported before metadata.json had sha256
-        _rewrite_metadata(folder, sha256=None)
+        rewrite_metadata(folder, sha256=None)
     return folder
 
 
-def _rewrite_metadata(folder, **changes):
-    """Set the given metadata keys; a value of None removes the key."""
-    metadata = json.loads((folder / "metadata.json").read_text())
-    metadata.update(changes)
-    metadata = {key: value for key, value in metadata.items() if value is not None}
-    (folder / "metadata.json").write_text(json.dumps(metadata))
 
 
 def _rewrite_keras(folder, **members):
@@ -82,7 +67,7 @@ def _rewrite_keras(folder, **members):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, payload in old.items():
             archive.writestr(name, payload)
-    _rewrite_metadata(folder, sha256=None)  # the archive changed on purpose
+    rewrite_metadata(folder, sha256=None)  # the archive changed on purpose
 
 
 def _edit(change):
@@ -135,36 +120,36 @@ BAD_MODEL_FOLDERS = {
         lambda c: _dtype_node(c).update(registered_name="evil>Payload"))}),
                                 "keras", ("custom registered name", "evil>Payload")),
     # 11: input_shape that the model does not take, or that is absurd.
-    "input_shape_not_the_keras_model": (lambda f: _rewrite_metadata(
+    "input_shape_not_the_keras_model": (lambda f: rewrite_metadata(
         f, input_shape=[None, 40, 40, 5]), "keras", ("input_shape=[None, 40, 40, 5]",
                                                      "starqso_classifier.keras takes")),
-    "input_shape_not_the_tflite_model": (lambda f: _rewrite_metadata(
+    "input_shape_not_the_tflite_model": (lambda f: rewrite_metadata(
         f, input_shape=[None, 40, 40, 5]), "litert", ("input_shape=[None, 40, 40, 5]",
                                                       "model_int8.tflite takes [-1, 32, 32, 5]")),
-    "input_shape_huge": (lambda f: _rewrite_metadata(f, input_shape=[1, 10**9, 10**9, 5]),
+    "input_shape_huge": (lambda f: rewrite_metadata(f, input_shape=[1, 10**9, 10**9, 5]),
                          "litert", ("8 <= S <= 256", "1000000000")),
-    "input_shape_negative": (lambda f: _rewrite_metadata(f, input_shape=[None, -32, -32, 5]),
+    "input_shape_negative": (lambda f: rewrite_metadata(f, input_shape=[None, -32, -32, 5]),
                              "keras", ("8 <= S <= 256", "-32")),
-    "input_shape_three_bands": (lambda f: _rewrite_metadata(f, input_shape=[None, 32, 32, 3]),
+    "input_shape_three_bands": (lambda f: rewrite_metadata(f, input_shape=[None, 32, 32, 3]),
                                 "litert", ("[null, S, S, 5]",)),
-    "input_shape_booleans": (lambda f: _rewrite_metadata(f, input_shape=[None, True, True, 5]),
+    "input_shape_booleans": (lambda f: rewrite_metadata(f, input_shape=[None, True, True, 5]),
                              "litert", ("input_shape=[None, True, True, 5]",)),
-    "input_shape_huge_list": (lambda f: _rewrite_metadata(f, input_shape=[7] * 100000),
+    "input_shape_huge_list": (lambda f: rewrite_metadata(f, input_shape=[7] * 100000),
                               "litert", ("input_shape=[7, 7",)),
     # 11: "TFL3" plus junk (an older export without checksums, so LiteRT sees it).
-    "tflite_junk": (lambda f: (_rewrite_metadata(f, sha256=None), (f / "model_int8.tflite")
+    "tflite_junk": (lambda f: (rewrite_metadata(f, sha256=None), (f / "model_int8.tflite")
                                .write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 4)),
                     "litert", ("not a valid TFLite model", "model_int8.tflite")),
     # 13: booleans are not numbers; a changed model file; a malformed checksum list.
-    "threshold_true": (lambda f: _rewrite_metadata(f, threshold=True), "litert",
+    "threshold_true": (lambda f: rewrite_metadata(f, threshold=True), "litert",
                        ("threshold=True", "true and false are not")),
     "tflite_changed": (lambda f: _flip_bytes(f / "model_int8.tflite"), "litert",
                        ("checksum does not match metadata.json", "model_int8.tflite")),
     "keras_changed": (lambda f: _flip_bytes(f / "starqso_classifier.keras"), "keras",
                       ("checksum does not match metadata.json", "starqso_classifier.keras")),
-    "checksum_missing_for_the_file": (lambda f: _rewrite_metadata(f, sha256={
+    "checksum_missing_for_the_file": (lambda f: rewrite_metadata(f, sha256={
         "model_fp32.tflite": "0" * 64}), "litert", ("none for model_int8.tflite",)),
-    "checksum_malformed": (lambda f: _rewrite_metadata(f, sha256={"model_int8.tflite": "x"}),
+    "checksum_malformed": (lambda f: rewrite_metadata(f, sha256={"model_int8.tflite": "x"}),
                            "litert", ("64 hex digits",)),
 }
 

@@ -14,12 +14,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
+from helpers import cli_error_line, simulated_survey, wait_for
 
 import starqso.inference
 from starqso.cli import main
@@ -34,11 +34,7 @@ CUTOUT = 40  # the shipped model crops 32x32 from it
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
-    from starqso.simulate import simulate_survey
-
-    folder = tmp_path_factory.mktemp("survey")
-    simulate_survey(folder, 8, seed=5, size=CUTOUT, workers=1)
-    return folder
+    return simulated_survey(tmp_path_factory, 8, seed=5, size=CUTOUT)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +53,7 @@ def _many(survey, name, rows):
 
 
 def _one_line_error(result, *fragments):
-    """Exit 2, one line on stderr that names every fragment, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("starqso: error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    cli_error_line(result, *fragments)
 
 
 def _rows(path):
@@ -85,12 +76,6 @@ def _write(path, cube):
     return path.name
 
 
-def _wait_for(condition, process, what, timeout=300):
-    deadline = time.time() + timeout
-    while not condition():
-        assert process.poll() is None, f"the run ended before {what}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------- 1, 2: no answer without a source
@@ -247,7 +232,7 @@ def test_two_processes_on_one_output_cannot_mix_rows(survey, tmp_path):
     first = subprocess.Popen(command + ["--batch-size", "1"], env=ENV,
                              stdout=subprocess.DEVNULL, stderr=log)
     try:
-        _wait_for(partial.exists, first, "the first run started writing")
+        wait_for(partial.exists, first, "the first run started writing")
         # Another prior: rows of the second run would have other p_qso for the same cutout.
         for extra in ([], ["--resume"]):
             second = subprocess.run(command + ["--prior", "train", *extra], env=ENV,
@@ -405,7 +390,7 @@ def test_kill_during_the_first_batch_is_resumable(survey, tmp_path):
                "litert", "--batch-size", "1500", "--output", str(output)]
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    _wait_for(lambda: partial.exists() and partial.stat().st_size > 0, process,
+    wait_for(lambda: partial.exists() and partial.stat().st_size > 0, process,
               "predict wrote its header")
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -20,6 +20,53 @@ from starqso.schema import CLASS_NAMES
 SHOWN_IDS = 5
 
 
+def recorded_threshold(predictions_path):
+    """The threshold ``starqso predict`` labelled a predictions file with, or None.
+
+    A CSV's is in its side-car ``FILE.json`` (``threshold``), a FITS table's in the
+    ``THRESH`` card of its table header; files from elsewhere have neither.
+
+    Args:
+        predictions_path: a ``starqso predict`` output.
+
+    Returns:
+        The threshold, a float in [0, 1], or None when the file records none.
+
+    Raises:
+        InputError: the side-car or card holds something other than a number in [0, 1].
+    """
+    import json
+    import pathlib
+
+    path = pathlib.Path(predictions_path)
+    if path.suffix.lower() in (".fits", ".fit", ".fts"):
+        from astropy.io import fits
+
+        try:
+            with fits.open(path, memmap=False) as hdulist:
+                value = hdulist[1].header.get("THRESH") if len(hdulist) > 1 else None
+        except (OSError, ValueError, IndexError):
+            return None  # unreadable: join_predictions names the problem
+        where = f"THRESH card of {path}"
+    else:
+        sidecar = path.with_name(path.name + ".json")
+        if not sidecar.is_file():
+            return None
+        try:
+            record = json.loads(sidecar.read_text(encoding="utf-8")[:1 << 20])
+        except (OSError, ValueError) as err:
+            raise InputError(f"the predictions' side-car is not readable JSON ({err}); pass "
+                             f"--threshold or delete it. Received: {sidecar}") from None
+        value = record.get("threshold") if isinstance(record, dict) else None
+        where = f"side-car {sidecar}"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InputError(f"the threshold recorded in the {where} must be a number in [0, 1]. "
+                         f"Received: {str(value)[:50]!r}")
+    return float(value)
+
+
 def _parse_probabilities(column, path: str) -> np.ndarray:
     """p_qso as floats (NaN where blank), whatever type the catalogue reader gave it."""
     if getattr(column, "dtype", None) is not None and column.dtype.kind in "fiu":

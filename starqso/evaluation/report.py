@@ -112,7 +112,7 @@ def check_output_folder(out_dir) -> str:
     return destination
 
 
-def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float = 0.5,
+def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float | None = None,
                          strict: bool = False) -> dict:
     """Score a predictions file against a truth catalogue; write metrics.json and plots.
 
@@ -130,7 +130,9 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         predictions_path: ``starqso predict`` output, CSV or FITS (``id``, ``p_qso``, ``flag``).
         truth_path: Catalogue with ``id``, ``label`` and optionally ``r`` and ``redshift``.
         out_dir: Folder for the outputs.
-        threshold: An object is called QSO when p_qso >= threshold.
+        threshold: An object is called QSO when p_qso >= threshold. None: the threshold
+            ``starqso predict`` labelled the file with (its side-car or FITS header,
+            :func:`~starqso.evaluation.join.recorded_threshold`), else 0.5.
         strict: Raise unless every truth row is matched, labelled and scored, with no extra
             or flagged prediction rows.
 
@@ -151,6 +153,13 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         ...                                "evaluation")  # doctest: +SKIP
         >>> print(format_report(metrics))  # doctest: +SKIP
     """
+    from starqso.evaluation.join import recorded_threshold
+
+    threshold_source = "--threshold"
+    if threshold is None:
+        threshold = recorded_threshold(predictions_path)
+        threshold_source = "predictions" if threshold is not None else "default"
+        threshold = 0.5 if threshold is None else threshold
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"--threshold must be within [0, 1]. Received: {threshold}")
     # Before the (slow) join: a refused --out is reported at once.
@@ -175,6 +184,7 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
 
     metrics = classification_metrics(labels, probabilities, threshold)
     metrics["threshold"] = float(threshold)
+    metrics["threshold_source"] = threshold_source
     metrics["n_qso"] = int(labels.sum())
     metrics["n_star"] = int(labels.size - labels.sum())
     metrics["join"] = join
@@ -221,7 +231,9 @@ def format_report(metrics: dict) -> str:
     rows = [
         ("n", f"{metrics['n']} ({metrics.get('n_qso', '?')} QSO, "
               f"{metrics.get('n_star', '?')} STAR)"),
-        ("threshold", f"{metrics.get('threshold', 0.5):g}"),
+        ("threshold", f"{metrics.get('threshold', 0.5):g}" + {
+            "predictions": " (the one predict labelled with)",
+            "default": " (default)"}.get(metrics.get("threshold_source"), "")),
         ("accuracy", _cell(metrics["accuracy"])),
         ("F1 (QSO)", _cell(metrics["f1_qso"])),
         ("F1 (STAR)", _cell(metrics["f1_star"])),

@@ -9,6 +9,8 @@
 * :class:`CutoutScaling`, :class:`AperturePhotometry`: the in-graph preprocessing layers.
 * :class:`CalibratedClassifier`, :class:`TemperatureScaling`: temperature-scaled p(QSO), the
   model ``starqso export`` writes.
+* :class:`FineTuner`: trains the last blocks of a deployable classifier on new labels
+  (``starqso finetune``).
 
 All are Keras functional models registered under the ``starqso`` package, so ``.keras`` files
 load with ``keras.saving.load_model`` after ``import starqso.models``.
@@ -16,6 +18,7 @@ load with ``keras.saving.load_model`` after ``import starqso.models``.
 
 from starqso.models.calibration import CalibratedClassifier, TemperatureScaling
 from starqso.models.classifiers import FusionClassifier, ImageClassifier, StarQSOClassifier
+from starqso.models.finetune import FineTuner
 from starqso.models.gan import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
 from starqso.models.layers import AperturePhotometry, CutoutScaling, ZeroNoise
 from starqso.models.spectrum import SpectrumClassifier, SpectrumEncoder
@@ -27,6 +30,7 @@ __all__ = [
     "CutoutScaling",
     "FeatureDiscriminator",
     "FeatureGenerator",
+    "FineTuner",
     "FusionClassifier",
     "ImageClassifier",
     "SpectrumClassifier",

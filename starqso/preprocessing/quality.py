@@ -162,6 +162,38 @@ def _can_measure(size):
     return size / 2 - 3 > max(DETECTION_APERTURES_ARCSEC) / PIXEL_SCALE_ARCSEC
 
 
+def suspect_crops(crops) -> np.ndarray:
+    """Which crops :func:`check_source` may refuse, for a whole batch at once.
+
+    The same tests, vectorised over the batch (a per-crop call costs about 0.3 ms, mostly
+    NumPy call overhead, a third of `predict`'s time per row); only the crops flagged here
+    need :func:`check_source` for their message. A crop not flagged passes check_source.
+
+    Args:
+        crops: (N, S, S, 5) crops, channels last.
+
+    Returns:
+        (N,) bool.
+    """
+    crops = _crops(crops)
+    if not len(crops):
+        return np.zeros(0, bool)
+    flat = crops.reshape(len(crops), -1)
+    with np.errstate(invalid="ignore"):
+        suspect = ~(np.abs(flat).max(axis=1) <= MAX_ABS_NANOMAGGIES) | (np.ptp(flat, axis=1)
+                                                                        == 0)
+        sigma = sky_sigma(crops)
+        low, high = SKY_SIGMA_RANGE
+        suspect |= ~((sigma >= low) & (sigma <= high)).all(axis=1)
+        if _can_measure(crops.shape[1]):
+            snr = np.max([aperture_snr(crops, sigma, radius)
+                          for radius in DETECTION_APERTURES_ARCSEC], axis=0)
+            others = [band for band in range(len(BANDS)) if band != _R]
+            suspect |= ((snr[:, _R] < DETECTION_SNR_R)
+                        & (snr[:, others] < DETECTION_SNR_OTHER).all(axis=1))
+    return suspect
+
+
 def check_source(crop, *, source: str = "cutout") -> dict:
     """Refuse a crop that holds no detected source or no plausible nanomaggies.
 

@@ -1,0 +1,153 @@
+"""`starqso finetune`: a tiny base run adapted to a labelled catalogue, through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from click.testing import CliRunner
+from helpers import cli_error_line, simulated_survey
+
+from starqso.cli import main
+from starqso.config import get_preset
+from starqso.io import read_catalog, write_catalog
+from starqso.training import fit_run
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base") / "tiny"
+    fit_run(out, get_preset("tiny"), log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory):
+    return simulated_survey(tmp_path_factory, 60, seed=21, size=24) / "catalog.csv"
+
+
+def _finetune(tmp_path, base, labels, *options):
+    return CliRunner().invoke(main, ["finetune", "--data", str(labels), "--model",
+                                     str(base / "export"), "--out", str(tmp_path / "ft"),
+                                     "--epochs", "2", "--batch-size", "16", *options])
+
+
+def _weights(model, names):
+    return {name: [np.array(w) for w in model.get_layer(name).get_weights()] for name in names}
+
+
+def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels):
+    import keras
+
+    import starqso.models  # noqa: F401 - registers the classes
+
+    result = _finetune(tmp_path, base, labels)
+    assert result.exit_code == 0, result.output
+    assert "[base] validation" in result.output and "[finetune]" in result.output
+    out = tmp_path / "ft"
+    settings = json.loads((out / "finetune.json").read_text())
+    assert settings["trainable"] == "head" and len(settings["base_sha256"]) == 64
+    assert {"before", "after"} <= set(settings) and settings["after"]["n"] > 0
+    card = (out / "export" / "model_card.md").read_text()
+    assert "## Fine-tuning" in card and settings["base_sha256"] in card
+    metadata = json.loads((out / "export" / "metadata.json").read_text())
+    assert 0 < metadata["temperature"] and 0 <= metadata["threshold"] <= 1
+
+    before = keras.saving.load_model(base / "starqso_classifier.keras", safe_mode=True)
+    after = keras.saving.load_model(out / "starqso_classifier.keras", safe_mode=True)
+    trunk = ["trunk_conv0_0", "trunk_conv1_1", "trunk_embedding"]
+    for name, values in _weights(before.fusion, trunk).items():
+        for old, new in zip(values, _weights(after.fusion, trunk)[name]):
+            np.testing.assert_array_equal(old, new)
+    old_head, new_head = (_weights(m.fusion, ["p_qso"])["p_qso"][0] for m in (before, after))
+    assert not np.array_equal(old_head, new_head)
+    np.testing.assert_array_equal(before.generator.get_weights()[0],
+                                  after.generator.get_weights()[0])
+
+    predictions = tmp_path / "p.csv"
+    predicted = CliRunner().invoke(main, ["predict", str(labels), "--model", str(out / "export"),
+                                          "--output", str(predictions), "--prior", "0.3"])
+    assert predicted.exit_code == 0, predicted.output
+    assert len(read_catalog(predictions, require=("id", "p_qso"))) == 60
+
+
+def test_deeper_blocks_learn_at_decayed_rates(base):
+    import keras
+
+    from starqso.models import FineTuner
+
+    classifier = keras.saving.load_model(base / "starqso_classifier.keras", safe_mode=True)
+    tuner = FineTuner(classifier, train_depth="all", lr_decay=0.5)
+    tuner.compile(learning_rate=1e-3)
+    # The tiny preset's trunk has 2 stages: head, stage 1 (+ embedding), stage 0, generator.
+    assert len(tuner.blocks) == 4
+    rates = [float(np.array(opt.learning_rate)) for opt in tuner.block_optimizers]
+    np.testing.assert_allclose(rates, [1e-3, 5e-4, 2.5e-4, 1.25e-4])
+    assert all(layer.trainable for block in tuner.blocks for layer in block)
+    one = FineTuner(keras.saving.load_model(base / "starqso_classifier.keras", safe_mode=True),
+                    train_depth=1)
+    assert len(one.blocks) == 2
+    assert not one.classifier.fusion.get_layer("trunk_conv0_0").trainable
+    assert one.classifier.fusion.get_layer("trunk_conv1_0").trainable
+    with pytest.raises(ValueError, match="--trainable must be"):
+        FineTuner(classifier, train_depth=3)
+
+
+def _relabelled(tmp_path, labels, change):
+    table = read_catalog(labels)
+    change(table)
+    path = labels.parent / f"{tmp_path.name}.csv"
+    write_catalog(table, path)
+    return path
+
+
+@pytest.mark.parametrize(("case", "fragment"), [
+    ("one_class", "at least 5 usable labelled objects of each class"),
+    ("few", "at least 5 usable labelled objects of each class"),
+    ("trainable", "--trainable must be"),
+    ("decay", "--lr-decay must be in (0, 1]"),
+    ("small", "usable row labelled STAR or QSO"),
+])
+def test_bad_finetune_inputs_are_one_line_errors(tmp_path, base, labels, case, fragment):
+    data, options = labels, []
+    if case == "one_class":
+        data = _relabelled(tmp_path, labels, lambda t: t.__setitem__("label", ["STAR"] * len(t)))
+    elif case == "few":
+        def keep_few(table):
+            qso = np.flatnonzero(np.asarray(table["label"]) == "QSO")[3:]
+            table.remove_rows(qso)
+        data = _relabelled(tmp_path, labels, keep_few)
+    elif case == "trainable":
+        options = ["--trainable", "deep"]
+    elif case == "decay":
+        options = ["--lr-decay", "1.5"]
+    elif case == "small":
+        from starqso.io import write_cutout
+
+        small = labels.parent / "images" / "small.fits"
+        write_cutout(small, np.ones((5, 8, 8), "float32"))
+        data = labels.parent / "small.csv"
+        write_catalog(Table({"id": [f"s{i}" for i in range(12)],
+                             "image": ["images/small.fits"] * 12,
+                             "label": ["STAR", "QSO"] * 6}), data)
+    result = _finetune(tmp_path, base, data, *options)
+    cli_error_line(result, fragment)
+    assert not (tmp_path / "ft" / "export").exists()
+
+
+def test_finetune_resume_continues_its_own_run(tmp_path, base, labels):
+    first = _finetune(tmp_path, base, labels)
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "ft"
+    model = (out / "starqso_classifier.keras").read_bytes()
+    again = _finetune(tmp_path, base, labels)
+    cli_error_line(again, "already holds a run", "--resume")
+    # A run killed after its stage: --resume keeps the trained model and exports again.
+    (out / "export" / "metadata.json").unlink()
+    resumed = CliRunner().invoke(main, ["finetune", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (out / "starqso_classifier.keras").read_bytes() == model
+    assert (out / "export" / "metadata.json").is_file()
+    missing = CliRunner().invoke(main, ["finetune", "--out", str(tmp_path / "none"),
+                                        "--resume"])
+    cli_error_line(missing, "--resume needs a finetune run folder")
