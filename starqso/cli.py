@@ -279,9 +279,11 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
               help="Learning-rate factor per block deeper than the head.")
 @click.option("--learning-rate", default=1e-4, show_default=True, type=float,
               help="The head's learning rate.")
-@click.option("--epochs", default=10, show_default=True, type=int,
+@click.option("--epochs", default=20, show_default=True, type=int,
               help="At most this many epochs (early stopping on the validation loss).")
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int,
+              help="Objects per step, at most (about a tenth of the training split for "
+                   "small catalogues).")
 @click.option("--validation-fraction", default=0.2, show_default=True, type=float,
               help="Stratified share of the labels held out for early stopping, the "
                    "calibration and the threshold.")

@@ -151,3 +151,14 @@ def test_finetune_resume_continues_its_own_run(tmp_path, base, labels):
     missing = CliRunner().invoke(main, ["finetune", "--out", str(tmp_path / "none"),
                                         "--resume"])
     cli_error_line(missing, "--resume needs a finetune run folder")
+
+
+def test_finetune_trains_under_a_two_replica_mirrored_strategy(tmp_path, base, labels):
+    # conftest gives the CPU two logical devices: two replicas, one Adam per block on each.
+    result = CliRunner().invoke(main, [
+        "finetune", "--data", str(labels), "--model", str(base), "--out", str(tmp_path / "ft"),
+        "--epochs", "1", "--batch-size", "16", "--trainable", "all", "--strategy", "mirrored"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert settings["trainable"] == "all" and settings["base_model"].endswith(
+        "starqso_classifier.keras")

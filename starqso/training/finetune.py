@@ -138,7 +138,7 @@ def _settings(base_file, train_depth, lr_decay, epochs, learning_rate):
 
 
 def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.75,
-                 epochs=10, learning_rate=1e-4, validation_fraction=0.2, batch_size=64,
+                 epochs=20, learning_rate=1e-4, validation_fraction=0.2, batch_size=64,
                  seed=0, strategy="default", resume=False, strict=False, export=True,
                  log=print):
     """Fine-tune a model on a labelled catalogue into a run folder, then export it.
@@ -154,7 +154,8 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
         learning_rate: the head's learning rate.
         validation_fraction: stratified share of the labelled objects held out for early
             stopping, calibration and the threshold.
-        batch_size: objects per step.
+        batch_size: objects per step, at most; smaller for small catalogues (about a tenth
+            of the training split, at least 8), recorded in ``config.yaml``.
         seed: seed of the split, the shuffles and the augmentation.
         strategy: "default", "mirrored" or "multiworker".
         resume: continue an interrupted fine-tuning in ``out_dir`` (with its own settings).
@@ -234,7 +235,14 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
     from starqso.model_files import load_keras_model
     from starqso.training.runner import StageRunner
 
+    fraction = config.data.validation_fraction if config is not None else validation_fraction
+    split_seed = config.data.split_seed if config is not None else seed
+    train, validation, test = split_indices(labels, fraction, 0.0, seed=split_seed)
     if config is None:
+        # A few hundred labels at batch 64 would be a handful of steps per epoch: the batch
+        # shrinks to about a tenth of the training split (at least 8) so that even 100
+        # labels give ~10 optimizer steps per epoch.
+        batch_size = int(min(batch_size, max(8, len(train) // 10)))
         base = deployable(load_keras_model(base_file, checked=True))
         config = RunConfig(
             preset="base", model=model_config_of(base, PRESETS["base"].model),
@@ -245,8 +253,7 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
         keras.backend.clear_session()
     stage = FinetuneStage(base_file, trainable, lr_decay, epochs)
     runner = StageRunner(folder, config, strategy, resume, log, known_stages=[stage.name])
-    train, validation, test = split_indices(labels, config.data.validation_fraction, 0.0,
-                                            seed=config.data.split_seed)
+
     context = StageContext(config, arrays, train, validation, test, inputs=None)
     if not resume:
         saved = {**_settings(base_file, trainable, lr_decay, epochs, learning_rate),
