@@ -105,7 +105,8 @@ def parse_args():
     parser.add_argument("--test-objects", type=int, default=None,
                         help="fixed test set [default: 2,000; --quick: 500]")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="at most this many epochs per run [default: 20, as starqso finetune; --quick: 3]")
+                        help="at most this many epochs per run [default: 20, as starqso "
+                             "finetune; --quick: 3]")
     parser.add_argument("--lr-decay", type=float, default=0.75)
     parser.add_argument("--learning-rate", type=float, default=1e-4,
                         help="the head's learning rate when fine-tuning")
