@@ -1,6 +1,11 @@
 """`starqso finetune`: a tiny base run adapted to a labelled catalogue, through the CLI."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -12,6 +17,8 @@ from starqso.cli import main
 from starqso.config import get_preset
 from starqso.io import read_catalog, write_catalog
 from starqso.training import fit_run
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +161,23 @@ def test_finetune_resume_continues_its_own_run(tmp_path, base, labels):
 
 
 def test_finetune_trains_under_a_two_replica_mirrored_strategy(tmp_path, base, labels):
-    # conftest gives the CPU two logical devices: two replicas, one Adam per block on each.
-    result = CliRunner().invoke(main, [
-        "finetune", "--data", str(labels), "--model", str(base), "--out", str(tmp_path / "ft"),
-        "--epochs", "1", "--batch-size", "16", "--trainable", "all", "--strategy", "mirrored"])
-    assert result.exit_code == 0, result.output
+    # In its own process (two logical CPU devices, so two replicas): collective ops of one
+    # MirroredStrategy leave state behind that breaks other strategies later in a process.
+    code = textwrap.dedent(f"""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from starqso.training.finetune import finetune_run
+        result = finetune_run({str(tmp_path / "ft")!r}, {str(labels)!r}, {str(base)!r},
+                              trainable="all", epochs=1, batch_size=16, strategy="mirrored",
+                              export=False, log=print)
+        print("RESULT", json.dumps(result["after"]))
+    """)
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "RESULT" in process.stdout
     settings = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert settings["trainable"] == "all" and settings["base_model"].endswith(
         "starqso_classifier.keras")
