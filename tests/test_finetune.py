@@ -48,7 +48,7 @@ def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels):
 
     import starqso.models  # noqa: F401 - registers the classes
 
-    result = _finetune(tmp_path, base, labels)
+    result = _finetune(tmp_path, base, labels, "--trainable", "head")
     assert result.exit_code == 0, result.output
     assert "[base] validation" in result.output and "[finetune]" in result.output
     out = tmp_path / "ft"
@@ -145,6 +145,7 @@ def test_bad_finetune_inputs_are_one_line_errors(tmp_path, base, labels, case, f
 def test_finetune_resume_continues_its_own_run(tmp_path, base, labels):
     first = _finetune(tmp_path, base, labels)
     assert first.exit_code == 0, first.output
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["trainable"] == "all"
     out = tmp_path / "ft"
     model = (out / "starqso_classifier.keras").read_bytes()
     again = _finetune(tmp_path, base, labels)
