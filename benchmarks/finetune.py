@@ -119,6 +119,8 @@ def parse_args():
     parser.add_argument("--workdir", default=None,
                         help="keep run folders and per-cell results here (reused on a rerun)")
     parser.add_argument("--out", default=None, help="markdown results file")
+    parser.add_argument("--plot", default=None,
+                        help="PNG of test macro-F1 against the label budget, one line per row")
     parser.add_argument("--verbose", action="store_true", help="show finetune's own output")
     args = parser.parse_args()
     quick = args.quick
@@ -417,6 +419,36 @@ def main():
     if args.out:
         pathlib.Path(args.out).write_text(text)
         print(f"-> {args.out}")
+    if args.plot:
+        plot(rows, frozen, args.budgets, args.plot, title=f"{len(data.test)} test objects, "
+             f"{args.draws} draw(s), {DEPTH} depth")
+        print(f"-> {args.plot}")
+
+
+def plot(rows, frozen, budgets, path, title):
+    """Test macro-F1 (mean ± std over draws) against the label budget, one line per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for label, by_budget in rows.items():
+        shown = [b for b in budgets if b in by_budget]
+        values = [[cell["macro_f1"] for cell in by_budget[b]] for b in shown]
+        axes.errorbar(shown, [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
+                      marker="o", capsize=3, label=label,
+                      linestyle="-" if label.startswith("fine-tuned") else "--")
+    axes.axhline(frozen["macro_f1"], color="black", linewidth=1, label="frozen pretrained")
+    axes.set_xscale("log")
+    axes.set_xticks(budgets, [f"{b:,}" for b in budgets])
+    axes.set_xlabel("labelled objects")
+    axes.set_ylabel("test macro-F1")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
