@@ -182,3 +182,31 @@ def test_finetune_trains_under_a_two_replica_mirrored_strategy(tmp_path, base, l
     settings = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert settings["trainable"] == "all" and settings["base_model"].endswith(
         "starqso_classifier.keras")
+
+
+@pytest.mark.slow
+def test_finetune_killed_mid_training_resumes_to_a_complete_run(tmp_path, base, labels):
+    import signal
+
+    from helpers import wait_for
+
+    out = tmp_path / "ft"
+    command = [sys.executable, str(ROOT / "cli.py"), "finetune", "--data", str(labels),
+               "--model", str(base), "--out", str(out), "--epochs", "40", "--batch-size", "8",
+               "--learning-rate", "1e-5"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    # Killed once an epoch is checkpointed: mid-stage.
+    wait_for(lambda: (out / "backup" / "finetune" / "training_metadata.json").exists(),
+             process, "the finetune stage checkpointed an epoch")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "starqso_classifier.keras").exists()
+    resumed = subprocess.run([sys.executable, str(ROOT / "cli.py"), "finetune", "--out",
+                              str(out), "--resume"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert (out / "export" / "metadata.json").is_file() and not (out / "backup").exists()
+    settings = json.loads((out / "finetune.json").read_text())
+    assert {"before", "after"} <= set(settings)
