@@ -210,3 +210,24 @@ def test_finetune_killed_mid_training_resumes_to_a_complete_run(tmp_path, base, 
     assert (out / "export" / "metadata.json").is_file() and not (out / "backup").exists()
     settings = json.loads((out / "finetune.json").read_text())
     assert {"before", "after"} <= set(settings)
+
+
+@pytest.mark.slow
+def test_two_workers_finetune_identical_models_and_only_the_chief_writes(tmp_path, base, labels):
+    from test_distributed import _progress_lines, _start_workers, _wait
+
+    def finetune(index):
+        return [str(ROOT / "cli.py"), "finetune", "--data", str(labels), "--model", str(base),
+                "--out", str(tmp_path / f"out{index}"), "--epochs", "2", "--batch-size", "16",
+                "--strategy", "multiworker"]
+
+    results = _wait(_start_workers(tmp_path, finetune))
+    for index, (returncode, output) in enumerate(results):
+        assert returncode == 0, f"worker {index} exited {returncode}:\n{output[-4000:]}"
+    chief = tmp_path / "out0"
+    assert (chief / "export" / "metadata.json").is_file() and (chief / "finetune.json").is_file()
+    assert not (tmp_path / "out1").exists()
+    # The logged metrics are global (the same on both workers), timings aside.
+    lines = [[line for line in _progress_lines(output) if line.startswith("[finetune] epoch")]
+             for _, output in results]
+    assert len(lines[0]) == 2 and lines[0] == lines[1]

@@ -176,7 +176,7 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="all", lr_decay=0.7
     import json
 
     from starqso.atomic import write_json_atomically
-    from starqso.config import PRESETS, DataConfig, RunConfig, TrainingConfig
+    from starqso.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
     from starqso.data.arrays import ObjectArrays
     from starqso.data.splits import split_indices
 
@@ -230,30 +230,33 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="all", lr_decay=0.7
         raise InputError(f"finetune needs at least {MIN_PER_CLASS} usable labelled objects of "
                          f"each class. Received: {counts[0]} STAR, {counts[1]} QSO in {data}")
 
-    import keras
-
     from starqso.model_files import load_keras_model
     from starqso.training.runner import StageRunner
 
     fraction = config.data.validation_fraction if config is not None else validation_fraction
     split_seed = config.data.split_seed if config is not None else seed
     train, validation, test = split_indices(labels, fraction, 0.0, seed=split_seed)
+    stage = FinetuneStage(base_file, trainable, lr_decay, epochs)
     if config is None:
         # A few hundred labels at batch 64 would be a handful of steps per epoch: the batch
         # shrinks to about a tenth of the training split (at least 8) so that even 100
         # labels give ~10 optimizer steps per epoch.
         batch_size = int(min(batch_size, max(8, len(train) // 10)))
-        base = deployable(load_keras_model(base_file, checked=True))
         config = RunConfig(
-            preset="base", model=model_config_of(base, PRESETS["base"].model),
+            preset="base", model=ModelConfig(image_size=image_size, photometry=False),
             data=DataConfig(validation_fraction=validation_fraction, split_seed=seed,
                             cutout_size=max(image_size, 16)),
             training=TrainingConfig(seed=seed, batch_size=batch_size,
                                     learning_rate=learning_rate, fusion_epochs=epochs))
-        keras.backend.clear_session()
-    stage = FinetuneStage(base_file, trainable, lr_decay, epochs)
-    runner = StageRunner(folder, config, strategy, resume, log, known_stages=[stage.name])
-
+        # The runner first: it starts TensorFlow (thread pools, and the collectives of a
+        # multi-worker strategy, which must come before any other TensorFlow work).
+        runner = StageRunner(folder, config, strategy, resume, log, known_stages=[stage.name])
+        base = deployable(load_keras_model(base_file, checked=True))
+        # The model section says what the base model is (the runner reads training only).
+        config = dataclasses.replace(config, model=model_config_of(base, ModelConfig()))
+        runner.config = config
+    else:
+        runner = StageRunner(folder, config, strategy, resume, log, known_stages=[stage.name])
     context = StageContext(config, arrays, train, validation, test, inputs=None)
     if not resume:
         saved = {**_settings(base_file, trainable, lr_decay, epochs, learning_rate),
