@@ -259,9 +259,10 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="all", lr_decay=0.7
         runner = StageRunner(folder, config, strategy, resume, log, known_stages=[stage.name])
     context = StageContext(config, arrays, train, validation, test, inputs=None)
     if not resume:
+        # The base model as loaded for the config (outside the strategy scope); the stage
+        # loads its own copy inside it to train.
         saved = {**_settings(base_file, trainable, lr_decay, epochs, learning_rate),
-                 "before": validation_metrics(
-                     deployable(load_keras_model(base_file, checked=True)), context)}
+                 "before": validation_metrics(base, context)}
         if runner.chief:
             folder.save_config(config)
             folder.save_data_source(str(pathlib.Path(data).resolve()))
