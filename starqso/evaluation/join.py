@@ -49,7 +49,9 @@ def recorded_threshold(predictions_path):
             return None  # unreadable: join_predictions names the problem
         where = f"THRESH card of {path}"
     else:
-        sidecar = path.with_name(path.name + ".json")
+        from starqso.inference import sidecar_path
+
+        sidecar = sidecar_path(path)
         if not sidecar.is_file():
             return None
         try:

@@ -24,6 +24,19 @@ from astropy.io import fits
 from starqso.errors import InputError
 
 
+def _opened(source, path, what: str, *, lazy: bool) -> fits.HDUList:
+    """``fits.open(source)``, or one InputError naming ``path`` when it is not FITS.
+
+    memmap=False: a file cut short after its checks would otherwise crash the whole process
+    with SIGBUS when a mapped page past its end is touched.
+    """
+    try:
+        return fits.open(source, memmap=False, lazy_load_hdus=lazy)
+    except (OSError, ValueError, TypeError, EOFError, IndexError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{what} file is not a readable FITS file ({reason}): {path}") from err
+
+
 def check_readable_file(path: str | os.PathLike, what: str) -> str:
     """Return ``path`` as a string after checking that it names a non-empty regular file.
 
@@ -75,11 +88,7 @@ def open_fits(path: str | os.PathLike, what: str) -> Iterator[fits.HDUList]:
     path = check_readable_file(path, what)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            hdulist = fits.open(path, memmap=False, lazy_load_hdus=False)
-        except (OSError, ValueError, TypeError, EOFError, IndexError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(f"{what} file is not a readable FITS file ({reason}): {path}") from err
+        hdulist = _opened(path, path, what, lazy=False)
     if any("truncated" in str(warning.message) for warning in caught):
         hdulist.close()
         raise InputError(f"{what} file is truncated (shorter than its FITS headers say): {path}")
@@ -202,13 +211,7 @@ def open_fits_lazily(source, path: str, what: str) -> Iterator[fits.HDUList]:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            # memmap=False: a file cut short after this check would otherwise crash the
-            # whole process with SIGBUS when a mapped page past its end is touched.
-            hdulist = fits.open(source, memmap=False, lazy_load_hdus=True)
-        except (OSError, ValueError, TypeError, EOFError, IndexError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(f"{what} file is not a readable FITS file ({reason}): {path}") from err
+        hdulist = _opened(source, path, what, lazy=True)
         try:
             yield hdulist
         finally:

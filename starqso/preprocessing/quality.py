@@ -162,12 +162,42 @@ def _can_measure(size):
     return size / 2 - 3 > max(DETECTION_APERTURES_ARCSEC) / PIXEL_SCALE_ARCSEC
 
 
-def suspect_crops(crops) -> np.ndarray:
-    """Which crops :func:`check_source` may refuse, for a whole batch at once.
+def _measured(crops):
+    """The statistics the rules test, for every crop at once: ``(peak |value|, value range,
+    sky sigma (N, 5), detection S/N (N, 5) or None when the crops are too small)``."""
+    flat = crops.reshape(len(crops), -1)
+    with np.errstate(invalid="ignore"):
+        peak, spread = np.abs(flat).max(axis=1), np.ptp(flat, axis=1)
+        sigma = sky_sigma(crops)
+        snr = None
+        if _can_measure(crops.shape[1]):
+            snr = np.max([aperture_snr(crops, sigma, radius)
+                          for radius in DETECTION_APERTURES_ARCSEC], axis=0)
+    return peak, spread, sigma, snr
 
-    The same tests, vectorised over the batch (a per-crop call costs about 0.3 ms, mostly
-    NumPy call overhead, a third of `predict`'s time per row); only the crops flagged here
-    need :func:`check_source` for their message. A crop not flagged passes check_source.
+
+def _failed_rules(peak, spread, sigma, snr) -> dict[str, np.ndarray]:
+    """Each rule of the module docstring, in the order check_source reports them: (N,) bool,
+    True where a crop fails it."""
+    low, high = SKY_SIGMA_RANGE
+    others = [band for band in range(len(BANDS)) if band != _R]
+    with np.errstate(invalid="ignore"):
+        rules = {"range": ~(peak <= MAX_ABS_NANOMAGGIES),  # NaN fails too
+                 "constant": spread == 0,
+                 "flat_band": (sigma == 0).any(axis=1),
+                 "sky": ~((sigma >= low) & (sigma <= high)).all(axis=1)}
+        rules["undetected"] = (np.zeros(len(peak), bool) if snr is None else
+                               (snr[:, _R] < DETECTION_SNR_R)
+                               & (snr[:, others] < DETECTION_SNR_OTHER).all(axis=1))
+    return rules
+
+
+def suspect_crops(crops) -> np.ndarray:
+    """Which crops :func:`check_source` refuses, for a whole batch at once.
+
+    The same rules on the same statistics, vectorised over the batch (a per-crop call costs
+    about 0.3 ms, mostly NumPy call overhead, a third of `predict`'s time per row); only the
+    crops flagged here need :func:`check_source` for their message.
 
     Args:
         crops: (N, S, S, 5) crops, channels last.
@@ -178,20 +208,7 @@ def suspect_crops(crops) -> np.ndarray:
     crops = _crops(crops)
     if not len(crops):
         return np.zeros(0, bool)
-    flat = crops.reshape(len(crops), -1)
-    with np.errstate(invalid="ignore"):
-        suspect = ~(np.abs(flat).max(axis=1) <= MAX_ABS_NANOMAGGIES) | (np.ptp(flat, axis=1)
-                                                                        == 0)
-        sigma = sky_sigma(crops)
-        low, high = SKY_SIGMA_RANGE
-        suspect |= ~((sigma >= low) & (sigma <= high)).all(axis=1)
-        if _can_measure(crops.shape[1]):
-            snr = np.max([aperture_snr(crops, sigma, radius)
-                          for radius in DETECTION_APERTURES_ARCSEC], axis=0)
-            others = [band for band in range(len(BANDS)) if band != _R]
-            suspect |= ((snr[:, _R] < DETECTION_SNR_R)
-                        & (snr[:, others] < DETECTION_SNR_OTHER).all(axis=1))
-    return suspect
+    return np.any(list(_failed_rules(*_measured(crops)).values()), axis=0)
 
 
 def check_source(crop, *, source: str = "cutout") -> dict:
@@ -218,42 +235,41 @@ def check_source(crop, *, source: str = "cutout") -> dict:
         ...
         starqso.errors.InputError: no source detected at the cutout centre: ...
     """
-    crop = _crops(crop)[0]
-    size = crop.shape[0]
-    peak = float(np.max(np.abs(crop))) if crop.size else 0.0
-    if not peak <= MAX_ABS_NANOMAGGIES:  # also catches NaN
+    crop = _crops(crop)[:1]
+    size = crop.shape[1]
+    measured = _measured(crop)
+    failed = [name for name, fails in _failed_rules(*measured).items() if fails[0]]
+    peak, sigma = measured[0][0], measured[2][0]
+    snr = None if measured[3] is None else measured[3][0]
+    crop = crop[0]
+    if not failed:
+        return {"sky_sigma": sigma, "snr": snr}
+    if failed[0] == "range":
         band = BANDS[int(np.argmax(np.abs(crop).max(axis=(0, 1))))]
         raise InputError(f"cutout has pixel values beyond the plausible range (largest |value| "
                          f"{peak:.3g} in band {band}), expected at most "
                          f"{MAX_ABS_NANOMAGGIES:g} nanomaggies (a no-data fill or another "
                          f"unit?). Received: {source}")
-    if np.ptp(crop) == 0:
+    if failed[0] == "constant":
         raise InputError(f"cutout is constant ({float(crop.flat[0]):.3g} in every pixel of its "
                          f"central {size}x{size} crop): no sky noise and no source, expected "
                          f"nanomaggies with sky noise. Received: {source}")
-    sigma = sky_sigma(crop)[0]
+    if failed[0] == "flat_band":
+        band = BANDS[int(np.argmax(sigma == 0))]
+        raise InputError(f"cutout band {band} has no sky noise (its crop border is flat), "
+                         f"expected nanomaggies with sky noise. Received: {source}")
     low, high = SKY_SIGMA_RANGE
-    for band, value in zip(BANDS, sigma):
-        if value == 0:
-            raise InputError(f"cutout band {band} has no sky noise (its crop border is flat), "
-                             f"expected nanomaggies with sky noise. Received: {source}")
-    outside = [(band, value) for band, value in zip(BANDS, sigma) if not low <= value <= high]
-    if outside:
-        found = ", ".join(f"{band} {value:.3g}" for band, value in outside)
+    if failed[0] == "sky":
+        found = ", ".join(f"{band} {value:.3g}" for band, value in zip(BANDS, sigma)
+                          if not low <= value <= high)
         raise InputError(f"cutout sky noise is not plausible in nanomaggies (robust sky sigma "
                          f"per pixel {found}; expected {low:g} to {high:g}: data in Jy or "
                          f"another unit?). Received: {source}")
-    if not _can_measure(size):
-        return {"sky_sigma": sigma, "snr": None}
-    snr = np.max([aperture_snr(crop, sigma[None], radius)[0]
-                  for radius in DETECTION_APERTURES_ARCSEC], axis=0)
     others = [band for band in range(len(BANDS)) if band != _R]
-    if snr[_R] < DETECTION_SNR_R and np.all(snr[others] < DETECTION_SNR_OTHER):
-        best = max(others, key=lambda band: snr[band])
-        raise InputError(f"no source detected at the cutout centre: "
-                         f"{' and '.join(f'{radius:g}' for radius in DETECTION_APERTURES_ARCSEC)}"
-                         f"\" aperture S/N at most {snr[_R]:.2g} in r "
-                         f"(expected >= {DETECTION_SNR_R:g}) and "
-                         f"at most {snr[best]:.2g} in the other bands ({BANDS[best]}; expected "
-                         f">= {DETECTION_SNR_OTHER:g} in one). Received: {source}")
-    return {"sky_sigma": sigma, "snr": snr}
+    best = max(others, key=lambda band: snr[band])
+    raise InputError(f"no source detected at the cutout centre: "
+                     f"{' and '.join(f'{radius:g}' for radius in DETECTION_APERTURES_ARCSEC)}"
+                     f"\" aperture S/N at most {snr[_R]:.2g} in r "
+                     f"(expected >= {DETECTION_SNR_R:g}) and "
+                     f"at most {snr[best]:.2g} in the other bands ({BANDS[best]}; expected "
+                     f">= {DETECTION_SNR_OTHER:g} in one). Received: {source}")

@@ -191,7 +191,7 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="all", lr_decay=0.7
         trainable, lr_decay = saved["trainable"], saved["lr_decay"]
         epochs, learning_rate = saved["epochs"], saved["learning_rate"]
         config = folder.load_config()
-        recorded, data_path = folder.data_source()
+        _, data_path = folder.data_source()
         if data is not None and str(pathlib.Path(data).resolve()) != data_path:
             raise InputError(f"--resume continues {folder.root} on the data it started with. "
                              f"Received: --data {data}, but the run used {data_path}")
