@@ -24,6 +24,7 @@ from starqso.errors import InputError
 __all__ = [
     "atomic_path",
     "replace_folder",
+    "swap_in_folder",
     "write_bytes_atomically",
     "write_json_atomically",
     "write_text_atomically",
@@ -182,7 +183,7 @@ def replace_folder(build: Callable[[str], None], destination: str | os.PathLike)
         >>> replace_folder(lambda folder: export_into(folder), "runs/demo/export")  # doctest: +SKIP
     """
     destination = os.fspath(destination)
-    staging, old = f"{destination}.partial", f"{destination}.old"
+    staging = f"{destination}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
@@ -190,6 +191,24 @@ def replace_folder(build: Callable[[str], None], destination: str | os.PathLike)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return swap_in_folder(staging, destination)
+
+
+def swap_in_folder(staging: str | os.PathLike, destination: str | os.PathLike) -> str:
+    """Rename a finished ``staging`` folder to ``destination``, replacing any old one whole.
+
+    The old folder is moved aside first (``DESTINATION.old``) and removed after the rename,
+    so ``destination`` is at every moment the old folder, absent for an instant, or the new.
+
+    Args:
+        staging: the complete new folder (on the same file system).
+        destination: the folder to create or replace.
+
+    Returns:
+        ``destination`` as a ``str``.
+    """
+    staging, destination = os.fspath(staging), os.fspath(destination)
+    old = f"{destination}.old"
     if os.path.exists(destination):
         shutil.rmtree(old, ignore_errors=True)
         os.replace(destination, old)

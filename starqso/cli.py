@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -251,6 +252,9 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
     Writes every model (.keras), config.yaml, preprocessing statistics, metrics.json and
     history.json into the run folder, with a one-line validation summary per stage.
     """
+    from starqso.extras import require_tensorflow
+
+    require_tensorflow("starqso fit")
     from starqso.config import get_preset, load_config
 
     config = None
@@ -305,6 +309,9 @@ def finetune(data, model_dir, out_dir, trainable, lr_decay, learning_rate, epoch
     on your validation split; `starqso predict --model OUT/export` then uses the result.
     The validation metrics before and after are in OUT/finetune.json and the model card.
     """
+    from starqso.extras import require_tensorflow
+
+    require_tensorflow("starqso finetune")
     with _native_stderr_filtered():
         from starqso.training.finetune import finetune_run
 
@@ -327,6 +334,9 @@ def export(run_dir, out_dir):
     temperature, the decision threshold chosen on validation (best macro-F1), the training
     QSO fraction and the default prior of `starqso predict`.
     """
+    from starqso.extras import require_tensorflow
+
+    require_tensorflow("starqso export")
     with _native_stderr_filtered():
         from starqso.export import export_run
 
@@ -338,17 +348,20 @@ def export(run_dir, out_dir):
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
               help="Exported model folder [default: the pretrained model shipped with "
                    "starqso].")
-@click.option("--output", default="predictions.csv", show_default=True,
-              type=click.Path(dir_okay=False),
-              help="Output CSV, or a FITS table if it ends in .fits.")
-@click.option("--runtime", type=click.Choice(["keras", "litert"]), default="keras",
+@click.option("--output", default="predictions.csv", show_default=True, type=click.Path(),
+              help="Output CSV, a FITS table if it ends in .fits, or a Parquet dataset folder "
+                   "(a HATS catalogue for a HATS input) if it ends in .parquet or has no "
+                   "suffix; the folder is written on Dask.")
+@click.option("--runtime", type=click.Choice(["auto", "keras", "litert"]), default="auto",
               show_default=True,
-              help="keras (TensorFlow) or litert (int8 TFLite, no TensorFlow needed).")
+              help="keras (TensorFlow) or litert (int8 TFLite, no TensorFlow needed); auto: "
+                   "keras where TensorFlow is installed, litert where it is not and on Dask.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--strict", is_flag=True,
               help="Stop with an error at the first row that would be flagged.")
 @click.option("--resume", is_flag=True,
-              help="Continue an interrupted run from the partial file beside --output.")
+              help="Continue an interrupted run from the partial file (or the finished "
+                   "partitions) beside --output.")
 @click.option("--prior", default=None, metavar="F|train",
               help="QSO fraction of your sample, 0 < F < 1: p_qso is corrected to it by "
                    "Bayes' rule from the model's training fraction; 'train' for no correction "
@@ -357,24 +370,62 @@ def export(run_dir, out_dir):
 @click.option("--tta", is_flag=True,
               help="Average p_qso over the 8 flips/90-degree rotations of each cutout (8x "
                    "slower).")
-def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, prior, tta):
-    """Classify the cutouts listed in CATALOG (CSV/FITS with id, image) or in a folder.
+@click.option("--workers", default=None, type=int,
+              help="Dask worker processes of a local cluster, one thread each [default for a "
+                   "Parquet output: the usable cores].")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Use an existing Dask cluster (e.g. tcp://host:8786) instead of a local "
+                   "one.")
+@click.option("--partition-rows", default=None, type=int,
+              help="Rows per Dask task and per output Parquet file [default: 50000].")
+@click.option("--id-column", default=None,
+              help="Id column of a Parquet, HATS, zarr-metadata or stack input [default: id, "
+                   "else source_id].")
+def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, prior, tta,
+            workers, scheduler, partition_rows, id_column):
+    """Classify the cutouts of CATALOG: a catalogue, a folder, a stack, Parquet or HATS.
+
+    CATALOG is a CSV/FITS catalogue with id and image (a cutout file per object) or
+    image_u ... image_z (one FITS file per band); a folder of cutout FITS; a zarr stack
+    (images.zarr + images_metadata.parquet, as Cutana writes it); a FITS or HDF5 cube stack
+    (N, 5, H, W) with ids; a Parquet file or folder; or a HATS catalogue.
 
     Writes every input row, in input order: id, p_qso, label (STAR/QSO at the model's
     threshold, applied to p_qso under the chosen prior), flag (empty; why the row could not
     be classified, with p_qso empty; or "repaired ..." when a few NaN/inf pixels were filled
     before classifying). The prior, threshold and temperature p_qso comes from are in the
-    FITS header (PRIOR, THRESH, TEMPER) or, for CSV, in the side-car OUTPUT.json. The output
-    appears only when complete; an interrupted run continues with --resume.
+    FITS header (PRIOR, THRESH, TEMPER), the CSV's side-car OUTPUT.json, or each Parquet
+    file's metadata and OUT/_starqso.json. The output appears only when complete; an
+    interrupted run continues with --resume.
     """
-    from starqso.inference import predict_catalog
+    from starqso.extras import missing_module
 
+    dataset = pathlib.Path(output).suffix.lower() not in (".csv", ".fits")
+    if not dataset and (workers is not None or scheduler is not None
+                        or partition_rows is not None):
+        raise InputError(f"--workers, --scheduler and --partition-rows write a Parquet dataset: "
+                         f"name --output OUT.parquet (or a folder); .csv and .fits outputs are "
+                         f"written by one process. Received: --output {output}")
+    if runtime == "auto":
+        runtime = "litert" if dataset or missing_module("tensorflow", "keras") else "keras"
     start = time.perf_counter()
     with _native_stderr_filtered(), _LazyProgress(None, "classifying") as progress:
-        summary = predict_catalog(catalog, output, model_dir=model_dir, runtime=runtime,
-                                  batch_size=batch_size, progress=progress, strict=strict,
-                                  resume=resume, log=lambda line: click.echo(line, err=True),
-                                  prior=prior, tta=tta)
+        log = lambda line: click.echo(line, err=True)  # noqa: E731
+        if dataset:
+            from starqso.scale import DEFAULT_PARTITION_ROWS, predict_dataset
+
+            summary = predict_dataset(
+                catalog, output, model_dir=model_dir, runtime=runtime, batch_size=batch_size,
+                prior=prior, tta=tta, workers=workers, scheduler=scheduler,
+                partition_rows=partition_rows or DEFAULT_PARTITION_ROWS, resume=resume,
+                strict=strict, id_column=id_column, progress=progress, log=log)
+        else:
+            from starqso.inference import predict_catalog
+
+            summary = predict_catalog(catalog, output, model_dir=model_dir, runtime=runtime,
+                                      batch_size=batch_size, progress=progress, strict=strict,
+                                      resume=resume, log=log, prior=prior, tta=tta,
+                                      id_column=id_column)
     seconds = time.perf_counter() - start
     new_rows = summary["rows"] - summary["resumed"]
     click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "

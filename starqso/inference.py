@@ -57,13 +57,11 @@ on a machine with only ``pip install ".[litert]"``-style light dependencies.
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.resources
 import io
 import json
 import os
 import pathlib
-import re
 
 import numpy as np
 
@@ -97,6 +95,9 @@ class KerasPredictor:
     """
 
     def __init__(self, model_dir, *, checked=False):
+        from starqso.extras import require_tensorflow
+
+        require_tensorflow("--runtime keras", note="the light install runs --runtime litert")
         from starqso.model_files import load_keras_model
 
         self.model = load_keras_model(pathlib.Path(model_dir) / RUNTIME_FILES["keras"],
@@ -267,100 +268,71 @@ def predict_tta(predictor, images):
     return np.asarray(predictor(views), np.float64).reshape(8, len(images)).mean(axis=0)
 
 
-# Cutout file names in folder mode: a FITS suffix, optionally compressed the ways astropy
-# opens (gzip, bzip2, xz, zip) or tile-compressed by fpack (.fz). The id is the name without them.
-FITS_SUFFIX = re.compile(r"\.(fits|fit|fts)(\.(gz|bz2|xz|zip|fz))?$", re.IGNORECASE)
+def _prepare_block(block, size):
+    """Model inputs of a :class:`~starqso.io.sources.Block`: ``(images, flags, usable)``.
 
-
-def cutout_id(name):
-    """The id of a cutout file in folder mode: its name without the FITS suffixes.
-
-    Args:
-        name: file name (no folder).
-
-    Returns:
-        The id, or None when ``name`` is not a cutout file name (no FITS suffix, or hidden:
-        starting with ``.``, as macOS' ``._obj.fits`` resource files do).
-
-    Example:
-        >>> cutout_id("obj.a.fits"), cutout_id("J1234.fits.fz"), cutout_id("._obj.fits")
-        ('obj.a', 'J1234', None)
+    Every layout goes through here, so a bad row is flagged the same way whatever it was read
+    from: the crop and repair of :func:`~starqso.preprocessing.objects.prepare_object`, then
+    the source checks of :mod:`starqso.preprocessing.quality`. A stack's clean crops (finite,
+    not all zero) skip the per-row call: for them prepare_object is the identity.
     """
-    match = FITS_SUFFIX.search(name)
-    if name.startswith(".") or match is None or match.start() == 0:
-        return None
-    return name[:match.start()]
-
-
-def list_inputs(source):
-    """``(ids, paths)`` of a catalogue (CSV/FITS with ``id``, ``image``) or a folder of FITS.
-
-    In a folder every non-hidden ``*.fits``, ``*.fit`` or ``*.fts`` file counts, plain or
-    compressed (``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.fz``), in name order; its id is
-    :func:`cutout_id`.
-
-    Args:
-        source: catalogue file or folder.
-
-    Returns:
-        ``(ids, paths)``: lists of str, one per row, in input order.
-
-    Raises:
-        InputError: a bad catalogue, a folder without cutouts, or two files of a folder with
-            the same id (``dup.fits`` and ``dup.fits.gz``).
-    """
-    from starqso.io import read_catalog, resolve_path
-
-    source = pathlib.Path(source)
-    if source.is_dir():
-        found = sorted((p.name, cutout_id(p.name)) for p in source.iterdir())
-        found = [(name, ident) for name, ident in found if ident is not None]
-        if not found:
-            raise InputError(f"folder has no cutout FITS files (*.fits, *.fit, *.fts, also "
-                             f"compressed). Received: {source}")
-        first = {}
-        for name, ident in found:
-            if ident in first:
-                raise InputError(f"folder has two cutouts with the id {ident!r}: {first[ident]} "
-                                 f"and {name}; rename or remove one. Received: {source}")
-            first[ident] = name
-        return [ident for _, ident in found], [str(source / name) for name, _ in found]
-    table = read_catalog(source)
-    return ([str(i) for i in table["id"]],
-            [resolve_path(table, str(value)) if str(value).strip() else ""
-             for value in table["image"]])
-
-
-def _read_batch(paths, size):
-    """Cutouts of one batch: ``(images, flags, usable)``; a refused row has its reason."""
-    from starqso.io import read_cutout
     from starqso.preprocessing.objects import prepare_object
     from starqso.preprocessing.quality import check_source, suspect_crops
     from starqso.schema import NUM_BANDS
 
-    images = np.zeros((len(paths), size, size, NUM_BANDS), np.float32)
-    flags, usable = [""] * len(paths), np.zeros(len(paths), bool)
-    for row, path in enumerate(paths):
+    count = len(block.ids)
+    images = np.zeros((count, size, size, NUM_BANDS), np.float32)
+    flags, usable = [""] * count, np.zeros(count, bool)
+    cubes, rows = block.cubes, range(count)
+    if isinstance(cubes, np.ndarray) and cubes.shape[2:] == (size, size):
+        clean = np.isfinite(cubes).all(axis=(1, 2, 3)) & (cubes != 0).any(axis=(1, 2, 3))
+        images[clean] = np.moveaxis(cubes[clean], 1, -1)
+        usable[clean] = True
+        rows = np.flatnonzero(~clean)
+    for row in rows:
+        item = cubes[row]
+        if isinstance(item, str):
+            flags[row] = item
+            continue
         try:
-            if not path:
-                raise InputError("image path is blank; expected a cutout file")
             # The same crop (and repair) as the training arrays: ObjectArrays.from_catalog.
-            # Only the centre crop is read: an oversized or bomb cutout is one flagged row.
-            prepared = prepare_object(read_cutout(path, crop_size=size).data, size,
-                                      source=f"file {path}")
+            prepared = prepare_object(item, size, source=block.where[row])
             images[row], flags[row] = prepared.image, prepared.note
             usable[row] = True
         except InputError as err:
             flags[row] = str(err)
     # No answer without a source: blank sky, no-data fills and other units are refused. The
     # batch is screened at once; check_source gives the reason for the suspects.
-    rows = np.flatnonzero(usable)
-    for row in rows[suspect_crops(images[rows])]:
+    good = np.flatnonzero(usable)
+    for row in good[suspect_crops(images[good])]:
         try:
-            check_source(images[row], source=f"file {paths[row]}")
+            check_source(images[row], source=block.where[row])
         except InputError as err:
             flags[row], usable[row] = str(err), False
     return images, flags, usable
+
+
+def classify_block(block, predictor, size, shift=0.0, tta=False):
+    """p(QSO) of a block of rows: ``(probabilities, flags, usable)``.
+
+    Args:
+        block: a :class:`~starqso.io.sources.Block`.
+        predictor: from :func:`open_model`.
+        size: the model's input side.
+        shift: the prior's logit shift (:func:`resolve_prior`).
+        tta: average over the eight dihedral views.
+
+    Returns:
+        float64 p(QSO) (NaN where not classified), per-row flag strings, and a bool mask of
+        classified rows.
+    """
+    images, flags, usable = _prepare_block(block, size)
+    probabilities = np.full(len(block.ids), np.nan)
+    if usable.any():
+        good = images[usable]
+        p = predict_tta(predictor, good) if tta else predictor(good)
+        probabilities[usable] = apply_prior(p, shift)
+    return probabilities, flags, _unusable_outputs(probabilities, usable, flags)
 
 
 def _partial_paths(output):
@@ -429,24 +401,6 @@ def _resumed_rows(partial, ids, identity, log=None):
                              f"{row}")
     partial_file.write_bytes(content)
     return rows
-
-
-def catalog_sha256(source, paths):
-    """What ``--resume`` checks the input by: SHA-256 of the catalogue file's content, or for
-    a folder of cutouts of its listing (each listed file's name, size and mtime in ns, in
-    order), so that an added, removed, replaced or rewritten cutout changes it."""
-    if not pathlib.Path(source).is_dir():
-        return file_sha256(source)
-    digest = hashlib.sha256()
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            size, mtime = stat.st_size, stat.st_mtime_ns
-        except OSError:
-            size = mtime = -1
-        digest.update(f"{pathlib.Path(path).name}\t{size}\t{mtime}\n".encode("utf-8",
-                                                                              "surrogateescape"))
-    return digest.hexdigest()
 
 
 def _check_output_is_not_input(source, output):
@@ -545,7 +499,7 @@ def _finish(partial_file, output, fits_output, record):
 
 def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
                     threshold=None, progress=None, strict=False, resume=False, log=None,
-                    prior=None, tta=False):
+                    prior=None, tta=False, id_column=None):
     """Classify every row of ``source`` and write ``id, p_qso, label, flag`` to ``output``.
 
     p_qso is the model's calibrated p(QSO), averaged over the eight dihedral views with
@@ -555,7 +509,9 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     ``RUNTIME``) saying which prior, threshold, temperature and runtime p_qso comes from.
 
     Args:
-        source: catalogue (CSV/FITS with ``id`` and ``image``) or a folder of cutout FITS.
+        source: any input :func:`starqso.io.sources.open_source` reads: a catalogue
+            (CSV/FITS with ``id`` and ``image`` or ``image_u`` ... ``image_z``), a folder of
+            cutout FITS, a zarr / FITS / HDF5 stack, Parquet or a HATS catalogue.
         output: CSV path, or FITS table if it ends in ``.fits``.
         model_dir: exported model folder; the shipped pretrained model when None.
         runtime: "keras" or "litert".
@@ -568,6 +524,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         prior: the QSO fraction of the sample, in (0, 1); ``"train"`` for none (p at the
             training mix); None for the model's ``default_prior`` (none for older models).
         tta: average p(QSO) over the eight dihedral views of each cutout (8x the model work).
+        id_column: the id column of Parquet, HATS, zarr metadata and stack tables.
 
     Returns:
         dict summary: rows, qso, flagged (not classified), repaired, resumed (rows taken
@@ -600,7 +557,10 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     if settings["note"] and log is not None:
         log(settings["note"])
     size = int(metadata["input_shape"][1])
-    ids, paths = list_inputs(source)
+    from starqso.io.sources import open_source
+
+    rows_source = open_source(source, id_column=id_column)
+    ids = rows_source.ids()
     _check_output_is_not_input(source, output)
     source_name = str(pathlib.Path(source).resolve())
     from starqso import __version__
@@ -609,7 +569,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     # What a partial file must match to be resumed, and what the finished output records:
     # content hashes too, so a replaced model file or an edited catalogue is not continued.
     common = {"source": source_name, "rows": len(ids),
-              "catalog_sha256": catalog_sha256(source, paths),
+              "catalog_sha256": rows_source.fingerprint(),
               "model": str(model_dir.resolve()),
               "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
               "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
@@ -656,15 +616,14 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                     writer.writerow(OUTPUT_COLUMNS)
                     stream.flush()
                     os.fsync(stream.fileno())
-                for start in range(counts["rows"], len(ids), batch_size):
-                    batch_ids = ids[start:start + batch_size]
-                    images, flags, usable = _read_batch(paths[start:start + batch_size], size)
-                    probabilities = np.full(len(batch_ids), np.nan)
-                    if usable.any():
-                        good = images[usable]
-                        p = predict_tta(predictor, good) if tta else predictor(good)
-                        probabilities[usable] = apply_prior(p, settings["shift"])
-                    usable = _unusable_outputs(probabilities, usable, flags)
+                for partition in rows_source.partitions(batch_size):
+                    if partition.stop <= counts["rows"]:
+                        continue
+                    start = max(partition.start, counts["rows"])
+                    block = rows_source.read(partition, size, start=start)
+                    batch_ids = block.ids
+                    probabilities, flags, usable = classify_block(
+                        block, predictor, size, settings["shift"], tta)
                     if strict and any(flags):
                         row = next(i for i, flag in enumerate(flags) if flag)
                         stream.close()

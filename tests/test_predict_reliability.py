@@ -24,8 +24,9 @@ from helpers import cli_error_line, simulated_survey, wait_for
 import starqso.inference
 from starqso.cli import main
 from starqso.errors import InputError
-from starqso.inference import cutout_id, default_model_dir
+from starqso.inference import default_model_dir
 from starqso.io import read_cutout
+from starqso.io.sources import cutout_id
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -264,17 +265,17 @@ def test_two_processes_on_one_output_cannot_mix_rows(survey, tmp_path):
 
 def _interrupted(monkeypatch, *args, after_batches=1):
     """A predict interrupted (Ctrl-C) after its first batch(es): the partial file stays."""
-    real, calls = starqso.inference._read_batch, []
+    real, calls = starqso.inference._prepare_block, []
 
-    def read_batch(paths, size):
+    def prepare_block(block, size):
         calls.append(1)
         if len(calls) > after_batches:
             raise KeyboardInterrupt
-        return real(paths, size)
+        return real(block, size)
 
-    monkeypatch.setattr(starqso.inference, "_read_batch", read_batch)
+    monkeypatch.setattr(starqso.inference, "_prepare_block", prepare_block)
     result = _predict(*args)
-    monkeypatch.setattr(starqso.inference, "_read_batch", real)
+    monkeypatch.setattr(starqso.inference, "_prepare_block", real)
     assert result.exit_code == 130, result.output
     return result
 

@@ -17,6 +17,7 @@ from starqso.io.cutouts import (
     MAX_CUTOUT_VALUES,
     PIXEL_SCALE_ARCSEC,
     Cutout,
+    read_band_cutout,
     read_cutout,
     write_cutout,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Cutout",
     "Spectrum",
     "read_catalog",
+    "read_band_cutout",
     "read_cutout",
     "read_lamost_spectrum",
     "read_sdss_spectrum",

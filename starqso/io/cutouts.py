@@ -170,7 +170,7 @@ def _crop_window(shape: tuple, crop_size: int | None, where: str):
     """``(top, left)`` of the centre crop, the same corner as preprocessing.center_crop."""
     if crop_size is None:
         return None
-    height, width = shape[1:]
+    height, width = shape[-2:]
     if height < crop_size or width < crop_size:
         raise InputError(f"cutout must be at least {crop_size}x{crop_size} pixels to crop to "
                          f"image size {crop_size}. Received: {height}x{width} {where}")
@@ -194,7 +194,8 @@ def _tile_values(hdu, shape: tuple, window, crop_size: int) -> int:
     """Pixel values decompressed to read the crop: every tile that overlaps it, in full."""
     tiles = tuple(int(size) for size in hdu.tile_shape)
     top, left = window
-    spans = ((0, shape[0]), (top, top + crop_size), (left, left + crop_size))
+    spans = tuple((0, length) for length in shape[:-2]) + (
+        (top, top + crop_size), (left, left + crop_size))
     values = 1
     for (start, stop), tile, length in zip(spans, tiles, shape):
         count = (stop - 1) // tile - start // tile + 1
@@ -230,7 +231,8 @@ def _check_size(hdu, shape: tuple, window, crop_size, whole_file: str | None,
         _refuse_size(shape, _tile_values(hdu, shape, window, crop_size),
                      "decompressing the tiles under the centre crop", path)
     else:
-        _refuse_size(shape, len(BANDS) * crop_size * crop_size, "the centre crop", path)
+        _refuse_size(shape, math.prod(shape[:-2]) * crop_size * crop_size, "the centre crop",
+                     path)
 
 
 def _check_complete(hdu, available: int, path: str) -> None:
@@ -248,23 +250,83 @@ def _pixels(hdu, window, crop_size, path: str) -> np.ndarray:
     if window is None:
         return native(hdu_data(hdu, path, "cutout"), np.float32)
     top, left = window
-    rows, columns = slice(top, top + crop_size), slice(left, left + crop_size)
+    index = (slice(None),) * (len(hdu.shape) - 2) + (
+        slice(top, top + crop_size), slice(left, left + crop_size))
     if not isinstance(hdu, fits.CompImageHDU) and math.prod(hdu.shape) <= WHOLE_READ_VALUES:
         # A typical cutout: one read of the whole (small) array is ~8x faster than section's
         # row-by-row reads (5 bands x 32 rows); section is for the large images.
-        return native(hdu_data(hdu, path, "cutout")[:, rows, columns], np.float32)
+        return native(hdu_data(hdu, path, "cutout")[index], np.float32)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # section reads (or decompresses) only the rows and tiles under the crop.
-            section = hdu.section[:, rows, columns]
+            section = hdu.section[index]
     except (ValueError, TypeError, EOFError, IndexError, KeyError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"cutout file has a corrupt data block ({reason}): {path}") from err
     return native(section, np.float32)
 
 
-def _read_image(source, path: str, available: int, crop_size, whole_file):
+def _band_of(header) -> str | None:
+    """The SDSS band a ``BAND`` or ``FILTER`` card names (``'r'``, ``'SDSS_r'``, ``'r.00000'``
+    as Pan-STARRS writes it), or None."""
+    for keyword in ("BAND", "FILTER"):
+        value = header.get(keyword)
+        if isinstance(value, str):
+            tokens = [token for token in re.split(r"[^a-z0-9]+", value.strip().lower())
+                      if token in BANDS]
+            if len(tokens) == 1:
+                return tokens[0]
+    return None
+
+
+def _read_plane(hdu, cards, path: str, available: int, crop_size, whole_file):
+    """The (H, W) crop of one single-band image HDU, with the same bounds as a cube's."""
+    where = f"in file {path}"
+    shape = tuple(hdu.shape)
+    if len(shape) != 2 or 0 in shape:
+        raise InputError(f"a one-band image must be 2-D (H, W). Received: shape={shape} "
+                         f"{where}")
+    _check_unit_and_bands({key: value for key, value in cards.items() if key != "BANDS"},
+                          where)
+    window = _crop_window(shape, crop_size, where)
+    _check_complete(hdu, available, path)
+    _check_size(hdu, shape, window, crop_size, whole_file, path)
+    return _pixels(hdu, window, crop_size, path)
+
+
+def _read_band_hdus(hdulist, path: str, available: int, crop_size, whole_file):
+    """A (5, H, W) cube from a multi-extension file holding one image HDU per band."""
+    planes = {}
+    image_types = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
+    for number, hdu in enumerate(hdulist):
+        if not isinstance(hdu, image_types) or hdu.header.get("NAXIS", 0) == 0:
+            continue
+        band = _band_of(hdu.header)
+        if band is None:
+            raise InputError(f"a cutout with one image HDU per band needs a BAND or FILTER "
+                             f"card naming u, g, r, i or z on each. Received: HDU {number} "
+                             f"({hdu.name or 'unnamed'}) without one in file {path}")
+        if band in planes:
+            raise InputError(f"a cutout with one image HDU per band has band {band!r} twice "
+                             f"(HDUs {planes[band][0]} and {number}); expected each of "
+                             f"u, g, r, i, z once. Received: file {path}")
+        planes[band] = (number, hdu)
+    missing = [band for band in BANDS if band not in planes]
+    if missing:
+        raise InputError(f"a cutout with one image HDU per band needs all of u, g, r, i, z. "
+                         f"Received: no HDU for {', '.join(missing)} in file {path}")
+    shapes = {band: tuple(hdu.shape) for band, (_, hdu) in planes.items()}
+    if len(set(shapes.values())) > 1:
+        raise InputError(f"the band images of a cutout must have one shape. Received: "
+                         f"{', '.join(f'{b} {shapes[b]}' for b in BANDS)} in file {path}")
+    primary = _header_cards(hdulist[0].header)
+    return np.stack([_read_plane(planes[band][1], {**primary,
+                                                   **_header_cards(planes[band][1].header)},
+                                 path, available, crop_size, whole_file) for band in BANDS])
+
+
+def _read_image(source, path: str, available: int, crop_size, whole_file, band=None):
     where = f"in file {path}"
     with open_fits_lazily(source, path, "cutout") as hdulist:
         hdu = _find_image_hdu(hdulist, path)
@@ -272,6 +334,15 @@ def _read_image(source, path: str, available: int, crop_size, whole_file):
         if hdu is not hdulist[0]:
             cards.update(_header_cards(hdu.header))
         shape = tuple(hdu.shape)
+        if band is not None:
+            named = _band_of(hdu.header) or _band_of(hdulist[0].header)
+            if named is not None and named != band:
+                raise InputError(f"the image_{band} file holds another band: its BAND/FILTER "
+                                 f"card says {named!r}. Received: file {path}")
+            return _read_plane(hdu, cards, path, available, crop_size, whole_file), cards
+        if len(shape) == 2 and _band_of(hdu.header) is not None:
+            data = _read_band_hdus(hdulist, path, available, crop_size, whole_file)
+            return data, _header_cards(hdulist[0].header)
         # The header alone gives the shape, so a bad cube is rejected without loading it.
         _check_cube_shape(shape, where)
         _check_unit_and_bands(cards, where)
@@ -283,19 +354,29 @@ def _read_image(source, path: str, available: int, crop_size, whole_file):
     return data, cards
 
 
-def _read_cube(path: str, crop_size):
+# The most decompressed bytes read from a whole-file compressed cutout with one HDU per band,
+# whose later headers sit behind the first band's data: the value cap as float64, plus headers.
+MAX_BAND_FILE_BYTES = MAX_CUTOUT_VALUES * 8 + 6 * MAX_HEADER_BYTES
+
+
+def _read_cube(path: str, crop_size, band=None):
     compression = whole_file_compression(path)
     if compression is None:
-        return _read_image(path, path, os.path.getsize(path), crop_size, None)
+        return _read_image(path, path, os.path.getsize(path), crop_size, None, band)
     # First the headers only (bounded), to learn how much the image needs; then exactly that.
     prefix = decompressed_prefix(path, compression, MAX_HEADER_BYTES, "cutout")
     try:
         with open_fits_lazily(io.BytesIO(prefix), path, "cutout") as hdulist:
             hdu = _find_image_hdu(hdulist, path)
             shape = tuple(hdu.shape)
-            _check_cube_shape(shape, f"in file {path}")
-            _check_size(hdu, shape, None, None, compression, path)
-            needed = int(hdu.fileinfo()["datLoc"]) + _data_bytes(hdu)
+            needed = None
+            if band is None and len(shape) == 2 and _band_of(hdu.header) is not None:
+                pass  # one HDU per band: the later bands' headers are behind this one's data
+            else:
+                if band is None:
+                    _check_cube_shape(shape, f"in file {path}")
+                _check_size(hdu, shape, None, None, compression, path)
+                needed = int(hdu.fileinfo()["datLoc"]) + _data_bytes(hdu)
     except InputError as err:
         if len(prefix) == MAX_HEADER_BYTES and "not a readable FITS" in str(err):
             raise InputError(
@@ -303,8 +384,15 @@ def _read_cube(path: str, crop_size):
                 f"Received: no image header there in {compression}-compressed file {path}"
             ) from err
         raise
-    content = decompressed_prefix(path, compression, needed, "cutout")
-    return _read_image(io.BytesIO(content), path, len(content), crop_size, compression)
+    if needed is None:
+        content = decompressed_prefix(path, compression, MAX_BAND_FILE_BYTES + 1, "cutout")
+        if len(content) > MAX_BAND_FILE_BYTES:
+            raise InputError(f"cutout is too large to read: a {compression}-compressed file is "
+                             f"read in full, and this one decompresses to more than "
+                             f"{MAX_BAND_FILE_BYTES:,} bytes. Received: file {path}")
+    else:
+        content = decompressed_prefix(path, compression, needed, "cutout")
+    return _read_image(io.BytesIO(content), path, len(content), crop_size, compression, band)
 
 
 def read_cutout(path: str | os.PathLike, *, crop_size: int | None = None) -> Cutout:
@@ -366,6 +454,61 @@ def read_cutout(path: str | os.PathLike, *, crop_size: int | None = None) -> Cut
         data = np.ascontiguousarray(data[[bands.index(band) for band in BANDS]])
         cards["BANDS"] = "".join(BANDS)
     return Cutout(data=data, header=cards, path=path)
+
+
+def read_band_cutout(paths, *, crop_size: int | None = None) -> Cutout:
+    """Read a ``(5, H, W)`` ugriz cutout from five one-band FITS files (one per band).
+
+    What SDSS frames and the Pan-STARRS cutout service give: each file holds one 2-D image
+    (primary HDU or first image extension). Each is read as :func:`read_cutout` reads a cube,
+    bounded the same way; a ``BAND``/``FILTER`` card naming another band than the file's
+    place is refused, and the five images must have one shape.
+
+    Args:
+        paths: five file names, in ``u, g, r, i, z`` order.
+        crop_size: as for :func:`read_cutout`.
+
+    Returns:
+        A :class:`Cutout`; its ``header`` is the r-band file's cards and ``path`` the five
+        names joined by ``", "``.
+
+    Raises:
+        InputError: as :func:`read_cutout`, per file, or the images differ in shape.
+
+    Example:
+        >>> cutout = read_band_cutout([f"J1234_{b}.fits" for b in "ugriz"])  # doctest: +SKIP
+        >>> cutout.data.shape
+        (5, 64, 64)
+    """
+    paths = [os.fspath(path) for path in paths]
+    if len(paths) != len(BANDS):
+        raise InputError(f"read_band_cutout needs one file per band (u, g, r, i, z). "
+                         f"Received: {len(paths)} paths")
+    crop_size = _checked_crop_size(crop_size)
+    planes, headers = [], []
+    for band, path in zip(BANDS, paths):
+        path = check_readable_file(path, f"image_{band}")
+        try:
+            data, cards = _read_cube(path, crop_size, band)
+        except InputError:
+            raise
+        except MemoryError as err:
+            raise InputError(f"image_{band} file could not be read: out of memory. "
+                             f"Received: file {path}") from err
+        except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"image_{band} file is not a readable FITS file ({reason}): "
+                             f"{path}") from err
+        planes.append(data)
+        headers.append(cards)
+    shapes = [plane.shape for plane in planes]
+    if len(set(shapes)) > 1:
+        raise InputError(f"the five band images of a row must have one shape. Received: "
+                         f"{', '.join(f'{b} {s}' for b, s in zip(BANDS, shapes))} "
+                         f"({', '.join(paths)})")
+    cards = dict(headers[BANDS.index("r")])
+    cards["BANDS"] = "".join(BANDS)
+    return Cutout(data=np.stack(planes), header=cards, path=", ".join(paths))
 
 
 def _validated_cards(header: Mapping | None) -> list[tuple[str, object]]:

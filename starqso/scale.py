@@ -1,0 +1,410 @@
+"""Survey-scale prediction on Dask: partitions in parallel, one Parquet file each.
+
+``starqso predict INPUT --output OUT --workers N`` (a local Dask cluster of N one-thread
+worker processes) or ``--scheduler ADDRESS`` (the user's cluster: dask-jobqueue on Slurm,
+dask-kubernetes, ``dask scheduler`` + ``dask worker``) runs :func:`predict_dataset`:
+
+* the input (any layout of :mod:`starqso.io.sources`) is cut into partitions of at most
+  ``partition_rows`` rows that never cross a physical piece (a zarr batch, a Parquet file, a
+  HATS pixel);
+* each partition is one Dask task: the worker reads its rows, flags and classifies them exactly
+  as the single-process ``predict`` does (:func:`starqso.inference.classify_block`), and
+  writes ``part-NNNNNN.parquet`` atomically into a staging folder beside the output. The model
+  is loaded once per worker process (one LiteRT interpreter or Keras model each), the input
+  opened once per worker;
+* Dask retries the partition of a worker that dies on another worker; since a partition file
+  appears only whole, and a retried partition writes the same bytes, no row is lost or doubled;
+* ``resume`` skips the partitions whose files are already in the staging folder of the same
+  run (same input, model file, threshold, prior, tta, partition size);
+* when every partition is done the staging folder becomes ``OUT`` by one rename: a Parquet
+  dataset (``part-*.parquet`` in input order, each with starqso's provenance in its key-value
+  metadata under ``starqso``, and ``_starqso.json``). When the input was a HATS catalogue, OUT
+  is a HATS catalogue written with lsdb instead (``ra``/``dec`` kept, the same partitions),
+  with the provenance in ``hats.properties`` (``starqso_*`` keys).
+
+Every worker needs starqso with the ``survey`` extra, and the input, the model folder and the
+output's folder on a file system they all see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+
+from starqso.errors import InputError
+from starqso.extras import require_survey
+
+#: Rows per partition by default: a few MB of Parquet, a minute of one worker's time.
+DEFAULT_PARTITION_ROWS = 50_000
+OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag")
+RECORD_FILE = "_starqso.json"
+_IDENTITY_FILE = ".identity.json"
+
+# Per worker process: the opened model and inputs, loaded by the first task that needs them.
+_CACHE = {}
+
+
+def part_name(index):
+    """The file of partition ``index`` in the output dataset: ``part-000012.parquet``."""
+    return f"part-{index:06d}.parquet"
+
+
+def _predictor(model_dir, runtime, model_sha256):
+    key = ("model", model_dir, runtime, model_sha256)
+    if key not in _CACHE:
+        from starqso.inference import KerasPredictor, LiteRTPredictor
+        from starqso.model_files import RUNTIME_FILES
+
+        # One thread per worker process: parallelism comes from the workers, and more threads
+        # per interpreter would only fight over the same cores.
+        _CACHE[key] = (KerasPredictor(model_dir, checked=True) if runtime == "keras" else
+                       LiteRTPredictor(pathlib.Path(model_dir) / RUNTIME_FILES["litert"],
+                                       num_threads=1))
+    return _CACHE[key]
+
+
+def _source(source):
+    key = ("source", type(source).__name__, json.dumps(source._arguments(), sort_keys=True,
+                                                        default=str))
+    return _CACHE.setdefault(key, source)
+
+
+def _table_bytes(columns, keep, record):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {"id": pa.array(columns["id"], pa.string()),
+              "p_qso": pa.array(columns["p_qso"], pa.float64(),
+                                mask=np.isnan(np.asarray(columns["p_qso"], np.float64))),
+              "label": pa.array(columns["label"], pa.string()),
+              "flag": pa.array(columns["flag"], pa.string())}
+    for name, values in keep.items():
+        arrays[name] = pa.array(values)
+    table = pa.table(arrays).replace_schema_metadata(
+        {"starqso": json.dumps(record, sort_keys=True)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def run_partition(job, partition):
+    """Classify one partition and write its Parquet file (a Dask task; runs on a worker).
+
+    Args:
+        job: the run's settings (see :func:`predict_dataset`), the same for every task.
+        partition: a :class:`~starqso.io.sources.Partition`.
+
+    Returns:
+        dict: ``index``, ``rows``, ``qso``, ``flagged``, ``repaired``.
+
+    Raises:
+        InputError: with ``strict``, the partition's first flagged row.
+    """
+    from starqso.atomic import write_bytes_atomically
+    from starqso.inference import classify_block
+
+    source = _source(job["source"])
+    predictor = _predictor(job["model_dir"], job["runtime"], job["model_sha256"])
+    size, threshold = job["size"], job["threshold"]
+    columns = {name: [] for name in OUTPUT_COLUMNS}
+    keep = {}
+    counts = {"index": partition.index, "rows": 0, "qso": 0, "flagged": 0, "repaired": 0}
+    for start in range(partition.start, partition.stop, job["batch_size"]):
+        block = source.read(partition, size, start=start,
+                            stop=min(start + job["batch_size"], partition.stop))
+        probabilities, flags, usable = classify_block(block, predictor, size, job["shift"],
+                                                      job["tta"])
+        if job["strict"] and any(flags):
+            row = next(number for number, flag in enumerate(flags) if flag)
+            raise InputError(f"row {start + row + 1} (id {block.ids[row]!r}) of "
+                             f"{job['input']} is flagged and --strict is on: {flags[row]}")
+        labels = np.where(probabilities >= threshold, "QSO", "STAR")
+        for ident, p_qso, flag, ok, label in zip(block.ids, probabilities, flags, usable,
+                                                 labels):
+            columns["id"].append(ident)
+            columns["p_qso"].append(float(p_qso) if ok else np.nan)
+            columns["label"].append(str(label) if ok else "")
+            columns["flag"].append(flag)
+            counts["rows"] += 1
+            counts["qso"] += bool(ok and label == "QSO")
+            counts["flagged"] += not ok
+            counts["repaired"] += bool(ok and flag)
+        for name, values in block.keep.items():
+            keep.setdefault(name, []).append(np.asarray(values))
+    keep = {name: np.concatenate(parts) for name, parts in keep.items()}
+    payload = _table_bytes(columns, keep, job["record"])
+    write_bytes_atomically(os.path.join(job["staging"], part_name(partition.index)), payload)
+    return counts
+
+
+def _client(workers, scheduler, log):
+    require_survey("starqso predict --workers/--scheduler", "dask", "distributed")
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as err:
+            raise InputError(f"could not reach the Dask scheduler ({err}). Received: "
+                             f"--scheduler {scheduler}") from err
+        return client, None
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers must be a positive integer. Received: {workers!r}")
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=":0", silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def _read_identity(staging):
+    try:
+        return json.loads((staging / _IDENTITY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_output_folder(output):
+    """OUT must be new, empty or an earlier starqso output: it is replaced whole."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise InputError(f"--output {output} is a file; a Parquet dataset output is a folder "
+                         f"(name it OUT.parquet or without a suffix), or use a .csv/.fits "
+                         f"output without --workers")
+    if not (output / RECORD_FILE).exists() and not any(
+            "starqso_version=" in path.read_text(errors="replace")
+            for path in output.glob("*/hats.properties")):
+        if any(output.iterdir()):
+            raise InputError(f"--output {output} is a folder that starqso did not write; it "
+                             f"is replaced as a whole, so it must be new, empty or an earlier "
+                             f"starqso output")
+
+
+def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size=256,
+                    threshold=None, prior=None, tta=False, workers=None, scheduler=None,
+                    partition_rows=DEFAULT_PARTITION_ROWS, resume=False, strict=False,
+                    id_column=None, progress=None, log=None):
+    """Classify every row of ``source`` on Dask into a Parquet dataset (or HATS) ``output``.
+
+    Args:
+        source: any input :func:`starqso.io.sources.open_source` reads.
+        output: the output folder (a Parquet dataset; a HATS catalogue for a HATS input).
+        model_dir: exported model folder; the shipped model when None.
+        runtime: "litert" or "keras" (every worker then needs TensorFlow).
+        batch_size: rows per model call inside a partition.
+        threshold, prior, tta: as for :func:`starqso.inference.predict_catalog`.
+        workers: worker processes of the local cluster (default: the usable cores).
+        scheduler: address of an existing Dask scheduler (``tcp://host:8786``); then
+            ``workers`` is not used.
+        partition_rows: rows per partition (per task and per output file), at most.
+        resume: skip the partitions an interrupted run of the same settings finished.
+        strict: stop at the first flagged row.
+        id_column: the id column of Parquet, HATS, zarr metadata and stack tables.
+        progress: optional callable receiving the rows done and the total.
+        log: optional callable for notes (the dashboard address, resumed partitions).
+
+    Returns:
+        dict summary: rows, qso, flagged, repaired, resumed (rows of skipped partitions),
+        partitions, workers, output, prior and the provenance ``record``.
+
+    Raises:
+        InputError: bad options, model folder or input; another run holds the output's lock;
+            with ``resume``, a staging folder of another run; with ``strict``, a flagged row.
+
+    Example:
+        >>> predict_dataset("stack/", "predictions.parquet", workers=2)  # doctest: +SKIP
+    """
+    from starqso import __version__
+    from starqso.atomic import swap_in_folder, write_json_atomically
+    from starqso.inference import (
+        default_model_dir,
+        parse_prior,
+        prior_label,
+        resolve_prior,
+    )
+    from starqso.io.sources import open_source
+    from starqso.locking import exclusive_lock
+    from starqso.model_files import RUNTIME_FILES, check_model_dir, file_sha256
+    from starqso.schema import DEFAULT_THRESHOLD
+
+    require_survey("a Parquet dataset output", "pyarrow", "dask", "distributed")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1. Received: {batch_size}")
+    output = pathlib.Path(output)
+    prior = parse_prior(prior)
+    model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
+    metadata = check_model_dir(model_dir, runtime)
+    threshold = metadata.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
+    if not 0 <= threshold <= 1:
+        raise InputError(f"threshold must be in [0, 1]. Received: {threshold}")
+    settings = resolve_prior(metadata, prior)
+    if settings["note"] and log is not None:
+        log(settings["note"])
+    rows_source = open_source(source, id_column=id_column)
+    partitions = rows_source.partitions(partition_rows)
+    if pathlib.Path(source).resolve() == output.resolve():
+        raise InputError(f"--output is the input {source}: writing it would replace the "
+                         f"input; choose another output. Received: --output {output}")
+    _check_output_folder(output)
+    hats_output = rows_source.kind == "hats"
+    if hats_output:
+        require_survey("a HATS catalogue output", "lsdb")
+    common = {"source": str(pathlib.Path(source).resolve()), "input_kind": rows_source.kind,
+              "rows": rows_source.num_rows, "catalog_sha256": rows_source.fingerprint(),
+              "model": str(model_dir.resolve()),
+              "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
+              "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
+              "tta": bool(tta), "partition_rows": int(partition_rows)}
+    # What each partition file carries: fixed by the settings, so a resumed or retried
+    # partition writes the same bytes as an uninterrupted run.
+    record = {**common, "prior_source": settings["source"],
+              "temperature": metadata.get("temperature"),
+              "training_qso_fraction": settings["training_qso_fraction"],
+              "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
+              "starqso_version": __version__}
+    identity = {**common, "prior_shift": settings["shift"]}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.partial")
+    with exclusive_lock(output):
+        saved = _read_identity(staging) if staging.exists() else None
+        done = set()
+        if resume and saved is not None:
+            if {key: value for key, value in saved.items() if key != "started"} != identity:
+                from starqso.inference import _identity_differences
+
+                raise InputError(f"the partial run {staging} was made for another input, "
+                                 f"model, threshold, prior, --tta or --partition-rows; delete "
+                                 f"it or run without --resume. Received: "
+                                 f"{_identity_differences(saved, identity)}")
+            done = {p.index for p in partitions if (staging / part_name(p.index)).exists()}
+            identity["started"] = saved.get("started")
+            if log is not None:
+                log(f"resuming: {len(done)} of {len(partitions)} partitions already done")
+        else:
+            if resume and log is not None:
+                log("no partial run to resume; starting from the first partition")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            identity["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            write_json_atomically(staging / _IDENTITY_FILE, identity)
+        counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "resumed": 0}
+        for partition in partitions:
+            if partition.index in done:
+                counts["resumed"] += partition.stop - partition.start
+                _add_counts(counts, _file_counts(staging / part_name(partition.index)))
+        if progress is not None and counts["rows"]:
+            progress(counts["rows"], rows_source.num_rows)
+        if workers is None and scheduler is None:
+            workers = max(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1, 1)
+        job = {"source": rows_source, "model_dir": str(model_dir), "runtime": runtime,
+               "model_sha256": common["model_sha256"], "size": int(metadata["input_shape"][1]),
+               "threshold": float(threshold), "shift": settings["shift"], "tta": bool(tta),
+               "batch_size": int(batch_size), "strict": bool(strict), "input": str(source),
+               "staging": str(staging), "record": record}
+        todo = [p for p in partitions if p.index not in done]
+        client, cluster = _client(workers, scheduler, log) if todo or hats_output else (None,
+                                                                                        None)
+        try:
+            if client is not None and log is not None:
+                log(f"Dask dashboard: {client.dashboard_link} "
+                    f"({len(client.scheduler_info()['workers'])} workers)")
+            if todo:
+                try:
+                    _run(client, job, todo, counts, progress, rows_source.num_rows)
+                except InputError:
+                    if strict:  # a deliberate stop, not an interruption: nothing to resume
+                        shutil.rmtree(staging, ignore_errors=True)
+                    raise
+            full_record = {**record, "output": output.name, "partitions": len(partitions),
+                           "started": identity["started"],
+                           "files": [part_name(p.index) for p in partitions]}
+            if hats_output:
+                target = output.with_name(f".{output.name}.hats-partial")
+                shutil.rmtree(target, ignore_errors=True)
+                _write_hats(rows_source, partitions, staging, target, full_record, output.name)
+                swap_in_folder(target, output)
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                (staging / _IDENTITY_FILE).unlink()
+                write_json_atomically(staging / RECORD_FILE, full_record, sort_keys=False)
+                swap_in_folder(staging, output)
+        finally:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+    return {**counts, "output": str(output), "prior": prior_label(settings),
+            "partitions": len(partitions), "record": record}
+
+
+def _add_counts(counts, extra):
+    for key in ("rows", "qso", "flagged", "repaired"):
+        counts[key] += extra[key]
+
+
+def _file_counts(path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["p_qso", "label", "flag"])
+    p_qso = table.column("p_qso").is_null().to_numpy(zero_copy_only=False)
+    labels = np.asarray(table.column("label").to_pylist())
+    flags = np.asarray(table.column("flag").to_pylist())
+    return {"rows": len(labels), "qso": int(np.sum(labels == "QSO")),
+            "flagged": int(p_qso.sum()), "repaired": int(np.sum(~p_qso & (flags != "")))}
+
+
+def _run(client, job, todo, counts, progress, total):
+    from distributed import as_completed
+
+    # The source and settings go to the cluster once; each task carries only its partition.
+    [job_future] = client.scatter([job], broadcast=True, hash=False)
+    futures = [client.submit(run_partition, job_future, partition, pure=False,
+                             key=f"starqso-partition-{partition.index}")
+               for partition in todo]
+    try:
+        for future in as_completed(futures):
+            _add_counts(counts, future.result())
+            if progress is not None:
+                progress(counts["rows"], total)
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _write_hats(rows_source, partitions, staging, target, record, name):
+    """The finished partitions as a HATS catalogue (lsdb), the input's pixels and ra/dec."""
+    import lsdb
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    by_pixel = {}
+    for partition in partitions:
+        by_pixel.setdefault(rows_source.pixels[partition.part], []).append(
+            str(staging / part_name(partition.index)))
+    ra, dec = rows_source.keep_columns
+    catalog = lsdb.open_catalog(rows_source.path, columns=[ra, dec])
+
+    def attach(frame, pixel):
+        files = by_pixel[(int(pixel.order), int(pixel.pixel))]
+        results = pa.concat_tables([pq.read_table(name) for name in files])
+        results = results.to_pandas(types_mapper=pd.ArrowDtype)
+        results.index = frame.index
+        return results[[*OUTPUT_COLUMNS, ra, dec]]
+
+    empty = pq.read_table(str(staging / part_name(partitions[0].index))).schema.empty_table()
+    meta = empty.to_pandas(types_mapper=pd.ArrowDtype)[[*OUTPUT_COLUMNS, ra, dec]]
+    meta.index = catalog.meta.index[:0]
+    result = catalog.map_partitions(attach, include_pixel=True, meta=meta)
+    properties = {f"starqso_{key.removeprefix('starqso_')}": (
+        json.dumps(value) if not isinstance(value, str) else value)
+        for key, value in record.items() if key not in ("files",)}
+    result.write_catalog(str(target), catalog_name=name,
+                         addl_hats_properties=properties, progress_bar=False)
