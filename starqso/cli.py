@@ -409,6 +409,13 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     if runtime == "auto":
         runtime = "litert" if dataset or missing_module("tensorflow", "keras") else "keras"
     start = time.perf_counter()
+    if dataset:
+        # Dask's worker processes start multiprocessing's resource tracker, which lives until
+        # this process ends: started here, before stderr goes through the native-log filter,
+        # it does not hold the filter's pipe open (and the filter's exit waiting on it).
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
     with _native_stderr_filtered(), _LazyProgress(None, "classifying") as progress:
         log = lambda line: click.echo(line, err=True)  # noqa: E731
         if dataset:

@@ -158,7 +158,7 @@ def _client(workers, scheduler, log):
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"--workers must be a positive integer. Received: {workers!r}")
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
+                           dashboard_address=":0", silence_logs=logging.CRITICAL)
     return Client(cluster), cluster
 
 
@@ -228,7 +228,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         prior_label,
         resolve_prior,
     )
-    from starqso.io.sources import open_source
+    from starqso.io.sources import MAX_CHECKED_IDS, describe, open_source
     from starqso.locking import exclusive_lock
     from starqso.model_files import RUNTIME_FILES, check_model_dir, file_sha256
     from starqso.schema import DEFAULT_THRESHOLD
@@ -248,6 +248,11 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         log(settings["note"])
     rows_source = open_source(source, id_column=id_column)
     partitions = rows_source.partitions(partition_rows)
+    if rows_source.num_rows <= MAX_CHECKED_IDS:
+        rows_source.ids()  # a repeated id anywhere is one line now, before the cluster starts
+    elif log is not None:
+        log(f"note: {rows_source.num_rows:,} rows: ids are checked for repeats within each "
+            f"partition only (the whole input above {MAX_CHECKED_IDS:,})")
     if pathlib.Path(source).resolve() == output.resolve():
         raise InputError(f"--output is the input {source}: writing it would replace the "
                          f"input; choose another output. Received: --output {output}")
@@ -309,6 +314,9 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                "batch_size": int(batch_size), "strict": bool(strict), "input": str(source),
                "staging": str(staging), "record": record}
         todo = [p for p in partitions if p.index not in done]
+        if log is not None:
+            log(f"{describe(rows_source)}: {len(partitions)} partitions of at most "
+                f"{partition_rows:,} rows, {len(todo)} to run")
         client, cluster = _client(workers, scheduler, log) if todo or hats_output else (None,
                                                                                         None)
         try:

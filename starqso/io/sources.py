@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import pathlib
 import re
@@ -142,22 +141,33 @@ def _contiguous(pieces, rows):
     return partitions
 
 
-def _text_ids(values, where):
+def _text_ids(values, where, first=1):
+    """Ids as stripped str, none blank or repeated; ``first`` is the row number of values[0]."""
     ids = []
-    for row, value in enumerate(values, 1):
+    for row, value in enumerate(values, first):
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         text = text.strip()
         if not text or value is None:
             raise InputError(f"id must not be blank. Received: blank id at row {row} of {where}")
         ids.append(text)
     if len(set(ids)) != len(ids):
-        seen = {}
-        for row, ident in enumerate(ids, 1):
-            if ident in seen:
-                raise InputError(f"ids must be unique. Received: {ident!r} at rows "
-                                 f"{seen[ident]} and {row} of {where}")
-            seen[ident] = row
+        _refuse_repeats(ids, where, first)
     return ids
+
+
+def _refuse_repeats(ids, where, first=1):
+    seen = {}
+    for row, ident in enumerate(ids, first):
+        if ident in seen:
+            raise InputError(f"ids must be unique. Received: {ident!r} at rows {seen[ident]} "
+                             f"and {row} of {where}")
+        seen[ident] = row
+
+
+#: Inputs up to this many rows have their ids checked for repeats across the whole input
+#: before a Dask run starts (a set of 10^7 ids is about 1 GB); larger ones within each
+#: partition only, as they are read.
+MAX_CHECKED_IDS = 10_000_000
 
 
 def _listing_sha256(paths):
@@ -206,10 +216,17 @@ class Source:
         raise NotImplementedError
 
     def ids(self):
-        """Every id, in input order (for the single-process CSV/FITS output)."""
+        """Every id, in input order; an id repeated anywhere in the input is refused.
+
+        Raises:
+            InputError: a blank or repeated id, with its rows (counted from the first row of
+                the whole input) and where it is.
+        """
         out = []
         for partition in self.partitions(max(self.num_rows, 1)):
             out += self.read_ids(partition)
+        if len(set(out)) != len(out):
+            _refuse_repeats(out, self.path)
         return out
 
     def read_ids(self, partition):
@@ -417,7 +434,8 @@ class ZarrSource(_StackSource):
             column = _id_column(_parquet_columns(where), self.id_column, where)
             values = _parquet_slice(where, column, partition.start - partition.offset,
                                     partition.stop - partition.offset)
-            self._id_cache = (key, _text_ids(values, where))
+            self._id_cache = (key, _text_ids(values, where,
+                                             partition.start - partition.offset + 1))
         return self._id_cache[1][start - partition.start:stop - partition.start]
 
     def read(self, partition, size, start=None, stop=None):
@@ -708,7 +726,8 @@ class ParquetSource(Source):
     def read_ids(self, partition):
         name = self.files[partition.part]
         return _text_ids(_parquet_slice(name, self._id, partition.start - partition.offset,
-                                        partition.stop - partition.offset), f"file {name}")
+                                        partition.stop - partition.offset), f"file {name}",
+                         partition.start - partition.offset + 1)
 
     def read(self, partition, size, start=None, stop=None):
         from starqso.io.cutouts import read_band_cutout, read_cutout
@@ -721,7 +740,7 @@ class ParquetSource(Source):
                 CUTOUT_COLUMN: [CUTOUT_COLUMN]}[self.layout]
         table = _parquet_slice(name, [self._id, *data, *self.keep_columns], local,
                                local + stop - start)
-        ids = _text_ids(table.column(0).to_pylist(), f"file {name}")
+        ids = _text_ids(table.column(0).to_pylist(), f"file {name}", local + 1)
         where = [f"row {local + row + 1} of file {name}" for row in range(len(ids))]
         keep = {column: table.column(1 + len(data) + number).to_numpy(zero_copy_only=False)
                 for number, column in enumerate(self.keep_columns)}
@@ -876,14 +895,10 @@ def open_source(path, id_column=None):
 
 
 def describe(source):
-    """One line saying what a source is: ``zarr stack, 1,000,000 rows in 4 batches``."""
+    """One line saying what a source is: ``zarr input, 1,000,000 rows in 4 batches``."""
     pieces = len(source.pieces())
     unit = {"zarr": "batches", "parquet": "files", "hats": "HEALPix partitions"}.get(
         source.kind, "")
     return (f"{source.kind} input, {source.num_rows:,} rows"
             + (f" in {pieces} {unit}" if unit else ""))
 
-
-def json_identity(source):
-    """The input part of predict's resume identity (JSON-able)."""
-    return json.loads(json.dumps({"kind": source.kind, "rows": source.num_rows}))
