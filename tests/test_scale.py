@@ -205,8 +205,31 @@ def test_strict_stops_at_the_first_flagged_row(stack, tmp_path):
                                        str(tmp_path / "o"), "--workers", "1", "--strict",
                                        "--partition-rows", "100"])
     assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("Dask ")]
+    lines = [line for line in result.stderr.splitlines()
+             if line.startswith("starqso: ") or "Traceback" in line]
     assert len(lines) == 1 and lines[0].startswith("starqso: error: row 8 (id 'obj00007')")
     assert "--strict" in lines[0] and "all zeros" in lines[0]
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
     assert time.perf_counter() - start < 120
+
+
+def test_keras_runtime_on_workers(stack, tmp_path):
+    """--runtime keras also runs on Dask (each worker loads the .keras model once)."""
+    first = tmp_path / "keras.csv"
+    result = CliRunner().invoke(main, ["predict", str(stack), "--runtime", "keras", "--output",
+                                       str(first), "--prior", "0.3"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["predict", str(stack), "--runtime", "keras", "--output",
+                                       str(tmp_path / "out"), "--prior", "0.3", "--workers",
+                                       "1", "--partition-rows", "1000"])
+    assert result.exit_code == 0, result.output
+    found = _dataset(tmp_path / "out")
+    expected = pd.read_csv(first, keep_default_na=False)
+    assert list(found["id"]) == list(expected["id"])
+    assert list(found["flag"]) == list(expected["flag"])
+    close = np.isclose(found["p_qso"].to_numpy(float),
+                       pd.to_numeric(expected["p_qso"].replace("", np.nan)).to_numpy(float),
+                       atol=1e-5, equal_nan=True)
+    assert close.all()
+    record = json.loads((tmp_path / "out" / "_starqso.json").read_text())
+    assert record["runtime"] == "keras"
