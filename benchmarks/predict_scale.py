@@ -137,7 +137,7 @@ def write_zarr_stack(folder, num_rows, cubes):
         rows = np.arange(start, min(start + chunk, num_rows)) % len(pool)
         array[start:start + len(rows)] = pool[rows]
     pd.DataFrame({"source_id": [f"obj{row:07d}" for row in range(num_rows)]}).to_parquet(
-        folder / "images_metadata.parquet")
+        folder / "images_metadata.parquet", row_group_size=10_000)
 
 
 def run_engine(source, output, num_rows, workers, partition_rows, batch_size, extra=(),

@@ -142,6 +142,16 @@ class _Group(click.Group):
             ctx.exit(EXIT_INTERNAL_ERROR)
 
 
+def _command_line():
+    """The command line as typed (``starqso predict ...``), for an output's provenance."""
+    import shlex
+
+    words = [os.path.basename(sys.argv[0]) if sys.argv else "starqso", *sys.argv[1:]]
+    if words[0] in ("cli.py", "__main__.py", "-m", "-c"):
+        words[0] = "starqso"
+    return shlex.join(words)
+
+
 def _one_line(text):
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return " ".join(lines)[:1000] if lines else "(no message)"
@@ -381,8 +391,10 @@ def export(run_dir, out_dir):
 @click.option("--id-column", default=None,
               help="Id column of a Parquet, HATS, zarr-metadata or stack input [default: id, "
                    "else source_id].")
+@click.option("--keep", default="", metavar="COL,COL",
+              help="Input columns to copy into the output after flag (e.g. ra,dec).")
 def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, prior, tta,
-            workers, scheduler, partition_rows, id_column):
+            workers, scheduler, partition_rows, id_column, keep):
     """Classify the cutouts of CATALOG: a catalogue, a folder, a stack, Parquet or HATS.
 
     CATALOG is a CSV/FITS catalogue with id and image (a cutout file per object) or
@@ -400,6 +412,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     """
     from starqso.extras import missing_module
 
+    keep = tuple(name.strip() for name in keep.split(",") if name.strip())
     dataset = pathlib.Path(output).suffix.lower() not in (".csv", ".fits")
     if not dataset and (workers is not None or scheduler is not None
                         or partition_rows is not None):
@@ -425,14 +438,16 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                 catalog, output, model_dir=model_dir, runtime=runtime, batch_size=batch_size,
                 prior=prior, tta=tta, workers=workers, scheduler=scheduler,
                 partition_rows=partition_rows or DEFAULT_PARTITION_ROWS, resume=resume,
-                strict=strict, id_column=id_column, progress=progress, log=log)
+                strict=strict, id_column=id_column, keep=keep, progress=progress, log=log,
+                command=_command_line())
         else:
             from starqso.inference import predict_catalog
 
             summary = predict_catalog(catalog, output, model_dir=model_dir, runtime=runtime,
                                       batch_size=batch_size, progress=progress, strict=strict,
                                       resume=resume, log=log, prior=prior, tta=tta,
-                                      id_column=id_column)
+                                      id_column=id_column, keep=keep,
+                                      command=_command_line())
     seconds = time.perf_counter() - start
     new_rows = summary["rows"] - summary["resumed"]
     click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "

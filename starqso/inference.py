@@ -362,7 +362,7 @@ def _identity_differences(saved, identity):
                      f"{short(identity.get(key))} now" for key in keys)
 
 
-def _resumed_rows(partial, ids, identity, log=None):
+def _resumed_rows(partial, ids, identity, log=None, columns=OUTPUT_COLUMNS):
     """Rows already in a partial file of the same run, after cutting an unfinished last line.
 
     None when there is nothing to resume: no partial file, or one without a complete header
@@ -389,13 +389,13 @@ def _resumed_rows(partial, ids, identity, log=None):
     content = content[:content.rfind(b"\n") + 1]  # a kill mid-line leaves half a row
     rows = list(csv.reader(io.StringIO(content.decode("utf-8", errors="replace"),
                                        newline="")))
-    if not rows or tuple(rows[0]) != OUTPUT_COLUMNS:
+    if not rows or tuple(rows[0]) != tuple(columns):
         raise InputError(f"the partial run {partial_file} does not start with the header line "
-                         f"{','.join(OUTPUT_COLUMNS)}; delete it or run without --resume. "
+                         f"{','.join(columns)}; delete it or run without --resume. "
                          f"Received: {rows[0] if rows else ''}")
     rows = rows[1:]
     for number, row in enumerate(rows):
-        if len(row) != len(OUTPUT_COLUMNS) or number >= len(ids) or row[0] != ids[number]:
+        if len(row) != len(columns) or number >= len(ids) or row[0] != ids[number]:
             raise InputError(f"the partial run {partial_file} does not match the catalogue at "
                              f"row {number + 1}; delete it or run without --resume. Received: "
                              f"{row}")
@@ -458,10 +458,58 @@ def _header_cards(record):
                                     else "")),
         ("TTA", record["tta"], "p_qso averaged over 8 dihedral views"),
         ("RUNTIME", record["runtime"], "starqso predict --runtime"),
+        ("STQVER", record["starqso_version"], "starqso version"),
+        ("MODEL", record["model_name"], "model folder name"),
+        ("MODELSHA", record["model_sha256"], "SHA-256 of the model file"),
+        ("INPUT", record["source"], "input classified"),
+        ("INPUTSHA", record["catalog_sha256"], "SHA-256 of the input (or its listing)"),
+        ("DATE", record["created"], "UTC time the output was written"),
+        ("COMMAND", record["command"] or "", "the command line"),
     ]
 
 
-def _finish(partial_file, output, fits_output, record):
+def provenance(command=None):
+    """When and by what an output was made: ``created`` (UTC, ISO 8601) and ``command``.
+
+    Args:
+        command: the command line (the CLI passes its own); None: ``sys.argv`` when it is
+            starqso's, else None.
+    """
+    import shlex
+    import sys
+    import time
+
+    if command is None and sys.argv and "starqso" in " ".join(sys.argv[:2]):
+        command = shlex.join(sys.argv)
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command}
+
+
+def _csv_cells(values):
+    """Kept input values as CSV text: numbers as repr (round-trip exact), NaN/None blank."""
+    cells = []
+    for value in np.asarray(values, dtype=object):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            cells.append("")
+        elif isinstance(value, (bytes, np.bytes_)):
+            cells.append(value.decode("utf-8", "replace"))
+        elif isinstance(value, (float, np.floating)):
+            cells.append(repr(float(value)))
+        else:
+            cells.append(str(value))
+    return cells
+
+
+def _fits_column(texts):
+    """A kept column back from the partial CSV: float64 when every cell is a number or
+    blank (NaN), else UTF-8 bytes."""
+    try:
+        return np.array([float(text) if text else np.nan for text in texts], np.float64)
+    except ValueError:
+        encoded = np.char.encode(np.asarray(texts, dtype=str), "utf-8")
+        return encoded.astype(f"S{max(encoded.dtype.itemsize, 1)}")
+
+
+def _finish(partial_file, output, fits_output, record, keep=()):
     """The partial file becomes the output; then its record (side-car or header) is complete.
 
     A CSV's side-car is removed before the rename and written after it, so a kill in between
@@ -489,6 +537,8 @@ def _finish(partial_file, output, fits_output, record):
                    "p_qso": np.array([float(row[1]) if row[1] else np.nan for row in rows]),
                    "label": text["label"].astype(f"S{max(text['label'].dtype.itemsize, 1)}"),
                    "flag": text["flag"].astype(f"S{max(text['flag'].dtype.itemsize, 1)}")})
+    for number, name in enumerate(keep, len(OUTPUT_COLUMNS)):
+        table[name] = _fits_column([row[number] for row in rows])
     hdu = fits.table_to_hdu(table)
     hdu.name = "CATALOG"
     for keyword, value, comment in _header_cards(record):
@@ -499,7 +549,7 @@ def _finish(partial_file, output, fits_output, record):
 
 def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
                     threshold=None, progress=None, strict=False, resume=False, log=None,
-                    prior=None, tta=False, id_column=None):
+                    prior=None, tta=False, id_column=None, keep=(), command=None):
     """Classify every row of ``source`` and write ``id, p_qso, label, flag`` to ``output``.
 
     p_qso is the model's calibrated p(QSO), averaged over the eight dihedral views with
@@ -525,6 +575,8 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
             training mix); None for the model's ``default_prior`` (none for older models).
         tta: average p(QSO) over the eight dihedral views of each cutout (8x the model work).
         id_column: the id column of Parquet, HATS, zarr metadata and stack tables.
+        keep: input columns copied into the output after ``flag`` (``--keep ra,dec``).
+        command: the command line recorded in the output's provenance (the CLI's own).
 
     Returns:
         dict summary: rows, qso, flagged (not classified), repaired, resumed (rows taken
@@ -559,7 +611,8 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     size = int(metadata["input_shape"][1])
     from starqso.io.sources import open_source
 
-    rows_source = open_source(source, id_column=id_column)
+    rows_source = open_source(source, id_column=id_column, keep=keep)
+    columns = (*OUTPUT_COLUMNS, *rows_source.keep_columns)
     ids = rows_source.ids()
     _check_output_is_not_input(source, output)
     source_name = str(pathlib.Path(source).resolve())
@@ -573,20 +626,20 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
               "model": str(model_dir.resolve()),
               "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
               "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
-              "tta": bool(tta)}
+              "tta": bool(tta), "keep": list(rows_source.keep_columns)}
     identity = {**common, "prior_shift": settings["shift"]}
     record = {"output": output.name, **common, "prior_source": settings["source"],
               "temperature": metadata.get("temperature"),
               "training_qso_fraction": settings["training_qso_fraction"],
               "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
-              "starqso_version": __version__}
+              "starqso_version": __version__, "model_name": model_dir.resolve().name}
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_paths(output)
     # One writer per output, for the whole run (--resume included): see starqso.locking.
     with exclusive_lock(output):
-        done = _resumed_rows(partial, ids, identity, log) if resume else None
+        done = _resumed_rows(partial, ids, identity, log, columns) if resume else None
         # The resumed rows answer to --strict as the new ones do (a fresh run would stop).
-        for number, (ident, _, _, flag) in enumerate(done if strict and done else []):
+        for number, (ident, _, _, flag, *_) in enumerate(done if strict and done else []):
             if flag:
                 _strict_stop(partial, f"row {number + 1} (id {ident!r}) of {source} is "
                                       f"flagged and --strict is on: {flag}")
@@ -594,7 +647,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
             log(f"resuming after row {len(done)} of {len(ids)}" if done is not None else
                 "no partial run to resume; starting from the first row")
         counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "resumed": 0}
-        for _, p_qso, label, flag in done or []:
+        for _, p_qso, label, flag, *_ in done or []:
             counts["rows"] += 1
             counts["qso"] += label == "QSO"
             counts["flagged"] += bool(flag) and not p_qso
@@ -613,7 +666,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                 writer = csv.writer(stream)
                 if done is None:
                     # On disk before the first batch: a run killed in it leaves a resumable file.
-                    writer.writerow(OUTPUT_COLUMNS)
+                    writer.writerow(columns)
                     stream.flush()
                     os.fsync(stream.fileno())
                 for partition in rows_source.partitions(batch_size):
@@ -630,13 +683,16 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                         _strict_stop(partial, f"row {start + row + 1} (id {batch_ids[row]!r})"
                                               f" of {source} is flagged and --strict is on: "
                                               f"{flags[row]}")
-                    for ident, p_qso, flag, ok in zip(batch_ids, probabilities, flags, usable):
+                    kept = [_csv_cells(block.keep[name]) for name in rows_source.keep_columns]
+                    for row, (ident, p_qso, flag, ok) in enumerate(
+                            zip(batch_ids, probabilities, flags, usable)):
                         label = ("QSO" if p_qso >= threshold else "STAR") if ok else ""
                         counts["rows"] += 1
                         counts["qso"] += label == "QSO"
                         counts["flagged"] += not ok
                         counts["repaired"] += ok and bool(flag)
-                        writer.writerow((ident, f"{p_qso:.6f}" if ok else "", label, flag))
+                        writer.writerow((ident, f"{p_qso:.6f}" if ok else "", label, flag,
+                                         *(cells[row] for cells in kept)))
                     # Each batch reaches the disk whole before the next starts: what --resume reads.
                     stream.flush()
                     os.fsync(stream.fileno())
@@ -647,6 +703,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                 raise
             # A failed write or fsync (a full disk) names no file: name the partial file.
             raise type(err)(err.errno, err.strerror, str(partial[0])) from err
-        _finish(partial[0], output, suffix == ".fits", record)
+        record.update(provenance(command))
+        _finish(partial[0], output, suffix == ".fits", record, rows_source.keep_columns)
         partial[1].unlink(missing_ok=True)
     return {**counts, "output": str(output), "prior": prior_label(settings), "record": record}

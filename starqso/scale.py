@@ -68,7 +68,7 @@ def _keep_freed_memory():
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
         _CACHE["malloc"] = bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)
-                                and libc.mallopt(m_trim_threshold, 128 * 2**20))
+                                and libc.mallopt(m_trim_threshold, 64 * 2**20))
     except (OSError, AttributeError):
         pass
 
@@ -212,7 +212,7 @@ def _check_output_folder(output):
 def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size=256,
                     threshold=None, prior=None, tta=False, workers=None, scheduler=None,
                     partition_rows=DEFAULT_PARTITION_ROWS, resume=False, strict=False,
-                    id_column=None, progress=None, log=None):
+                    id_column=None, keep=(), progress=None, log=None, command=None):
     """Classify every row of ``source`` on Dask into a Parquet dataset (or HATS) ``output``.
 
     Args:
@@ -229,8 +229,10 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         resume: skip the partitions an interrupted run of the same settings finished.
         strict: stop at the first flagged row.
         id_column: the id column of Parquet, HATS, zarr metadata and stack tables.
+        keep: input columns copied into the output after ``flag`` (``--keep ra,dec``).
         progress: optional callable receiving the rows done and the total.
         log: optional callable for notes (the dashboard address, resumed partitions).
+        command: the command line recorded in ``_starqso.json`` (the CLI's own).
 
     Returns:
         dict summary: rows, qso, flagged, repaired, resumed (rows of skipped partitions),
@@ -249,6 +251,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         default_model_dir,
         parse_prior,
         prior_label,
+        provenance,
         resolve_prior,
     )
     from starqso.io.sources import MAX_CHECKED_IDS, describe, open_source
@@ -272,7 +275,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     settings = resolve_prior(metadata, prior)
     if settings["note"] and log is not None:
         log(settings["note"])
-    rows_source = open_source(source, id_column=id_column)
+    rows_source = open_source(source, id_column=id_column, keep=keep)
     partitions = rows_source.partitions(partition_rows)
     if rows_source.num_rows <= MAX_CHECKED_IDS:
         rows_source.ids()  # a repeated id anywhere is one line now, before the cluster starts
@@ -291,14 +294,15 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
               "model": str(model_dir.resolve()),
               "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
               "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
-              "tta": bool(tta), "partition_rows": int(partition_rows)}
+              "tta": bool(tta), "partition_rows": int(partition_rows),
+              "keep": list(rows_source.keep_columns)}
     # What each partition file carries: fixed by the settings, so a resumed or retried
     # partition writes the same bytes as an uninterrupted run.
     record = {**common, "prior_source": settings["source"],
               "temperature": metadata.get("temperature"),
               "training_qso_fraction": settings["training_qso_fraction"],
               "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
-              "starqso_version": __version__}
+              "starqso_version": __version__, "model_name": model_dir.resolve().name}
     identity = {**common, "prior_shift": settings["shift"]}
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.partial")
@@ -356,8 +360,10 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                     if strict:  # a deliberate stop, not an interruption: nothing to resume
                         shutil.rmtree(staging, ignore_errors=True)
                     raise
+            # Beside the partition files (which stay byte-identical whenever they were made):
+            # when and by what command.
             full_record = {**record, "output": output.name, "partitions": len(partitions),
-                           "started": identity["started"],
+                           "started": identity["started"], **provenance(command),
                            "files": [part_name(p.index) for p in partitions]}
             if hats_output:
                 target = output.with_name(f".{output.name}.hats-partial")
@@ -423,7 +429,8 @@ def _write_hats(rows_source, partitions, staging, target, record, name):
     for partition in partitions:
         by_pixel.setdefault(rows_source.pixels[partition.part], []).append(
             str(staging / part_name(partition.index)))
-    ra, dec = rows_source.keep_columns
+    ra, dec = rows_source.position_columns
+    columns = [*OUTPUT_COLUMNS, *rows_source.keep_columns]
     catalog = lsdb.open_catalog(rows_source.path, columns=[ra, dec])
 
     def attach(frame, pixel):
@@ -431,10 +438,10 @@ def _write_hats(rows_source, partitions, staging, target, record, name):
         results = pa.concat_tables([pq.read_table(name) for name in files])
         results = results.to_pandas(types_mapper=pd.ArrowDtype)
         results.index = frame.index
-        return results[[*OUTPUT_COLUMNS, ra, dec]]
+        return results[columns]
 
     empty = pq.read_table(str(staging / part_name(partitions[0].index))).schema.empty_table()
-    meta = empty.to_pandas(types_mapper=pd.ArrowDtype)[[*OUTPUT_COLUMNS, ra, dec]]
+    meta = empty.to_pandas(types_mapper=pd.ArrowDtype)[columns]
     meta.index = catalog.meta.index[:0]
     result = catalog.map_partitions(attach, include_pixel=True, meta=meta)
     properties = {f"starqso_{key.removeprefix('starqso_')}": (

@@ -633,3 +633,92 @@ def test_hats_on_dask_is_a_hats_catalogue_of_the_same_rows(survey, reference, ba
     assert all(np.allclose(sky[str(row.id)], (row.ra, row.dec)) for row in found.itertuples())
     properties = (output / output.name / "hats.properties").read_text()
     assert "starqso_model_sha256=" in properties
+
+
+# --------------------------------------------------------------- --keep: input columns carried
+
+
+def _catalog_with_sky(folder, survey):
+    ra, dec = _sky(COUNT)
+    rows = [[ident, name, repr(float(r)), repr(float(d)), f"field {number % 3}"]
+            for number, (ident, name, r, d)
+            in enumerate(zip(survey["ids"], survey["files"], ra, dec))]
+    return _catalog(folder / "catalog.csv", ["id", "image", "ra", "dec", "field"], rows), ra, dec
+
+
+def test_keep_copies_input_columns_into_every_output(survey, reference, tmp_path):
+    catalog, ra, dec = _catalog_with_sky(tmp_path, survey)
+    result = _predict(catalog, tmp_path / "out.csv", "--keep", "ra,DEC,field")
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "out.csv")
+    assert list(rows[0]) == ["id", "p_qso", "label", "flag", "ra", "dec", "field"]
+    assert [float(row["ra"]) for row in rows] == list(ra)  # exact: repr round-trips
+    assert [row["field"] for row in rows][:4] == ["field 0", "field 1", "field 2", "field 0"]
+    assert [row["p_qso"] for row in rows] == [row["p_qso"] for row in reference]
+    result = _predict(catalog, tmp_path / "out.fits", "--keep", "ra,dec,field")
+    assert result.exit_code == 0, result.output
+    with fits.open(tmp_path / "out.fits") as hdulist:
+        table = hdulist[1].data
+        assert table["ra"].dtype.kind == "f" and np.array_equal(table["ra"], ra)
+        assert table["field"][1] == "field 1"
+    # A zarr stack's metadata column, in a Parquet dataset written on Dask.
+    stack = _zarr(tmp_path / "z", survey["ids"], survey["cubes"])
+    result = _predict(stack, tmp_path / "out.parquet", "--keep", "ra", "--workers", 1)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(frame.columns) == ["id", "p_qso", "label", "flag", "ra"]
+    assert np.allclose(frame["ra"], np.linspace(10, 20, COUNT))
+
+
+@pytest.mark.parametrize("keep, fragment", [
+    ("ra,nope", "--keep column 'nope' is not in catalogue"),
+    ("label", "--keep label: the output has a column 'label' of its own"),
+])
+def test_keep_errors_are_one_line(keep, fragment, survey, tmp_path):
+    catalog, _, _ = _catalog_with_sky(tmp_path, survey)
+    result = _predict(catalog, tmp_path / "out.csv", "--keep", keep)
+    cli_error_line(result, fragment)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_keep_in_stacks(survey, tmp_path):
+    import h5py
+
+    path = _hdf5(tmp_path, survey["ids"], survey["cubes"])
+    with h5py.File(path, "a") as handle:
+        handle.create_dataset("mag_r", data=np.arange(COUNT, dtype=">f8"))
+    result = _predict(path, tmp_path / "h.csv", "--keep", "mag_r")
+    assert result.exit_code == 0, result.output
+    assert [float(row["mag_r"]) for row in _rows(tmp_path / "h.csv")] == list(range(COUNT))
+    stack = _fits_stack(tmp_path, survey["ids"], survey["cubes"])
+    result = _predict(stack, tmp_path / "f.csv", "--keep", "id2")
+    cli_error_line(result, "--keep column 'id2' is not in the id table of file")
+
+
+def test_provenance_in_every_output(survey, tmp_path):
+    """Model SHA-256, version, input, date and command line in the side-car, FITS header,
+    Parquet metadata and _starqso.json."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    catalog = survey["folder"] / "catalog.csv"
+    result = _predict(catalog, tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    side = json.loads((tmp_path / "p.csv.json").read_text())
+    assert len(side["model_sha256"]) == 64 and side["model_name"] == "pretrained"
+    assert side["created"].endswith("Z") and side["starqso_version"]
+    assert side["source"] == str(catalog.resolve()) and len(side["catalog_sha256"]) == 64
+    result = _predict(catalog, tmp_path / "p.fits")
+    assert result.exit_code == 0, result.output
+    header = fits.getheader(tmp_path / "p.fits", 1)
+    assert header["MODELSHA"] == side["model_sha256"] and header["INPUT"] == side["source"]
+    assert header["DATE"].endswith("Z") and header["STQVER"] == side["starqso_version"]
+    stack = _zarr(tmp_path / "z", survey["ids"], survey["cubes"])
+    result = _predict(stack, tmp_path / "out", "--workers", 1)
+    assert result.exit_code == 0, result.output
+    record = json.loads(pq.read_schema(tmp_path / "out" / "part-000000.parquet")
+                        .metadata[b"starqso"])
+    assert record["model_sha256"] == side["model_sha256"] and "created" not in record
+    beside = json.loads((tmp_path / "out" / "_starqso.json").read_text())
+    assert beside["created"].endswith("Z") and beside["files"] == ["part-000000.parquet"]

@@ -169,7 +169,9 @@ def test_resume_after_the_whole_run_is_killed_gives_the_same_bytes(stack, tmp_pa
             assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
     first, second = (json.loads((folder / "_starqso.json").read_text())
                      for folder in (whole, resumed))
-    assert {**first, "output": "", "started": ""} == {**second, "output": "", "started": ""}
+    differ = {"output": "", "started": "", "created": "", "command": ""}
+    assert {**first, **differ} == {**second, **differ}
+    assert second["command"].startswith("starqso predict ") and "--resume" in second["command"]
 
 
 def test_resume_refuses_another_runs_partitions(stack, tmp_path):
@@ -213,6 +215,7 @@ def test_strict_stops_at_the_first_flagged_row(stack, tmp_path):
     assert time.perf_counter() - start < 120
 
 
+@pytest.mark.slow
 def test_keras_runtime_on_workers(stack, tmp_path):
     """--runtime keras also runs on Dask (each worker loads the .keras model once)."""
     first = tmp_path / "keras.csv"

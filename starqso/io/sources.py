@@ -164,6 +164,23 @@ def _refuse_repeats(ids, where, first=1):
         seen[ident] = row
 
 
+def _keep_names(keep, available, where):
+    """The ``--keep`` columns, lower case, each in ``available`` (lower-case names)."""
+    names = [str(name).strip().lower() for name in keep or () if str(name).strip()]
+    for name in names:
+        if name in ("id", "p_qso", "label", "flag"):
+            raise InputError(f"--keep {name}: the output has a column {name!r} of its own; keep "
+                             f"other columns. Received: --keep {','.join(names)}")
+        if name not in available:
+            raise InputError(f"--keep column {name!r} is not in {where}. Received: columns "
+                             f"{', '.join(available)}")
+    return tuple(dict.fromkeys(names))
+
+
+#: The most zarr rows whose crops a reader keeps between reads (a few chunks: 4096 32x32
+#: crops are 80 MB); a chunk larger than that is read in pieces.
+MAX_CACHED_ROWS = 4096
+
 #: Inputs up to this many rows have their ids checked for repeats across the whole input
 #: before a Dask run starts (a set of 10^7 ids is about 1 GB); larger ones within each
 #: partition only, as they are read.
@@ -198,6 +215,7 @@ class Source:
     def __init__(self, path):
         self.path = str(path)
         self.num_rows = 0
+        self.keep_columns = ()
 
     def pieces(self):
         """Row counts of the physical pieces, in order."""
@@ -249,11 +267,16 @@ class FileSource(Source):
 
     kind = "files"
 
-    def __init__(self, path, id_column=None):
+    def __init__(self, path, id_column=None, keep=()):
         super().__init__(path)
         self.id_column = id_column
+        self._keep = {}
         source = pathlib.Path(path)
         if source.is_dir():
+            if keep:
+                raise InputError(f"a folder of cutouts has no columns to keep; --keep needs a "
+                                 f"catalogue, a table or a stack. Received: --keep "
+                                 f"{','.join(keep)} for folder {source}")
             found = sorted((p.name, cutout_id(p.name)) for p in source.iterdir())
             found = [(name, ident) for name, ident in found if ident is not None]
             if not found:
@@ -291,10 +314,12 @@ class FileSource(Source):
                                  f"Received: columns {', '.join(table.colnames)} in file "
                                  f"{source}")
             self._ids = [str(value) for value in table["id"]]
+            self.keep_columns = _keep_names(keep, table.colnames, f"catalogue {source}")
+            self._keep = {name: np.asarray(table[name]) for name in self.keep_columns}
         self.num_rows = len(self._ids)
 
     def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column}
+        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
 
     def ids(self):
         return list(self._ids)
@@ -324,7 +349,8 @@ class FileSource(Source):
                     cubes.append(read_band_cutout(files, crop_size=size).data)
             except InputError as err:
                 cubes.append(str(err))
-        return Block(self._ids[start:stop], cubes, where, {})
+        return Block(self._ids[start:stop], cubes, where,
+                     {name: values[start:stop] for name, values in self._keep.items()})
 
     def fingerprint(self):
         if pathlib.Path(self.path).is_dir():
@@ -360,7 +386,7 @@ class ZarrSource(_StackSource):
 
     kind = "zarr"
 
-    def __init__(self, path, id_column=None):
+    def __init__(self, path, id_column=None, keep=()):
         super().__init__(path)
         require_survey("a zarr stack input", "zarr")
         self.id_column = id_column
@@ -382,10 +408,13 @@ class ZarrSource(_StackSource):
             self._orders.append(order)
         self.num_rows = sum(self._lengths)
         self._open = {}
-        self._id_cache = (None, [])
+        self._id_cache = (None, [], {})
+        self._chunk_cache = (None, 0, 0, None)
+        first = os.path.join(self.batches[0], "images_metadata.parquet")
+        self.keep_columns = _keep_names(keep, _parquet_columns(first), f"file {first}")
 
     def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column}
+        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
 
     def _array(self, batch):
         import zarr
@@ -432,11 +461,19 @@ class ZarrSource(_StackSource):
             batch = self.batches[partition.part]
             where = os.path.join(batch, "images_metadata.parquet")
             column = _id_column(_parquet_columns(where), self.id_column, where)
-            values = _parquet_slice(where, column, partition.start - partition.offset,
-                                    partition.stop - partition.offset)
-            self._id_cache = (key, _text_ids(values, where,
-                                             partition.start - partition.offset + 1))
+            table = _parquet_slice(where, [column, *self.keep_columns],
+                                   partition.start - partition.offset,
+                                   partition.stop - partition.offset)
+            keep = {name: table.column(1 + number).to_numpy(zero_copy_only=False)
+                    for number, name in enumerate(self.keep_columns)}
+            self._id_cache = (key, _text_ids(table.column(0).to_pylist(), where,
+                                             partition.start - partition.offset + 1), keep)
         return self._id_cache[1][start - partition.start:stop - partition.start]
+
+    def _kept(self, partition, start, stop):
+        self._ids(partition, start, stop)
+        return {name: values[start - partition.start:stop - partition.start]
+                for name, values in self._id_cache[2].items()}
 
     def read(self, partition, size, start=None, stop=None):
         start = partition.start if start is None else start
@@ -445,12 +482,34 @@ class ZarrSource(_StackSource):
         store = os.path.join(batch, "images.zarr")
         local = start - partition.offset
         where = [f"image {local + row} of {store}" for row in range(stop - start)]
-        cubes = self._crop(self._opened(partition.part), local, local + stop - start, size,
-                           f"in {store}", channels_last=True)
+        cubes = self._chunk_rows(partition.part, local, local + stop - start, size, store)
         order = self._orders[partition.part]
         if order is not None and isinstance(cubes, np.ndarray):
             cubes = np.ascontiguousarray(cubes[:, order])
-        return Block(self._ids(partition, start, stop), cubes, where, {})
+        return Block(self._ids(partition, start, stop), cubes, where,
+                     self._kept(partition, start, stop))
+
+    def _chunk_rows(self, part, start, stop, size, store):
+        """Crops of rows start..stop of a batch, decompressing each zarr chunk once.
+
+        A chunk (Cutana writes hundreds to thousands of images per chunk) is decompressed
+        whole for any row of it, so a read of a few hundred rows would decompress its chunk
+        again and again; the crops of the chunks under the last read are kept instead.
+        """
+        array = self._opened(part)
+        chunk = int(array.chunks[0]) if getattr(array, "chunks", None) else 1
+        first, last = start // chunk * chunk, -(-stop // chunk) * chunk
+        held = self._chunk_cache
+        if not (held[0] == (part, size) and held[1] <= start and stop <= held[2]):
+            if last - first > MAX_CACHED_ROWS:
+                first, last = start, stop
+            last = min(last, array.shape[0])
+            self._chunk_cache = held = ((part, size), first, last,
+                                        self._crop(array, first, last, size, f"in {store}",
+                                                   channels_last=True))
+        cubes = held[3]
+        return cubes[start - held[1]:stop - held[1]] if isinstance(cubes, np.ndarray) else \
+            cubes[start - held[1]:stop - held[1]]
 
     def fingerprint(self):
         files = []
@@ -484,7 +543,7 @@ class FitsStackSource(_StackSource):
 
     kind = "fits-stack"
 
-    def __init__(self, path, id_column=None):
+    def __init__(self, path, id_column=None, keep=()):
         super().__init__(path)
         from astropy.io import fits
 
@@ -506,8 +565,12 @@ class FitsStackSource(_StackSource):
                                  f"cube. Received: no table in file {path}")
             names = [name.lower() for name in hdulist[table].columns.names]
             column = _id_column(names, id_column, f"file {path}")
-            values = hdulist[table].data[hdulist[table].columns.names[names.index(column)]]
+            data = hdulist[table].data
+            values = data[hdulist[table].columns.names[names.index(column)]]
             self._id_values = _text_ids(list(values), f"the id table of file {path}")
+            self.keep_columns = _keep_names(keep, names, f"the id table of file {path}")
+            self._keep = {name: native_column(data[hdulist[table].columns.names[
+                names.index(name)]]) for name in self.keep_columns}
         if len(self._id_values) != shape[0]:
             raise InputError(f"a FITS cube stack needs one id per cube. Received: "
                              f"{len(self._id_values)} ids for {shape[0]} cubes in file {path}")
@@ -515,7 +578,7 @@ class FitsStackSource(_StackSource):
         self._hdulist = None
 
     def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column}
+        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
 
     def read_ids(self, partition):
         return self._id_values[partition.start:partition.stop]
@@ -531,7 +594,8 @@ class FitsStackSource(_StackSource):
         cubes = self._crop(hdu.section, start, stop, size, f"in file {self.path}",
                            channels_last=False)
         where = [f"cube {row} of file {self.path}" for row in range(start, stop)]
-        return Block(self._id_values[start:stop], cubes, where, {})
+        return Block(self._id_values[start:stop], cubes, where,
+                     {name: values[start:stop] for name, values in self._keep.items()})
 
     def fingerprint(self):
         from starqso.model_files import file_sha256
@@ -544,7 +608,7 @@ class Hdf5StackSource(_StackSource):
 
     kind = "hdf5-stack"
 
-    def __init__(self, path, id_column=None):
+    def __init__(self, path, id_column=None, keep=()):
         super().__init__(path)
         require_survey("an HDF5 stack input", "h5py")
         import h5py
@@ -560,6 +624,10 @@ class Hdf5StackSource(_StackSource):
                                     f"file {path}")
                 ids = [name for name in handle if str(name).lower() == column][0]
                 self._id_values = _text_ids(handle[ids][()], f"dataset {ids} of file {path}")
+                names = {str(name).lower(): name for name in handle}
+                self.keep_columns = _keep_names(keep, list(names), f"file {path}")
+                self._keep = {name: native_column(handle[names[name]][()])
+                              for name in self.keep_columns}
         except OSError as err:
             raise InputError(f"HDF5 file could not be read ({err}): {path}") from err
         if len(shape) != 4 or shape[1] != NUM_BANDS:
@@ -570,9 +638,13 @@ class Hdf5StackSource(_StackSource):
                              f"{len(self._id_values)} ids for {shape[0]} cubes in file {path}")
         self.num_rows = shape[0]
         self._handle = None
+        for name, values in self._keep.items():
+            if values.shape[:1] != (self.num_rows,):
+                raise InputError(f"--keep {name}: the dataset must hold one value per cube. "
+                                 f"Received: shape={values.shape} in file {path}")
 
     def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column}
+        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
 
     def read_ids(self, partition):
         return self._id_values[partition.start:partition.stop]
@@ -587,12 +659,23 @@ class Hdf5StackSource(_StackSource):
         cubes = self._crop(self._handle["images"], start, stop, size, f"in file {self.path}",
                            channels_last=False)
         where = [f"cube {row} of file {self.path}" for row in range(start, stop)]
-        return Block(self._id_values[start:stop], cubes, where, {})
+        return Block(self._id_values[start:stop], cubes, where,
+                     {name: values[start:stop] for name, values in self._keep.items()})
 
     def fingerprint(self):
         from starqso.model_files import file_sha256
 
         return file_sha256(self.path)
+
+
+def native_column(values):
+    """A table column as a native-endian NumPy array, text decoded to str."""
+    values = np.asarray(values)
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8", errors="replace")
+    if values.dtype.kind in "iuf" and not values.dtype.isnative:
+        return values.astype(values.dtype.newbyteorder("="))
+    return values
 
 
 def _parquet_columns(path):
@@ -615,9 +698,16 @@ def _parquet_rows(path):
                          f"{str(err).splitlines()[0] if str(err) else ''}): {path}") from err
 
 
+#: The largest decoded row groups kept between slices (ids and kept columns; pixels are not).
+MAX_KEPT_GROUP_BYTES = 256 * 2**20
+# The row groups read last (per process): a table written as one big row group (pandas'
+# default for up to 10^6 rows) is then decoded once, not once per partition of it.
+_LAST_GROUPS = {}
+
+
 def _parquet_slice(path, columns, start, stop):
     """Rows start..stop of ``columns`` (a name or a list) of a Parquet file, row groups read
-    only where they overlap."""
+    only where they overlap (and kept for the next slice of the same groups)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -637,7 +727,13 @@ def _parquet_slice(path, columns, start, stop):
     if not groups:
         table = pa.table({name: [] for name in actual})
     else:
-        table = handle.read_row_groups(groups, columns=actual)
+        key = (os.path.abspath(path), tuple(groups), tuple(actual))
+        table = _LAST_GROUPS.get(key)
+        if table is None:
+            _LAST_GROUPS.clear()
+            table = handle.read_row_groups(groups, columns=actual)
+            if table.nbytes <= MAX_KEPT_GROUP_BYTES:  # ids and columns, not pixel columns
+                _LAST_GROUPS[key] = table
         table = table.slice(start - first, stop - start)
     if single:
         return table.column(0).to_pylist()
@@ -703,6 +799,7 @@ class ParquetSource(Source):
         self.files = list(files)
         columns = _parquet_columns(self.files[0])
         self._id = _id_column(columns, id_column, f"file {self.files[0]}")
+        self.keep_columns = _keep_names(self.keep_columns, columns, f"file {self.files[0]}")
         if CUTOUT_COLUMN in columns:
             self.layout = CUTOUT_COLUMN
         elif "image" in columns:
@@ -814,11 +911,13 @@ class HatsSource(ParquetSource):
             healpix = list(catalog.get_healpix_pixels())
             files = [str(pixel_catalog_file(base, pixel)) for pixel in healpix]
             pixels = [(int(pixel.order), int(pixel.pixel)) for pixel in healpix]
-            keep = [info.ra_column, info.dec_column]
+            keep = [info.ra_column, info.dec_column, *(keep or ())]
             if not files:
                 raise InputError(f"HATS catalogue has no partitions. Received: {path}")
         self.pixels = [tuple(pixel) for pixel in pixels]
         super().__init__(path, id_column=id_column, files=files, keep=keep)
+        #: The catalogue's ra and dec columns: kept in every row, the HATS output needs them.
+        self.position_columns = self.keep_columns[:2]
 
     def _arguments(self):
         return {**super()._arguments(), "pixels": self.pixels}
@@ -850,7 +949,7 @@ def _fits_stack(path):
     return False
 
 
-def open_source(path, id_column=None):
+def open_source(path, id_column=None, keep=()):
     """The :class:`Source` of an input, its layout told from the path.
 
     Args:
@@ -858,6 +957,9 @@ def open_source(path, id_column=None):
             module docstring).
         id_column: the id column of Parquet, HATS, zarr metadata and stack tables (default:
             ``id``, then ``source_id``).
+        keep: input columns to carry into the output (``--keep ra,dec``): catalogue or
+            Parquet/HATS columns, zarr metadata columns, stack id-table columns (HDF5: 1-D
+            datasets).
 
     Returns:
         A :class:`Source`.
@@ -877,21 +979,21 @@ def open_source(path, id_column=None):
     lower = path.lower().rstrip("/")
     if os.path.isdir(path):
         if is_hats(path):
-            return HatsSource(path, id_column=id_column)
+            return HatsSource(path, id_column=id_column, keep=keep)
         if zarr_batches(path):
-            return ZarrSource(path, id_column=id_column)
+            return ZarrSource(path, id_column=id_column, keep=keep)
         if lower.endswith(".parquet") or (glob.glob(os.path.join(glob.escape(path), "*.parquet"))
                                           and not any(cutout_id(name)
                                                       for name in os.listdir(path))):
-            return ParquetSource(path, id_column=id_column)
-        return FileSource(path, id_column=id_column)
+            return ParquetSource(path, id_column=id_column, keep=keep)
+        return FileSource(path, id_column=id_column, keep=keep)
     if lower.endswith(".parquet") or lower.endswith(".pq"):
-        return ParquetSource(path, id_column=id_column)
+        return ParquetSource(path, id_column=id_column, keep=keep)
     if lower.endswith((".h5", ".hdf5", ".hdf")):
-        return Hdf5StackSource(path, id_column=id_column)
+        return Hdf5StackSource(path, id_column=id_column, keep=keep)
     if lower.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")) and _fits_stack(path):
-        return FitsStackSource(path, id_column=id_column)
-    return FileSource(path, id_column=id_column)
+        return FitsStackSource(path, id_column=id_column, keep=keep)
+    return FileSource(path, id_column=id_column, keep=keep)
 
 
 def describe(source):
