@@ -547,6 +547,35 @@ def _finish(partial_file, output, fits_output, record, keep=()):
     partial_file.unlink()
 
 
+def model_settings(model_dir, runtime, threshold=None, prior=None, log=None):
+    """The checked model folder and what its p(QSO) and labels will be made with.
+
+    Args:
+        model_dir: exported model folder; the shipped model when None.
+        runtime: "keras" or "litert".
+        threshold: the label threshold; the model's own when None.
+        prior: as :func:`parse_prior` accepts.
+        log: optional callable for the prior's note.
+
+    Returns:
+        ``(model_dir, metadata, threshold, settings)``: the folder as a Path, its
+        ``metadata.json``, the threshold as float and :func:`resolve_prior`'s settings.
+
+    Raises:
+        InputError: a bad model folder, threshold or prior.
+    """
+    prior = parse_prior(prior)
+    model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
+    metadata = check_model_dir(model_dir, runtime)
+    threshold = metadata.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
+    if not 0 <= threshold <= 1:
+        raise InputError(f"threshold must be in [0, 1]. Received: {threshold}")
+    settings = resolve_prior(metadata, prior)
+    if settings["note"] and log is not None:
+        log(settings["note"])
+    return model_dir, metadata, float(threshold), settings
+
+
 def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
                     threshold=None, progress=None, strict=False, resume=False, log=None,
                     prior=None, tta=False, id_column=None, keep=(), command=None):
@@ -599,15 +628,8 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     suffix = "".join(output.suffixes[-1:]).lower()
     if suffix not in (".csv", ".fits"):
         raise InputError(f"output must end in .csv or .fits. Received: {output}")
-    prior = parse_prior(prior)
-    model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
-    metadata = check_model_dir(model_dir, runtime)
-    threshold = metadata.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
-    if not 0 <= threshold <= 1:
-        raise InputError(f"threshold must be in [0, 1]. Received: {threshold}")
-    settings = resolve_prior(metadata, prior)
-    if settings["note"] and log is not None:
-        log(settings["note"])
+    model_dir, metadata, threshold, settings = model_settings(model_dir, runtime, threshold,
+                                                             prior, log)
     size = int(metadata["input_shape"][1])
     from starqso.io.sources import open_source
 

@@ -247,17 +247,10 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     """
     from starqso import __version__
     from starqso.atomic import swap_in_folder, write_json_atomically
-    from starqso.inference import (
-        default_model_dir,
-        parse_prior,
-        prior_label,
-        provenance,
-        resolve_prior,
-    )
+    from starqso.inference import model_settings, prior_label, provenance
     from starqso.io.sources import MAX_CHECKED_IDS, describe, open_source
     from starqso.locking import exclusive_lock
-    from starqso.model_files import RUNTIME_FILES, check_model_dir, file_sha256
-    from starqso.schema import DEFAULT_THRESHOLD
+    from starqso.model_files import RUNTIME_FILES, file_sha256
 
     require_survey("a Parquet dataset output", "pyarrow", "dask", "distributed")
     if batch_size < 1:
@@ -266,15 +259,8 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                                 or workers < 1):
         raise InputError(f"--workers must be a positive integer. Received: {workers!r}")
     output = pathlib.Path(output)
-    prior = parse_prior(prior)
-    model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
-    metadata = check_model_dir(model_dir, runtime)
-    threshold = metadata.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
-    if not 0 <= threshold <= 1:
-        raise InputError(f"threshold must be in [0, 1]. Received: {threshold}")
-    settings = resolve_prior(metadata, prior)
-    if settings["note"] and log is not None:
-        log(settings["note"])
+    model_dir, metadata, threshold, settings = model_settings(model_dir, runtime, threshold,
+                                                             prior, log)
     rows_source = open_source(source, id_column=id_column, keep=keep)
     partitions = rows_source.partitions(partition_rows)
     if rows_source.num_rows <= MAX_CHECKED_IDS:

@@ -361,7 +361,34 @@ class FileSource(Source):
 
 
 class _StackSource(Source):
-    """Shared by the array stacks: cubes come as crops of one (N, ...) array per piece."""
+    """Shared by the array stacks: cubes come as crops of one (N, ...) array per piece.
+
+    The FITS and HDF5 stacks hold their ids (``_id_values``) and kept columns (``_keep``) in
+    memory and give their (N, 5, H, W) array by :meth:`_images`.
+    """
+
+    def _arguments(self):
+        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
+
+    def read_ids(self, partition):
+        return self._id_values[partition.start:partition.stop]
+
+    def _images(self):
+        raise NotImplementedError
+
+    def read(self, partition, size, start=None, stop=None):
+        start = partition.start if start is None else start
+        stop = partition.stop if stop is None else stop
+        cubes = self._crop(self._images(), start, stop, size, f"in file {self.path}",
+                           channels_last=False)
+        where = [f"cube {row} of file {self.path}" for row in range(start, stop)]
+        return Block(self._id_values[start:stop], cubes, where,
+                     {name: values[start:stop] for name, values in self._keep.items()})
+
+    def fingerprint(self):
+        from starqso.model_files import file_sha256
+
+        return file_sha256(self.path)
 
     def _crop(self, array, start, stop, size, where, channels_last):
         height, width = (array.shape[1:3] if channels_last else array.shape[2:4])
@@ -577,30 +604,12 @@ class FitsStackSource(_StackSource):
         self.image_hdu, self.num_rows = image, shape[0]
         self._hdulist = None
 
-    def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
-
-    def read_ids(self, partition):
-        return self._id_values[partition.start:partition.stop]
-
-    def read(self, partition, size, start=None, stop=None):
+    def _images(self):
         from astropy.io import fits
 
-        start = partition.start if start is None else start
-        stop = partition.stop if stop is None else stop
         if self._hdulist is None:
             self._hdulist = fits.open(self.path, memmap=False, lazy_load_hdus=True)
-        hdu = self._hdulist[self.image_hdu]
-        cubes = self._crop(hdu.section, start, stop, size, f"in file {self.path}",
-                           channels_last=False)
-        where = [f"cube {row} of file {self.path}" for row in range(start, stop)]
-        return Block(self._id_values[start:stop], cubes, where,
-                     {name: values[start:stop] for name, values in self._keep.items()})
-
-    def fingerprint(self):
-        from starqso.model_files import file_sha256
-
-        return file_sha256(self.path)
+        return self._hdulist[self.image_hdu].section
 
 
 class Hdf5StackSource(_StackSource):
@@ -643,29 +652,12 @@ class Hdf5StackSource(_StackSource):
                 raise InputError(f"--keep {name}: the dataset must hold one value per cube. "
                                  f"Received: shape={values.shape} in file {path}")
 
-    def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
-
-    def read_ids(self, partition):
-        return self._id_values[partition.start:partition.stop]
-
-    def read(self, partition, size, start=None, stop=None):
+    def _images(self):
         import h5py
 
-        start = partition.start if start is None else start
-        stop = partition.stop if stop is None else stop
         if self._handle is None:
             self._handle = h5py.File(self.path, "r")
-        cubes = self._crop(self._handle["images"], start, stop, size, f"in file {self.path}",
-                           channels_last=False)
-        where = [f"cube {row} of file {self.path}" for row in range(start, stop)]
-        return Block(self._id_values[start:stop], cubes, where,
-                     {name: values[start:stop] for name, values in self._keep.items()})
-
-    def fingerprint(self):
-        from starqso.model_files import file_sha256
-
-        return file_sha256(self.path)
+        return self._handle["images"]
 
 
 def native_column(values):
