@@ -413,7 +413,12 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     from starqso.extras import missing_module
 
     keep = tuple(name.strip() for name in keep.split(",") if name.strip())
-    dataset = pathlib.Path(output).suffix.lower() not in (".csv", ".fits")
+    suffix = pathlib.Path(output).suffix.lower()
+    if suffix not in ("", ".csv", ".fits", ".parquet"):
+        raise InputError(f"--output must end in .csv or .fits (one file), or in .parquet or no "
+                         f"suffix (a Parquet dataset folder, written on Dask). Received: "
+                         f"--output {output}")
+    dataset = suffix not in (".csv", ".fits")
     if not dataset and (workers is not None or scheduler is not None
                         or partition_rows is not None):
         raise InputError(f"--workers, --scheduler and --partition-rows write a Parquet dataset: "

@@ -199,6 +199,9 @@ def test_dataset_output_errors_are_one_line(stack, tmp_path):
     result = CliRunner().invoke(main, ["predict", str(stack), "--output",
                                        str(tmp_path / "o"), "--workers", "0"])
     cli_error_line(result, "--workers must be a positive integer")
+    result = CliRunner().invoke(main, ["predict", str(stack), "--output",
+                                       str(tmp_path / "p.txt")])
+    cli_error_line(result, "--output must end in .csv or .fits", "p.txt")
 
 
 def test_strict_stops_at_the_first_flagged_row(stack, tmp_path):
