@@ -119,6 +119,20 @@ def check_output(path, num_rows):
             sum(bool(row["flag"]) for row in rows))
 
 
+def finish(args, workdir, title, lines, began):
+    """Print the results, write them to ``--out`` under ``title``, drop a temporary workdir."""
+    lines.append(f"\nTotal benchmark time {time.perf_counter() - began:.0f} s.")
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"# {title}\n\n" + text + "\n")
+        print(f"-> {out}")
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def write_zarr_stack(folder, num_rows, cubes):
     """A Cutana batch folder of ``num_rows`` rows cycling over ``cubes`` (n, 5, 32, 32)."""
     import numpy as np
@@ -318,16 +332,7 @@ def engine(args):
                      f"({1e9 / rate / 3600:,.0f} worker-hours), if the storage feeds "
                      f"{100 * rate * 20480 / 1e9:.1f} GB/s of 32x32x5 float32 cutouts.")
     lines += notes
-    lines.append(f"\nTotal benchmark time {time.perf_counter() - began:.0f} s.")
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.out:
-        out = pathlib.Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# predict at survey scale on Dask\n\n" + text + "\n")
-        print(f"-> {out}")
-    if args.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(args, workdir, "predict at survey scale on Dask", lines, began)
 
 
 def main():
@@ -379,16 +384,7 @@ def main():
             lines.append(f"- {runtime}: peak RSS {small[4]:.0f} MiB at N={small[1]:,} -> "
                          f"{large[4]:.0f} MiB at N={large[1]:,} (x{large[4] / small[4]:.2f} "
                          f"for x{large[1] / small[1]:.0f} rows)")
-    lines.append(f"\nTotal benchmark time {time.perf_counter() - began:.0f} s.")
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.out:
-        out = pathlib.Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# predict at scale\n\n" + text + "\n")
-        print(f"-> {out}")
-    if args.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(args, workdir, "predict at scale", lines, began)
 
 
 if __name__ == "__main__":

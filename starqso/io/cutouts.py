@@ -395,6 +395,24 @@ def _read_cube(path: str, crop_size, band=None):
     return _read_image(io.BytesIO(content), path, len(content), crop_size, compression, band)
 
 
+def _read_or_refuse(path: str, crop_size, band, what: str):
+    """:func:`_read_cube`, with any failure of the file as one InputError naming it."""
+    try:
+        return _read_cube(path, crop_size, band)
+    except InputError:
+        raise
+    except MemoryError as err:
+        raise InputError(f"{what} file could not be read: out of memory. Received: "
+                         f"file {path}") from err
+    except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
+        # Lazily parsed HDUs fail here, while the reader walks to the image; OSError is also
+        # the disk or the file system failing.
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        failed = "could not be read" if isinstance(err, OSError) else \
+            "is not a readable FITS file"
+        raise InputError(f"{what} file {failed} ({reason}): {path}") from err
+
+
 def read_cutout(path: str | os.PathLike, *, crop_size: int | None = None) -> Cutout:
     """Read a ``(5, H, W)`` ugriz cutout in nanomaggies from a FITS file.
 
@@ -434,20 +452,7 @@ def read_cutout(path: str | os.PathLike, *, crop_size: int | None = None) -> Cut
     """
     path = check_readable_file(path, "cutout")
     crop_size = _checked_crop_size(crop_size)
-    try:
-        data, cards = _read_cube(path, crop_size)
-    except InputError:
-        raise
-    except MemoryError as err:
-        raise InputError(f"cutout file could not be read: out of memory. Received: "
-                         f"file {path}") from err
-    except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
-        # Lazily parsed HDUs fail here, while the reader walks to the image; OSError is also
-        # the disk or the file system failing.
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        what = "could not be read" if isinstance(err, OSError) else \
-            "is not a readable FITS file"
-        raise InputError(f"cutout file {what} ({reason}): {path}") from err
+    data, cards = _read_or_refuse(path, crop_size, None, "cutout")
     bands = str(cards.get("BANDS", "".join(BANDS))).strip().lower()
     if bands != "".join(BANDS):
         # The card says which plane is which band, so another order is recoverable.
@@ -488,17 +493,7 @@ def read_band_cutout(paths, *, crop_size: int | None = None) -> Cutout:
     planes, headers = [], []
     for band, path in zip(BANDS, paths):
         path = check_readable_file(path, f"image_{band}")
-        try:
-            data, cards = _read_cube(path, crop_size, band)
-        except InputError:
-            raise
-        except MemoryError as err:
-            raise InputError(f"image_{band} file could not be read: out of memory. "
-                             f"Received: file {path}") from err
-        except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(f"image_{band} file is not a readable FITS file ({reason}): "
-                             f"{path}") from err
+        data, cards = _read_or_refuse(path, crop_size, band, f"image_{band}")
         planes.append(data)
         headers.append(cards)
     shapes = [plane.shape for plane in planes]
