@@ -392,9 +392,12 @@ def export(run_dir, out_dir):
               help="Id column of a Parquet, HATS, zarr-metadata or stack input [default: id, "
                    "else source_id].")
 @click.option("--keep", default="", metavar="COL,COL",
-              help="Input columns to copy into the output after flag (e.g. ra,dec).")
+              help="Input columns to copy into the output after p_qso_err (e.g. ra,dec).")
+@click.option("--uncertainty/--no-uncertainty", default=True, show_default=True,
+              help="Fill p_qso_err, the spread of p_qso over rotated views of each cutout "
+                   "(one extra model evaluation per row; free with --tta).")
 def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, prior, tta,
-            workers, scheduler, partition_rows, id_column, keep):
+            workers, scheduler, partition_rows, id_column, keep, uncertainty):
     """Classify the cutouts of CATALOG: a catalogue, a folder, a stack, Parquet or HATS.
 
     CATALOG is a CSV/FITS catalogue with id and image (a cutout file per object) or
@@ -405,10 +408,13 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     Writes every input row, in input order: id, p_qso, label (STAR/QSO at the model's
     threshold, applied to p_qso under the chosen prior), flag (empty; why the row could not
     be classified, with p_qso empty; or "repaired ..." when a few NaN/inf pixels were filled
-    before classifying). The prior, threshold and temperature p_qso comes from are in the
-    FITS header (PRIOR, THRESH, TEMPER), the CSV's side-car OUTPUT.json, or each Parquet
-    file's metadata and OUT/_starqso.json. The output appears only when complete; an
-    interrupted run continues with --resume.
+    before classifying), qflag (quality bitmask, 0 for no caveat: 1 not classified,
+    2 repaired, 4 extended source, 8 bright neighbour, 16 saturated, 32 low S/N, 64 r outside
+    the training range, 128 colours outside the training distribution) and p_qso_err (the
+    spread of p_qso over rotated views). The prior, threshold and temperature p_qso comes
+    from are in the FITS header (PRIOR, THRESH, TEMPER), the CSV's side-car OUTPUT.json, or
+    each Parquet file's metadata and OUT/_starqso.json. The output appears only when
+    complete; an interrupted run continues with --resume.
     """
     from starqso.extras import missing_module
 
@@ -444,7 +450,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                 prior=prior, tta=tta, workers=workers, scheduler=scheduler,
                 partition_rows=partition_rows or DEFAULT_PARTITION_ROWS, resume=resume,
                 strict=strict, id_column=id_column, keep=keep, progress=progress, log=log,
-                command=_command_line())
+                command=_command_line(), uncertainty=uncertainty)
         else:
             from starqso.inference import predict_catalog
 
@@ -452,11 +458,12 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                                       batch_size=batch_size, progress=progress, strict=strict,
                                       resume=resume, log=log, prior=prior, tta=tta,
                                       id_column=id_column, keep=keep,
-                                      command=_command_line())
+                                      command=_command_line(), uncertainty=uncertainty)
     seconds = time.perf_counter() - start
     new_rows = summary["rows"] - summary["resumed"]
     click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "
-               f"{summary['repaired']} repaired, prior {summary['prior']}, "
+               f"{summary['repaired']} repaired, {summary['caveats']} with a qflag caveat, "
+               f"prior {summary['prior']}, "
                f"{new_rows / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")
 
 

@@ -23,10 +23,15 @@ The export folder::
     starqso_classifier.keras   the Keras model (calibrated: CalibratedClassifier)
     metadata.json              version, input size, bands, units, class names, threshold,
                                temperature, training_qso_fraction, default_prior, and the
-                               SHA-256 of each .tflite and the .keras (sha256)
+                               SHA-256 of each .tflite and the .keras (sha256), and the
+                               references of the quality bits (quality: training r range,
+                               colour density and its out-of-distribution threshold)
     export_check.json          max |dp| and label agreement of each format vs Keras, and the
                                calibration (temperature, ECE before/after, threshold)
-    model_card.md              what it was trained on, its metrics, its limits
+    selection_function.csv     completeness and purity vs r, completeness vs redshift, on the
+                               validation split, with Wilson intervals
+    model_card.md              what it was trained on, its metrics, its limits, the selection
+                               function
 """
 
 from __future__ import annotations
@@ -419,7 +424,6 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
             "calibration_cutouts": int(len(calibration)),
             "qso_fraction": float(np.mean(check_arrays.labels == 1))}
         results["calibration"] = calibration_results
-        write_json_atomically(staging / "export_check.json", results, sort_keys=False)
         metadata = {
             "format_version": MODEL_FORMAT_VERSION, "starqso_version": __version__,
             "input_name": "image", "output_name": "p_qso",
@@ -434,15 +438,92 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
             "sha256": {path.name: file_sha256(path) for path in sorted(
                 [*staging.glob("*.tflite"), staging / "starqso_classifier.keras"])},
         }
+        validation = objects["validation"]
+        validation_p = np.asarray(model.predict({"image": validation.images}, batch_size=512,
+                                                verbose=0), np.float64).ravel()
+        quality, selection = quality_reference(objects["train"].images, validation,
+                                               validation_p, threshold)
+        if quality is not None:
+            metadata["quality"] = quality
+            results["quality"] = {key: quality[key] for key in ("r_range", "ood_threshold",
+                                                                "validation_ood_fraction")}
+        write_json_atomically(staging / "export_check.json", results, sort_keys=False)
         write_json_atomically(staging / "metadata.json", metadata, sort_keys=False)
+        from starqso.evaluation.metrics import selection_csv_text
+
+        write_text_atomically(staging / SELECTION_FILE, selection_csv_text(selection))
         write_text_atomically(staging / "model_card.md",
-                              _model_card(folder, config, metadata, results))
+                              _model_card(folder, config, metadata, results)
+                              + quality_card(quality, selection))
         build.results = results
 
     # The finished folder is swapped in whole: a reader never sees half an export.
     replace_folder(build, out)
     log(f"exported -> {out}")
     return build.results
+
+
+#: The model's selection function, beside its metadata.json.
+SELECTION_FILE = "selection_function.csv"
+
+
+def quality_reference(train_images, validation, validation_p, threshold):
+    """What a model folder ships for its quality bits and its selection function.
+
+    Args:
+        train_images: (N, S, S, 5) training-split crops.
+        validation: the validation split's :class:`~starqso.data.ObjectArrays` (labels, true
+            r magnitudes, redshifts).
+        validation_p: the calibrated model's p(QSO) of those objects (training mix).
+        threshold: the model's decision threshold.
+
+    Returns:
+        ``(quality, selection)``: the ``metadata.json: quality`` entry
+        (:func:`~starqso.preprocessing.qflags.fit_quality_reference`, with
+        ``selection_function`` naming :data:`SELECTION_FILE`; None for crops too small for
+        its photometry) and the selection-function rows
+        (:func:`~starqso.evaluation.metrics.selection_function`: completeness and purity vs
+        r, completeness vs redshift, with Wilson intervals) of the labelled validation objects.
+    """
+    from starqso.evaluation.metrics import selection_function
+    from starqso.preprocessing.qflags import fit_quality_reference
+
+    quality = fit_quality_reference(train_images, validation.images)
+    known = validation.labels >= 0
+    selection = selection_function(validation.labels[known].astype(np.int64),
+                                   np.asarray(validation_p)[known], threshold,
+                                   r=validation.mags[known, 2],
+                                   redshift=validation.redshift[known])
+    if quality is not None:
+        quality["selection_function"] = {
+            "file": SELECTION_FILE, "split": "validation", "objects": int(known.sum()),
+            "threshold": float(threshold), "prior": "training mix",
+            "note": "completeness and purity at the validation split's QSO fraction, against "
+                    "the objects' catalogue r and redshift"}
+    return quality, selection
+
+
+def quality_card(quality, selection):
+    """The model card's section on quality bits and the selection function (markdown)."""
+    from starqso.evaluation.metrics import format_selection_markdown
+
+    if quality is None:
+        return ("\n## Quality bits and selection function\n\nThe model's input is too small "
+                "for the 3\" photometry: no magnitude-range or out-of-distribution bits.\n\n"
+                + format_selection_markdown(selection) + "\n")
+    low, high = quality["r_range"]
+    on = quality["selection_function"]
+    return "\n".join([
+        "", "## Quality bits and selection function", "",
+        f"* `qflag` MAG_OUT_OF_RANGE outside r = {low:.2f} .. {high:.2f} (3\" aperture asinh "
+        "magnitude; the training objects' 0.1-99.9% range, widened by 0.25 mag).",
+        f"* `qflag` OUT_OF_DISTRIBUTION below a colour log-density of "
+        f"{quality['ood_threshold']:.3f} (Gaussian mixture of the training colours; "
+        f"{quality['validation_ood_fraction']:.1%} of the validation objects).",
+        f"* Selection function on the {on['objects']} validation objects (threshold "
+        f"{on['threshold']:.2f}, at their own QSO fraction; `{on['file']}` holds it as CSV), "
+        "with 68% Wilson intervals:", "",
+        format_selection_markdown(selection), ""])
 
 
 def _calibration(raw_model, objects, held_name, log):

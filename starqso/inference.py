@@ -27,6 +27,14 @@ applied from an assumed training fraction of 0.30 (the simulator's, the SDSS spe
 sample's), with a note. Every output records which prior its p_qso assumes: FITS header
 keywords, or a JSON side-car ``OUTPUT.json`` beside a CSV output.
 
+**Quality bits and uncertainty.** After ``id, p_qso, label, flag`` every output has
+``qflag``, the bitmask of :data:`starqso.schema.QFLAG_BITS` (0: no caveat; 1 for a row that
+was not classified; extended source, bright neighbour, saturated, low S/N, magnitude outside
+the training range, colours out of the training distribution: see
+:mod:`starqso.preprocessing.qflags`), and ``p_qso_err``, the spread of p_qso over dihedral
+views of the cutout (:func:`predict_views`; blank with ``uncertainty=False``). A FITS output
+names the bits in ``QBITn`` header cards.
+
 **Test-time augmentation.** ``tta=True`` (``--tta``) averages p(QSO) over the eight dihedral
 views of each cutout (four 90-degree rotations, each also flipped): a point source has no
 orientation (Dieleman et al. 2015), so the average removes orientation noise from the
@@ -62,16 +70,19 @@ import io
 import json
 import os
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 
 from starqso.errors import InputError
 from starqso.model_files import RUNTIME_FILES, check_model_dir, file_sha256
 from starqso.probability import logit, sigmoid
-from starqso.schema import DEFAULT_THRESHOLD
+from starqso.schema import DEFAULT_THRESHOLD, P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
 
 RUNTIMES = tuple(RUNTIME_FILES)
-OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag")
+# The first four are the original columns (readers of older outputs find them where they
+# were); the quality bitmask and the uncertainty follow (starqso.preprocessing.qflags).
+OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag", QFLAG_COLUMN, P_QSO_ERR_COLUMN)
 #: ``--prior`` value meaning "no correction": p(QSO) at the model's training QSO fraction.
 TRAINING_PRIOR = "train"
 # The training QSO fraction assumed for a model folder whose metadata.json predates the
@@ -261,11 +272,50 @@ def dihedral_views(images):
 
 def predict_tta(predictor, images):
     """p(QSO) averaged over the eight :func:`dihedral_views` (eight model evaluations)."""
+    return predict_views(predictor, images, tta=True, uncertainty=False)[0]
+
+
+#: The views of the default uncertainty (no --tta), as quarter turns: the cutout and its
+#: 180-degree rotation.
+UNCERTAINTY_VIEWS = (0, 2)
+
+
+def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0):
+    """p(QSO) and its spread over dihedral views: ``(p, p_err)``, float64 (N,) each.
+
+    ``p`` is the model's p(QSO) of the cutout as given (``tta=False``) or the mean over the
+    eight :func:`dihedral_views` (``tta=True``), moved to the prior by ``shift``
+    (:func:`apply_prior`). ``p_err`` is the standard deviation of the prior-corrected p over
+    the views: all eight with ``tta``, else the cutout and its 180-degree rotation
+    (:data:`UNCERTAINTY_VIEWS`, one extra model evaluation); NaN without ``uncertainty``.
+    A point source has no orientation, so a network whose answer turns with the cutout is
+    unsure of it: the spread grows with noise, blends and artefacts (``tests/test_qflags.py``).
+
+    Args:
+        predictor: from :func:`open_model`.
+        images: (N, S, S, 5) model inputs.
+        tta: average over the eight views.
+        uncertainty: compute ``p_err``.
+        shift: the prior's logit shift (:func:`resolve_prior`).
+    """
     images = np.asarray(images, np.float32)
-    if not len(images):
-        return np.zeros(0)
-    views = np.ascontiguousarray(dihedral_views(images))
-    return np.asarray(predictor(views), np.float64).reshape(8, len(images)).mean(axis=0)
+    count = len(images)
+    if not count:
+        return np.zeros(0), np.zeros(0)
+    if tta:
+        views = np.ascontiguousarray(dihedral_views(images))
+        raw = np.asarray(predictor(views), np.float64).reshape(8, count)
+        p = apply_prior(raw.mean(axis=0), shift)
+    elif uncertainty:
+        views = np.ascontiguousarray(np.concatenate([np.rot90(images, k, axes=(1, 2))
+                                                     for k in UNCERTAINTY_VIEWS]))
+        raw = np.asarray(predictor(views), np.float64).reshape(len(UNCERTAINTY_VIEWS), count)
+        p = apply_prior(raw[0], shift)
+    else:
+        return apply_prior(np.asarray(predictor(images), np.float64).reshape(-1), shift), \
+            np.full(count, np.nan)
+    spread = apply_prior(raw, shift).std(axis=0) if uncertainty else np.full(count, np.nan)
+    return p, spread
 
 
 def _prepare_block(block, size):
@@ -312,8 +362,19 @@ def _prepare_block(block, size):
     return images, flags, usable
 
 
-def classify_block(block, predictor, size, shift=0.0, tta=False):
-    """p(QSO) of a block of rows: ``(probabilities, flags, usable)``.
+class Classified(NamedTuple):
+    """What :func:`classify_block` gives for a block of rows (arrays of the block's length)."""
+
+    probabilities: np.ndarray  # float64 p(QSO), NaN where not classified
+    flags: list  # human-readable flag strings ("" for none)
+    usable: np.ndarray  # bool, classified rows
+    qflag: np.ndarray  # int64 quality bitmask (starqso.schema.QFLAG_BITS)
+    p_err: np.ndarray  # float64 spread of p(QSO) over dihedral views, NaN when not computed
+
+
+def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=True,
+                   reference=None):
+    """p(QSO), flags, quality bits and uncertainty of a block of rows.
 
     Args:
         block: a :class:`~starqso.io.sources.Block`.
@@ -321,18 +382,28 @@ def classify_block(block, predictor, size, shift=0.0, tta=False):
         size: the model's input side.
         shift: the prior's logit shift (:func:`resolve_prior`).
         tta: average over the eight dihedral views.
+        uncertainty: compute ``p_err`` (:func:`predict_views`).
+        reference: the model's ``metadata.json: quality`` (None: no magnitude-range and
+            out-of-distribution bits), see :mod:`starqso.preprocessing.qflags`.
 
     Returns:
-        float64 p(QSO) (NaN where not classified), per-row flag strings, and a bool mask of
-        classified rows.
+        :class:`Classified`.
     """
+    from starqso.preprocessing.qflags import quality_bits
+
     images, flags, usable = _prepare_block(block, size)
-    probabilities = np.full(len(block.ids), np.nan)
+    count = len(block.ids)
+    probabilities, p_err = np.full(count, np.nan), np.full(count, np.nan)
     if usable.any():
-        good = images[usable]
-        p = predict_tta(predictor, good) if tta else predictor(good)
-        probabilities[usable] = apply_prior(p, shift)
-    return probabilities, flags, _unusable_outputs(probabilities, usable, flags)
+        probabilities[usable], p_err[usable] = predict_views(predictor, images[usable], tta,
+                                                             uncertainty, shift)
+    usable = _unusable_outputs(probabilities, usable, flags)
+    p_err[~usable] = np.nan
+    qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
+    if usable.any():
+        rows = np.flatnonzero(usable)
+        qflag[rows] = quality_bits(images[rows], [bool(flags[row]) for row in rows], reference)
+    return Classified(probabilities, flags, usable, qflag, p_err)
 
 
 def _partial_paths(output):
@@ -345,7 +416,7 @@ _IDENTITY_NAMES = {"source": "catalogue", "rows": "row count",
                    "catalog_sha256": "catalogue content (SHA-256)", "model": "model folder",
                    "model_sha256": "model file content (SHA-256)", "runtime": "runtime",
                    "threshold": "threshold", "prior": "prior", "prior_shift": "prior shift",
-                   "tta": "--tta"}
+                   "tta": "--tta", "uncertainty": "--uncertainty"}
 
 
 def _identity_differences(saved, identity):
@@ -457,6 +528,7 @@ def _header_cards(record):
          "training QSO fraction" + (" (assumed)" if record["training_qso_fraction_assumed"]
                                     else "")),
         ("TTA", record["tta"], "p_qso averaged over 8 dihedral views"),
+        ("UNCERT", record.get("uncertainty", False), "p_qso_err: std over dihedral views"),
         ("RUNTIME", record["runtime"], "starqso predict --runtime"),
         ("STQVER", record["starqso_version"], "starqso version"),
         ("MODEL", record["model_name"], "model folder name"),
@@ -465,6 +537,8 @@ def _header_cards(record):
         ("INPUTSHA", record["catalog_sha256"], "SHA-256 of the input (or its listing)"),
         ("DATE", record["created"], "UTC time the output was written"),
         ("COMMAND", record["command"] or "", "the command line"),
+        *((f"QBIT{bit.bit_length() - 1}", name, f"qflag bit value {bit}")
+          for name, bit in QFLAG_BITS.items()),
     ]
 
 
@@ -536,7 +610,10 @@ def _finish(partial_file, output, fits_output, record, keep=()):
     table = Table({"id": text["id"].astype(f"S{max(text['id'].dtype.itemsize, 1)}"),
                    "p_qso": np.array([float(row[1]) if row[1] else np.nan for row in rows]),
                    "label": text["label"].astype(f"S{max(text['label'].dtype.itemsize, 1)}"),
-                   "flag": text["flag"].astype(f"S{max(text['flag'].dtype.itemsize, 1)}")})
+                   "flag": text["flag"].astype(f"S{max(text['flag'].dtype.itemsize, 1)}"),
+                   QFLAG_COLUMN: np.array([int(row[4]) for row in rows], np.int32),
+                   P_QSO_ERR_COLUMN: np.array([float(row[5]) if row[5] else np.nan
+                                               for row in rows])})
     for number, name in enumerate(keep, len(OUTPUT_COLUMNS)):
         table[name] = _fits_column([row[number] for row in rows])
     hdu = fits.table_to_hdu(table)
@@ -578,7 +655,8 @@ def model_settings(model_dir, runtime, threshold=None, prior=None, log=None):
 
 def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
                     threshold=None, progress=None, strict=False, resume=False, log=None,
-                    prior=None, tta=False, id_column=None, keep=(), command=None):
+                    prior=None, tta=False, id_column=None, keep=(), command=None,
+                    uncertainty=True):
     """Classify every row of ``source`` and write ``id, p_qso, label, flag`` to ``output``.
 
     p_qso is the model's calibrated p(QSO), averaged over the eight dihedral views with
@@ -606,9 +684,12 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         id_column: the id column of Parquet, HATS, zarr metadata and stack tables.
         keep: input columns copied into the output after ``flag`` (``--keep ra,dec``).
         command: the command line recorded in the output's provenance (the CLI's own).
+        uncertainty: fill ``p_qso_err`` (:func:`predict_views`; one extra model evaluation
+            per row without ``tta``).
 
     Returns:
-        dict summary: rows, qso, flagged (not classified), repaired, resumed (rows taken
+        dict summary: rows, qso, flagged (not classified), repaired, caveats (classified rows
+        with a non-zero qflag), resumed (rows taken
         from the partial file), the output path and ``record`` (what the side-car holds:
         prior, threshold, temperature, ...).
 
@@ -648,7 +729,8 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
               "model": str(model_dir.resolve()),
               "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
               "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
-              "tta": bool(tta), "keep": list(rows_source.keep_columns)}
+              "tta": bool(tta), "uncertainty": bool(uncertainty),
+              "keep": list(rows_source.keep_columns)}
     identity = {**common, "prior_shift": settings["shift"]}
     record = {"output": output.name, **common, "prior_source": settings["source"],
               "temperature": metadata.get("temperature"),
@@ -668,12 +750,13 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         if resume and log is not None:
             log(f"resuming after row {len(done)} of {len(ids)}" if done is not None else
                 "no partial run to resume; starting from the first row")
-        counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "resumed": 0}
-        for _, p_qso, label, flag, *_ in done or []:
+        counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "caveats": 0, "resumed": 0}
+        for _, p_qso, label, flag, qflag, *_ in done or []:
             counts["rows"] += 1
             counts["qso"] += label == "QSO"
             counts["flagged"] += bool(flag) and not p_qso
             counts["repaired"] += bool(flag) and bool(p_qso)
+            counts["caveats"] += bool(p_qso) and qflag not in ("", "0")
         counts["resumed"] = counts["rows"]
         # The folder was checked above, before the catalogue: a bad catalogue fails before
         # TensorFlow is imported, and the model files are read once.
@@ -697,8 +780,9 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                     start = max(partition.start, counts["rows"])
                     block = rows_source.read(partition, size, start=start)
                     batch_ids = block.ids
-                    probabilities, flags, usable = classify_block(
-                        block, predictor, size, settings["shift"], tta)
+                    probabilities, flags, usable, qflag, p_err = classify_block(
+                        block, predictor, size, settings["shift"], tta, uncertainty,
+                        metadata.get("quality"))
                     if strict and any(flags):
                         row = next(i for i, flag in enumerate(flags) if flag)
                         stream.close()
@@ -706,14 +790,17 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                                               f" of {source} is flagged and --strict is on: "
                                               f"{flags[row]}")
                     kept = [_csv_cells(block.keep[name]) for name in rows_source.keep_columns]
-                    for row, (ident, p_qso, flag, ok) in enumerate(
-                            zip(batch_ids, probabilities, flags, usable)):
+                    for row, (ident, p_qso, flag, ok, bits, err) in enumerate(
+                            zip(batch_ids, probabilities, flags, usable, qflag, p_err)):
                         label = ("QSO" if p_qso >= threshold else "STAR") if ok else ""
                         counts["rows"] += 1
                         counts["qso"] += label == "QSO"
                         counts["flagged"] += not ok
                         counts["repaired"] += ok and bool(flag)
+                        counts["caveats"] += ok and bits != 0
                         writer.writerow((ident, f"{p_qso:.6f}" if ok else "", label, flag,
+                                         str(int(bits)),
+                                         f"{err:.6f}" if np.isfinite(err) else "",
                                          *(cells[row] for cells in kept)))
                     # Each batch reaches the disk whole before the next starts: what --resume reads.
                     stream.flush()

@@ -382,7 +382,38 @@ def _check_metadata(metadata_path: pathlib.Path) -> dict:
                 for name, digest in checksums.items())):
         raise InputError(f"{metadata_path} must give sha256 as file names mapped to 64 hex "
                          f"digits. Received: sha256={_shown(checksums)}")
+    if "quality" in metadata and not _quality_ok(metadata["quality"]):
+        raise InputError(f"{metadata_path} must give quality as starqso export writes it "
+                         f"(r_range [low, high], ood_threshold, colour_density with weights, "
+                         f"4-colour means and 4x4 covariances); re-export the model or remove "
+                         f"the key. Received: quality={_shown(metadata['quality'])}")
     return metadata
+
+
+def _quality_ok(quality) -> bool:
+    """Whether ``metadata.json: quality`` has the shapes the quality bits read."""
+    if not isinstance(quality, dict):
+        return False
+    r_range, density = quality.get("r_range"), quality.get("colour_density")
+    if not (isinstance(r_range, list) and len(r_range) == 2
+            and all(_is_number(value) for value in r_range) and r_range[0] < r_range[1]
+            and _is_number(quality.get("ood_threshold")) and isinstance(density, dict)):
+        return False
+    weights, means = density.get("weights"), density.get("means")
+    covariances = density.get("covariances")
+    if not (isinstance(weights, list) and weights and isinstance(means, list)
+            and isinstance(covariances, list) and len(weights) == len(means)
+            == len(covariances)):
+        return False
+
+    def matrix(value, rows, columns):
+        return (isinstance(value, list) and len(value) == rows and all(
+            isinstance(row, list) and len(row) == columns
+            and all(_is_number(item) for item in row) for row in value))
+
+    return (all(_is_number(weight) and weight > 0 for weight in weights)
+            and matrix(means, len(means), 4)
+            and all(matrix(covariance, 4, 4) for covariance in covariances))
 
 
 def _is_number(value) -> bool:

@@ -38,10 +38,11 @@ import numpy as np
 
 from starqso.errors import InputError
 from starqso.extras import require_survey
+from starqso.inference import OUTPUT_COLUMNS
+from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
 #: Rows per partition by default: a few MB of Parquet, a minute of one worker's time.
 DEFAULT_PARTITION_ROWS = 50_000
-OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag")
 RECORD_FILE = "_starqso.json"
 _IDENTITY_FILE = ".identity.json"
 
@@ -106,7 +107,11 @@ def _table_bytes(columns, keep, record):
               "p_qso": pa.array(columns["p_qso"], pa.float64(),
                                 mask=np.isnan(np.asarray(columns["p_qso"], np.float64))),
               "label": pa.array(columns["label"], pa.string()),
-              "flag": pa.array(columns["flag"], pa.string())}
+              "flag": pa.array(columns["flag"], pa.string()),
+              QFLAG_COLUMN: pa.array(columns[QFLAG_COLUMN], pa.int32()),
+              P_QSO_ERR_COLUMN: pa.array(columns[P_QSO_ERR_COLUMN], pa.float64(),
+                                         mask=np.isnan(np.asarray(columns[P_QSO_ERR_COLUMN],
+                                                                  np.float64)))}
     for name, values in keep.items():
         arrays[name] = pa.array(values)
     table = pa.table(arrays).replace_schema_metadata(
@@ -138,23 +143,28 @@ def run_partition(job, partition):
     size, threshold = job["size"], job["threshold"]
     columns = {name: [] for name in OUTPUT_COLUMNS}
     keep = {}
-    counts = {"index": partition.index, "rows": 0, "qso": 0, "flagged": 0, "repaired": 0}
+    counts = {"index": partition.index, "rows": 0, "qso": 0, "flagged": 0, "repaired": 0,
+              "caveats": 0}
     for start in range(partition.start, partition.stop, job["batch_size"]):
         block = source.read(partition, size, start=start,
                             stop=min(start + job["batch_size"], partition.stop))
-        probabilities, flags, usable = classify_block(block, predictor, size, job["shift"],
-                                                      job["tta"])
+        probabilities, flags, usable, qflag, p_err = classify_block(
+            block, predictor, size, job["shift"], job["tta"], job["uncertainty"],
+            job["quality"])
         if job["strict"] and any(flags):
             row = next(number for number, flag in enumerate(flags) if flag)
             raise InputError(f"row {start + row + 1} (id {block.ids[row]!r}) of "
                              f"{job['input']} is flagged and --strict is on: {flags[row]}")
         labels = np.where(probabilities >= threshold, "QSO", "STAR")
-        for ident, p_qso, flag, ok, label in zip(block.ids, probabilities, flags, usable,
-                                                 labels):
+        for ident, p_qso, flag, ok, label, bits, err in zip(block.ids, probabilities, flags,
+                                                            usable, labels, qflag, p_err):
             columns["id"].append(ident)
             columns["p_qso"].append(float(p_qso) if ok else np.nan)
             columns["label"].append(str(label) if ok else "")
             columns["flag"].append(flag)
+            columns[QFLAG_COLUMN].append(int(bits))
+            columns[P_QSO_ERR_COLUMN].append(float(err))
+            counts["caveats"] += bool(ok and bits)
             counts["rows"] += 1
             counts["qso"] += bool(ok and label == "QSO")
             counts["flagged"] += not ok
@@ -212,7 +222,8 @@ def _check_output_folder(output):
 def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size=256,
                     threshold=None, prior=None, tta=False, workers=None, scheduler=None,
                     partition_rows=DEFAULT_PARTITION_ROWS, resume=False, strict=False,
-                    id_column=None, keep=(), progress=None, log=None, command=None):
+                    id_column=None, keep=(), progress=None, log=None, command=None,
+                    uncertainty=True):
     """Classify every row of ``source`` on Dask into a Parquet dataset (or HATS) ``output``.
 
     Args:
@@ -233,6 +244,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         progress: optional callable receiving the rows done and the total.
         log: optional callable for notes (the dashboard address, resumed partitions).
         command: the command line recorded in ``_starqso.json`` (the CLI's own).
+        uncertainty: fill ``p_qso_err`` (see :func:`starqso.inference.predict_views`).
 
     Returns:
         dict summary: rows, qso, flagged, repaired, resumed (rows of skipped partitions),
@@ -280,7 +292,8 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
               "model": str(model_dir.resolve()),
               "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
               "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
-              "tta": bool(tta), "partition_rows": int(partition_rows),
+              "tta": bool(tta), "uncertainty": bool(uncertainty),
+              "partition_rows": int(partition_rows),
               "keep": list(rows_source.keep_columns)}
     # What each partition file carries: fixed by the settings, so a resumed or retried
     # partition writes the same bytes as an uninterrupted run.
@@ -314,7 +327,8 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
             staging.mkdir()
             identity["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_json_atomically(staging / _IDENTITY_FILE, identity)
-        counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "resumed": 0}
+        counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "caveats": 0,
+                  "resumed": 0}
         for partition in partitions:
             if partition.index in done:
                 counts["resumed"] += partition.stop - partition.start
@@ -327,6 +341,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         job = {"source": rows_source, "model_dir": str(model_dir), "runtime": runtime,
                "model_sha256": common["model_sha256"], "size": int(metadata["input_shape"][1]),
                "threshold": float(threshold), "shift": settings["shift"], "tta": bool(tta),
+               "uncertainty": bool(uncertainty), "quality": metadata.get("quality"),
                "batch_size": int(batch_size), "strict": bool(strict), "input": str(source),
                "staging": str(staging), "record": record}
         todo = [p for p in partitions if p.index not in done]
@@ -371,19 +386,21 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
 
 
 def _add_counts(counts, extra):
-    for key in ("rows", "qso", "flagged", "repaired"):
+    for key in ("rows", "qso", "flagged", "repaired", "caveats"):
         counts[key] += extra[key]
 
 
 def _file_counts(path):
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["p_qso", "label", "flag"])
+    table = pq.read_table(path, columns=["p_qso", "label", "flag", QFLAG_COLUMN])
     p_qso = table.column("p_qso").is_null().to_numpy(zero_copy_only=False)
     labels = np.asarray(table.column("label").to_pylist())
     flags = np.asarray(table.column("flag").to_pylist())
+    bits = table.column(QFLAG_COLUMN).to_numpy(zero_copy_only=False)
     return {"rows": len(labels), "qso": int(np.sum(labels == "QSO")),
-            "flagged": int(p_qso.sum()), "repaired": int(np.sum(~p_qso & (flags != "")))}
+            "flagged": int(p_qso.sum()), "repaired": int(np.sum(~p_qso & (flags != ""))),
+            "caveats": int(np.sum(~p_qso & (bits != 0)))}
 
 
 def _run(client, job, todo, counts, progress, total):

@@ -47,3 +47,26 @@ UNKNOWN_LABEL = -1
 LABEL_CODES = {**{name: code for code, name in enumerate(CLASS_NAMES)}, "": UNKNOWN_LABEL}
 # p(QSO) at or above which an object is called QSO, unless a model's metadata says otherwise.
 DEFAULT_THRESHOLD = 0.5
+
+# --- quality bits ------------------------------------------------------------------------------
+
+# The ``qflag`` column of every prediction output: a bitwise OR of these values (0 = no
+# caveat), beside the human-readable ``flag`` text. A value is never reused for another
+# meaning; a new condition takes the next free bit. ``starqso.preprocessing.qflags`` says how
+# each is measured.
+QFLAG_BITS = {
+    "NOT_CLASSIFIED": 1,  # no p_qso: unreadable, no source, implausible pixels (see ``flag``)
+    "REPAIRED": 2,  # classified after setting a few NaN/inf pixels to their band median
+    "EXTENDED": 4,  # a galaxy or blend (light profile, colours): outside the point-source domain
+    "BRIGHT_NEIGHBOUR": 8,  # another source in the crop as bright as the target's core
+    "SATURATED": 16,  # flat-topped core or brighter than the band's saturation limit
+    "LOW_SNR": 32,  # best g/r/i aperture S/N below QFLAG_LOW_SNR
+    "MAG_OUT_OF_RANGE": 64,  # r outside the magnitudes the model was trained on
+    "OUT_OF_DISTRIBUTION": 128,  # colours far from the training colour distribution
+}
+# Column names of the quality outputs.
+QFLAG_COLUMN = "qflag"
+P_QSO_ERR_COLUMN = "p_qso_err"
+# LOW_SNR below this aperture S/N (the best of g, r, i): colours are then uncertain by
+# about 0.1-0.2 mag, comparable to the star/QSO colour separation.
+QFLAG_LOW_SNR = 10.0

@@ -396,7 +396,8 @@ def test_kill_during_the_first_batch_is_resumable(survey, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert partial.read_bytes() == b"id,p_qso,label,flag\r\n", "killed in the first batch"
+    assert partial.read_bytes() == b"id,p_qso,label,flag,qflag,p_qso_err\r\n", \
+        "killed in the first batch"
     resumed = subprocess.run(command + ["--resume"], env=ENV, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr

@@ -69,6 +69,10 @@ def _same_rows(found, reference):
                        equal_nan=True)
     assert list(found["label"]) == list(reference["label"])
     assert list(found["flag"]) == list(reference["flag"])
+    assert list(found["qflag"]) == list(reference["qflag"])
+    expected_err = pd.to_numeric(reference["p_qso_err"].replace("", np.nan))
+    assert np.allclose(found["p_qso_err"].to_numpy(float), expected_err.to_numpy(float),
+                       atol=1e-6, equal_nan=True)
 
 
 def _command(stack, output, *extra):
@@ -99,6 +103,15 @@ def test_two_workers_write_the_rows_of_one_process(stack, reference, tmp_path):
     side = json.loads((output / "_starqso.json").read_text())
     assert side["partitions"] == 5 and side["rows"] == ROWS
     assert not list(tmp_path.glob(".out.parquet*"))
+    # evaluate reads the dataset folder, with its qflag column and recorded threshold.
+    truth = tmp_path / "truth.csv"
+    labels = np.where(np.arange(ROWS) % 3 == 0, "QSO", "STAR")
+    pd.DataFrame({"id": reference["id"], "label": labels}).to_csv(truth, index=False)
+    result = CliRunner().invoke(main, ["evaluate", str(output), "--truth", str(truth),
+                                       "--out", str(tmp_path / "evaluation")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert metrics["join"]["evaluated"] == ROWS - 2 and metrics["quality"] is not None
 
 
 def test_existing_cluster_by_address(stack, reference, tmp_path):

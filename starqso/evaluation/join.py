@@ -2,7 +2,8 @@
 
 Every row of either file ends up in exactly one category of the join report (missing, extra,
 flagged, no p_qso, unlabelled, evaluated), so the report says why each unscored row was left
-out.
+out. The evaluated rows carry their ``qflag`` bitmask when the predictions have that column
+(files of older versions do not: then ``qflag`` is -1 throughout and ``has_qflag`` False).
 
 Example:
     >>> from starqso.evaluation.join import join_predictions
@@ -11,10 +12,12 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from starqso.errors import InputError
-from starqso.schema import CLASS_NAMES
+from starqso.schema import CLASS_NAMES, QFLAG_COLUMN
 
 # How many ids of each kind of skipped row the report lists; the counts are always complete.
 SHOWN_IDS = 5
@@ -39,7 +42,11 @@ def recorded_threshold(predictions_path):
     import pathlib
 
     path = pathlib.Path(predictions_path)
-    if path.suffix.lower() in (".fits", ".fit", ".fts"):
+    if _is_parquet(path):
+        record = _parquet_record(path)
+        value = record.get("threshold")
+        where = f"starqso record of {path}"
+    elif path.suffix.lower() in (".fits", ".fit", ".fts"):
         from astropy.io import fits
 
         try:
@@ -69,6 +76,89 @@ def recorded_threshold(predictions_path):
     return float(value)
 
 
+def _is_parquet(path) -> bool:
+    """A Parquet predictions file, or a dataset folder ``starqso predict`` wrote on Dask."""
+    import pathlib
+
+    path = pathlib.Path(path)
+    return path.suffix.lower() == ".parquet" or path.is_dir()
+
+
+def _parquet_record(path) -> dict:
+    """The provenance record of a Parquet output: ``_starqso.json`` of a dataset folder, or
+    the ``starqso`` key-value metadata of a file; {} when there is none."""
+    import json
+    import pathlib
+
+    path = pathlib.Path(path)
+    try:
+        if path.is_dir():
+            record = json.loads((path / "_starqso.json").read_text(encoding="utf-8")[:1 << 22])
+        else:
+            import pyarrow.parquet as pq
+
+            metadata = pq.read_schema(path).metadata or {}
+            record = json.loads(metadata.get(b"starqso", b"{}"))
+    except (OSError, ValueError, ImportError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def read_parquet_predictions(path):
+    """A Parquet ``starqso predict`` output (one file, or a dataset folder) as a Table.
+
+    Columns keep their names in lower case; text columns become ``str`` (null as blank),
+    p_qso and p_qso_err ``float64`` (null as NaN). A HATS output folder reads the same way
+    (its pixel columns come along and are ignored).
+
+    Raises:
+        InputError: pyarrow is missing (the ``survey`` extra), or the file or folder is not
+            readable Parquet.
+    """
+    import os
+
+    from astropy.table import Table
+
+    from starqso.extras import require_survey
+
+    require_survey("reading Parquet predictions", "pyarrow")
+    import pathlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pathlib.Path(path)
+    if (source / "hats.properties").is_file():
+        source = source / "dataset"  # a HATS catalogue: its Parquet files are in dataset/
+    try:
+        table = pq.read_table(source)
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise InputError(f"predictions {path} are not readable Parquet ({err}); expected a "
+                         f"`starqso predict` output. Received: {path}") from None
+    result = Table()
+    for name, column in zip(table.column_names, table.columns):
+        values = column.to_pylist()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            result[name.lower()] = np.array(["" if v is None else v for v in values], dtype=str)
+        elif pa.types.is_floating(column.type):
+            result[name.lower()] = np.array([np.nan if v is None else v for v in values],
+                                            np.float64)
+        elif pa.types.is_integer(column.type):
+            if None in values:
+                result[name.lower()] = np.array(["" if v is None else str(v) for v in values])
+            else:
+                result[name.lower()] = np.array(values, np.int64)
+    result.meta["path"] = os.path.abspath(path)
+    if not len(result):
+        raise InputError(f"predictions {path} have no rows; expected a `starqso predict` "
+                         f"output")
+    missing = [name for name in ("id", "p_qso") if name not in result.colnames]
+    if missing:
+        raise InputError(f"predictions must have column(s) {', '.join(missing)}. Received: "
+                         f"columns {', '.join(result.colnames)} in {path}")
+    return result
+
+
 def _parse_probabilities(column, path: str) -> np.ndarray:
     """p_qso as floats (NaN where blank), whatever type the catalogue reader gave it."""
     if getattr(column, "dtype", None) is not None and column.dtype.kind in "fiu":
@@ -95,6 +185,59 @@ def _parse_probabilities(column, path: str) -> np.ndarray:
     return values
 
 
+_WHOLE_NUMBER = re.compile(r"\+?[0-9]+")
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _parse_qflag(column, path: str) -> np.ndarray:
+    """qflag as int64, whatever type the catalogue reader gave it; refuses anything else.
+
+    Every cell must be a non-negative whole number: a blank (or masked) cell is refused like
+    text, since ``starqso predict`` writes a qflag on every row (``NOT_CLASSIFIED`` where there
+    is no p_qso), so a blank means the file was edited or cut, not "no caveat". ``3.0`` is
+    read as 3 (a pandas round trip writes integers that way).
+    """
+    rule = (f"predictions column '{QFLAG_COLUMN}' must hold non-negative whole numbers "
+            f"(a bitmask, 0 = no caveat)")
+    dtype = getattr(column, "dtype", None)
+    if dtype is not None and dtype.kind in "iuf":
+        # FITS predictions: already numbers.
+        mask = np.ma.getmaskarray(column)
+        raw = np.ma.getdata(column)
+        numbers = np.asarray(raw, dtype=np.float64)
+        if dtype.kind in "iu":
+            bad = mask | (raw < 0) | (raw > _INT64_MAX)
+        else:
+            bad = mask | ~(np.isfinite(numbers) & (numbers >= 0) & (numbers == np.round(numbers))
+                           & (numbers < 2.0 ** 63))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            shown = "blank" if mask[row] else repr(raw[row].item())
+            raise InputError(f"{rule}. Received: {shown} at row {row + 1} in file {path}")
+        return np.asarray(raw).astype(np.int64)
+    # CSV predictions: read_catalog keeps unknown columns as text.
+    values = np.zeros(len(column), dtype=np.int64)
+    mask = np.ma.getmaskarray(column) if isinstance(column, np.ma.MaskedArray) else None
+    for row, cell in enumerate(column, start=1):
+        text = "" if mask is not None and mask[row - 1] else (
+            cell.decode("utf-8", "replace") if isinstance(cell, bytes) else str(cell)).strip()
+        value = None
+        if len(text) <= 20 and _WHOLE_NUMBER.fullmatch(text):
+            value = int(text)
+        elif text:
+            try:
+                number = float(text)
+            except ValueError:
+                number = -1.0
+            if number >= 0 and number.is_integer():
+                value = int(number)
+        if value is None or value > _INT64_MAX:
+            shown = repr(text[:50]) if text else "blank"
+            raise InputError(f"{rule}. Received: {shown} at row {row} in file {path}")
+        values[row - 1] = value
+    return values
+
+
 def _texts(table, name: str) -> list[str]:
     if name not in table.colnames:
         return [""] * len(table)
@@ -118,15 +261,26 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
     else ``evaluated``. So ``matched = flagged + no_probability + unlabelled + evaluated``.
 
     Args:
-        predictions_path: ``starqso predict`` output (CSV or FITS): ``id``, ``p_qso`` and
-            optionally ``flag``; its ``label`` column is ignored (the threshold is re-applied).
+        predictions_path: ``starqso predict`` output, in a format
+            :func:`starqso.io.read_catalog` reads (CSV or FITS): ``id``, ``p_qso`` and
+            optionally ``flag`` and ``qflag``; its ``label`` column is ignored (the threshold
+            is re-applied).
         truth_path: Catalogue with ``id`` and ``label`` (STAR/QSO/blank), optionally ``r`` and
             ``redshift``.
 
     Returns:
         ``(rows, report)``: ``rows`` holds arrays ``ids``, ``labels`` (0/1),
-        ``probabilities``, ``r`` and ``redshift`` (NaN when unknown or absent) of the
-        evaluated rows in truth order; ``report`` is the JSON-ready join summary.
+        ``probabilities``, ``r`` and ``redshift`` (NaN when unknown or absent) and ``qflag``
+        (int64 bitmask, :data:`starqso.schema.QFLAG_BITS`; -1 on every row when the
+        predictions have no qflag column, as files of older versions do) of the evaluated
+        rows in truth order, and ``has_r`` / ``has_redshift`` / ``has_qflag`` (whether the
+        column exists); ``report`` is the JSON-ready join summary, with ``qflag_column``
+        saying whether the predictions had a qflag column.
+
+    Raises:
+        InputError: A file is unreadable or lacks a required column, a p_qso cell is not a
+            number in [0, 1], or a qflag cell is not a non-negative whole number (blank
+            included); the message names the file, the row and the value.
 
     Example:
         >>> rows, report = join_predictions("predictions.csv", "truth.csv")  # doctest: +SKIP
@@ -135,9 +289,13 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
     """
     from starqso.io import read_catalog
 
-    predictions = read_catalog(predictions_path, require=("id", "p_qso"))
+    predictions = (read_parquet_predictions(predictions_path) if _is_parquet(predictions_path)
+                   else read_catalog(predictions_path, require=("id", "p_qso")))
     truth = read_catalog(truth_path, require=("id", "label"))
     probabilities = _parse_probabilities(predictions["p_qso"], predictions.meta["path"])
+    has_qflag = QFLAG_COLUMN in predictions.colnames
+    qflag = (_parse_qflag(predictions[QFLAG_COLUMN], predictions.meta["path"]) if has_qflag
+             else np.full(len(predictions), -1, dtype=np.int64))
     flags = _texts(predictions, "flag")
     prediction_ids = _texts(predictions, "id")
     by_id = {identifier: row for row, identifier in enumerate(prediction_ids)}
@@ -182,6 +340,8 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
         "redshift": truth_floats("redshift"),
         "has_r": "r" in truth.colnames,
         "has_redshift": "redshift" in truth.colnames,
+        "qflag": qflag[prediction_rows],
+        "has_qflag": has_qflag,
     }
     report = {
         "predictions": predictions.meta["path"],
@@ -196,5 +356,6 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
         "repaired": _skipped(repaired, repair_texts),
         "no_probability": _skipped(no_probability),
         "unlabelled": _skipped(unlabelled),
+        "qflag_column": has_qflag,
     }
     return rows, report

@@ -1,5 +1,9 @@
 """The PNG figures of ``starqso evaluate``, drawn with matplotlib on its Agg canvas.
 
+Rates (completeness, purity, a reliability bin's QSO fraction) are drawn with asymmetric
+error bars from their Wilson intervals (:func:`starqso.evaluation.metrics.wilson_interval`,
+1-sigma equivalent by default); metrics without intervals are drawn without bars.
+
 matplotlib is imported here only, and only when a figure is drawn, so the metrics and the
 join work without it.
 
@@ -112,17 +116,33 @@ def _plot_precision_recall(labels, probabilities, metrics, path):
     _save_rate_axes(figure, axes, "recall (QSO completeness)", "precision (QSO purity)", path)
 
 
+def _asymmetric_errors(values, lows, highs):
+    """``yerr`` for ``errorbar`` from interval bounds: (2, N) distances below and above, or
+    None when no bound is known (metrics of an older version). Unknown bounds draw no bar."""
+    lows = np.array([np.nan if low is None else low for low in lows], dtype=np.float64)
+    highs = np.array([np.nan if high is None else high for high in highs], dtype=np.float64)
+    if not (np.isfinite(lows).any() or np.isfinite(highs).any()):
+        return None
+    below = np.nan_to_num(np.clip(values - lows, 0.0, None), nan=0.0)
+    above = np.nan_to_num(np.clip(highs - values, 0.0, None), nan=0.0)
+    return np.vstack([below, above])
+
+
 def _plot_binned(bins, quantity, path, note=""):
     figure = _new_figure(figsize=(6.0, 4.2))
     axes = figure.add_subplot()
     centres = [(part["lo"] + part["hi"]) / 2 for part in bins]
     for key, label, color in (("completeness", "QSO completeness", "C0"),
                               ("purity", "QSO purity", "C1")):
-        values = [np.nan if part[key] is None else part[key] for part in bins]
-        axes.plot(centres, values, "o-", color=color, label=label)
+        values = np.array([np.nan if part[key] is None else part[key] for part in bins],
+                          dtype=np.float64)
+        yerr = _asymmetric_errors(values, [part.get(f"{key}_low") for part in bins],
+                                  [part.get(f"{key}_high") for part in bins])
+        axes.errorbar(centres, values, yerr=yerr, fmt="o-", color=color, capsize=3,
+                      elinewidth=1, label=label)
     axes.set_ylim(0, 1.05)
     axes.set_xlabel(quantity)
-    axes.set_ylabel("fraction")
+    axes.set_ylabel("fraction (bars: 68 % Wilson interval)")
     # Object counts on a second axis: a dip in a bin of five objects means little.
     counts = axes.twinx()
     widths = [part["hi"] - part["lo"] for part in bins]
@@ -147,9 +167,14 @@ def _plot_reliability(bins, ece, path):
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="perfect")
     filled = bins["count"] > 0
-    top.plot(bins["mean_probability"][filled], bins["fraction_qso"][filled], "o-", color="C0",
-             label="model")
-    top.set_ylabel("fraction of QSOs")
+    fraction = np.asarray(bins["fraction_qso"], dtype=np.float64)[filled]
+    low, high = bins.get("fraction_qso_low"), bins.get("fraction_qso_high")
+    yerr = None if low is None or high is None else _asymmetric_errors(
+        fraction, np.asarray(low, dtype=np.float64)[filled],
+        np.asarray(high, dtype=np.float64)[filled])
+    top.errorbar(bins["mean_probability"][filled], fraction, yerr=yerr, fmt="o-", color="C0",
+                 capsize=3, elinewidth=1, label="model")
+    top.set_ylabel("fraction of QSOs (68 % Wilson)")
     top.set_ylim(0, 1)
     top.legend(loc="upper left")
     top.set_title(f"reliability ({len(bins['count'])} bins, ECE = {ece:.4f})")
@@ -157,6 +182,10 @@ def _plot_reliability(bins, ece, path):
     bottom.bar(edges[:-1], bins["count"], width=np.diff(edges), align="edge", color="C0",
                alpha=0.6)
     bottom.set_yscale("symlog")
+    # Plain numbers: the default 10^k labels need mathtext (and its fonts) for a few ticks.
+    from matplotlib.ticker import FuncFormatter
+
+    bottom.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     bottom.set_xlabel("p(QSO)")
     bottom.set_ylabel("objects")
     bottom.set_xlim(0, 1)

@@ -21,6 +21,7 @@ from starqso.evaluation.metrics import (
     REDSHIFT_EDGES,
     binned_metrics,
     classification_metrics,
+    quality_metrics,
     reliability_bins,
 )
 from starqso.evaluation.plots import PLOT_FILES, write_plots
@@ -127,7 +128,8 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     (:func:`check_output_folder`).
 
     Args:
-        predictions_path: ``starqso predict`` output, CSV or FITS (``id``, ``p_qso``, ``flag``).
+        predictions_path: ``starqso predict`` output, CSV or FITS (``id``, ``p_qso``, ``flag``,
+            and ``qflag`` from versions that write it).
         truth_path: Catalogue with ``id``, ``label`` and optionally ``r`` and ``redshift``.
         out_dir: Folder for the outputs.
         threshold: An object is called QSO when p_qso >= threshold. None: the threshold
@@ -140,13 +142,17 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         The dict written to ``metrics.json``: :func:`classification_metrics` keys plus
         ``threshold``, ``join`` (see :func:`join_predictions`), ``by_r`` and ``by_redshift``
         (:func:`binned_metrics` lists on :data:`R_EDGES` / :data:`REDSHIFT_EDGES`, None without
-        that column), ``reliability`` (:func:`reliability_bins`, NaN as None), ``out_dir`` and
-        ``files`` (names written).
+        that column; rates with ``_low`` / ``_high`` Wilson intervals), ``reliability``
+        (:func:`reliability_bins`, NaN as None), ``quality``, ``out_dir`` and ``files``
+        (names written). ``quality`` is :func:`~starqso.evaluation.metrics.quality_metrics`
+        of the evaluated rows at the same threshold (``unflagged`` = qflag 0, ``flagged``,
+        ``bits``), or None when the predictions have no ``qflag`` column (older files).
 
     Raises:
-        InputError: A file is unreadable, p_qso is not a number in [0, 1], the threshold is
-            outside [0, 1], no row is left to score, ``out_dir`` cannot be made, or it holds
-            something other than an earlier evaluation.
+        InputError: A file is unreadable, p_qso is not a number in [0, 1], a qflag is not a
+            non-negative whole number, the threshold is outside [0, 1], no row is left to
+            score, ``out_dir`` cannot be made, or it holds something other than an earlier
+            evaluation.
 
     Example:
         >>> metrics = evaluate_predictions("predictions.csv", "truth.csv",
@@ -195,6 +201,8 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         metrics[f"by_{key}"] = binned_metrics(labels, predicted, values, edges) if known else None
     bins = reliability_bins(labels, probabilities)
     metrics["reliability"] = _json_ready(bins)
+    metrics["quality"] = (quality_metrics(labels, probabilities, rows["qflag"], threshold)
+                          if rows.get("has_qflag") else None)
 
     metrics["out_dir"] = os.path.abspath(os.fspath(out_dir))
 
@@ -212,6 +220,38 @@ def _cell(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _error_rate(part: dict) -> str:
+    """``error rate 0.061 [0.059, 0.064]`` of a quality subset, or ``no objects``."""
+    if part.get("error_rate") is None:
+        return "no objects"
+    text = f"error rate {part['error_rate']:.3f}"
+    if part.get("error_rate_low") is not None and part.get("error_rate_high") is not None:
+        text += f" [{part['error_rate_low']:.3f}, {part['error_rate_high']:.3f}]"
+    return text
+
+
+def _quality_lines(metrics: dict) -> list[str]:
+    """The flagged/unflagged block of :func:`format_report`; none for older metrics dicts."""
+    if "quality" not in metrics:
+        return []
+    quality = metrics["quality"]
+    if quality is None:
+        return ["", "quality flags: not available (the predictions have no qflag column)"]
+    unflagged, flagged = quality["unflagged"], quality["flagged"]
+    confidence = quality.get("confidence")
+    interval = f"; [low, high]: {100 * confidence:.4g} % Wilson interval" if confidence else ""
+    lines = ["", f"quality flags (qflag{interval}):",
+             f"  unflagged (qflag 0): {unflagged['objects']:,} objects, "
+             f"{_error_rate(unflagged)}",
+             f"  flagged (qflag != 0): {flagged['objects']:,} objects, {_error_rate(flagged)}"]
+    # By bit value, whether the dict came from evaluate_predictions or a sorted metrics.json.
+    for name, part in sorted(quality.get("bits", {}).items(), key=lambda item: item[1]["bit"]):
+        if part["objects"]:
+            lines.append(f"    {name} ({part['bit']}): {part['objects']:,} objects, "
+                         f"{_error_rate(part)}")
+    return lines
+
+
 def format_report(metrics: dict) -> str:
     """The headline table and the join report of :func:`evaluate_predictions`, as text.
 
@@ -220,7 +260,9 @@ def format_report(metrics: dict) -> str:
 
     Returns:
         Markdown-style text: a metric | value table, then one line per kind of skipped row
-        with the first few ids, then the output folder.
+        with the first few ids, then the error rates of unflagged and flagged objects and one
+        line per quality bit that occurs (or a line saying the predictions have no qflag),
+        then the output folder.
 
     Example:
         >>> print(format_report(evaluate_predictions("p.csv", "t.csv", "ev")))  # doctest: +SKIP
@@ -269,6 +311,7 @@ def format_report(metrics: dict) -> str:
                 more = ", ..." if part["count"] > len(part["first_ids"]) else ""
                 shown = f" (ids: {', '.join(part['first_ids'])}{more})"
             lines.append(f"  {text}: {part['count']}{shown}")
+    lines += _quality_lines(metrics)
     if metrics.get("out_dir"):
         lines += ["", f"wrote {', '.join(metrics.get('files', []))} -> {metrics['out_dir']}"]
     return "\n".join(lines)

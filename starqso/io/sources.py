@@ -48,7 +48,7 @@ import numpy as np
 
 from starqso.errors import InputError
 from starqso.extras import require_survey
-from starqso.schema import BANDS, NUM_BANDS
+from starqso.schema import BANDS, NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
 #: Catalogue columns holding one FITS file per band.
 BAND_COLUMNS = tuple(f"image_{band}" for band in BANDS)
@@ -168,7 +168,7 @@ def _keep_names(keep, available, where):
     """The ``--keep`` columns, lower case, each in ``available`` (lower-case names)."""
     names = [str(name).strip().lower() for name in keep or () if str(name).strip()]
     for name in names:
-        if name in ("id", "p_qso", "label", "flag"):
+        if name in ("id", "p_qso", "label", "flag", QFLAG_COLUMN, P_QSO_ERR_COLUMN):
             raise InputError(f"--keep {name}: the output has a column {name!r} of its own; keep "
                              f"other columns. Received: --keep {','.join(names)}")
         if name not in available:

@@ -23,6 +23,9 @@ README section "What the simulator varies, and over what range"):
 * Artefacts: a few % of objects get a cosmic-ray residual or a bad column in one band.
 * Neighbours: Poisson-distributed faint stars and galaxies (number counts rising to 23.5 mag),
   sometimes blended; QSO host galaxies at low redshift as a resolved exponential disc.
+
+The same observing model renders extended sources on their own (a Sérsic host with no point
+source: :mod:`starqso.simulate.galaxies`).
 """
 
 from __future__ import annotations
@@ -86,6 +89,16 @@ ZERO_POINT_MAX_MAG = 0.05
 # 55,000 DN of full well x gain (1.6, 3.9, 4.7, 5.1, 4.8 e-/DN) / ELECTRONS_PER_NANOMAGGY gives
 # 520, 215, 290, 375, 1760: the same order (full well is reached before the ADC limit).
 SATURATION_NANOMAGGIES_PER_PIXEL = np.array([570.0, 90.0, 125.0, 190.0, 665.0])
+
+# Sérsic profiles steeper than an exponential (n = 4: the central surface brightness is about
+# 2,000x that at the half-light radius and the slope diverges at r = 0) are under-sampled by
+# SUPERSAMPLE points per pixel near their centre, which loses flux (10% for n = 4 at
+# Re = 0.5 px). Each (HALF, FACTOR) level re-renders the pixels within HALF px of the
+# centre's pixel with FACTOR x FACTOR points per subpixel: 5 x 5 pixels at 32 points per
+# pixel, then 3 x 3 at 128. An n = 4 or 4.5 profile then holds 99.9% of its flux at
+# Re = 0.5 px (the 0.2" floor of the galaxy simulator), wherever its centre falls in a pixel,
+# for ~8 ms a band.
+SERSIC_REFINE_LEVELS = ((2, 8), (1, 32))
 
 # Artefacts (per object, one band): a cosmic-ray residual, a bad column.
 COSMIC_RAY_FRACTION = 0.03
@@ -190,6 +203,96 @@ def render_exponential(psf, size, x, y, half_light_radius, axis_ratio, angle, ke
     r2 = _elliptical_radius2(grid_x - x, grid_y - y, 1.0 - axis_ratio, angle)
     scale = max(half_light_radius, 0.05) / 1.678
     galaxy = _bin(np.exp(-np.sqrt(r2) / scale) / (2 * np.pi * scale ** 2), size)
+    if kernel is None:
+        # Centred on a pixel so the convolution shifts nothing.
+        kernel = render_point(psf, size, size // 2, size // 2)
+    padded = 2 * size
+    product = np.fft.rfft2(galaxy, (padded, padded)) * np.fft.rfft2(
+        _centred_kernel(kernel, padded))
+    return np.fft.irfft2(product, (padded, padded))[:size, :size]
+
+
+def sersic_b(sersic_index):
+    """The Sérsic ``b_n``: half the total flux lies within the half-light radius.
+
+    Exact: ``gammaincinv(2n, 0.5)`` (1.678 for n = 1, 7.669 for n = 4).
+    """
+    from scipy import special  # lazily: the point-source simulator never needs it
+
+    return float(special.gammaincinv(2.0 * sersic_index, 0.5))
+
+
+def _sersic_surface_brightness(r2, half_light_radius, sersic_index, b):
+    # Unit total flux, normalised analytically: L = 2 pi n Re^2 e^b b^(-2n) Gamma(2n). That is
+    # the circular integral; _elliptical_radius2 is area-preserving, so it holds for any axis
+    # ratio. Flux beyond the cutout is thus lost, as on the sky (no renormalisation on the
+    # grid). Computed in logs, which keeps large n from overflowing.
+    from scipy import special
+
+    log_total = (np.log(2.0 * np.pi * sersic_index * half_light_radius ** 2) + b
+                 - 2.0 * sersic_index * np.log(b) + special.gammaln(2.0 * sersic_index))
+    scaled = (np.sqrt(r2) / half_light_radius) ** (1.0 / sersic_index)
+    return np.exp(b * (1.0 - scaled) - log_total)
+
+
+def _sersic_pixels(size, x, y, half_light_radius, sersic_index, axis_ratio, angle):
+    """Unconvolved unit-flux Sérsic profile integrated over the pixels of a (size, size) grid."""
+    half_light_radius = max(half_light_radius, 0.05)
+    b = sersic_b(sersic_index)
+    grid_x, grid_y = _subpixel_grid(size)
+    r2 = _elliptical_radius2(grid_x - x, grid_y - y, 1.0 - axis_ratio, angle)
+    image = _bin(_sersic_surface_brightness(r2, half_light_radius, sersic_index, b), size)
+    # The centre, re-rendered on finer grids (see SERSIC_REFINE_LEVELS).
+    column, row = int(round(x)), int(round(y))
+    for half, factor in SERSIC_REFINE_LEVELS:
+        col0, col1 = max(column - half, 0), min(column + half + 1, size)
+        row0, row1 = max(row - half, 0), min(row + half + 1, size)
+        if col0 >= col1 or row0 >= row1:
+            continue  # centre off the cutout
+        fine = SUPERSAMPLE * factor
+        offsets = (np.arange(fine) + 0.5) / fine - 0.5
+        axis_x = (np.arange(col0, col1)[:, None] + offsets[None, :]).ravel()
+        axis_y = (np.arange(row0, row1)[:, None] + offsets[None, :]).ravel()
+        fine_x, fine_y = np.meshgrid(axis_x, axis_y, indexing="xy")
+        r2 = _elliptical_radius2(fine_x - x, fine_y - y, 1.0 - axis_ratio, angle)
+        values = _sersic_surface_brightness(r2, half_light_radius, sersic_index, b)
+        image[row0:row1, col0:col1] = values.reshape(
+            row1 - row0, fine, col1 - col0, fine).mean(axis=(1, 3))
+    return image
+
+
+def render_sersic(psf, size, x, y, half_light_radius, sersic_index, axis_ratio, angle,
+                  kernel=None):
+    """Unit-flux Sérsic profile (half-light radius in pixels) convolved with ``psf``.
+
+    ``I(r) = I_e exp(-b_n [(r / Re)^(1/n) - 1])`` with ``b_n`` from :func:`sersic_b`, on the
+    area-preserving elliptical radius of :class:`PSF` (so ``Re`` is the circularised
+    half-light radius, sqrt(major x minor)). The profile is normalised analytically to a total
+    flux of one: what falls outside the cutout is missing from it, as on the sky. For
+    ``sersic_index == 1`` this is :func:`render_exponential`, bit for bit.
+
+    Args:
+        psf: :class:`PSF` of the band.
+        size: cutout side in pixels.
+        x, y: centre in pixels (pixel centres at integers).
+        half_light_radius: circularised half-light radius in pixels (at least 0.05).
+        sersic_index: Sérsic n (1: exponential disc, 4: de Vaucouleurs spheroid).
+        axis_ratio: minor / major axis.
+        angle: position angle of the major axis, radians.
+        kernel: ``render_point(psf, size, size // 2, size // 2)`` when the caller has it.
+
+    Returns:
+        float64 array (size, size), pixel-integrated flux fractions.
+
+    Example:
+        >>> psf = PSF(kind="moffat", fwhm=3.0)
+        >>> image = render_sersic(psf, 64, 31.5, 31.5, 3.0, 4.0, 0.8, 0.3)
+        >>> bool(abs(image.sum() - 1.0) < 0.05)
+        True
+    """
+    if sersic_index == 1:
+        return render_exponential(psf, size, x, y, half_light_radius, axis_ratio, angle, kernel)
+    galaxy = _sersic_pixels(size, x, y, half_light_radius, sersic_index, axis_ratio, angle)
     if kernel is None:
         # Centred on a pixel so the convolution shifts nothing.
         kernel = render_point(psf, size, size // 2, size // 2)
@@ -353,7 +456,7 @@ def add_artefact(rng, image, sigma, kind):
 
 
 def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radius_arcsec=1.0,
-                  star_mags=None):
+                  star_mags=None, host_sersic_index=1.0, host_axis_ratio=None, host_angle=None):
     """A noisy five-band cutout of one object with its surroundings.
 
     Args:
@@ -364,6 +467,12 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         host_radius_arcsec: the host's half-light radius.
         star_mags: catalogue star magnitudes used for neighbour colours (N x 5), or None for
             no neighbours.
+        host_sersic_index: Sérsic n of the host (1: the exponential disc of
+            :func:`render_exponential`; see :func:`render_sersic`).
+        host_axis_ratio, host_angle: the host's axis ratio and position angle (radians);
+            None: drawn here (uniform 0.4-1 and 0-pi). They are drawn in any case and
+            only then replaced, so the random stream, and everything else in the cutout, is
+            the same whatever is passed.
 
     Returns:
         ``(cube, info)``: float32 array (5, size, size) in nanomaggies, and a dict describing
@@ -392,8 +501,11 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
     elif chance < COSMIC_RAY_FRACTION + BAD_COLUMN_FRACTION:
         artefact = "bad_column"
     artefact_band = int(rng.integers(5))
-    host_axis_ratio = rng.uniform(0.4, 1.0)
-    host_angle = rng.uniform(0, np.pi)
+    drawn_axis_ratio = rng.uniform(0.4, 1.0)
+    drawn_angle = rng.uniform(0, np.pi)
+    # Overrides come after the draws: the stream (and so every other draw) stays the same.
+    host_axis_ratio = drawn_axis_ratio if host_axis_ratio is None else host_axis_ratio
+    host_angle = drawn_angle if host_angle is None else host_angle
     bright_halo = rng.random() < 0.05
     extended = host_nanomaggies is not None or any(n.half_light_radius > 0 for n in neighbours)
     halo_direction = rng.uniform(0, 2 * np.pi)
@@ -414,9 +526,16 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         signal = point_nanomaggies[band] * render_point(psf, size, x0 + shift_x, y0 + shift_y)
         kernel = render_point(psf, size, size // 2, size // 2) if extended else None
         if host_nanomaggies is not None and host_nanomaggies[band] > 0:
-            signal += host_nanomaggies[band] * render_exponential(
-                psf, size, x0 + shift_x, y0 + shift_y, host_radius_arcsec / PIXEL_SCALE_ARCSEC,
-                host_axis_ratio, host_angle, kernel)
+            if host_sersic_index == 1:  # the QSO hosts' disc, exactly as before
+                host = render_exponential(
+                    psf, size, x0 + shift_x, y0 + shift_y,
+                    host_radius_arcsec / PIXEL_SCALE_ARCSEC, host_axis_ratio, host_angle, kernel)
+            else:
+                host = render_sersic(
+                    psf, size, x0 + shift_x, y0 + shift_y,
+                    host_radius_arcsec / PIXEL_SCALE_ARCSEC, host_sersic_index,
+                    host_axis_ratio, host_angle, kernel)
+            signal += host_nanomaggies[band] * host
         for neighbour in neighbours:
             if neighbour.half_light_radius > 0:
                 signal += neighbour.nanomaggies[band] * render_exponential(

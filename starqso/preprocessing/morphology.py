@@ -1,0 +1,338 @@
+"""Is the object at the crop centre a point source? Light-profile features and a score (NumPy).
+
+The classifier knows point sources only: a galaxy or a blend is outside its domain whatever
+p(QSO) it gets. SDSS separates them with ``psfMag - modelMag``, which needs the field's PSF;
+a cutout service hands out pixels without it, and the PSF of a point source varies over
+0.7-3.0" of seeing and in its wings. What stays different is the *shape* of the profile: a
+point source's curve of growth is one of a narrow family (the PSF's), a Sérsic galaxy convolved
+with the same PSF has a broader core relative to its wings, a cusp or extended wings, and is
+often elongated beyond a PSF's few per cent.
+
+:func:`profile_features` measures that shape on an optimally weighted sum of the five bands
+(weights ``flux / sigma^2`` per band, the matched filter for a source of the measured colours):
+the curve of growth at 0.6, 1.0, 1.5, 2.0 and 3.0" relative to 4", around the light's centroid
+(a centroid error of up to 1 px must not look like a resolved source), the second-moment
+size and ellipticity within 3", the peak pixel's share of the light, and the S/N (so the score
+knows how noisy the other features are); then each band's own curve of growth at 0.8, 1.2,
+1.6, 2.4 and 3.2" relative to 4". The per-band curves carry what the sum cannot: a point
+source is narrower in z than in u by the seeing's wavelength dependence, a resolved galaxy
+about as wide in every band (and redder in its core), and their noise is independent. Last,
+the four 3" aperture colours: a galaxy smaller than the seeing has the shape of a point
+source but not its colours (the stellar locus and the QSOs' loci are narrow, real SDSS
+galaxy colours are elsewhere). On held-out renders the per-band curves raised the galaxies
+flagged at r < 21 from 0.84 to 0.93 at 2.5% of point sources, the colours to 0.96
+(``benchmarks/quality_flags.py``; the final numbers are in its results file).
+
+:class:`ExtendedScorer` is a set of gradient-boosted trees over those features (node arrays in
+``starqso/resources/extended_source.npz``), trained on simulated point sources (the survey
+simulator's stars and QSOs, QSO hosts included) against Sérsic galaxies rendered at the colours,
+magnitudes and redshifts of real SDSS GALAXY rows in the simulator's own observing conditions
+(:mod:`starqso.simulate.galaxies`). Its threshold is set on held-out objects so that 2.5% of
+point sources are called extended (the flag's budget is 3%); ``benchmarks/quality_flags.py`` fits it
+(``--fit-extended``) and measures it on other objects and on real SDSS cutouts.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+
+import numpy as np
+
+from starqso.errors import InputError
+from starqso.preprocessing.photometry import (
+    aperture_fluxes,
+    aperture_masks,
+    asinh_magnitudes,
+    sky_levels,
+)
+from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC
+
+#: Curve-of-growth radii (arcsec), each relative to the flux within NORM_RADIUS_ARCSEC.
+GROWTH_RADII_ARCSEC = (0.6, 1.0, 1.5, 2.0, 3.0)
+NORM_RADIUS_ARCSEC = 4.0
+#: Window of the centroid and second moments.
+MOMENT_RADIUS_ARCSEC = 3.0
+#: Per-band curve-of-growth radii (arcsec, crop-centred apertures), relative to 4".
+BAND_GROWTH_RADII_ARCSEC = (0.8, 1.2, 1.6, 2.4, 3.2)
+FEATURE_NAMES = (*(f"growth_{radius:g}" for radius in GROWTH_RADII_ARCSEC), "size_arcsec",
+                 "ellipticity", "peak_fraction", "log10_snr",
+                 *(f"growth_{band}_{radius:g}" for radius in BAND_GROWTH_RADII_ARCSEC
+                   for band in BANDS), "u-g", "g-r", "r-i", "i-z")
+RESOURCE = "extended_source.npz"
+
+
+def _sky_sigma(crops):
+    # The quality module's robust border sigma; imported here to keep one definition.
+    from starqso.preprocessing.quality import sky_sigma
+
+    return sky_sigma(crops)
+
+
+def _checked(crops):
+    crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.shape[-1] != 5 or crops.shape[1] != crops.shape[2]:
+        raise InputError(f"crops must have shape (N, S, S, 5). Received: shape={crops.shape}")
+    aperture_masks(crops.shape[1], NORM_RADIUS_ARCSEC)  # raises when too small
+    return crops
+
+
+def combined_image(crops, sky=None, sigma=None):
+    """Sky-subtracted sum of the five bands weighted by ``flux / sigma^2`` (the matched filter).
+
+    Args:
+        crops: (N, S, S, 5) crops in nanomaggies, channels last.
+        sky: (N, 5) sky levels; :func:`~starqso.preprocessing.photometry.sky_levels` when None.
+        sigma: (N, 5) per-pixel sky sigma; the border's robust sigma when None.
+
+    Returns:
+        ``(image, noise)``: (N, S, S) float64 images in units of their own per-pixel noise
+        (white-noise sigma 1 on the sky) and (N,) the per-pixel sky sigma of that sum before
+        the division (for callers that need it).
+    """
+    crops = np.asarray(crops, np.float64)
+    sky = sky_levels(crops) if sky is None else sky
+    sigma = _sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
+    flux = np.clip(aperture_fluxes(crops, 2.0, sky), 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = np.where(sigma > 0, flux / np.where(sigma > 0, sigma, 1.0) ** 2, 0.0)
+    # A source that is negative everywhere (none is classified) still gets a defined image.
+    weights = np.where(weights.sum(axis=1, keepdims=True) > 0, weights, 1.0)
+    noise = np.sqrt(np.sum(weights ** 2 * sigma ** 2, axis=1))
+    image = np.einsum("nyxb,nb->nyx", crops - sky[:, None, None, :], weights)
+    noise = np.where(noise > 0, noise, 1.0)
+    return image / noise[:, None, None], noise
+
+
+def profile_features(crops, sky=None, sigma=None):
+    """Shape features of the light at the crop centre, :data:`FEATURE_NAMES`.
+
+    Args:
+        crops: (N, S, S, 5) crops in nanomaggies, channels last, S >= 27 (a 4" aperture
+            inside a sky border).
+        sky, sigma: optional (N, 5) sky levels and sigmas already measured.
+
+    Returns:
+        (N, 38) float64 features, :data:`FEATURE_NAMES` (finite: a source without positive
+        flux gets zeros).
+
+    Raises:
+        InputError: crops of another shape or too small.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> crops = rng.normal(0, 0.02, (2, 32, 32, 5))
+        >>> profile_features(crops).shape
+        (2, 38)
+    """
+    crops = _checked(crops)
+    size = crops.shape[1]
+    image, _ = combined_image(crops, sky, sigma)
+    centre = (size - 1) / 2.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) - centre
+    window = np.hypot(xx, yy) <= 2.0 / PIXEL_SCALE_ARCSEC
+    positive = np.clip(image, 0.0, None) * window
+    total = positive.sum(axis=(1, 2))
+    safe = np.where(total > 0, total, 1.0)
+    # The centroid within 2", at most 1.5 px from the centre (the simulator's, and a
+    # catalogue's, positions are good to 1 px): a neighbour must not pull it away.
+    cx = np.clip((positive * xx).sum(axis=(1, 2)) / safe, -1.5, 1.5)
+    cy = np.clip((positive * yy).sum(axis=(1, 2)) / safe, -1.5, 1.5)
+    dx = xx[None] - cx[:, None, None]
+    dy = yy[None] - cy[:, None, None]
+    distance = np.hypot(dx, dy) * PIXEL_SCALE_ARCSEC
+    norm = (image * (distance <= NORM_RADIUS_ARCSEC)).sum(axis=(1, 2))
+    good = norm > 0
+    norm_safe = np.where(good, norm, 1.0)
+    growth = [np.where(good, (image * (distance <= radius)).sum(axis=(1, 2)) / norm_safe, 0.0)
+              for radius in GROWTH_RADII_ARCSEC]
+    inside = distance <= MOMENT_RADIUS_ARCSEC
+    weight = np.clip(image, 0.0, None) * inside
+    weight_sum = weight.sum(axis=(1, 2))
+    weight_safe = np.where(weight_sum > 0, weight_sum, 1.0)
+    ixx = (weight * dx ** 2).sum(axis=(1, 2)) / weight_safe
+    iyy = (weight * dy ** 2).sum(axis=(1, 2)) / weight_safe
+    ixy = (weight * dx * dy).sum(axis=(1, 2)) / weight_safe
+    trace = ixx + iyy
+    trace_safe = np.where(trace > 0, trace, 1.0)
+    ellipticity = np.where(trace > 0, np.sqrt((ixx - iyy) ** 2 + 4 * ixy ** 2) / trace_safe, 0.0)
+    size_arcsec = np.sqrt(np.clip(trace, 0.0, None)) * PIXEL_SCALE_ARCSEC
+    peak = (image * inside).max(axis=(1, 2))
+    peak_fraction = np.where(good, peak / norm_safe, 0.0)
+    pixels = np.count_nonzero(distance[0] <= NORM_RADIUS_ARCSEC) if len(crops) else 1
+    snr = np.clip(norm, 1e-3, None) / np.sqrt(pixels)  # the image is in units of its noise
+    sky = sky_levels(crops) if sky is None else sky
+    band_norm = aperture_fluxes(crops, NORM_RADIUS_ARCSEC, sky)
+    band_safe = np.where(band_norm > 0, band_norm, 1.0)
+    band_growth = [np.where(band_norm > 0, aperture_fluxes(crops, radius, sky) / band_safe, 0.0)
+                   for radius in BAND_GROWTH_RADII_ARCSEC]
+    magnitudes = asinh_magnitudes(aperture_fluxes(crops, 3.0, sky))
+    features = np.column_stack([*growth, size_arcsec, ellipticity, peak_fraction,
+                                np.log10(snr), *band_growth,
+                                magnitudes[:, :-1] - magnitudes[:, 1:]])
+    return np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class ExtendedScorer:
+    """Score that a crop's central object is resolved (0 point-like .. 1 extended).
+
+    Gradient-boosted trees over :func:`profile_features`, stored as flat node arrays and
+    evaluated in NumPy (no scikit-learn at inference, no pickles): each tree is walked from
+    its root, left where ``feature <= threshold``, and the score is the logistic of the
+    baseline plus the leaves' values. ``threshold`` is the score at which the EXTENDED bit
+    is set.
+
+    Args:
+        nodes: dict of equal-length arrays over every tree's nodes: ``feature`` (int),
+            ``threshold`` (float), ``left``, ``right`` (node indices into these arrays),
+            ``leaf`` (bool), ``value`` (float), ``missing_left`` (bool: NaN goes left).
+        roots: index of each tree's root node.
+        baseline: the raw score before any tree.
+        depth: the deepest path of any tree (how many steps a walk takes).
+        threshold: EXTENDED when ``score >= threshold``.
+        info: what it was fitted on and measured at (stored with it).
+
+    Example:
+        >>> scorer = ExtendedScorer.load()
+        >>> rng = np.random.default_rng(0)
+        >>> crop = rng.normal(0, 0.02, (1, 32, 32, 5))
+        >>> crop[0, 15:17, 15:17] += 5.0
+        >>> bool(scorer.score(crop)[0] < scorer.threshold)
+        True
+    """
+
+    _NODE_FIELDS = {"feature": np.int64, "threshold": np.float64, "left": np.int64,
+                    "right": np.int64, "leaf": bool, "value": np.float64,
+                    "missing_left": bool}
+
+    def __init__(self, nodes, roots, baseline, depth, threshold, info=None):
+        self.nodes = {name: np.asarray(nodes[name], dtype)
+                      for name, dtype in self._NODE_FIELDS.items()}
+        self.roots = np.asarray(roots, np.int64)
+        self.baseline = float(baseline)
+        self.depth = int(depth)
+        self.threshold = float(threshold)
+        self.info = dict(info or {})
+
+    def score_features(self, features):
+        """Scores of (N, 38) :func:`profile_features`."""
+        features = np.asarray(features, np.float64)
+        nodes = self.nodes
+        position = np.broadcast_to(self.roots, (len(features), len(self.roots))).copy()
+        rows = np.arange(len(features))[:, None]
+        for _ in range(self.depth):
+            value = features[rows, nodes["feature"][position]]
+            left = np.where(np.isnan(value), nodes["missing_left"][position],
+                            value <= nodes["threshold"][position])
+            step = np.where(left, nodes["left"][position], nodes["right"][position])
+            position = np.where(nodes["leaf"][position], position, step)
+        raw = self.baseline + nodes["value"][position].sum(axis=1)
+        return 1.0 / (1.0 + np.exp(-np.clip(raw, -60, 60)))
+
+    def score(self, crops, sky=None, sigma=None):
+        """Scores of (N, S, S, 5) crops."""
+        return self.score_features(profile_features(crops, sky, sigma))
+
+    def save(self, path):
+        """Write the scorer as a NumPy archive (no pickles), atomically."""
+        import io
+        import json
+
+        from starqso.atomic import write_bytes_atomically
+
+        arrays = {f"node_{name}": values for name, values in self.nodes.items()}
+        arrays.update(roots=self.roots, baseline=np.float64(self.baseline),
+                      depth=np.int64(self.depth), threshold=np.float64(self.threshold),
+                      feature_names=np.array(FEATURE_NAMES),
+                      info=np.array(json.dumps(self.info, sort_keys=True)))
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        write_bytes_atomically(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path=None):
+        """The shipped scorer (``starqso/resources/extended_source.npz``) or one at ``path``."""
+        if path is None:
+            return _shipped()
+        return _load(str(path))
+
+    @classmethod
+    def fit(cls, point_features, extended_features, *, false_positive_rate=0.025,
+            validation_fraction=0.3, seed=0, max_iter=400):
+        """Fit on features of point sources (0) and extended sources (1).
+
+        scikit-learn's ``HistGradientBoostingClassifier`` is fitted and its trees copied
+        into node arrays. The threshold is the ``1 - false_positive_rate`` quantile of the
+        scores of a held-out ``validation_fraction`` of the point sources; ``info`` holds the
+        rates measured on the held-out parts.
+
+        Returns:
+            :class:`ExtendedScorer`.
+        """
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        point = np.asarray(point_features, np.float64)
+        extended = np.asarray(extended_features, np.float64)
+        rng = np.random.default_rng(seed)
+
+        def split(values):
+            order = rng.permutation(len(values))
+            cut = int(len(values) * validation_fraction)
+            return values[order[cut:]], values[order[:cut]]
+
+        point_fit, point_held = split(point)
+        extended_fit, extended_held = split(extended)
+        model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.1,
+                                               random_state=seed)
+        model.fit(np.concatenate([point_fit, extended_fit]),
+                  np.r_[np.zeros(len(point_fit)), np.ones(len(extended_fit))])
+        # The fitted trees (private attributes, read once here): per tree one structured
+        # array of nodes with children as indices within the tree.
+        trees = [predictors[0].nodes for predictors in model._predictors]
+        offsets = np.cumsum([0] + [len(tree) for tree in trees[:-1]])
+        nodes = {
+            "feature": np.concatenate([tree["feature_idx"] for tree in trees]),
+            "threshold": np.concatenate([tree["num_threshold"] for tree in trees]),
+            "left": np.concatenate([tree["left"] + offset for tree, offset in zip(trees, offsets)]),
+            "right": np.concatenate([tree["right"] + offset
+                                     for tree, offset in zip(trees, offsets)]),
+            "leaf": np.concatenate([tree["is_leaf"] for tree in trees]).astype(bool),
+            "value": np.concatenate([tree["value"] for tree in trees]),
+            "missing_left": np.concatenate([tree["missing_go_to_left"]
+                                            for tree in trees]).astype(bool)}
+        depth = int(max(tree["depth"].max() for tree in trees))
+        scorer = cls(nodes, offsets, float(np.ravel(model._baseline_prediction)[0]), depth, 0.5)
+        check = np.concatenate([point_held[:200], extended_held[:200]])
+        np.testing.assert_allclose(scorer.score_features(check), model.predict_proba(check)[:, 1],
+                                   rtol=1e-6, atol=1e-9)  # the copy is the fitted model
+        held_scores = scorer.score_features(point_held)
+        scorer.threshold = float(np.quantile(held_scores, 1.0 - false_positive_rate))
+        extended_scores = scorer.score_features(extended_held)
+        scorer.info = {"point_sources": int(len(point)), "extended_sources": int(len(extended)),
+                       "held_out_fraction": validation_fraction,
+                       "held_out_point_flagged": float(np.mean(held_scores >= scorer.threshold)),
+                       "held_out_extended_flagged": float(
+                           np.mean(extended_scores >= scorer.threshold)),
+                       "trees": len(trees), "seed": seed}
+        return scorer
+
+
+def _load(path):
+    import json
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return ExtendedScorer({name: archive[f"node_{name}"]
+                                   for name in ExtendedScorer._NODE_FIELDS},
+                                  archive["roots"], float(archive["baseline"]),
+                                  int(archive["depth"]), float(archive["threshold"]),
+                                  json.loads(str(archive["info"])))
+    except (OSError, KeyError, ValueError, EOFError) as err:
+        raise InputError(f"the extended-source scorer {path} could not be read ({err}); "
+                         f"expected the archive ExtendedScorer.save writes. Received: "
+                         f"{path}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped():
+    return _load(str(importlib.resources.files("starqso") / "resources" / RESOURCE))
