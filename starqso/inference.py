@@ -318,13 +318,15 @@ def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0):
     return p, spread
 
 
-def _prepare_block(block, size):
+def _prepare_block(block, size, measured=None):
     """Model inputs of a :class:`~starqso.io.sources.Block`: ``(images, flags, usable)``.
 
     Every layout goes through here, so a bad row is flagged the same way whatever it was read
     from: the crop and repair of :func:`~starqso.preprocessing.objects.prepare_object`, then
     the source checks of :mod:`starqso.preprocessing.quality`. A stack's clean crops (finite,
     not all zero) skip the per-row call: for them prepare_object is the identity.
+    ``measured``, a dict, receives the screen's per-row ``sky_sigma`` and ``snr`` (NaN for
+    rows not screened), which the quality bits reuse.
     """
     from starqso.preprocessing.objects import prepare_object
     from starqso.preprocessing.quality import check_source, suspect_crops
@@ -354,7 +356,15 @@ def _prepare_block(block, size):
     # No answer without a source: blank sky, no-data fills and other units are refused. The
     # batch is screened at once; check_source gives the reason for the suspects.
     good = np.flatnonzero(usable)
-    for row in good[suspect_crops(images[good])]:
+    suspect, sigma, snr = suspect_crops(images[good], measured=True)
+    if measured is not None:
+        measured["sky_sigma"] = np.full((count, NUM_BANDS), np.nan)
+        measured["sky_sigma"][good] = sigma
+        measured["snr"] = None
+        if snr is not None:
+            measured["snr"] = np.full((count, NUM_BANDS), np.nan)
+            measured["snr"][good] = snr
+    for row in good[suspect]:
         try:
             check_source(images[row], source=block.where[row])
         except InputError as err:
@@ -391,7 +401,8 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
     """
     from starqso.preprocessing.qflags import quality_bits
 
-    images, flags, usable = _prepare_block(block, size)
+    measured = {}
+    images, flags, usable = _prepare_block(block, size, measured)
     count = len(block.ids)
     probabilities, p_err = np.full(count, np.nan), np.full(count, np.nan)
     if usable.any():
@@ -402,7 +413,10 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
     qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
     if usable.any():
         rows = np.flatnonzero(usable)
-        qflag[rows] = quality_bits(images[rows], [bool(flags[row]) for row in rows], reference)
+        qflag[rows] = quality_bits(
+            images[rows], [bool(flags[row]) for row in rows], reference,
+            sigma=measured["sky_sigma"][rows],
+            snr=None if measured["snr"] is None else measured["snr"][rows])
     return Classified(probabilities, flags, usable, qflag, p_err)
 
 

@@ -51,7 +51,7 @@ def test_clean_point_source_has_no_bits_and_each_condition_sets_its_own():
     point = _scene(QSO_FLUX, seed=1)
     assert quality_bits(point[None])[0] == 0
 
-    faint = _scene(QSO_FLUX / 40, seed=2)
+    faint = _scene(QSO_FLUX / 8, seed=2)  # S/N about 5 in r: detected, but noisy
     assert bit_names(quality_bits(faint[None])[0]) == ["LOW_SNR"]
 
     galaxy = _scene(QSO_FLUX * 6, profile="sersic", radius_arcsec=2.5, seed=3)

@@ -41,7 +41,6 @@ import numpy as np
 
 from starqso.errors import InputError
 from starqso.preprocessing.photometry import (
-    aperture_fluxes,
     aperture_masks,
     asinh_magnitudes,
     sky_levels,
@@ -77,6 +76,28 @@ def _checked(crops):
     return crops
 
 
+@functools.lru_cache(maxsize=8)
+def _aperture_matrix(size, radii):
+    # (R, S*S) float64: row k is the centred aperture mask of radii[k] (aperture_masks').
+    matrix = np.stack([aperture_masks(size, radius)[0].ravel() for radius in radii]).astype(
+        np.float64)
+    matrix.flags.writeable = False
+    return matrix
+
+
+def band_fluxes(crops, sky, radii):
+    """Sky-subtracted fluxes in several centred apertures at once: (N, len(radii), 5).
+
+    The same pixels as :func:`~starqso.preprocessing.photometry.aperture_fluxes` at each
+    radius, in one matrix product (a quarter of the time of one call per radius).
+    """
+    crops = np.asarray(crops, np.float64)
+    matrix = _aperture_matrix(crops.shape[1], tuple(radii))
+    # A batched matrix product (BLAS); einsum of these shapes is 3x slower.
+    raw = matrix @ crops.reshape(len(crops), -1, crops.shape[-1])
+    return raw - matrix.sum(axis=1)[None, :, None] * np.asarray(sky, np.float64)[:, None, :]
+
+
 def combined_image(crops, sky=None, sigma=None):
     """Sky-subtracted sum of the five bands weighted by ``flux / sigma^2`` (the matched filter).
 
@@ -90,27 +111,31 @@ def combined_image(crops, sky=None, sigma=None):
         (white-noise sigma 1 on the sky) and (N,) the per-pixel sky sigma of that sum before
         the division (for callers that need it).
     """
-    crops = np.asarray(crops, np.float64)
+    crops = np.asarray(crops)
     sky = sky_levels(crops) if sky is None else sky
     sigma = _sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
-    flux = np.clip(aperture_fluxes(crops, 2.0, sky), 0.0, None)
+    flux = np.clip(band_fluxes(crops, sky, (2.0,))[:, 0], 0.0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         weights = np.where(sigma > 0, flux / np.where(sigma > 0, sigma, 1.0) ** 2, 0.0)
     # A source that is negative everywhere (none is classified) still gets a defined image.
     weights = np.where(weights.sum(axis=1, keepdims=True) > 0, weights, 1.0)
     noise = np.sqrt(np.sum(weights ** 2 * sigma ** 2, axis=1))
-    image = np.einsum("nyxb,nb->nyx", crops - sky[:, None, None, :], weights)
+    # sum_b w_b (x - sky_b) = sum_b w_b x - sum_b w_b sky_b, without an (N, S, S, 5) copy.
+    flat = np.asarray(crops, np.float64).reshape(len(crops), -1, crops.shape[-1])
+    image = ((flat @ weights[:, :, None])[:, :, 0].reshape(crops.shape[:3])
+             - np.sum(weights * sky, axis=1)[:, None, None])
     noise = np.where(noise > 0, noise, 1.0)
     return image / noise[:, None, None], noise
 
 
-def profile_features(crops, sky=None, sigma=None):
+def profile_features(crops, sky=None, sigma=None, with_combined=False):
     """Shape features of the light at the crop centre, :data:`FEATURE_NAMES`.
 
     Args:
         crops: (N, S, S, 5) crops in nanomaggies, channels last, S >= 27 (a 4" aperture
             inside a sky border).
         sky, sigma: optional (N, 5) sky levels and sigmas already measured.
+        with_combined: also return the :func:`combined_image` the features were measured on.
 
     Returns:
         (N, 38) float64 features, :data:`FEATURE_NAMES` (finite: a source without positive
@@ -127,6 +152,7 @@ def profile_features(crops, sky=None, sigma=None):
     """
     crops = _checked(crops)
     size = crops.shape[1]
+    sky = sky_levels(crops) if sky is None else sky
     image, _ = combined_image(crops, sky, sigma)
     centre = (size - 1) / 2.0
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) - centre
@@ -161,16 +187,17 @@ def profile_features(crops, sky=None, sigma=None):
     peak_fraction = np.where(good, peak / norm_safe, 0.0)
     pixels = np.count_nonzero(distance[0] <= NORM_RADIUS_ARCSEC) if len(crops) else 1
     snr = np.clip(norm, 1e-3, None) / np.sqrt(pixels)  # the image is in units of its noise
-    sky = sky_levels(crops) if sky is None else sky
-    band_norm = aperture_fluxes(crops, NORM_RADIUS_ARCSEC, sky)
+    fluxes = band_fluxes(crops, sky, (NORM_RADIUS_ARCSEC, 3.0, *BAND_GROWTH_RADII_ARCSEC))
+    band_norm = fluxes[:, 0]
     band_safe = np.where(band_norm > 0, band_norm, 1.0)
-    band_growth = [np.where(band_norm > 0, aperture_fluxes(crops, radius, sky) / band_safe, 0.0)
-                   for radius in BAND_GROWTH_RADII_ARCSEC]
-    magnitudes = asinh_magnitudes(aperture_fluxes(crops, 3.0, sky))
+    band_growth = [np.where(band_norm > 0, fluxes[:, 2 + k] / band_safe, 0.0)
+                   for k in range(len(BAND_GROWTH_RADII_ARCSEC))]
+    magnitudes = asinh_magnitudes(fluxes[:, 1])
     features = np.column_stack([*growth, size_arcsec, ellipticity, peak_fraction,
                                 np.log10(snr), *band_growth,
                                 magnitudes[:, :-1] - magnitudes[:, 1:]])
-    return np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
+    features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
+    return (features, image) if with_combined else features
 
 
 class ExtendedScorer:

@@ -175,7 +175,7 @@ def _bright_neighbour(combined):
         outer >= NEIGHBOUR_MIN_SNR)
 
 
-def quality_bits(crops, repaired=None, reference=None, scorer=None):
+def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, snr=None):
     """The measured bits of classified crops (all but NOT_CLASSIFIED), as int64 (N,).
 
     Args:
@@ -185,6 +185,8 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None):
             MAG_OUT_OF_RANGE nor OUT_OF_DISTRIBUTION).
         scorer: an :class:`~starqso.preprocessing.morphology.ExtendedScorer`; the shipped
             one when None.
+        sigma, snr: the (N, 5) sky sigma and detection S/N of
+            :func:`~starqso.preprocessing.quality.suspect_crops`, when already measured.
 
     Returns:
         (N,) int64 bitmasks.
@@ -205,23 +207,28 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None):
     size = crops.shape[1] if crops.ndim == 4 else 0
     if not len(crops) or not _fits(size, 0.0):
         return bits
-    sky, sigma = sky_levels(crops), sky_sigma(crops)
+    sky = sky_levels(crops)
+    sigma = sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
+    combined = None
     if _fits(size, 4.0):
         scorer = ExtendedScorer.load() if scorer is None else scorer
-        features = profile_features(crops, sky, sigma)
+        features, combined = profile_features(crops, sky, sigma, with_combined=True)
         bits |= np.where(scorer.score_features(features) >= scorer.threshold,
                          QFLAG_BITS["EXTENDED"], 0)
     if _fits(size, 2.0):
-        combined, _ = combined_image(crops, sky, sigma)
+        if combined is None:
+            combined, _ = combined_image(crops, sky, sigma)
         bits |= np.where(_bright_neighbour(combined), QFLAG_BITS["BRIGHT_NEIGHBOUR"], 0)
     bits |= np.where(_saturated(crops, sky, sigma), QFLAG_BITS["SATURATED"], 0)
     if not _fits(size, 3.0):
         return bits
-    snr = np.max([aperture_snr(crops, sigma, radius) for radius in DETECTION_APERTURES_ARCSEC],
-                 axis=0)
+    if snr is None:
+        snr = np.max([aperture_snr(crops, sigma, radius)
+                      for radius in DETECTION_APERTURES_ARCSEC], axis=0)
     bits |= np.where(snr[:, _GRI].max(axis=1) < QFLAG_LOW_SNR, QFLAG_BITS["LOW_SNR"], 0)
     if reference:
-        measured = photometric_features(crops)
+        magnitudes = asinh_magnitudes(aperture_fluxes(crops, 3.0, sky))
+        measured = np.column_stack([magnitudes[:, :-1] - magnitudes[:, 1:], magnitudes[:, 2]])
         low, high = reference["r_range"]
         r_mag = measured[:, 4]
         bits |= np.where(~((r_mag >= low) & (r_mag <= high)), QFLAG_BITS["MAG_OUT_OF_RANGE"], 0)

@@ -192,7 +192,7 @@ def _failed_rules(peak, spread, sigma, snr) -> dict[str, np.ndarray]:
     return rules
 
 
-def suspect_crops(crops) -> np.ndarray:
+def suspect_crops(crops, measured=False):
     """Which crops :func:`check_source` refuses, for a whole batch at once.
 
     The same rules on the same statistics, vectorised over the batch (a per-crop call costs
@@ -201,14 +201,19 @@ def suspect_crops(crops) -> np.ndarray:
 
     Args:
         crops: (N, S, S, 5) crops, channels last.
+        measured: also return the statistics, for the quality bits to reuse.
 
     Returns:
-        (N,) bool.
+        (N,) bool; with ``measured``, ``(suspect, sky_sigma (N, 5), snr (N, 5) or None)``
+        (``snr`` the better of the two detection apertures, None for crops too small).
     """
     crops = _crops(crops)
     if not len(crops):
-        return np.zeros(0, bool)
-    return np.any(list(_failed_rules(*_measured(crops)).values()), axis=0)
+        empty = np.zeros(0, bool)
+        return (empty, np.zeros((0, len(BANDS))), None) if measured else empty
+    statistics = _measured(crops)
+    suspect = np.any(list(_failed_rules(*statistics).values()), axis=0)
+    return (suspect, statistics[2], statistics[3]) if measured else suspect
 
 
 def check_source(crop, *, source: str = "cutout") -> dict:
