@@ -114,8 +114,18 @@ class KerasPredictor:
         self.model = load_keras_model(pathlib.Path(model_dir) / RUNTIME_FILES["keras"],
                                       checked=checked)
 
+    #: Batches are padded to a multiple of this many rows: Keras traces its predict function
+    #: once per input shape (about a second each), and the rows left after flagging vary
+    #: from batch to batch.
+    PAD_ROWS = 128
+
     def __call__(self, images):
-        return np.asarray(self.model.predict_on_batch({"image": images})).reshape(-1)
+        images = np.asarray(images, np.float32)
+        count = len(images)
+        padded = -(-count // self.PAD_ROWS) * self.PAD_ROWS
+        if padded != count:
+            images = np.concatenate([images, np.repeat(images[-1:], padded - count, axis=0)])
+        return np.asarray(self.model.predict_on_batch({"image": images})).reshape(-1)[:count]
 
 
 class LiteRTPredictor:

@@ -203,13 +203,7 @@ def render_exponential(psf, size, x, y, half_light_radius, axis_ratio, angle, ke
     r2 = _elliptical_radius2(grid_x - x, grid_y - y, 1.0 - axis_ratio, angle)
     scale = max(half_light_radius, 0.05) / 1.678
     galaxy = _bin(np.exp(-np.sqrt(r2) / scale) / (2 * np.pi * scale ** 2), size)
-    if kernel is None:
-        # Centred on a pixel so the convolution shifts nothing.
-        kernel = render_point(psf, size, size // 2, size // 2)
-    padded = 2 * size
-    product = np.fft.rfft2(galaxy, (padded, padded)) * np.fft.rfft2(
-        _centred_kernel(kernel, padded))
-    return np.fft.irfft2(product, (padded, padded))[:size, :size]
+    return _convolved(galaxy, psf, size, kernel)
 
 
 def sersic_b(sersic_index):
@@ -293,11 +287,16 @@ def render_sersic(psf, size, x, y, half_light_radius, sersic_index, axis_ratio, 
     if sersic_index == 1:
         return render_exponential(psf, size, x, y, half_light_radius, axis_ratio, angle, kernel)
     galaxy = _sersic_pixels(size, x, y, half_light_radius, sersic_index, axis_ratio, angle)
+    return _convolved(galaxy, psf, size, kernel)
+
+
+def _convolved(image, psf, size, kernel=None):
+    """``image`` convolved with the PSF's pixel-integrated kernel (FFT, zero-padded)."""
     if kernel is None:
         # Centred on a pixel so the convolution shifts nothing.
         kernel = render_point(psf, size, size // 2, size // 2)
     padded = 2 * size
-    product = np.fft.rfft2(galaxy, (padded, padded)) * np.fft.rfft2(
+    product = np.fft.rfft2(image, (padded, padded)) * np.fft.rfft2(
         _centred_kernel(kernel, padded))
     return np.fft.irfft2(product, (padded, padded))[:size, :size]
 
