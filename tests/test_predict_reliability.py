@@ -267,11 +267,11 @@ def _interrupted(monkeypatch, *args, after_batches=1):
     """A predict interrupted (Ctrl-C) after its first batch(es): the partial file stays."""
     real, calls = starqso.inference._prepare_block, []
 
-    def prepare_block(block, size):
+    def prepare_block(block, size, *rest):
         calls.append(1)
         if len(calls) > after_batches:
             raise KeyboardInterrupt
-        return real(block, size)
+        return real(block, size, *rest)
 
     monkeypatch.setattr(starqso.inference, "_prepare_block", prepare_block)
     result = _predict(*args)
