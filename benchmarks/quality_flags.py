@@ -40,12 +40,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from starqso.data.arrays import ObjectArrays  # noqa: E402
+from starqso.evaluation.metrics import wilson_interval  # noqa: E402
 from starqso.inference import open_model, predict_views  # noqa: E402
 from starqso.preprocessing.morphology import ExtendedScorer, profile_features  # noqa: E402
+from starqso.preprocessing.photometry import SOFTENING  # noqa: E402
 from starqso.preprocessing.qflags import quality_bits  # noqa: E402
+from starqso.preprocessing.quality import sky_sigma  # noqa: E402
 from starqso.schema import QFLAG_BITS  # noqa: E402
 
-SOFTENING = np.array([1.4e-10, 0.9e-10, 1.2e-10, 1.8e-10, 7.4e-10])
 R_BINS = ((14.0, 17.0), (17.0, 18.0), (18.0, 19.0), (19.0, 20.0), (20.0, 21.0), (21.0, 23.0))
 
 
@@ -129,17 +131,8 @@ def rates(bits):
             if name != "NOT_CLASSIFIED"}
 
 
-def wilson(k, n, z=1.0):
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def rate_cell(k, n):
-    low, high = wilson(k, n)
+    low, high = wilson_interval(k, n)
     return f"{k / max(n, 1):.3f} [{low:.3f}, {high:.3f}] ({k}/{n})"
 
 
@@ -187,7 +180,7 @@ def main():
     fresh_rates = rates(bits)
     noisy_images = fresh.images + np.random.default_rng(args.seed).normal(
         size=fresh.images.shape).astype(np.float32) * np.median(
-        _sigma(fresh.images), axis=0)[None, None, None, :] * np.sqrt(3.0)
+        sky_sigma(fresh.images), axis=0)[None, None, None, :] * np.sqrt(3.0)
     _, p_err_noisy, _ = classify(predictor, metadata, noisy_images)
     lines += [f"## Point sources: {args.fresh} new simulated objects (seed {args.seed}, "
               f"{labels.mean():.0%} QSO)", "",
@@ -275,12 +268,6 @@ def main():
     print(text)
     if args.out is not None:
         args.out.write_text(text)
-
-
-def _sigma(images):
-    from starqso.preprocessing.quality import sky_sigma
-
-    return sky_sigma(images)
 
 
 if __name__ == "__main__":

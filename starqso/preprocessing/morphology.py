@@ -45,6 +45,7 @@ from starqso.preprocessing.photometry import (
     asinh_magnitudes,
     sky_levels,
 )
+from starqso.preprocessing.quality import sky_sigma
 from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC
 
 #: Curve-of-growth radii (arcsec), each relative to the flux within NORM_RADIUS_ARCSEC.
@@ -59,13 +60,6 @@ FEATURE_NAMES = (*(f"growth_{radius:g}" for radius in GROWTH_RADII_ARCSEC), "siz
                  *(f"growth_{band}_{radius:g}" for radius in BAND_GROWTH_RADII_ARCSEC
                    for band in BANDS), "u-g", "g-r", "r-i", "i-z")
 RESOURCE = "extended_source.npz"
-
-
-def _sky_sigma(crops):
-    # The quality module's robust border sigma; imported here to keep one definition.
-    from starqso.preprocessing.quality import sky_sigma
-
-    return sky_sigma(crops)
 
 
 def _checked(crops):
@@ -113,7 +107,7 @@ def combined_image(crops, sky=None, sigma=None):
     """
     crops = np.asarray(crops)
     sky = sky_levels(crops) if sky is None else sky
-    sigma = _sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
+    sigma = sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
     flux = np.clip(band_fluxes(crops, sky, (2.0,))[:, 0], 0.0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         weights = np.where(sigma > 0, flux / np.where(sigma > 0, sigma, 1.0) ** 2, 0.0)

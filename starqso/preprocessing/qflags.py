@@ -149,7 +149,8 @@ def _fits(size, radius_arcsec):
     return size / 2 - 3 > radius_arcsec / PIXEL_SCALE_ARCSEC
 
 
-def _saturated(crops, sky, sigma):
+def _saturated(crops, sky, sigma, magnitudes=None):
+    """Flat-topped cores; with the 3" aperture ``magnitudes``, also the SDSS bright limits."""
     size = crops.shape[1]
     yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
     core = np.hypot(xx, yy) <= SATURATION_RADIUS_PX
@@ -159,9 +160,8 @@ def _saturated(crops, sky, sigma):
     with np.errstate(divide="ignore", invalid="ignore"):
         bright = peak / np.where(sigma > 0, sigma, np.inf) >= SATURATION_MIN_SNR
     flat = ((near.sum(axis=1) >= SATURATION_PIXELS) & bright).any(axis=1)
-    if not _fits(size, 3.0):
+    if magnitudes is None:
         return flat
-    magnitudes = asinh_magnitudes(aperture_fluxes(crops, 3.0, sky))
     return flat | (magnitudes < SATURATION_MAGNITUDES).any(axis=1)
 
 
@@ -219,15 +219,17 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
         if combined is None:
             combined, _ = combined_image(crops, sky, sigma)
         bits |= np.where(_bright_neighbour(combined), QFLAG_BITS["BRIGHT_NEIGHBOUR"], 0)
-    bits |= np.where(_saturated(crops, sky, sigma), QFLAG_BITS["SATURATED"], 0)
-    if not _fits(size, 3.0):
+    # The 3" aperture magnitudes, once: the saturation limits, the r range and the colours.
+    magnitudes = (asinh_magnitudes(aperture_fluxes(crops, 3.0, sky)) if _fits(size, 3.0)
+                  else None)
+    bits |= np.where(_saturated(crops, sky, sigma, magnitudes), QFLAG_BITS["SATURATED"], 0)
+    if magnitudes is None:
         return bits
     if snr is None:
         snr = np.max([aperture_snr(crops, sigma, radius)
                       for radius in DETECTION_APERTURES_ARCSEC], axis=0)
     bits |= np.where(snr[:, _GRI].max(axis=1) < QFLAG_LOW_SNR, QFLAG_BITS["LOW_SNR"], 0)
     if reference:
-        magnitudes = asinh_magnitudes(aperture_fluxes(crops, 3.0, sky))
         measured = np.column_stack([magnitudes[:, :-1] - magnitudes[:, 1:], magnitudes[:, 2]])
         low, high = reference["r_range"]
         r_mag = measured[:, 4]
