@@ -42,9 +42,18 @@ from starqso.atomic import write_text_atomically
 from starqso.errors import InputError
 
 __all__ = [
-    "PHOTOMETRY_MIN_SIZE", "PRESETS", "DataConfig", "ModelConfig", "RunConfig", "TrainingConfig",
+    "GENERATORS", "PHOTOMETRY_MIN_SIZE", "PRESETS", "TRUNKS", "DataConfig", "ModelConfig", "RunConfig", "TrainingConfig",
     "config_from_dict", "config_to_dict", "get_preset", "load_config", "save_config",
 ]
+
+#: Image trunks (``model.trunk``): the seed paper's small CNN, the ImageNet architectures seed
+#: 001 compares (``keras.applications``, built for 5-band cutouts with random weights), and a
+#: CoAtNet-style convolution + relative self-attention hybrid. Names stay stable: run folders
+#: and saved models record them.
+TRUNKS = ("cnn", "resnet50", "densenet121", "vgg16", "xception", "efficientnetb0", "hybrid")
+#: Generators of the spectral vector (``model.generator``): the paper's conditional GAN, or a
+#: conditional diffusion model sampled in a few deterministic DDIM steps.
+GENERATORS = ("gan", "diffusion")
 
 # The photometry's 3" aperture (7.6 pixels) plus its 3-pixel sky border need 22 pixels.
 PHOTOMETRY_MIN_SIZE = 22
@@ -119,6 +128,15 @@ def flag() -> Check:
     return _check("true or false", lambda v: isinstance(v, bool))
 
 
+def choice(options: tuple[str, ...]) -> Check:
+    return _check(f"one of {', '.join(options)}", lambda v: isinstance(v, str) and v in options)
+
+
+def optional_text() -> Check:
+    return _check("a non-empty string or null",
+                  lambda v: v is None or (isinstance(v, str) and v != ""))
+
+
 def text() -> Check:
     return _check("a non-empty string", lambda v: isinstance(v, str) and v != "")
 
@@ -191,6 +209,16 @@ class ModelConfig:
     # the whole input. A point source and its profile fit in far less than the sky border the
     # photometry needs, and the CNNs' cost grows with the square of this side.
     trunk_size: int | None = setting(None, optional_integer(minimum=8))
+    # the image trunk of the generator, fusion and image-only classifiers (TRUNKS); the
+    # discriminator, which only trains, keeps the small CNN. `image_filters` sets the widths of
+    # cnn and hybrid; the keras.applications trunks have their own.
+    trunk: str = setting("cnn", choice(TRUNKS))
+    # a Keras weights file for a keras.applications trunk (e.g. ImageNet weights fetched
+    # elsewhere; a 3-band first convolution is spread over the 5 bands), loaded before training
+    trunk_weights: str | None = setting(None, optional_text())
+    generator: str = setting("gan", choice(GENERATORS))  # GENERATORS
+    # deterministic DDIM steps of the diffusion generator inside the deployed model
+    diffusion_steps: int = setting(4, integer(minimum=1))
 
     def __post_init__(self) -> None:
         _check_fields(self, "model")
