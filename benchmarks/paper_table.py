@@ -22,7 +22,14 @@ neural row is trained once per training seed and scored on the same test objects
 * image + photometric features: the image CNN + a dense branch on aperture photometry measured
   from the same cutout (MargNet-style), the features of the classical rows;
 * classical peers (LogReg, DecisionTree, RandomForest, AdaBoost, gradient boosting) on aperture
-  photometry (4 colours, r, concentration) measured from the cutouts.
+  photometry (4 colours, r, concentration) measured from the cutouts;
+* the other generator: MTL + photometry with the conditional diffusion generator
+  (``model.generator: diffusion``) in place of the GAN, on the same encoder;
+* the other trunks (``model.trunk``): the image-only classifier with each keras.applications
+  trunk (random weights) and with the hybrid convolution + relative-attention trunk, as variant
+  stages of the seed-method run; and the whole MTL + photometry method on the hybrid trunk.
+
+Every row says how long its own stages trained (the shared spectrum encoder is not counted).
 
 With ``--real-catalog`` it adds the real-data table of ``real_photometry.py``: the shipped model
 and this table's MTL model on the real SDSS rows rendered as cutouts, against the classical
@@ -42,6 +49,7 @@ import os
 import pathlib
 import pickle
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -69,7 +77,21 @@ ROWS = (
     ("random_forest", "RandomForest on cutout photometry", "image"),
     ("adaboost", "AdaBoost on cutout photometry", "image"),
     ("gradient_boosting", "gradient boosting on cutout photometry", "image"),
+    ("mtl_diffusion", "MTL + photometry with the diffusion generator (4 DDIM steps)", "image"),
+    ("mtl_hybrid", "MTL + photometry on the hybrid conv + relative-attention trunk", "image"),
+    *((f"image_{trunk}", f"image-only, {title} trunk (random init)", "image") for trunk, title in (
+        ("hybrid", "hybrid conv + relative-attention"), ("resnet50", "ResNet-50"),
+        ("densenet121", "DenseNet-121"), ("vgg16", "VGG-16"), ("xception", "Xception"),
+        ("efficientnetb0", "EfficientNet-B0"))),
 )
+#: The keras.applications and hybrid trunks of the image-only trunk rows.
+TRUNK_ROWS = ("hybrid", "resnet50", "densenet121", "vgg16", "xception", "efficientnetb0")
+#: The MTL rows whose generated vectors get the GAN diagnostics.
+GENERATOR_ROWS = (("mtl", "seed method"), ("mtl_distill", "+ distillation"),
+                  ("mtl_photometry", "+ photometry"),
+                  ("mtl_diffusion", "+ photometry, diffusion generator"),
+                  ("mtl_hybrid", "+ photometry, hybrid trunk"))
+Z_EDGES = (0.0, 1.0, 2.0, 2.75, 3.5, 7.5)
 
 
 def parse_args():
@@ -126,16 +148,16 @@ def load_simulation(args):
     return arrays
 
 
-def run_config(args, seed, photometry=False, **training_changes):
+def run_config(args, seed, photometry=False, model_changes=None, **training_changes):
     from starqso.config import get_preset
 
     base = get_preset("base")
-    base = dataclasses.replace(base, model=dataclasses.replace(base.model,
-                                                                photometry=photometry))
+    base = dataclasses.replace(base, model=dataclasses.replace(
+        base.model, photometry=photometry, **(model_changes or {})))
     training = {"seed": seed, **training_changes}
     if args.epochs is not None:
         training.update({f"{stage}_epochs": args.epochs
-                         for stage in ("encoder", "gan", "fusion", "image")})
+                         for stage in ("encoder", "gan", "diffusion", "fusion", "image")})
     return dataclasses.replace(
         base,
         data=dataclasses.replace(base.data, num_objects=args.num_objects,
@@ -146,13 +168,37 @@ def run_config(args, seed, photometry=False, **training_changes):
         training=dataclasses.replace(base.training, **training))
 
 
+STAGE_LINE = re.compile(r"^\[(\w+)\] \d+ epochs, (\d+) s, ")
+
+
+class StageClock:
+    """Seconds each row's stages trained, read from the runner's one-line stage summaries."""
+
+    def __init__(self, log):
+        self.log, self.seconds = log, {}
+
+    def __call__(self, rows):
+        """A log callable adding each trained stage's seconds to its row: ``rows`` maps stage
+        names to rows (stages not named are not counted), or is one row for every stage."""
+        def log(line):
+            match = STAGE_LINE.match(line)
+            if match:
+                row = rows if isinstance(rows, str) else rows.get(match.group(1))
+                if row is not None:
+                    self.seconds[row] = self.seconds.get(row, 0.0) + float(match.group(2))
+            self.log(line)
+        return log
+
+
 def variant_run(method_dir, out_dir, config, arrays, log):
-    """GAN + fusion again with ``config``, on the seed-method run's encoder and image baseline."""
+    """The generator and fusion stages again with ``config``, on the seed-method run's
+    encoder (a variant needs no image-only baseline of its own)."""
     from starqso.training import fit_run
+    from starqso.training.stages import default_stages
 
     shutil.rmtree(out_dir, ignore_errors=True)  # a run stopped half-way starts again
     fit_run(out_dir, config, arrays=arrays, export=False, log=log,
-            reuse={"encoder": method_dir, "image": method_dir})
+            stages=default_stages(config)[:3], reuse={"encoder": method_dir})
 
 
 def generated_vectors(folder, scaled, test_images):
@@ -181,16 +227,20 @@ def gan_diagnostics(generated, real, labels, head):
     }
 
 
-def photometry_row(args, seed, arrays, workdir, test, log):
-    """The MTL + photometry row of one seed: (p_qso on test, rate, params), diagnostics."""
+def photometry_row(args, seed, arrays, workdir, test, log, folder="photometry_mtl",
+                   model_changes=None):
+    """An MTL + photometry row of one seed (``model_changes``: its generator or trunk):
+    (p_qso on test, rate, params), diagnostics."""
     import keras
 
     from starqso.models import CutoutScaling
     from starqso.run_folder import RunFolder
 
     method_dir = workdir / f"seed{seed}" / "seed_method"
-    out_dir = workdir / f"seed{seed}" / "photometry_mtl"
-    variant_run(method_dir, out_dir, run_config(args, seed, photometry=True), arrays, log)
+    out_dir = workdir / f"seed{seed}" / folder
+    variant_run(method_dir, out_dir, run_config(args, seed, photometry=True,
+                                                model_changes=model_changes), arrays,
+                log)
     deployable = keras.saving.load_model(out_dir / "starqso_classifier.keras", safe_mode=True)
     test_images = arrays.images[test]
     result = (*timed(lambda: deployable.predict({"image": test_images}, batch_size=512,
@@ -209,34 +259,43 @@ def photometry_row(args, seed, arrays, workdir, test, log):
 
 
 def timed(predict):
-    """(probabilities, cutouts/s) of a prediction callable over the test set."""
+    """(probabilities, cutouts/s) of a prediction callable over the test set, timed on a
+    second pass (the first traces the model's graph: seconds for the larger trunks)."""
+    predict()
     began = time.perf_counter()
     probabilities = np.asarray(predict(), dtype=np.float64).ravel()
     return probabilities, len(probabilities) / (time.perf_counter() - began)
 
 
 def one_seed(args, seed, arrays, workdir, log):
-    """Train every neural row for one seed; returns {row: (p_qso on test, params, rate)}."""
+    """Train every neural row for one seed; returns {row: (p_qso on test, rate, params)},
+    plus "diagnostics" (GAN diagnostics per MTL row) and "train_seconds" (per row)."""
     import keras
 
     from starqso.baselines import CLASSICAL, fit_classical, predict_classical
     from starqso.models import CutoutScaling
     from starqso.preprocessing.photometry import photometric_features
     from starqso.run_folder import RunFolder
-    from starqso.training import EncoderStage, FusionStage, fit_run
+    from starqso.training import EncoderStage, FusionStage, ImageStage, fit_run
     from starqso.training.inputs import fit_photometry
 
+    clock = StageClock(log)
     config = run_config(args, seed)
     method_dir = workdir / f"seed{seed}" / "seed_method"
     distill_dir = workdir / f"seed{seed}" / "distillation"
-    fit_run(method_dir, config, arrays=arrays, export=False, log=log)
+    fit_run(method_dir, config, arrays=arrays, export=False, log=clock(
+        {"encoder": "spectrum", "image": "image", "gan": "mtl", "fusion": "mtl"}))
     variant_run(method_dir, distill_dir, run_config(args, seed, gan_distillation_weight=1.0),
-                arrays, log)
+                arrays, clock({"gan": "mtl_distill", "fusion": "mtl_distill"}))
     # The peers on the seed method's encoder and split, as stages of the same run: the fusion
-    # classifier on the real spectral vector (upper bound) and on aperture photometry.
-    fit_run(method_dir, None, arrays=arrays, resume=True, export=False, log=log,
+    # classifier on the real spectral vector (upper bound) and on aperture photometry, and the
+    # image-only classifier on each other trunk.
+    fit_run(method_dir, None, arrays=arrays, resume=True, export=False, log=clock(
+        {"fusion_real_vector": "mtl_real", "image_photometry": "photometry",
+         **{f"image_{trunk}": f"image_{trunk}" for trunk in TRUNK_ROWS}}),
             stages=[EncoderStage(), FusionStage("real", name="fusion_real_vector"),
-                    FusionStage("photometry", name="image_photometry")])
+                    FusionStage("photometry", name="image_photometry"),
+                    *(ImageStage(trunk) for trunk in TRUNK_ROWS)])
 
     run = RunFolder(method_dir)
     split = run.split()
@@ -257,11 +316,14 @@ def one_seed(args, seed, arrays, workdir, log):
     results["spectrum"] = (*timed(lambda: spectrum_classifier.predict(
         {"spectrum": test_spectra}, batch_size=512, verbose=0)),
         spectrum_classifier.count_params())
-    image_classifier = load(method_dir, "image_classifier.keras")
     # Image rows are timed from raw cutouts: the asinh scaling is part of each model's cost.
-    results["image"] = (*timed(lambda: image_classifier.predict(
-        {"image": np.asarray(scaling(test_images))}, batch_size=512, verbose=0)),
-        image_classifier.count_params())
+    for key, name in (("image", "image_classifier.keras"),
+                      *((f"image_{trunk}", f"image_classifier_{trunk}.keras")
+                        for trunk in TRUNK_ROWS)):
+        image_classifier = load(method_dir, name)
+        results[key] = (*timed(lambda m=image_classifier: m.predict(
+            {"image": np.asarray(scaling(test_images))}, batch_size=512, verbose=0)),
+            image_classifier.count_params())
     for key, folder in (("mtl", method_dir), ("mtl_distill", distill_dir)):
         deployable = load(folder, "starqso_classifier.keras")
         results[key] = (*timed(lambda m=deployable: m.predict(
@@ -291,19 +353,28 @@ def one_seed(args, seed, arrays, workdir, log):
                              vectors[test], labels[test],
                              spectrum_classifier.get_layer("p_qso"))
         for key, folder in (("mtl", method_dir), ("mtl_distill", distill_dir))}
-    results["mtl_photometry"], results["diagnostics"]["mtl_photometry"] = photometry_row(
-        args, seed, arrays, workdir, test, log)
+    for key, folder, changes in (("mtl_photometry", "photometry_mtl", None),
+                                 ("mtl_diffusion", "diffusion_mtl", {"generator": "diffusion"}),
+                                 ("mtl_hybrid", "hybrid_mtl", {"trunk": "hybrid"})):
+        results[key], results["diagnostics"][key] = photometry_row(
+            args, seed, arrays, workdir, test,
+            clock({stage: key for stage in ("gan", "diffusion", "fusion")}),
+            folder, changes)
 
     features = photometric_features(arrays.images)
+    began = time.perf_counter()
     classical = fit_classical(features[train], labels[train], seed=seed)
+    clock.seconds["classical (all five)"] = time.perf_counter() - began
     for name in CLASSICAL:
         results[name] = (*timed(lambda m=classical[name]: predict_classical(
             m, photometric_features(test_images))), None)
+    results["train_seconds"] = dict(clock.seconds)
     return test, results
 
 
-def score_rows(labels, magnitudes_r, per_seed):
-    """Mean and std over seeds of every metric, per row."""
+def score_rows(labels, magnitudes_r, per_seed, redshift=None):
+    """Mean and std over seeds of every metric, per row (QSO completeness per ``Z_EDGES``
+    redshift bin when ``redshift`` is given)."""
     from starqso.evaluation import binned_metrics, classification_metrics
 
     table = {}
@@ -311,6 +382,7 @@ def score_rows(labels, magnitudes_r, per_seed):
         runs = []
         for results in per_seed:
             probabilities, rate, params = results[key]
+            seconds = results.get("train_seconds", {}).get(key)
             metrics = classification_metrics(labels, probabilities)
             image_error = 1 - classification_metrics(labels, results["image"][0])["accuracy"]
             metrics["error_reduction"] = 1 - metrics["error_rate"] / image_error
@@ -319,6 +391,14 @@ def score_rows(labels, magnitudes_r, per_seed):
                                   R_EDGES)
             for number, part in enumerate(bins):
                 metrics[f"f1_r{number}"] = part["f1_qso"]
+            if seconds is not None:
+                metrics["train_seconds"] = seconds
+            if redshift is not None:
+                found = (probabilities >= 0.5) & (labels == 1)
+                for number, (lo, hi) in enumerate(zip(Z_EDGES[:-1], Z_EDGES[1:])):
+                    chosen = (labels == 1) & (redshift >= lo) & (redshift < hi)
+                    metrics[f"completeness_z{number}"] = (float(found[chosen].mean())
+                                                          if chosen.any() else None)
             runs.append(metrics)
         table[key] = {name: (float(np.mean([r[name] for r in runs])),
                              float(np.std([r[name] for r in runs])))
@@ -327,7 +407,7 @@ def score_rows(labels, magnitudes_r, per_seed):
     return table
 
 
-def format_tables(table, labels, magnitudes_r, seeds, diagnostics):
+def format_tables(table, labels, magnitudes_r, seeds, diagnostics, redshift=None):
     def cell(key, name, digits=4):
         if name not in table[key]:
             return "-"
@@ -336,15 +416,18 @@ def format_tables(table, labels, magnitudes_r, seeds, diagnostics):
             f"{mean:.{digits}f}"
 
     lines = ["| model | input at inference | F1(QSO) | macro-F1 | accuracy | error rate | "
-             "error reduction vs image-only | ECE | parameters | inference cutouts/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "error reduction vs image-only | ECE | parameters | training s | "
+             "inference cutouts/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, title, source in ROWS:
         params = table[key].get("params")
+        seconds = table[key].get("train_seconds")
         lines.append(
             f"| {title} | {source} | {cell(key, 'f1_qso')} | {cell(key, 'macro_f1')} | "
             f"{cell(key, 'accuracy')} | {cell(key, 'error_rate')} | "
             f"{cell(key, 'error_reduction', 3) if key != 'image' else '0 (reference)'} | "
             f"{cell(key, 'ece')} | {f'{params[0]:,.0f}' if params else '-'} | "
+            f"{f'{seconds[0]:,.0f}' if seconds else '-'} | "
             f"{table[key]['rate'][0]:,.0f} |")
     counts = [int(((magnitudes_r >= lo) & (magnitudes_r < hi)).sum())
               for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:])]
@@ -363,11 +446,26 @@ def format_tables(table, labels, magnitudes_r, seeds, diagnostics):
               "collapse), macro-F1 of the frozen spectrum head on the generated vector.", "",
               "| GAN | R^2 | spread | spectrum head on generated vector, macro-F1 |",
               "|---|---|---|---|"]
-    for key, title in (("mtl", "seed method"), ("mtl_distill", "+ distillation"),
-                       ("mtl_photometry", "+ photometry")):
+    for key, title in GENERATOR_ROWS:
+        if not all(key in d for d in diagnostics):
+            continue
         values = [np.mean([d[key][name] for d in diagnostics])
                   for name in ("r2", "spread", "head_macro_f1")]
         lines.append(f"| {title} | {values[0]:.3f} | {values[1]:.3f} | {values[2]:.4f} |")
+    if redshift is not None:
+        bins = list(zip(Z_EDGES[:-1], Z_EDGES[1:]))
+        counts = [int(((labels == 1) & (redshift >= lo) & (redshift < hi)).sum())
+                  for lo, hi in bins]
+        lines += ["", "QSO completeness per redshift bin (threshold 0.5), MTL rows; test QSOs "
+                  "per bin: " + ", ".join(f"z {lo:g}-{hi:g}: {n}" for (lo, hi), n in
+                                          zip(bins, counts)), "",
+                  "| model | " + " | ".join(f"z {lo:g}-{hi:g}" for lo, hi in bins) + " |",
+                  "|---|" + "---|" * len(bins)]
+        for key, title, _ in ROWS:
+            if key.startswith("mtl") or key == "image":
+                lines.append(f"| {title} | " + " | ".join(
+                    cell(key, f"completeness_z{number}", 3) for number in range(len(bins)))
+                    + " |")
     return "\n".join(lines)
 
 
@@ -435,10 +533,10 @@ def main():
             log(f"--- seed {seed}: results of an earlier run, {saved}")
             with open(saved, "rb") as stream:
                 test, results = pickle.load(stream)
-            if "mtl_photometry" not in results:  # a table from before that row existed
-                log(f"--- seed {seed}: training the MTL + photometry row")
-                results["mtl_photometry"], results["diagnostics"]["mtl_photometry"] = \
-                    photometry_row(args, seed, arrays, workdir, test, log)
+            missing = [key for key, _, _ in ROWS if key not in results]
+            if missing:
+                raise SystemExit(f"{saved} is from before rows {missing} existed; run "
+                                 f"without --reuse")
         else:
             log(f"--- training seed {seed}")
             test, results = one_seed(args, seed, arrays, workdir, log)
@@ -447,9 +545,10 @@ def main():
         per_seed.append(results)
     labels = arrays.labels[test].astype(int)
     magnitudes_r = arrays.mags[test, 2]
+    redshift = arrays.redshift[test]
     diagnostics = [results.pop("diagnostics") for results in per_seed]
-    table = score_rows(labels, magnitudes_r, per_seed)
-    text = format_tables(table, labels, magnitudes_r, args.seeds, diagnostics)
+    table = score_rows(labels, magnitudes_r, per_seed, redshift)
+    text = format_tables(table, labels, magnitudes_r, args.seeds, diagnostics, redshift)
     if args.real_catalog:
         text += "\n\n## Real SDSS rows\n\n" + real_rows(
             args.real_catalog,
@@ -459,7 +558,10 @@ def main():
                 workdir / f"seed{args.seeds[0]}" / folder / "starqso_classifier.keras")
                for title, folder in (("MTL, seed method", "seed_method"),
                                      ("MTL + distillation", "distillation"),
-                                     ("MTL + photometry", "photometry_mtl")))], seed=0)
+                                     ("MTL + photometry", "photometry_mtl"),
+                                     ("MTL + photometry, diffusion generator", "diffusion_mtl"),
+                                     ("MTL + photometry, hybrid trunk", "hybrid_mtl")))],
+            seed=0)
     seconds = time.perf_counter() - began
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
@@ -469,8 +571,9 @@ def main():
               f"test {len(labels)} ({labels.sum()} QSO), validation {args.validation_objects}, "
               f"training the rest; training seeds {', '.join(map(str, args.seeds))}"
               f"{' (mean ± std)' if len(args.seeds) > 1 else ''}; threshold 0.5; "
-              f"inference rate on this machine, Keras batch 512 / scikit-learn, photometry "
-              f"included.\n\n")
+              f"inference rate on this machine after a warm-up pass, Keras batch 512 / "
+              f"scikit-learn, photometry included; training s: the row's own stages (the "
+              f"shared spectrum encoder not counted).\n\n")
     print("\n" + header + text)
     if args.out:
         out = pathlib.Path(args.out)

@@ -42,7 +42,8 @@ from starqso.atomic import write_text_atomically
 from starqso.errors import InputError
 
 __all__ = [
-    "GENERATORS", "PHOTOMETRY_MIN_SIZE", "PRESETS", "TRUNKS", "DataConfig", "ModelConfig", "RunConfig", "TrainingConfig",
+    "GENERATORS", "PHOTOMETRY_MIN_SIZE", "PRESETS", "TRUNKS", "DataConfig", "ModelConfig",
+    "RunConfig", "TrainingConfig",
     "config_from_dict", "config_to_dict", "get_preset", "load_config", "save_config",
 ]
 
@@ -259,6 +260,8 @@ class TrainingConfig:
     learning_rate: float = setting(1e-3, number(minimum=0, open_min=True))
     encoder_epochs: int = setting(8, integer(minimum=0))
     gan_epochs: int = setting(10, integer(minimum=0))
+    # the diffusion generator stage (model.generator: diffusion), at learning_rate
+    diffusion_epochs: int = setting(10, integer(minimum=0))
     fusion_epochs: int = setting(10, integer(minimum=0))
     image_epochs: int = setting(10, integer(minimum=0))
     gan_learning_rate: float = setting(2e-4, number(minimum=0, open_min=True))
@@ -336,8 +339,9 @@ PRESETS: dict[str, RunConfig] = {
                           feature_dim=8, noise_dim=4, dense_units=8, dropout=0.0),
         data=DataConfig(num_objects=96, cutout_size=24, validation_fraction=0.25,
                         export_check_objects=48, export_calibration_objects=16),
-        training=TrainingConfig(batch_size=16, encoder_epochs=2, gan_epochs=2, fusion_epochs=2,
-                                image_epochs=2, early_stopping_patience=2),
+        training=TrainingConfig(batch_size=16, encoder_epochs=2, gan_epochs=2,
+                                diffusion_epochs=2, fusion_epochs=2, image_epochs=2,
+                                early_stopping_patience=2),
     ),
 }
 

@@ -605,7 +605,10 @@ def _model_card(folder, config, metadata, results):
         f"* Trained on: {trained_on}.",
         "* Inside: asinh scaling" + (", aperture photometry (colours, r, concentration)"
                                      if config.model.photometry else "")
-        + ", the GAN generator (zero noise) and the fusion classifier"
+        + (f", the diffusion generator ({config.model.diffusion_steps} deterministic DDIM "
+           "steps from x_T = 0)" if config.model.generator == "diffusion"
+           else ", the GAN generator (zero noise)")
+        + f" and the fusion classifier, on the `{config.model.trunk}` image trunk"
         + (f" (both CNNs see the central {config.model.trunk_size} pixels)"
            if config.model.trunk_size not in (None, config.model.image_size) else "") + ".",
         "* Made by: `starqso fit` (config in the run folder's `config.yaml`), then "

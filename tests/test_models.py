@@ -153,7 +153,11 @@ def test_gan_trains_one_epoch_and_reloads(tmp_path):
 def test_gan_with_distillation_teacher_trains_under_two_replica_mirrored_strategy():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     assert len(devices) == 2, "conftest should configure two logical CPUs"
-    strategy = tf.distribute.MirroredStrategy(devices)
+    # ReductionToOneDevice, not the default collectives: collective ops of one 2-replica
+    # MirroredStrategy leave state behind (instance keys bound to the first model's
+    # gradient shapes) that breaks any later one in the same pytest process.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         teacher = keras.layers.Dense(1, activation="sigmoid", name="p_qso")

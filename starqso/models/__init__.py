@@ -2,7 +2,11 @@
 
 * :class:`SpectrumEncoder` / :class:`SpectrumClassifier`: spectrum -> 128-d vector -> p(QSO).
 * :class:`FeatureGenerator`, :class:`FeatureDiscriminator`, :class:`ConditionalGAN`: image ->
-  generated spectral vector.
+  generated spectral vector; :class:`FeatureDenoiser`, :class:`ConditionalDiffusion` and the
+  sampler :class:`DiffusionGenerator`: the same by conditional diffusion
+  (``model.generator: diffusion``).
+* :class:`RelativeSelfAttention` and :func:`~starqso.models.trunks.image_trunk_features`: the
+  image trunks (``model.trunk``).
 * :class:`FusionClassifier`: image + vector -> p(QSO); :class:`ImageClassifier`: the
   image-only baseline with the same trunk.
 * :class:`StarQSOClassifier`: raw cutout -> p(QSO), scaling, photometry and generator inside.
@@ -18,21 +22,27 @@ load with ``keras.saving.load_model`` after ``import starqso.models``.
 
 from starqso.models.calibration import CalibratedClassifier, TemperatureScaling
 from starqso.models.classifiers import FusionClassifier, ImageClassifier, StarQSOClassifier
+from starqso.models.diffusion import ConditionalDiffusion, DiffusionGenerator, FeatureDenoiser
 from starqso.models.finetune import FineTuner
 from starqso.models.gan import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
 from starqso.models.layers import AperturePhotometry, CutoutScaling, ZeroNoise
 from starqso.models.spectrum import SpectrumClassifier, SpectrumEncoder
+from starqso.models.trunks import RelativeSelfAttention
 
 __all__ = [
     "AperturePhotometry",
     "CalibratedClassifier",
+    "ConditionalDiffusion",
     "ConditionalGAN",
     "CutoutScaling",
+    "DiffusionGenerator",
+    "FeatureDenoiser",
     "FeatureDiscriminator",
     "FeatureGenerator",
     "FineTuner",
     "FusionClassifier",
     "ImageClassifier",
+    "RelativeSelfAttention",
     "SpectrumClassifier",
     "SpectrumEncoder",
     "StarQSOClassifier",

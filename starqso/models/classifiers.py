@@ -10,10 +10,10 @@ from starqso.models.blocks import (
     BinaryClassifierDefaults,
     ConstructorConfig,
     deserialize_submodel,
-    image_trunk,
     photometry_branch,
 )
 from starqso.models.layers import PACKAGE, AperturePhotometry, CutoutScaling, ZeroNoise
+from starqso.models.trunks import image_trunk_features
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -25,23 +25,25 @@ class ImageClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
         filters: image-trunk widths.
         dense_units: embedding width.
         dropout: dropout rate.
+        trunk: the image trunk, one of :data:`starqso.config.TRUNKS`.
 
     Example:
         >>> model = ImageClassifier(16, filters=(4, 8), dense_units=8)
     """
 
-    CONFIG_KEYS = ("image_size", "filters", "dense_units", "dropout")
+    CONFIG_KEYS = ("image_size", "filters", "dense_units", "dropout", "trunk")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), dense_units=128, dropout=0.2,
-                 **kwargs):
+                 trunk="cnn", **kwargs):
         image = keras.Input((image_size, image_size, 5), name="image")
-        x = image_trunk(image, filters, dense_units, dropout, name="trunk")
+        x = image_trunk_features(image, trunk, filters, dense_units, dropout, name="trunk")
         probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
         super().__init__(inputs={"image": image}, outputs=probability, **kwargs)
         self.image_size = int(image_size)
         self.filters = tuple(int(f) for f in filters)
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
+        self.trunk = str(trunk)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -60,20 +62,21 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
         dropout: dropout rate.
         photometry_dim: length of an extra ``"photometry"`` input (standardised aperture
             photometry), fed through a dense branch; 0 (the paper's fusion) for none.
+        trunk: the image trunk, one of :data:`starqso.config.TRUNKS`.
 
     Example:
         >>> fusion = FusionClassifier(16, filters=(4, 8), feature_dim=8, photometry_dim=6)
     """
 
     CONFIG_KEYS = ("image_size", "filters", "feature_dim", "dense_units", "dropout",
-                   "photometry_dim")
+                   "photometry_dim", "trunk")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, dense_units=128,
-                 dropout=0.2, photometry_dim=0, **kwargs):
+                 dropout=0.2, photometry_dim=0, trunk="cnn", **kwargs):
         image = keras.Input((image_size, image_size, 5), name="image")
         features = keras.Input((feature_dim,), name="features")
         inputs = {"image": image, "features": features}
-        x = image_trunk(image, filters, dense_units, dropout, name="trunk")
+        x = image_trunk_features(image, trunk, filters, dense_units, dropout, name="trunk")
         branches = [x, layers.Dense(dense_units, activation="relu",
                                     name="features_dense")(features)]
         if photometry_dim:
@@ -91,6 +94,7 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
         self.photometry_dim = int(photometry_dim)
+        self.trunk = str(trunk)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

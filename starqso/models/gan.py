@@ -23,6 +23,7 @@ from starqso.models.blocks import (
     photometry_branch,
 )
 from starqso.models.layers import PACKAGE
+from starqso.models.trunks import image_trunk_features
 
 
 def unscale(loss):
@@ -46,20 +47,21 @@ class FeatureGenerator(ConstructorConfig, keras.Model):
         photometry_dim: length of an extra ``"photometry"`` input (the standardised output of
             :class:`AperturePhotometry`), fed through a dense branch beside the trunk;
             0 (the paper's generator) for none.
+        trunk: the image trunk, one of :data:`starqso.config.TRUNKS`.
 
     Example:
         >>> generator = FeatureGenerator(16, filters=(4, 8), feature_dim=8, noise_dim=4)
     """
 
     CONFIG_KEYS = ("image_size", "filters", "feature_dim", "noise_dim", "dense_units", "dropout",
-                   "photometry_dim")
+                   "photometry_dim", "trunk")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, noise_dim=16,
-                 dense_units=128, dropout=0.2, photometry_dim=0, **kwargs):
+                 dense_units=128, dropout=0.2, photometry_dim=0, trunk="cnn", **kwargs):
         image = keras.Input((image_size, image_size, 5), name="image")
         noise = keras.Input((noise_dim,), name="noise")
         inputs = {"image": image, "noise": noise}
-        x = image_trunk(image, filters, dense_units, dropout, name="trunk")
+        x = image_trunk_features(image, trunk, filters, dense_units, dropout, name="trunk")
         branches = [x, noise]
         if photometry_dim:
             inputs["photometry"] = keras.Input((photometry_dim,), name="photometry")
@@ -76,6 +78,7 @@ class FeatureGenerator(ConstructorConfig, keras.Model):
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
         self.photometry_dim = int(photometry_dim)
+        self.trunk = str(trunk)
 
     def generator_inputs(self, inputs, noise):
         """The generator's input dict from a batch's inputs (image [+ photometry]) and noise."""

@@ -70,7 +70,8 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
         strict: fail on any catalogue row that would be flagged; otherwise unusable rows
             are left out and every flagged row is listed in ``out_dir/data_flags.csv``.
         stages: the :class:`~starqso.training.stages.Stage` objects to run, in order
-            (default: encoder, GAN, fusion, image-only).
+            (default: encoder, GAN or diffusion generator (``model.generator``), fusion,
+            image-only).
         reuse: ``{stage name: run folder}``: take these completed stages from another run
             folder of the same data and split instead of training them (a variant of the
             later stages on the same encoder, say).
@@ -90,8 +91,8 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
 
     folder = RunFolder(out_dir)
     out = folder.root
-    stages = default_stages() if stages is None else list(stages)
-    known = [*STAGES, *(stage.name for stage in stages)]
+    stages = None if stages is None else list(stages)
+    known = [*STAGES, *(stage.name for stage in stages or ())]
     if arrays is not None and data is not None:
         raise InputError(f"fit takes --data or in-memory arrays, not both. Received: "
                          f"data={data}")
@@ -105,6 +106,7 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
                              f"--config/--preset or start a new --out. Received: a different "
                              f"configuration")
         config = saved
+        stages = default_stages(config) if stages is None else list(stages)
         # The models of completed stages are checked before TensorFlow starts.
         completed = folder.completed_stages(known)
         folder.check_models(name for stage in stages if stage.name in completed
@@ -114,6 +116,7 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
             raise InputError(f"{out} already holds a run; pass --resume to continue it or "
                              f"choose another --out. Received: out={out}")
         config = config or PRESETS["base"]
+        stages = default_stages(config) if stages is None else list(stages)
     # The data a run trains on is part of it: --resume must not silently switch to demo data.
     given = str(pathlib.Path(data).resolve()) if data is not None else None
     recorded, saved_data = folder.data_source() if resume else (False, None)

@@ -2,7 +2,9 @@
 
 1. :class:`EncoderStage`: :class:`SpectrumClassifier` (encoder + head) on objects with a spectrum.
 2. :class:`GANStage`: :class:`ConditionalGAN` learns the frozen encoder's vectors from images
-   (and the aperture photometry measured from them, with ``model.photometry``).
+   (and the aperture photometry measured from them, with ``model.photometry``); or, with
+   ``model.generator: diffusion``, :class:`DiffusionStage`: a conditional diffusion model
+   (:class:`ConditionalDiffusion`) learns them, sampled in a few deterministic DDIM steps.
 3. :class:`FusionStage`: :class:`FusionClassifier` on image + generated vector (+ photometry),
    for every labelled object, and the deployable :class:`StarQSOClassifier`. Its ``features``
    option trains the benchmark variants on the real spectral vector or on photometry instead.
@@ -22,7 +24,8 @@ has the same five methods:
 
 Data flows one way: the :class:`StageContext` holds the NumPy arrays (raw objects, the fitted
 :class:`~starqso.training.inputs.ModelInputs`, and what earlier stages provided); stages turn
-them into ``tf.data`` datasets and models, and never read files.
+them into ``tf.data`` datasets and models, and read no files but one: a user's trunk weights
+(``model.trunk_weights``), loaded into each fresh keras.applications trunk in ``build``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,15 @@ def discriminator_filters(model_config):
     generator.
     """
     return tuple(max(4, width // 2) for width in model_config.image_filters)
+
+
+def with_trunk_weights(model, model_config):
+    """``model`` with the user's ``model.trunk_weights`` loaded into its trunk, if any."""
+    if model_config.trunk_weights is not None:
+        from starqso.models.trunks import load_trunk_weights
+
+        load_trunk_weights(model, model_config.trunk_weights)
+    return model
 
 
 def generate_vectors(generator, inputs, index, *, zero_noise=False, rng=None):
@@ -238,7 +250,9 @@ class GANStage(Stage):
         generator = FeatureGenerator(trunk_side(model_config), model_config.image_filters,
                                      model_config.feature_dim, model_config.noise_dim,
                                      model_config.dense_units, model_config.dropout,
-                                     context.inputs.photometry_dim, name="generator")
+                                     context.inputs.photometry_dim, trunk=model_config.trunk,
+                                     name="generator")
+        with_trunk_weights(generator, model_config)
         discriminator = FeatureDiscriminator(
             trunk_side(model_config), discriminator_filters(model_config),
             model_config.feature_dim, model_config.dense_units, model_config.dropout,
@@ -278,6 +292,40 @@ class GANStage(Stage):
 
     def provide(self, context, outputs):
         context.products["generator"] = outputs["generator.keras"]
+
+
+class DiffusionStage(GANStage):
+    """The diffusion generator: image (+ photometry) -> the frozen encoder's vector.
+
+    The alternative to the GAN (``model.generator: diffusion``): a denoiser (an MLP over the
+    noisy vector, conditioned on the image trunk and the photometry) trained to predict the
+    noise, and a sampler of ``model.diffusion_steps`` deterministic DDIM steps, unrolled in the
+    graph, which takes the GAN generator's place everywhere (the fusion stage, the deployable
+    model, export). Trains for ``training.diffusion_epochs`` at ``training.learning_rate``.
+    """
+
+    name = "diffusion"
+    files = ("generator.keras", "denoiser.keras")
+    monitor = "val_reconstruction"
+    epoch_key = "denoising_loss"
+
+    def build(self, context):
+        from starqso.models.diffusion import ConditionalDiffusion, FeatureDenoiser
+
+        model_config, training = context.config.model, context.config.training
+        denoiser = FeatureDenoiser(trunk_side(model_config), model_config.image_filters,
+                                   model_config.feature_dim, model_config.dense_units,
+                                   model_config.dropout, context.inputs.photometry_dim,
+                                   trunk=model_config.trunk, name="denoiser")
+        with_trunk_weights(denoiser, model_config)
+        diffusion = ConditionalDiffusion(denoiser, model_config.diffusion_steps,
+                                         seed=training.seed, name="conditional_diffusion")
+        diffusion.compile(learning_rate=training.learning_rate)
+        diffusion.build_optimizers()  # as the GAN's, before the first distributed step
+        return diffusion
+
+    def outputs(self, context, model):
+        return {"generator.keras": model.generator, "denoiser.keras": model.denoiser}
 
 
 class FusionStage(Stage):
@@ -344,8 +392,9 @@ class FusionStage(Stage):
         model = FusionClassifier(
             trunk_side(model_config), model_config.image_filters,
             self.inputs["features"].shape[1], model_config.dense_units, model_config.dropout,
-            context.inputs.photometry_dim if generated else 0,
+            context.inputs.photometry_dim if generated else 0, trunk=model_config.trunk,
             name="fusion_classifier" if generated else self.name)
+        with_trunk_weights(model, model_config)
         model.compile(learning_rate=context.config.training.learning_rate)
         return model
 
@@ -380,18 +429,43 @@ class FusionStage(Stage):
 
 
 class ImageStage(Stage):
-    """The image-only baseline: the same trunk as the fusion classifier, no vector."""
+    """The image-only baseline: the same trunk as the fusion classifier, no vector.
+
+    Args:
+        trunk: another image trunk (:data:`starqso.config.TRUNKS`) than the run's
+            ``model.trunk``, as a variant stage ``image_TRUNK`` writing
+            ``image_classifier_TRUNK.keras`` (how the paper table compares trunks on one run's
+            split); None for the run's own.
+    """
 
     name = "image"
     files = ("image_classifier.keras",)
+
+    def __init__(self, trunk=None):
+        from starqso.config import TRUNKS
+
+        if trunk is not None and trunk not in TRUNKS:
+            raise ValueError(f"trunk must be one of {', '.join(TRUNKS)} or None. Received: "
+                             f"trunk={trunk!r}")
+        self.trunk = trunk
+        if trunk is not None:
+            self.name = f"image_{trunk}"
+            self.files = (f"image_classifier_{trunk}.keras",)
+
+    def epochs(self, training):
+        return training.image_epochs
 
     def build(self, context):
         from starqso.models import ImageClassifier
 
         model_config = context.config.model
+        trunk = self.trunk or model_config.trunk
         model = ImageClassifier(trunk_side(model_config), model_config.image_filters,
                                 model_config.dense_units, model_config.dropout,
-                                name="image_classifier")
+                                trunk=trunk, name=self.name.replace("image", "image_classifier",
+                                                                    1))
+        if trunk == model_config.trunk:
+            with_trunk_weights(model, model_config)
         model.compile(learning_rate=context.config.training.learning_rate)
         return model
 
@@ -408,13 +482,25 @@ class ImageStage(Stage):
         return summary_metrics(context.labels[index], probabilities)
 
     def provide(self, context, outputs):
-        context.products["image_classifier"] = outputs[self.files[0]]
+        context.products[self.name.replace("image", "image_classifier", 1)] = outputs[
+            self.files[0]]
 
 
-#: The stages ``starqso fit`` runs, in order.
-STAGES = ("encoder", "gan", "fusion", "image")
+#: The stages ``starqso fit`` runs, in order (the generator stage is "gan" or "diffusion").
+STAGES = ("encoder", "gan", "diffusion", "fusion", "image")
 
 
-def default_stages() -> list[Stage]:
-    """The method's stages in order: encoder, GAN, fusion (+ deployable), image-only."""
-    return [EncoderStage(), GANStage(), FusionStage(), ImageStage()]
+def default_stages(config=None) -> list[Stage]:
+    """The method's stages in order: encoder, generator, fusion (+ deployable), image-only.
+
+    Args:
+        config: the run's :class:`~starqso.config.RunConfig`; its ``model.generator`` picks
+            the GAN (the default) or the diffusion generator stage.
+
+    Example:
+        >>> [stage.name for stage in default_stages()]
+        ['encoder', 'gan', 'fusion', 'image']
+    """
+    diffusion = config is not None and config.model.generator == "diffusion"
+    return [EncoderStage(), DiffusionStage() if diffusion else GANStage(), FusionStage(),
+            ImageStage()]

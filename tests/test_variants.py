@@ -1,0 +1,194 @@
+"""The method's variants end to end: the diffusion generator and the other image trunks train
+with ``fit`` (also under MirroredStrategy), resume, export (fp32/int8 with the agreement check)
+and predict, with tiny configs."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+import starqso.models  # noqa: F401 - registers the model classes for loading
+from starqso.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VARIANT_YAML = "preset: tiny\nmodel:\n  generator: diffusion\n  trunk: hybrid\n"
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    from starqso.simulate import simulate_survey
+
+    return simulate_survey(tmp_path_factory.mktemp("survey") / "sim", 12, seed=5, size=24,
+                           workers=1).catalog
+
+
+@pytest.fixture(scope="module")
+def variant_run(tmp_path_factory):
+    """The diffusion generator on the hybrid trunk, trained and exported by ``starqso fit``."""
+    folder = tmp_path_factory.mktemp("variant")
+    (folder / "variant.yaml").write_text(VARIANT_YAML)
+    # Its own process, as a user runs it: MirroredStrategy's collectives leave state behind
+    # that breaks later strategies of this pytest process (see tests/test_models.py).
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(folder / "variant.yaml"),
+         "--strategy", "mirrored", "--out", str(folder / "run")], capture_output=True,
+        text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return folder / "run", result.stdout
+
+
+def test_hybrid_trunk_classifier_trains_under_a_two_replica_mirrored_strategy():
+    from starqso.models import ImageClassifier
+
+    # Two replicas on conftest's two logical CPUs.
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    # ReductionToOneDevice, not the default collectives: collective ops of one 2-replica
+    # MirroredStrategy leave state behind (instance keys bound to the first model's
+    # gradient shapes) that breaks any later one in the same pytest process.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    assert strategy.num_replicas_in_sync == 2
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (8, 16, 16, 5)).astype("float32")
+    labels = rng.integers(0, 2, (8, 1)).astype("float32")
+    with strategy.scope():
+        model = ImageClassifier(16, (8, 16), 8, 0.0, trunk="hybrid")
+        model.compile(learning_rate=1e-3)
+    before = [w.copy() for w in model.get_weights()]
+    dataset = tf.data.Dataset.from_tensor_slices(({"image": images}, labels)).batch(8)
+    history = model.fit(dataset, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_fit_trains_the_diffusion_stage_on_the_hybrid_trunk(variant_run):
+    run, output = variant_run
+    for stage in ("encoder", "diffusion", "fusion", "image"):
+        assert f"[{stage}]" in output
+    assert "[gan]" not in output
+    assert json.loads((run / "state.json").read_text())["completed"] == [
+        "encoder", "diffusion", "fusion", "image"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(metrics["diffusion"]["reconstruction_mse"])
+    deployable = keras.saving.load_model(run / "starqso_classifier.keras", safe_mode=True)
+    from starqso.models.diffusion import DiffusionGenerator
+
+    assert isinstance(deployable.generator, DiffusionGenerator)
+    assert deployable.generator.trunk == "hybrid" and deployable.fusion.trunk == "hybrid"
+    assert any("relative_self_attention" in layer.name or "attention" in layer.name
+               for layer in deployable.fusion._flatten_layers())
+    card = (run / "export" / "model_card.md").read_text()
+    assert "diffusion generator" in card and "`hybrid` image trunk" in card
+
+
+def test_the_variant_exports_with_the_agreement_check_and_predicts(variant_run, survey,
+                                                                   tmp_path):
+    run, _ = variant_run
+    checks = json.loads((run / "export" / "export_check.json").read_text())
+    assert checks["model_fp32.tflite"]["max_abs_diff"] < 1e-4
+    assert checks["model_int8.tflite"]["label_agreement"] >= 0.9
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops = {op["op_name"] for op in Interpreter(
+        model_path=str(run / "export" / "model_int8.tflite"))._get_ops_details()}
+    assert not any("Flex" in name for name in ops) and "BATCH_MATMUL" in ops
+    for runtime in ("keras", "litert"):
+        out = tmp_path / f"{runtime}.csv"
+        result = CliRunner().invoke(main, ["predict", str(survey), "--model",
+                                           str(run / "export"), "--runtime", runtime,
+                                           "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        with open(out, newline="") as stream:
+            rows = list(csv.DictReader(stream))
+        assert len(rows) == 12
+        p_qso = np.array([float(row["p_qso"]) for row in rows])
+        assert np.all((p_qso >= 0) & (p_qso <= 1))
+
+
+# The encoder and diffusion stages alone (no fusion, image or export): the stage being
+# resumed is what this checks, and the rest would only add a minute to the test run.
+RESUMED_FIT = """
+import sys
+from starqso.config import config_from_dict
+from starqso.training import fit_run
+from starqso.training.stages import default_stages
+
+config = config_from_dict({"preset": "tiny", "model": {"generator": "diffusion"},
+                           "training": {"diffusion_epochs": 4,
+                                        "early_stopping_patience": 4}})
+resume = sys.argv[2] == "resume"
+fit_run(sys.argv[1], None if resume else config, resume=resume, export=False,
+        stages=default_stages(config)[:2])
+"""
+
+
+def test_a_killed_diffusion_stage_resumes_from_its_last_epoch(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", RESUMED_FIT, str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(command + ["new"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "backup" / "diffusion" / "training_metadata.json").exists():
+        assert process.poll() is None, "fit ended before it could be interrupted"
+        assert time.time() < deadline, "the diffusion stage never started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads((out / "state.json").read_text())["completed"] == ["encoder"]
+    resumed = subprocess.run(command + ["resume"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    epochs = [line for line in resumed.stdout.splitlines() if line.startswith("Epoch ")]
+    # The encoder is not retrained and the diffusion stage continues after its checkpoint.
+    assert epochs and epochs[0] != "Epoch 1/4", epochs[:3]
+    assert "[encoder]" not in resumed.stdout and "[diffusion]" in resumed.stdout
+    assert json.loads((out / "state.json").read_text())["completed"] == [
+        "encoder", "diffusion"]
+    assert (out / "generator.keras").is_file() and (out / "denoiser.keras").is_file()
+
+
+def test_an_image_stage_variant_trains_another_trunk_on_the_same_run(tmp_path):
+    from starqso.config import get_preset
+    from starqso.data.arrays import ObjectArrays
+    from starqso.training import EncoderStage, ImageStage, fit_run
+
+    config = get_preset("tiny")
+    arrays = ObjectArrays.from_simulation(config.data.num_objects, 0,
+                                          image_size=config.model.image_size,
+                                          cutout_size=config.data.cutout_size, workers=1)
+    lines = []
+    metrics = fit_run(tmp_path / "run", config, arrays=arrays, export=False, log=lines.append,
+                      stages=[EncoderStage(), ImageStage("hybrid")])
+    assert "image_hybrid" in metrics and 0 <= metrics["image_hybrid"]["accuracy"] <= 1
+    model = keras.saving.load_model(tmp_path / "run" / "image_classifier_hybrid.keras",
+                                    safe_mode=True)
+    assert model.trunk == "hybrid" and model.name == "image_classifier_hybrid"
+    with pytest.raises(ValueError, match="trunk must be one of"):
+        ImageStage("resnet18")
+
+
+def test_trunk_weights_are_loaded_before_training(tmp_path):
+    """``model.trunk_weights``: a user's file goes into every keras.applications trunk."""
+    from starqso.config import config_from_dict
+    from starqso.errors import InputError
+    from starqso.training.stages import with_trunk_weights
+
+    config = config_from_dict({"preset": "tiny", "model": {
+        "trunk": "efficientnetb0", "trunk_weights": str(tmp_path / "missing.weights.h5")}})
+    from starqso.models import ImageClassifier
+
+    model = ImageClassifier(24, (4, 8), 8, 0.0, trunk="efficientnetb0")
+    with pytest.raises(InputError, match="missing.weights.h5"):
+        with_trunk_weights(model, config.model)
