@@ -192,3 +192,55 @@ def test_trunk_weights_are_loaded_before_training(tmp_path):
     model = ImageClassifier(24, (4, 8), 8, 0.0, trunk="efficientnetb0")
     with pytest.raises(InputError, match="missing.weights.h5"):
         with_trunk_weights(model, config.model)
+
+
+def test_finetuning_a_hybrid_model_trains_its_whole_trunk_as_one_block():
+    from starqso.models import (
+        CutoutScaling,
+        FeatureGenerator,
+        FineTuner,
+        FusionClassifier,
+        StarQSOClassifier,
+    )
+    from starqso.models.finetune import trainable_blocks
+
+    classifier = StarQSOClassifier(
+        CutoutScaling([0.03] * 5, [0.0] * 5, [1.0] * 5),
+        FeatureGenerator(16, (4, 8), 8, 4, 8, 0.0, trunk="hybrid"),
+        FusionClassifier(16, (4, 8), 8, 8, 0.0, trunk="hybrid"))
+    blocks = trainable_blocks(classifier)
+    assert len(blocks) == 3
+    attention = [layer for layer in blocks[1] if "attention" in layer.name]
+    assert attention, [layer.name for layer in blocks[1]]
+    tuner = FineTuner(classifier, train_depth=1)
+    assert all(layer.trainable for layer in blocks[1])
+    assert not any(layer.trainable for layer in classifier.generator.layers if layer.weights)
+    assert len(tuner.blocks) == 2
+    with pytest.raises(ValueError, match="from 1 to 1"):
+        FineTuner(classifier, train_depth=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trunk", ["efficientnetb0", "resnet50", "densenet121", "vgg16",
+                                   "xception"])
+def test_a_keras_applications_trunk_fits_exports_and_predicts(trunk, survey, tmp_path):
+    """Each ImageNet architecture through the whole method (one epoch per stage)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"preset: tiny\nmodel:\n  trunk: {trunk}\ntraining:\n"
+                      "  encoder_epochs: 1\n  gan_epochs: 1\n  fusion_epochs: 1\n"
+                      "  image_epochs: 1\n")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", "--config", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    checks = json.loads((run / "export" / "export_check.json").read_text())
+    assert checks["model_fp32.tflite"]["max_abs_diff"] < 1e-3
+    assert checks["model_int8.tflite"]["label_agreement"] >= 0.8
+    deployable = keras.saving.load_model(run / "starqso_classifier.keras", safe_mode=True)
+    assert deployable.fusion.trunk == trunk
+    assert deployable.fusion.get_layer(f"trunk_{trunk}") is not None
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(main, ["predict", str(survey), "--model", str(run / "export"),
+                                       "--runtime", "litert", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as stream:
+        assert len(list(csv.DictReader(stream))) == 12

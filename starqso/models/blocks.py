@@ -98,6 +98,18 @@ class ConstructorConfig:
         return cls(**config)
 
 
+class GeneratorInputs:
+    """Mixin of the spectral-vector generators (GAN generator, diffusion sampler): how a batch
+    and the noise become the generator's input dict. Needs ``photometry_dim``."""
+
+    def generator_inputs(self, inputs, noise):
+        """The generator's input dict from a batch's inputs (image [+ photometry]) and noise."""
+        selected = {"image": inputs["image"], "noise": noise}
+        if self.photometry_dim:
+            selected["photometry"] = inputs["photometry"]
+        return selected
+
+
 class BinaryClassifierDefaults:
     """Mixin: the compile defaults of every p(QSO) classifier, owned by the model class.
 

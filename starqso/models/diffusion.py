@@ -27,7 +27,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from starqso.models.blocks import ConstructorConfig, deserialize_submodel, photometry_branch
+from starqso.models.blocks import (
+    ConstructorConfig,
+    GeneratorInputs,
+    deserialize_submodel,
+    photometry_branch,
+)
 from starqso.models.gan import unscale
 from starqso.models.layers import PACKAGE
 from starqso.models.trunks import image_trunk_features
@@ -390,7 +395,7 @@ class FeatureDenoiser(ConstructorConfig, keras.Model):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class DiffusionGenerator(ConstructorConfig, keras.Model):
+class DiffusionGenerator(GeneratorInputs, ConstructorConfig, keras.Model):
     """(image[, photometry], noise) -> spectral vector, by ``steps`` deterministic DDIM steps.
 
     The same interface as :class:`~starqso.models.FeatureGenerator`: inputs ``{"image",
@@ -447,13 +452,6 @@ class DiffusionGenerator(ConstructorConfig, keras.Model):
         self.feature_dim = feature_dim
         self.noise_dim = feature_dim
         self.trunk = denoiser.trunk
-
-    def generator_inputs(self, inputs, noise):
-        """The generator's input dict from a batch's inputs (image [+ photometry]) and noise."""
-        selected = {"image": inputs["image"], "noise": noise}
-        if self.photometry_dim:
-            selected["photometry"] = inputs["photometry"]
-        return selected
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -34,9 +34,15 @@ def trainable_blocks(classifier) -> list[list]:
 
     Returns:
         list of lists of layers: ``[head, last trunk stage (+ embedding), ..., first trunk
-        stage, generator layers]``.
+        stage, generator layers]``. A trunk other than the small CNN (``model.trunk``) is one
+        block: ``[head, trunk, generator layers]``.
     """
     fusion = classifier.fusion
+    if getattr(fusion, "trunk", "cnn") != "cnn":
+        trunk = [layer for layer in fusion.layers
+                 if layer.weights and layer.name not in HEAD_LAYERS]
+        return [[layer for layer in fusion.layers if layer.name in HEAD_LAYERS], trunk,
+                [layer for layer in classifier.generator.layers if layer.weights]]
     stages = len(fusion.filters)
     blocks = [[] for _ in range(stages + 2)]
     for layer in fusion.layers:

@@ -18,6 +18,7 @@ from keras import layers, ops
 
 from starqso.models.blocks import (
     ConstructorConfig,
+    GeneratorInputs,
     deserialize_submodel,
     image_trunk,
     photometry_branch,
@@ -34,7 +35,7 @@ def unscale(loss):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FeatureGenerator(ConstructorConfig, keras.Model):
+class FeatureGenerator(GeneratorInputs, ConstructorConfig, keras.Model):
     """(image, noise) -> generated spectral feature vector.
 
     Args:
@@ -79,13 +80,6 @@ class FeatureGenerator(ConstructorConfig, keras.Model):
         self.dropout = float(dropout)
         self.photometry_dim = int(photometry_dim)
         self.trunk = str(trunk)
-
-    def generator_inputs(self, inputs, noise):
-        """The generator's input dict from a batch's inputs (image [+ photometry]) and noise."""
-        selected = {"image": inputs["image"], "noise": noise}
-        if self.photometry_dim:
-            selected["photometry"] = inputs["photometry"]
-        return selected
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
