@@ -312,6 +312,11 @@ def _check_run(config: RunConfig) -> None:
         raise InputError(
             f"model.trunk_size must be <= model.image_size ({model.image_size}) and differ from "
             f"it by an even number of pixels (a centred crop). Received: {model.trunk_size}")
+    if model.trunk_weights is not None and model.trunk in ("cnn", "hybrid"):
+        raise InputError(
+            f"model.trunk_weights loads a keras.applications trunk (model.trunk one of "
+            f"{', '.join(t for t in TRUNKS if t not in ('cnn', 'hybrid'))}); model.trunk is "
+            f"{model.trunk}. Received: {model.trunk_weights!r}")
     if data.cutout_size < model.image_size:
         raise InputError(
             f"data.cutout_size must be >= model.image_size ({model.image_size}) because cutouts "

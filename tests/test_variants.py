@@ -244,3 +244,18 @@ def test_a_keras_applications_trunk_fits_exports_and_predicts(trunk, survey, tmp
     assert result.exit_code == 0, result.output
     with open(out, newline="") as stream:
         assert len(list(csv.DictReader(stream))) == 12
+
+
+def test_trunk_weights_errors_come_before_training(tmp_path):
+    from starqso.config import config_from_dict
+    from starqso.errors import InputError
+
+    with pytest.raises(InputError, match="model.trunk_weights loads a keras.applications"):
+        config_from_dict({"model": {"trunk_weights": "w.h5"}})
+    (tmp_path / "run.yaml").write_text(
+        "preset: tiny\nmodel:\n  trunk: resnet50\n  trunk_weights: nowhere.weights.h5\n")
+    result = CliRunner().invoke(main, ["fit", "--config", str(tmp_path / "run.yaml"),
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "nowhere.weights.h5 (no such file)" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()

@@ -126,6 +126,10 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
                              f"--data {data}, but the run used "
                              f"{saved_data or 'simulated demo data'}")
         data = saved_data
+    weights = config.model.trunk_weights
+    if weights is not None and not pathlib.Path(weights).is_file():
+        raise InputError(f"model.trunk_weights must be a weights file. Received: {weights} "
+                         f"(no such file)")
     began = time.perf_counter()
     # The data first: a bad catalogue stops the run before it leaves a folder behind.
     if arrays is None:
