@@ -448,9 +448,11 @@ class ImageStage(Stage):
             raise ValueError(f"trunk must be one of {', '.join(TRUNKS)} or None. Received: "
                              f"trunk={trunk!r}")
         self.trunk = trunk
+        # the model's name, also its key in the context's products
+        self.model_name = "image_classifier" if trunk is None else f"image_classifier_{trunk}"
         if trunk is not None:
             self.name = f"image_{trunk}"
-            self.files = (f"image_classifier_{trunk}.keras",)
+            self.files = (f"{self.model_name}.keras",)
 
     def epochs(self, training):
         return training.image_epochs
@@ -462,8 +464,7 @@ class ImageStage(Stage):
         trunk = self.trunk or model_config.trunk
         model = ImageClassifier(trunk_side(model_config), model_config.image_filters,
                                 model_config.dense_units, model_config.dropout,
-                                trunk=trunk, name=self.name.replace("image", "image_classifier",
-                                                                    1))
+                                trunk=trunk, name=self.model_name)
         if trunk == model_config.trunk:
             with_trunk_weights(model, model_config)
         model.compile(learning_rate=context.config.training.learning_rate)
@@ -482,8 +483,7 @@ class ImageStage(Stage):
         return summary_metrics(context.labels[index], probabilities)
 
     def provide(self, context, outputs):
-        context.products[self.name.replace("image", "image_classifier", 1)] = outputs[
-            self.files[0]]
+        context.products[self.model_name] = outputs[self.files[0]]
 
 
 #: The stages ``starqso fit`` runs, in order (the generator stage is "gan" or "diffusion").
