@@ -494,5 +494,131 @@ def evaluate(predictions, truth, out_dir, threshold, strict):
     click.echo(format_report(metrics))
 
 
+@main.command()
+@click.argument("catalog", type=click.Path())
+@click.option("--output", required=True, type=click.Path(dir_okay=False),
+              help="Embeddings table: .csv (with a side-car OUTPUT.json), .fits or .parquet.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Exported model folder [default: the pretrained model shipped with "
+                   "starqso].")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--prior", default=None, metavar="F|train",
+              help="QSO fraction of your sample for p_qso, as `predict --prior`.")
+@click.option("--id-column", default=None,
+              help="Id column of a Parquet, HATS, zarr-metadata or stack input [default: id, "
+                   "else source_id].")
+def embed(catalog, output, model_dir, batch_size, prior, id_column):
+    """Embed the cutouts of CATALOG (any input `predict` reads) for similarity and clusters.
+
+    Writes one row per input row, in input order: id, p_qso, label, flag, qflag (as
+    `predict`), outlier (distance to the 10th nearest training object over its typical value:
+    about 1 typical, larger unusual; empty for models exported without a reference) and the
+    embeddings: vector_000... (the generated 128-d spectral vector) and, for models with a
+    metric-learning head (fit with model.metric_loss), metric_00.... Rows that cannot be
+    classified have empty embeddings and say why in flag. Needs TensorFlow (the Keras model).
+    """
+    from starqso.embedding import embed_catalog
+
+    start = time.perf_counter()
+    with _native_stderr_filtered(), _LazyProgress(None, "embedding") as progress:
+        summary = embed_catalog(catalog, output, model_dir=model_dir, batch_size=batch_size,
+                                prior=prior, id_column=id_column, progress=progress,
+                                log=lambda line: click.echo(line, err=True),
+                                command=_command_line())
+    seconds = time.perf_counter() - start
+    spaces = ", ".join(f"{name} ({dim})" for name, dim in summary["spaces"].items())
+    click.echo(f"{summary['rows']} rows, {summary['embedded']} embedded, {summary['flagged']} "
+               f"flagged; spaces {spaces}; prior {summary['prior']}, "
+               f"{summary['rows'] / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--index", "index_path", required=True, type=click.Path(dir_okay=False),
+              help="Embeddings file written by `starqso embed`.")
+@click.option("-k", "k", default=20, show_default=True, type=int, help="Neighbours per query.")
+@click.option("--space", type=click.Choice(["vector", "metric"]), default=None,
+              help="Embedding to search [default: metric where the file has it, else vector].")
+@click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean",
+              show_default=True)
+@click.option("--method", type=click.Choice(["auto", "exact", "hnsw"]), default="auto",
+              show_default=True,
+              help="exact search, or an approximate faiss HNSW index (built once and kept "
+                   "beside the file); auto: exact below 200,000 rows.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Model that embeds a cutout QUERY (the one that wrote --index) [default: "
+                   "the shipped model].")
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="Also write the neighbours as CSV.")
+def similar(query, index_path, k, space, metric, method, model_dir, output):
+    """The objects most like QUERY: an id of --index, or cutouts (any input `predict` reads).
+
+    Prints, per query, its K nearest rows of the embeddings file, nearest first: rank, id,
+    distance, p_qso, label and outlier score.
+    """
+    from starqso.explore import find_similar, similar_csv_text
+
+    with _native_stderr_filtered():
+        results = find_similar(query, index_path, k=k, space=space, metric=metric,
+                               method=method, model_dir=model_dir,
+                               log=lambda line: click.echo(line, err=True))
+    if output is not None:
+        from starqso.atomic import write_text_atomically
+
+        write_text_atomically(output, similar_csv_text(results))
+    shown_query = None
+    for item in results:
+        if item["query"] != shown_query:
+            shown_query = item["query"]
+            click.echo(f"neighbours of {shown_query}:")
+            click.echo(f"{'rank':>4}  {'id':<24} {'distance':>9}  {'p_qso':>6}  label  outlier")
+        p_qso = f"{item['p_qso']:.3f}" if item["p_qso"] == item["p_qso"] else ""
+        outlier = f"{item['outlier']:.2f}" if item["outlier"] == item["outlier"] else ""
+        click.echo(f"{item['rank']:>4}  {item['id']:<24} {item['distance']:>9.4f}  "
+                   f"{p_qso:>6}  {item['label']:<5}  {outlier}")
+    if output is not None:
+        click.echo(f"-> {output}")
+
+
+@main.command()
+@click.argument("embeddings", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="clusters",
+              show_default=True, help="Folder for clusters.csv, summary.json and clusters.png "
+              "(replaced as a whole).")
+@click.option("--space", type=click.Choice(["vector", "metric"]), default=None,
+              help="Embedding to cluster [default: metric where the file has it, else vector].")
+@click.option("--clusters", "n_clusters", default="auto", show_default=True,
+              help="Number of clusters, or auto (best silhouette of 2-12).")
+@click.option("--bags", default=25, show_default=True, type=int,
+              help="k-means runs on bootstrap samples that vote.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def cluster(embeddings, out_dir, space, n_clusters, bags, seed):
+    """Cluster an embeddings file: PCA + bagged k-means voting, with a vote agreement per row.
+
+    Writes clusters.csv (id, cluster, agreement: the fraction of bags that agree with the
+    vote, label, p_qso, outlier), summary.json (sizes, QSO fraction per cluster, purity
+    against the model's labels) and clusters.png (the PCA projection coloured by cluster and
+    by label).
+    """
+    from starqso.explore import cluster_file
+
+    if n_clusters == "auto":
+        n_clusters = None
+    else:
+        try:
+            n_clusters = int(n_clusters)
+        except ValueError:
+            raise InputError(f"--clusters must be a whole number >= 2 or auto. Received: "
+                             f"{n_clusters}") from None
+    if bags < 1:
+        raise InputError(f"--bags must be at least 1. Received: {bags}")
+    summary = cluster_file(embeddings, out_dir, space=space, n_clusters=n_clusters,
+                           n_bags=bags, seed=seed, log=lambda line: click.echo(line, err=True))
+    click.echo(f"{summary['clustered']} of {summary['rows']} rows in {summary['clusters']} "
+               f"clusters (sizes {', '.join(map(str, summary['sizes']))}), mean vote "
+               f"agreement {summary['mean_agreement']:.3f}, purity vs the model's labels "
+               f"{summary['purity_vs_label']:.3f} -> {out_dir}")
+
+
 if __name__ == "__main__":  # python -m starqso.cli
     main()

@@ -42,7 +42,8 @@ from starqso.atomic import write_text_atomically
 from starqso.errors import InputError
 
 __all__ = [
-    "GENERATORS", "PHOTOMETRY_MIN_SIZE", "PRESETS", "TRUNKS", "DataConfig", "ModelConfig",
+    "GENERATORS", "METRIC_LOSSES", "PHOTOMETRY_MIN_SIZE", "PRESETS", "TRUNKS", "DataConfig",
+    "ModelConfig",
     "RunConfig", "TrainingConfig",
     "config_from_dict", "config_to_dict", "get_preset", "load_config", "save_config",
 ]
@@ -55,6 +56,9 @@ TRUNKS = ("cnn", "resnet50", "densenet121", "vgg16", "xception", "efficientnetb0
 #: Generators of the spectral vector (``model.generator``): the paper's conditional GAN, or a
 #: conditional diffusion model sampled in a few deterministic DDIM steps.
 GENERATORS = ("gan", "diffusion")
+# the metric-learning head's loss (model.metric_loss): none, or the two of
+# starqso.models.metric
+METRIC_LOSSES = ("none", "proxy_nca", "norm_softmax")
 
 # The photometry's 3" aperture (7.6 pixels) plus its 3-pixel sky border need 22 pixels.
 PHOTOMETRY_MIN_SIZE = 22
@@ -220,6 +224,11 @@ class ModelConfig:
     generator: str = setting("gan", choice(GENERATORS))  # GENERATORS
     # deterministic DDIM steps of the diffusion generator inside the deployed model
     diffusion_steps: int = setting(4, integer(minimum=1))
+    # a metric-learning head on the generated vector (+ photometry), trained on STAR and the
+    # QSO redshift bins (starqso.schema.FINE_CLASS_NAMES) with Proxy-NCA or Normalised-Softmax;
+    # exported inside the model for `starqso embed` (none: no head, the vector alone)
+    metric_loss: str = setting("none", choice(METRIC_LOSSES))
+    metric_dim: int = setting(32, integer(minimum=2))  # the head's unit-norm embedding
 
     def __post_init__(self) -> None:
         _check_fields(self, "model")
@@ -264,6 +273,7 @@ class TrainingConfig:
     diffusion_epochs: int = setting(10, integer(minimum=0))
     fusion_epochs: int = setting(10, integer(minimum=0))
     image_epochs: int = setting(10, integer(minimum=0))
+    metric_epochs: int = setting(10, integer(minimum=0))  # the metric-learning head's stage
     gan_learning_rate: float = setting(2e-4, number(minimum=0, open_min=True))
     # L2 pull of generated vectors to real ones
     gan_reconstruction_weight: float = setting(10.0, number(minimum=0))
@@ -346,7 +356,7 @@ PRESETS: dict[str, RunConfig] = {
                         export_check_objects=48, export_calibration_objects=16),
         training=TrainingConfig(batch_size=16, encoder_epochs=2, gan_epochs=2,
                                 diffusion_epochs=2, fusion_epochs=2, image_epochs=2,
-                                early_stopping_patience=2),
+                                metric_epochs=2, early_stopping_patience=2),
     ),
 }
 

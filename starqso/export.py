@@ -30,6 +30,9 @@ The export folder::
                                calibration (temperature, ECE before/after, threshold)
     selection_function.csv     completeness and purity vs r, completeness vs redshift, on the
                                validation split, with Wilson intervals
+    embedding_reference.npz    the embeddings (generated vector, and the metric head's when
+                               the run trained one) of up to 5,000 training objects: the
+                               reference of `starqso embed`'s outlier score
     model_card.md              what it was trained on, its metrics, its limits, the selection
                                function
 """
@@ -375,6 +378,15 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
     from starqso.models import CalibratedClassifier
 
     raw_model = load_keras_model(folder.deployable_path, checked=True)
+    if folder.metric_head_path.exists():
+        # The metric stage ran after the fusion stage wrote the deployable model: its head
+        # joins the model here (outside the p(QSO) graph, so the TFLite files are unchanged).
+        from starqso.models import StarQSOClassifier
+
+        raw_model = StarQSOClassifier(
+            raw_model.scaling, raw_model.generator, raw_model.fusion, raw_model.photometry,
+            raw_model.image_size, metric_head=load_keras_model(folder.metric_head_path),
+            name=raw_model.name)
     num_check = num_check or config.data.export_check_objects
     num_calibration = num_calibration or config.data.export_calibration_objects
     out = pathlib.Path(out_dir) if out_dir is not None else folder.export_dir
@@ -447,6 +459,14 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
             metadata["quality"] = quality
             results["quality"] = {key: quality[key] for key in ("r_range", "ood_threshold",
                                                                 "validation_ood_fraction")}
+        from starqso.embedding import EMBEDDING_REFERENCE, write_embedding_reference
+
+        reference_info = write_embedding_reference(
+            staging, raw_model.embedding_model(), objects["train"].images)
+        metadata["embedding"] = reference_info
+        metadata["sha256"][EMBEDDING_REFERENCE] = file_sha256(staging / EMBEDDING_REFERENCE)
+        log(f"{EMBEDDING_REFERENCE}: {reference_info['rows']} training objects, spaces "
+            f"{', '.join(reference_info['spaces'])}")
         write_json_atomically(staging / "export_check.json", results, sort_keys=False)
         write_json_atomically(staging / "metadata.json", metadata, sort_keys=False)
         from starqso.evaluation.metrics import selection_csv_text

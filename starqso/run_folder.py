@@ -59,6 +59,8 @@ class RunFolder:
     HISTORY = "history.json"
     STATE = "state.json"
     DEPLOYABLE = "starqso_classifier.keras"
+    # the metric stage's head (model.metric_loss), which the export puts inside the model
+    METRIC_HEAD = "metric_head.keras"
     EXPORT = "export"
     SPLITS = ("train", "validation", "test")
 
@@ -79,6 +81,10 @@ class RunFolder:
     @property
     def deployable_path(self) -> pathlib.Path:
         return self.root / self.DEPLOYABLE
+
+    @property
+    def metric_head_path(self) -> pathlib.Path:
+        return self.root / self.METRIC_HEAD
 
     @property
     def export_dir(self) -> pathlib.Path:

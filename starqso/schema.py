@@ -48,6 +48,38 @@ LABEL_CODES = {**{name: code for code, name in enumerate(CLASS_NAMES)}, "": UNKN
 # p(QSO) at or above which an object is called QSO, unless a model's metadata says otherwise.
 DEFAULT_THRESHOLD = 0.5
 
+# The finer classes the metric-learning head (model.metric_loss) learns and the embedding
+# benchmark scores: STAR, and QSOs in redshift bins split at these edges (a QSO's continuum,
+# lines and Lyman-alpha forest move through the ugriz bands with z, so each bin looks
+# different in the cutout). Codes are indices into FINE_CLASS_NAMES.
+QSO_REDSHIFT_EDGES = (1.0, 2.0, 3.0)
+FINE_CLASS_NAMES = ("STAR", "QSO z<1", "QSO 1<=z<2", "QSO 2<=z<3", "QSO z>=3")
+
+
+def fine_class_codes(labels, redshift):
+    """The fine class (index into :data:`FINE_CLASS_NAMES`) of each object; -1 where unknown.
+
+    Args:
+        labels: int ``(N,)`` STAR 0 / QSO 1 / unknown -1 (:data:`LABEL_CODES`).
+        redshift: float ``(N,)``; a QSO without a finite redshift is unknown (-1).
+
+    Returns:
+        int64 ``(N,)`` codes.
+
+    Example:
+        >>> fine_class_codes([0, 1, 1, -1], [0.0, 0.5, 3.4, 1.0]).tolist()
+        [0, 1, 4, -1]
+    """
+    import numpy as np
+
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    redshift = np.asarray(redshift, np.float64).reshape(-1)
+    codes = np.full(len(labels), UNKNOWN_LABEL, np.int64)
+    codes[labels == 0] = 0
+    qso = (labels == 1) & np.isfinite(redshift)
+    codes[qso] = 1 + np.searchsorted(QSO_REDSHIFT_EDGES, redshift[qso], side="right")
+    return codes
+
 # --- quality bits ------------------------------------------------------------------------------
 
 # The ``qflag`` column of every prediction output: a bitwise OR of these values (0 = no

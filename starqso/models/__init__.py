@@ -10,6 +10,9 @@
 * :class:`FusionClassifier`: image + vector -> p(QSO); :class:`ImageClassifier`: the
   image-only baseline with the same trunk.
 * :class:`StarQSOClassifier`: raw cutout -> p(QSO), scaling, photometry and generator inside.
+* :class:`MetricHead`, :class:`MetricLearner` (with :class:`ProxyLogits`,
+  :class:`ProxyNCALoss`): a metric-learning embedding of the generated vector
+  (``model.metric_loss``), for ``starqso embed`` / ``similar``.
 * :class:`CutoutScaling`, :class:`AperturePhotometry`: the in-graph preprocessing layers.
 * :class:`CalibratedClassifier`, :class:`TemperatureScaling`: temperature-scaled p(QSO), the
   model ``starqso export`` writes.
@@ -26,6 +29,7 @@ from starqso.models.diffusion import ConditionalDiffusion, DiffusionGenerator, F
 from starqso.models.finetune import FineTuner
 from starqso.models.gan import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
 from starqso.models.layers import AperturePhotometry, CutoutScaling, ZeroNoise
+from starqso.models.metric import MetricHead, MetricLearner, ProxyLogits, ProxyNCALoss
 from starqso.models.spectrum import SpectrumClassifier, SpectrumEncoder
 from starqso.models.trunks import RelativeSelfAttention
 
@@ -42,6 +46,10 @@ __all__ = [
     "FineTuner",
     "FusionClassifier",
     "ImageClassifier",
+    "MetricHead",
+    "MetricLearner",
+    "ProxyLogits",
+    "ProxyNCALoss",
     "RelativeSelfAttention",
     "SpectrumClassifier",
     "SpectrumEncoder",

@@ -116,15 +116,19 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
             generator or fusion classifier has a photometry input; None otherwise.
         image_size: side of the input cutouts; None for the generator's (no crop). At least
             the generator's, by an even number of pixels.
+        metric_head: a trained :class:`~starqso.models.metric.MetricHead` (or its config) on
+            the generated vector, or None. It is not part of the p(QSO) graph (nor of the
+            TFLite files); :meth:`embedding_model` adds its output.
 
     Example:
         >>> model = StarQSOClassifier(scaling, generator, fusion)  # doctest: +SKIP
         >>> p_qso = model.predict(cutouts_nhwc)  # doctest: +SKIP
     """
 
-    CONFIG_KEYS = ("scaling", "generator", "fusion", "photometry", "image_size")
+    CONFIG_KEYS = ("scaling", "generator", "fusion", "photometry", "image_size", "metric_head")
 
-    def __init__(self, scaling, generator, fusion, photometry=None, image_size=None, **kwargs):
+    def __init__(self, scaling, generator, fusion, photometry=None, image_size=None,
+                 metric_head=None, **kwargs):
         scaling = deserialize_submodel(scaling)
         generator = deserialize_submodel(generator)
         fusion = deserialize_submodel(fusion)
@@ -145,27 +149,69 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
             raise ValueError(f"StarQSOClassifier photometry must measure the whole "
                              f"{size}-pixel cutout. Received: photometry.image_size="
                              f"{photometry.image_size}")
+        if metric_head is not None:
+            metric_head = deserialize_submodel(metric_head)
+            if (metric_head.feature_dim != generator.feature_dim
+                    or metric_head.photometry_dim not in (0, wanted)):
+                raise ValueError(f"StarQSOClassifier metric_head must take the generator's "
+                                 f"{generator.feature_dim}-d vector (and its photometry). "
+                                 f"Received: feature_dim={metric_head.feature_dim}, "
+                                 f"photometry_dim={metric_head.photometry_dim}")
         cutout = keras.Input((size, size, 5), name="image")
-        centre = (layers.Cropping2D((size - trunk) // 2, name="trunk_crop")(cutout)
-                  if size > trunk else cutout)
-        scaled = scaling(centre)
-        inputs = {"image": scaled}
-        if photometry is not None:
-            inputs["photometry"] = photometry(cutout)
-        noise = ZeroNoise(generator.noise_dim, name="zero_noise")(scaled)
-        features = generator(generator.generator_inputs(inputs, noise))
-        fusion_inputs = {"image": scaled, "features": features}
-        if fusion.photometry_dim:
-            fusion_inputs["photometry"] = inputs["photometry"]
-        probability = fusion(fusion_inputs)
-        super().__init__(inputs={"image": cutout}, outputs=probability, **kwargs)
+        outputs = _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head)
+        super().__init__(inputs={"image": cutout}, outputs=outputs["p_qso"], **kwargs)
         self.scaling = scaling
         self.generator = generator
         self.fusion = fusion
         self.photometry = photometry
+        self.metric_head = metric_head
         self.image_size = size
 
+    def embedding_model(self):
+        """A model sharing these layers: raw cutouts -> ``{"p_qso", "vector"[, "metric"]}``.
 
+        ``vector`` is the generated spectral feature vector (zero noise, as deployed);
+        ``metric`` the metric-learning head's unit-norm embedding of it, when the model has
+        one (``model.metric_loss``). p_qso is the uncalibrated probability of this model.
+
+        Returns:
+            a ``keras.Model`` with the input ``{"image": (N, S, S, 5)}``.
+
+        Example:
+            >>> outputs = model.embedding_model().predict({"image": cutouts})  # doctest: +SKIP
+            >>> outputs["vector"].shape  # doctest: +SKIP
+            (N, 128)
+        """
+        cutout = keras.Input((self.image_size, self.image_size, 5), name="image")
+        outputs = _deployed_graph(cutout, self.scaling, self.generator, self.fusion,
+                                  self.photometry, self.metric_head)
+        return keras.Model({"image": cutout}, outputs,
+                           name=f"{self.name}_embedding")
+
+
+
+
+def _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head):
+    """The deployed graph on ``cutout``: ``{"p_qso", "vector"[, "metric"]}`` tensors."""
+    size, trunk = cutout.shape[1], generator.image_size
+    centre = (layers.Cropping2D((size - trunk) // 2, name="trunk_crop")(cutout)
+              if size > trunk else cutout)
+    scaled = scaling(centre)
+    inputs = {"image": scaled}
+    if photometry is not None:
+        inputs["photometry"] = photometry(cutout)
+    noise = ZeroNoise(generator.noise_dim, name="zero_noise")(scaled)
+    features = generator(generator.generator_inputs(inputs, noise))
+    fusion_inputs = {"image": scaled, "features": features}
+    if fusion.photometry_dim:
+        fusion_inputs["photometry"] = inputs["photometry"]
+    outputs = {"p_qso": fusion(fusion_inputs), "vector": features}
+    if metric_head is not None:
+        head_inputs = {"features": features}
+        if metric_head.photometry_dim:
+            head_inputs["photometry"] = inputs["photometry"]
+        outputs["metric"] = metric_head(head_inputs)
+    return outputs
 
 
 __all__ = [

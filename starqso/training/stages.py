@@ -8,7 +8,9 @@
 3. :class:`FusionStage`: :class:`FusionClassifier` on image + generated vector (+ photometry),
    for every labelled object, and the deployable :class:`StarQSOClassifier`. Its ``features``
    option trains the benchmark variants on the real spectral vector or on photometry instead.
-4. :class:`ImageStage`: the image-only baseline with the same trunk.
+4. :class:`MetricStage` (with ``model.metric_loss``): a metric-learning head on the generated
+   vector, for ``starqso embed``.
+5. :class:`ImageStage`: the image-only baseline with the same trunk.
 
 A stage says what it needs and makes; the runner owns the rest (strategy scope, ``fit`` or the
 multi-worker loop, checkpoints, resume, saving, metrics, the one-line summary). Every stage
@@ -486,12 +488,120 @@ class ImageStage(Stage):
         context.products[self.model_name] = outputs[self.files[0]]
 
 
+class MetricStage(Stage):
+    """The metric-learning head: the generated vector (+ photometry) -> a unit-norm embedding.
+
+    Trained with Proxy-NCA or Normalised-Softmax (:mod:`starqso.models.metric`) on the fine
+    classes of :func:`starqso.schema.fine_class_codes` (STAR and the QSO redshift bins) of the
+    labelled objects, on the vectors the deployed generator makes (noise while training, zero
+    noise for validation, as the fusion stage). The export puts the head inside the deployable
+    model, where ``starqso embed`` reads its output.
+
+    Args:
+        loss: ``"proxy_nca"`` or ``"norm_softmax"``; None for the run's ``model.metric_loss``.
+        name: the stage's name (and model file ``NAME_head.keras``) for a variant; default
+            ``metric``.
+    """
+
+    monitor = "val_loss"
+    epoch_key = "loss"
+
+    def __init__(self, loss=None, name=None):
+        from starqso.models.metric import METRIC_LOSSES
+
+        if loss is not None and loss not in METRIC_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(METRIC_LOSSES)} or None. "
+                             f"Received: loss={loss!r}")
+        self.loss = loss
+        self.name = name or "metric"
+        self.files = (f"{self.name}_head.keras",)
+
+    def epochs(self, training):
+        return training.metric_epochs
+
+    def _loss(self, context):
+        loss = self.loss or context.config.model.metric_loss
+        if loss == "none":
+            raise InputError("the metric stage needs model.metric_loss proxy_nca or "
+                             "norm_softmax. Received: none")
+        return loss
+
+    def _index(self, context, index):
+        return index[self.classes[index] >= 0]
+
+    def prepare(self, context, train):
+        from starqso.schema import fine_class_codes
+
+        self._loss(context)
+        self.classes = fine_class_codes(context.arrays.labels, context.arrays.redshift)
+        if not train:
+            return
+        train_index = self._index(context, context.train)
+        validation_index = self._index(context, context.validation)
+        if len(np.unique(self.classes[train_index])) < 2 or not len(validation_index):
+            raise InputError(f"the metric stage needs labelled objects of at least two classes "
+                             f"(STAR, QSO redshift bins) to train and some to validate. "
+                             f"Received: {len(train_index)} train, {len(validation_index)} "
+                             f"validation")
+        generator = context.products["generator"]
+        rng = np.random.default_rng(context.config.training.seed)
+        vectors = np.zeros((len(context.arrays), generator.feature_dim), np.float32)
+        vectors[train_index] = generate_vectors(generator, context.inputs.arrays, train_index,
+                                                rng=rng)
+        vectors[validation_index] = generate_vectors(generator, context.inputs.arrays,
+                                                     validation_index, zero_noise=True)
+        self.inputs = {"features": vectors}
+        if generator.photometry_dim:
+            self.inputs["photometry"] = context.inputs.arrays["photometry"]
+
+    def build(self, context):
+        from starqso.models.metric import MetricHead, MetricLearner
+        from starqso.schema import FINE_CLASS_NAMES
+
+        model_config = context.config.model
+        head = MetricHead(model_config.feature_dim,
+                          self.inputs["photometry"].shape[1] if "photometry" in self.inputs
+                          else 0, model_config.dense_units, model_config.metric_dim,
+                          model_config.dropout, name=self.files[0][:-len(".keras")])
+        learner = MetricLearner(head, len(FINE_CLASS_NAMES), self._loss(context),
+                                name=f"{self.name}_learner")
+        learner.compile(learning_rate=context.config.training.learning_rate)
+        return learner
+
+    def datasets(self, context):
+        return context.datasets(self.inputs, self.classes.astype(np.int32).reshape(-1, 1),
+                                self._index(context, context.train),
+                                self._index(context, context.validation), augment=False)
+
+    def outputs(self, context, model):
+        return {self.files[0]: model.head}
+
+    def evaluate(self, context, outputs):
+        from starqso.discovery import average_precision_at_r, precision_at_k
+
+        index = self._index(context, context.validation)
+        generator = context.products["generator"]
+        inputs = {"features": generate_vectors(generator, context.inputs.arrays, index,
+                                               zero_noise=True)}
+        if generator.photometry_dim and outputs[self.files[0]].photometry_dim:
+            inputs["photometry"] = context.inputs.arrays["photometry"][index]
+        embedding = outputs[self.files[0]].predict(inputs, batch_size=_PREDICT_BATCH, verbose=0)
+        classes = self.classes[index]
+        return {"n": int(len(index)),
+                "map_at_r": float(average_precision_at_r(embedding, classes)),
+                "precision_at_10": float(precision_at_k(embedding, classes, k=10))}
+
+    def provide(self, context, outputs):
+        context.products[self.name] = outputs[self.files[0]]
+
+
 #: The stages ``starqso fit`` runs, in order (the generator stage is "gan" or "diffusion").
-STAGES = ("encoder", "gan", "diffusion", "fusion", "image")
+STAGES = ("encoder", "gan", "diffusion", "fusion", "metric", "image")
 
 
 def default_stages(config=None) -> list[Stage]:
-    """The method's stages in order: encoder, generator, fusion (+ deployable), image-only.
+    """The method's stages in order: encoder, generator, fusion (+ deployable), metric head
+    (with ``model.metric_loss``), image-only.
 
     Args:
         config: the run's :class:`~starqso.config.RunConfig`; its ``model.generator`` picks
@@ -502,5 +612,6 @@ def default_stages(config=None) -> list[Stage]:
         ['encoder', 'gan', 'fusion', 'image']
     """
     diffusion = config is not None and config.model.generator == "diffusion"
+    metric = config is not None and config.model.metric_loss != "none"
     return [EncoderStage(), DiffusionStage() if diffusion else GANStage(), FusionStage(),
-            ImageStage()]
+            *([MetricStage()] if metric else []), ImageStage()]

@@ -1,0 +1,322 @@
+"""Embeddings of cutouts for discovery: ``starqso embed``, and the reference of the outlier score.
+
+Every row of an input (any layout ``starqso predict`` reads) gets:
+
+* ``vector``: the generated spectral feature vector (the generator's, zero noise, as inside the
+  deployed classifier), the method's own embedding: the 128 numbers that the spectrum encoder
+  would give the object's spectrum, predicted from its image;
+* ``metric``: the metric-learning head's unit-norm embedding of that vector (and the
+  photometry), when the model has one (``model.metric_loss``: Proxy-NCA or
+  Normalised-Softmax on STAR and the QSO redshift bins of :data:`starqso.schema.FINE_CLASS_NAMES`);
+* ``p_qso`` and ``label`` exactly as ``predict`` gives them (calibrated, at the chosen prior,
+  the model's threshold), ``flag`` and ``qflag`` as ``predict`` sets them;
+* ``outlier``: the distance to the 10th nearest of the model's training objects in the
+  metric space (the vector space without a head), over the median of that distance among the
+  training objects themselves (:func:`starqso.discovery.outlier_scores`): about 1 for a
+  typical object, larger for an unusual one. The training objects' embeddings travel in the
+  export folder (``embedding_reference.npz``).
+
+Rows that cannot be classified keep their place, with empty (NaN) embeddings and the reason in
+``flag``. The table is written by :func:`starqso.io.embeddings.write_embeddings` (CSV, FITS or
+Parquet), whole and at once. Embedding needs the Keras model (TensorFlow): the TFLite files
+hold p(QSO) only.
+"""
+
+from __future__ import annotations
+
+import io
+import pathlib
+
+import numpy as np
+
+from starqso.errors import InputError
+
+#: The training objects' embeddings in an export folder.
+EMBEDDING_REFERENCE = "embedding_reference.npz"
+#: At most this many training objects in the reference (5,000 x 128 float32 = 2.6 MB).
+REFERENCE_ROWS = 5000
+#: The neighbour whose distance is the outlier score.
+OUTLIER_K = 10
+_BATCH = 512
+
+
+def _spaces(embedder, images, batch_size=_BATCH):
+    """``{"p_qso", "vector"[, "metric"]}`` of the embedding model on ``images``."""
+    outputs = {}
+    for start in range(0, len(images), batch_size):
+        batch = embedder.predict_on_batch({"image": np.asarray(images[start:start + batch_size],
+                                                               np.float32)})
+        for name, value in batch.items():
+            outputs.setdefault(name, []).append(np.asarray(value, np.float32))
+    return {name: np.concatenate(parts).reshape(len(images), -1)
+            for name, parts in outputs.items()}
+
+
+def write_embedding_reference(folder, embedder, images, rows=REFERENCE_ROWS):
+    """Write ``folder/embedding_reference.npz``: embeddings of (up to ``rows``) training cutouts.
+
+    Args:
+        folder: the export folder being built.
+        embedder: :meth:`~starqso.models.StarQSOClassifier.embedding_model` of the model.
+        images: raw training cutouts (N, S, S, 5); the first ``rows`` are used (the recorded
+            split's order, already shuffled).
+        rows: the most objects kept.
+
+    Returns:
+        dict for ``metadata.json: embedding``: ``file``, ``rows``, ``spaces`` (name ->
+        dimension) and ``outlier_k``.
+    """
+    from starqso.atomic import write_bytes_atomically
+
+    spaces = _spaces(embedder, images[:rows])
+    spaces.pop("p_qso")
+    buffer = io.BytesIO()
+    np.savez(buffer, **spaces)
+    write_bytes_atomically(pathlib.Path(folder) / EMBEDDING_REFERENCE, buffer.getvalue())
+    return {"file": EMBEDDING_REFERENCE, "rows": int(len(spaces["vector"])),
+            "spaces": {name: int(value.shape[1]) for name, value in spaces.items()},
+            "outlier_k": OUTLIER_K}
+
+
+def load_embedding_reference(model_dir, metadata):
+    """The training embeddings of an export folder, ``{space: (N, d) float32}``; None without.
+
+    The file's SHA-256 is checked against ``metadata.json`` like the model files.
+
+    Raises:
+        InputError: the file is listed but missing, damaged or changed.
+    """
+    from starqso.model_files import _check_checksum
+
+    path = pathlib.Path(model_dir) / EMBEDDING_REFERENCE
+    if "embedding" not in metadata:
+        return None
+    if not path.is_file():
+        raise InputError(f"{model_dir}/metadata.json lists {EMBEDDING_REFERENCE} but the file "
+                         f"is missing; restore or re-export the model. Received: {model_dir}")
+    _check_checksum(metadata, path, pathlib.Path(model_dir) / "metadata.json")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            spaces = {name: np.asarray(data[name], np.float32) for name in data.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"embedding reference could not be read ({err}): {path}") from err
+    return spaces
+
+
+class Embedder:
+    """The exported Keras model's embeddings and calibrated p(QSO) (imports TensorFlow).
+
+    Args:
+        model_dir: export folder; the shipped model when None.
+        prior: as ``predict --prior`` (None: the model's default prior).
+        threshold: label threshold; the model's own when None.
+        log: optional callable for the prior's note.
+
+    Example:
+        >>> embedder = Embedder(None)  # doctest: +SKIP
+        >>> embedder(cutouts)["vector"].shape  # doctest: +SKIP
+        (N, 128)
+    """
+
+    def __init__(self, model_dir=None, prior=None, threshold=None, log=None):
+        from starqso.extras import require_tensorflow
+        from starqso.inference import model_settings
+
+        self.model_dir, self.metadata, self.threshold, self.settings = model_settings(
+            model_dir, "keras", threshold, prior, log)
+        self.reference = load_embedding_reference(self.model_dir, self.metadata)
+        require_tensorflow("starqso embed", note="embeddings come from the Keras model")
+        from starqso.inference import RUNTIME_FILES
+        from starqso.model_files import load_keras_model
+
+        model = load_keras_model(self.model_dir / RUNTIME_FILES["keras"], checked=True)
+        # The export's model is the calibrated wrapper of the run's StarQSOClassifier.
+        classifier = getattr(model, "classifier", model)
+        if not hasattr(classifier, "embedding_model"):
+            raise InputError(f"the model has no generated spectral vector to embed (a "
+                             f"{type(classifier).__name__}). Received: {self.model_dir}")
+        self.embedder = classifier.embedding_model()
+        self.temperature = float(self.metadata.get("temperature") or 1.0)
+        self.size = int(self.metadata["input_shape"][1])
+
+    @property
+    def spaces(self):
+        """The embedding spaces this model gives, in output order."""
+        return ("vector", "metric") if "metric" in self.embedder.output else ("vector",)
+
+    def __call__(self, images):
+        """``{"p_qso", "vector"[, "metric"]}`` for raw cutouts (N, S, S, 5)."""
+        from starqso.inference import apply_prior
+        from starqso.probability import logit, sigmoid
+
+        outputs = _spaces(self.embedder, images)
+        p_qso = outputs["p_qso"].reshape(-1).astype(np.float64)
+        calibrated = sigmoid(logit(p_qso, 1e-7) / self.temperature)
+        outputs["p_qso"] = apply_prior(calibrated, self.settings["shift"])
+        return outputs
+
+
+def outlier_space(spaces):
+    """The space the outlier score is measured in: the metric head's when there is one."""
+    return "metric" if "metric" in spaces else "vector"
+
+
+def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
+                  id_column=None, progress=None, log=None, command=None):
+    """Embed every row of ``source`` and write the table to ``output`` (see module docstring).
+
+    Args:
+        source: any input ``starqso predict`` reads (:func:`starqso.io.sources.open_source`).
+        output: ``.csv`` (+ side-car ``.json``), ``.fits`` or ``.parquet`` file.
+        model_dir: export folder; the shipped model when None.
+        batch_size: cutouts per batch.
+        prior: the sample's QSO fraction for p_qso, as ``predict --prior``.
+        id_column: the id column of Parquet, HATS, zarr metadata and stack tables.
+        progress: optional callable receiving rows done and the total.
+        log: optional callable for notes.
+        command: the command line for the provenance record.
+
+    Returns:
+        dict summary: rows, embedded, flagged, spaces (name -> dimension), output, record.
+
+    Raises:
+        InputError: bad options, model folder, input, or an output that is the input.
+
+    Example:
+        >>> embed_catalog("demo/catalog.csv", "embeddings.parquet")  # doctest: +SKIP
+    """
+    from starqso.inference import _check_output_is_not_input, prior_label
+    from starqso.io.embeddings import write_embeddings
+    from starqso.locking import exclusive_lock
+
+    output = pathlib.Path(output)
+    if output.suffix.lower() not in (".csv", ".fits", ".parquet"):
+        raise InputError(f"--output must end in .csv, .fits or .parquet. Received: {output}")
+    _check_output_is_not_input(source, output)
+    embedder = Embedder(model_dir, prior=prior, log=log)
+    with exclusive_lock(output):
+        table = embed_rows(source, embedder, batch_size=batch_size, id_column=id_column,
+                           progress=progress, command=command)
+        write_embeddings(table, output)
+    embedded = np.isfinite(table.columns["p_qso"])
+    return {"rows": int(len(table.ids)), "embedded": int(embedded.sum()),
+            "flagged": int((~embedded).sum()), "spaces": table.record["spaces"],
+            "prior": prior_label(embedder.settings), "output": str(output),
+            "record": table.record}
+
+
+def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, command=None):
+    """The :class:`~starqso.io.embeddings.EmbeddingTable` of every row of ``source``.
+
+    Args:
+        source: any input ``starqso predict`` reads.
+        embedder: an :class:`Embedder`.
+        batch_size, id_column, progress, command: as :func:`embed_catalog`.
+
+    Returns:
+        an :class:`~starqso.io.embeddings.EmbeddingTable` in input order.
+
+    Example:
+        >>> table = embed_rows("cutouts/", Embedder(None))  # doctest: +SKIP
+    """
+    from starqso import __version__
+    from starqso.discovery import outlier_scores
+    from starqso.inference import _prepare_block, provenance
+    from starqso.io.embeddings import EmbeddingTable
+    from starqso.io.sources import open_source
+    from starqso.preprocessing.qflags import quality_bits
+    from starqso.schema import QFLAG_BITS
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1. Received: {batch_size}")
+    rows_source = open_source(source, id_column=id_column)
+    ids = np.asarray(rows_source.ids(), dtype=str)
+    size, count = embedder.size, len(ids)
+    spaces = {name: np.full((count, dim), np.nan, np.float32) for name, dim in zip(
+        embedder.spaces, (embedder.embedder.output[name].shape[-1] for name in embedder.spaces))}
+    p_qso = np.full(count, np.nan)
+    flags = np.full(count, "", dtype=object)
+    qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
+    reference = embedder.metadata.get("quality")
+    done = 0
+    for partition in rows_source.partitions(batch_size):
+        block = rows_source.read(partition, size, start=partition.start)
+        rows = np.arange(partition.start, partition.start + len(block.ids))
+        measured = {}
+        images, block_flags, usable = _prepare_block(block, size, measured)
+        flags[rows] = block_flags
+        if usable.any():
+            good = np.flatnonzero(usable)
+            outputs = embedder(images[good])
+            finite = np.isfinite(outputs["p_qso"]) & np.all(
+                [np.isfinite(outputs[name]).all(axis=1) for name in spaces], axis=0)
+            for row in good[~finite]:
+                flags[rows[row]] = "the model gave a non-finite output for this cutout"
+            good, keep_rows = good[finite], np.flatnonzero(finite)
+            p_qso[rows[good]] = outputs["p_qso"][keep_rows]
+            for name in spaces:
+                spaces[name][rows[good]] = outputs[name][keep_rows]
+            if len(good):
+                qflag[rows[good]] = quality_bits(
+                    images[good], [bool(block_flags[row]) for row in good], reference,
+                    sigma=measured["sky_sigma"][good],
+                    snr=None if measured["snr"] is None else measured["snr"][good])
+        done += len(block.ids)
+        if progress is not None:
+            progress(done, count)
+    embedded = np.isfinite(p_qso)
+    labels = np.where(embedded, np.where(p_qso >= embedder.threshold, "QSO", "STAR"), "")
+    outlier = np.full(count, np.nan)
+    space = outlier_space(spaces)
+    if embedder.reference is not None and embedded.any() and space in embedder.reference:
+        outlier[embedded] = outlier_scores(embedder.reference[space],
+                                           spaces[space][embedded], k=OUTLIER_K)
+    record = {"source": str(pathlib.Path(source).resolve()), "rows": int(count),
+              "model": str(embedder.model_dir.resolve()),
+              "prior": embedder.settings["prior"], "prior_source":
+              embedder.settings["source"], "threshold": embedder.threshold,
+              "temperature": embedder.temperature,
+              "spaces": {name: int(value.shape[1]) for name, value in spaces.items()},
+              "outlier_space": space if np.isfinite(outlier).any() else None,
+              "outlier_k": OUTLIER_K, "starqso_version": __version__,
+              **provenance(command)}
+    table = EmbeddingTable(
+        ids=ids, spaces=spaces,
+        columns={"p_qso": p_qso, "label": labels.astype(str), "flag": flags.astype(str),
+                 "qflag": qflag, "outlier": outlier},
+        record=record)
+    return table
+
+
+def add_embedding_reference(model_dir, images, rows=REFERENCE_ROWS):
+    """Give an export folder made before embeddings its ``embedding_reference.npz``.
+
+    Writes the reference of ``images`` (training-like cutouts: the run's training split, or
+    the simulator's objects for a model trained on simulations) and adds ``embedding`` and
+    its SHA-256 to ``metadata.json``. The model files are not touched.
+
+    Args:
+        model_dir: the export folder.
+        images: raw cutouts (N, S, S, 5).
+        rows: the most objects kept.
+
+    Returns:
+        the ``metadata.json: embedding`` entry.
+
+    Example:
+        >>> add_embedding_reference("runs/old/export", train_images)  # doctest: +SKIP
+    """
+    import json
+
+    from starqso.atomic import write_json_atomically
+    from starqso.model_files import file_sha256
+
+    embedder = Embedder(model_dir, prior="train")
+    info = write_embedding_reference(embedder.model_dir, embedder.embedder, images, rows)
+    metadata_path = embedder.model_dir / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["embedding"] = info
+    metadata.setdefault("sha256", {})[EMBEDDING_REFERENCE] = file_sha256(
+        embedder.model_dir / EMBEDDING_REFERENCE)
+    write_json_atomically(metadata_path, metadata, sort_keys=False)
+    return info
