@@ -146,8 +146,10 @@ class NeighbourIndex:
         base_norms = np.einsum("ij,ij->i", base, base)
         distances = np.empty((len(queries), k))
         found = np.empty((len(queries), k), np.int64)
-        for start in range(0, len(queries), _BLOCK):
-            block = queries[start:start + _BLOCK]
+        # Blocks of queries small enough that their distance matrix stays near 800 MB.
+        step = int(max(1, min(_BLOCK, 2e8 // max(len(base), 1))))
+        for start in range(0, len(queries), step):
+            block = queries[start:start + step]
             squared = (np.einsum("ij,ij->i", block, block)[:, None] + base_norms[None, :]
                        - 2.0 * block @ base.T)
             part = np.argpartition(squared, k - 1, axis=1)[:, :k] if k < len(base) else \
@@ -458,11 +460,15 @@ def plot_clusters(projection, clusters, labels, path, title="", max_points=50_00
         shown = np.random.default_rng(seed).choice(shown, max_points, replace=False)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.8), constrained_layout=True)
     size = 4 if len(shown) > 5000 else 12
-    scatter = axes[0].scatter(projection[shown, 0], projection[shown, 1], c=clusters[shown],
-                              cmap="tab10" if clusters.max() < 10 else "tab20", s=size,
-                              linewidths=0)
+    colours = plt.get_cmap("tab10" if clusters.max() < 10 else "tab20")
+    for cluster in np.unique(clusters[shown]):
+        mask = clusters[shown] == cluster
+        axes[0].scatter(projection[shown][mask, 0], projection[shown][mask, 1], s=size,
+                        color=colours(int(cluster) % colours.N), label=str(cluster),
+                        linewidths=0)
     axes[0].set_title("by cluster")
-    axes[0].legend(*scatter.legend_elements(), title="cluster", fontsize=7, loc="best")
+    # Plain-text legend labels (legend_elements would write mathtext, which needs fonts).
+    axes[0].legend(title="cluster", fontsize=7, loc="best")
     for name, colour in (("STAR", "tab:blue"), ("QSO", "tab:red"), ("", "0.6")):
         mask = labels[shown] == name
         if mask.any():

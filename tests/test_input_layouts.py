@@ -723,3 +723,23 @@ def test_provenance_in_every_output(survey, tmp_path):
     assert record["model_sha256"] == side["model_sha256"] and "created" not in record
     beside = json.loads((tmp_path / "out" / "_starqso.json").read_text())
     assert beside["created"].endswith("Z") and beside["files"] == ["part-000000.parquet"]
+
+
+def test_embed_reads_every_layout_as_the_catalogue(survey, tmp_path):
+    """`starqso embed` rows come from the same reader: one embedder, every layout."""
+    from starqso.embedding import Embedder, embed_rows
+
+    embedder = Embedder(None, prior=0.3)
+    reference = embed_rows(survey["folder"] / "catalog.csv", embedder)
+    assert list(reference.ids) == survey["ids"] and reference.usable().all()
+    for layout, (build, _) in LAYOUTS.items():
+        (tmp_path / layout).mkdir()
+        source = build(tmp_path / layout, survey["ids"], survey["cubes"])
+        table = embed_rows(source, embedder)
+        order = _hats_order(source) if layout == "hats" else survey["ids"]
+        assert list(table.ids) == order, layout
+        rows = [survey["ids"].index(identifier) for identifier in order]
+        np.testing.assert_allclose(table.spaces["vector"], reference.spaces["vector"][rows],
+                                   atol=1e-5, err_msg=layout)
+        np.testing.assert_allclose(table.columns["p_qso"], reference.columns["p_qso"][rows],
+                                   atol=1e-6, err_msg=layout)

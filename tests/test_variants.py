@@ -21,7 +21,8 @@ import starqso.models  # noqa: F401 - registers the model classes for loading
 from starqso.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-VARIANT_YAML = "preset: tiny\nmodel:\n  generator: diffusion\n  trunk: hybrid\n"
+VARIANT_YAML = ("preset: tiny\nmodel:\n  generator: diffusion\n  trunk: hybrid\n"
+                "  metric_loss: proxy_nca\n")
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +75,11 @@ def test_hybrid_trunk_classifier_trains_under_a_two_replica_mirrored_strategy():
 
 def test_fit_trains_the_diffusion_stage_on_the_hybrid_trunk(variant_run):
     run, output = variant_run
-    for stage in ("encoder", "diffusion", "fusion", "image"):
+    for stage in ("encoder", "diffusion", "fusion", "metric", "image"):
         assert f"[{stage}]" in output
     assert "[gan]" not in output
     assert json.loads((run / "state.json").read_text())["completed"] == [
-        "encoder", "diffusion", "fusion", "image"]
+        "encoder", "diffusion", "fusion", "metric", "image"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert np.isfinite(metrics["diffusion"]["reconstruction_mse"])
     deployable = keras.saving.load_model(run / "starqso_classifier.keras", safe_mode=True)
@@ -114,6 +115,11 @@ def test_the_variant_exports_with_the_agreement_check_and_predicts(variant_run, 
         assert len(rows) == 12
         p_qso = np.array([float(row["p_qso"]) for row in rows])
         assert np.all((p_qso >= 0) & (p_qso <= 1))
+    # The Proxy-NCA head, trained under the same MirroredStrategy, embeds with the sampler.
+    result = CliRunner().invoke(main, ["embed", str(survey), "--model", str(run / "export"),
+                                       "--output", str(tmp_path / "emb.parquet")])
+    assert result.exit_code == 0, result.output
+    assert "12 rows, 12 embedded" in result.stdout and "metric (32)" in result.stdout
 
 
 # The encoder and diffusion stages alone (no fusion, image or export): the stage being
