@@ -97,19 +97,21 @@ def run_config(args):
 
 
 def train(args, arrays, log):
-    """The run with both heads; returns the run folder."""
+    """The run with both heads: ``(run folder, seconds trained)``; a run folder that already
+    holds both heads (an earlier invocation's ``--workdir``) is reused (0 s)."""
     from starqso.run_folder import RunFolder
     from starqso.training import EncoderStage, GANStage, MetricStage, fit_run
 
     run_dir = pathlib.Path(args.workdir) / "run"
     folder = RunFolder(run_dir)
+    began = time.perf_counter()
     if not (run_dir / "metric_norm_softmax_head.keras").exists():
         fit_run(run_dir, run_config(args), arrays=arrays, export=False, log=log,
                 resume=folder.holds_run())
         fit_run(run_dir, None, arrays=arrays, resume=True, export=False, log=log,
                 stages=[EncoderStage(), GANStage(),
                         MetricStage("norm_softmax", name="metric_norm_softmax")])
-    return folder
+    return folder, time.perf_counter() - began
 
 
 def embeddings(folder, images):
@@ -242,7 +244,7 @@ def main():
     began = time.perf_counter()
     log = lambda line: print(line, flush=True)  # noqa: E731
     arrays = load_simulation(args)
-    folder = train(args, arrays, log)
+    folder, trained = train(args, arrays, log)
     split = folder.split()
     position = {identifier: row for row, identifier in enumerate(arrays.ids)}
     test = arrays.subset(np.array([position[i] for i in split["test"]]))
@@ -270,7 +272,8 @@ def main():
     header = [
         "# Embeddings for discovery", "", f"`{command}`", "",
         f"{datetime.date.today()}, git {git}, {platform.machine()} {os.cpu_count()} CPU cores, "
-        f"no GPU, {(time.perf_counter() - began) / 60:.0f} min (training included). "
+        f"no GPU, {(time.perf_counter() - began) / 60:.0f} min, of which training "
+        f"{trained:.0f} s (0: the run in --workdir was reused). "
         f"{args.num_objects} simulated objects (seed {args.simulation_seed}), test "
         f"{args.test_objects}, validation {args.validation_objects}; base preset, training "
         f"seed {args.seed}.", ""]
