@@ -33,7 +33,7 @@ from starqso.errors import InputError
 
 #: The training objects' embeddings in an export folder.
 EMBEDDING_REFERENCE = "embedding_reference.npz"
-#: At most this many training objects in the reference (5,000 x 128 float32 = 2.6 MB).
+#: At most this many training objects in the reference (5,000 x 128 float16 = 1.3 MB).
 REFERENCE_ROWS = 5000
 #: The neighbour whose distance is the outlier score.
 OUTLIER_K = 10
@@ -71,7 +71,9 @@ def write_embedding_reference(folder, embedder, images, rows=REFERENCE_ROWS):
     spaces = _spaces(embedder, images[:rows])
     spaces.pop("p_qso")
     buffer = io.BytesIO()
-    np.savez(buffer, **spaces)
+    # float16 halves the file (the shipped model's: 1.3 MB); the k-th-neighbour distances
+    # the outlier score divides change by well under 1%.
+    np.savez(buffer, **{name: value.astype(np.float16) for name, value in spaces.items()})
     write_bytes_atomically(pathlib.Path(folder) / EMBEDDING_REFERENCE, buffer.getvalue())
     return {"file": EMBEDDING_REFERENCE, "rows": int(len(spaces["vector"])),
             "spaces": {name: int(value.shape[1]) for name, value in spaces.items()},

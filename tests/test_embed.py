@@ -70,7 +70,8 @@ def test_export_carries_the_head_and_the_reference(model):
     assert "embedding_reference.npz" in metadata["sha256"]
     with np.load(model / "embedding_reference.npz") as data:
         assert data["metric"].shape[1] == 4
-        np.testing.assert_allclose(np.linalg.norm(data["metric"], axis=1), 1, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(data["metric"].astype(float), axis=1), 1,
+                                   atol=3e-3)
 
 
 def test_embed_matches_predict_and_the_keras_model(model, survey, embedded, tmp_path):
