@@ -49,13 +49,14 @@ def test_fit_exports_every_format_with_checks(run):
 
     metadata = json.loads((run / "export" / "metadata.json").read_text())
     assert set(metadata["sha256"]) == {"starqso_classifier.keras", "model_fp32.tflite",
-                                       "model_fp16.tflite", "model_int8.tflite"}
+                                       "model_fp16.tflite", "model_int8.tflite",
+                                       "embedding_reference.npz"}
     for name, digest in metadata["sha256"].items():
         assert file_sha256(run / "export" / name) == digest
     export = run / "export"
     for name in ("saved_model/saved_model.pb", "model_fp32.tflite", "model_fp16.tflite",
                  "model_int8.tflite", "starqso_classifier.keras", "metadata.json",
-                 "model_card.md", "export_check.json"):
+                 "model_card.md", "export_check.json", "embedding_reference.npz"):
         assert (export / name).exists(), name
     checks = json.loads((export / "export_check.json").read_text())
     assert checks["saved_model"]["max_abs_diff"] < 1e-5

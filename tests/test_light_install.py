@@ -171,4 +171,4 @@ def test_setup_cfg_keeps_tensorflow_out_of_the_light_install():
                 in ("tensorflow", "tensorboard", "keras")], base
     assert any(req.startswith("ai-edge-litert") for req in base)
     assert any(req.startswith("tensorflow") for req in extras["train"])
-    assert extras["all"] == extras["train"] + extras["survey"]
+    assert extras["all"] == extras["train"] + extras["survey"] + extras["discovery"]

@@ -217,8 +217,9 @@ def test_shipped_models_carry_checksums_and_pass():
 
     for folder in (default_model_dir(), ROOT / "saved_models" / "starqso-large" / "export"):
         metadata = json.loads((folder / "metadata.json").read_text())
-        assert sorted(metadata["sha256"]) == ["model_fp16.tflite", "model_fp32.tflite",
-                                              "model_int8.tflite", "starqso_classifier.keras"]
+        assert sorted(metadata["sha256"]) == ["embedding_reference.npz", "model_fp16.tflite",
+                                              "model_fp32.tflite", "model_int8.tflite",
+                                              "starqso_classifier.keras"]
         for name, digest in metadata["sha256"].items():
             assert file_sha256(folder / name) == digest, name
         for runtime in ("keras", "litert"):
