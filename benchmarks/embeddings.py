@@ -45,6 +45,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from paper_table import load_simulation  # noqa: E402 - the same simulation cache
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -62,20 +64,6 @@ def parse_args():
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/embeddings.md"))
     return parser.parse_args()
-
-
-def load_simulation(args):
-    from starqso.data.arrays import ObjectArrays
-
-    cache = pathlib.Path(f"{args.cache}.seed{args.simulation_seed}.npz") if args.cache else None
-    if cache is not None and cache.exists():
-        stored = ObjectArrays.load(cache)
-        if len(stored) >= args.num_objects:
-            return stored.subset(np.arange(args.num_objects))
-    arrays = ObjectArrays.from_simulation(args.num_objects, args.simulation_seed, image_size=32)
-    if cache is not None:
-        arrays.save(cache)
-    return arrays
 
 
 def run_config(args):

@@ -110,7 +110,21 @@ class GeneratorInputs:
         return selected
 
 
-class BinaryClassifierDefaults:
+class CompileFromConfig:
+    """Mixin for models whose ``compile()`` has defaults of its own: reloads compile as saved.
+
+    Keras skips ``compile_from_config`` for models that override ``compile()``; this one takes
+    the saved optimizer, loss and metrics as they were, so a reloaded model can train on.
+    """
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
+
+
+class BinaryClassifierDefaults(CompileFromConfig):
     """Mixin: the compile defaults of every p(QSO) classifier, owned by the model class.
 
     ``model.compile(learning_rate=1e-3)`` gives Adam, binary cross-entropy and the accuracy
@@ -128,13 +142,6 @@ class BinaryClassifierDefaults:
                 keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
             **kwargs)
 
-    def compile_from_config(self, config):
-        # Keras skips models whose compile() is overridden; this one takes the saved optimizer,
-        # loss and metrics as they were, so a reloaded classifier can train on.
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built and getattr(self, "optimizer", None) is not None:
-            self.optimizer.build(self.trainable_variables)
 
 
 def deserialize_submodel(config):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from starqso.models.blocks import ConstructorConfig, deserialize_submodel
+from starqso.models.blocks import CompileFromConfig, ConstructorConfig, deserialize_submodel
 from starqso.models.layers import PACKAGE
 
 #: The losses :class:`ProxyLogits` and :class:`MetricLearner` take.
@@ -220,7 +220,7 @@ class ProxyNCALoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MetricLearner(ConstructorConfig, keras.Model):
+class MetricLearner(CompileFromConfig, ConstructorConfig, keras.Model):
     """The trainable task model: ``ProxyLogits(head(inputs))``, the head's inputs -> (N, C).
 
     Train it on ``(inputs, class indices)`` with ``fit()`` (also inside a ``tf.distribute``
@@ -302,13 +302,6 @@ class MetricLearner(ConstructorConfig, keras.Model):
                 keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             **kwargs)
 
-    def compile_from_config(self, config):
-        # Keras skips models whose compile() is overridden; this one takes the saved optimizer,
-        # loss and metrics as they were, so a reloaded learner can train on.
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built and getattr(self, "optimizer", None) is not None:
-            self.optimizer.build(self.trainable_variables)
 
 
 def class_balanced_weights(classes):
