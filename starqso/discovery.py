@@ -162,7 +162,7 @@ class NeighbourIndex:
             method = "hnsw" if self.rows >= _whole(exact_limit, "exact_limit", 1) else "exact"
         self.method = method
         self._index = None
-        self._base = None
+        self._base = self._base_norms = None
         if metric == "cosine":
             vectors = _unit(vectors, "vectors")
         if method == "exact":
@@ -260,25 +260,34 @@ class NeighbourIndex:
                              f"{count} queries")
         return own.astype(np.int64)
 
-    def _exact(self, queries, k):
+    def _squared(self, block) -> np.ndarray:
+        """float64 (B, rows) squared Euclidean distances of ``block`` to every index row."""
         base = self._base
-        base_norms = np.einsum("ij,ij->i", base, base)
+        if self._base_norms is None:
+            self._base_norms = np.einsum("ij,ij->i", base, base)
+        block = np.asarray(block, np.float64)
+        return (np.einsum("ij,ij->i", block, block)[:, None] + self._base_norms[None, :]
+                - 2.0 * (block @ base.T))
+
+    def _block_rows(self) -> int:
+        """Queries per block, so one block of distances holds about _BLOCK_VALUES doubles."""
+        return int(max(1, min(_MAX_BLOCK_ROWS, _BLOCK_VALUES // self.rows)))
+
+    def _exact(self, queries, k):
         distances = np.empty((len(queries), k))
         found = np.empty((len(queries), k), np.int64)
-        step = int(max(1, min(_MAX_BLOCK_ROWS, _BLOCK_VALUES // len(base))))
+        step = self._block_rows()
         for start in range(0, len(queries), step):
-            block = np.asarray(queries[start:start + step], np.float64)
-            squared = (np.einsum("ij,ij->i", block, block)[:, None] + base_norms[None, :]
-                       - 2.0 * (block @ base.T))
-            if k < len(base):
+            squared = self._squared(queries[start:start + step])
+            if k < self.rows:
                 part = np.argpartition(squared, k - 1, axis=1)[:, :k]
             else:
-                part = np.broadcast_to(np.arange(len(base)), (len(block), len(base)))
+                part = np.broadcast_to(np.arange(self.rows), squared.shape)
             values = np.take_along_axis(squared, part, axis=1)
             # Ties by index row, so the answer does not depend on argpartition's order.
             order = np.lexsort((part, values), axis=1)
-            found[start:start + len(block)] = np.take_along_axis(part, order, axis=1)
-            distances[start:start + len(block)] = np.take_along_axis(values, order, axis=1)
+            found[start:start + len(squared)] = np.take_along_axis(part, order, axis=1)
+            distances[start:start + len(squared)] = np.take_along_axis(values, order, axis=1)
         return distances, found
 
     def save(self, path) -> str:
@@ -352,7 +361,7 @@ class NeighbourIndex:
         index = cls.__new__(cls)
         index.rows, index.dim, index.metric, index.method = rows, dim, metric, method
         index.info = header.get("info") or {}
-        index._index = index._base = None
+        index._index = index._base = index._base_norms = None
         if method == "exact":
             if len(payload) != rows * dim * 4:
                 raise InputError(f"neighbour index is cut short or corrupt (expected "
@@ -469,8 +478,12 @@ def average_precision_at_r(vectors, labels, metric="euclidean", per_class=False)
     among its first i neighbours (itself left out). Unlike precision@k, it rewards ranking
     the whole class first; 1.0 means every class is retrieved before any other row, a
     random embedding scores about the class's fraction. Rows whose class has no other member
-    have no R and are left out. Exact neighbours, in blocks (20,000 rows of two classes take
-    a few seconds and a few hundred MB).
+    have no R and are left out. A row of another class at exactly the same distance as one
+    of the class ranks before it, so a collapsed embedding (all rows equal) gets no credit.
+
+    Exact and in blocks of query rows: each block's distances to all N rows are sorted per
+    class, and the rank of the class's i-th nearest member is i plus the other rows not
+    farther, so no (N, N) matrix is ever held (20,000 rows take seconds and ~300 MB).
 
     Args:
         vectors: (N, d) finite embeddings.
@@ -494,14 +507,26 @@ def average_precision_at_r(vectors, labels, metric="euclidean", per_class=False)
     if r_of_row.max() < 1:
         raise InputError(f"MAP@R needs a class with at least two rows. Received: "
                          f"{len(classes)} classes of one row each")
-    depth = int(r_of_row.max())
-    ranks = np.arange(1, depth + 1)
+    index = NeighbourIndex(vectors, metric=metric, method="exact")
+    step = index._block_rows()
     scores = np.zeros(len(vectors))
-    for rows, found in _leave_one_out(vectors, metric, depth):
-        r = r_of_row[rows]
-        hits = (codes[found] == codes[rows][:, None]) & (ranks[None, :] <= r[:, None])
-        precision = np.cumsum(hits, axis=1) / ranks[None, :]
-        scores[rows] = np.sum(precision * hits, axis=1) / np.maximum(r, 1)
+    for code in np.flatnonzero(counts > 1):
+        members = np.flatnonzero(codes == code)
+        others = np.flatnonzero(codes != code)
+        r = len(members) - 1
+        ranks_in_class = np.arange(1, r + 1)
+        for start in range(0, len(members), step):
+            rows = members[start:start + step]
+            # Squared distances rank as distances do (and as 1 - cos for unit vectors).
+            squared = index._squared(vectors[rows])
+            same = squared[:, members]
+            same[np.arange(len(rows)), np.arange(start, start + len(rows))] = np.inf
+            same = np.sort(same, axis=1)[:, :r]
+            other = np.sort(squared[:, others], axis=1)
+            before = np.stack([np.searchsorted(other[i], same[i], side="right")
+                               for i in range(len(rows))])
+            rank = ranks_in_class[None, :] + before
+            scores[rows] = np.where(rank <= r, ranks_in_class / rank, 0.0).sum(axis=1) / r
     valid = r_of_row >= 1
     mean = float(scores[valid].mean())
     if per_class:
