@@ -31,11 +31,6 @@ from starqso.errors import InputError
 EXACT_LIMIT = 200_000
 
 
-def _usable(table, space):
-    vectors = table.spaces[space]
-    return np.flatnonzero(np.isfinite(vectors).all(axis=1))
-
-
 def pick_space(table, space, path):
     """``space``, or the metric head's when the file has one (else the vector)."""
     if space is None:
@@ -66,7 +61,7 @@ def neighbour_index(table, path, space, metric="euclidean", method="auto", log=N
     from starqso.atomic import write_json_atomically
     from starqso.discovery import NeighbourIndex
 
-    rows = _usable(table, space)
+    rows = np.flatnonzero(table.usable(space))
     if not len(rows):
         raise InputError(f"{path} has no rows with a {space!r} embedding to search. "
                          f"Received: {len(table.ids)} rows, all flagged")
@@ -224,7 +219,7 @@ def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, 
 
     table = read_embeddings(path)
     space = pick_space(table, space, path)
-    rows = _usable(table, space)
+    rows = np.flatnonzero(table.usable(space))
     if len(rows) < 3:
         raise InputError(f"{path} has {len(rows)} rows with a {space!r} embedding; clustering "
                          f"needs at least 3. Received: {len(table.ids)} rows")
