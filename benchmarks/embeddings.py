@@ -29,7 +29,6 @@ The tables go to stdout and to ``--out`` (default ``benchmarks/results/embedding
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import pathlib
@@ -45,7 +44,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from paper_table import load_simulation  # noqa: E402 - the same simulation cache
+# the same simulation cache and base-preset run configuration as the paper table
+from paper_table import load_simulation, run_config  # noqa: E402
 
 
 def parse_args():
@@ -66,24 +66,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def run_config(args):
-    from starqso.config import get_preset
-
-    base = get_preset("base")
-    training = {"seed": args.seed}
-    if args.epochs is not None:
-        training.update({f"{stage}_epochs": args.epochs
-                         for stage in ("encoder", "gan", "fusion", "image", "metric")})
-    return dataclasses.replace(
-        base, model=dataclasses.replace(base.model, metric_loss="proxy_nca"),
-        data=dataclasses.replace(base.data, num_objects=args.num_objects,
-                                 simulation_seed=args.simulation_seed,
-                                 validation_fraction=args.validation_objects / args.num_objects,
-                                 test_fraction=args.test_objects / args.num_objects,
-                                 split_seed=0),
-        training=dataclasses.replace(base.training, **training))
-
-
 def train(args, arrays, log):
     """The run with both heads: ``(run folder, seconds trained)``; a run folder that already
     holds both heads (an earlier invocation's ``--workdir``) is reused (0 s)."""
@@ -94,7 +76,9 @@ def train(args, arrays, log):
     folder = RunFolder(run_dir)
     began = time.perf_counter()
     if not (run_dir / "metric_norm_softmax_head.keras").exists():
-        fit_run(run_dir, run_config(args), arrays=arrays, export=False, log=log,
+        fit_run(run_dir, run_config(args, args.seed, photometry=True,
+                                    model_changes={"metric_loss": "proxy_nca"}),
+                arrays=arrays, export=False, log=log,
                 resume=folder.holds_run())
         fit_run(run_dir, None, arrays=arrays, resume=True, export=False, log=log,
                 stages=[EncoderStage(), GANStage(),
