@@ -341,7 +341,8 @@ def one_seed(args, seed, arrays, workdir, log):
 
     results["mtl_real"] = (*timed(predict_upper), upper.count_params() + encoder.count_params())
 
-    photometry_layer, _ = fit_photometry(arrays.images, train, config.model.image_size)
+    photometry_layer, _ = fit_photometry(arrays.images, train, config.model.image_size,
+                                         weighted_fwhm=config.model.weighted_fwhm)
     photometry = load(method_dir, "image_photometry.keras")
     results["photometry"] = (*timed(lambda: photometry.predict(
         {"image": np.asarray(scaling(test_images)),

@@ -124,6 +124,13 @@ def optional_integer(*, minimum: int) -> Check:  # or None (YAML null)
                   lambda v: v is None or (_is_int(v) and v >= minimum))
 
 
+def fwhm_tuple() -> Check:  # stored as a tuple of floats; empty allowed
+    return _check("a list of FWHMs in (0, 6] arcsec (may be empty)",
+                  lambda v: isinstance(v, (list, tuple)) and all(
+                      (_is_int(item) or isinstance(item, float)) and 0 < item <= 6
+                      for item in v), lambda v: tuple(float(item) for item in v))
+
+
 def int_tuple() -> Check:  # stored as a tuple
     return _check("a non-empty list of integers >= 1", lambda v: isinstance(v, (list, tuple))
                   and len(v) > 0 and all(_is_int(item) and item >= 1 for item in v), tuple)
@@ -210,6 +217,10 @@ class ModelConfig:
     # Aperture photometry (colours, r, concentration) measured inside the model from the raw
     # cutout, as an extra input of the generator and fusion classifier; false = the paper's.
     photometry: bool = setting(True, flag())
+    # FWHMs (arcsec) of PSF-weighted fluxes the in-model photometry adds: Gaussian weights on
+    # the 3" aperture, 4 colours + r each (starqso.preprocessing.photometry.weighted_fluxes);
+    # about 3x the aperture's S/N on faint sources. [] = the 6 aperture features alone.
+    weighted_fwhm: tuple[float, ...] = setting((0.9, 1.5, 2.4), fwhm_tuple())
     # side of the centre the image CNNs see (null = image_size); the photometry still measures
     # the whole input. A point source and its profile fit in far less than the sky border the
     # photometry needs, and the CNNs' cost grows with the square of this side.

@@ -240,6 +240,7 @@ PYTHON_VIOLATIONS = [
     (ModelConfig, "dense_units", 0, "an integer >= 1"),
     (ModelConfig, "dropout", 1.0, "a number in [0, 1)"),
     (ModelConfig, "photometry", 1, "true or false"),
+    (ModelConfig, "weighted_fwhm", (1.5, 0.0), "a list of FWHMs in (0, 6] arcsec (may be empty)"),
     (ModelConfig, "trunk", "resnet18",
      "one of cnn, resnet50, densenet121, vgg16, xception, efficientnetb0, hybrid"),
     (ModelConfig, "trunk_weights", "", "a non-empty string or null"),

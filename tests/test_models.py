@@ -202,6 +202,44 @@ def test_aperture_photometry_layer_matches_the_numpy_photometry():
         AperturePhotometry(16)
 
 
+def test_psf_weighted_photometry_layer_matches_numpy_and_recovers_a_point_source():
+    from starqso.preprocessing.photometry import (
+        feature_names,
+        photometric_features,
+        weighted_fluxes,
+    )
+    from starqso.schema import PIXEL_SCALE_ARCSEC
+
+    rng = np.random.default_rng(4)
+    fwhm = (0.9, 1.5, 2.4)
+    yy, xx = np.mgrid[0:32, 0:32] - 15.5
+    sigma = 1.5 / PIXEL_SCALE_ARCSEC / 2.3548
+    psf = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+    psf /= psf.sum()
+    total = np.array([2.0, 5.0, 8.0, 9.0, 10.0])
+    noiseless = (psf[None, :, :, None] * total).astype("float32") + 0.3  # a sky pedestal
+    # The weight that matches the PSF returns the total flux (the PSF's 1% beyond 3" aside).
+    np.testing.assert_allclose(weighted_fluxes(noiseless, 1.5)[0], total, rtol=0.02)
+    cutouts = noiseless + rng.normal(0, 0.05, (6, 32, 32, 5)).astype("float32")
+    expected = photometric_features(cutouts, fwhm)
+    assert expected.shape == (6, 21) and len(feature_names(fwhm)) == 21
+    np.testing.assert_array_equal(expected[:, :6], photometric_features(cutouts))
+    layer = AperturePhotometry(32, expected.mean(axis=0), expected.std(axis=0) + 1e-3,
+                               weighted_fwhm=fwhm)
+    assert layer.NUM_FEATURES == 21 and AperturePhotometry(32).NUM_FEATURES == 6
+    got = np.asarray(layer(cutouts)) * (expected.std(axis=0) + 1e-3) + expected.mean(axis=0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    again = AperturePhotometry.from_config(layer.get_config())
+    np.testing.assert_array_equal(np.asarray(again(cutouts)), np.asarray(layer(cutouts)))
+    # Models saved before the weighted fluxes have no weighted_fwhm key and load as 6 features.
+    assert "weighted_fwhm" not in AperturePhotometry(32).get_config()
+    for bad in ((0.0,), "1.5", (7.0,)):
+        with pytest.raises(ValueError, match="weighted_fwhm"):
+            AperturePhotometry(32, weighted_fwhm=bad)
+    with pytest.raises(ValueError, match="21 numbers"):
+        AperturePhotometry(32, [0.0] * 6, [1.0] * 6, weighted_fwhm=fwhm)
+
+
 def test_deployable_refuses_photometry_models_without_the_layer():
     generator = FeatureGenerator(24, (4,), FEATURES, NOISE, 8, 0.0, photometry_dim=6)
     fusion = FusionClassifier(24, (4,), FEATURES, 8, 0.0, photometry_dim=6)

@@ -123,8 +123,14 @@ class AperturePhotometry(keras.layers.Layer):
     Args:
         image_size: cutout side in pixels (at least 22, ``config.PHOTOMETRY_MIN_SIZE``: the 3"
             aperture and its 3-pixel sky border).
-        mean: per-feature mean on the training cutouts, length 6 (default zeros).
-        std: per-feature standard deviation, length 6 (default ones).
+        mean: per-feature mean on the training cutouts, length ``NUM_FEATURES`` (default
+            zeros).
+        std: per-feature standard deviation, length ``NUM_FEATURES`` (default ones).
+        weighted_fwhm: FWHMs (arcsec) of PSF-weighted fluxes (Gaussian weights on the 3"
+            aperture's pixels, :func:`~starqso.preprocessing.photometry.weighted_fluxes`),
+            whose 4 colours and r follow the 6 aperture features: ``NUM_FEATURES`` is
+            ``6 + 5 * len(weighted_fwhm)``. At the faint, sky-limited end they have about
+            three times the aperture's S/N. Default none (the 6 aperture features).
 
     Example:
         >>> layer = AperturePhotometry(32)
@@ -132,19 +138,32 @@ class AperturePhotometry(keras.layers.Layer):
         (2, 6)
     """
 
-    NUM_FEATURES = 6
+    NUM_FEATURES = 6  # without weighted_fwhm; an instance has its own
 
-    def __init__(self, image_size, mean=None, std=None, **kwargs):
+    def __init__(self, image_size, mean=None, std=None, weighted_fwhm=(), **kwargs):
         from starqso.errors import InputError
-        from starqso.preprocessing.photometry import SOFTENING, aperture_masks, sky_arcs
+        from starqso.preprocessing.photometry import (
+            SOFTENING,
+            aperture_masks,
+            psf_weights,
+            sky_arcs,
+        )
 
         super().__init__(**kwargs)
         self.image_size = int(image_size)
-        self.mean = [float(v) for v in (mean if mean is not None else [0.0] * 6)]
-        self.std = [float(v) for v in (std if std is not None else [1.0] * 6)]
-        if len(self.mean) != 6 or len(self.std) != 6 or min(self.std) <= 0:
-            raise ValueError(f"AperturePhotometry mean and std must be 6 numbers, std > 0. "
-                             f"Received: mean={self.mean}, std={self.std}")
+        if not isinstance(weighted_fwhm, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and 0 < v <= 6 for v in weighted_fwhm):
+            raise ValueError(f"AperturePhotometry weighted_fwhm must be a list of FWHMs in "
+                             f"(0, 6] arcsec. Received: weighted_fwhm={weighted_fwhm!r}")
+        self.weighted_fwhm = [float(v) for v in weighted_fwhm]
+        self.NUM_FEATURES = 6 + 5 * len(self.weighted_fwhm)
+        count = self.NUM_FEATURES
+        self.mean = [float(v) for v in (mean if mean is not None else [0.0] * count)]
+        self.std = [float(v) for v in (std if std is not None else [1.0] * count)]
+        if len(self.mean) != count or len(self.std) != count or min(self.std) <= 0:
+            raise ValueError(f"AperturePhotometry mean and std must be {count} numbers "
+                             f"(6 + 5 per weighted_fwhm), std > 0. Received: "
+                             f"mean={self.mean}, std={self.std}")
         try:
             outer, _ = aperture_masks(self.image_size, 3.0)
             inner, _ = aperture_masks(self.image_size, 1.5)
@@ -158,6 +177,9 @@ class AperturePhotometry(keras.layers.Layer):
         self._aperture = np.flatnonzero(outer.ravel()).astype("int32")
         self._inner = inner.ravel()[self._aperture].astype("float32")[:, None]  # (A, 1)
         self._areas = (float(self._aperture.size), float(inner.sum()))
+        # The PSF weights are on the same gathered pixels, one (A, 1) column per FWHM.
+        self._weights = [psf_weights(self.image_size, fwhm).astype("float32")[:, None]
+                         for fwhm in self.weighted_fwhm]
         arcs = sky_arcs(self.image_size)  # (16, L) border pixels, arc by arc
         self._arcs = arcs.shape
         self._sky_index = arcs.ravel()
@@ -189,18 +211,25 @@ class AperturePhotometry(keras.layers.Layer):
         sky = ops.sum(top, axis=2) * (1.0 / ((SKY_ARCS - 2 * SKY_TRIM) * length))  # - offset
         pixels = (ops.take(flat, ops.convert_to_tensor(self._aperture), axis=1) - offset
                   - sky[:, None, :])
-        fluxes = (ops.sum(pixels, axis=1),
-                  ops.sum(pixels * ops.convert_to_tensor(self._inner), axis=1))
-        outer, inner = (-2.5 / np.log(10.0) * (
+        fluxes = [ops.sum(pixels, axis=1),
+                  ops.sum(pixels * ops.convert_to_tensor(self._inner), axis=1)]
+        fluxes += [ops.sum(pixels * ops.convert_to_tensor(weights), axis=1)
+                   for weights in self._weights]
+        outer, inner, *weighted = (-2.5 / np.log(10.0) * (
             asinh(flux * ops.convert_to_tensor(self._flux_scale))
             + ops.convert_to_tensor(self._log_b)) for flux in fluxes)
-        features = ops.concatenate([outer[:, :-1] - outer[:, 1:], outer[:, 2:3],
-                                    inner[:, 2:3] - outer[:, 2:3]], axis=1)
+        columns = [outer[:, :-1] - outer[:, 1:], outer[:, 2:3], inner[:, 2:3] - outer[:, 2:3]]
+        for magnitudes in weighted:
+            columns += [magnitudes[:, :-1] - magnitudes[:, 1:], magnitudes[:, 2:3]]
+        features = ops.concatenate(columns, axis=1)
         return (features - ops.convert_to_tensor(self.mean)) / ops.convert_to_tensor(self.std)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.NUM_FEATURES)
 
     def get_config(self):
-        return {**super().get_config(), "image_size": self.image_size, "mean": self.mean,
-                "std": self.std}
+        config = {**super().get_config(), "image_size": self.image_size, "mean": self.mean,
+                  "std": self.std}
+        if self.weighted_fwhm:  # absent for the 6 aperture features, as models before it
+            config["weighted_fwhm"] = self.weighted_fwhm
+        return config

@@ -38,6 +38,24 @@ SOFTENING = np.array([1.4e-10, 0.9e-10, 1.2e-10, 1.8e-10, 7.4e-10])
 SKY_ARCS = 16
 SKY_TRIM = 4
 FEATURE_NAMES = ("u-g", "g-r", "r-i", "i-z", "r", "concentration_r")
+# FWHM (arcsec) of the Gaussian weights of the PSF-weighted fluxes (model.weighted_fwhm's
+# default): narrow, typical and broad seeing. At the sky-limited faint end a weight near the
+# PSF has ~3x the S/N of the 3" aperture's sum (an effective area of 4 pi sigma^2, ~18 pixels
+# at 1.1" seeing, against 180); the three widths bracket the seeing, so one of them is always
+# close to the PSF. Boosting trained on the simulator's cutouts, on the real catalogue rows
+# rendered at 1.3-2.5x SDSS's sky noise: macro-F1 0.882 on aperture colours, 0.900 with these.
+WEIGHTED_FWHM_ARCSEC = (0.9, 1.5, 2.4)
+
+
+def feature_names(weighted_fwhm=()):
+    """Column names of :func:`photometric_features` with ``weighted_fwhm``.
+
+    Example:
+        >>> feature_names((1.5,))[6:]
+        ('u-g@1.5', 'g-r@1.5', 'r-i@1.5', 'i-z@1.5', 'r@1.5')
+    """
+    return FEATURE_NAMES + tuple(f"{name}@{fwhm:g}" for fwhm in weighted_fwhm
+                                 for name in FEATURE_NAMES[:5])
 
 
 def asinh_magnitudes(nanomaggies):
@@ -72,6 +90,56 @@ def aperture_fluxes(cutouts, radius_arcsec=3.0, sky=None):
         sky = sky_levels(cutouts)
     pixels = cutouts[:, inside, :].astype(np.float64)
     return (pixels - np.asarray(sky, dtype=np.float64)[:, None, :]).sum(axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def psf_weights(size, fwhm_arcsec):
+    """Gaussian weights of a PSF-weighted flux on the 3" aperture's pixels of a ``size`` cutout.
+
+    A circular Gaussian of ``fwhm_arcsec`` at the cutout centre, cut to the 3" aperture
+    (:func:`aperture_masks`: at most 2.4" FWHM loses < 2% of the weight), normalised to unit
+    sum and divided by its sum of squares, so that ``sum(weights * (pixels - sky))`` is the
+    total flux of a point source whose PSF is that Gaussian (the matched-filter estimate).
+
+    Returns:
+        (A,) float64 weights, one per pixel of ``aperture_masks(size, 3.0)[0]`` in flat order.
+
+    Example:
+        >>> psf_weights(32, 1.5).shape
+        (180,)
+    """
+    inside, _ = aperture_masks(size, 3.0)
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    sigma = float(fwhm_arcsec) / PIXEL_SCALE / (2 * np.sqrt(2 * np.log(2)))
+    weights = np.exp(-(xx ** 2 + yy ** 2)[inside] / (2 * sigma ** 2))
+    weights /= weights.sum()
+    weights /= (weights ** 2).sum()
+    weights.flags.writeable = False  # cached: shared, read-only
+    return weights
+
+
+def weighted_fluxes(cutouts, fwhm_arcsec, sky=None):
+    """PSF-weighted fluxes (:func:`psf_weights`) at the cutout centre, sky subtracted.
+
+    Args:
+        cutouts: (N, S, S, 5) cutouts in nanomaggies, channels last, source at the centre.
+        fwhm_arcsec: FWHM of the Gaussian weight.
+        sky: (N, 5) sky levels per pixel; :func:`sky_levels` of the cutouts when None.
+
+    Returns:
+        (N, 5) float64 fluxes in nanomaggies (a point source's total flux when its PSF is the
+        weight; colours stay unbiased for any PSF shared by the bands).
+
+    Example:
+        >>> weighted_fluxes(np.zeros((2, 32, 32, 5)), 1.5).shape
+        (2, 5)
+    """
+    cutouts = _checked(cutouts)
+    inside, _ = aperture_masks(cutouts.shape[1], 3.0)
+    if sky is None:
+        sky = sky_levels(cutouts)
+    pixels = cutouts[:, inside, :].astype(np.float64) - np.asarray(sky, np.float64)[:, None, :]
+    return np.einsum("nab,a->nb", pixels, psf_weights(cutouts.shape[1], float(fwhm_arcsec)))
 
 
 def _checked(cutouts):
@@ -149,16 +217,18 @@ def aperture_masks(size, radius_arcsec):
     return masks
 
 
-def photometric_features(cutouts):
+def photometric_features(cutouts, weighted_fwhm=()):
     """The classical peers' features from cutouts: 4 colours, r, r-band concentration.
 
     Args:
         cutouts: (N, S, S, 5) cutouts in nanomaggies, channels last.
+        weighted_fwhm: FWHMs (arcsec) of PSF-weighted fluxes (:func:`weighted_fluxes`) whose
+            4 colours and r follow, 5 columns per FWHM (e.g. :data:`WEIGHTED_FWHM_ARCSEC`).
 
     Returns:
-        (N, 6) float32 array, columns :data:`FEATURE_NAMES`; colours and r are asinh
-        magnitudes in a 3" aperture, the concentration is the r-band magnitude difference
-        between 1.5" and 3" apertures.
+        (N, 6 + 5 * len(weighted_fwhm)) float32 array, columns :func:`feature_names`; colours
+        and r are asinh magnitudes in a 3" aperture, the concentration is the r-band magnitude
+        difference between 1.5" and 3" apertures.
 
     Example:
         >>> photometric_features(np.zeros((1, 32, 32, 5))).shape
@@ -167,6 +237,9 @@ def photometric_features(cutouts):
     sky = sky_levels(cutouts)
     magnitudes = asinh_magnitudes(aperture_fluxes(cutouts, 3.0, sky))
     inner = asinh_magnitudes(aperture_fluxes(cutouts, 1.5, sky))[:, 2]
-    features = np.column_stack([magnitudes[:, :-1] - magnitudes[:, 1:], magnitudes[:, 2],
-                                inner - magnitudes[:, 2]])
-    return features.astype(np.float32)
+    columns = [magnitudes[:, :-1] - magnitudes[:, 1:], magnitudes[:, 2],
+               inner - magnitudes[:, 2]]
+    for fwhm in weighted_fwhm:
+        weighted = asinh_magnitudes(weighted_fluxes(cutouts, fwhm, sky))
+        columns += [weighted[:, :-1] - weighted[:, 1:], weighted[:, 2]]
+    return np.column_stack(columns).astype(np.float32)

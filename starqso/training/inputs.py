@@ -38,7 +38,8 @@ def centre(images: np.ndarray, side: int) -> np.ndarray:
     return images[:, margin:margin + side, margin:margin + side] if margin else images
 
 
-def fit_photometry(images: np.ndarray, train: np.ndarray, image_size: int, name="photometry"):
+def fit_photometry(images: np.ndarray, train: np.ndarray, image_size: int, name="photometry",
+                   weighted_fwhm=()):
     """An :class:`AperturePhotometry` layer standardised with the training objects' statistics.
 
     Args:
@@ -46,15 +47,19 @@ def fit_photometry(images: np.ndarray, train: np.ndarray, image_size: int, name=
         train: indices of the training objects.
         image_size: S.
         name: the layer's name.
+        weighted_fwhm: FWHMs (arcsec) of the layer's PSF-weighted fluxes
+            (``model.weighted_fwhm``).
 
     Returns:
-        ``(layer, features)``: the fitted layer and its output for every cutout (N, 6).
+        ``(layer, features)``: the fitted layer and its output for every cutout
+        (N, ``layer.NUM_FEATURES``).
     """
     from starqso.models import AperturePhotometry
 
-    raw = apply_layer(AperturePhotometry(image_size), images)
+    raw = apply_layer(AperturePhotometry(image_size, weighted_fwhm=weighted_fwhm), images)
     layer = AperturePhotometry(image_size, raw[train].mean(axis=0),
-                               raw[train].std(axis=0) + 1e-6, name=name)
+                               raw[train].std(axis=0) + 1e-6, weighted_fwhm=weighted_fwhm,
+                               name=name)
     return layer, apply_layer(layer, images)
 
 
@@ -102,8 +107,9 @@ class ModelInputs:
         arrays = {"image": apply_layer(scaling, centre(images, trunk_side(model_config)))}
         photometry = None
         if model_config.photometry:
-            photometry, arrays["photometry"] = fit_photometry(images, train,
-                                                              model_config.image_size)
+            photometry, arrays["photometry"] = fit_photometry(
+                images, train, model_config.image_size,
+                weighted_fwhm=model_config.weighted_fwhm)
         return cls(scaling, photometry, statistics, arrays)
 
     @property

@@ -382,8 +382,9 @@ class FusionStage(Stage):
             if features is None:
                 from starqso.training.inputs import fit_photometry
 
-                _, features = fit_photometry(context.arrays.images, context.train,
-                                             context.config.model.image_size)
+                _, features = fit_photometry(
+                    context.arrays.images, context.train, context.config.model.image_size,
+                    weighted_fwhm=context.config.model.weighted_fwhm)
             self.inputs = {"image": context.inputs.arrays["image"], "features": features}
 
     def build(self, context):
