@@ -15,6 +15,8 @@ with the prior 0.3 (``starqso predict --prior 0.3``) at its own threshold. Rows:
 * the model (LiteRT int8 and Keras, as ``starqso predict`` runs them);
 * gradient boosting on aperture photometry (3" radius, sky from the cutout border), trained on
   the simulator's cutouts, and trained in-domain on the renderer's (5-fold cross-validated);
+* gradient boosting on the model's own in-graph photometry (aperture + PSF-weighted fluxes at
+  ``model.weighted_fwhm``), trained on the simulator's cutouts;
 * gradient boosting on PSF-fit photometry (a Gaussian PSF fitted to the r band, then linear
   fluxes with a sky term in every band), in-domain (5-fold CV);
 * gradient boosting on the exact catalogue colours + r (no image noise: the limit), 5-fold CV.
@@ -167,6 +169,33 @@ def summary(labels, called, mags_r, redshift):
     return row
 
 
+def star_rates(labels, p_train, mags_r, metadata, threshold):
+    """Threshold-free AUC (QSO vs star) and the stars called QSO at the model's default
+    (sky) prior, all and per r bin: the renders' stand-in for a field of real stars."""
+    from sklearn.metrics import roc_auc_score
+
+    called = with_prior(p_train, None, metadata) >= threshold
+    stars = labels == 0
+    row = {"auc": roc_auc_score(labels, p_train), "all": called[stars].mean()}
+    for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:]):
+        inside = stars & (mags_r >= lo) & (mags_r < hi)
+        row[f"r{lo:g}"] = called[inside].mean() if inside.any() else np.nan
+    return row
+
+
+def star_table(rows, depth, prior):
+    r_names = [f"r {lo:g}-{hi:g}" for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:])]
+    lines = [f"Stars called QSO at the model's default prior ({depth} depth; the sky's QSO "
+             f"fraction, {prior:g}) and "
+             "the threshold-free AUC of QSO vs star:", "",
+             "| classifier | AUC | stars called QSO | " + " | ".join(r_names) + " |",
+             "|---|---|---|" + "---|" * len(r_names)]
+    lines += [f"| {name} | {row['auc']:.4f} | {row['all']:.4f} | "
+              + " | ".join(f"{row[f'r{lo:g}']:.3f}" for lo in R_EDGES[:-1]) + " |"
+              for name, row in rows]
+    return "\n".join(lines).replace("nan", "-")
+
+
 def table(rows, title):
     r_names = [f"{lo:g}-{hi:g}" for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:])]
     z_names = [f"{lo:g}-{hi:g}" for lo, hi in zip(Z_EDGES[:-1], Z_EDGES[1:])]
@@ -208,7 +237,7 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from starqso.data.arrays import ObjectArrays
     from starqso.inference import open_model
-    from starqso.preprocessing.photometry import photometric_features
+    from starqso.preprocessing.photometry import WEIGHTED_FWHM_ARCSEC, photometric_features
 
     began = time.perf_counter()
     real = read_real(args.catalog)
@@ -220,22 +249,28 @@ def main():
     simulated = ObjectArrays.from_simulation(args.sim_objects, 20231, image_size=SIZE)
     sim_features = photometric_features(simulated.images)[:, :5]
     sim_peer = boosting(args.seed).fit(sim_features, simulated.labels)
+    weighted_peer = boosting(args.seed).fit(
+        photometric_features(simulated.images, WEIGHTED_FWHM_ARCSEC), simulated.labels)
 
     sections = []
     for depth, noise in DEPTHS.items():
         rng = np.random.default_rng(args.seed + (depth == "noisier"))
         cubes = np.stack([render(m, RENDER_SIZE, rng, noise) for m in mags])
         images = crop(cubes)
-        rows = []
+        rows, stars = [], []
         for name, metadata, predictor in runtimes:
             p = np.concatenate([predictor(images[i:i + 512])
                                 for i in range(0, len(images), 512)])
             rows.append((name, summary(labels, with_prior(p, args.prior, metadata)
                                        >= threshold, mags[:, 2], redshift)))
+            stars.append((name, star_rates(labels, p, mags[:, 2], metadata, threshold)))
         cut = np.ascontiguousarray(cubes[:, :, 8:40, 8:40])
         rows.append(("boosting, aperture photometry, trained on the simulator", summary(
             labels, sim_peer.predict_proba(photometric_features(images)[:, :5])[:, 1] >= 0.5,
             mags[:, 2], redshift)))
+        rows.append(("boosting, aperture + PSF-weighted photometry, trained on the simulator",
+                     summary(labels, weighted_peer.predict_proba(photometric_features(
+                         images, WEIGHTED_FWHM_ARCSEC))[:, 1] >= 0.5, mags[:, 2], redshift)))
         for title, features in (("aperture", aperture_features(cut)),
                                 ("PSF-fit", psf_features(cut))):
             rows.append((f"boosting, {title} photometry, in-domain (5-fold CV)", summary(
@@ -246,6 +281,7 @@ def main():
             labels, cross_validated(exact, labels, args.seed) >= 0.5, mags[:, 2], redshift)))
         sections.append(table(rows, f"Rendered real rows, {depth} depth (sky {noise[0]:g}-"
                                     f"{noise[1]:g}x SDSS's median)"))
+        sections.append(star_table(stars, depth, runtimes[0][1].get("default_prior")))
 
     if args.real_qso:
         with np.load(args.real_qso) as stored:

@@ -221,6 +221,9 @@ class ModelConfig:
     # the 3" aperture, 4 colours + r each (starqso.preprocessing.photometry.weighted_fluxes);
     # about 3x the aperture's S/N on faint sources. [] = the 6 aperture features alone.
     weighted_fwhm: tuple[float, ...] = setting((0.9, 1.5, 2.4), fwhm_tuple())
+    # a photometry-only head (PhotometryClassifier) whose logit the deployed model blends with
+    # the fusion classifier's, by a weight chosen on the validation split (needs photometry)
+    photometry_head: bool = setting(True, flag())
     # side of the centre the image CNNs see (null = image_size); the photometry still measures
     # the whole input. A point source and its profile fit in far less than the sky border the
     # photometry needs, and the CNNs' cost grows with the square of this side.
@@ -283,6 +286,7 @@ class TrainingConfig:
     # the diffusion generator stage (model.generator: diffusion), at learning_rate
     diffusion_epochs: int = setting(10, integer(minimum=0))
     fusion_epochs: int = setting(10, integer(minimum=0))
+    photometry_epochs: int = setting(30, integer(minimum=0))  # the photometry head
     image_epochs: int = setting(10, integer(minimum=0))
     metric_epochs: int = setting(10, integer(minimum=0))  # the metric-learning head's stage
     gan_learning_rate: float = setting(2e-4, number(minimum=0, open_min=True))
@@ -367,6 +371,7 @@ PRESETS: dict[str, RunConfig] = {
                         export_check_objects=48, export_calibration_objects=16),
         training=TrainingConfig(batch_size=16, encoder_epochs=2, gan_epochs=2,
                                 diffusion_epochs=2, fusion_epochs=2, image_epochs=2,
+                                photometry_epochs=2,
                                 metric_epochs=2, early_stopping_patience=2),
     ),
 }

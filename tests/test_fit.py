@@ -18,26 +18,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN_FILES = (
     "config.yaml", "preprocessing.json", "split.json", "metrics.json", "history.json",
     "state.json", "spectrum_classifier.keras", "spectrum_encoder.keras", "generator.keras",
-    "discriminator.keras", "fusion_classifier.keras", "starqso_classifier.keras",
-    "image_classifier.keras",
+    "discriminator.keras", "photometry_classifier.keras", "fusion_classifier.keras",
+    "starqso_classifier.keras", "image_classifier.keras",
 )
+STAGES = ["encoder", "gan", "photometry_head", "fusion", "image"]
 
 
 def test_fit_tiny_through_the_cli_writes_a_complete_run_folder(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for stage in ("encoder", "gan", "fusion", "image"):
+    for stage in STAGES:
         assert f"[{stage}]" in result.output
     for name in RUN_FILES:
         assert (out / name).exists(), name
     assert (out / "logs" / "fusion").is_dir()
     assert not (out / "backup").exists()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"encoder", "gan", "fusion", "image"}
+    assert set(metrics) == set(STAGES)
     assert 0.0 <= metrics["fusion"]["accuracy"] <= 1.0
-    assert json.loads((out / "state.json").read_text())["completed"] == [
-        "encoder", "gan", "fusion", "image"]
+    assert json.loads((out / "state.json").read_text())["completed"] == STAGES
 
     model = keras.saving.load_model(out / "starqso_classifier.keras", safe_mode=True)
     size = json.loads((out / "preprocessing.json").read_text())["image_size"]
@@ -86,8 +86,7 @@ def test_fit_killed_mid_stage_resumes_from_its_last_epoch(tmp_path):
     assert "[encoder]" not in resumed.stdout and "[gan]" in resumed.stdout
     for name in RUN_FILES:
         assert (out / name).exists(), name
-    assert json.loads((out / "state.json").read_text())["completed"] == [
-        "encoder", "gan", "fusion", "image"]
+    assert json.loads((out / "state.json").read_text())["completed"] == STAGES
 
 
 def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
@@ -155,10 +154,10 @@ def test_stages_run_alone_and_a_variant_reuses_another_runs_stages(tmp_path):
     variant = fit_run(tmp_path / "variant", config, arrays=arrays, export=False,
                       log=lines.append, reuse={"encoder": base, "image": base})
     trained = [line.split("]")[0][1:] for line in lines if line.startswith("[")]
-    assert trained == ["gan", "fusion"]
+    assert trained == ["gan", "photometry_head", "fusion"]
     assert variant["encoder"] == RunFolder(base).metrics()["encoder"]
     assert RunFolder(tmp_path / "variant").completed_stages() == [
-        "encoder", "image", "gan", "fusion"]
+        "encoder", "image", "gan", "photometry_head", "fusion"]
 
     lines.clear()
     extra = fit_run(base, None, arrays=arrays, resume=True, export=False, log=lines.append,

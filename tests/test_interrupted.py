@@ -19,9 +19,11 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
 RUN_FILES = (
     "config.yaml", "preprocessing.json", "split.json", "metrics.json", "history.json",
     "state.json", "spectrum_classifier.keras", "spectrum_encoder.keras", "generator.keras",
-    "discriminator.keras", "fusion_classifier.keras", "starqso_classifier.keras",
-    "image_classifier.keras", "export/metadata.json", "export/model_int8.tflite",
+    "discriminator.keras", "photometry_classifier.keras", "fusion_classifier.keras",
+    "starqso_classifier.keras", "image_classifier.keras", "export/metadata.json",
+    "export/model_int8.tflite",
 )
+STAGES = ["encoder", "gan", "photometry_head", "fusion", "image"]
 
 
 
@@ -115,7 +117,7 @@ def test_fit_killed_in_every_stage_resumes_to_a_complete_run(tmp_path):
                   process, f"the {stage} stage checkpointed an epoch")
         _kill(process)
         assert stage not in completed(), f"{stage} finished before it could be killed"
-        assert completed() == ["encoder", "gan", "fusion", "image"][:number]
+        assert completed() == STAGES[:STAGES.index(stage)]
 
     # Killed while exporting: the export folder is swapped in whole or not at all.
     process = subprocess.Popen(command + ["--resume"], env=ENV, stdout=subprocess.DEVNULL,
@@ -127,11 +129,10 @@ def test_fit_killed_in_every_stage_resumes_to_a_complete_run(tmp_path):
     resumed = subprocess.run(command + ["--resume"], env=ENV, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert not any(f"[{stage}]" in resumed.stdout for stage in ("encoder", "gan", "fusion",
-                                                                  "image"))
+    assert not any(f"[{stage}]" in resumed.stdout for stage in STAGES)
     for name in RUN_FILES:
         assert (out / name).exists(), name
-    assert completed() == ["encoder", "gan", "fusion", "image"]
+    assert completed() == STAGES
     assert not (out / "backup").exists() and not (out / "export.partial").exists()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"encoder", "gan", "fusion", "image"}
+    assert set(metrics) == set(STAGES)

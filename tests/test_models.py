@@ -11,6 +11,7 @@ from starqso.models import (
     FeatureGenerator,
     FusionClassifier,
     ImageClassifier,
+    PhotometryClassifier,
     SpectrumClassifier,
     SpectrumEncoder,
     StarQSOClassifier,
@@ -52,6 +53,12 @@ def tiny_models():
                                          "photometry": table}, (6, 1)),
         "photometry_deployable": (StarQSOClassifier(scaling, generator_p, fusion_p, photometry),
                                   {"image": big}, (6, 1)),
+        "photometry_head": (PhotometryClassifier(6, 8, 0.1), {"photometry": table}, (6, 1)),
+        "deployable_with_head": (StarQSOClassifier(scaling, generator_c, fusion_c, photometry,
+                                                   image_size=24,
+                                                   photometry_head=PhotometryClassifier(6, 8),
+                                                   head_weight=0.3),
+                                 {"image": big}, (6, 1)),
         "encoder": (encoder, {"spectrum": SPECTRA}, (6, FEATURES)),
         "spectrum_classifier": (SpectrumClassifier(encoder, 0.1), {"spectrum": SPECTRA},
                                 (6, 1)),
@@ -81,7 +88,8 @@ def test_shape_config_round_trip_and_keras_reload(name, tmp_path):
     np.testing.assert_allclose(np.asarray(reloaded(inputs)), outputs, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["spectrum_classifier", "fusion", "image", "photometry_fusion"])
+@pytest.mark.parametrize("name", ["spectrum_classifier", "fusion", "image", "photometry_fusion",
+                                  "photometry_head"])
 def test_one_fit_step_gives_a_finite_loss(name):
     model, inputs, _ = tiny_models()[name]
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy())
@@ -246,3 +254,74 @@ def test_deployable_refuses_photometry_models_without_the_layer():
     scaling = CutoutScaling([0.03] * 5, [0.0] * 5, [1.0] * 5)
     with pytest.raises(ValueError, match="AperturePhotometry"):
         StarQSOClassifier(scaling, generator, fusion)
+
+
+def test_deployable_blends_the_photometry_head_logit_by_its_weight():
+    from starqso.models.calibration import blend_logit as logit
+    from starqso.probability import sigmoid
+
+    model, inputs, _ = tiny_models()["deployable_with_head"]
+    plain = StarQSOClassifier(model.scaling, model.generator, model.fusion, model.photometry,
+                              image_size=24)
+    p_fusion = np.asarray(plain(inputs)).ravel()
+    p_head = np.asarray(model.photometry_head(
+        {"photometry": np.asarray(model.photometry(inputs["image"]))})).ravel()
+    expected = sigmoid(0.7 * logit(p_fusion) + 0.3 * logit(p_head))
+    np.testing.assert_allclose(np.asarray(model(inputs)).ravel(), expected, atol=1e-6)
+    assert model.get_config()["head_weight"] == 0.3
+    # Weight 0 is the fusion classifier alone, 1 the head alone.
+    for weight, alone in ((0.0, p_fusion), (1.0, p_head)):
+        blended = StarQSOClassifier(model.scaling, model.generator, model.fusion,
+                                    model.photometry, image_size=24,
+                                    photometry_head=model.photometry_head, head_weight=weight)
+        np.testing.assert_allclose(np.asarray(blended(inputs)).ravel(), alone, atol=1e-6)
+    # Saturated probabilities (an int8 sigmoid reaches 0 and 1) keep finite log-odds.
+    from starqso.models import LogitBlend
+
+    ends = np.asarray(LogitBlend(0.5)([np.array([[0.0], [1.0]], "float32"),
+                                       np.array([[0.0], [1.0]], "float32")])).ravel()
+    assert np.all(np.isfinite(ends)) and ends[0] < 0.01 and ends[1] > 0.99
+    with pytest.raises(ValueError, match="weight"):
+        LogitBlend(-0.1)
+    with pytest.raises(ValueError, match="head_weight"):
+        StarQSOClassifier(model.scaling, model.generator, model.fusion, model.photometry,
+                          image_size=24, photometry_head=model.photometry_head, head_weight=1.5)
+    with pytest.raises(ValueError, match="photometry_head"):
+        StarQSOClassifier(model.scaling, model.generator, model.fusion, model.photometry,
+                          image_size=24, photometry_head=PhotometryClassifier(21, 8))
+    with pytest.raises(ValueError, match="photometry_dim"):
+        PhotometryClassifier(0)
+
+
+def test_deployable_with_head_saved_model_and_tflite_match_keras(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from starqso.export import convert_tflite, write_saved_model
+    from starqso.inference import LiteRTPredictor
+
+    model, inputs, _ = tiny_models()["deployable_with_head"]
+    expected = np.asarray(model(inputs)).ravel()
+    write_saved_model(model, tmp_path / "saved_model")
+    served = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(served(image=tf.constant(inputs["image"]))["p_qso"].numpy()
+                               .ravel(), expected, atol=1e-6)
+    path = tmp_path / "model_fp32.tflite"
+    path.write_bytes(convert_tflite(tmp_path / "saved_model", "fp32"))
+    np.testing.assert_allclose(LiteRTPredictor(path)(inputs["image"]), expected, atol=1e-5)
+    ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
+    assert not any("Flex" in name for name in ops)
+
+
+def test_blend_weight_picks_the_better_classifier_on_validation():
+    from starqso.training.stages import BLEND_GRID, blend_weight
+
+    labels = np.random.default_rng(0).integers(0, 2, 400)
+    good = np.where(labels == 1, 0.8, 0.2)
+    noise = np.random.default_rng(1).uniform(0.3, 0.7, 400)
+    assert blend_weight(labels, noise, good) == 1.0
+    assert blend_weight(labels, good, noise) == 0.0
+    # Saturated probabilities (p exactly 0 or 1) keep every weight's loss finite.
+    saturated = np.where(labels == 1, 1.0, 0.0)
+    assert blend_weight(labels, noise, saturated) == 1.0
+    assert 0.0 < blend_weight(labels, np.where(labels == 1, 0.6, 0.4), good) <= 1.0
+    assert set(BLEND_GRID) >= {0.0, 0.5, 1.0}

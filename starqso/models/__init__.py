@@ -23,8 +23,13 @@ All are Keras functional models registered under the ``starqso`` package, so ``.
 load with ``keras.saving.load_model`` after ``import starqso.models``.
 """
 
-from starqso.models.calibration import CalibratedClassifier, TemperatureScaling
-from starqso.models.classifiers import FusionClassifier, ImageClassifier, StarQSOClassifier
+from starqso.models.calibration import CalibratedClassifier, LogitBlend, TemperatureScaling
+from starqso.models.classifiers import (
+    FusionClassifier,
+    ImageClassifier,
+    PhotometryClassifier,
+    StarQSOClassifier,
+)
 from starqso.models.diffusion import ConditionalDiffusion, DiffusionGenerator, FeatureDenoiser
 from starqso.models.finetune import FineTuner
 from starqso.models.gan import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
@@ -46,8 +51,10 @@ __all__ = [
     "FineTuner",
     "FusionClassifier",
     "ImageClassifier",
+    "LogitBlend",
     "MetricHead",
     "MetricLearner",
+    "PhotometryClassifier",
     "ProxyLogits",
     "ProxyNCALoss",
     "RelativeSelfAttention",

@@ -45,7 +45,7 @@ def image_trunk(image, filters, dense_units, dropout, name):
 
 
 def photometry_branch(photometry, units):
-    """A dense embedding of the standardised aperture photometry: (6,) -> (units,).
+    """A dense embedding of the standardised in-model photometry: (P,) -> (units,).
 
     Two layers let the model form non-linear colour cuts (the QSO locus bends in ugriz) before
     they meet the image embedding.

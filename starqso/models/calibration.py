@@ -18,11 +18,26 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from starqso.models.blocks import ConstructorConfig, deserialize_submodel
 from starqso.models.layers import PACKAGE
 from starqso.probability import EPSILON
+
+#: Added to p and 1 - p before LogitBlend's log-odds (about a quarter of an int8 step).
+BLEND_EPSILON = 1e-3
+
+
+def blend_logit(p):
+    """NumPy twin of :class:`LogitBlend`'s log-odds, float64.
+
+    Example:
+        >>> float(blend_logit(0.5))
+        0.0
+    """
+    p = np.asarray(p, np.float64)
+    return np.log(p + BLEND_EPSILON) - np.log(1.0 + BLEND_EPSILON - p)
 
 
 def _check_temperature(temperature):
@@ -63,6 +78,48 @@ class TemperatureScaling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LogitBlend(keras.layers.Layer):
+    """[p_a, p_b] (N, 1) each -> sigmoid((1 - weight) * logit(p_a) + weight * logit(p_b)).
+
+    How the deployed model combines the fusion classifier with its photometry head: a
+    weighted mean of log-odds (a product of experts). The log-odds are
+    ``log(p + BLEND_EPSILON) - log(1 + BLEND_EPSILON - p)``: finite at p = 0 and 1 (an int8
+    model's sigmoid outputs reach both, in steps of 1/256), bounded by +-6.9, and no
+    MINIMUM/MAXIMUM to quantise; :func:`blend_logit` is the NumPy twin.
+
+    Args:
+        weight: share of ``p_b``'s logit, in [0, 1].
+
+    Example:
+        >>> p_a, p_b = np.array([[0.9]], "float32"), np.array([[0.1]], "float32")
+        >>> float(LogitBlend(0.5)([p_a, p_b])[0, 0])  # doctest: +SKIP
+        0.5
+    """
+
+    def __init__(self, weight=0.5, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        weight = float(weight)
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"LogitBlend weight must be in [0, 1]. Received: weight={weight}")
+        self.weight = weight
+
+    def call(self, inputs):
+        def logit(probability):
+            p = ops.cast(probability, "float32")
+            return ops.log(p + BLEND_EPSILON) - ops.log((1.0 + BLEND_EPSILON) - p)
+
+        first, second = inputs
+        return ops.sigmoid(logit(first) * (1.0 - self.weight) + logit(second) * self.weight)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -12,6 +12,7 @@ from starqso.models.blocks import (
     deserialize_submodel,
     photometry_branch,
 )
+from starqso.models.calibration import LogitBlend
 from starqso.models.layers import PACKAGE, AperturePhotometry, CutoutScaling, ZeroNoise
 from starqso.models.trunks import image_trunk_features
 
@@ -98,6 +99,43 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class PhotometryClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
+    """Standardised in-model photometry -> p(QSO): the photometry head of the deployed model.
+
+    The same dense branch the fusion classifier puts on the photometry, then its own output.
+    Trained on the simulator's cutouts, these colours carry over to other renderings better
+    than the image trunk (``benchmarks/real_photometry.py``), so :class:`StarQSOClassifier`
+    blends its logit with the fusion classifier's (:class:`LogitBlend`).
+
+    Args:
+        photometry_dim: length of the ``"photometry"`` input (``AperturePhotometry``'s).
+        dense_units: width of the hidden layers.
+        dropout: dropout rate before the output.
+
+    Example:
+        >>> head = PhotometryClassifier(21, dense_units=8)
+        >>> head.output_shape
+        (None, 1)
+    """
+
+    CONFIG_KEYS = ("photometry_dim", "dense_units", "dropout")
+
+    def __init__(self, photometry_dim=21, dense_units=128, dropout=0.2, **kwargs):
+        if not isinstance(photometry_dim, int) or photometry_dim < 1:
+            raise ValueError(f"PhotometryClassifier photometry_dim must be an integer >= 1. "
+                             f"Received: photometry_dim={photometry_dim!r}")
+        photometry = keras.Input((photometry_dim,), name="photometry")
+        x = photometry_branch(photometry, dense_units)
+        if dropout:
+            x = layers.Dropout(dropout, name="dropout")(x)
+        probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
+        super().__init__(inputs={"photometry": photometry}, outputs=probability, **kwargs)
+        self.photometry_dim = int(photometry_dim)
+        self.dense_units = int(dense_units)
+        self.dropout = float(dropout)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class StarQSOClassifier(ConstructorConfig, keras.Model):
     """The deployable model: raw nanomaggie cutouts (N, S, S, 5) -> p(QSO) (N, 1).
 
@@ -119,16 +157,23 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
         metric_head: a trained :class:`~starqso.models.metric.MetricHead` (or its config) on
             the generated vector, or None. It is not part of the p(QSO) graph (nor of the
             TFLite files); :meth:`embedding_model` adds its output.
+        photometry_head: a trained :class:`PhotometryClassifier` (or its config) on the
+            photometry, or None. With one, p(QSO) is
+            ``sigmoid((1 - head_weight) * logit(p_fusion) + head_weight * logit(p_head))``
+            (:class:`LogitBlend`).
+        head_weight: the photometry head's share of the logit, in [0, 1] (``fit`` chooses it
+            on the validation split).
 
     Example:
         >>> model = StarQSOClassifier(scaling, generator, fusion)  # doctest: +SKIP
         >>> p_qso = model.predict(cutouts_nhwc)  # doctest: +SKIP
     """
 
-    CONFIG_KEYS = ("scaling", "generator", "fusion", "photometry", "image_size", "metric_head")
+    CONFIG_KEYS = ("scaling", "generator", "fusion", "photometry", "image_size", "metric_head",
+                   "photometry_head", "head_weight")
 
     def __init__(self, scaling, generator, fusion, photometry=None, image_size=None,
-                 metric_head=None, **kwargs):
+                 metric_head=None, photometry_head=None, head_weight=0.5, **kwargs):
         scaling = deserialize_submodel(scaling)
         generator = deserialize_submodel(generator)
         fusion = deserialize_submodel(fusion)
@@ -157,14 +202,29 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
                                  f"{generator.feature_dim}-d vector (and its photometry). "
                                  f"Received: feature_dim={metric_head.feature_dim}, "
                                  f"photometry_dim={metric_head.photometry_dim}")
+        if photometry_head is not None:
+            photometry_head = deserialize_submodel(photometry_head)
+            measured = 0 if photometry is None else photometry.NUM_FEATURES
+            if photometry_head.photometry_dim != measured:
+                raise ValueError(f"StarQSOClassifier photometry_head must take the model's "
+                                 f"photometry ({measured} features). Received: "
+                                 f"photometry_dim={photometry_head.photometry_dim}")
+        head_weight = float(head_weight)
+        if not 0.0 <= head_weight <= 1.0:
+            raise ValueError(f"StarQSOClassifier head_weight must be in [0, 1]. Received: "
+                             f"head_weight={head_weight}")
+        self._head = (photometry_head, head_weight)
         cutout = keras.Input((size, size, 5), name="image")
-        outputs = _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head)
+        outputs = _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head,
+                                  self._head)
         super().__init__(inputs={"image": cutout}, outputs=outputs["p_qso"], **kwargs)
         self.scaling = scaling
         self.generator = generator
         self.fusion = fusion
         self.photometry = photometry
         self.metric_head = metric_head
+        self.photometry_head = photometry_head
+        self.head_weight = head_weight
         self.image_size = size
 
     def embedding_model(self):
@@ -184,15 +244,18 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
         """
         cutout = keras.Input((self.image_size, self.image_size, 5), name="image")
         outputs = _deployed_graph(cutout, self.scaling, self.generator, self.fusion,
-                                  self.photometry, self.metric_head)
+                                  self.photometry, self.metric_head,
+                                  (self.photometry_head, self.head_weight))
         return keras.Model({"image": cutout}, outputs,
                            name=f"{self.name}_embedding")
 
 
 
 
-def _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head):
-    """The deployed graph on ``cutout``: ``{"p_qso", "vector"[, "metric"]}`` tensors."""
+def _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head,
+                    head=(None, 0.5)):
+    """The deployed graph on ``cutout``: ``{"p_qso", "vector"[, "metric"]}`` tensors.
+    ``head`` is ``(photometry_head or None, head_weight)``."""
     size, trunk = cutout.shape[1], generator.image_size
     centre = (layers.Cropping2D((size - trunk) // 2, name="trunk_crop")(cutout)
               if size > trunk else cutout)
@@ -205,7 +268,13 @@ def _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head)
     fusion_inputs = {"image": scaled, "features": features}
     if fusion.photometry_dim:
         fusion_inputs["photometry"] = inputs["photometry"]
-    outputs = {"p_qso": fusion(fusion_inputs), "vector": features}
+    p_qso = fusion(fusion_inputs)
+    photometry_head, head_weight = head
+    if photometry_head is not None and head_weight > 0:
+        p_head = photometry_head({"photometry": inputs["photometry"]})
+        p_qso = (p_head if head_weight >= 1 else
+                 LogitBlend(head_weight, name="logit_blend")([p_qso, p_head]))
+    outputs = {"p_qso": p_qso, "vector": features}
     if metric_head is not None:
         head_inputs = {"features": features}
         if metric_head.photometry_dim:
@@ -219,5 +288,6 @@ __all__ = [
     "CutoutScaling",
     "FusionClassifier",
     "ImageClassifier",
+    "PhotometryClassifier",
     "StarQSOClassifier",
 ]

@@ -2,13 +2,14 @@
 
 :class:`FineTuner` wraps a :class:`~starqso.models.StarQSOClassifier` and trains only its
 last blocks: the **head** (the fusion classifier's dense layers: the vector, photometry and
-hidden layers and p(QSO)), then, counting back from the output, the fusion classifier's CNN
-stages (the last one with the trunk's embedding), then, with ``"all"``, the GAN generator
-too. Block ``k`` (0 = head) learns at ``learning_rate * lr_decay**k``: one Adam per block,
-since Adam divides out any scaling of the gradients. Frozen layers are set non-trainable
-(batch normalisation there keeps its statistics). This is Zoobot's ``n_blocks`` /
-``lr_decay`` finetuning scheme (Walmsley et al. 2024) on starqso's deployable model; the scaling
-and photometry layers hold no weights and are kept as they are.
+hidden layers and p(QSO); and the photometry head, when the model blends one in), then,
+counting back from the output, the fusion classifier's CNN stages (the last one with the
+trunk's embedding), then, with ``"all"``, the GAN generator too. Block ``k`` (0 = head) learns
+at ``learning_rate * lr_decay**k``: one Adam per block, since Adam divides out any scaling of
+the gradients. Frozen layers are set non-trainable (batch normalisation there keeps its
+statistics). This is Zoobot's ``n_blocks`` / ``lr_decay`` finetuning scheme (Walmsley et al.
+2024) on starqso's deployable model; the scaling and photometry layers hold no weights and are
+kept as they are.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ def trainable_blocks(classifier) -> list[list]:
         block: ``[head, trunk, generator layers]``.
     """
     fusion = classifier.fusion
+    # The photometry head's dense layers (when its logit is blended in) belong to the head.
+    extra = [layer for layer in _blended_head(classifier).layers if layer.weights]
     if getattr(fusion, "trunk", "cnn") != "cnn":
         trunk = [layer for layer in fusion.layers
                  if layer.weights and layer.name not in HEAD_LAYERS]
-        return [[layer for layer in fusion.layers if layer.name in HEAD_LAYERS], trunk,
+        return [[layer for layer in fusion.layers if layer.name in HEAD_LAYERS] + extra, trunk,
                 [layer for layer in classifier.generator.layers if layer.weights]]
     stages = len(fusion.filters)
     blocks = [[] for _ in range(stages + 2)]
@@ -52,8 +55,17 @@ def trainable_blocks(classifier) -> list[list]:
             blocks[1].append(layer)
         elif match := _TRUNK_LAYER.match(layer.name):
             blocks[stages - int(match.group(1))].append(layer)
+    blocks[0] += extra
     blocks[-1] = [layer for layer in classifier.generator.layers if layer.weights]
     return blocks
+
+
+def _blended_head(classifier):
+    """The deployed graph's photometry head, or an empty stand-in (no layers)."""
+    head = getattr(classifier, "photometry_head", None)
+    if head is None or getattr(classifier, "head_weight", 0.0) <= 0:
+        return keras.Sequential()
+    return head
 
 
 def depth_of(train_depth, num_stages: int) -> int:
@@ -106,7 +118,8 @@ class FineTuner(ConstructorConfig, keras.Model):
         self.train_depth = train_depth if train_depth in ("head", "all") else int(train_depth)
         self.lr_decay = float(lr_decay)
         chosen = {id(layer) for block in blocks[:depth + 1] for layer in block}
-        for model in (self.classifier.generator, self.classifier.fusion):
+        for model in (self.classifier.generator, self.classifier.fusion,
+                      _blended_head(self.classifier)):
             for layer in model.layers:
                 layer.trainable = id(layer) in chosen
         self.blocks = [block for block in blocks[:depth + 1] if block]

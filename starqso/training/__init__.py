@@ -3,8 +3,8 @@
 * :mod:`~starqso.training.fit`: ``starqso fit`` (:func:`fit_run`): data in, stages in order,
   export.
 * :mod:`~starqso.training.stages`: :class:`EncoderStage`, :class:`GANStage`,
-  :class:`FusionStage`, :class:`MetricStage`, :class:`ImageStage` and the
-  :class:`StageContext` they share.
+  :class:`PhotometryHeadStage`, :class:`FusionStage`, :class:`MetricStage`,
+  :class:`ImageStage` and the :class:`StageContext` they share.
 * :mod:`~starqso.training.runner`: :class:`StageRunner` (strategy, seeds, resume, checkpoints,
   saving, the one-line summary).
 * :mod:`~starqso.training.inputs`: the input preprocessing, fitted once.
@@ -21,10 +21,11 @@ from starqso.training.stages import (
     GANStage,
     ImageStage,
     MetricStage,
+    PhotometryHeadStage,
     Stage,
     StageContext,
     default_stages,
 )
 
 __all__ = ["STAGES", "EncoderStage", "FusionStage", "GANStage", "ImageStage", "MetricStage",
-           "Stage", "StageContext", "default_stages", "fit_run"]
+           "PhotometryHeadStage", "Stage", "StageContext", "default_stages", "fit_run"]

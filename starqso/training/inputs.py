@@ -71,7 +71,7 @@ class ModelInputs:
         scaling: the :class:`CutoutScaling` layer.
         photometry: the :class:`AperturePhotometry` layer, or None without ``model.photometry``.
         statistics: the scaling statistics (``softening``, ``mean``, ``std`` per band).
-        arrays: ``{"image": (N, T, T, 5)[, "photometry": (N, 6)]}`` for every object (T the
+        arrays: ``{"image": (N, T, T, 5)[, "photometry": (N, P)]}`` for every object (T the
             trunk side, :func:`trunk_side`).
     """
 

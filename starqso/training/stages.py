@@ -410,17 +410,34 @@ class FusionStage(Stage):
             return {self.files[0]: model}
         from starqso.models import StarQSOClassifier
 
+        head = context.products.get("photometry_head")
+        weight = 0.5
+        if head is not None:
+            index = context.labelled(context.validation)
+            p_fusion = model.predict({k: v[index] for k, v in self.inputs.items()},
+                                     batch_size=_PREDICT_BATCH, verbose=0)
+            p_head = head.predict({"photometry": context.inputs.arrays["photometry"][index]},
+                                  batch_size=_PREDICT_BATCH, verbose=0)
+            weight = blend_weight(context.labels[index], p_fusion, p_head)
+            if weight == 0:  # the fusion classifier alone: no head in the deployed graph
+                head = None
         deployable = StarQSOClassifier(context.inputs.scaling, context.products["generator"],
                                        model, context.inputs.photometry,
                                        image_size=context.config.model.image_size,
+                                       photometry_head=head, head_weight=weight,
                                        name="starqso_classifier")
         return {"fusion_classifier.keras": model, "starqso_classifier.keras": deployable}
 
     def evaluate(self, context, outputs):
         index = context.labelled(context.validation)
         if self.features == "generated":
-            probabilities = outputs["starqso_classifier.keras"].predict(
+            deployable = outputs["starqso_classifier.keras"]
+            probabilities = deployable.predict(
                 {"image": context.arrays.images[index]}, batch_size=_PREDICT_BATCH, verbose=0)
+            metrics = summary_metrics(context.labels[index], probabilities)
+            if deployable.photometry_head is not None:  # the blend fitted on these objects
+                metrics["head_weight"] = deployable.head_weight
+            return metrics
         else:
             probabilities = outputs[self.files[0]].predict(
                 {key: value[index] for key, value in self.inputs.items()},
@@ -429,6 +446,80 @@ class FusionStage(Stage):
 
     def provide(self, context, outputs):
         context.products[self.name] = outputs[self.files[0]]
+
+
+class PhotometryHeadStage(Stage):
+    """The photometry head: the run's standardised in-model photometry -> p(QSO).
+
+    A :class:`~starqso.models.PhotometryClassifier` on the labelled objects' photometry, run
+    before the fusion stage, which blends its logit into the deployable model with a weight
+    fitted on the validation split (:func:`blend_weight`).
+    """
+
+    name = "photometry_head"
+    files = ("photometry_classifier.keras",)
+
+    def epochs(self, training):
+        return training.photometry_epochs
+
+    def _inputs(self, context):
+        return {"photometry": context.inputs.arrays["photometry"]}
+
+    def build(self, context):
+        from starqso.models import PhotometryClassifier
+
+        model_config = context.config.model
+        model = PhotometryClassifier(context.inputs.photometry_dim, model_config.dense_units,
+                                     model_config.dropout, name="photometry_classifier")
+        model.compile(learning_rate=context.config.training.learning_rate)
+        return model
+
+    def datasets(self, context):
+        # No dihedral augmentation: the photometry of a cutout does not change under it.
+        return context.datasets(self._inputs(context), context.target,
+                                context.labelled(context.train),
+                                context.labelled(context.validation), augment=False)
+
+    def evaluate(self, context, outputs):
+        index = context.labelled(context.validation)
+        probabilities = outputs[self.files[0]].predict(
+            {"photometry": context.inputs.arrays["photometry"][index]},
+            batch_size=_PREDICT_BATCH, verbose=0)
+        return summary_metrics(context.labels[index], probabilities)
+
+    def provide(self, context, outputs):
+        context.products["photometry_head"] = outputs[self.files[0]]
+
+
+#: The head weights :func:`blend_weight` tries.
+BLEND_GRID = tuple(round(0.05 * k, 2) for k in range(21))
+
+
+def blend_weight(labels, p_fusion, p_head):
+    """The photometry head's share of the logit with the lowest validation log-loss.
+
+    Args:
+        labels: (N,) 0/1 validation labels.
+        p_fusion, p_head: (N,) the two classifiers' p(QSO) on them.
+
+    Returns:
+        a weight of :data:`BLEND_GRID` (0: the fusion classifier alone, 1: the head alone).
+
+    Example:
+        >>> blend_weight(np.array([0, 1]), np.array([0.4, 0.6]), np.array([0.1, 0.9]))
+        1.0
+    """
+    from starqso.models.calibration import blend_logit
+    from starqso.probability import sigmoid
+
+    labels = np.asarray(labels, dtype=float)
+    first, second = blend_logit(np.ravel(p_fusion)), blend_logit(np.ravel(p_head))
+
+    def log_loss(weight):
+        p = np.clip(sigmoid((1 - weight) * first + weight * second), 1e-7, 1 - 1e-7)
+        return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+
+    return min(BLEND_GRID, key=log_loss)
 
 
 class ImageStage(Stage):
@@ -597,12 +688,13 @@ class MetricStage(Stage):
 
 
 #: The stages ``starqso fit`` runs, in order (the generator stage is "gan" or "diffusion").
-STAGES = ("encoder", "gan", "diffusion", "fusion", "metric", "image")
+STAGES = ("encoder", "gan", "diffusion", "photometry_head", "fusion", "metric", "image")
 
 
 def default_stages(config=None) -> list[Stage]:
-    """The method's stages in order: encoder, generator, fusion (+ deployable), metric head
-    (with ``model.metric_loss``), image-only.
+    """The method's stages in order: encoder, generator, photometry head (with
+    ``model.photometry_head``), fusion (+ deployable), metric head (with
+    ``model.metric_loss``), image-only.
 
     Args:
         config: the run's :class:`~starqso.config.RunConfig`; its ``model.generator`` picks
@@ -614,5 +706,7 @@ def default_stages(config=None) -> list[Stage]:
     """
     diffusion = config is not None and config.model.generator == "diffusion"
     metric = config is not None and config.model.metric_loss != "none"
-    return [EncoderStage(), DiffusionStage() if diffusion else GANStage(), FusionStage(),
+    head = config is not None and config.model.photometry and config.model.photometry_head
+    return [EncoderStage(), DiffusionStage() if diffusion else GANStage(),
+            *([PhotometryHeadStage()] if head else []), FusionStage(),
             *([MetricStage()] if metric else []), ImageStage()]
