@@ -623,14 +623,20 @@ def _model_card(folder, config, metadata, results):
         f"{metadata['threshold']} after correcting p to the prior it is given (default "
         f"{metadata['default_prior']}, the sky's QSO fraction; `--prior train`: none).",
         f"* Trained on: {trained_on}.",
-        "* Inside: asinh scaling" + (", aperture photometry (colours, r, concentration)"
+        "* Inside: asinh scaling" + ((", aperture photometry (colours, r, concentration)"
+                                      + (" and PSF-weighted colours and r at FWHM "
+                                         + ", ".join(f'{v:g}"' for v in config.model.weighted_fwhm)
+                                         if config.model.weighted_fwhm else ""))
                                      if config.model.photometry else "")
         + (f", the diffusion generator ({config.model.diffusion_steps} deterministic DDIM "
            "steps from x_T = 0)" if config.model.generator == "diffusion"
            else ", the GAN generator (zero noise)")
         + f" and the fusion classifier, on the `{config.model.trunk}` image trunk"
         + (f" (both CNNs see the central {config.model.trunk_size} pixels)"
-           if config.model.trunk_size not in (None, config.model.image_size) else "") + ".",
+           if config.model.trunk_size not in (None, config.model.image_size) else "")
+        + (f"; p(QSO) blends the fusion classifier's logit with a photometry-only head's, "
+           f"weight {metrics['fusion']['head_weight']:g} on the head (fitted on validation)"
+           if "head_weight" in metrics.get("fusion", {}) else "") + ".",
         "* Made by: `starqso fit` (config in the run folder's `config.yaml`), then "
         "`starqso export`.", "",
     ]

@@ -229,6 +229,13 @@ def test_export_calibrates_on_the_validation_split_and_records_it(run):
     card = (export / "model_card.md").read_text()
     assert "## Calibration and decision threshold" in card and "ECE before" in card
     assert f"Threshold {threshold:.2f}" in card
+    # The card names the PSF-weighted photometry and the photometry head's blend weight.
+    weight = json.loads((run / "metrics.json").read_text())["fusion"].get("head_weight")
+    assert 'PSF-weighted colours and r at FWHM 0.9", 1.5", 2.4"' in card
+    if weight is None:  # the blend chose the fusion classifier alone
+        assert "on the head" not in card
+    else:
+        assert f"weight {weight:g} on the head" in card
 
 
 def test_prior_correction_and_the_side_car(run, catalogue, tmp_path):
