@@ -192,14 +192,17 @@ class StageClock:
 
 
 def variant_run(method_dir, out_dir, config, arrays, log):
-    """The generator and fusion stages again with ``config``, on the seed-method run's
-    encoder (a variant needs no image-only baseline of its own)."""
+    """The generator, photometry head (with photometry) and fusion stages again with
+    ``config``, on the seed-method run's encoder (a variant needs no image-only baseline of
+    its own)."""
     from starqso.training import fit_run
     from starqso.training.stages import default_stages
 
     shutil.rmtree(out_dir, ignore_errors=True)  # a run stopped half-way starts again
-    fit_run(out_dir, config, arrays=arrays, export=False, log=log,
-            stages=default_stages(config)[:3], reuse={"encoder": method_dir})
+    stages = default_stages(config)
+    through_fusion = stages[:[stage.name for stage in stages].index("fusion") + 1]
+    fit_run(out_dir, config, arrays=arrays, export=False, log=log, stages=through_fusion,
+            reuse={"encoder": method_dir})
 
 
 def generated_vectors(folder, scaled, test_images):

@@ -85,6 +85,10 @@ def _flip_bytes(path, count=8):
     path.write_bytes(bytes(data))
 
 
+def _append_bytes(path, count=8):
+    path.write_bytes(path.read_bytes() + bytes(count))
+
+
 def _dtype_node(config):
     return config["config"]["classifier"]["config"]["scaling"]["config"]["dtype"]
 
@@ -143,7 +147,9 @@ BAD_MODEL_FOLDERS = {
     # 13: booleans are not numbers; a changed model file; a malformed checksum list.
     "threshold_true": (lambda f: rewrite_metadata(f, threshold=True), "litert",
                        ("threshold=True", "true and false are not")),
-    "tflite_changed": (lambda f: _flip_bytes(f / "model_int8.tflite"), "litert",
+    # Trailing bytes: still a valid flatbuffer (flipped bytes may hit its quantisation
+    # parameters, which LiteRT's structural check reports first), only the checksum differs.
+    "tflite_changed": (lambda f: _append_bytes(f / "model_int8.tflite"), "litert",
                        ("checksum does not match metadata.json", "model_int8.tflite")),
     "keras_changed": (lambda f: _flip_bytes(f / "starqso_classifier.keras"), "keras",
                       ("checksum does not match metadata.json", "starqso_classifier.keras")),
