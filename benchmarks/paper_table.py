@@ -157,8 +157,8 @@ def run_config(args, seed, photometry=False, model_changes=None, **training_chan
     training = {"seed": seed, **training_changes}
     if args.epochs is not None:
         training.update({f"{stage}_epochs": args.epochs
-                         for stage in ("encoder", "gan", "diffusion", "fusion", "image",
-                                       "metric")})
+                         for stage in ("encoder", "gan", "diffusion", "photometry", "fusion",
+                                       "image", "metric")})
     return dataclasses.replace(
         base,
         data=dataclasses.replace(base.data, num_objects=args.num_objects,
