@@ -75,11 +75,11 @@ def test_hybrid_trunk_classifier_trains_under_a_two_replica_mirrored_strategy():
 
 def test_fit_trains_the_diffusion_stage_on_the_hybrid_trunk(variant_run):
     run, output = variant_run
-    for stage in ("encoder", "diffusion", "fusion", "metric", "image"):
+    for stage in ("encoder", "diffusion", "photometry_head", "fusion", "metric", "image"):
         assert f"[{stage}]" in output
     assert "[gan]" not in output
     assert json.loads((run / "state.json").read_text())["completed"] == [
-        "encoder", "diffusion", "fusion", "metric", "image"]
+        "encoder", "diffusion", "photometry_head", "fusion", "metric", "image"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert np.isfinite(metrics["diffusion"]["reconstruction_mse"])
     deployable = keras.saving.load_model(run / "starqso_classifier.keras", safe_mode=True)
