@@ -213,10 +213,9 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
         if not 0.0 <= head_weight <= 1.0:
             raise ValueError(f"StarQSOClassifier head_weight must be in [0, 1]. Received: "
                              f"head_weight={head_weight}")
-        self._head = (photometry_head, head_weight)
         cutout = keras.Input((size, size, 5), name="image")
         outputs = _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head,
-                                  self._head)
+                                  (photometry_head, head_weight))
         super().__init__(inputs={"image": cutout}, outputs=outputs["p_qso"], **kwargs)
         self.scaling = scaling
         self.generator = generator
