@@ -40,7 +40,7 @@ def trainable_blocks(classifier) -> list[list]:
     """
     fusion = classifier.fusion
     # The photometry head's dense layers (when its logit is blended in) belong to the head.
-    extra = [layer for layer in _blended_head(classifier).layers if layer.weights]
+    extra = [layer for layer in _blended_head_layers(classifier) if layer.weights]
     if getattr(fusion, "trunk", "cnn") != "cnn":
         trunk = [layer for layer in fusion.layers
                  if layer.weights and layer.name not in HEAD_LAYERS]
@@ -60,12 +60,12 @@ def trainable_blocks(classifier) -> list[list]:
     return blocks
 
 
-def _blended_head(classifier):
-    """The deployed graph's photometry head, or an empty stand-in (no layers)."""
+def _blended_head_layers(classifier) -> list:
+    """The layers of the deployed graph's photometry head; none when no head is blended in."""
     head = getattr(classifier, "photometry_head", None)
     if head is None or getattr(classifier, "head_weight", 0.0) <= 0:
-        return keras.Sequential()
-    return head
+        return []
+    return list(head.layers)
 
 
 def depth_of(train_depth, num_stages: int) -> int:
@@ -118,10 +118,9 @@ class FineTuner(ConstructorConfig, keras.Model):
         self.train_depth = train_depth if train_depth in ("head", "all") else int(train_depth)
         self.lr_decay = float(lr_decay)
         chosen = {id(layer) for block in blocks[:depth + 1] for layer in block}
-        for model in (self.classifier.generator, self.classifier.fusion,
-                      _blended_head(self.classifier)):
-            for layer in model.layers:
-                layer.trainable = id(layer) in chosen
+        for layer in (*self.classifier.generator.layers, *self.classifier.fusion.layers,
+                      *_blended_head_layers(self.classifier)):
+            layer.trainable = id(layer) in chosen
         self.blocks = [block for block in blocks[:depth + 1] if block]
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
