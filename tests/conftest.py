@@ -1,4 +1,7 @@
 import os
+import types
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -11,3 +14,32 @@ def pytest_configure(config):
     cpus = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(
         cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+
+# One tiny run through the CLI, shared by the tests that only read a finished, exported run
+# (test_fit checks the folder, test_export the formats, test_finetune adapts it): each full
+# fit costs about a minute on two cores.
+# Its CNNs see the central 16 of the 24 pixels (as the shipped preset crops 32 to 24), so every
+# format's checks cover the in-model crop.
+TINY_RUN_CONFIG = "preset: tiny\nmodel:\n  trunk_size: 16\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run (``--config`` with a 16-pixel trunk), exported; read-only.
+
+    Returns:
+        A namespace with ``path`` (the run folder), ``config`` (its YAML file) and
+        ``output`` (what ``starqso fit`` printed).
+    """
+    from click.testing import CliRunner
+
+    from starqso.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    config = folder / "tiny.yaml"
+    config.write_text(TINY_RUN_CONFIG)
+    out = folder / "run"
+    result = CliRunner().invoke(main, ["fit", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return types.SimpleNamespace(path=out, config=config, output=result.output)

@@ -1,5 +1,4 @@
 import csv
-import dataclasses
 import json
 import pathlib
 import subprocess
@@ -10,23 +9,16 @@ import pytest
 from click.testing import CliRunner
 
 from starqso.cli import main
-from starqso.config import get_preset
 from starqso.io import read_catalog, write_catalog, write_cutout
 from starqso.simulate import simulate_survey
-from starqso.training import fit_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    # The CNNs on the central 16 of the 24 pixels (as the shipped preset crops 32 to 24), so
-    # every format's checks cover the in-model crop.
-    tiny = get_preset("tiny")
-    config = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, trunk_size=16))
-    fit_run(out, config, log=lambda line: None)
-    return out
+def run(tiny_run):
+    # The shared tiny run: its CNNs see the central 16 of the 24 pixels (conftest.py).
+    return tiny_run.path
 
 
 @pytest.fixture(scope="module")

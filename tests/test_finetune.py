@@ -14,18 +14,14 @@ from click.testing import CliRunner
 from helpers import cli_error_line, simulated_survey
 
 from starqso.cli import main
-from starqso.config import get_preset
 from starqso.io import read_catalog, write_catalog
-from starqso.training import fit_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "tiny"
-    fit_run(out, get_preset("tiny"), log=lambda line: None)
-    return out
+def base(tiny_run):
+    return tiny_run.path
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,10 @@ RUN_FILES = (
 STAGES = ["encoder", "gan", "photometry_head", "fusion", "image"]
 
 
-def test_fit_tiny_through_the_cli_writes_a_complete_run_folder(tmp_path):
-    out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--out", str(out)])
-    assert result.exit_code == 0, result.output
+def test_fit_tiny_through_the_cli_writes_a_complete_run_folder(tiny_run, tmp_path):
+    out = tiny_run.path
     for stage in STAGES:
-        assert f"[{stage}]" in result.output
+        assert f"[{stage}]" in tiny_run.output
     for name in RUN_FILES:
         assert (out / name).exists(), name
     assert (out / "logs" / "fusion").is_dir()
@@ -46,15 +44,18 @@ def test_fit_tiny_through_the_cli_writes_a_complete_run_folder(tmp_path):
     assert p_qso.shape == (3, 1) and np.all((p_qso >= 0) & (p_qso <= 1))
 
     # Same seed and config on the same machine: the same validation metrics.
-    from starqso.config import get_preset
+    from starqso.config import load_config
     from starqso.training import fit_run
 
-    repeated = fit_run(tmp_path / "again", get_preset("tiny"), log=lambda line: None)
+    repeated = fit_run(tmp_path / "again", load_config(tiny_run.config), log=lambda line: None,
+                       export=False)
     assert repeated == metrics
 
     # A second fit into the same folder is refused, not silently mixed.
+    before = sorted(path.name for path in out.iterdir())
     again = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--out", str(out)])
     assert again.exit_code == 2 and "--resume" in again.output
+    assert sorted(path.name for path in out.iterdir()) == before
 
 
 def test_fit_killed_mid_stage_resumes_from_its_last_epoch(tmp_path):
