@@ -17,16 +17,19 @@ def pytest_configure(config):
 
 
 # One tiny run through the CLI, shared by the tests that only read a finished, exported run
-# (test_fit checks the folder, test_export the formats, test_finetune adapts it): each full
+# (test_fit checks the folder, test_export the formats, test_finetune adapts it, test_embed
+# embeds with it): each full
 # fit costs about a minute on two cores.
 # Its CNNs see the central 16 of the 24 pixels (as the shipped preset crops 32 to 24), so every
-# format's checks cover the in-model crop.
-TINY_RUN_CONFIG = "preset: tiny\nmodel:\n  trunk_size: 16\n"
+# format's checks cover the in-model crop; it has every optional stage (a 4-d Normalised-Softmax
+# metric head, for test_embed).
+TINY_RUN_CONFIG = ("preset: tiny\nmodel:\n  trunk_size: 16\n  metric_loss: norm_softmax\n"
+                   "  metric_dim: 4\n")
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A finished tiny run (``--config`` with a 16-pixel trunk), exported; read-only.
+    """A finished tiny run (16-pixel trunk, metric head), exported; read-only.
 
     Returns:
         A namespace with ``path`` (the run folder), ``config`` (its YAML file) and

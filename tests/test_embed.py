@@ -39,15 +39,10 @@ def survey(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny exported run with a Normalised-Softmax metric head."""
-    from starqso.config import config_from_dict
-    from starqso.training import fit_run
-
-    run = tmp_path_factory.mktemp("embed-run") / "run"
-    config = config_from_dict({"model": {"metric_loss": "norm_softmax", "metric_dim": 4}},
-                              preset="tiny")
-    metrics = fit_run(run, config, log=lambda line: None)
+def model(tiny_run):
+    """The shared tiny exported run, with its Normalised-Softmax metric head (conftest.py)."""
+    run = tiny_run.path
+    metrics = json.loads((run / "metrics.json").read_text())
     assert {"n", "map_at_r", "precision_at_10"} <= set(metrics["metric"])
     assert (run / "metric_head.keras").is_file()
     return run / "export"

@@ -22,20 +22,22 @@ RUN_FILES = (
     "starqso_classifier.keras", "image_classifier.keras",
 )
 STAGES = ["encoder", "gan", "photometry_head", "fusion", "image"]
+# The shared tiny run (conftest.py) has the optional metric head too.
+ALL_STAGES = ["encoder", "gan", "photometry_head", "fusion", "metric", "image"]
 
 
 def test_fit_tiny_through_the_cli_writes_a_complete_run_folder(tiny_run, tmp_path):
     out = tiny_run.path
-    for stage in STAGES:
+    for stage in ALL_STAGES:
         assert f"[{stage}]" in tiny_run.output
-    for name in RUN_FILES:
+    for name in (*RUN_FILES, "metric_head.keras"):
         assert (out / name).exists(), name
     assert (out / "logs" / "fusion").is_dir()
     assert not (out / "backup").exists()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == set(STAGES)
+    assert set(metrics) == set(ALL_STAGES)
     assert 0.0 <= metrics["fusion"]["accuracy"] <= 1.0
-    assert json.loads((out / "state.json").read_text())["completed"] == STAGES
+    assert json.loads((out / "state.json").read_text())["completed"] == ALL_STAGES
 
     model = keras.saving.load_model(out / "starqso_classifier.keras", safe_mode=True)
     size = json.loads((out / "preprocessing.json").read_text())["image_size"]
