@@ -1,9 +1,7 @@
 """How often each qflag bit fires, and whether unflagged rows are more reliable.
 
-    python benchmarks/quality_flags.py \
-        --arrays SIMCACHE/simulation-0115472f8f7f28bc.npz \
-        --split saved_models/starqso-large/split.json \
-        --shared ../shared/data --out benchmarks/results/quality_flags.md
+    python benchmarks/quality_flags.py --shared ../shared/data \
+        --out benchmarks/results/quality_flags.md
 
 Measures, with the shipped model (``--model``, LiteRT int8 as ``starqso predict`` runs it on
 a light install) and the shipped extended-source scorer:
@@ -138,10 +136,11 @@ def rate_cell(k, n):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arrays", type=pathlib.Path, required=True,
-                        help="the shipped model's simulation arrays (the fit's cache .npz)")
-    parser.add_argument("--split", type=pathlib.Path, required=True,
-                        help="the shipped model's run split.json")
+    parser.add_argument("--arrays", type=pathlib.Path, default=None,
+                        help="the shipped model's simulation arrays (the fit's cache .npz); "
+                             "needed by --fit-extended and --update-model only")
+    parser.add_argument("--split", type=pathlib.Path, default=None,
+                        help="the shipped model's run split.json (with --arrays)")
     parser.add_argument("--model", type=pathlib.Path, default=ROOT / "starqso" / "pretrained")
     parser.add_argument("--shared", type=pathlib.Path, default=None,
                         help="../shared/data, for the real cutouts")
@@ -154,7 +153,12 @@ def main():
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
     start = time.perf_counter()
-    splits = load_split(args.arrays, args.split)
+    if (args.fit_extended is not None or args.update_model) and (
+            args.arrays is None or args.split is None):
+        parser.error("--fit-extended and --update-model need the shipped model's --arrays "
+                     "and --split")
+    splits = (load_split(args.arrays, args.split) if args.arrays is not None
+              and args.split is not None else None)
     if args.fit_extended is not None:
         fit_extended(splits["train"].images, args.fit_extended, args.fit_galaxies)
         from starqso.preprocessing import morphology
