@@ -1,9 +1,8 @@
 """Give export folders made before embeddings their ``embedding_reference.npz``.
 
     python benchmarks/embedding_reference.py \\
-        --arrays SIMCACHE/simulation-0115472f8f7f28bc.npz \\
-        --split saved_models/starqso-large/split.json \\
-        starqso/pretrained saved_models/starqso-large/export
+        --arrays SIMCACHE/simulation-HASH.npz --split RUN/split.json \\
+        MODEL_DIR [MODEL_DIR ...]
 
 The reference of ``starqso embed``'s outlier score is the embeddings of (up to 5,000) of the
 run's training objects, as ``starqso export`` writes it for a new model
