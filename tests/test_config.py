@@ -241,6 +241,7 @@ PYTHON_VIOLATIONS = [
     (ModelConfig, "dropout", 1.0, "a number in [0, 1)"),
     (ModelConfig, "photometry", 1, "true or false"),
     (ModelConfig, "photometry_head", "yes", "true or false"),
+    (ModelConfig, "photometry_noise", -0.1, "a number in [0, 10)"),
     (ModelConfig, "weighted_fwhm", (1.5, 0.0), "a list of FWHMs in (0, 6] arcsec (may be empty)"),
     (ModelConfig, "trunk", "resnet18",
      "one of cnn, resnet50, densenet121, vgg16, xception, efficientnetb0, hybrid"),

@@ -111,6 +111,9 @@ class PhotometryClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Mo
         photometry_dim: length of the ``"photometry"`` input (``AperturePhotometry``'s).
         dense_units: width of the hidden layers.
         dropout: dropout rate before the output.
+        input_noise: standard deviation of Gaussian noise added to the standardised photometry
+            while training (none at inference), so the head does not lean on colour
+            differences that a noisier image blurs. 0: no noise layer.
 
     Example:
         >>> head = PhotometryClassifier(21, dense_units=8)
@@ -118,14 +121,22 @@ class PhotometryClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Mo
         (None, 1)
     """
 
-    CONFIG_KEYS = ("photometry_dim", "dense_units", "dropout")
+    CONFIG_KEYS = ("photometry_dim", "dense_units", "dropout", "input_noise")
 
-    def __init__(self, photometry_dim=21, dense_units=128, dropout=0.2, **kwargs):
+    def __init__(self, photometry_dim=21, dense_units=128, dropout=0.2, input_noise=0.0,
+                 **kwargs):
         if not isinstance(photometry_dim, int) or photometry_dim < 1:
             raise ValueError(f"PhotometryClassifier photometry_dim must be an integer >= 1. "
                              f"Received: photometry_dim={photometry_dim!r}")
+        if (isinstance(input_noise, bool) or not isinstance(input_noise, (int, float))
+                or not 0 <= input_noise < 10):
+            raise ValueError(f"PhotometryClassifier input_noise must be a number in [0, 10). "
+                             f"Received: input_noise={input_noise!r}")
         photometry = keras.Input((photometry_dim,), name="photometry")
-        x = photometry_branch(photometry, dense_units)
+        x = photometry
+        if input_noise:
+            x = layers.GaussianNoise(float(input_noise), name="input_noise")(x)
+        x = photometry_branch(x, dense_units)
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
         probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
@@ -133,6 +144,7 @@ class PhotometryClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Mo
         self.photometry_dim = int(photometry_dim)
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
+        self.input_noise = float(input_noise)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -470,7 +470,8 @@ class PhotometryHeadStage(Stage):
 
         model_config = context.config.model
         model = PhotometryClassifier(context.inputs.photometry_dim, model_config.dense_units,
-                                     model_config.dropout, name="photometry_classifier")
+                                     model_config.dropout, model_config.photometry_noise,
+                                     name="photometry_classifier")
         model.compile(learning_rate=context.config.training.learning_rate)
         return model
 
