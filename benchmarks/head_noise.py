@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_photometry import DEPTHS, RENDER_SIZE, SIZE, boosting, crop, render  # noqa: E402
+from real_photometry import DEPTHS, SIZE, boosting, crop, render_depth  # noqa: E402
 from sim_realism import read_real  # noqa: E402
 
 
@@ -71,10 +71,9 @@ def main():
     train_x = photometric_features(simulated.images, WEIGHTED_FWHM_ARCSEC)
     train_y = simulated.labels.astype(int)
     renders = {}
-    for depth, noise in DEPTHS.items():
-        rng = np.random.default_rng(int(depth == "noisier"))  # real_photometry.py's, seed 0
-        cubes = np.stack([render(m, RENDER_SIZE, rng, noise) for m in mags])
-        renders[depth] = photometric_features(crop(cubes), WEIGHTED_FWHM_ARCSEC)
+    for depth in DEPTHS:
+        renders[depth] = photometric_features(crop(render_depth(mags, 0, depth)),
+                                              WEIGHTED_FWHM_ARCSEC)
     statistics = json.loads((pathlib.Path(args.model) / "preprocessing.json").read_text())
     mean = np.asarray(statistics["photometry_mean"])
     std = np.asarray(statistics["photometry_std"])

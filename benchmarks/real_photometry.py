@@ -86,6 +86,16 @@ def render(mags, size, rng, noise=(0.8, 1.25)):
     return cube.astype(np.float32)
 
 
+def render_depth(mags, seed, depth):
+    """Every row of ``mags`` rendered at ``depth`` (a key of DEPTHS): (N, 5, 48, 48) cubes.
+
+    The random stream is ``seed`` at nominal depth and ``seed + 1`` at the noisier one, so the
+    benchmarks that score these renders see the same cutouts.
+    """
+    rng = np.random.default_rng(seed + (depth == "noisier"))
+    return np.stack([render(m, RENDER_SIZE, rng, DEPTHS[depth]) for m in mags])
+
+
 def _grid(size):
     yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
     return xx, yy, np.hypot(xx, yy)
@@ -254,8 +264,7 @@ def main():
 
     sections = []
     for depth, noise in DEPTHS.items():
-        rng = np.random.default_rng(args.seed + (depth == "noisier"))
-        cubes = np.stack([render(m, RENDER_SIZE, rng, noise) for m in mags])
+        cubes = render_depth(mags, args.seed, depth)
         images = crop(cubes)
         rows, stars = [], []
         for name, metadata, predictor in runtimes:
