@@ -199,6 +199,12 @@ def test_export_calibrates_on_the_validation_split_and_records_it(run):
     assert type(raw_model) is StarQSOClassifier
     assert type(calibrated_model) is CalibratedClassifier
     assert calibrated_model.temperature == temperature
+    # The metric head the export attaches leaves the blended photometry head in place.
+    assert (run / "metric_head.keras").is_file()
+    assert calibrated_model.classifier.metric_head is not None
+    assert calibrated_model.classifier.head_weight == raw_model.head_weight
+    assert (calibrated_model.classifier.photometry_head is None) == (
+        raw_model.photometry_head is None)
     validation = objects["validation"]
     known = validation.labels >= 0
     raw = np.asarray(raw_model.predict({"image": validation.images[known]}, verbose=0)).ravel()

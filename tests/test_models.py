@@ -342,3 +342,18 @@ def test_blend_weight_picks_the_better_classifier_on_validation():
     assert blend_weight(labels, noise, saturated) == 1.0
     assert 0.0 < blend_weight(labels, np.where(labels == 1, 0.6, 0.4), good) <= 1.0
     assert set(BLEND_GRID) >= {0.0, 0.5, 1.0}
+
+
+def test_attaching_a_metric_head_keeps_the_blended_photometry_head():
+    from starqso.export import with_metric_head
+    from starqso.models.metric import MetricHead
+
+    model, inputs, _ = tiny_models()["deployable_with_head"]
+    attached = with_metric_head(model, MetricHead(feature_dim=FEATURES, hidden_units=8,
+                                                  embedding_dim=4))
+    assert attached.photometry_head is model.photometry_head
+    assert attached.head_weight == model.head_weight == 0.3
+    assert attached.metric_head is not None
+    np.testing.assert_allclose(np.asarray(attached(inputs)), np.asarray(model(inputs)),
+                               atol=1e-6)
+    assert attached.embedding_model()(inputs)["metric"].shape == (6, 4)
