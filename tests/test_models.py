@@ -357,3 +357,24 @@ def test_attaching_a_metric_head_keeps_the_blended_photometry_head():
     np.testing.assert_allclose(np.asarray(attached(inputs)), np.asarray(model(inputs)),
                                atol=1e-6)
     assert attached.embedding_model()(inputs)["metric"].shape == (6, 4)
+
+
+def test_finetuning_a_model_that_is_its_photometry_head_alone_trains_the_head():
+    from starqso.models import FineTuner
+
+    model, inputs, _ = tiny_models()["deployable_with_head"]
+    # Blend weight 1: the deployed graph is the photometry head; the CNN blocks get no
+    # gradients, which must not stop the head's from being applied.
+    alone = StarQSOClassifier(model.scaling, model.generator, model.fusion, model.photometry,
+                              image_size=24, photometry_head=model.photometry_head,
+                              head_weight=1.0)
+    tuner = FineTuner(alone, train_depth="all")
+    tuner.compile(learning_rate=1e-2)
+    head_before = [np.array(w) for w in alone.photometry_head.get_weights()]
+    fusion_before = [np.array(w) for w in alone.fusion.get_weights()]
+    labels = np.array([[0], [1], [0], [1], [1], [0]], "float32")
+    tuner.fit(inputs, labels, epochs=1, batch_size=6, verbose=0)
+    assert any(np.abs(a - np.array(b)).max() > 0
+               for a, b in zip(head_before, alone.photometry_head.get_weights()))
+    for a, b in zip(fusion_before, alone.fusion.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -165,7 +165,12 @@ class FineTuner(ConstructorConfig, keras.Model):
         gradients = tape.gradient(loss, [v for group in groups for v in group])
         start = 0
         for optimizer, group in zip(self.block_optimizers, groups):
-            optimizer.apply_gradients(zip(gradients[start:start + len(group)], group))
+            # A block outside the deployed graph has no gradients: the fusion classifier's and
+            # the generator's when the blend weight is 1 (the photometry head alone).
+            pairs = [(gradient, variable) for gradient, variable
+                     in zip(gradients[start:start + len(group)], group) if gradient is not None]
+            if pairs:
+                optimizer.apply_gradients(pairs)
             start += len(group)
         return self._update(unscale(loss), labels, probabilities)
 
