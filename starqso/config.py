@@ -226,7 +226,7 @@ class ModelConfig:
     photometry_head: bool = setting(True, flag())
     # standard deviation of the Gaussian noise on the head's standardised photometry while it
     # trains (none at inference): a head that has seen blurred colours degrades less on
-    # noisier images (benchmarks/real_photometry.py, README "Real SDSS rows and pixels")
+    # noisier images (benchmarks/head_noise.py; README, stage 3 of "The models and starqso fit")
     photometry_noise: float = setting(0.2, number(minimum=0, maximum=10, open_max=True))
     # side of the centre the image CNNs see (null = image_size); the photometry still measures
     # the whole input. A point source and its profile fit in far less than the sky border the
