@@ -153,12 +153,12 @@ def main():
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
     start = time.perf_counter()
-    if (args.fit_extended is not None or args.update_model) and (
-            args.arrays is None or args.split is None):
+    if (args.arrays is None) != (args.split is None):
+        parser.error("--arrays and --split go together (the shipped model's run)")
+    if (args.fit_extended is not None or args.update_model) and args.arrays is None:
         parser.error("--fit-extended and --update-model need the shipped model's --arrays "
                      "and --split")
-    splits = (load_split(args.arrays, args.split) if args.arrays is not None
-              and args.split is not None else None)
+    splits = None if args.arrays is None else load_split(args.arrays, args.split)
     if args.fit_extended is not None:
         fit_extended(splits["train"].images, args.fit_extended, args.fit_galaxies)
         from starqso.preprocessing import morphology

@@ -331,31 +331,6 @@ def split_objects(folder, config, num_check, num_calibration, arrays=None):
             "validation": rows(split["validation"], None), "train": rows(split["train"], None)}
 
 
-def with_metric_head(model, metric_head):
-    """``model`` (a :class:`~starqso.models.StarQSOClassifier`) with ``metric_head`` attached.
-
-    Everything else of the deployable model, its blended photometry head and weight included,
-    is kept as the fusion stage wrote it, so p(QSO) is unchanged.
-
-    Args:
-        model: the run's deployable model.
-        metric_head: the metric stage's trained :class:`~starqso.models.metric.MetricHead`.
-
-    Returns:
-        a new :class:`~starqso.models.StarQSOClassifier` sharing ``model``'s layers.
-
-    Example:
-        >>> with_metric_head(model, head).metric_head is head  # doctest: +SKIP
-        True
-    """
-    from starqso.models import StarQSOClassifier
-
-    return StarQSOClassifier(
-        model.scaling, model.generator, model.fusion, model.photometry, model.image_size,
-        metric_head=metric_head, photometry_head=model.photometry_head,
-        head_weight=model.head_weight, name=model.name)
-
-
 def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, log=print,
                arrays=None):
     """Export ``run_dir``'s deployable model in every format and check each against Keras.
@@ -406,7 +381,8 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
     if folder.metric_head_path.exists():
         # The metric stage ran after the fusion stage wrote the deployable model: its head
         # joins the model here (outside the p(QSO) graph, so the TFLite files are unchanged).
-        raw_model = with_metric_head(raw_model, load_keras_model(folder.metric_head_path))
+        # replaced() keeps every other argument, the blended photometry head included.
+        raw_model = raw_model.replaced(metric_head=load_keras_model(folder.metric_head_path))
     num_check = num_check or config.data.export_check_objects
     num_calibration = num_calibration or config.data.export_calibration_objects
     out = pathlib.Path(out_dir) if out_dir is not None else folder.export_dir

@@ -345,12 +345,12 @@ def test_blend_weight_picks_the_better_classifier_on_validation():
 
 
 def test_attaching_a_metric_head_keeps_the_blended_photometry_head():
-    from starqso.export import with_metric_head
     from starqso.models.metric import MetricHead
 
     model, inputs, _ = tiny_models()["deployable_with_head"]
-    attached = with_metric_head(model, MetricHead(feature_dim=FEATURES, hidden_units=8,
-                                                  embedding_dim=4))
+    # As the export attaches the metric stage's head.
+    attached = model.replaced(metric_head=MetricHead(feature_dim=FEATURES, hidden_units=8,
+                                                     embedding_dim=4))
     assert attached.photometry_head is model.photometry_head
     assert attached.head_weight == model.head_weight == 0.3
     assert attached.metric_head is not None

@@ -97,6 +97,23 @@ class ConstructorConfig:
     def from_config(cls, config):
         return cls(**config)
 
+    def replaced(self, **changes):
+        """A new model of this class from this one's constructor arguments, ``changes`` applied.
+
+        Sub-models and layers are shared, not copied, so every argument not named keeps its
+        trained weights; a new constructor argument is carried over without a caller naming it.
+
+        Example:
+            >>> attached = deployable.replaced(metric_head=head)  # doctest: +SKIP
+        """
+        unknown = set(changes) - set(self.CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.replaced takes only its constructor "
+                             f"arguments {', '.join(self.CONFIG_KEYS)}. Received: "
+                             f"{', '.join(sorted(unknown))}")
+        arguments = {key: getattr(self, key) for key in self.CONFIG_KEYS}
+        return type(self)(**{**arguments, **changes}, name=self.name)
+
 
 class GeneratorInputs:
     """Mixin of the spectral-vector generators (GAN generator, diffusion sampler): how a batch
