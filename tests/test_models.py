@@ -363,12 +363,16 @@ def test_finetuning_a_model_that_is_its_photometry_head_alone_trains_the_head():
     from starqso.models import FineTuner
 
     model, inputs, _ = tiny_models()["deployable_with_head"]
-    # Blend weight 1: the deployed graph is the photometry head; the CNN blocks get no
-    # gradients, which must not stop the head's from being applied.
+    # Blend weight 1: the deployed graph is the photometry head; the fusion head's layers get
+    # no gradients, which must not stop the photometry head's from being applied.
     alone = StarQSOClassifier(model.scaling, model.generator, model.fusion, model.photometry,
                               image_size=24, photometry_head=model.photometry_head,
                               head_weight=1.0)
-    tuner = FineTuner(alone, train_depth="all")
+    # Deeper blocks could not change p(QSO): asking for them is an error, not a silent no-op.
+    for depth in (1, "all"):
+        with pytest.raises(ValueError, match="photometry head alone"):
+            FineTuner(alone, train_depth=depth)
+    tuner = FineTuner(alone, train_depth="head")
     tuner.compile(learning_rate=1e-2)
     head_before = [np.array(w) for w in alone.photometry_head.get_weights()]
     fusion_before = [np.array(w) for w in alone.fusion.get_weights()]

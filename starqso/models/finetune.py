@@ -115,6 +115,12 @@ class FineTuner(ConstructorConfig, keras.Model):
         depth = depth_of(train_depth, len(blocks) - 2)
         if not 0 < float(lr_decay) <= 1:
             raise ValueError(f"lr_decay must be in (0, 1]. Received: lr_decay={lr_decay!r}")
+        if depth and float(getattr(self.classifier, "head_weight", 0.0)) >= 1.0:
+            # p(QSO) is the photometry head alone: deeper blocks get no gradients, and a
+            # silent head-only run under another name would mislead.
+            raise ValueError(f"This model's p(QSO) is its photometry head alone "
+                             f"(head_weight=1), so only --trainable head changes it. "
+                             f"Received: train_depth={train_depth!r}")
         self.train_depth = train_depth if train_depth in ("head", "all") else int(train_depth)
         self.lr_decay = float(lr_decay)
         chosen = {id(layer) for block in blocks[:depth + 1] for layer in block}
@@ -165,8 +171,8 @@ class FineTuner(ConstructorConfig, keras.Model):
         gradients = tape.gradient(loss, [v for group in groups for v in group])
         start = 0
         for optimizer, group in zip(self.block_optimizers, groups):
-            # A block outside the deployed graph has no gradients: the fusion classifier's and
-            # the generator's when the blend weight is 1 (the photometry head alone).
+            # A variable outside the deployed graph's path has no gradient: the fusion
+            # head's when the blend weight is 1 (p(QSO) is the photometry head alone).
             pairs = [(gradient, variable) for gradient, variable
                      in zip(gradients[start:start + len(group)], group) if gradient is not None]
             if pairs:
