@@ -108,6 +108,7 @@ def _relabelled(tmp_path, labels, change):
     ("one_class", "at least 5 usable labelled objects of each class"),
     ("few", "at least 5 usable labelled objects of each class"),
     ("trainable", "--trainable must be"),
+    ("deep", "a number of trunk blocks from 1 to 2. Received: 9"),
     ("decay", "--lr-decay must be in (0, 1]"),
     ("small", "usable row labelled STAR or QSO"),
 ])
@@ -122,6 +123,8 @@ def test_bad_finetune_inputs_are_one_line_errors(tmp_path, base, labels, case, f
         data = _relabelled(tmp_path, labels, keep_few)
     elif case == "trainable":
         options = ["--trainable", "deep"]
+    elif case == "deep":  # deeper than the tiny base model's two trunk stages
+        options = ["--trainable", "9"]
     elif case == "decay":
         options = ["--lr-decay", "1.5"]
     elif case == "small":

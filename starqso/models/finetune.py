@@ -89,6 +89,33 @@ def depth_of(train_depth, num_stages: int) -> int:
     return blocks
 
 
+def checked_depth(classifier, train_depth) -> int:
+    """The deepest block :class:`FineTuner` trains on ``classifier`` for ``train_depth``.
+
+    Args:
+        classifier: a :class:`~starqso.models.StarQSOClassifier`.
+        train_depth: ``"head"``, a number of trunk blocks or ``"all"``.
+
+    Returns:
+        int, 0 for the head (see :func:`depth_of`).
+
+    Raises:
+        ValueError: a depth the classifier does not have, or deeper than the head on a model
+            whose p(QSO) is its photometry head alone (blend weight 1: deeper blocks get no
+            gradients, and a head-only run under another name would mislead).
+
+    Example:
+        >>> checked_depth(classifier, "head")  # doctest: +SKIP
+        0
+    """
+    depth = depth_of(train_depth, len(trainable_blocks(classifier)) - 2)
+    if depth and float(getattr(classifier, "head_weight", 0.0)) >= 1.0:
+        raise ValueError(f"This model's p(QSO) is its photometry head alone (head_weight=1), "
+                         f"so only --trainable head changes it. Received: "
+                         f"train_depth={train_depth!r}")
+    return depth
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FineTuner(ConstructorConfig, keras.Model):
     """Trains the last blocks of a deployable classifier, each at its own learning rate.
@@ -112,15 +139,9 @@ class FineTuner(ConstructorConfig, keras.Model):
         super().__init__(**kwargs)
         self.classifier = deserialize_submodel(classifier)
         blocks = trainable_blocks(self.classifier)
-        depth = depth_of(train_depth, len(blocks) - 2)
+        depth = checked_depth(self.classifier, train_depth)
         if not 0 < float(lr_decay) <= 1:
             raise ValueError(f"lr_decay must be in (0, 1]. Received: lr_decay={lr_decay!r}")
-        if depth and float(getattr(self.classifier, "head_weight", 0.0)) >= 1.0:
-            # p(QSO) is the photometry head alone: deeper blocks get no gradients, and a
-            # silent head-only run under another name would mislead.
-            raise ValueError(f"This model's p(QSO) is its photometry head alone "
-                             f"(head_weight=1), so only --trainable head changes it. "
-                             f"Received: train_depth={train_depth!r}")
         self.train_depth = train_depth if train_depth in ("head", "all") else int(train_depth)
         self.lr_decay = float(lr_decay)
         chosen = {id(layer) for block in blocks[:depth + 1] for layer in block}
@@ -195,4 +216,4 @@ class FineTuner(ConstructorConfig, keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
 
-__all__ = ["FineTuner", "HEAD_LAYERS", "depth_of", "trainable_blocks"]
+__all__ = ["FineTuner", "HEAD_LAYERS", "checked_depth", "depth_of", "trainable_blocks"]

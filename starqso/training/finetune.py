@@ -252,6 +252,12 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="all", lr_decay=0.7
         # multi-worker strategy, which must come before any other TensorFlow work).
         runner = StageRunner(folder, config, strategy, resume, log, known_stages=[stage.name])
         base = deployable(load_keras_model(base_file, checked=True))
+        from starqso.models.finetune import checked_depth
+
+        try:  # the depth against the base model's blocks, before anything is written
+            checked_depth(base, trainable)
+        except ValueError as error:
+            raise InputError(str(error)) from None
         # The model section says what the base model is (the runner reads training only).
         config = dataclasses.replace(config, model=model_config_of(base, ModelConfig()))
         runner.config = config
