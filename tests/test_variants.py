@@ -141,6 +141,7 @@ fit_run(sys.argv[1], None if resume else config, resume=resume, export=False,
 """
 
 
+@pytest.mark.slow  # the default run kills fit once (tests/test_fit.py): the same StageRunner
 def test_a_killed_diffusion_stage_resumes_from_its_last_epoch(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-c", RESUMED_FIT, str(out)]
