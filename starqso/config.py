@@ -271,8 +271,9 @@ class DataConfig:
     split_seed: int = setting(0, integer(minimum=0))
     # held-out simulated cutouts checking each export
     export_check_objects: int = setting(2000, integer(minimum=1))
-    # simulated cutouts calibrating the int8 model
-    export_calibration_objects: int = setting(300, integer(minimum=1))
+    # training cutouts calibrating the int8 model's ranges: the shipped model's int8 agreed
+    # with Keras on 0.9950 of its validation checks with 300 of them, 0.9990 with 1,000
+    export_calibration_objects: int = setting(1000, integer(minimum=1))
 
     def __post_init__(self) -> None:
         _check_fields(self, "data")
