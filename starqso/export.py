@@ -40,6 +40,7 @@ The export folder::
 from __future__ import annotations
 
 import pathlib
+import re
 import warnings
 
 import numpy as np
@@ -79,14 +80,19 @@ TFLITE_VARIANTS = ("fp32", "fp16", "int8")
 # raw nanomaggies (the photometry's arc sky needs RESHAPE/GATHER/TRANSPOSE/TOPK_V2 over 16 arc
 # means and slices, its sums SUM; CONCATENATION and STRIDED_SLICE also occur in the network,
 # where staying float costs little).
+# MAXIMUM floors the scaling's asinh (CutoutScaling) on raw nanomaggies; MINIMUM/MAXIMUM also
+# clip the calibrated probability (TemperatureScaling), where float costs nothing.
 FLOAT_OPS = ("MUL", "DIV", "ADD", "SUB", "ABS", "SIGN", "SQUARE", "SQRT", "LOG", "SUM",
-             "RESHAPE", "GATHER", "TRANSPOSE", "TOPK_V2", "STRIDED_SLICE", "CONCATENATION")
+             "RESHAPE", "GATHER", "TRANSPOSE", "TOPK_V2", "STRIDED_SLICE", "CONCATENATION",
+             "MAXIMUM", "MINIMUM")
 # Layers kept float in the int8 model by name: the first dense layer of each photometry branch.
 # Its input is the six photometric features (colours in magnitudes, r, concentration) as one
 # tensor, and one int8 scale over all six steps by about 0.05 mag, coarse where colour cuts
 # decide; float, these two 6 x 128 layers cost 2% of the int8 speed and lift its label agreement
 # with Keras from 0.9955 to 0.998 (max |dp| 0.14 -> 0.04) on benchmarks/edge.py's cutouts.
-FLOAT_LAYERS = ("photometry_dense0",)
+# "photometry" is the AperturePhotometry layer: its aperture sums are one matmul on raw
+# nanomaggie pixels, a FULLY_CONNECTED that int8 would ruin.
+FLOAT_LAYERS = ("photometry_dense0", "photometry")
 # An int8 model is accepted when it agrees on the label this often (the target).
 INT8_MIN_AGREEMENT = 0.995
 
@@ -123,7 +129,9 @@ def float_nodes(float_model: bytes, layers=FLOAT_LAYERS) -> list[str]:
         if op["op_name"] != "FULLY_CONNECTED" or not len(op["outputs"]):
             continue
         name = interpreter._get_tensor_details(op["outputs"][0], 0)["name"]
-        if any(f"/{layer}" in name for layer in layers):
+        # A layer is a whole scope segment ("photometry" or "photometry_1", the tracing's
+        # suffix), so "photometry" does not also name "photometry_dense1".
+        if any(re.search(rf"/{re.escape(layer)}(_\d+)?/", name) for layer in layers):
             names.append(name)
     return names
 

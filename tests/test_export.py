@@ -1,6 +1,7 @@
 import csv
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -80,6 +81,16 @@ def test_int8_model_uses_builtin_ops_only_and_keeps_the_stretch_float(run):
              and "photometry_dense0" in tensors[op["outputs"][0]]["name"]]
     assert len(dense) == 2
     assert all(tensors[op["outputs"][0]]["dtype"] == np.float32 for op in dense)
+    # So does the photometry's aperture-sum matmul, and nothing else of the network's.
+    matmuls = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"
+               and re.search(r"/photometry(_\d+)?/", tensors[op["outputs"][0]]["name"])
+               and "photometry_dense0" not in tensors[op["outputs"][0]]["name"]]
+    assert len(matmuls) == 1
+    assert tensors[matmuls[0]["inputs"][0]]["dtype"] == np.float32
+    assert tensors[matmuls[0]["outputs"][0]]["dtype"] == np.float32
+    quantised = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"
+                 and tensors[op["outputs"][0]]["dtype"] == np.int8]
+    assert quantised  # the trunks' and heads' dense layers stay int8
 
 
 def test_saved_model_loads_without_starqso(run):

@@ -382,3 +382,21 @@ def test_finetuning_a_model_that_is_its_photometry_head_alone_trains_the_head():
                for a, b in zip(head_before, alone.photometry_head.get_weights()))
     for a, b in zip(fusion_before, alone.fusion.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cutout_scaling_matches_the_numpy_stretch_and_floors_dead_pixels():
+    from starqso.preprocessing.scaling import ASINH_FLOOR, asinh_stretch
+
+    softening = [0.04, 0.018, 0.033, 0.047, 0.17]
+    mean, std = [0.3, 0.5, 0.4, 0.4, 0.3], [1.0, 1.4, 1.3, 1.2, 1.1]
+    x = np.random.default_rng(0).normal(0, 0.05, (4, 8, 8, 5)).astype("float32")
+    x[0, 0, 0] = [1e4, 30.0, -0.5, -1.0, 2.0]  # bright cores and noise-sized negatives
+    x[1, 0, 0] = [-1e6, -3e3, -1e2, -1e7, -50.0]  # dead or corrupt pixels, far below the sky
+    scaled = np.asarray(CutoutScaling(softening, mean, std)(x))
+    expected = (asinh_stretch(x, softening) - np.array(mean)) / np.array(std)
+    assert np.isfinite(scaled).all()
+    np.testing.assert_allclose(scaled, expected, atol=2e-3)
+    typical = np.abs(x / np.array(softening)) < 30
+    np.testing.assert_allclose(scaled[typical], expected[typical], atol=2e-5)
+    floor = (-ASINH_FLOOR - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(scaled[1, 0, 0, :4], floor[:4], atol=1e-5)

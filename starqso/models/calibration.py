@@ -88,7 +88,7 @@ class LogitBlend(keras.layers.Layer):
     weighted mean of log-odds (a product of experts). The log-odds are
     ``log(p + BLEND_EPSILON) - log(1 + BLEND_EPSILON - p)``: finite at p = 0 and 1 (an int8
     model's sigmoid outputs reach both, in steps of 1/256), bounded by +-6.9, and no
-    MINIMUM/MAXIMUM to quantise; :func:`blend_logit` is the NumPy twin.
+    clipping ops; :func:`blend_logit` is the NumPy twin.
 
     Args:
         weight: share of ``p_b``'s logit, in [0, 1].

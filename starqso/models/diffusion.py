@@ -186,8 +186,9 @@ class ConstantTimestep(keras.layers.Layer):
 
 def _clip_unit(x):
     """clip(x, -1, 1) as (|x + 1| - |x - 1|) / 2: ADD/SUB/ABS/MUL, which the int8 export keeps
-    float (export.FLOAT_OPS), where MINIMUM/MAXIMUM would be quantised with the scale of an
-    unclipped input that reaches 1e4 at the first step (1 / sqrt(alpha_bar_T) = 2e4)."""
+    float (export.FLOAT_OPS; MINIMUM/MAXIMUM joined them later, and before that would have been
+    quantised with the scale of an unclipped input that reaches 1e4 at the first step,
+    1 / sqrt(alpha_bar_T) = 2e4)."""
     return (ops.abs(x + 1.0) - ops.abs(x - 1.0)) * 0.5
 
 

@@ -12,11 +12,18 @@ import numpy as np
 
 from starqso.errors import InputError
 
+# The stretch is floored at -ASINH_FLOOR (pixels more than ~200 softenings below the sky: dead
+# or corrupt pixels, never sky noise). The model computes asinh(x / s) without SIGN/ABS as
+# log(x + sqrt(x^2 + s^2)) - log(s), which cancels in float32 for very negative x; the floor
+# keeps it exact to 0.5% above it, and an int8 model saturates far above it anyway (its input
+# range ends near -8 softenings).
+ASINH_FLOOR = 6.0
+
 
 def asinh_stretch(images, softening):
-    """``asinh(images / softening)`` with the same formula the model uses."""
+    """``max(asinh(images / softening), -ASINH_FLOOR)``: the model's stretch, in float64."""
     x = np.asarray(images, dtype=np.float64) / np.asarray(softening, dtype=np.float64)
-    return np.sign(x) * np.log(np.abs(x) + np.sqrt(x * x + 1.0))
+    return np.maximum(np.arcsinh(x), -ASINH_FLOOR)
 
 
 def cutout_statistics(images, max_images=5000, seed=0):
