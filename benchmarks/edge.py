@@ -17,7 +17,11 @@ Prints the CPU (``lscpu``'s model name) and a table:
 * ``starqso predict --runtime litert`` end to end (FITS reading included) on ``--n`` cutouts
   written to disk, rows/s;
 * start-up: wall time of ``starqso predict --runtime litert`` on one cutout, in a fresh
-  process (median of 3).
+  process (median of 3);
+* with ``--parts`` (needs TensorFlow): where the int8 model's time goes, ms per batch of 256
+  on one thread, timed in interleaved rounds beside the whole int8 model (and the reference):
+  the float asinh stretch alone, the float photometry alone, and the int8 network behind
+  them (generator, fusion classifier, head) fed already-scaled inputs.
 """
 
 from __future__ import annotations
@@ -89,6 +93,98 @@ def throughputs(paths, images, rounds):
     return {name: (best[name], outputs[name]) for name in paths}
 
 
+def _part_models(model_dir, images, folder):
+    """TFLite files of the deployed model's parts: ``{name: path}`` (see ``--parts``)."""
+    import keras
+    import tensorflow as tf
+
+    import starqso.models  # noqa: F401  (registers the layers)
+    from starqso.export import convert_tflite
+    from starqso.models.calibration import LogitBlend
+    from starqso.models.layers import ZeroNoise
+
+    calibrated = keras.saving.load_model(model_dir / "starqso_classifier.keras", compile=False)
+    model = calibrated.get_layer("starqso_classifier")
+    if model.photometry is None or model.photometry_head is None:
+        raise SystemExit(f"--parts needs a model with photometry and a photometry head. "
+                         f"Received: {model_dir}")
+    size, trunk = model.image_size, model.generator.image_size
+    margin = (size - trunk) // 2
+    centre = images[:, margin:size - margin, margin:size - margin]
+    paths = {}
+
+    def convert(net, name, variant, calibration=None):
+        net.export(str(folder / name), format="tf_saved_model", verbose=False)
+        paths[name] = folder / f"{name}.tflite"
+        if variant == "fp32":
+            paths[name].write_bytes(convert_tflite(folder / name, "fp32"))
+            return
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / name))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                               tf.lite.OpsSet.TFLITE_BUILTINS]
+        paths[name].write_bytes(converter.convert())
+
+    cut = keras.Input((trunk, trunk, 5), name="image")
+    convert(keras.Model(cut, model.scaling(cut)), "float stretch (fp32)", "fp32")
+    whole = keras.Input((size, size, 5), name="image")
+    convert(keras.Model(whole, model.photometry(whole)), "float photometry (fp32)", "fp32")
+    scaled = keras.Input((trunk, trunk, 5), name="scaled")
+    measured = keras.Input((model.photometry.NUM_FEATURES,), name="photometry")
+    inputs = {"image": scaled, "photometry": measured}
+    noise = ZeroNoise(model.generator.noise_dim)(scaled)
+    features = model.generator(model.generator.generator_inputs(inputs, noise))
+    p_fusion = model.fusion({"image": scaled, "features": features, "photometry": measured})
+    p_head = model.photometry_head({"photometry": measured})
+    net = keras.Model({"scaled": scaled, "photometry": measured},
+                      LogitBlend(model.head_weight)([p_fusion, p_head]))
+    stretched = np.asarray(model.scaling(centre[:200]))
+    photometry = np.asarray(model.photometry(images[:200]))
+    convert(net, "int8 network, no float parts", "int8",
+            lambda: ({"scaled": stretched[i:i + 1], "photometry": photometry[i:i + 1]}
+                     for i in range(len(stretched))))
+    feeds = {"float stretch (fp32)": {"image": centre[:BATCH]},
+             "float photometry (fp32)": {"image": images[:BATCH]},
+             "int8 network, no float parts": {"scaled": np.asarray(model.scaling(centre[:BATCH])),
+                                              "photometry": np.asarray(
+                                                  model.photometry(images[:BATCH]))}}
+    return paths, feeds
+
+
+def part_timings(paths, feeds, rounds):
+    """Best ms per batch of ``BATCH`` for each TFLite file, one thread, interleaved rounds."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runners = {}
+    for name, path in paths.items():
+        interpreter = Interpreter(model_path=str(path), num_threads=1)
+        for detail in interpreter.get_input_details():
+            interpreter.resize_tensor_input(detail["index"], [BATCH, *detail["shape"][1:]])
+        interpreter.allocate_tensors()
+        inputs = []
+        for detail in interpreter.get_input_details():
+            # Signature input names may carry a prefix; match on the part's feed names.
+            key = next(k for k in feeds[name] if k in detail["name"]) if len(
+                feeds[name]) > 1 else next(iter(feeds[name]))
+            value = feeds[name][key].astype(np.float32)
+            if detail["dtype"] == np.int8:
+                scale, zero = detail["quantization"]
+                value = np.clip(np.round(value / scale + zero), -128, 127).astype(np.int8)
+            inputs.append((detail["index"], value))
+        runners[name] = (interpreter, inputs)
+    best = dict.fromkeys(paths, np.inf)
+    for _ in range(rounds):
+        for name, (interpreter, inputs) in runners.items():
+            began = time.perf_counter()
+            for _ in range(4):
+                for index, value in inputs:
+                    interpreter.set_tensor(index, value)
+                interpreter.invoke()
+            best[name] = min(best[name], (time.perf_counter() - began) / 4 * 1e3)
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "saved_models/starqso-large/export"))
@@ -101,6 +197,9 @@ def main():
                         help="interleaved timing rounds; each model keeps its best")
     parser.add_argument("--skip-predict", action="store_true",
                         help="leave out the `starqso predict` end-to-end and start-up runs")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time the int8 model's float stretch, float photometry and "
+                             "int8 network separately (needs TensorFlow)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -142,6 +241,20 @@ def main():
     print(f"\nint8 / fp32: {int8 / results['fp32'][0]:.2f}x")
     if "reference int8" in results:
         print(f"int8 / reference int8: {int8 / results['reference int8'][0]:.2f}x")
+    if args.parts:
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch = pathlib.Path(scratch)
+            part_paths, feeds = _part_models(model_dir, images, scratch)
+            whole = {"whole int8 model": paths["int8"]}
+            feeds["whole int8 model"] = {"image": images[:BATCH]}
+            if args.reference:
+                whole["reference int8"] = build_reference(args.reference, size, scratch)
+                feeds["reference int8"] = {"image": images[:BATCH]}
+            timings = part_timings({**whole, **part_paths}, feeds, args.rounds)
+        print(f"\n| part (1 thread) | ms per batch of {BATCH} | share of the whole int8 model |")
+        print("|---|---|---|")
+        for name, ms in timings.items():
+            print(f"| {name} | {ms:.2f} | {ms / timings['whole int8 model']:.0%} |")
     if args.skip_predict:
         return
 

@@ -326,9 +326,12 @@ def main():
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     command = "python benchmarks/real_photometry.py " + " ".join(sys.argv[1:])
+    model_name = pathlib.Path(args.model).resolve()
+    if model_name.is_relative_to(ROOT.resolve()):
+        model_name = model_name.relative_to(ROOT.resolve())
     header = (f"# Real SDSS rows and pixels\n\n`{command}`\n\n{datetime.date.today()}, git "
               f"{git}, {platform.machine()} {os.cpu_count()} CPU cores, "
-              f"{time.perf_counter() - began:.0f} s. Model {args.model} (threshold "
+              f"{time.perf_counter() - began:.0f} s. Model {model_name} (threshold "
               f"{threshold:g}, scored at prior {args.prior:g}). {len(labels)} real STAR/QSO "
               f"rows ({labels.sum()} QSO) rendered by this file's renderer (seed {args.seed}); "
               f"the simulator-trained peer learns from {args.sim_objects} simulated objects.\n")

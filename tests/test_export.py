@@ -91,6 +91,14 @@ def test_int8_model_uses_builtin_ops_only_and_keeps_the_stretch_float(run):
     quantised = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"
                  and tensors[op["outputs"][0]]["dtype"] == np.int8]
     assert quantised  # the trunks' and heads' dense layers stay int8
+    # The scaling's per-band standardisation (a 1 x 1 CONV_2D) stays float; the trunks' convs
+    # are int8.
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+    scaling = [op for op in convs if "/cutout_scaling" in tensors[op["outputs"][0]]["name"]]
+    assert len(scaling) == 1
+    assert tensors[scaling[0]["outputs"][0]]["dtype"] == np.float32
+    assert all(tensors[op["outputs"][0]]["dtype"] == np.int8 for op in convs
+               if op not in scaling)
 
 
 def test_saved_model_loads_without_starqso(run):

@@ -274,7 +274,9 @@ def _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head,
     inputs = {"image": scaled}
     if photometry is not None:
         inputs["photometry"] = photometry(cutout)
-    noise = ZeroNoise(generator.noise_dim, name="zero_noise")(scaled)
+    # From the raw float cutout, not the scaled one, which int8 models quantise: ZeroNoise's
+    # float slice would need the whole scaled tensor dequantised.
+    noise = ZeroNoise(generator.noise_dim, name="zero_noise")(cutout)
     features = generator(generator.generator_inputs(inputs, noise))
     fusion_inputs = {"image": scaled, "features": features}
     if fusion.photometry_dim:
