@@ -62,7 +62,8 @@ class CutoutScaling(keras.layers.Layer):
         # sqrt(u^2 + 1)) is all scalars (no ABS/SIGN: SIGN also splits the XNNPACK partition;
         # the floor (MAXIMUM) stops its cancellation at very negative u); and the per-band
         # standardisation is a 1 x 1 convolution with a diagonal kernel, one GEMM-backed op
-        # (kept float in int8 exports, export.FLOAT_LAYERS): 1.7 ms in all.
+        # (kept float in int8 exports, export.FLOAT_LAYERS): 1.7 ms in all (2.4-2.6 ms with
+        # the trunk crop before it, benchmarks/edge.py --parts).
         inverse = (1.0 / np.asarray(self.softening, "float64")).astype("float32")
         scale = 1.0 / np.asarray(self.std, "float64")
         u = ops.cast(inputs, "float32") * ops.convert_to_tensor(inverse)
