@@ -70,6 +70,18 @@ def build_reference(script, size, folder):
     return path
 
 
+def interleaved_best(calls, rounds):
+    """Shortest wall time (s) of each ``{name: call}`` over ``rounds`` rounds, each round
+    calling every one in turn, so that a drift of the machine's speed hits all alike."""
+    best = dict.fromkeys(calls, np.inf)
+    for _ in range(rounds):
+        for name, call in calls.items():
+            began = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - began)
+    return best
+
+
 def throughputs(paths, images, rounds):
     """Best cutouts/s of each model over ``rounds`` interleaved rounds, one thread, batch 256.
 
@@ -81,33 +93,31 @@ def throughputs(paths, images, rounds):
     for name, path in paths.items():
         predictors[name] = LiteRTPredictor(path, num_threads=1)
         predictors[name](images[:BATCH])  # allocate for the batch shape
-    best = dict.fromkeys(paths, 0.0)
     outputs = {}
     usable = len(images) // BATCH * BATCH or len(images)
-    for _ in range(rounds):
-        for name, predictor in predictors.items():
-            began = time.perf_counter()
-            outputs[name] = np.concatenate([predictor(images[i:i + BATCH])
-                                            for i in range(0, usable, BATCH)])
-            best[name] = max(best[name], usable / (time.perf_counter() - began))
-    return {name: (best[name], outputs[name]) for name in paths}
+
+    def run(name):
+        outputs[name] = np.concatenate([predictors[name](images[i:i + BATCH])
+                                        for i in range(0, usable, BATCH)])
+
+    best = interleaved_best({name: (lambda name=name: run(name)) for name in paths}, rounds)
+    return {name: (usable / best[name], outputs[name]) for name in paths}
 
 
 def _part_models(model_dir, images, folder):
     """TFLite files of the deployed model's parts: ``{name: path}`` (see ``--parts``)."""
     import keras
-    import tensorflow as tf
 
     import starqso.models  # noqa: F401  (registers the layers)
-    from starqso.export import convert_tflite
-    from starqso.models.calibration import LogitBlend
+    from starqso.export import convert_tflite, int8_converter
+    from starqso.models.classifiers import deployed_network
     from starqso.models.layers import ZeroNoise
 
     calibrated = keras.saving.load_model(model_dir / "starqso_classifier.keras", compile=False)
     model = calibrated.get_layer("starqso_classifier")
-    if model.photometry is None or model.photometry_head is None:
-        raise SystemExit(f"--parts needs a model with photometry and a photometry head. "
-                         f"Received: {model_dir}")
+    if model.photometry is None:
+        raise SystemExit(f"--parts needs a model with in-model photometry. Received: "
+                         f"{model_dir}")
     size, trunk = model.image_size, model.generator.image_size
     margin = (size - trunk) // 2
     centre = images[:, margin:size - margin, margin:size - margin]
@@ -116,15 +126,8 @@ def _part_models(model_dir, images, folder):
     def convert(net, name, variant, calibration=None):
         net.export(str(folder / name), format="tf_saved_model", verbose=False)
         paths[name] = folder / f"{name}.tflite"
-        if variant == "fp32":
-            paths[name].write_bytes(convert_tflite(folder / name, "fp32"))
-            return
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / name))
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = calibration
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                               tf.lite.OpsSet.TFLITE_BUILTINS]
-        paths[name].write_bytes(converter.convert())
+        paths[name].write_bytes(convert_tflite(folder / name, "fp32") if variant == "fp32"
+                                else int8_converter(folder / name, calibration).convert())
 
     cut = keras.Input((trunk, trunk, 5), name="image")
     convert(keras.Model(cut, model.scaling(cut)), "float stretch (fp32)", "fp32")
@@ -132,13 +135,10 @@ def _part_models(model_dir, images, folder):
     convert(keras.Model(whole, model.photometry(whole)), "float photometry (fp32)", "fp32")
     scaled = keras.Input((trunk, trunk, 5), name="scaled")
     measured = keras.Input((model.photometry.NUM_FEATURES,), name="photometry")
-    inputs = {"image": scaled, "photometry": measured}
-    noise = ZeroNoise(model.generator.noise_dim)(scaled)
-    features = model.generator(model.generator.generator_inputs(inputs, noise))
-    p_fusion = model.fusion({"image": scaled, "features": features, "photometry": measured})
-    p_head = model.photometry_head({"photometry": measured})
-    net = keras.Model({"scaled": scaled, "photometry": measured},
-                      LogitBlend(model.head_weight)([p_fusion, p_head]))
+    network = deployed_network({"image": scaled, "photometry": measured},
+                               ZeroNoise(model.generator.noise_dim)(scaled), model.generator,
+                               model.fusion, (model.photometry_head, model.head_weight))
+    net = keras.Model({"scaled": scaled, "photometry": measured}, network["p_qso"])
     stretched = np.asarray(model.scaling(centre[:200]))
     photometry = np.asarray(model.photometry(images[:200]))
     convert(net, "int8 network, no float parts", "int8",
@@ -173,16 +173,15 @@ def part_timings(paths, feeds, rounds):
                 value = np.clip(np.round(value / scale + zero), -128, 127).astype(np.int8)
             inputs.append((detail["index"], value))
         runners[name] = (interpreter, inputs)
-    best = dict.fromkeys(paths, np.inf)
-    for _ in range(rounds):
-        for name, (interpreter, inputs) in runners.items():
-            began = time.perf_counter()
-            for _ in range(4):
-                for index, value in inputs:
-                    interpreter.set_tensor(index, value)
-                interpreter.invoke()
-            best[name] = min(best[name], (time.perf_counter() - began) / 4 * 1e3)
-    return best
+    def run(interpreter, inputs):
+        for _ in range(4):
+            for index, value in inputs:
+                interpreter.set_tensor(index, value)
+            interpreter.invoke()
+
+    best = interleaved_best({name: (lambda runner=runner: run(*runner))
+                             for name, runner in runners.items()}, rounds)
+    return {name: seconds / 4 * 1e3 for name, seconds in best.items()}
 
 
 def main():

@@ -236,6 +236,10 @@ class ModelConfig:
     # discriminator, which only trains, keeps the small CNN. `image_filters` sets the widths of
     # cnn and hybrid; the keras.applications trunks have their own.
     trunk: str = setting("cnn", choice(TRUNKS))
+    # the fusion classifier reads the GAN generator's trunk embedding instead of a trunk of
+    # its own, so the deployed model runs one image CNN, not two (about half the int8 cost,
+    # benchmarks/edge.py); its stage then trains dense layers only (needs model.generator gan)
+    shared_trunk: bool = setting(False, flag())
     # a Keras weights file for a keras.applications trunk (e.g. ImageNet weights fetched
     # elsewhere; a 3-band first convolution is spread over the 5 bands), loaded before training
     trunk_weights: str | None = setting(None, optional_text())
@@ -347,6 +351,10 @@ def _check_run(config: RunConfig) -> None:
             f"model.trunk_weights loads a keras.applications trunk (model.trunk one of "
             f"{', '.join(t for t in TRUNKS if t not in ('cnn', 'hybrid'))}); model.trunk is "
             f"{model.trunk}. Received: {model.trunk_weights!r}")
+    if model.shared_trunk and model.generator != "gan":
+        raise InputError(
+            f"model.shared_trunk reads the GAN generator's trunk embedding, so it needs "
+            f"model.generator: gan. Received: model.generator={model.generator}")
     if data.cutout_size < model.image_size:
         raise InputError(
             f"data.cutout_size must be >= model.image_size ({model.image_size}) because cutouts "
@@ -368,7 +376,7 @@ PRESETS: dict[str, RunConfig] = {
     # keeps the 32-pixel sky border.
     "large": RunConfig(
         preset="large",
-        model=ModelConfig(trunk_size=24),
+        model=ModelConfig(trunk_size=24, shared_trunk=True),
         data=DataConfig(num_objects=72000, validation_fraction=0.1),
         training=TrainingConfig(encoder_epochs=6, gan_epochs=8, image_epochs=6,
                                 fusion_epochs=8),

@@ -142,6 +142,25 @@ def float_nodes(float_model: bytes, layers=FLOAT_LAYERS) -> list[str]:
     return names
 
 
+def int8_converter(saved_model_dir, representative):
+    """A TFLite converter of a SavedModel to full-integer int8 (float ops allowed where int8
+    has no kernel), calibrated on ``representative``: a callable yielding one input batch
+    (a list, or a dict by input name) at a time.
+
+    Example:
+        >>> flatbuffer = int8_converter(folder, lambda: ([x[None]] for x in images)).convert()
+        ... # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
+
+
 def convert_tflite(saved_model_dir, variant, calibration_images=None, keep_float=()):
     """TFLite flatbuffer of a SavedModel: ``fp32``, ``fp16`` or full-integer ``int8``.
 
@@ -158,15 +177,12 @@ def convert_tflite(saved_model_dir, variant, calibration_images=None, keep_float
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif variant == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
         def representative():
             for image in calibration_images:
                 yield [image[None].astype(np.float32)]
 
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                               tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter = int8_converter(saved_model_dir, representative)
         # Raw nanomaggies span 1e-2 (sky noise) to 1e4 (bright cores): quantised to int8 at
         # the input, every faint source would be lost. The element-wise ops are the asinh
         # scaling (and the zero noise), so keeping them float leaves the stretch exact and

@@ -96,6 +96,43 @@ def test_deeper_blocks_learn_at_decayed_rates(base):
         FineTuner(classifier, train_depth=3)
 
 
+def test_a_shared_trunk_run_exports_one_cnn_and_finetunes_the_generator_trunk(tmp_path,
+                                                                              labels):
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from starqso.models import FineTuner
+
+    config = tmp_path / "shared.yaml"
+    # No photometry head: a blend weight of 1 would leave no CNN in the graph to count.
+    config.write_text("preset: tiny\nmodel:\n  shared_trunk: true\n  photometry_head: false\n")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", "--config", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    fusion = keras.saving.load_model(run / "fusion_classifier.keras", safe_mode=True)
+    assert set(fusion.input) == {"embedding", "features", "photometry"}
+    assert not any(layer.name.startswith("trunk_conv") for layer in fusion.layers)
+    ops = [op["op_name"] for op in Interpreter(
+        model_path=str(run / "export" / "model_int8.tflite"))._get_ops_details()]
+    assert ops.count("CONV_2D") == 2 * 2 + 1  # one 2-stage trunk and the scaling's 1 x 1
+
+    classifier = keras.saving.load_model(run / "starqso_classifier.keras", safe_mode=True)
+    one = FineTuner(classifier, train_depth=1)
+    # The trunk block is the generator's: the one trunk both read.
+    assert one.classifier.generator.get_layer("trunk_conv1_0").trainable
+    assert not one.classifier.generator.get_layer("trunk_conv0_0").trainable
+    assert not one.classifier.generator.get_layer("features").trainable
+    assert one.classifier.fusion.get_layer("embedding_dense").trainable
+    tuned = _finetune(tmp_path, run, labels, "--trainable", "1")
+    assert tuned.exit_code == 0, tuned.output
+    after = keras.saving.load_model(tmp_path / "ft" / "starqso_classifier.keras",
+                                    safe_mode=True)
+    assert not np.array_equal(classifier.generator.get_layer("trunk_conv1_0").get_weights()[0],
+                              after.generator.get_layer("trunk_conv1_0").get_weights()[0])
+    np.testing.assert_array_equal(classifier.generator.get_layer("trunk_conv0_0").get_weights()[0],
+                                  after.generator.get_layer("trunk_conv0_0").get_weights()[0])
+
+
 def _relabelled(tmp_path, labels, change):
     table = read_catalog(labels)
     change(table)

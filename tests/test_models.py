@@ -43,7 +43,16 @@ def tiny_models():
     # CNNs on the central 16 pixels of a 24-pixel cutout, photometry on all of it.
     generator_c = FeatureGenerator(16, (4, 8), FEATURES, NOISE, 8, 0.1, photometry_dim=6)
     fusion_c = FusionClassifier(16, (4, 8), FEATURES, 8, 0.1, photometry_dim=6)
+    # One trunk for both (model.shared_trunk): the fusion reads the generator's embedding.
+    fusion_s = FusionClassifier(16, (4, 8), FEATURES, 8, 0.1, photometry_dim=6, embedding_dim=8)
     return {
+        "shared_trunk_fusion": (fusion_s, {"embedding": np.abs(VECTORS), "features": VECTORS,
+                                           "photometry": table}, (6, 1)),
+        "shared_trunk_deployable": (StarQSOClassifier(scaling, generator_c, fusion_s, photometry,
+                                                      image_size=24,
+                                                      photometry_head=PhotometryClassifier(6, 8),
+                                                      head_weight=0.3),
+                                    {"image": big}, (6, 1)),
         "cropped_deployable": (StarQSOClassifier(scaling, generator_c, fusion_c, photometry,
                                                  image_size=24), {"image": big}, (6, 1)),
         "photometry_generator": (generator_p, {"image": big, "photometry": table,
@@ -90,7 +99,7 @@ def test_shape_config_round_trip_and_keras_reload(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["spectrum_classifier", "fusion", "image", "photometry_fusion",
-                                  "photometry_head"])
+                                  "photometry_head", "shared_trunk_fusion"])
 def test_one_fit_step_gives_a_finite_loss(name):
     model, inputs, _ = tiny_models()[name]
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy())
@@ -327,6 +336,39 @@ def test_deployable_with_head_saved_model_and_tflite_match_keras(tmp_path):
     np.testing.assert_allclose(LiteRTPredictor(path)(inputs["image"]), expected, atol=1e-5)
     ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
     assert not any("Flex" in name for name in ops)
+
+
+def test_shared_trunk_deployable_runs_one_cnn_and_matches_its_parts(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from starqso.export import convert_tflite, write_saved_model
+    from starqso.inference import LiteRTPredictor
+    from starqso.models import LogitBlend
+    from starqso.models.classifiers import generator_with_embedding
+
+    model, inputs, _ = tiny_models()["shared_trunk_deployable"]
+    expected = np.asarray(model(inputs)).ravel()
+    # The fusion reads the very embedding and vector the generator makes of the scaled centre.
+    centre = np.asarray(model.scaling(inputs["image"][:, 4:20, 4:20]))
+    photometry = np.asarray(model.photometry(inputs["image"]))
+    parts = generator_with_embedding(model.generator)(
+        {"image": centre, "noise": np.zeros((6, NOISE), "float32"), "photometry": photometry})
+    parts = {key: np.asarray(value) for key, value in parts.items()}
+    p_fusion = np.asarray(model.fusion({"embedding": parts["embedding"],
+                                        "features": parts["features"],
+                                        "photometry": photometry})).ravel()
+    p_head = np.asarray(model.photometry_head({"photometry": photometry})).ravel()
+    blended = np.asarray(LogitBlend(0.3)([p_fusion[:, None], p_head[:, None]])).ravel()
+    np.testing.assert_allclose(expected, blended, atol=1e-6)
+    vector = np.asarray(model.embedding_model()({"image": inputs["image"]})["vector"])
+    np.testing.assert_allclose(vector, parts["features"], atol=1e-6)
+    write_saved_model(model, tmp_path / "saved_model")
+    path = tmp_path / "model_fp32.tflite"
+    path.write_bytes(convert_tflite(tmp_path / "saved_model", "fp32"))
+    np.testing.assert_allclose(LiteRTPredictor(path)(inputs["image"]), expected, atol=1e-5)
+    ops = [op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()]
+    # The generator's four 3 x 3 convolutions and the scaling's 1 x 1: one trunk, not two.
+    assert ops.count("CONV_2D") == 5
 
 
 def test_blend_weight_picks_the_better_classifier_on_validation():

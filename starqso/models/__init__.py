@@ -7,8 +7,9 @@
   (``model.generator: diffusion``).
 * :class:`RelativeSelfAttention` and :func:`~starqso.models.trunks.image_trunk_features`: the
   image trunks (``model.trunk``).
-* :class:`FusionClassifier`: image + vector -> p(QSO); :class:`ImageClassifier`: the
-  image-only baseline with the same trunk.
+* :class:`FusionClassifier`: image + vector -> p(QSO) (or the generator's trunk embedding +
+  vector with ``model.shared_trunk``: :func:`~.classifiers.generator_with_embedding`);
+  :class:`ImageClassifier`: the image-only baseline with the same trunk.
 * :class:`StarQSOClassifier`: raw cutout -> p(QSO), scaling, photometry and generator inside.
 * :class:`MetricHead`, :class:`MetricLearner` (with :class:`ProxyLogits`,
   :class:`ProxyNCALoss`): a metric-learning embedding of the generated vector

@@ -64,20 +64,41 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
         photometry_dim: length of an extra ``"photometry"`` input (standardised aperture
             photometry), fed through a dense branch; 0 (the paper's fusion) for none.
         trunk: the image trunk, one of :data:`starqso.config.TRUNKS`.
+        embedding_dim: 0 (the paper's fusion) for its own image trunk on an ``"image"``
+            input; otherwise the length of an ``"embedding"`` input that replaces both: the
+            GAN generator's trunk embedding of the same image (``model.shared_trunk``), so the
+            deployed model runs one CNN instead of two. ``image_size``, ``filters`` and
+            ``trunk`` then describe that trunk.
 
     Example:
         >>> fusion = FusionClassifier(16, filters=(4, 8), feature_dim=8, photometry_dim=6)
+        >>> shared = FusionClassifier(16, filters=(4, 8), feature_dim=8, embedding_dim=8)
+        >>> sorted(shared.input)
+        ['embedding', 'features']
     """
 
     CONFIG_KEYS = ("image_size", "filters", "feature_dim", "dense_units", "dropout",
-                   "photometry_dim", "trunk")
+                   "photometry_dim", "trunk", "embedding_dim")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, dense_units=128,
-                 dropout=0.2, photometry_dim=0, trunk="cnn", **kwargs):
-        image = keras.Input((image_size, image_size, 5), name="image")
+                 dropout=0.2, photometry_dim=0, trunk="cnn", embedding_dim=0, **kwargs):
+        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or (
+                embedding_dim < 0):
+            raise ValueError(f"FusionClassifier embedding_dim must be an integer >= 0. "
+                             f"Received: embedding_dim={embedding_dim!r}")
         features = keras.Input((feature_dim,), name="features")
-        inputs = {"image": image, "features": features}
-        x = image_trunk_features(image, trunk, filters, dense_units, dropout, name="trunk")
+        if embedding_dim:
+            embedding = keras.Input((embedding_dim,), name="embedding")
+            inputs = {"embedding": embedding, "features": features}
+            # The generator's embedding is frozen here; one dense layer of the fusion's own
+            # maps it to what classification needs.
+            x = layers.Dropout(dropout, name="embedding_dropout")(embedding) if dropout else (
+                embedding)
+            x = layers.Dense(dense_units, activation="relu", name="embedding_dense")(x)
+        else:
+            image = keras.Input((image_size, image_size, 5), name="image")
+            inputs = {"image": image, "features": features}
+            x = image_trunk_features(image, trunk, filters, dense_units, dropout, name="trunk")
         branches = [x, layers.Dense(dense_units, activation="relu",
                                     name="features_dense")(features)]
         if photometry_dim:
@@ -96,6 +117,26 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
         self.dropout = float(dropout)
         self.photometry_dim = int(photometry_dim)
         self.trunk = str(trunk)
+        self.embedding_dim = int(embedding_dim)
+
+
+#: The layer of every image trunk whose output is its embedding (the generator's too).
+TRUNK_EMBEDDING = "trunk_embedding"
+
+
+def generator_with_embedding(generator):
+    """A model sharing ``generator``'s layers: its inputs -> ``{"features", "embedding"}``,
+    the generated vector and the trunk embedding it was made from (one trunk evaluation).
+
+    Example:
+        >>> outputs = generator_with_embedding(generator)(inputs)  # doctest: +SKIP
+        >>> outputs["embedding"].shape  # doctest: +SKIP
+        (N, 128)
+    """
+    return keras.Model(generator.input,
+                       {"features": generator.output,
+                        "embedding": generator.get_layer(TRUNK_EMBEDDING).output},
+                       name=f"{generator.name}_with_embedding")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -202,6 +243,11 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
                              f"fusion classifier's (equal) input side, by an even number of "
                              f"pixels. Received: image_size={image_size}, generator "
                              f"{trunk}, fusion {fusion.image_size}")
+        embedding_dim = getattr(fusion, "embedding_dim", 0)
+        if embedding_dim and embedding_dim != generator.dense_units:
+            raise ValueError(f"StarQSOClassifier fusion classifier reads the generator's "
+                             f"{generator.dense_units}-d trunk embedding. Received: "
+                             f"embedding_dim={embedding_dim}")
         if photometry is not None and photometry.image_size != size:
             raise ValueError(f"StarQSOClassifier photometry must measure the whole "
                              f"{size}-pixel cutout. Received: photometry.image_size="
@@ -270,15 +316,43 @@ def _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head,
     size, trunk = cutout.shape[1], generator.image_size
     centre = (layers.Cropping2D((size - trunk) // 2, name="trunk_crop")(cutout)
               if size > trunk else cutout)
-    scaled = scaling(centre)
-    inputs = {"image": scaled}
+    inputs = {"image": scaling(centre)}
     if photometry is not None:
         inputs["photometry"] = photometry(cutout)
     # From the raw float cutout, not the scaled one, which int8 models quantise: ZeroNoise's
     # float slice would need the whole scaled tensor dequantised.
     noise = ZeroNoise(generator.noise_dim, name="zero_noise")(cutout)
-    features = generator(generator.generator_inputs(inputs, noise))
-    fusion_inputs = {"image": scaled, "features": features}
+    outputs = deployed_network(inputs, noise, generator, fusion, head)
+    if metric_head is not None:
+        head_inputs = {"features": outputs["vector"]}
+        if metric_head.photometry_dim:
+            head_inputs["photometry"] = inputs["photometry"]
+        outputs["metric"] = metric_head(head_inputs)
+    return outputs
+
+
+def deployed_network(inputs, noise, generator, fusion, head=(None, 0.5)):
+    """The networks of the deployed graph behind its float preprocessing.
+
+    Args:
+        inputs: ``{"image": scaled centre[, "photometry": standardised photometry]}`` tensors.
+        noise: the generator's noise tensor (zeros, as deployed).
+        generator, fusion: the trained generator and fusion classifier.
+        head: ``(photometry_head or None, head_weight)``.
+
+    Returns:
+        ``{"p_qso", "vector"}`` tensors.
+
+    Example:
+        >>> outputs = deployed_network(inputs, noise, generator, fusion)  # doctest: +SKIP
+    """
+    if getattr(fusion, "embedding_dim", 0):  # one trunk for both (model.shared_trunk)
+        tapped = generator_with_embedding(generator)(generator.generator_inputs(inputs, noise))
+        features = tapped["features"]
+        fusion_inputs = {"embedding": tapped["embedding"], "features": features}
+    else:
+        features = generator(generator.generator_inputs(inputs, noise))
+        fusion_inputs = {"image": inputs["image"], "features": features}
     if fusion.photometry_dim:
         fusion_inputs["photometry"] = inputs["photometry"]
     p_qso = fusion(fusion_inputs)
@@ -287,13 +361,7 @@ def _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head,
         p_head = photometry_head({"photometry": inputs["photometry"]})
         p_qso = (p_head if head_weight >= 1 else
                  LogitBlend(head_weight, name="logit_blend")([p_qso, p_head]))
-    outputs = {"p_qso": p_qso, "vector": features}
-    if metric_head is not None:
-        head_inputs = {"features": features}
-        if metric_head.photometry_dim:
-            head_inputs["photometry"] = inputs["photometry"]
-        outputs["metric"] = metric_head(head_inputs)
-    return outputs
+    return {"p_qso": p_qso, "vector": features}
 
 
 __all__ = [
@@ -303,4 +371,7 @@ __all__ = [
     "ImageClassifier",
     "PhotometryClassifier",
     "StarQSOClassifier",
+    "TRUNK_EMBEDDING",
+    "deployed_network",
+    "generator_with_embedding",
 ]

@@ -4,7 +4,8 @@
 last blocks: the **head** (the fusion classifier's dense layers: the vector, photometry and
 hidden layers and p(QSO); and the photometry head, when the model blends one in), then,
 counting back from the output, the fusion classifier's CNN stages (the last one with the
-trunk's embedding), then, with ``"all"``, the GAN generator too. Block ``k`` (0 = head) learns
+trunk's embedding; the generator's trunk, which the fusion reads, with ``model.shared_trunk``),
+then, with ``"all"``, the GAN generator too. Block ``k`` (0 = head) learns
 at ``learning_rate * lr_decay**k``: one Adam per block, since Adam divides out any scaling of
 the gradients. Frozen layers are set non-trainable (batch normalisation there keeps its
 statistics). This is Zoobot's ``n_blocks`` / ``lr_decay`` finetuning scheme (Walmsley et al.
@@ -23,7 +24,8 @@ from starqso.models.blocks import ConstructorConfig, deserialize_submodel
 from starqso.models.layers import PACKAGE
 
 #: The fusion classifier's layers after its trunk (the head, block 0).
-HEAD_LAYERS = ("features_dense", "photometry_dense0", "photometry_dense1", "hidden", "p_qso")
+HEAD_LAYERS = ("features_dense", "photometry_dense0", "photometry_dense1", "hidden", "p_qso",
+               "embedding_dense")
 _TRUNK_LAYER = re.compile(r"trunk_(?:conv|bn|relu)(\d+)_\d+$")
 
 
@@ -38,25 +40,32 @@ def trainable_blocks(classifier) -> list[list]:
         stage, generator layers]``. A trunk other than the small CNN (``model.trunk``) is one
         block: ``[head, trunk, generator layers]``.
     """
-    fusion = classifier.fusion
+    fusion, generator = classifier.fusion, classifier.generator
     # The photometry head's dense layers (when its logit is blended in) belong to the head.
     extra = [layer for layer in _blended_head_layers(classifier) if layer.weights]
+    head = [layer for layer in fusion.layers if layer.name in HEAD_LAYERS] + extra
+    # With a shared trunk (model.shared_trunk) the trunk is the generator's: training its
+    # stages changes the generated vector too, as the fusion classifier reads both.
+    shared = bool(getattr(fusion, "embedding_dim", 0))
+    owner = generator if shared else fusion
+    trunk_layers = [layer for layer in owner.layers if layer.weights and (
+        layer.name == "trunk_embedding" or layer.name.startswith("trunk_"))]
+    taken = {id(layer) for layer in head + trunk_layers}
+    rest = [layer for layer in generator.layers if layer.weights and id(layer) not in taken]
     if getattr(fusion, "trunk", "cnn") != "cnn":
-        trunk = [layer for layer in fusion.layers
-                 if layer.weights and layer.name not in HEAD_LAYERS]
-        return [[layer for layer in fusion.layers if layer.name in HEAD_LAYERS] + extra, trunk,
-                [layer for layer in classifier.generator.layers if layer.weights]]
+        if not shared:  # the fusion's whole trunk: every layer outside the head
+            trunk_layers = [layer for layer in fusion.layers
+                            if layer.weights and layer.name not in HEAD_LAYERS]
+        return [head, trunk_layers, rest]
     stages = len(fusion.filters)
     blocks = [[] for _ in range(stages + 2)]
-    for layer in fusion.layers:
-        if layer.name in HEAD_LAYERS:
-            blocks[0].append(layer)
-        elif layer.name == "trunk_embedding":
+    blocks[0] = head
+    for layer in trunk_layers:
+        if layer.name == "trunk_embedding":
             blocks[1].append(layer)
         elif match := _TRUNK_LAYER.match(layer.name):
             blocks[stages - int(match.group(1))].append(layer)
-    blocks[0] += extra
-    blocks[-1] = [layer for layer in classifier.generator.layers if layer.weights]
+    blocks[-1] = rest
     return blocks
 
 

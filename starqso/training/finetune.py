@@ -73,7 +73,8 @@ def model_config_of(classifier, base):
         trunk_size=None if trunk == classifier.image_size else int(trunk),
         image_filters=tuple(fusion.filters), feature_dim=int(fusion.feature_dim),
         noise_dim=int(generator.noise_dim), dense_units=int(fusion.dense_units),
-        dropout=float(fusion.dropout), photometry=classifier.photometry is not None)
+        dropout=float(fusion.dropout), photometry=classifier.photometry is not None,
+        shared_trunk=bool(getattr(fusion, "embedding_dim", 0)))
 
 
 class FinetuneStage(Stage):

@@ -362,7 +362,9 @@ class FusionStage(Stage):
         if not train:
             return
         labelled_train, labelled_validation = self._train_index(context)
-        if self.features == "generated":
+        if self.features == "generated" and self._shared(context):
+            self.inputs = shared_trunk_inputs(context, labelled_train, labelled_validation)
+        elif self.features == "generated":
             generator = context.products["generator"]
             rng = np.random.default_rng(context.config.training.seed)
             vectors = np.zeros_like(context.products["vectors"])
@@ -387,23 +389,31 @@ class FusionStage(Stage):
                     weighted_fwhm=context.config.model.weighted_fwhm)
             self.inputs = {"image": context.inputs.arrays["image"], "features": features}
 
+    def _shared(self, context):
+        """Whether the fusion classifier reads the generator's trunk (``model.shared_trunk``)."""
+        return self.features == "generated" and context.config.model.shared_trunk
+
     def build(self, context):
         from starqso.models import FusionClassifier
 
         model_config = context.config.model
         generated = self.features == "generated"
+        shared = self._shared(context)
         model = FusionClassifier(
             trunk_side(model_config), model_config.image_filters,
             self.inputs["features"].shape[1], model_config.dense_units, model_config.dropout,
             context.inputs.photometry_dim if generated else 0, trunk=model_config.trunk,
+            embedding_dim=model_config.dense_units if shared else 0,
             name="fusion_classifier" if generated else self.name)
-        with_trunk_weights(model, model_config)
+        if not shared:
+            with_trunk_weights(model, model_config)
         model.compile(learning_rate=context.config.training.learning_rate)
         return model
 
     def datasets(self, context):
+        # A shared trunk's embeddings were computed on augmented cutouts (prepare).
         return context.datasets(self.inputs, context.target, *self._train_index(context),
-                                augment=True)
+                                augment=not self._shared(context))
 
     def outputs(self, context, model):
         if self.features != "generated":
@@ -446,6 +456,50 @@ class FusionStage(Stage):
 
     def provide(self, context, outputs):
         context.products[self.name] = outputs[self.files[0]]
+
+
+def shared_trunk_inputs(context, train_index, validation_index, chunk=8192):
+    """The fusion stage's inputs with ``model.shared_trunk``: ``{"embedding", "features"[,
+    "photometry"]}`` for every object, the generator's trunk embedding and vector.
+
+    Training objects get one random dihedral view each (the augmentation the fusion's own
+    trunk would have had) and noise (the GAN's spread); validation objects are seen as the
+    deployed model sees them: as they are, zero noise. Objects in neither index keep zeros.
+    """
+    from starqso.inference import dihedral_views
+    from starqso.models.classifiers import generator_with_embedding
+
+    generator = context.products["generator"]
+    tapped = generator_with_embedding(generator)
+    arrays = context.inputs.arrays
+    count = len(arrays["image"])
+    rng = np.random.default_rng(context.config.training.seed)
+    outputs = {"embedding": np.zeros((count, generator.dense_units), np.float32),
+               "features": np.zeros((count, generator.feature_dim), np.float32)}
+    for index, train in ((np.asarray(train_index), True),
+                         (np.asarray(validation_index), False)):
+        for start in range(0, len(index), chunk):
+            part = index[start:start + chunk]
+            images = arrays["image"][part]
+            noise = np.zeros((len(part), generator.noise_dim), np.float32)
+            if train and context.config.training.augment:
+                choice = rng.integers(0, 8, len(part))
+                images = images.copy()
+                for view in range(8):
+                    chosen = np.flatnonzero(choice == view)
+                    images[chosen] = dihedral_views(images[chosen])[
+                        view * len(chosen):(view + 1) * len(chosen)]
+            if train:
+                noise = rng.normal(size=noise.shape).astype(np.float32)
+            batch = {"image": images, "noise": noise}
+            if generator.photometry_dim:
+                batch["photometry"] = arrays["photometry"][part]
+            result = tapped.predict(batch, batch_size=_PREDICT_BATCH, verbose=0)
+            for key in outputs:
+                outputs[key][part] = result[key]
+    if "photometry" in arrays:
+        outputs["photometry"] = arrays["photometry"]
+    return outputs
 
 
 class PhotometryHeadStage(Stage):
