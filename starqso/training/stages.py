@@ -483,8 +483,7 @@ def shared_trunk_inputs(context, train_index, validation_index, chunk=8192):
             images = arrays["image"][part]
             noise = np.zeros((len(part), generator.noise_dim), np.float32)
             if train and context.config.training.augment:
-                choice = rng.integers(0, 8, len(part))
-                images = images.copy()
+                choice = rng.integers(0, 8, len(part))  # images is a copy (fancy index)
                 for view in range(8):
                     chosen = np.flatnonzero(choice == view)
                     images[chosen] = dihedral_views(images[chosen])[
