@@ -286,10 +286,11 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
               help="Run or export folder to start from [default: the shipped model].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/finetune",
               show_default=True, help="Run folder to write (with OUT/export).")
-@click.option("--trainable", default="all", show_default=True,
-              help="How deep training reaches: head (the dense layers), N (the head and the "
-                   "last N CNN blocks of the classifier) or all (the generator too; the best "
-                   "at every label budget in benchmarks/results/finetune.md).")
+@click.option("--trainable", default="head", show_default=True,
+              help="How deep training reaches: head (the dense layers; with the shipped "
+                   "model the best or within 0.001 of it at every label budget in "
+                   "benchmarks/results/finetune.md, and the cheapest), N (the head and the "
+                   "last N CNN blocks of the classifier) or all (the generator too).")
 @click.option("--lr-decay", default=0.75, show_default=True, type=float,
               help="Learning-rate factor per block deeper than the head.")
 @click.option("--learning-rate", default=1e-4, show_default=True, type=float,

@@ -181,7 +181,7 @@ def test_bad_finetune_inputs_are_one_line_errors(tmp_path, base, labels, case, f
 def test_finetune_resume_continues_its_own_run(tmp_path, base, labels):
     first = _finetune(tmp_path, base, labels)
     assert first.exit_code == 0, first.output
-    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["trainable"] == "all"
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["trainable"] == "head"
     out = tmp_path / "ft"
     model = (out / "starqso_classifier.keras").read_bytes()
     again = _finetune(tmp_path, base, labels)

@@ -138,7 +138,7 @@ def _settings(base_file, train_depth, lr_decay, epochs, learning_rate):
             "learning_rate": float(learning_rate)}
 
 
-def finetune_run(out_dir, data, model_dir=None, *, trainable="all", lr_decay=0.75,
+def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.75,
                  epochs=20, learning_rate=1e-4, validation_fraction=0.2, batch_size=64,
                  seed=0, strategy="default", resume=False, strict=False, export=True,
                  log=print):
