@@ -48,8 +48,9 @@ def trainable_blocks(classifier) -> list[list]:
     # stages changes the generated vector too, as the fusion classifier reads both.
     shared = bool(getattr(fusion, "embedding_dim", 0))
     owner = generator if shared else fusion
-    trunk_layers = [layer for layer in owner.layers if layer.weights and (
-        layer.name == "trunk_embedding" or layer.name.startswith("trunk_"))]
+    # The trunk's layers (its embedding included) are the ones named trunk_*.
+    trunk_layers = [layer for layer in owner.layers
+                    if layer.weights and layer.name.startswith("trunk_")]
     taken = {id(layer) for layer in head + trunk_layers}
     rest = [layer for layer in generator.layers if layer.weights and id(layer) not in taken]
     if getattr(fusion, "trunk", "cnn") != "cnn":
