@@ -362,7 +362,7 @@ class FusionStage(Stage):
         if not train:
             return
         labelled_train, labelled_validation = self._train_index(context)
-        if self.features == "generated" and self._shared(context):
+        if self._shared(context):
             self.inputs = shared_trunk_inputs(context, labelled_train, labelled_validation)
         elif self.features == "generated":
             generator = context.products["generator"]
@@ -490,10 +490,11 @@ def shared_trunk_inputs(context, train_index, validation_index, chunk=8192):
                         view * len(chosen):(view + 1) * len(chosen)]
             if train:
                 noise = rng.normal(size=noise.shape).astype(np.float32)
-            batch = {"image": images, "noise": noise}
-            if generator.photometry_dim:
+            batch = {"image": images}
+            if "photometry" in arrays:
                 batch["photometry"] = arrays["photometry"][part]
-            result = tapped.predict(batch, batch_size=_PREDICT_BATCH, verbose=0)
+            result = tapped.predict(generator.generator_inputs(batch, noise),
+                                    batch_size=_PREDICT_BATCH, verbose=0)
             for key in outputs:
                 outputs[key][part] = result[key]
     if "photometry" in arrays:
