@@ -277,6 +277,7 @@ PYTHON_VIOLATIONS = [
     (TrainingConfig, "gan_distillation_weight", -0.1, "a number >= 0"),
     (TrainingConfig, "early_stopping_patience", 0, "an integer >= 1"),
     (TrainingConfig, "augment", "yes", "true or false"),
+    (TrainingConfig, "noise_augment", 0.5, "a number in [1.0, 10.0]"),
     (TrainingConfig, "mixed_precision", None, "true or false"),
 ]
 

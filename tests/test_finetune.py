@@ -105,7 +105,9 @@ def test_a_shared_trunk_run_exports_one_cnn_and_finetunes_the_generator_trunk(tm
 
     config = tmp_path / "shared.yaml"
     # No photometry head: a blend weight of 1 would leave no CNN in the graph to count.
-    config.write_text("preset: tiny\nmodel:\n  shared_trunk: true\n  photometry_head: false\n")
+    # noise_augment: the fusion's trunk inputs for the noisier copies go through the same path.
+    config.write_text("preset: tiny\nmodel:\n  shared_trunk: true\n  photometry_head: false\n"
+                      "training:\n  noise_augment: 2.0\n")
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["fit", "--config", str(config), "--out", str(run)])
     assert result.exit_code == 0, result.output

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import pathlib
@@ -8,6 +9,7 @@ import time
 
 import keras
 import numpy as np
+import pytest
 from astropy.io import fits
 from click.testing import CliRunner
 
@@ -184,3 +186,47 @@ def test_run_folder_refuses_to_adopt_an_incomplete_stage(tmp_path):
     (other.root / "state.json").write_text('{"completed": ["nonsense"]}')
     with pytest.raises(InputError, match="unknown stages"):
         other.completed_stages(["encoder"])
+
+
+def test_noisier_cutouts_scale_the_sky_sigma_within_the_range():
+    from starqso.preprocessing.quality import sky_sigma
+    from starqso.training.inputs import noisier_cutouts
+
+    rng = np.random.default_rng(1)
+    clean = np.random.default_rng(0).normal(0, 0.03, (200, 32, 32, 5)).astype("float32")
+    ratio = sky_sigma(noisier_cutouts(clean, 2.5, rng)) / sky_sigma(clean)
+    assert 0.8 < ratio.min() and ratio.max() < 3.0  # the border sigmas are estimates
+    assert 1.5 < ratio.mean() < 2.0  # scales uniform in [1, 2.5]: mean 1.75
+    np.testing.assert_array_equal(noisier_cutouts(clean, 1.0, rng), clean)
+    with pytest.raises(ValueError, match="max_scale must be >= 1. Received: max_scale=0.5"):
+        noisier_cutouts(clean, 0.5, rng)
+
+
+def test_noise_augment_appends_noisier_copies_of_the_training_objects():
+    from starqso.config import get_preset
+    from starqso.data.arrays import ObjectArrays
+    from starqso.training.stages import PhotometryHeadStage, StageContext
+
+    tiny = get_preset("tiny")
+    config = dataclasses.replace(tiny, training=dataclasses.replace(tiny.training,
+                                                                    noise_augment=2.0))
+    arrays = ObjectArrays.from_simulation(96, 0, image_size=24, cutout_size=24)
+    context = StageContext.create(config, arrays)
+    stage = PhotometryHeadStage()
+    stage.prepare(context, train=True)
+    train, count = context.labelled(context.train), len(arrays.images)
+    np.testing.assert_array_equal(stage.train_index,
+                                  np.concatenate([train, count + np.arange(len(train))]))
+    np.testing.assert_array_equal(stage.target[count:], context.target[train])
+    photometry = stage.inputs["photometry"]
+    assert photometry.shape == (count + len(train), context.inputs.photometry_dim)
+    np.testing.assert_array_equal(photometry[:count], context.inputs.arrays["photometry"])
+    assert not np.allclose(photometry[count:], photometry[train])
+    again = PhotometryHeadStage()
+    again.prepare(context, train=True)  # the same copies on every call
+    np.testing.assert_array_equal(again.inputs["photometry"], photometry)
+
+    plain = PhotometryHeadStage()
+    plain.prepare(StageContext.create(tiny, arrays), train=True)  # noise_augment 1: none
+    np.testing.assert_array_equal(plain.train_index, train)
+    assert len(plain.inputs["photometry"]) == count

@@ -126,3 +126,53 @@ class ModelInputs:
             record.update(photometry_mean=self.photometry.mean,
                           photometry_std=self.photometry.std)
         return record
+
+
+def noisier_cutouts(images: np.ndarray, max_scale: float, rng) -> np.ndarray:
+    """Copies of raw cutouts with extra white sky noise, as if observed at a shallower depth.
+
+    Each cutout's per-pixel sky sigma (its border's,
+    :func:`~starqso.preprocessing.quality.sky_sigma`) is scaled by a factor uniform in
+    ``[1, max_scale]``, times 0.9-1.1 per band (kept in ``[1, max_scale]``): Gaussian noise of sigma
+    ``sigma * sqrt(scale**2 - 1)`` is added to every pixel.
+
+    Args:
+        images: raw cutouts (N, S, S, 5) in nanomaggies.
+        max_scale: the largest total noise scale (>= 1; 1 returns an unchanged copy).
+        rng: a ``numpy.random.Generator``.
+
+    Returns:
+        (N, S, S, 5) float32 noisier copies.
+
+    Example:
+        >>> clean = np.random.default_rng(0).normal(0, 0.03, (4, 32, 32, 5))
+        >>> noisy = noisier_cutouts(clean, 2.0, np.random.default_rng(1))
+        >>> bool((noisy.std(axis=(1, 2)) >= 0.95 * clean.std(axis=(1, 2))).all())
+        True
+    """
+    from starqso.preprocessing.quality import sky_sigma
+
+    if not max_scale >= 1:
+        raise ValueError(f"noisier_cutouts max_scale must be >= 1. Received: "
+                         f"max_scale={max_scale!r}")
+    images = np.asarray(images, np.float32)
+    scale = np.clip(rng.uniform(1.0, max_scale, (len(images), 1))
+                    * rng.uniform(0.9, 1.1, (len(images), 5)), 1.0, max_scale)
+    extra = sky_sigma(images) * np.sqrt(np.clip(scale ** 2 - 1.0, 0.0, None))  # (N, 5)
+    return (images + rng.normal(size=images.shape).astype(np.float32)
+            * extra[:, None, None, :].astype(np.float32))
+
+
+def noisier_chunks(images: np.ndarray, index: np.ndarray, max_scale: float, seed: int,
+                   chunk: int = 4096):
+    """:func:`noisier_cutouts` of ``images[index]``, chunk by chunk (bounded memory), the same
+    copies on every call with the same seed.
+
+    Yields:
+        ``(part, noisier)``: the chunk's indices into ``images`` and their noisier copies.
+    """
+    index = np.asarray(index)
+    for number, start in enumerate(range(0, len(index), chunk)):
+        part = index[start:start + chunk]
+        yield part, noisier_cutouts(images[part], max_scale,
+                                    np.random.default_rng([seed, number]))

@@ -362,8 +362,10 @@ class FusionStage(Stage):
         if not train:
             return
         labelled_train, labelled_validation = self._train_index(context)
+        self.target, self.train_index = context.target, labelled_train
         if self._shared(context):
-            self.inputs = shared_trunk_inputs(context, labelled_train, labelled_validation)
+            self.inputs, self.target, self.train_index = shared_trunk_inputs(
+                context, labelled_train, labelled_validation)
         elif self.features == "generated":
             generator = context.products["generator"]
             rng = np.random.default_rng(context.config.training.seed)
@@ -412,7 +414,8 @@ class FusionStage(Stage):
 
     def datasets(self, context):
         # A shared trunk's embeddings were computed on augmented cutouts (prepare).
-        return context.datasets(self.inputs, context.target, *self._train_index(context),
+        return context.datasets(self.inputs, self.target, self.train_index,
+                                context.labelled(context.validation),
                                 augment=not self._shared(context))
 
     def outputs(self, context, model):
@@ -458,6 +461,28 @@ class FusionStage(Stage):
         context.products[self.name] = outputs[self.files[0]]
 
 
+def _trunk_outputs(generator, tapped, images, photometry, rng, train, augment):
+    """One chunk's ``{"embedding", "features"}`` (see :func:`shared_trunk_inputs`)."""
+    from starqso.inference import dihedral_views
+
+    noise = np.zeros((len(images), generator.noise_dim), np.float32)
+    if train and augment:
+        images = images.copy()
+        choice = rng.integers(0, 8, len(images))
+        for view in range(8):
+            chosen = np.flatnonzero(choice == view)
+            images[chosen] = dihedral_views(images[chosen])[
+                view * len(chosen):(view + 1) * len(chosen)]
+    if train:
+        noise = rng.normal(size=noise.shape).astype(np.float32)
+    batch = {"image": images}
+    if photometry is not None:
+        batch["photometry"] = photometry
+    result = tapped.predict(generator.generator_inputs(batch, noise), batch_size=_PREDICT_BATCH,
+                            verbose=0)
+    return {"embedding": result["embedding"], "features": result["features"]}
+
+
 def shared_trunk_inputs(context, train_index, validation_index, chunk=8192):
     """The fusion stage's inputs with ``model.shared_trunk``: ``{"embedding", "features"[,
     "photometry"]}`` for every object, the generator's trunk embedding and vector.
@@ -465,41 +490,84 @@ def shared_trunk_inputs(context, train_index, validation_index, chunk=8192):
     Training objects get one random dihedral view each (the augmentation the fusion's own
     trunk would have had) and noise (the GAN's spread); validation objects are seen as the
     deployed model sees them: as they are, zero noise. Objects in neither index keep zeros.
+    With ``training.noise_augment`` the training objects' noisier copies are appended
+    (:func:`with_noisier_copies`).
+
+    Returns:
+        ``(inputs, target, train_index)`` as :func:`with_noisier_copies` returns them.
     """
-    from starqso.inference import dihedral_views
     from starqso.models.classifiers import generator_with_embedding
+    from starqso.training.inputs import apply_layer, centre
 
     generator = context.products["generator"]
     tapped = generator_with_embedding(generator)
     arrays = context.inputs.arrays
     count = len(arrays["image"])
     rng = np.random.default_rng(context.config.training.seed)
+    augment = context.config.training.augment
     outputs = {"embedding": np.zeros((count, generator.dense_units), np.float32),
                "features": np.zeros((count, generator.feature_dim), np.float32)}
     for index, train in ((np.asarray(train_index), True),
                          (np.asarray(validation_index), False)):
         for start in range(0, len(index), chunk):
             part = index[start:start + chunk]
-            images = arrays["image"][part]
-            noise = np.zeros((len(part), generator.noise_dim), np.float32)
-            if train and context.config.training.augment:
-                choice = rng.integers(0, 8, len(part))  # images is a copy (fancy index)
-                for view in range(8):
-                    chosen = np.flatnonzero(choice == view)
-                    images[chosen] = dihedral_views(images[chosen])[
-                        view * len(chosen):(view + 1) * len(chosen)]
-            if train:
-                noise = rng.normal(size=noise.shape).astype(np.float32)
-            batch = {"image": images}
-            if "photometry" in arrays:
-                batch["photometry"] = arrays["photometry"][part]
-            result = tapped.predict(generator.generator_inputs(batch, noise),
-                                    batch_size=_PREDICT_BATCH, verbose=0)
+            result = _trunk_outputs(generator, tapped, arrays["image"][part],
+                                    arrays["photometry"][part] if "photometry" in arrays
+                                    else None, rng, train, augment)
             for key in outputs:
                 outputs[key][part] = result[key]
     if "photometry" in arrays:
         outputs["photometry"] = arrays["photometry"]
-    return outputs
+
+    side = trunk_side(context.config.model)
+    copies_rng = np.random.default_rng([context.config.training.seed, 1])
+
+    def measure(part, raw):
+        photometry = (apply_layer(context.inputs.photometry, raw) if "photometry" in arrays
+                      else None)
+        result = _trunk_outputs(generator, tapped,
+                                apply_layer(context.inputs.scaling, centre(raw, side)),
+                                photometry, copies_rng, True, augment)
+        return result if photometry is None else {**result, "photometry": photometry}
+
+    return with_noisier_copies(context, outputs, np.asarray(train_index), measure)
+
+
+def with_noisier_copies(context, inputs, train_index, measure):
+    """A stage's inputs plus noisier copies of its training objects (``training.noise_augment``).
+
+    Args:
+        context: the :class:`StageContext`.
+        inputs: ``{name: (N, ...)}`` arrays over every object.
+        train_index: the stage's training objects.
+        measure: ``measure(part, raw)`` -> ``{name: array}`` for the noisier raw cutouts
+            ``raw`` of objects ``part`` (:func:`~starqso.training.inputs.noisier_chunks`).
+
+    Returns:
+        ``(inputs, target, train_index)``: with ``noise_augment`` > 1 the copies' rows follow
+        the N objects' (validation indices keep their meaning) and the training index covers
+        both; otherwise ``inputs``, ``context.target`` and ``train_index`` as given.
+    """
+    from starqso.training.inputs import noisier_chunks
+
+    training = context.config.training
+    train_index = np.asarray(train_index)
+    if training.noise_augment <= 1 or not len(train_index):
+        return inputs, context.target, train_index
+    pieces = {key: [] for key in inputs}
+    copied = []
+    for part, raw in noisier_chunks(context.arrays.images, train_index, training.noise_augment,
+                                    training.seed):
+        measured = measure(part, raw)
+        for key in inputs:
+            pieces[key].append(measured[key])
+        copied.append(part)
+    copied = np.concatenate(copied)
+    count = len(context.arrays.images)
+    extended = {key: np.concatenate([value, *pieces[key]]).astype(value.dtype)
+                for key, value in inputs.items()}
+    return (extended, np.concatenate([context.target, context.target[copied]]),
+            np.concatenate([train_index, count + np.arange(len(copied))]))
 
 
 class PhotometryHeadStage(Stage):
@@ -507,7 +575,8 @@ class PhotometryHeadStage(Stage):
 
     A :class:`~starqso.models.PhotometryClassifier` on the labelled objects' photometry, run
     before the fusion stage, which blends its logit into the deployable model with a weight
-    fitted on the validation split (:func:`blend_weight`).
+    fitted on the validation split (:func:`blend_weight`). With ``training.noise_augment`` it
+    also trains on a noisier copy of every training object (:func:`with_noisier_copies`).
     """
 
     name = "photometry_head"
@@ -516,8 +585,15 @@ class PhotometryHeadStage(Stage):
     def epochs(self, training):
         return training.photometry_epochs
 
-    def _inputs(self, context):
-        return {"photometry": context.inputs.arrays["photometry"]}
+    def prepare(self, context, train):
+        from starqso.training.inputs import apply_layer
+
+        self.inputs = {"photometry": context.inputs.arrays["photometry"]}
+        self.target, self.train_index = context.target, context.labelled(context.train)
+        if train:
+            self.inputs, self.target, self.train_index = with_noisier_copies(
+                context, self.inputs, self.train_index,
+                lambda part, raw: {"photometry": apply_layer(context.inputs.photometry, raw)})
 
     def build(self, context):
         from starqso.models import PhotometryClassifier
@@ -531,8 +607,7 @@ class PhotometryHeadStage(Stage):
 
     def datasets(self, context):
         # No dihedral augmentation: the photometry of a cutout does not change under it.
-        return context.datasets(self._inputs(context), context.target,
-                                context.labelled(context.train),
+        return context.datasets(self.inputs, self.target, self.train_index,
                                 context.labelled(context.validation), augment=False)
 
     def evaluate(self, context, outputs):
