@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -359,11 +360,13 @@ def main():
 
     work_root = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(
         tempfile.mkdtemp(prefix="starqso_finetune_bench_"))
-    # Every setting that changes a cell's result names its folder: a rerun with other
-    # settings never reuses another's results.
-    work = work_root / (f"seed{args.seed}_test{args.test_objects}_ep{args.epochs}_bs"
-                        f"{args.batch_size}_lr{args.learning_rate:g}_d{args.lr_decay:g}_"
-                        f"s{args.scratch_learning_rate:g}")
+    # Every setting that changes a cell's result names its folder, the base model's file (its
+    # hash) included: a rerun with other settings or a retrained model never reuses another's
+    # results.
+    model_hash = hashlib.sha256(pathlib.Path(base_file).read_bytes()).hexdigest()[:12]
+    work = work_root / (f"model{model_hash}_seed{args.seed}_test{args.test_objects}_ep"
+                        f"{args.epochs}_bs{args.batch_size}_lr{args.learning_rate:g}_d"
+                        f"{args.lr_decay:g}_s{args.scratch_learning_rate:g}")
     rows, times = {}, {}
     try:
         for draw in range(args.draws):

@@ -382,7 +382,10 @@ PRESETS: dict[str, RunConfig] = {
     # the int8 model 1.6x faster on one CPU thread (benchmarks/edge.py) while the photometry
     # keeps the 32-pixel sky border; one CNN shared by the generator and the fusion
     # classifier halves the int8 network again (34 -> 18 ms per batch of 256) at the same
-    # validation macro-F1 (0.9166 vs 0.9158).
+    # validation macro-F1 (0.9166 vs 0.9158). Noisier copies of the training cutouts for the
+    # head and the fusion stage (noise_augment 2.5) raised validation macro-F1 to 0.9193 and
+    # the noisier renders of the real rows from 0.9089 to 0.9161
+    # (benchmarks/results/noise_augment.md for the head alone over 3 seeds).
     "large": RunConfig(
         preset="large",
         model=ModelConfig(trunk_size=24, shared_trunk=True),

@@ -5,6 +5,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+#: The prefix of every image trunk's layer names in the generators and classifiers (the small
+#: CNN's ``trunk_conv{stage}_{k}``, ``trunk_bn...``, an application trunk's sub-model): what
+#: fine-tuning selects trunk blocks by.
+TRUNK = "trunk"
+#: The layer of every image trunk whose output is its embedding (the generator's too).
+TRUNK_EMBEDDING = f"{TRUNK}_embedding"
+
 
 def batch_norm(name):
     # Momentum 0.9, not Keras' 0.99: a stage sees only a few hundred steps on CPU budgets, and

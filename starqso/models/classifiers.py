@@ -7,6 +7,8 @@ import keras
 from keras import layers
 
 from starqso.models.blocks import (
+    TRUNK,
+    TRUNK_EMBEDDING,
     BinaryClassifierDefaults,
     ConstructorConfig,
     deserialize_submodel,
@@ -37,7 +39,7 @@ class ImageClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
     def __init__(self, image_size=32, filters=(32, 64, 96), dense_units=128, dropout=0.2,
                  trunk="cnn", **kwargs):
         image = keras.Input((image_size, image_size, 5), name="image")
-        x = image_trunk_features(image, trunk, filters, dense_units, dropout, name="trunk")
+        x = image_trunk_features(image, trunk, filters, dense_units, dropout, name=TRUNK)
         probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
         super().__init__(inputs={"image": image}, outputs=probability, **kwargs)
         self.image_size = int(image_size)
@@ -98,7 +100,7 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
         else:
             image = keras.Input((image_size, image_size, 5), name="image")
             inputs = {"image": image, "features": features}
-            x = image_trunk_features(image, trunk, filters, dense_units, dropout, name="trunk")
+            x = image_trunk_features(image, trunk, filters, dense_units, dropout, name=TRUNK)
         branches = [x, layers.Dense(dense_units, activation="relu",
                                     name="features_dense")(features)]
         if photometry_dim:
@@ -118,10 +120,6 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
         self.photometry_dim = int(photometry_dim)
         self.trunk = str(trunk)
         self.embedding_dim = int(embedding_dim)
-
-
-#: The layer of every image trunk whose output is its embedding (the generator's too).
-TRUNK_EMBEDDING = "trunk_embedding"
 
 
 def generator_with_embedding(generator):

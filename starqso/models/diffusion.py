@@ -28,6 +28,7 @@ import numpy as np
 from keras import layers, ops
 
 from starqso.models.blocks import (
+    TRUNK,
     ConstructorConfig,
     GeneratorInputs,
     deserialize_submodel,
@@ -357,7 +358,7 @@ class FeatureDenoiser(ConstructorConfig, keras.Model):
         image = keras.Input((image_size, image_size, 5), name="image")
         condition_inputs = {"image": image}
         branches = [image_trunk_features(image, trunk, filters, dense_units, dropout,
-                                         name="trunk")]
+                                         name=TRUNK)]
         if photometry_dim:
             condition_inputs["photometry"] = keras.Input((photometry_dim,), name="photometry")
             branches.append(photometry_branch(condition_inputs["photometry"], dense_units))

@@ -20,13 +20,18 @@ import re
 import keras
 from keras import ops
 
-from starqso.models.blocks import ConstructorConfig, deserialize_submodel
+from starqso.models.blocks import (
+    TRUNK,
+    TRUNK_EMBEDDING,
+    ConstructorConfig,
+    deserialize_submodel,
+)
 from starqso.models.layers import PACKAGE
 
 #: The fusion classifier's layers after its trunk (the head, block 0).
 HEAD_LAYERS = ("features_dense", "photometry_dense0", "photometry_dense1", "hidden", "p_qso",
                "embedding_dense")
-_TRUNK_LAYER = re.compile(r"trunk_(?:conv|bn|relu)(\d+)_\d+$")
+_TRUNK_LAYER = re.compile(rf"{TRUNK}_(?:conv|bn|relu)(\d+)_\d+$")
 
 
 def trainable_blocks(classifier) -> list[list]:
@@ -50,7 +55,7 @@ def trainable_blocks(classifier) -> list[list]:
     owner = generator if shared else fusion
     # The trunk's layers (its embedding included) are the ones named trunk_*.
     trunk_layers = [layer for layer in owner.layers
-                    if layer.weights and layer.name.startswith("trunk_")]
+                    if layer.weights and layer.name.startswith(f"{TRUNK}_")]
     taken = {id(layer) for layer in head + trunk_layers}
     rest = [layer for layer in generator.layers if layer.weights and id(layer) not in taken]
     if getattr(fusion, "trunk", "cnn") != "cnn":
@@ -62,7 +67,7 @@ def trainable_blocks(classifier) -> list[list]:
     blocks = [[] for _ in range(stages + 2)]
     blocks[0] = head
     for layer in trunk_layers:
-        if layer.name == "trunk_embedding":
+        if layer.name == TRUNK_EMBEDDING:
             blocks[1].append(layer)
         elif match := _TRUNK_LAYER.match(layer.name):
             blocks[stages - int(match.group(1))].append(layer)

@@ -17,6 +17,7 @@ import keras
 from keras import layers, ops
 
 from starqso.models.blocks import (
+    TRUNK,
     ConstructorConfig,
     GeneratorInputs,
     deserialize_submodel,
@@ -62,7 +63,7 @@ class FeatureGenerator(GeneratorInputs, ConstructorConfig, keras.Model):
         image = keras.Input((image_size, image_size, 5), name="image")
         noise = keras.Input((noise_dim,), name="noise")
         inputs = {"image": image, "noise": noise}
-        x = image_trunk_features(image, trunk, filters, dense_units, dropout, name="trunk")
+        x = image_trunk_features(image, trunk, filters, dense_units, dropout, name=TRUNK)
         branches = [x, noise]
         if photometry_dim:
             inputs["photometry"] = keras.Input((photometry_dim,), name="photometry")
@@ -103,7 +104,7 @@ class FeatureDiscriminator(ConstructorConfig, keras.Model):
                  dropout=0.2, **kwargs):
         features = keras.Input((feature_dim,), name="features")
         image = keras.Input((image_size, image_size, 5), name="image")
-        x = image_trunk(image, filters, dense_units, dropout, name="trunk")
+        x = image_trunk(image, filters, dense_units, dropout, name=TRUNK)
         v = layers.Dense(dense_units, name="features_dense")(features)
         v = layers.LeakyReLU(0.2, name="features_relu")(v)
         x = layers.Concatenate(name="joint")([x, v])
