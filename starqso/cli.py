@@ -288,7 +288,7 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
               show_default=True, help="Run folder to write (with OUT/export).")
 @click.option("--trainable", default="head", show_default=True,
               help="How deep training reaches: head (the dense layers; with the shipped "
-                   "model the best or within 0.001 of it at every label budget in "
+                   "model within 0.002 of the best depth at every label budget in "
                    "benchmarks/results/finetune.md, and the cheapest), N (the head and the "
                    "last N CNN blocks of the classifier) or all (the generator too).")
 @click.option("--lr-decay", default=0.75, show_default=True, type=float,
