@@ -86,9 +86,12 @@ def load_embedding_reference(model_dir, metadata):
     The file's SHA-256 is checked against ``metadata.json`` like the model files.
 
     Raises:
-        InputError: the file is listed but missing, damaged or changed.
+        InputError: the file is listed but missing, damaged or changed, declares more data
+            than it holds (:func:`~starqso.model_files.read_npz`), or a space is not a finite
+            (rows, dimension) matrix of more than ``OUTLIER_K`` rows and the dimension
+            ``metadata.json`` gives.
     """
-    from starqso.model_files import _check_checksum
+    from starqso.model_files import _check_checksum, read_npz
 
     path = pathlib.Path(model_dir) / EMBEDDING_REFERENCE
     if "embedding" not in metadata:
@@ -97,11 +100,29 @@ def load_embedding_reference(model_dir, metadata):
         raise InputError(f"{model_dir}/metadata.json lists {EMBEDDING_REFERENCE} but the file "
                          f"is missing; restore or re-export the model. Received: {model_dir}")
     _check_checksum(metadata, path, pathlib.Path(model_dir) / "metadata.json")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            spaces = {name: np.asarray(data[name], np.float32) for name in data.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"embedding reference could not be read ({err}): {path}") from err
+    declared = metadata["embedding"].get("spaces", {}) \
+        if isinstance(metadata["embedding"], dict) else {}
+    spaces = {}
+    for name, values in read_npz(path, "embedding reference").items():
+        shape = values.shape
+        if len(shape) != 2 or shape[1] < 1:
+            raise InputError(f"embedding reference space {name!r} must be a (rows, dimension) "
+                             f"matrix. Received: shape={shape} in file {path}")
+        if name in declared and declared[name] != shape[1]:
+            raise InputError(f"embedding reference space {name!r} must have the dimension "
+                             f"metadata.json gives ({declared[name]}). Received: "
+                             f"shape={shape} in file {path}")
+        # The outlier score compares each row with its OUTLIER_K nearest others.
+        if shape[0] <= OUTLIER_K:
+            raise InputError(f"embedding reference space {name!r} needs more than "
+                             f"{OUTLIER_K} rows (the outlier score's neighbours). Received: "
+                             f"{shape[0]} row{'s' * (shape[0] != 1)} in file {path}")
+        values = values.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise InputError(f"embedding reference space {name!r} must hold finite numbers. "
+                             f"Received: {int((~np.isfinite(values)).sum())} NaN/inf "
+                             f"values in file {path}")
+        spaces[name] = values
     return spaces
 
 

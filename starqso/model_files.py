@@ -540,3 +540,98 @@ def load_keras_model(path, *, checked=False):
     except (ValueError, TypeError, KeyError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"model file could not be loaded safely ({reason}): {path}") from err
+
+
+#: The most bytes of array data starqso loads from one ``.npz`` file (all its arrays
+#: together): 1 GiB. The largest it writes, an export's ``embedding_reference.npz``, is
+#: 1.3 MB; a header declaring more is a damaged or hostile file, refused before allocating.
+MAX_NPZ_BYTES = 1 << 30
+
+
+def _npz_member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str):
+    """``(shape, dtype, header_bytes)`` of one ``.npy`` member, from its header alone."""
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    with archive.open(info) as stream:
+        try:
+            version = npy_format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = npy_format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, _, dtype = npy_format.read_array_header_2_0(stream)
+            else:  # 3.0 only differs for structured dtypes, which starqso never writes
+                raise ValueError(f".npy format version {version[0]}.{version[1]}")
+        except (ValueError, EOFError, OSError, SyntaxError, zipfile.BadZipFile) as err:
+            raise InputError(f"{where} is not a NumPy array ({_one_line(err)})") from None
+        consumed = stream.tell() if hasattr(stream, "tell") else None
+    if dtype.hasobject:
+        raise InputError(f"{where} holds Python objects (dtype {dtype}); starqso reads only "
+                         f"numeric arrays and never unpickles")
+    if any(not isinstance(side, int) or side < 0 for side in shape):
+        raise InputError(f"{where} declares an invalid shape {_shown(shape)}")
+    return shape, np.dtype(dtype), consumed
+
+
+def read_npz(path, what: str, *, max_bytes: int = MAX_NPZ_BYTES) -> dict:
+    """All arrays of a NumPy ``.npz`` file, after checking what its headers declare.
+
+    ``np.load`` allocates whatever shape an ``.npy`` header declares, and reads a file that
+    is not a zip archive as a pickle. Here the archive is opened with :mod:`zipfile` first,
+    and each member's header is read with :mod:`numpy.lib.format`: its declared data size
+    must match the member's size in the archive, and all members together must stay under
+    ``max_bytes``, before a byte of data is allocated.
+
+    Args:
+        path: the ``.npz`` file.
+        what: what the file is, for messages (``"embedding reference"``).
+        max_bytes: the most bytes of array data accepted (all arrays together).
+
+    Returns:
+        ``{name: array}``, names as ``np.savez`` gave them (without ``.npy``).
+
+    Raises:
+        InputError: the file is missing, not a zip archive, a member is not an ``.npy``
+            array, holds Python objects, declares a size that its member does not hold or
+            that is over ``max_bytes``, or is damaged. The message names the file.
+
+    Example:
+        >>> spaces = read_npz("export/embedding_reference.npz",
+        ...                   "embedding reference")  # doctest: +SKIP
+        >>> spaces["vector"].shape  # doctest: +SKIP
+        (5000, 128)
+    """
+    import numpy as np
+
+    from starqso.io._fits import check_readable_file
+
+    path = check_readable_file(path, what)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as err:
+        raise InputError(f"{what} file is not a NumPy .npz zip archive ({_one_line(err)}); "
+                         f"expected a file written by numpy.savez: {path}") from None
+    with archive:
+        shapes, total = {}, 0
+        for info in archive.infolist():
+            where = f"member {_name(info.filename)} of {what} file {path}"
+            if not info.filename.endswith(".npy"):
+                raise InputError(f"{where} is not an .npy array; expected a file written by "
+                                 f"numpy.savez")
+            shape, dtype, header = _npz_member_header(archive, info, where)
+            declared = math.prod(shape) * dtype.itemsize
+            if header is not None and header + declared != info.file_size:
+                raise InputError(f"{where} declares shape {_shown(shape)} of {dtype} "
+                                 f"({declared:,} bytes) but holds {info.file_size - header:,} "
+                                 f"bytes of data (a damaged or altered file)")
+            total += declared
+            if total > max_bytes:
+                raise InputError(f"{where} declares shape {_shown(shape)} of {dtype}: "
+                                 f"{total:,} bytes in all, over the limit of {max_bytes:,}")
+            shapes[info.filename[:-len(".npy")]] = shape
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in shapes}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+            raise InputError(f"{what} file could not be read ({_one_line(err)}): "
+                             f"{path}") from None

@@ -398,23 +398,17 @@ class ObjectArrays:
         Raises:
             InputError: the file is missing or not an ``.npz`` file of :meth:`save`.
         """
+        from starqso.model_files import read_npz
+
         path = os.fspath(path)
-        try:
-            stored = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise InputError(f"object arrays file must be an .npz file written by "
-                             f"ObjectArrays.save. Received: {err} for file {path}") from None
-        if not hasattr(stored, "files"):
-            raise InputError(f"object arrays file must be an .npz file written by "
-                             f"ObjectArrays.save. Received: a single array in file {path}")
-        with stored:
-            missing = [name for name in _ROW_FIELDS if name not in stored.files]
-            if missing:
-                raise InputError(f"object arrays file must hold the arrays "
-                                 f"{', '.join(_ROW_FIELDS)}. Received: {', '.join(missing)} "
-                                 f"missing in file {path}")
-            fields = {name: stored[name] for name in _ROW_FIELDS}
-        return cls(**fields)
+        # read_npz checks each array's declared size before allocating it.
+        stored = read_npz(path, "object arrays", max_bytes=1 << 34)
+        missing = [name for name in _ROW_FIELDS if name not in stored]
+        if missing:
+            raise InputError(f"object arrays file must hold the arrays "
+                             f"{', '.join(_ROW_FIELDS)}. Received: {', '.join(missing)} "
+                             f"missing in file {path}")
+        return cls(**{name: stored[name] for name in _ROW_FIELDS})
 
 
 def _catalog_row(catalog, image, spectrum, image_size):

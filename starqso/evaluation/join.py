@@ -181,7 +181,7 @@ def _parse_probabilities(column, path: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isnan(values) & ~((values >= 0.0) & (values <= 1.0)))
     if bad.size:
         raise InputError(f"predictions column 'p_qso' must be within [0, 1]. Received: "
-                         f"{values[bad[0]]!r} at row {bad[0] + 1} in file {path}")
+                         f"{float(values[bad[0]])!r} at row {bad[0] + 1} in file {path}")
     return values
 
 

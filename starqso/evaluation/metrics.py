@@ -41,6 +41,12 @@ SELECTION_COLUMNS = ("axis", "low", "high", "objects", "qso", "called_qso", "tru
                      "purity", "purity_low", "purity_high")
 
 
+def _plain(value):
+    """A NumPy scalar as the Python number it holds, so that a message shows ``1.5``, not
+    ``np.float64(1.5)``; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def wilson_interval(successes, trials, confidence: float = WILSON_CONFIDENCE):
     """Wilson score interval of a binomial rate ``successes / trials``, vectorised.
 
@@ -72,7 +78,8 @@ def wilson_interval(successes, trials, confidence: float = WILSON_CONFIDENCE):
     except (TypeError, ValueError):
         coverage = math.nan
     if isinstance(confidence, bool) or not 0.0 < coverage < 1.0:
-        raise InputError(f"confidence must be within (0, 1). Received: {confidence!r}")
+        raise InputError(f"confidence must be within (0, 1). Received: "
+                         f"{_plain(confidence)!r}")
     try:
         successes = np.asarray(successes, dtype=np.float64)
         trials = np.asarray(trials, dtype=np.float64)
@@ -342,7 +349,7 @@ def _check_threshold(threshold) -> float:
     except (TypeError, ValueError):
         value = math.nan
     if isinstance(threshold, bool) or not 0.0 <= value <= 1.0:
-        raise InputError(f"threshold must be within [0, 1]. Received: {threshold!r}")
+        raise InputError(f"threshold must be within [0, 1]. Received: {_plain(threshold)!r}")
     return value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import io
 import lzma
@@ -23,6 +24,62 @@ from astropy.io import fits
 
 from starqso.errors import InputError
 
+#: The BITPIX values of the FITS standard (unsigned bytes, 16/32/64-bit integers, 32/64-bit
+#: floats).
+VALID_BITPIX = (8, 16, 32, 64, -32, -64)
+
+
+def check_bitpix(header, path: str, what: str, number: int = 0) -> None:
+    """Refuse an HDU whose ``BITPIX`` is not one of :data:`VALID_BITPIX`.
+
+    astropy accepts any BITPIX in a lazily read header; the data size it then computes
+    (``|BITPIX| / 8`` bytes a pixel) ends in a misleading "truncated" or KeyError message.
+
+    Args:
+        header: the HDU's header (a mapping with ``BITPIX``).
+        path: the file, for the message.
+        what: what the file should be, for the message.
+        number: the HDU's position in the file, for the message.
+
+    Example:
+        >>> check_bitpix({"BITPIX": -32}, "a.fits", "cutout")
+    """
+    value = header.get("BITPIX")
+    if isinstance(value, bool) or value not in VALID_BITPIX:
+        raise InputError(f"{what} FITS header's BITPIX must be one of "
+                         f"{', '.join(map(str, VALID_BITPIX))}. Received: BITPIX={value!r} in "
+                         f"HDU {number} of file {path}")
+
+
+_FITS_CARD = 80
+_FITS_BLOCK = 36 * _FITS_CARD
+
+
+def _first_bitpix(source) -> object:
+    """The BITPIX value of the first header of ``source`` (a path or a binary file object),
+    read from its raw cards; None when the first block has none or cannot be read."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as stream:
+                block = stream.read(_FITS_BLOCK)
+        else:
+            position = source.tell()
+            block = source.read(_FITS_BLOCK)
+            source.seek(position)
+    except (OSError, ValueError):
+        return None
+    for start in range(0, len(block) - _FITS_CARD + 1, _FITS_CARD):
+        card = block[start:start + _FITS_CARD]
+        if card.startswith(b"BITPIX  ="):
+            text = card[10:].split(b"/")[0].strip()
+            try:
+                return int(text)
+            except ValueError:
+                return text.decode("ascii", "replace")
+        if card.startswith(b"END "):
+            break
+    return None
+
 
 def _opened(source, path, what: str, *, lazy: bool) -> fits.HDUList:
     """``fits.open(source)``, or one InputError naming ``path`` when it is not FITS.
@@ -33,8 +90,41 @@ def _opened(source, path, what: str, *, lazy: bool) -> fits.HDUList:
     try:
         return fits.open(source, memmap=False, lazy_load_hdus=lazy)
     except (OSError, ValueError, TypeError, EOFError, IndexError) as err:
+        bitpix = _first_bitpix(source)
+        if bitpix is not None:
+            # A wrong BITPIX puts the next header at a wrong offset, and astropy reports that.
+            check_bitpix({"BITPIX": bitpix}, path, what)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"{what} file is not a readable FITS file ({reason}): {path}") from err
+
+
+def missing_reason(path: str | os.PathLike) -> str:
+    """Why ``path``, for which ``os.path.exists`` is False, cannot be opened, in a few words.
+
+    ``os.path.exists`` is False for a symbolic link loop, a broken link and a folder that
+    cannot be searched, too; "not found" would send the user looking for the wrong fault.
+
+    Args:
+        path: a path that does not exist as far as ``os.path.exists`` can tell.
+
+    Returns:
+        ``"not found"``, ``"is a symbolic link loop (...)"``, ``"is a broken symbolic link
+        (...)"`` or ``"cannot be accessed (...)"``.
+
+    Example:
+        >>> missing_reason("no-such-file.fits")
+        'not found'
+    """
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop (links that lead back to each other, never to a file)"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (its target {os.readlink(path)} does not exist)"
+        if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"cannot be accessed ({err.strerror})"
+    return "not found"
 
 
 def check_readable_file(path: str | os.PathLike, what: str) -> str:
@@ -57,7 +147,7 @@ def check_readable_file(path: str | os.PathLike, what: str) -> str:
     if not path:
         raise InputError(f"{what} path is blank; expected a file name")
     if not os.path.exists(path):
-        raise InputError(f"{what} file not found: {path}")
+        raise InputError(f"{what} file {missing_reason(path)}: {path}")
     if not os.path.isfile(path):
         raise InputError(f"{what} path is not a regular file: {path}")
     if os.path.getsize(path) == 0:
@@ -89,6 +179,12 @@ def open_fits(path: str | os.PathLike, what: str) -> Iterator[fits.HDUList]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         hdulist = _opened(path, path, what, lazy=False)
+    try:
+        for number, hdu in enumerate(hdulist):
+            check_bitpix(hdu.header, path, what, number)
+    except InputError:
+        hdulist.close()
+        raise
     if any("truncated" in str(warning.message) for warning in caught):
         hdulist.close()
         raise InputError(f"{what} file is truncated (shorter than its FITS headers say): {path}")

@@ -127,6 +127,17 @@ def _read_fits(path: str) -> tuple[list[str], dict[str, object], int]:
     with open_fits(path, "catalogue") as hdulist:
         table_hdus = [hdu for hdu in hdulist if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU))]
         if not table_hdus:
+            images = [tuple(hdu.shape) for hdu in hdulist
+                      if hdu.is_image and hdu.header.get("NAXIS", 0) >= 2]
+            if images:
+                # A cutout passed where a catalogue goes: say what it is and what reads it.
+                folder = os.path.dirname(path) or "."
+                raise InputError(
+                    f"catalogue FITS file holds an image of shape {images[0]} and no table: it "
+                    f"is a cutout, not a catalogue. To classify it run `starqso predict "
+                    f"{folder}` (every cutout in its folder), or give a catalogue (CSV with "
+                    f"columns id, image) naming it. Received: file {path}"
+                )
             raise InputError(
                 f"catalogue FITS file must hold a table extension. Received: HDUs "
                 f"{[hdu.name for hdu in hdulist]} in file {path}"

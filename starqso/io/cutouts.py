@@ -47,6 +47,7 @@ from astropy.io import fits
 from starqso.atomic import write_bytes_atomically
 from starqso.errors import InputError
 from starqso.io._fits import (
+    check_bitpix,
     check_readable_file,
     decompressed_prefix,
     hdu_data,
@@ -111,7 +112,9 @@ def _header_cards(header: fits.Header) -> dict:
 
 def _find_image_hdu(hdulist: fits.HDUList, path: str):
     image_types = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
-    for hdu in hdulist:
+    for number, hdu in enumerate(hdulist):
+        # Before the next HDU is looked for: its place depends on this one's BITPIX.
+        check_bitpix(hdu.header, path, "cutout", number)
         if isinstance(hdu, image_types) and hdu.header.get("NAXIS", 0) > 0:
             return hdu
     raise InputError(
@@ -300,6 +303,7 @@ def _read_band_hdus(hdulist, path: str, available: int, crop_size, whole_file):
     planes = {}
     image_types = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
     for number, hdu in enumerate(hdulist):
+        check_bitpix(hdu.header, path, "cutout", number)
         if not isinstance(hdu, image_types) or hdu.header.get("NAXIS", 0) == 0:
             continue
         band = _band_of(hdu.header)

@@ -795,7 +795,9 @@ def read_embeddings(path: str | os.PathLike, space: str = "vector") -> Embedding
     if space not in SPACES:
         raise InputError(f"space must be one of {', '.join(SPACES)}. Received: space={space}")
     if not os.path.exists(path):
-        raise InputError(f"embeddings file not found: {path}")
+        from starqso.io._fits import missing_reason
+
+        raise InputError(f"embeddings file {missing_reason(path)}: {path}")
     from starqso.io._fits import check_readable_file
 
     check_readable_file(path, "embeddings")

@@ -967,7 +967,9 @@ def open_source(path, id_column=None, keep=()):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise InputError(f"input not found: {path}")
+        from starqso.io._fits import missing_reason
+
+        raise InputError(f"input {missing_reason(path)}: {path}")
     lower = path.lower().rstrip("/")
     if os.path.isdir(path):
         if is_hats(path):

@@ -341,13 +341,16 @@ class ExtendedScorer:
 def _load(path):
     import json
 
+    from starqso.model_files import read_npz
+
+    # read_npz checks each array's declared size before allocating it.
+    archive = read_npz(path, "extended-source scorer")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return ExtendedScorer({name: archive[f"node_{name}"]
-                                   for name in ExtendedScorer._NODE_FIELDS},
-                                  archive["roots"], float(archive["baseline"]),
-                                  int(archive["depth"]), float(archive["threshold"]),
-                                  json.loads(str(archive["info"])))
+        return ExtendedScorer({name: archive[f"node_{name}"]
+                               for name in ExtendedScorer._NODE_FIELDS},
+                              archive["roots"], float(archive["baseline"]),
+                              int(archive["depth"]), float(archive["threshold"]),
+                              json.loads(str(archive["info"])))
     except (OSError, KeyError, ValueError, EOFError) as err:
         raise InputError(f"the extended-source scorer {path} could not be read ({err}); "
                          f"expected the archive ExtendedScorer.save writes. Received: "
