@@ -45,7 +45,8 @@ __all__ = [
     "GENERATORS", "METRIC_LOSSES", "PHOTOMETRY_MIN_SIZE", "PRESETS", "TRUNKS", "DataConfig",
     "ModelConfig",
     "RunConfig", "TrainingConfig",
-    "config_from_dict", "config_to_dict", "get_preset", "load_config", "save_config",
+    "config_from_dict", "config_to_dict", "get_preset", "load_config", "load_yaml",
+    "save_config",
 ]
 
 #: Image trunks (``model.trunk``): the seed paper's small CNN, the ImageNet architectures seed
@@ -520,13 +521,14 @@ class _RefusedYAML(yaml.YAMLError):
 
 
 class _ConfigLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader without anchors/aliases and with a nesting limit.
+    """PyYAML's SafeLoader without anchors/aliases or duplicate keys, and with a nesting limit.
 
     An alias repeats a value without copying it, so nine lines of aliases to aliases describe
     a value of 9**9 items ("billion laughs"): loading it is instant, but any code that walks
     or prints it (an error message's repr) runs for minutes into MemoryError. A run config has
     no use for aliases. PyYAML composes nested nodes recursively, so nesting is capped before
-    it can reach Python's recursion limit.
+    it can reach Python's recursion limit. PyYAML keeps the last of two equal keys, so
+    ``num_objects`` written twice would silently run with the second value: refused instead.
     """
 
     def __init__(self, stream: str) -> None:
@@ -548,6 +550,25 @@ class _ConfigLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # '<<' merges keys that the mapping's own keys may override
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: SafeLoader names that problem
+                    continue
+                if repeated:
+                    shown = key if isinstance(key, str) and len(key) <= 60 else _shown(key)
+                    raise _RefusedYAML(f"has the key '{shown}' more than once (which value "
+                                       f"is meant is unknown); keep one of them",
+                                       key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 def _read_config_text(name: str) -> str:
     """The text of config file ``name``, at most MAX_CONFIG_BYTES of UTF-8."""
@@ -560,22 +581,26 @@ def _read_config_text(name: str) -> str:
     return data.decode("utf-8")
 
 
-def load_config(path: str | os.PathLike, *, preset: str | None = None) -> RunConfig:
-    """Read a YAML run configuration: overrides on top of a preset.
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML config file strictly: the mapping it holds, without checking its keys.
+
+    Every YAML starqso reads goes through this loader: no anchors or aliases, no key twice in
+    one mapping, at most :data:`MAX_CONFIG_BYTES` and :data:`MAX_CONFIG_DEPTH` levels.
 
     Args:
-        path: YAML file; an empty file means no overrides.
-        preset: The preset to start from (``fit --preset``); when None, the file's ``preset:``
-            key, else ``"base"``. A file naming another preset is an error.
+        path: YAML file; an empty file gives ``{}``.
+
+    Returns:
+        The top-level mapping.
 
     Raises:
-        InputError: the file is missing, unreadable, larger than :data:`MAX_CONFIG_BYTES`,
-            not UTF-8 YAML, uses YAML anchors/aliases, nests deeper than
-            :data:`MAX_CONFIG_DEPTH`, or its content is wrong (see :func:`config_from_dict`);
-            the message names the file.
+        InputError: the file is missing, unreadable, too large, not UTF-8 YAML, uses
+            anchors/aliases, repeats a key, nests too deep, or is not a mapping; the message
+            names the file (and the line of a repeated key).
 
     Example:
-        >>> config = load_config("run.yaml", preset="tiny")  # doctest: +SKIP
+        >>> load_yaml("run.yaml")  # doctest: +SKIP
+        {'preset': 'tiny', 'data': {'num_objects': 600}}
     """
     name = os.fspath(path)
     try:
@@ -607,7 +632,27 @@ def load_config(path: str | os.PathLike, *, preset: str | None = None) -> RunCon
     if not isinstance(data, dict):
         _fail("the top level", "a mapping such as 'training: {batch_size: 64}'", data,
               _where(name))
-    return config_from_dict(data, source=name, preset=preset)
+    return data
+
+
+def load_config(path: str | os.PathLike, *, preset: str | None = None) -> RunConfig:
+    """Read a YAML run configuration: overrides on top of a preset.
+
+    Args:
+        path: YAML file; an empty file means no overrides.
+        preset: The preset to start from (``fit --preset``); when None, the file's ``preset:``
+            key, else ``"base"``. A file naming another preset is an error.
+
+    Raises:
+        InputError: the file is missing, unreadable, larger than :data:`MAX_CONFIG_BYTES`,
+            not UTF-8 YAML, uses YAML anchors/aliases, repeats a key, nests deeper than
+            :data:`MAX_CONFIG_DEPTH`, or its content is wrong (see :func:`config_from_dict`);
+            the message names the file.
+
+    Example:
+        >>> config = load_config("run.yaml", preset="tiny")  # doctest: +SKIP
+    """
+    return config_from_dict(load_yaml(path), source=os.fspath(path), preset=preset)
 
 
 def save_config(config: RunConfig, path: str | os.PathLike) -> Path:

@@ -30,6 +30,7 @@ import pathlib
 
 import numpy as np
 
+from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 
 __all__ = [
@@ -348,7 +349,7 @@ class NeighbourIndex:
             if not data.startswith(_FILE_MAGIC):
                 raise ValueError("no starqso header")
             length = int.from_bytes(data[len(_FILE_MAGIC):start], "little")
-            header = json.loads(data[start:start + length].decode("utf-8"))
+            header = strict_json.loads(data[start:start + length].decode("utf-8"), path)
             payload = data[start + length:]
             rows, dim, metric, method = (int(header["rows"]), int(header["dim"]),
                                          header["metric"], header["method"])

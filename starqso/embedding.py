@@ -329,15 +329,14 @@ def add_embedding_reference(model_dir, images, rows=REFERENCE_ROWS):
     Example:
         >>> add_embedding_reference("runs/old/export", train_images)  # doctest: +SKIP
     """
-    import json
-
     from starqso.atomic import write_json_atomically
+    from starqso.jsonfile import read_json
     from starqso.model_files import file_sha256
 
     embedder = Embedder(model_dir, prior="train")
     info = write_embedding_reference(embedder.model_dir, embedder.embedder, images, rows)
     metadata_path = embedder.model_dir / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
+    metadata = read_json(metadata_path)
     metadata["embedding"] = info
     metadata.setdefault("sha256", {})[EMBEDDING_REFERENCE] = file_sha256(
         embedder.model_dir / EMBEDDING_REFERENCE)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import pathlib
 
 import numpy as np
 
+from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 
 #: Below this many rows the neighbours are exact; from here on, an HNSW graph.
@@ -73,11 +73,13 @@ def neighbour_index(table, path, space, metric="euclidean", method="auto", log=N
     cache, stamp = _index_cache(path, space, metric)
     stamp_path = cache.with_name(cache.name + ".json")
     try:
-        if json.loads(stamp_path.read_text()) == stamp and cache.is_file():
+        if strict_json.read_json(stamp_path) == stamp and cache.is_file():
             index = NeighbourIndex.load(cache)
             if log is not None:
                 log(f"using the HNSW index {cache}")
             return index, rows
+    except strict_json.DuplicateKeyError:
+        raise
     except (OSError, ValueError):
         pass
     if log is not None:

@@ -668,9 +668,9 @@ def _model_card(folder, config, metadata, results):
     ]
     finetuned = folder / "finetune.json"
     if finetuned.is_file():
-        import json
+        from starqso.jsonfile import read_json
 
-        settings = json.loads(finetuned.read_text())
+        settings = read_json(finetuned)
         lines[-2] = ("* Made by: `starqso finetune` (settings in the run folder's "
                      "`finetune.json`), then `starqso export`.")
         lines += ["## Fine-tuning", "",

@@ -74,6 +74,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 from starqso.model_files import RUNTIME_FILES, check_model_dir, file_sha256
 from starqso.probability import logit, sigmoid
@@ -474,7 +475,9 @@ def _resumed_rows(partial, ids, identity, log=None, columns=OUTPUT_COLUMNS):
                 f"before its first row); starting afresh")
         return None
     try:
-        saved = json.loads(identity_file.read_text())
+        saved = strict_json.read_json(identity_file)
+    except strict_json.DuplicateKeyError:
+        raise
     except ValueError:
         saved = None
     if saved != identity:

@@ -24,12 +24,12 @@ Nothing here imports TensorFlow or Keras except :func:`load_keras_model`, after 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import pathlib
 import reprlib
 import zipfile
 
+from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 from starqso.schema import BANDS, BUNIT, CLASS_NAMES, DEFAULT_THRESHOLD, LAYOUT
 
@@ -143,7 +143,9 @@ def _json_depth(node) -> int:
 def _parse_json(data: bytes, what: str):
     """Parse ``data`` (at most MAX_JSON_BYTES) as JSON; ``what`` names it in messages."""
     try:
-        value = json.loads(data)
+        value = strict_json.loads(data, what)
+    except strict_json.DuplicateKeyError:
+        raise
     except RecursionError:
         value = None
         depth = math.inf

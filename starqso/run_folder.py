@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 import pathlib
 import shutil
@@ -34,6 +33,7 @@ from collections.abc import Iterable, Mapping
 
 from starqso.atomic import write_bytes_atomically, write_json_atomically
 from starqso.errors import InputError
+from starqso.jsonfile import DuplicateKeyError, read_json
 
 __all__ = ["RunFolder"]
 
@@ -119,13 +119,10 @@ class RunFolder:
         Raises:
             InputError: a missing or invalid ``config.yaml``.
         """
-        import yaml
-
-        from starqso.config import load_config
+        from starqso.config import load_config, load_yaml
 
         config = load_config(self.config_path)
-        model = (yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}).get(
-            "model") or {}
+        model = load_yaml(self.config_path).get("model") or {}
         if "photometry" not in model:
             config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, photometry=False))
@@ -142,7 +139,9 @@ class RunFolder:
         if not path.exists():
             return default
         try:
-            return json.loads(path.read_text())
+            return read_json(path)
+        except DuplicateKeyError:
+            raise
         except (ValueError, UnicodeDecodeError) as err:
             raise InputError(f"{path} is not valid JSON ({err}); start a new --out") from err
 

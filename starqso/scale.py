@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 from starqso.extras import require_survey
 from starqso.inference import OUTPUT_COLUMNS
@@ -197,7 +198,9 @@ def _client(workers, scheduler, log):
 
 def _read_identity(staging):
     try:
-        return json.loads((staging / _IDENTITY_FILE).read_text())
+        return strict_json.read_json(staging / _IDENTITY_FILE)
+    except strict_json.DuplicateKeyError:
+        raise
     except (OSError, ValueError):
         return None
 

@@ -38,8 +38,9 @@ def recorded_threshold(predictions_path):
     Raises:
         InputError: the side-car or card holds something other than a number in [0, 1].
     """
-    import json
     import pathlib
+
+    from starqso.jsonfile import DuplicateKeyError, loads
 
     path = pathlib.Path(predictions_path)
     if _is_parquet(path):
@@ -62,7 +63,9 @@ def recorded_threshold(predictions_path):
         if not sidecar.is_file():
             return None
         try:
-            record = json.loads(sidecar.read_text(encoding="utf-8")[:1 << 20])
+            record = loads(sidecar.read_text(encoding="utf-8")[:1 << 20], sidecar)
+        except DuplicateKeyError:
+            raise
         except (OSError, ValueError) as err:
             raise InputError(f"the predictions' side-car is not readable JSON ({err}); pass "
                              f"--threshold or delete it. Received: {sidecar}") from None
@@ -87,18 +90,22 @@ def _is_parquet(path) -> bool:
 def _parquet_record(path) -> dict:
     """The provenance record of a Parquet output: ``_starqso.json`` of a dataset folder, or
     the ``starqso`` key-value metadata of a file; {} when there is none."""
-    import json
     import pathlib
+
+    from starqso.jsonfile import DuplicateKeyError, loads
 
     path = pathlib.Path(path)
     try:
         if path.is_dir():
-            record = json.loads((path / "_starqso.json").read_text(encoding="utf-8")[:1 << 22])
+            record = loads((path / "_starqso.json").read_text(encoding="utf-8")[:1 << 22],
+                           path / "_starqso.json")
         else:
             import pyarrow.parquet as pq
 
             metadata = pq.read_schema(path).metadata or {}
-            record = json.loads(metadata.get(b"starqso", b"{}"))
+            record = loads(metadata.get(b"starqso", b"{}"), f"starqso metadata of {path}")
+    except DuplicateKeyError:
+        raise
     except (OSError, ValueError, ImportError):
         return {}
     return record if isinstance(record, dict) else {}

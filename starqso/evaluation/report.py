@@ -7,7 +7,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -25,6 +24,7 @@ from starqso.evaluation.metrics import (
     reliability_bins,
 )
 from starqso.evaluation.plots import PLOT_FILES, write_plots
+from starqso.jsonfile import read_json
 
 #: The names ``evaluate`` writes into ``--out``: the only entries a folder it replaces may hold.
 OUTPUT_FILES = ("metrics.json", *PLOT_FILES)
@@ -50,8 +50,7 @@ def _is_our_metrics(path: str) -> bool:
     try:
         if not os.path.isfile(path) or os.path.getsize(path) > _METRICS_MAX_BYTES:
             return False
-        with open(path, encoding="utf-8") as stream:
-            payload = json.load(stream)
+        payload = read_json(path)
     except (OSError, ValueError, RecursionError):
         return False
     return isinstance(payload, dict) and all(key in payload for key in ("confusion", "join",

@@ -51,6 +51,7 @@ import re
 
 import numpy as np
 
+from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 from starqso.inference import sidecar_path
 from starqso.schema import CLASS_NAMES
@@ -535,7 +536,9 @@ def _read_csv(path) -> _Raw:
     sidecar = sidecar_path(path)
     if sidecar.is_file():
         try:
-            record = json.loads(sidecar.read_text(encoding="utf-8"))
+            record = strict_json.read_json(sidecar)
+        except strict_json.DuplicateKeyError:
+            raise
         except (OSError, ValueError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise InputError(f"embeddings side-car must be JSON ({reason}). Received: file "
@@ -548,7 +551,9 @@ def _read_csv(path) -> _Raw:
 
 def _record(text, path, where):
     try:
-        record = json.loads(text)
+        record = strict_json.loads(text, f"embeddings record ({where}) of {path}")
+    except strict_json.DuplicateKeyError:
+        raise
     except ValueError as err:
         raise InputError(f"embeddings record ({where}) must be JSON ({err}). Received: file "
                          f"{path}") from err

@@ -339,8 +339,7 @@ class ExtendedScorer:
 
 
 def _load(path):
-    import json
-
+    from starqso.jsonfile import loads
     from starqso.model_files import read_npz
 
     # read_npz checks each array's declared size before allocating it.
@@ -350,7 +349,7 @@ def _load(path):
                                for name in ExtendedScorer._NODE_FIELDS},
                               archive["roots"], float(archive["baseline"]),
                               int(archive["depth"]), float(archive["threshold"]),
-                              json.loads(str(archive["info"])))
+                              loads(str(archive["info"]), path))
     except (OSError, KeyError, ValueError, EOFError) as err:
         raise InputError(f"the extended-source scorer {path} could not be read ({err}); "
                          f"expected the archive ExtendedScorer.save writes. Received: "

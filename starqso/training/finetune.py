@@ -174,12 +174,11 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
     Example:
         >>> finetune_run("runs/mine", "my_labels.csv", trainable=1)  # doctest: +SKIP
     """
-    import json
-
     from starqso.atomic import write_json_atomically
     from starqso.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
     from starqso.data.arrays import ObjectArrays
     from starqso.data.splits import split_indices
+    from starqso.jsonfile import read_json
 
     folder = RunFolder(out_dir)
     settings_path = folder / FINETUNE_FILE
@@ -187,7 +186,7 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
         if not settings_path.is_file():
             raise InputError(f"--resume needs a finetune run folder ({FINETUNE_FILE}). "
                              f"Received: {folder.root}")
-        saved = json.loads(settings_path.read_text())
+        saved = read_json(settings_path)
         base_file = pathlib.Path(saved["base_model"])
         trainable, lr_decay = saved["trainable"], saved["lr_decay"]
         epochs, learning_rate = saved["epochs"], saved["learning_rate"]

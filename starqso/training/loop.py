@@ -25,13 +25,13 @@ identical models and identical logs:
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
 
 import numpy as np
 
+from starqso import jsonfile as strict_json
 from starqso.atomic import atomic_path, write_json_atomically
 
 
@@ -179,7 +179,7 @@ def distributed_fit(model, strategy, train_dataset, validation_dataset, epochs, 
     start_epoch, best, best_weights, waited = 0, np.inf, None, 0
     state_path = pathlib.Path(backup_dir) / "loop_state.json" if backup_dir else None
     if state_path is not None and state_path.exists():
-        state = json.loads(state_path.read_text())
+        state = strict_json.read_json(state_path)
         model.load_weights(pathlib.Path(backup_dir) / "last.weights.h5")
         start_epoch, best, waited = state["epoch"], state["best"], state["waited"]
         history.history = state["history"]

@@ -19,9 +19,9 @@ a few allowed cores would slow training down several times.
 
 from __future__ import annotations
 
-import json
 import os
 
+from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -116,7 +116,7 @@ def make_strategy(name):
             raise InputError("--strategy multiworker needs TF_CONFIG describing the cluster "
                              "(see README, 'Training on a cluster'). Received: TF_CONFIG unset")
         try:
-            cluster = json.loads(raw)
+            cluster = strict_json.loads(raw, "TF_CONFIG")
             cluster["cluster"], cluster["task"]["type"], int(cluster["task"]["index"])
         except (ValueError, KeyError, TypeError) as err:
             raise InputError("TF_CONFIG must be JSON with 'cluster' and 'task' {type, index}. "
