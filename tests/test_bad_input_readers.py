@@ -17,6 +17,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from click.testing import CliRunner
 from helpers import cli_error_line, simulated_survey
 
@@ -207,3 +208,68 @@ def test_read_npz_refuses_arrays_over_its_limit(tmp_path):
     assert set(read_npz(path, "test", max_bytes=1600)) == {"a", "b"}
     with pytest.raises(InputError, match="big.npz.*1,600 bytes in all, over the limit of 1,000"):
         read_npz(path, "test", max_bytes=1000)
+
+
+# --- item 8: the band files of a row must show the same sky ---------------------------------
+
+def _band_header(band, crpix):
+    header = fits.Header()
+    header["BAND"] = band
+    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    header["CRVAL1"], header["CRVAL2"] = 150.0, 2.0
+    header["CRPIX1"], header["CRPIX2"] = crpix
+    header["CD1_1"], header["CD2_2"] = -0.396 / 3600, 0.396 / 3600
+    header["CD1_2"] = header["CD2_1"] = 0.0
+    return header
+
+
+# row: (the r file's pixels as a slice of the 40x40 cube, its CRPIX); the other bands are
+# 40x40 with CRPIX (20.5, 20.5).
+BAND_ROWS = {
+    "aligned": (slice(0, 40), (20.5, 20.5)),
+    "r-smaller": (slice(0, 34), (20.5, 20.5)),
+    "r-wcs-offset": (slice(0, 40), (24.5, 20.5)),
+    "r-subpixel": (slice(0, 40), (21.0, 20.5)),
+}
+
+
+@pytest.fixture(scope="module")
+def band_catalog(cubes, tmp_path_factory):
+    """A per-band catalogue (one FITS file per band): one row per BAND_ROWS case."""
+    folder = tmp_path_factory.mktemp("bands")
+    rows = []
+    for number, (name, (window, crpix)) in enumerate(BAND_ROWS.items()):
+        files = []
+        for index, band in enumerate(BANDS):
+            plane = cubes[number, index]
+            header = _band_header(band, (20.5, 20.5))
+            if band == "r":
+                plane, header = plane[window, window], _band_header(band, crpix)
+            fits.PrimaryHDU(plane, header=header).writeto(folder / f"{name}_{band}.fits")
+            files.append(f"{name}_{band}.fits")
+        rows.append([name, *files])
+    return _catalog(folder / "bands.csv", ["id", *(f"image_{band}" for band in BANDS)], rows)
+
+
+def test_band_files_of_different_shape_or_offset_wcs_are_flagged_rows(band_catalog, tmp_path):
+    output = tmp_path / "out.csv"
+    result = _predict(band_catalog, output)
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in _rows(output)}
+    assert list(rows) == list(BAND_ROWS)
+    for name in ("aligned", "r-subpixel"):
+        assert rows[name]["flag"] == "" and rows[name]["label"] in ("STAR", "QSO")
+    smaller = rows["r-smaller"]
+    assert "must have one shape" in smaller["flag"] and "r (34, 34)" in smaller["flag"]
+    assert "r-smaller_r.fits" in smaller["flag"] and smaller["p_qso"] == ""
+    offset = rows["r-wcs-offset"]
+    assert "same sky" in offset["flag"] and "4.0 pixels" in offset["flag"]
+    assert "r-wcs-offset_r.fits" in offset["flag"] and offset["p_qso"] == ""
+    assert int(offset["qflag"]) & 1 and int(smaller["qflag"]) & 1
+
+
+def test_band_files_that_disagree_fail_with_strict(band_catalog, tmp_path):
+    output = tmp_path / "out.csv"
+    result = _predict(band_catalog, output, "--strict")
+    cli_error_line(result, "r-smaller", "must have one shape")
+    assert not output.exists()

@@ -283,6 +283,88 @@ def _band_of(header) -> str | None:
     return None
 
 
+# The cards of a FITS world coordinate system: the bands of an object are compared on them.
+_WCS_KEYWORD = re.compile(r"^(CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CROTA)[12]$|^(CD|PC)[12]_[12]$|"
+                          r"^(LONPOLE|LATPOLE|EQUINOX|RADESYS)$")
+#: How far (pixels) the centres of an object's band images may lie apart on the sky, by their
+#: WCS: more, and the centre crops of the bands show different sky.
+MAX_BAND_OFFSET_PIXELS = 1.0
+
+
+def _band_wcs(cards: Mapping):
+    """The celestial/linear WCS of one band's cards, or None when it has none or it is
+    unreadable (then nothing can be compared)."""
+    described = {key: value for key, value in cards.items() if _WCS_KEYWORD.match(key)}
+    if "CRPIX1" not in described or "CRPIX2" not in described:
+        return None
+    from astropy.wcs import WCS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return WCS(fits.Header(described), naxis=2)
+    except Exception:  # astropy.wcs raises many types for a malformed WCS
+        return None
+
+
+def check_band_alignment(shapes, cards, where: str) -> None:
+    """Refuse an object whose u, g, r, i, z images differ in shape, or whose WCS (when the
+    headers give one) puts their centres more than :data:`MAX_BAND_OFFSET_PIXELS` apart.
+
+    Each band is centre-cropped on its own, so either fault puts different sky under the
+    crop of each band, and a colour made of them is wrong (a QSO read as a STAR).
+
+    Args:
+        shapes: the full (uncropped) image shape of each band, in u, g, r, i, z order.
+        cards: each band's header cards (primary and image HDU merged), same order.
+        where: the file(s), for the message.
+
+    Raises:
+        InputError: the shapes differ, or a band's centre is more than a pixel from the r
+            band's by their WCS.
+
+    Example:
+        >>> check_band_alignment([(48, 48)] * 5, [{}] * 5, "in file a.fits")
+    """
+    if len(set(map(tuple, shapes))) > 1:
+        raise InputError(f"the five band images of a row must have one shape (each band is "
+                         f"cropped about its own centre). Received: "
+                         f"{', '.join(f'{b} {tuple(s)}' for b, s in zip(BANDS, shapes))} "
+                         f"{where}")
+    described = [{key: value for key, value in band.items() if _WCS_KEYWORD.match(key)}
+                 for band in cards]
+    if all(band == described[0] for band in described):
+        return  # one WCS for all (or none at all): nothing can disagree
+    systems = {band: _band_wcs(band_cards) for band, band_cards in zip(BANDS, cards)}
+    systems = {band: system for band, system in systems.items() if system is not None}
+    if len(systems) < 2:
+        return
+    reference = "r" if "r" in systems else next(iter(systems))
+    height, width = shapes[0][-2:]
+    centre = ((width - 1) / 2.0, (height - 1) / 2.0)  # 0-based x, y: the crop's centre
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            sky = systems[reference].pixel_to_world_values(*centre)
+            offsets = {band: float(np.hypot(*(np.asarray(system.world_to_pixel_values(*sky))
+                                              - centre)))
+                       for band, system in systems.items()}
+        except Exception:  # a WCS astropy parses but cannot evaluate: nothing to compare
+            return
+    for band, offset in offsets.items():
+        if not offset <= MAX_BAND_OFFSET_PIXELS:
+            shown = "an undefined position" if not math.isfinite(offset) else \
+                f"{offset:.1f} pixels"
+            raise InputError(f"the five band images of a row must show the same sky: by their "
+                             f"WCS the {band} image's centre lies {shown} from the "
+                             f"{reference} image's, more than {MAX_BAND_OFFSET_PIXELS:g} pixel. "
+                             f"Received: CRPIX {described[BANDS.index(band)].get('CRPIX1')}, "
+                             f"{described[BANDS.index(band)].get('CRPIX2')} ({band}) and "
+                             f"{described[BANDS.index(reference)].get('CRPIX1')}, "
+                             f"{described[BANDS.index(reference)].get('CRPIX2')} "
+                             f"({reference}) {where}")
+
+
 def _read_plane(hdu, cards, path: str, available: int, crop_size, whole_file):
     """The (H, W) crop of one single-band image HDU, with the same bounds as a cube's."""
     where = f"in file {path}"
@@ -325,6 +407,9 @@ def _read_band_hdus(hdulist, path: str, available: int, crop_size, whole_file):
         raise InputError(f"the band images of a cutout must have one shape. Received: "
                          f"{', '.join(f'{b} {shapes[b]}' for b in BANDS)} in file {path}")
     primary = _header_cards(hdulist[0].header)
+    check_band_alignment([shapes[band] for band in BANDS],
+                         [{**primary, **_header_cards(planes[band][1].header)} for band in BANDS],
+                         f"in file {path}")
     return np.stack([_read_plane(planes[band][1], {**primary,
                                                    **_header_cards(planes[band][1].header)},
                                  path, available, crop_size, whole_file) for band in BANDS])
@@ -343,10 +428,11 @@ def _read_image(source, path: str, available: int, crop_size, whole_file, band=N
             if named is not None and named != band:
                 raise InputError(f"the image_{band} file holds another band: its BAND/FILTER "
                                  f"card says {named!r}. Received: file {path}")
-            return _read_plane(hdu, cards, path, available, crop_size, whole_file), cards
+            return (_read_plane(hdu, cards, path, available, crop_size, whole_file), cards,
+                    shape)
         if len(shape) == 2 and _band_of(hdu.header) is not None:
             data = _read_band_hdus(hdulist, path, available, crop_size, whole_file)
-            return data, _header_cards(hdulist[0].header)
+            return data, _header_cards(hdulist[0].header), shape
         # The header alone gives the shape, so a bad cube is rejected without loading it.
         _check_cube_shape(shape, where)
         _check_unit_and_bands(cards, where)
@@ -355,7 +441,7 @@ def _read_image(source, path: str, available: int, crop_size, whole_file, band=N
         _check_complete(hdu, available, path)
         _check_size(hdu, shape, window, crop_size, whole_file, path)
         data = _pixels(hdu, window, crop_size, path)
-    return data, cards
+    return data, cards, shape
 
 
 # The most decompressed bytes read from a whole-file compressed cutout with one HDU per band,
@@ -456,7 +542,7 @@ def read_cutout(path: str | os.PathLike, *, crop_size: int | None = None) -> Cut
     """
     path = check_readable_file(path, "cutout")
     crop_size = _checked_crop_size(crop_size)
-    data, cards = _read_or_refuse(path, crop_size, None, "cutout")
+    data, cards, _ = _read_or_refuse(path, crop_size, None, "cutout")
     bands = str(cards.get("BANDS", "".join(BANDS))).strip().lower()
     if bands != "".join(BANDS):
         # The card says which plane is which band, so another order is recoverable.
@@ -494,17 +580,16 @@ def read_band_cutout(paths, *, crop_size: int | None = None) -> Cutout:
         raise InputError(f"read_band_cutout needs one file per band (u, g, r, i, z). "
                          f"Received: {len(paths)} paths")
     crop_size = _checked_crop_size(crop_size)
-    planes, headers = [], []
+    planes, headers, shapes = [], [], []
     for band, path in zip(BANDS, paths):
         path = check_readable_file(path, f"image_{band}")
-        data, cards = _read_or_refuse(path, crop_size, band, f"image_{band}")
+        data, cards, shape = _read_or_refuse(path, crop_size, band, f"image_{band}")
         planes.append(data)
         headers.append(cards)
-    shapes = [plane.shape for plane in planes]
-    if len(set(shapes)) > 1:
-        raise InputError(f"the five band images of a row must have one shape. Received: "
-                         f"{', '.join(f'{b} {s}' for b, s in zip(BANDS, shapes))} "
-                         f"({', '.join(paths)})")
+        shapes.append(shape)
+    # The full images, not their crops: each band is cropped about its own centre, so bands
+    # of different sizes or offset WCS would put different sky under the crop.
+    check_band_alignment(shapes, headers, f"({', '.join(paths)})")
     cards = dict(headers[BANDS.index("r")])
     cards["BANDS"] = "".join(BANDS)
     return Cutout(data=np.stack(planes), header=cards, path=", ".join(paths))
