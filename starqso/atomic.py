@@ -164,17 +164,44 @@ def write_json_atomically(path: str | os.PathLike, payload, *, sort_keys: bool =
         path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
 
 
-def replace_folder(build: Callable[[str], None], destination: str | os.PathLike) -> str:
+def _beside(destination: str, kind: str) -> str:
+    """A name beside ``destination`` unique to this run: ``.NAME.PID-RANDOM.KIND``.
+
+    Hidden, and with this process's id and a random part, so that no other run's staging
+    folder, nor a user's folder that happens to be called ``OUT.partial``, is ever reused.
+    """
+    folder, name = os.path.split(destination)
+    return os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}")
+
+
+def _make_unique(destination: str, kind: str) -> str:
+    """Create (``os.mkdir``, so exclusively) a fresh folder :func:`_beside` ``destination``."""
+    for _ in range(10):
+        path = _beside(destination, kind)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(17, "could not create a staging folder", destination)
+
+
+def replace_folder(build: Callable[[str], None], destination: str | os.PathLike, *,
+                   command: str | None = None) -> str:
     """Build a folder beside ``destination`` and swap it in whole.
 
-    ``build`` fills a fresh staging folder; only when it returns is the old ``destination``
-    (if any) moved aside and the staging folder renamed into place, so a reader never sees
-    half a folder. A failed build removes the staging folder and leaves ``destination`` as it
-    was.
+    ``build`` fills a fresh staging folder (``.NAME.PID-RANDOM.partial``, created by this
+    call); only when it returns is the old ``destination`` (if any) moved aside and the
+    staging folder renamed into place, so a reader never sees half a folder. A failed build
+    removes the staging folder and leaves ``destination`` as it was. Nothing but the staging
+    folder this call made is ever removed before the swap; the caller decides whether
+    ``destination`` may be replaced (:func:`starqso.ownership.check_output_folder`).
 
     Args:
         build: called with the staging folder's path.
         destination: the folder to create or replace.
+        command: the starqso command making it: its marker
+            (:data:`starqso.ownership.MARKER`) is written into the staging folder.
 
     Returns:
         ``destination`` as a ``str``.
@@ -182,23 +209,35 @@ def replace_folder(build: Callable[[str], None], destination: str | os.PathLike)
     Example:
         >>> replace_folder(lambda folder: export_into(folder), "runs/demo/export")  # doctest: +SKIP
     """
-    destination = os.fspath(destination)
-    staging = f"{destination}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    # Absolute and without a trailing separator: staging goes beside OUT, never inside it.
+    destination = os.path.abspath(os.fspath(destination))
+    try:
+        staging = _make_unique(destination, "partial")
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), destination) from err
     try:
         build(staging)
+        if command is not None:
+            from starqso.ownership import write_marker
+
+            write_marker(staging, command)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return swap_in_folder(staging, destination)
+    try:
+        return swap_in_folder(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def swap_in_folder(staging: str | os.PathLike, destination: str | os.PathLike) -> str:
     """Rename a finished ``staging`` folder to ``destination``, replacing any old one whole.
 
-    The old folder is moved aside first (``DESTINATION.old``) and removed after the rename,
-    so ``destination`` is at every moment the old folder, absent for an instant, or the new.
+    The old folder is first renamed onto a fresh, empty folder made for this run
+    (``.NAME.PID-RANDOM.old``) and removed after the rename, so ``destination`` is at every
+    moment the old folder, absent for an instant, or the new. Should the last rename fail,
+    the old folder is put back.
 
     Args:
         staging: the complete new folder (on the same file system).
@@ -208,12 +247,22 @@ def swap_in_folder(staging: str | os.PathLike, destination: str | os.PathLike) -
         ``destination`` as a ``str``.
     """
     staging, destination = os.fspath(staging), os.fspath(destination)
-    old = f"{destination}.old"
-    if os.path.exists(destination):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(destination, old)
-        os.replace(staging, destination)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, destination)
+    if not os.path.lexists(destination):
+        os.rename(staging, destination)
+        return destination
+    # Made empty by us: renaming a folder onto an empty one is atomic, and fails (rather
+    # than merging) should anything have appeared in it meanwhile.
+    old = _make_unique(os.path.abspath(destination), "old")
+    try:
+        os.rename(destination, old)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(old)
+        raise
+    try:
+        os.rename(staging, destination)
+    except BaseException:
+        os.rename(old, destination)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return destination

@@ -42,7 +42,12 @@ NATIVE_NOISE = re.compile(
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
     r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ cuda_\w+\.cc:\d+\] "
     r"|To enable the following instructions: "
-    r"|INFO: Created TensorFlow Lite XNNPACK delegate")
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    # the TFLite converter's settings line, once per converted model (export, fit, finetune)
+    r"|fully_quantize: \d+, inference_type: \d+, ")
+# Python loggers of TensorFlow and absl whose WARNING lines (tf.function "retracing" notes)
+# carry nothing for a user; ERROR and above still print.
+QUIET_LOGGERS = ("tensorflow", "absl")
 # The filter runs in its own process, so that whatever a crash writes last (an absl FATAL
 # line before abort) still reaches the terminal after this process is gone.
 _FILTER_PROGRAM = """
@@ -61,18 +66,27 @@ def _native_stderr_filtered():
     """Drop TensorFlow's and LiteRT's native log noise (:data:`NATIVE_NOISE`) from stderr.
 
     File descriptor 2 goes through a small filter process while Python's own ``sys.stderr``
-    (error lines, the progress bar) writes to the terminal directly. Nothing changes when
-    stderr is not a real file descriptor (click's CliRunner) or ``STARQSO_NATIVE_LOGS`` is
+    (error lines, the progress bar) writes to the terminal directly; the Python loggers of
+    :data:`QUIET_LOGGERS` print only errors. The filter is not used when stderr is not a real
+    file descriptor (click's CliRunner), and nothing changes when ``STARQSO_NATIVE_LOGS`` is
     set (to see every line).
 
     Yields:
         None.
     """
+    if os.environ.get("STARQSO_NATIVE_LOGS"):
+        yield
+        return
+    import logging
+
+    # Lazily, by name: setting a level imports nothing, and TensorFlow's logger keeps it.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         stderr_fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
         stderr_fd = None
-    if stderr_fd != 2 or os.name != "posix" or os.environ.get("STARQSO_NATIVE_LOGS"):
+    if stderr_fd != 2 or os.name != "posix":
         yield
         return
     try:  # absl-py's "logging before flag parsing" notice, if anything logs through it
@@ -113,19 +127,53 @@ def _native_stderr_filtered():
             pass
 
 
+def _usage_error(err: click.UsageError) -> click.exceptions.Exit:
+    """A click option error (bad value, unknown option, missing argument) as one line.
+
+    click's own display is four lines (usage, a hint, a blank, the error); this prints
+    ``starqso: error: MESSAGE; see `starqso COMMAND --help```, where click's message names
+    the option and the value.
+
+    Returns:
+        The exit (status 2) to raise.
+    """
+    where = err.ctx.command_path if err.ctx is not None else "starqso"
+    message = _one_line(err.format_message()).rstrip(".")
+    click.echo(f"starqso: error: {message}; see `{where} --help`", err=True)
+    return click.exceptions.Exit(EXIT_INPUT_ERROR)
+
+
+def _os_error_message(err: OSError) -> str:
+    """An OSError as ``reason: path`` (both paths for a rename), never ``reason: None``."""
+    reason = err.strerror or str(err)
+    paths = [str(path) for path in (err.filename, err.filename2) if path is not None]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
+
+
 class _Group(click.Group):
-    """A click group that turns user errors into one line on stderr."""
+    """A click group that turns user errors, option errors included, into one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `starqso` alone: the help text
+        except click.UsageError as err:
+            raise _usage_error(err) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as err:
+            raise _usage_error(err) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except (InputError, OSError) as err:
             if ctx.params.get("debug"):
                 raise
-            message = str(err) if isinstance(err, InputError) else \
-                f"{err.strerror or err}: {err.filename}"
+            message = str(err) if isinstance(err, InputError) else _os_error_message(err)
             click.echo(f"starqso: error: {_one_line(message)}", err=True)
             ctx.exit(EXIT_INPUT_ERROR)
         except KeyboardInterrupt:
@@ -323,7 +371,13 @@ def finetune(data, model_dir, out_dir, trainable, lr_decay, learning_rate, epoch
     from starqso.extras import require_tensorflow
 
     require_tensorflow("starqso finetune")
-    with _native_stderr_filtered():
+    from starqso.ownership import output_folder, writes_output
+
+    # --out must be new, empty or a finetune run (see starqso.ownership), and one run at a
+    # time writes it (a multi-worker run's other workers never touch it).
+    claim = output_folder(out_dir, "finetune", mark=True) if writes_output(strategy) \
+        else contextlib.nullcontext()
+    with claim, _native_stderr_filtered():
         from starqso.training.finetune import finetune_run
 
         finetune_run(out_dir, data, model_dir, trainable=trainable, lr_decay=lr_decay,

@@ -247,7 +247,7 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     from starqso.inference import _prepare_block, provenance
     from starqso.io.embeddings import EmbeddingTable
     from starqso.io.sources import open_source
-    from starqso.preprocessing.qflags import quality_bits
+    from starqso.preprocessing.qflags import quality_bits, screened_bits
     from starqso.schema import QFLAG_BITS
 
     if batch_size < 1:
@@ -268,6 +268,7 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
         measured = {}
         images, block_flags, usable = _prepare_block(block, size, measured)
         flags[rows] = block_flags
+        qflag[rows] |= screened_bits(images, usable, measured["sky_sigma"])
         if usable.any():
             good = np.flatnonzero(usable)
             outputs = embedder(images[good])

@@ -195,12 +195,18 @@ def _cell(value):
     return f"{value:.6f}" if np.isfinite(value) else ""
 
 
+#: Every name ``cluster`` writes into ``--out``: an earlier output holding anything else is
+#: refused rather than replaced.
+CLUSTER_FILES = ("clusters.csv", "summary.json", "clusters.png")
+
+
 def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, log=None):
     """Cluster the embeddings of ``path`` into ``out_dir`` (see the module docstring).
 
     Args:
         path: the embeddings file.
-        out_dir: the folder to write (replaced whole if it exists).
+        out_dir: the folder to write; replaced whole if it exists, which it may only when
+            it is empty or an earlier cluster output (:data:`CLUSTER_FILES`).
         space: "vector" or "metric"; default the metric head's where the file has it.
         n_clusters: the number of clusters; None picks it by silhouette (2-12).
         n_bags: k-means runs on bootstrap subsamples that vote.
@@ -215,6 +221,15 @@ def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, 
         >>> cluster_file("embeddings.parquet", "clusters")["clusters"]  # doctest: +SKIP
         4
     """
+    from starqso.ownership import output_folder
+
+    # Before the embeddings are read: --out must be new, empty or an earlier cluster output
+    # (it is replaced whole), and one run at a time writes it.
+    with output_folder(out_dir, "cluster", replaced=CLUSTER_FILES) as destination:
+        return _cluster_into(path, destination, space, n_clusters, n_bags, seed, log)
+
+
+def _cluster_into(path, destination, space, n_clusters, n_bags, seed, log):
     from starqso.atomic import replace_folder, write_json_atomically, write_text_atomically
     from starqso.discovery import cluster_purity, plot_clusters, voting_clusters
     from starqso.io.embeddings import read_embeddings
@@ -266,5 +281,5 @@ def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, 
                       staging / "clusters.png",
                       title=f"{pathlib.Path(path).name}: {space}, {result.n_clusters} clusters")
 
-    replace_folder(build, out_dir)
+    replace_folder(build, destination, command="cluster")
     return summary

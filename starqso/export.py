@@ -725,7 +725,9 @@ def _model_card(folder, config, metadata, results):
               "* Trained on simulated images; real surveys differ in PSF, noise and "
               "neighbours. Check it on your own labelled objects before trusting p(QSO).",
               "* Point sources only (galaxies were not in the training set). A cutout with no "
-              "source detected at its centre is flagged by `starqso predict`, not classified.",
+              "source detected at its centre is flagged by `starqso predict`, not classified; "
+              "so is a source narrower than the PSF (a cosmic ray or hot pixel: qflag "
+              "NOT_CLASSIFIED + ARTEFACT).",
               "* Validation metrics are on the simulated population (about 30% QSOs); "
               "precision depends on the QSO fraction of your sample: give it to "
               "`starqso predict --prior`.", ""]

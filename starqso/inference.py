@@ -410,7 +410,7 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
     Returns:
         :class:`Classified`.
     """
-    from starqso.preprocessing.qflags import quality_bits
+    from starqso.preprocessing.qflags import quality_bits, screened_bits
 
     measured = {}
     images, flags, usable = _prepare_block(block, size, measured)
@@ -422,6 +422,7 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
     usable = _unusable_outputs(probabilities, usable, flags)
     p_err[~usable] = np.nan
     qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
+    qflag |= screened_bits(images, usable, measured["sky_sigma"])
     if usable.any():
         rows = np.flatnonzero(usable)
         qflag[rows] = quality_bits(

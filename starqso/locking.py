@@ -15,6 +15,10 @@ with one line naming the output and the owner's process id.
   A reused pid can make a stale lock look live: then the message names that pid, and deleting
   the lock file is the way out.
 
+The lock file is opened with ``O_NOFOLLOW``: a symbolic link planted at the lock path is
+refused in one line rather than followed (its target would get the pid). A failed write of
+the pid (a full disk) names the lock file.
+
 The lock file is removed on release. With ``flock`` a run that removes it while another waits
 would leave two runs each holding a lock on a different file, so after taking the lock the
 file it locked must still be the one at the path (same inode); otherwise it tries again.
@@ -40,6 +44,9 @@ __all__ = ["exclusive_lock", "lock_path"]
 
 # Attempts at taking a lock whose file is being removed by its previous owner at that moment.
 _ATTEMPTS = 20
+# Not following a link at the lock path; 0 where the platform has no such flag (Windows,
+# which has no symbolic links that open() follows silently for an unprivileged user).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def lock_path(path) -> pathlib.Path:
@@ -55,7 +62,11 @@ def lock_path(path) -> pathlib.Path:
 
 def _owner(lock_file):
     try:
-        text = pathlib.Path(lock_file).read_text(encoding="ascii", errors="replace").strip()
+        descriptor = os.open(lock_file, os.O_RDONLY | _NOFOLLOW)
+        try:
+            text = os.read(descriptor, 64).decode("ascii", errors="replace").strip()
+        finally:
+            os.close(descriptor)
     except OSError:
         return "unknown"
     return text.split()[0] if text else "unknown"
@@ -67,9 +78,35 @@ def _busy(path, lock_file, what):
                       f"Received: lock file {lock_file}")
 
 
+def _open(lock_file, path, what, flags):
+    """Open the lock file without following a link; one line for a link or a failure."""
+    try:
+        return os.open(lock_file, flags | _NOFOLLOW, 0o666)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        if os.path.islink(lock_file):
+            raise InputError(f"the lock file {lock_file} of {what} {path} is a symbolic link "
+                             f"(to {os.readlink(lock_file)}); starqso does not follow links "
+                             f"at its lock files: remove the link and run again") from None
+        raise OSError(err.errno, err.strerror or str(err), str(lock_file)) from err
+
+
+def _write_pid(descriptor, lock_file):
+    """The owner's pid into the lock file; a full disk names the lock file."""
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+    except OSError as err:
+        os.close(descriptor)
+        with contextlib.suppress(OSError):
+            os.remove(lock_file)
+        raise OSError(err.errno, err.strerror or str(err), str(lock_file)) from err
+
+
 def _flock(path, lock_file, what):
     for _ in range(_ATTEMPTS):
-        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        descriptor = _open(lock_file, path, what, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -82,8 +119,7 @@ def _flock(path, lock_file, what):
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+            _write_pid(descriptor, lock_file)
             return descriptor
         # The previous owner removed the file between our open and our lock: lock the new one.
         os.close(descriptor)
@@ -103,7 +139,7 @@ def _alive(pid):
 def _exclusive_file(path, lock_file, what):
     for _ in range(_ATTEMPTS):
         try:
-            descriptor = os.open(lock_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            descriptor = _open(lock_file, path, what, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except FileExistsError:
             owner = _owner(lock_file)
             if owner.isdigit() and not _alive(int(owner)):
@@ -112,7 +148,7 @@ def _exclusive_file(path, lock_file, what):
                     os.remove(lock_file)
                 continue
             raise _busy(path, lock_file, what) from None
-        os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+        _write_pid(descriptor, lock_file)
         return descriptor
     raise _busy(path, lock_file, what)
 
@@ -130,7 +166,8 @@ def exclusive_lock(path, *, what="output"):
 
     Raises:
         InputError: another live process holds the lock: one line naming ``path``, the lock
-            file and the owner's pid.
+            file and the owner's pid; or the lock path is a symbolic link.
+        OSError: the lock file cannot be made or written (named in the error).
 
     Example:
         >>> with exclusive_lock("predictions.csv"):  # doctest: +SKIP

@@ -3,6 +3,9 @@
 :class:`RunFolder` is the one owner of its layout: every file name, the JSON state, and the
 reading of an older run's configuration live here, and nothing else builds paths into a run::
 
+    .starqso-output.json     the marker: made by `starqso fit` (or finetune); run folders
+                             from before markers are known by config.yaml / state.json
+                             (starqso.ownership)
     config.yaml              the run configuration (strict; reload with --config)
     data.json                the catalogue trained on (null: simulated demo data)
     data_flags.csv           catalogue rows left out or repaired, with the reason (if any)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import secrets
 import shutil
 import time
 
@@ -205,6 +206,30 @@ def _read_identity(staging):
         return None
 
 
+def _fresh_staging(staging):
+    """An empty staging folder at ``staging`` (``.OUT.partial``), made by this run.
+
+    Its name is fixed, since ``resume`` finds an interrupted run's partitions there; so an
+    existing one is removed only when it is a staging folder of starqso's (it holds the run
+    identity file, or nothing), never a link or a user's folder of that name.
+
+    Raises:
+        InputError: ``staging`` is a link, a file, or a folder starqso did not make.
+    """
+    if os.path.lexists(staging):
+        if staging.is_symlink() or not staging.is_dir():
+            raise InputError(f"{staging} is in the way of this run's staging folder and is "
+                             f"not one starqso made (a link or a file); remove it or choose "
+                             f"another --output")
+        entries = os.listdir(staging)
+        if entries and _IDENTITY_FILE not in entries:
+            raise InputError(f"{staging} is in the way of this run's staging folder and is "
+                             f"not one starqso made (it holds {', '.join(sorted(entries)[:5])}"
+                             f"); remove it or choose another --output")
+        shutil.rmtree(staging)
+    staging.mkdir()  # exclusive: fails should another process make it meanwhile
+
+
 def _check_output_folder(output):
     """OUT must be new, empty or an earlier starqso output: it is replaced whole."""
     if not output.exists():
@@ -326,8 +351,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         else:
             if resume and log is not None:
                 log("no partial run to resume; starting from the first partition")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
+            _fresh_staging(staging)
             identity["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_json_atomically(staging / _IDENTITY_FILE, identity)
         counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "caveats": 0,
@@ -370,8 +394,9 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                            "started": identity["started"], **provenance(command),
                            "files": [part_name(p.index) for p in partitions]}
             if hats_output:
-                target = output.with_name(f".{output.name}.hats-partial")
-                shutil.rmtree(target, ignore_errors=True)
+                # Unique to this run and never an existing path: lsdb makes it.
+                target = output.with_name(f".{output.name}.{os.getpid()}-"
+                                          f"{secrets.token_hex(4)}.hats-partial")
                 _write_hats(rows_source, partitions, staging, target, full_record, output.name)
                 swap_in_folder(target, output)
                 shutil.rmtree(staging, ignore_errors=True)

@@ -95,6 +95,7 @@ QFLAG_BITS = {
     "LOW_SNR": 32,  # best g/r/i aperture S/N below QFLAG_LOW_SNR
     "MAG_OUT_OF_RANGE": 64,  # r outside the magnitudes the model was trained on
     "OUT_OF_DISTRIBUTION": 128,  # colours far from the training colour distribution
+    "ARTEFACT": 256,  # a pixel narrower than the PSF near the centre: cosmic ray, hot pixel
 }
 # Column names of the quality outputs.
 QFLAG_COLUMN = "qflag"

@@ -65,3 +65,27 @@ def test_replace_folder_swaps_whole_or_keeps_the_old(tmp_path):
         replace_folder(build("broken"), destination)
     assert (destination / "model.txt").read_text() == "two"
     assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_replace_folder_stages_under_its_own_names_and_leaves_others_alone(tmp_path):
+    destination = tmp_path / "out"
+    for name in ("out.partial", "out.old", ".out.partial", ".out.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.txt").write_text(name)
+    seen = []
+
+    def fill(staging):
+        seen.append(os.path.basename(staging))
+        with open(os.path.join(staging, "a.txt"), "w") as stream:
+            stream.write("new")
+
+    replace_folder(fill, destination, command="cluster")
+    replace_folder(fill, destination, command="cluster")
+    # A fresh hidden name per run, with the process id in it.
+    assert len(set(seen)) == 2 and all(name.startswith(f".out.{os.getpid()}-")
+                                       for name in seen)
+    for name in ("out.partial", "out.old", ".out.partial", ".out.old"):
+        assert (tmp_path / name / "keep.txt").read_text() == name
+    assert sorted(os.listdir(destination)) == [".starqso-output.json", "a.txt"]
+    assert sorted(os.listdir(tmp_path)) == [".out.old", ".out.partial", "out", "out.old",
+                                            "out.partial"]

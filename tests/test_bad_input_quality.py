@@ -84,3 +84,61 @@ def test_evaluate_refuses_a_side_car_that_repeats_threshold(tmp_path):
                                        "--out", str(out)])
     cli_error_line(result, str(sidecar), "'threshold' more than once")
     assert not out.exists()
+
+
+# ------------------------------------------------- sources narrower than the PSF (item 10)
+
+
+def _hot_pixel_folder(survey, folder):
+    """Blank sky with the survey's noise, plus one hot pixel at the centre; and the survey's
+    own cutouts (real simulated stars and QSOs) beside them."""
+    from starqso.io import read_cutout, write_cutout
+    from starqso.preprocessing.quality import sky_sigma
+
+    folder.mkdir()
+    real = sorted((survey / "images").glob("*.fits"))
+    for path in real:
+        shutil.copy(path, folder / path.name)
+    sigma = sky_sigma(np.moveaxis(read_cutout(real[0]).data, 0, -1))[0]
+    rng = np.random.default_rng(36)
+    centre = CUTOUT // 2
+    hot = {"hot-r-5": (5.0, [2]), "hot-r-5000": (5000.0, [2]), "hot-all-50": (50.0, range(5))}
+    for name, (value, bands) in hot.items():
+        cube = rng.normal(0.0, sigma[:, None, None], (5, CUTOUT, CUTOUT)).astype(np.float32)
+        for band in bands:
+            cube[band, centre, centre] += value
+        write_cutout(folder / f"{name}.fits", cube)
+    return [path.stem for path in real], list(hot)
+
+
+def test_predict_gives_no_answer_for_a_hot_pixel_on_blank_sky(survey, tmp_path):
+    real, hot = _hot_pixel_folder(survey, tmp_path / "cutouts")
+    output = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "cutouts"), "--output",
+                                       str(output), "--runtime", "litert"])
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in _rows(output)}
+    for name in hot:
+        row = rows[name]
+        assert row["label"] == "" and row["p_qso"] == "", row
+        assert "narrower than the PSF (cosmic ray or artefact)" in row["flag"], row
+        bits = int(row["qflag"])
+        assert bits & QFLAG_BITS["ARTEFACT"] and bits & QFLAG_BITS["NOT_CLASSIFIED"], row
+    for name in real:  # simulated stars and QSOs are not artefacts
+        row = rows[name]
+        assert row["label"] in ("STAR", "QSO") and not row["flag"], row
+        assert not int(row["qflag"]) & QFLAG_BITS["ARTEFACT"], row
+
+
+def test_embed_flags_a_hot_pixel_as_predict_does(survey, tmp_path):
+    _, hot = _hot_pixel_folder(survey, tmp_path / "cutouts")
+    output = tmp_path / "embeddings.csv"
+    result = CliRunner().invoke(main, ["embed", str(tmp_path / "cutouts"), "--output",
+                                       str(output)])
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in _rows(output)}
+    for name in hot:
+        row = rows[name]
+        assert row["label"] == "" and row["p_qso"] == "", row
+        assert "narrower than the PSF (cosmic ray or artefact)" in row["flag"], row
+        assert int(row["qflag"]) & QFLAG_BITS["ARTEFACT"], row

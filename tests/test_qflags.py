@@ -42,7 +42,7 @@ def test_bit_values_are_documented_powers_of_two_never_reused():
     # The published meaning of each value: changing one breaks every catalogue made before.
     assert QFLAG_BITS == {"NOT_CLASSIFIED": 1, "REPAIRED": 2, "EXTENDED": 4,
                           "BRIGHT_NEIGHBOUR": 8, "SATURATED": 16, "LOW_SNR": 32,
-                          "MAG_OUT_OF_RANGE": 64, "OUT_OF_DISTRIBUTION": 128}
+                          "MAG_OUT_OF_RANGE": 64, "OUT_OF_DISTRIBUTION": 128, "ARTEFACT": 256}
     assert bit_names(4 | 32) == ["EXTENDED", "LOW_SNR"]
     assert bit_names(0) == []
 

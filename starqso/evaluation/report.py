@@ -25,6 +25,7 @@ from starqso.evaluation.metrics import (
 )
 from starqso.evaluation.plots import PLOT_FILES, write_plots
 from starqso.jsonfile import read_json
+from starqso.ownership import MARKER
 
 #: The names ``evaluate`` writes into ``--out``: the only entries a folder it replaces may hold.
 OUTPUT_FILES = ("metrics.json", *PLOT_FILES)
@@ -58,7 +59,7 @@ def _is_our_metrics(path: str) -> bool:
 
 
 def check_output_folder(out_dir) -> str:
-    """Check that ``out_dir`` may be replaced by an evaluation, and make its parent folder.
+    """Check that ``out_dir`` may be replaced by an evaluation.
 
     ``evaluate`` replaces ``--out`` as a whole, so the previous run's plots never stay beside
     the new ``metrics.json``. Replacing deletes what the folder held, so only a folder that
@@ -74,13 +75,13 @@ def check_output_folder(out_dir) -> str:
         (so the link stays a link and its target gets the new evaluation).
 
     Raises:
-        InputError: ``out_dir`` is a file, holds anything else, or its parent cannot be made.
+        InputError: ``out_dir`` is a file or holds anything else.
     """
     out = os.fspath(out_dir)
     if not out:
         raise InputError("--out is blank; expected a folder name. Received: out=''")
-    # Absolute and without a trailing separator: the staging folder is "OUT.partial" beside
-    # OUT, never "OUT/.partial" inside it.
+    # Absolute and without a trailing separator: the staging folder goes beside OUT, never
+    # inside it.
     destination = os.path.realpath(out) if os.path.islink(out) else os.path.abspath(out)
     if os.path.isdir(destination):
         try:
@@ -88,7 +89,7 @@ def check_output_folder(out_dir) -> str:
         except OSError as err:
             raise InputError(f"output folder could not be read ({err.strerror or err}): "
                              f"{out}") from err
-        foreign = [name for name in entries if name not in OUTPUT_FILES
+        foreign = [name for name in entries if name not in (*OUTPUT_FILES, MARKER)
                    or not os.path.isfile(os.path.join(destination, name))]
         if entries and (foreign or not _is_our_metrics(os.path.join(destination,
                                                                      "metrics.json"))):
@@ -102,13 +103,8 @@ def check_output_folder(out_dir) -> str:
     if os.path.lexists(destination):
         raise InputError(f"output folder could not be made (a file of that name exists): "
                          f"{out}")
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
-    except OSError as err:
-        # FileExistsError (a file named like a parent folder) is not one of the errors the CLI
-        # turns into one line, so say it here.
-        raise InputError(f"output folder could not be made ({err.strerror or err}): "
-                         f"{out}") from err
+    # Its parent is made under the lock (starqso.ownership.output_folder), and removed
+    # again should the evaluation fail.
     return destination
 
 
@@ -119,8 +115,9 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     Writes ``out_dir`` as a whole: ``metrics.json``, ``confusion_matrix.png``, ``roc.png``,
     ``precision_recall.png``, ``reliability.png``, and ``completeness_purity_r.png`` /
     ``completeness_purity_redshift.png`` when the truth catalogue has ``r`` / ``redshift``
-    values for the evaluated rows. Everything is written into a staging folder beside it
-    (``OUT.partial``) that replaces ``out_dir`` only once complete
+    values for the evaluated rows, and the marker of :mod:`starqso.ownership`. Everything is
+    written into a staging folder beside it (hidden, unique to the run) that replaces
+    ``out_dir`` only once complete
     (:func:`starqso.atomic.replace_folder`): no plot of an earlier run stays beside the new
     ``metrics.json``, and a failure or a kill midway leaves the previous folder as it was.
     An existing ``out_dir`` must be empty or an earlier evaluation
@@ -167,8 +164,24 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         threshold = 0.5 if threshold is None else threshold
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"--threshold must be within [0, 1]. Received: {threshold}")
-    # Before the (slow) join: a refused --out is reported at once.
+    from starqso.output_checks import refuse_output_among_inputs
+    from starqso.ownership import output_folder
+
+    # --out is replaced whole: it must not be, nor hold, a file this run reads.
+    refuse_output_among_inputs(out_dir, [
+        (predictions_path, f"the predictions {predictions_path}"),
+        (f"{predictions_path}.json", f"the side-car {predictions_path}.json of the predictions"),
+        (truth_path, f"the --truth catalogue {truth_path}")], option="--out", folder=True)
+    # Before the (slow) join: a refused --out is reported at once; then one evaluation at a
+    # time writes it (three at once would race for the same folder).
     destination = check_output_folder(out_dir)
+    with output_folder(destination, "evaluate", replaced=OUTPUT_FILES) as destination:
+        return _evaluate_into(predictions_path, truth_path, out_dir, destination, threshold,
+                              threshold_source, strict)
+
+
+def _evaluate_into(predictions_path, truth_path, out_dir, destination, threshold,
+                   threshold_source, strict):
     rows, join = join_predictions(predictions_path, truth_path)
     if strict:
         for key in ("missing", "extra", "flagged", "repaired", "no_probability", "unlabelled"):
@@ -207,11 +220,12 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
 
     def build(staging):
         files = write_plots(staging, metrics, labels, probabilities, bins)
-        metrics["files"] = ["metrics.json", *files]
+        # The marker too: the list is everything in the folder.
+        metrics["files"] = ["metrics.json", *files, MARKER]
         # Same bytes as before the split: indent 2, sorted keys, one trailing newline, UTF-8.
         write_json_atomically(os.path.join(staging, "metrics.json"), _json_ready(metrics))
 
-    replace_folder(build, destination)
+    replace_folder(build, destination, command="evaluate")
     return _json_ready(metrics)
 
 

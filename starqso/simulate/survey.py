@@ -18,10 +18,12 @@ not depend on how many were asked for, and the same seed gives the same bytes.
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import functools
 import multiprocessing
 import os
 import pathlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -235,7 +237,8 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
         seed: random seed; the same seed gives byte-identical files whatever ``workers`` is.
         size: cutout side in pixels (>= 16).
         qso_fraction: QSO probability; the real catalogue's (about 0.30) when None.
-        overwrite: replace an existing simulation in ``outdir``.
+        overwrite: replace an existing simulation in ``outdir``: every file it made is
+            removed first; a folder that also holds anything else is refused.
         progress: optional callable called with the number of objects done so far.
         workers: processes to use; all CPU cores (at most 8) when None.
 
@@ -243,16 +246,14 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
         :class:`SurveySummary`: the catalogue's path and how many objects of each class.
 
     Raises:
-        InputError: for a bad argument or an existing simulation without ``overwrite``.
+        InputError: for a bad argument (``seed`` < 0 included), an existing simulation
+            without ``overwrite``, or an ``outdir`` that holds anything but a simulation
+            (see :mod:`starqso.ownership`).
 
     Example:
         >>> simulate_survey("demo", 10, seed=1).catalog  # doctest: +SKIP
         PosixPath('demo/catalog.csv')
     """
-    from astropy.table import Table
-
-    from starqso.io import write_catalog
-
     if num_objects < 1:
         raise InputError(f"--n must be at least 1. Received: n={num_objects}")
     if size < 16:
@@ -261,13 +262,83 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
         raise InputError(f"--qso-fraction must be within [0, 1]. Received: {qso_fraction}")
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1. Received: workers={workers}")
-    outdir = pathlib.Path(outdir)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        # NumPy seeds are non-negative whole numbers; checked before any folder is made.
+        raise InputError(f"--seed must be a whole number >= 0. Received: seed={seed}")
+    from starqso.ownership import output_folder
+
+    # OUTDIR must be new, empty or a simulation (see starqso.ownership), one run at a time.
+    with output_folder(outdir, "simulate", option="OUTDIR", mark=True):
+        return _simulate_into(pathlib.Path(outdir), num_objects, int(seed), size,
+                              qso_fraction, overwrite, progress, workers)
+
+
+_MADE_NAMES = re.compile(r"sim-\d+\.fits")
+
+
+def _previous_simulation(outdir: pathlib.Path) -> list[pathlib.Path]:
+    """Every file an earlier ``simulate`` made in ``outdir``, checked before any is removed.
+
+    Those are its catalogue, the cutouts and spectra the catalogue lists and any other
+    ``sim-NNNNNN.fits`` in ``images/`` and ``spectra/`` (an earlier, larger run's). Anything
+    else in the folder is a user's: then nothing is removed and the run is refused.
+
+    Raises:
+        InputError: ``outdir`` holds something simulate did not make, or ``images/`` /
+            ``spectra/`` is not a plain folder (a link would send the removal elsewhere).
+    """
+    from starqso.ownership import MARKER
+
+    catalog_path = outdir / "catalog.csv"
+    listed = set()
+    try:
+        with open(catalog_path, newline="", encoding="utf-8") as stream:
+            for row in csv.DictReader(stream):
+                listed.update(row.get(key) or "" for key in ("image", "spectrum"))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass  # an unreadable catalogue: the names alone decide
+    made, foreign = [catalog_path] if catalog_path.is_file() else [], []
+    for entry in sorted(os.listdir(outdir)):
+        path = outdir / entry
+        if entry in (MARKER, "catalog.csv"):
+            continue
+        if entry not in ("images", "spectra") or path.is_symlink() or not path.is_dir():
+            foreign.append(entry)
+            continue
+        for name in sorted(os.listdir(path)):
+            inside = path / name
+            if (f"{entry}/{name}" in listed or _MADE_NAMES.fullmatch(name)) \
+                    and inside.is_file() and not inside.is_symlink():
+                made.append(inside)
+            else:
+                foreign.append(f"{entry}/{name}")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)"
+                                          if len(foreign) > 5 else "")
+        raise InputError(f"--overwrite replaces only what `starqso simulate` made, and "
+                         f"{outdir} also holds {shown}; move those away or choose another "
+                         f"folder. Nothing was removed. Received: outdir={outdir}")
+    return made
+
+
+def _simulate_into(outdir, num_objects, seed, size, qso_fraction, overwrite, progress,
+                   workers):
+    from astropy.table import Table
+
+    from starqso.io import write_catalog
+
     catalog_path = outdir / "catalog.csv"
     if catalog_path.exists() and not overwrite:
         raise InputError(f"{catalog_path} already exists; choose another folder or pass "
                          f"--overwrite. Received: outdir={outdir}")
-    (outdir / "images").mkdir(parents=True, exist_ok=True)
-    (outdir / "spectra").mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        # All of the previous simulation goes, so no cutout of a larger earlier run stays
+        # beside the new catalogue; the catalogue first, so a folder never has a catalogue
+        # naming removed files.
+        for path in _previous_simulation(outdir):
+            path.unlink()
+    (outdir / "images").mkdir(exist_ok=True)
+    (outdir / "spectra").mkdir(exist_ok=True)
 
     id_width = max(6, len(str(num_objects - 1)))
     chunk = 50

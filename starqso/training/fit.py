@@ -82,11 +82,30 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
         dict of validation metrics per stage.
 
     Raises:
-        InputError: a bad configuration, data, or an existing run folder without ``resume``.
+        InputError: a bad configuration, data, or an existing run folder without ``resume``;
+            an ``out_dir`` that holds anything but a fit run (see
+            :func:`starqso.ownership.output_folder`), or that another run is writing.
 
     Example:
         >>> metrics = fit_run("runs/demo", get_preset("tiny"))  # doctest: +SKIP
     """
+    from starqso.ownership import output_folder, writes_output
+
+    if not writes_output(strategy):
+        # A multi-worker run's other workers write a scratch folder, never --out.
+        return _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, strict,
+                        stages, reuse, simulation_cache)
+
+    # Before anything is read: --out must be new, empty or a fit run (see ownership), and
+    # one run at a time writes it. A run refused or failing before its first file leaves
+    # nothing behind.
+    with output_folder(out_dir, "fit", mark=True):
+        return _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, strict,
+                        stages, reuse, simulation_cache)
+
+
+def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, strict, stages,
+             reuse, simulation_cache):
     from starqso.config import PRESETS
 
     folder = RunFolder(out_dir)
