@@ -372,7 +372,8 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
 
     Args:
         run_dir: a complete ``starqso fit`` run folder.
-        out_dir: export folder (default ``RUN_DIR/export``); replaced if it exists.
+        out_dir: export folder (default ``RUN_DIR/export``); replaced whole if it exists,
+            which it may only when it is empty or an earlier export (:data:`EXPORT_FILES`).
         num_check: at most this many of the run's held-out objects for the numeric checks
             (default: the run config's ``data.export_check_objects``).
         num_calibration: at most this many training objects for int8 calibration
@@ -387,19 +388,30 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
 
     Raises:
         InputError: an incomplete run folder, or a validation split without labelled STARs
-            and QSOs.
+            and QSOs; an ``out_dir`` that is not new, empty or an earlier export, or that
+            another run is writing.
 
     Example:
         >>> export_run("runs/demo")  # doctest: +SKIP
     """
-    from starqso.inference import LiteRTPredictor
-    from starqso.model_files import load_keras_model
+    from starqso.ownership import output_folder
 
     folder = RunFolder(run_dir)
     # Check the folder before paying for the TensorFlow import.
     if not folder.is_complete():
         raise InputError(f"not a complete `starqso fit` run folder (needs config.yaml and "
                          f"starqso_classifier.keras). Received: {run_dir}")
+    out = pathlib.Path(out_dir) if out_dir is not None else folder.export_dir
+    # The export folder is replaced whole: it must be new, empty or an earlier export, and
+    # one export at a time writes it.
+    with output_folder(out, "export", replaced=EXPORT_FILES) as destination:
+        return _export_run(folder, out, destination, num_check, num_calibration, log, arrays)
+
+
+def _export_run(folder, out, destination, num_check, num_calibration, log, arrays):
+    from starqso.inference import LiteRTPredictor
+    from starqso.model_files import load_keras_model
+
     config = folder.load_config()
     check_keras_file(folder.deployable_path)
 
@@ -415,7 +427,6 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
         raw_model = raw_model.replaced(metric_head=load_keras_model(folder.metric_head_path))
     num_check = num_check or config.data.export_check_objects
     num_calibration = num_calibration or config.data.export_calibration_objects
-    out = pathlib.Path(out_dir) if out_dir is not None else folder.export_dir
     objects = split_objects(folder, config, num_check, num_calibration, arrays)
     held_name, check_arrays = objects["held_name"], objects["check"]
     check, calibration = check_arrays.images, objects["calibration"].images
@@ -504,13 +515,18 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
         build.results = results
 
     # The finished folder is swapped in whole: a reader never sees half an export.
-    replace_folder(build, out)
+    replace_folder(build, destination, command="export")
     log(f"exported -> {out}")
     return build.results
 
 
 #: The model's selection function, beside its metadata.json.
 SELECTION_FILE = "selection_function.csv"
+#: Every name ``export`` writes into its folder: an existing export folder holding anything
+#: else is refused rather than replaced (see :func:`starqso.ownership.output_folder`).
+EXPORT_FILES = ("starqso_classifier.keras", "saved_model", "export_check.json",
+                "metadata.json", "model_card.md", SELECTION_FILE, "embedding_reference.npz",
+                *(f"model_{variant}.tflite" for variant in TFLITE_VARIANTS))
 
 
 def quality_reference(train_images, validation, validation_p, threshold):
