@@ -13,9 +13,11 @@ import hashlib
 import io
 import json
 import shutil
+import warnings
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
@@ -273,3 +275,68 @@ def test_band_files_that_disagree_fail_with_strict(band_catalog, tmp_path):
     result = _predict(band_catalog, output, "--strict")
     cli_error_line(result, "r-smaller", "must have one shape")
     assert not output.exists()
+
+
+# --- items 11 and 21: zarr and HDF5 stacks ----------------------------------------------------
+
+def _zarr_batch(folder, cubes, dtype=np.float32, bands=BANDS):
+    """A Cutana batch folder, two images per zarr chunk, channels in ``bands`` order."""
+    import zarr
+
+    folder.mkdir(parents=True)
+    images = np.moveaxis(cubes, 1, -1)[..., [BANDS.index(band) for band in bands]]
+    group = zarr.open_group(str(folder / "images.zarr"), mode="w")
+    array = group.create_array("images", data=np.ascontiguousarray(images).astype(dtype),
+                               chunks=(2, CUTOUT, CUTOUT, 5))
+    array.attrs["bands"] = bands
+    pd.DataFrame({"source_id": [f"sim-{row:06d}" for row in range(len(cubes))]}).to_parquet(
+        folder / "images_metadata.parquet")
+    return folder
+
+
+def test_zarr_chunk_with_corrupt_bytes_flags_its_rows_and_the_run_goes_on(survey, cubes,
+                                                                          tmp_path):
+    stack = _zarr_batch(tmp_path / "cutana", cubes, bands="zirgu")
+    chunk = stack / "images.zarr" / "images" / "c" / "1" / "0" / "0" / "0"
+    content = bytearray(chunk.read_bytes())
+    content[20:80] = b"\xff" * 60  # inside the compressed stream, past its frame header
+    chunk.write_bytes(bytes(content))
+    reference = tmp_path / "reference.csv"
+    assert _predict(survey / "catalog.csv", reference).exit_code == 0
+    output = tmp_path / "out.csv"
+    result = _predict(stack, output, "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    rows, expected = _rows(output), _rows(reference)
+    assert [row["id"] for row in rows] == [row["id"] for row in expected]
+    for number, (row, want) in enumerate(zip(rows, expected)):
+        if number in (2, 3):
+            assert row["flag"].startswith("zarr chunk 1 (images 2-3) could not be read"), row
+            assert "decompression" in row["flag"].lower() and "images.zarr" in row["flag"]
+            assert row["p_qso"] == "" and int(row["qflag"]) & 1
+        else:
+            assert row["flag"] == want["flag"] and row["label"] == want["label"]
+            assert abs(float(row["p_qso"]) - float(want["p_qso"])) < 1e-6
+    result = _predict(stack, tmp_path / "strict.csv", "--strict")
+    cli_error_line(result, "sim-000002", "zarr chunk 1 (images 2-3)")
+    assert not (tmp_path / "strict.csv").exists()
+
+
+def test_complex_zarr_stack_is_refused_not_cast(cubes, tmp_path):
+    stack = _zarr_batch(tmp_path / "cutana", cubes, dtype=np.complex64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        result = _predict(stack, tmp_path / "out.csv")
+    cli_error_line(result, "complex numbers", "dtype=complex64", "images.zarr")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_complex_hdf5_stack_is_refused_not_cast(cubes, tmp_path):
+    import h5py
+
+    path = tmp_path / "stack.h5"
+    with h5py.File(path, "w") as handle:
+        handle["images"] = cubes.astype(np.complex64)
+        handle["id"] = np.array([f"sim-{row:06d}" for row in range(len(cubes))], dtype="S")
+    result = _predict(path, tmp_path / "out.csv")
+    cli_error_line(result, "complex numbers", "dtype=complex64", "stack.h5")
+    assert not (tmp_path / "out.csv").exists()

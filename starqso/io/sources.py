@@ -457,6 +457,7 @@ class ZarrSource(_StackSource):
             shape = getattr(array, "shape", None)
             raise InputError(f"zarr stack images must be (N, H, W, 5) with channels u, g, r, "
                              f"i, z. Received: shape={shape} in {store}")
+        check_real_pixels(array.dtype, f"zarr stack images in {store}")
         bands = array.attrs.get("bands") or (node.attrs.get("bands") if node is not array
                                              else None)
         order = None
@@ -513,6 +514,9 @@ class ZarrSource(_StackSource):
         order = self._orders[partition.part]
         if order is not None and isinstance(cubes, np.ndarray):
             cubes = np.ascontiguousarray(cubes[:, order])
+        elif order is not None:
+            cubes = [cube if isinstance(cube, str) else np.ascontiguousarray(cube[order])
+                     for cube in cubes]
         return Block(self._ids(partition, start, stop), cubes, where,
                      self._kept(partition, start, stop))
 
@@ -532,11 +536,35 @@ class ZarrSource(_StackSource):
                 first, last = start, stop
             last = min(last, array.shape[0])
             self._chunk_cache = held = ((part, size), first, last,
-                                        self._crop(array, first, last, size, f"in {store}",
-                                                   channels_last=True))
+                                        self._chunk_crops(array, first, last, size, store))
         cubes = held[3]
         return cubes[start - held[1]:stop - held[1]] if isinstance(cubes, np.ndarray) else \
             cubes[start - held[1]:stop - held[1]]
+
+    def _chunk_crops(self, array, first, last, size, store):
+        """:meth:`_crop` of rows first..last; when a chunk cannot be read (corrupt bytes,
+        a decompression error), its rows become that reason and the other chunks are read."""
+        try:
+            return self._crop(array, first, last, size, f"in {store}", channels_last=True)
+        except MemoryError:
+            raise
+        except Exception:  # zarr and its codecs raise many types for a damaged chunk
+            pass
+        chunk = int(array.chunks[0]) if getattr(array, "chunks", None) else 1
+        cubes, begin = [], first
+        while begin < last:
+            end = min((begin // chunk + 1) * chunk, last)
+            try:
+                crops = self._crop(array, begin, end, size, f"in {store}", channels_last=True)
+            except MemoryError:
+                raise
+            except Exception as err:
+                reason = " ".join(str(err).split())[:120] or type(err).__name__
+                crops = [f"zarr chunk {begin // chunk} (images {begin}-{end - 1}) could not "
+                         f"be read ({type(err).__name__}: {reason}) in {store}"] * (end - begin)
+            cubes.extend(list(crops))
+            begin = end
+        return cubes
 
     def fingerprint(self):
         files = []
@@ -628,7 +656,7 @@ class Hdf5StackSource(_StackSource):
                 if "images" not in handle:
                     raise InputError(f"an HDF5 cube stack needs a dataset 'images' (N, 5, H, "
                                      f"W). Received: datasets {sorted(handle)} in file {path}")
-                shape = handle["images"].shape
+                shape, dtype = handle["images"].shape, handle["images"].dtype
                 column = _id_column([str(name).lower() for name in handle], id_column,
                                     f"file {path}")
                 ids = [name for name in handle if str(name).lower() == column][0]
@@ -642,6 +670,7 @@ class Hdf5StackSource(_StackSource):
         if len(shape) != 4 or shape[1] != NUM_BANDS:
             raise InputError(f"an HDF5 cube stack's images must be (N, 5, H, W). Received: "
                              f"shape={shape} in file {path}")
+        check_real_pixels(dtype, f"an HDF5 cube stack's images in file {path}")
         if len(self._id_values) != shape[0]:
             raise InputError(f"an HDF5 cube stack needs one id per cube. Received: "
                              f"{len(self._id_values)} ids for {shape[0]} cubes in file {path}")
@@ -658,6 +687,29 @@ class Hdf5StackSource(_StackSource):
         if self._handle is None:
             self._handle = h5py.File(self.path, "r")
         return self._handle["images"]
+
+
+def check_real_pixels(dtype, what):
+    """Refuse pixels that are not real numbers (complex, text, objects) before any is read.
+
+    Casting complex pixels to float32 would drop the imaginary part with only a NumPy
+    ComplexWarning; nanomaggies are real.
+
+    Args:
+        dtype: the stored dtype.
+        what: what holds the pixels, naming the file (``"zarr stack images in X"``).
+
+    Raises:
+        InputError: the dtype is not an integer, unsigned or float type.
+
+    Example:
+        >>> check_real_pixels(np.dtype("float32"), "images in a.zarr")
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        kind = "complex numbers" if dtype.kind == "c" else f"dtype {dtype}"
+        raise InputError(f"{what} must be real numbers (integer or float nanomaggies); "
+                         f"{kind} are refused rather than cast. Received: dtype={dtype}")
 
 
 def native_column(values):
