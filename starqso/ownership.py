@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import pathlib
 from collections.abc import Iterable, Iterator
 
+from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 
 __all__ = ["MARKER", "check_output_folder", "folder_maker", "output_folder", "write_marker",
@@ -52,8 +52,8 @@ def _read_marker(folder: pathlib.Path) -> str | None:
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > _MARKER_MAX_BYTES:
             return None
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        payload = strict_json.loads(path.read_text(encoding="utf-8"), path)
+    except (OSError, ValueError):  # a duplicate key too: not a marker starqso wrote
         return None
     command = payload.get("command") if isinstance(payload, dict) else None
     return command if command in COMMANDS else None
@@ -64,7 +64,7 @@ def _json_keys(path: pathlib.Path) -> set:
     try:
         if path.stat().st_size > 16 * 1024 * 1024:
             return set()
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = strict_json.loads(path.read_text(encoding="utf-8"), path)
     except (OSError, ValueError, RecursionError):
         return set()
     return set(payload) if isinstance(payload, dict) else set()
@@ -243,7 +243,7 @@ def writes_output(strategy: str) -> bool:
     if strategy != "multiworker":
         return True
     try:
-        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        spec = strict_json.loads(os.environ.get("TF_CONFIG") or "{}", "TF_CONFIG")
         task, cluster = spec.get("task") or {}, spec.get("cluster") or {}
         index = int(task.get("index", 0))
     except (ValueError, TypeError, AttributeError):
