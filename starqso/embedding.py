@@ -208,17 +208,27 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     Example:
         >>> embed_catalog("demo/catalog.csv", "embeddings.parquet")  # doctest: +SKIP
     """
-    from starqso.inference import _check_output_is_not_input, prior_label
+    import itertools
+
+    from starqso.inference import default_model_dir, prior_label, sidecar_path
     from starqso.io.embeddings import write_embeddings
+    from starqso.io.sources import open_source
     from starqso.locking import exclusive_lock
+    from starqso.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
 
     output = pathlib.Path(output)
     if output.suffix.lower() not in (".csv", ".fits", ".parquet"):
         raise InputError(f"--output must end in .csv, .fits or .parquet. Received: {output}")
-    _check_output_is_not_input(source, output)
+    rows_source = open_source(source, id_column=id_column)
+    # Before the model loads: an output that is one of the files read (or a folder) is refused.
+    inputs, trees = source_inputs(rows_source)
+    model_files = model_inputs(model_dir if model_dir is not None else default_model_dir())
+    refuse_output_among_inputs(
+        output, itertools.chain(inputs, model_files), trees=trees,
+        beside=[sidecar_path(output)] if output.suffix.lower() == ".csv" else [])
     embedder = Embedder(model_dir, prior=prior, log=log)
     with exclusive_lock(output):
-        table = embed_rows(source, embedder, batch_size=batch_size, id_column=id_column,
+        table = embed_rows(rows_source, embedder, batch_size=batch_size, id_column=id_column,
                            progress=progress, command=command)
         write_embeddings(table, output)
     embedded = np.isfinite(table.columns["p_qso"])
@@ -232,7 +242,8 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     """The :class:`~starqso.io.embeddings.EmbeddingTable` of every row of ``source``.
 
     Args:
-        source: any input ``starqso predict`` reads.
+        source: any input ``starqso predict`` reads, or its opened
+            :class:`~starqso.io.sources.Source`.
         embedder: an :class:`Embedder`.
         batch_size, id_column, progress, command: as :func:`embed_catalog`.
 
@@ -246,13 +257,14 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     from starqso.discovery import outlier_scores
     from starqso.inference import _prepare_block, provenance
     from starqso.io.embeddings import EmbeddingTable
-    from starqso.io.sources import open_source
+    from starqso.io.sources import Source, open_source
     from starqso.preprocessing.qflags import quality_bits, screened_bits
     from starqso.schema import QFLAG_BITS
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1. Received: {batch_size}")
-    rows_source = open_source(source, id_column=id_column)
+    rows_source = (source if isinstance(source, Source) else
+                   open_source(source, id_column=id_column))
     ids = np.asarray(rows_source.ids(), dtype=str)
     size, count = embedder.size, len(ids)
     spaces = {name: np.full((count, dim), np.nan, np.float32) for name, dim in zip(
@@ -295,7 +307,7 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     if embedder.reference is not None and embedded.any() and space in embedder.reference:
         outlier[embedded] = outlier_scores(embedder.reference[space],
                                            spaces[space][embedded], k=OUTLIER_K)
-    record = {"source": str(pathlib.Path(source).resolve()), "rows": int(count),
+    record = {"source": str(pathlib.Path(rows_source.path).resolve()), "rows": int(count),
               "model": str(embedder.model_dir.resolve()),
               "prior": embedder.settings["prior"], "prior_source":
               embedder.settings["source"], "threshold": embedder.threshold,

@@ -95,7 +95,7 @@ def neighbour_index(table, path, space, metric="euclidean", method="auto", log=N
 
 
 def find_similar(query, index_path, k=20, space=None, metric="euclidean", method="auto",
-                 model_dir=None, log=None):
+                 model_dir=None, log=None, output=None):
     """The ``k`` nearest rows of the embeddings file to each query row.
 
     Args:
@@ -109,12 +109,14 @@ def find_similar(query, index_path, k=20, space=None, metric="euclidean", method
         model_dir: export folder for a cutout query (the shipped model when None); it must
             be the model that wrote the file.
         log: optional callable for notes.
+        output: the file ``similar --output`` will write: refused here, before any search,
+            when it is a folder or one of the files read (:mod:`starqso.output_checks`).
 
     Returns:
         list of dicts, one per (query, rank): query, rank, id, distance, p_qso, label, outlier.
 
     Raises:
-        InputError: a bad file, query, k or space.
+        InputError: a bad file, query, k or space; an ``output`` that is an input.
 
     Example:
         >>> find_similar("obj-17", "embeddings.parquet", k=5)[0]["rank"]  # doctest: +SKIP
@@ -122,10 +124,14 @@ def find_similar(query, index_path, k=20, space=None, metric="euclidean", method
     """
     from starqso.io.embeddings import read_embeddings
 
+    if output is not None:
+        _refuse_similar_output(output, index_path)
     table = read_embeddings(index_path)
     space = pick_space(table, space, index_path)
     by_id = {identifier: row for row, identifier in enumerate(table.ids)}
-    exclude = False
+    exclude, opened = False, None
+    if query not in by_id and output is not None and os.path.exists(query):
+        opened = _refuse_similar_output(output, index_path, query, model_dir)
     if query in by_id:
         row = by_id[query]
         if not np.isfinite(table.spaces[space][row]).all():
@@ -133,7 +139,8 @@ def find_similar(query, index_path, k=20, space=None, metric="euclidean", method
                              f"(flag: {table.columns['flag'][row]}). Received: {query}")
         queries, query_ids, exclude = table.spaces[space][[row]], [query], True
     elif os.path.exists(query):
-        queries, query_ids = _embedded_query(query, table, space, index_path, model_dir, log)
+        queries, query_ids = _embedded_query(query, table, space, index_path, model_dir, log,
+                                             opened)
     else:
         raise InputError(f"query {query!r} is neither an id of {index_path} nor a file or "
                          f"folder of cutouts. Received: {query}")
@@ -157,7 +164,30 @@ def find_similar(query, index_path, k=20, space=None, metric="euclidean", method
     return results
 
 
-def _embedded_query(query, table, space, index_path, model_dir, log):
+def _refuse_similar_output(output, index_path, query=None, model_dir=None):
+    """``similar --output`` is neither a folder nor the index, its side-car, the query's files
+    or the model's. Returns the query, opened (its files were listed) when one is given."""
+    import itertools
+
+    from starqso.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+
+    index_files = [(index_path, f"the --index embeddings file {index_path}"),
+                   (f"{index_path}.json", f"the side-car {index_path}.json of --index")]
+    if query is None:
+        refuse_output_among_inputs(output, index_files)
+        return None
+    from starqso.inference import default_model_dir
+    from starqso.io.sources import open_source
+
+    rows_source = open_source(query)
+    inputs, trees = source_inputs(rows_source)
+    model_files = model_inputs(model_dir if model_dir is not None else default_model_dir())
+    refuse_output_among_inputs(output, itertools.chain(index_files, inputs, model_files),
+                               trees=trees)
+    return rows_source
+
+
+def _embedded_query(query, table, space, index_path, model_dir, log, opened=None):
     from starqso.embedding import Embedder, embed_rows
 
     embedder = Embedder(model_dir, log=log)
@@ -165,7 +195,7 @@ def _embedded_query(query, table, space, index_path, model_dir, log):
         raise InputError(f"the model gives no {space!r} embedding, so a cutout query cannot "
                          f"be searched in that space of {index_path}. Received: "
                          f"{embedder.model_dir}")
-    queried = embed_rows(query, embedder)
+    queried = embed_rows(query if opened is None else opened, embedder)
     if queried.spaces[space].shape[1] != table.spaces[space].shape[1]:
         raise InputError(f"the model's {space} embedding has {queried.spaces[space].shape[1]} "
                          f"numbers but {index_path}'s has {table.spaces[space].shape[1]}: "
@@ -221,8 +251,13 @@ def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, 
         >>> cluster_file("embeddings.parquet", "clusters")["clusters"]  # doctest: +SKIP
         4
     """
+    from starqso.output_checks import refuse_output_among_inputs
     from starqso.ownership import output_folder
 
+    # --out is replaced whole: it must not be, nor hold, the embeddings file it clusters.
+    refuse_output_among_inputs(out_dir, [(path, f"the embeddings file {path}"),
+                                         (f"{path}.json", f"the side-car {path}.json")],
+                               option="--out", folder=True)
     # Before the embeddings are read: --out must be new, empty or an earlier cluster output
     # (it is replaced whole), and one run at a time writes it.
     with output_folder(out_dir, "cluster", replaced=CLUSTER_FILES) as destination:

@@ -48,14 +48,18 @@ the output by a rename only when every row is done. A killed run therefore leave
 or the previous complete one; ``resume=True`` continues from the partial file's last
 complete row (a partial file without a complete header line, killed before it reached the
 disk, is started afresh) and refuses one made for another catalogue, model file, threshold,
-prior or ``tta``. A ``strict`` stop is not an interruption: it removes the partial file.
+prior or ``tta``. Every error exit keeps the partial file, a ``strict`` stop included (at a
+new row or at a resumed one): fix the row, or drop ``strict``, and ``resume`` continues. The
+partial files are created exclusively and never through a link: a symbolic link at
+``.NAME.partial`` (or its ``.json``) is refused, its target untouched.
 
 One writer per output: a run holds an exclusive lock on ``.NAME.lock`` beside the output
 from before it reads the partial file until the output is in place
 (:func:`starqso.locking.exclusive_lock`); a second run on the same output, with or without
 ``--resume``, is refused with one line naming the output and the owner's pid. An output that
-is the input catalogue (the same file, through a link too) is refused before anything is
-written.
+is one of the inputs (the catalogue, a cutout or spectrum file it names, a cutout of the
+folder, a model file; the same file through a link too), or that is a folder, is refused
+before anything is written (:mod:`starqso.output_checks`).
 
 Two runtimes: ``keras`` (TensorFlow, the ``.keras`` model) and ``litert`` (the TFLite model
 through ``ai_edge_litert``). The LiteRT path imports neither TensorFlow nor Keras, so it runs
@@ -65,6 +69,7 @@ on a machine with only ``pip install ".[litert]"``-style light dependencies.
 from __future__ import annotations
 
 import csv
+import errno
 import importlib.resources
 import io
 import json
@@ -383,6 +388,12 @@ def _prepare_block(block, size, measured=None):
     return images, flags, usable
 
 
+#: The screening every predicted row gets (crop, repair, source checks), public so that
+#: ``fit`` and ``finetune`` screen their training rows by the same rules
+#: (:meth:`starqso.data.ObjectArrays.from_catalog`).
+prepare_block = _prepare_block
+
+
 class Classified(NamedTuple):
     """What :func:`classify_block` gives for a block of rows (arrays of the block's length)."""
 
@@ -468,7 +479,8 @@ def _resumed_rows(partial, ids, identity, log=None, columns=OUTPUT_COLUMNS):
     partial_file, identity_file = partial
     if not partial_file.exists() or not identity_file.exists():
         return None
-    content = partial_file.read_bytes()
+    with _open_partial(partial_file, mode="rb") as stream:
+        content = stream.read()
     if b"\n" not in content:
         # Killed before the header line was on disk: no row was written, nothing is lost.
         if log is not None:
@@ -498,29 +510,63 @@ def _resumed_rows(partial, ids, identity, log=None, columns=OUTPUT_COLUMNS):
             raise InputError(f"the partial run {partial_file} does not match the catalogue at "
                              f"row {number + 1}; delete it or run without --resume. Received: "
                              f"{row}")
-    partial_file.write_bytes(content)
+    # Cut the half row in place (no link is followed: _open_partial).
+    with _open_partial(partial_file, mode="r+b") as stream:
+        stream.truncate(len(content))
     return rows
 
 
-def _check_output_is_not_input(source, output):
-    """Refuse an output that is the input catalogue (the same file, a link to it included)."""
-    source = pathlib.Path(source)
-    if source.is_dir() or not output.exists():
-        return
-    try:
-        same = os.path.samefile(source, output)
-    except OSError:
-        same = output.resolve() == source.resolve()
-    if same:
-        raise InputError(f"--output is the input catalogue {source}: writing it would replace "
-                         f"the catalogue; choose another output. Received: --output {output}")
+def _refuse_output_among_inputs(rows_source, output, model_dir, csv_output):
+    """The one rule (:mod:`starqso.output_checks`): the output, and a CSV's side-car, are
+    neither a folder nor any file the run reads."""
+    import itertools
+
+    from starqso.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+
+    inputs, trees = source_inputs(rows_source)
+    refuse_output_among_inputs(output, itertools.chain(inputs, model_inputs(model_dir)),
+                               trees=trees, beside=[sidecar_path(output)] if csv_output else [])
 
 
-def _strict_stop(partial, message):
-    """A deliberate stop, not an interruption: nothing is left to resume."""
+def _refuse_linked_partial(partial):
+    """Refuse a partial file (or its record) that is a link or not a plain file: starqso
+    made neither, and writing through a link would write into its target."""
     for path in partial:
-        path.unlink(missing_ok=True)
-    raise InputError(message)
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+            kind = (f"a symbolic link to {os.readlink(path)}" if os.path.islink(path)
+                    else "not a plain file")
+            raise InputError(f"{path} is {kind}, not a partial run starqso wrote; it is not "
+                             f"written through: remove it (or choose another output). "
+                             f"Received: {path}")
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_partial(path, fresh=False, mode="a"):
+    """The partial file, opened without following a link: ``fresh`` creates it exclusively
+    (a stale one of a killed run, ours, is removed first: the output's lock is held), else
+    ``mode`` "a" appends, "rb" reads, "r+b" rewrites in place.
+
+    Raises:
+        InputError: a link appeared at ``path`` since :func:`_refuse_linked_partial`.
+    """
+    flags = {"a": os.O_WRONLY | os.O_APPEND, "rb": os.O_RDONLY, "r+b": os.O_RDWR}[mode]
+    if fresh:
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
+        flags, mode = os.O_WRONLY | os.O_CREAT | os.O_EXCL, "w"
+    try:
+        descriptor = os.open(path, flags | _NOFOLLOW, 0o666)
+    except OSError as err:
+        if os.path.islink(path) or err.errno == errno.EEXIST:
+            _refuse_linked_partial((path,))
+            raise InputError(f"{path} appeared while this run started it; another program "
+                             f"writes there. Received: {path}") from err
+        raise
+    if "b" in mode:
+        return os.fdopen(descriptor, mode)
+    return os.fdopen(descriptor, mode, newline="", encoding="utf-8")
 
 
 def _unusable_outputs(probabilities, usable, flags):
@@ -745,7 +791,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     rows_source = open_source(source, id_column=id_column, keep=keep)
     columns = (*OUTPUT_COLUMNS, *rows_source.keep_columns)
     ids = rows_source.ids()
-    _check_output_is_not_input(source, output)
+    _refuse_output_among_inputs(rows_source, output, model_dir, suffix != ".fits")
     source_name = str(pathlib.Path(source).resolve())
     from starqso import __version__
     from starqso.locking import exclusive_lock
@@ -769,12 +815,14 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     partial = _partial_paths(output)
     # One writer per output, for the whole run (--resume included): see starqso.locking.
     with exclusive_lock(output):
+        _refuse_linked_partial(partial)
         done = _resumed_rows(partial, ids, identity, log, columns) if resume else None
         # The resumed rows answer to --strict as the new ones do (a fresh run would stop).
+        # The partial file stays: without --strict, --resume continues after these rows.
         for number, (ident, _, _, flag, *_) in enumerate(done if strict and done else []):
             if flag:
-                _strict_stop(partial, f"row {number + 1} (id {ident!r}) of {source} is "
-                                      f"flagged and --strict is on: {flag}")
+                raise InputError(f"row {number + 1} (id {ident!r}) of {source} is flagged and "
+                                 f"--strict is on: {flag}")
         if resume and log is not None:
             log(f"resuming after row {len(done)} of {len(ids)}" if done is not None else
                 "no partial run to resume; starting from the first row")
@@ -794,8 +842,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
 
             write_text_atomically(partial[1], json.dumps(identity, indent=2) + "\n")
         try:
-            with open(partial[0], "a" if done is not None else "w", newline="",
-                      encoding="utf-8") as stream:
+            with _open_partial(partial[0], fresh=done is None) as stream:
                 writer = csv.writer(stream)
                 if done is None:
                     # On disk before the first batch: a run killed in it leaves a resumable file.
@@ -812,11 +859,11 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                         block, predictor, size, settings["shift"], tta, uncertainty,
                         metadata.get("quality"))
                     if strict and any(flags):
+                        # The finished batches stay in the partial file, for --resume.
                         row = next(i for i, flag in enumerate(flags) if flag)
-                        stream.close()
-                        _strict_stop(partial, f"row {start + row + 1} (id {batch_ids[row]!r})"
-                                              f" of {source} is flagged and --strict is on: "
-                                              f"{flags[row]}")
+                        raise InputError(f"row {start + row + 1} (id {batch_ids[row]!r}) of "
+                                         f"{source} is flagged and --strict is on: "
+                                         f"{flags[row]}")
                     kept = [_csv_cells(block.keep[name]) for name in rows_source.keep_columns]
                     for row, (ident, p_qso, flag, ok, bits, err) in enumerate(
                             zip(batch_ids, probabilities, flags, usable, qflag, p_err)):

@@ -308,9 +308,14 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     elif log is not None:
         log(f"note: {rows_source.num_rows:,} rows: ids are checked for repeats within each "
             f"partition only (the whole input above {MAX_CHECKED_IDS:,})")
-    if pathlib.Path(source).resolve() == output.resolve():
-        raise InputError(f"--output is the input {source}: writing it would replace the "
-                         f"input; choose another output. Received: --output {output}")
+    # The dataset folder is replaced whole: it must not be, nor hold, a file the run reads.
+    import itertools
+
+    from starqso.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+
+    inputs, trees = source_inputs(rows_source)
+    refuse_output_among_inputs(output, itertools.chain(inputs, model_inputs(model_dir)),
+                               trees=trees, folder=True)
     _check_output_folder(output)
     hats_output = rows_source.kind == "hats"
     if hats_output:
@@ -382,12 +387,9 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                 log(f"Dask dashboard: {client.dashboard_link} "
                     f"({len(client.scheduler_info()['workers'])} workers)")
             if todo:
-                try:
-                    _run(client, job, todo, counts, progress, rows_source.num_rows)
-                except InputError:
-                    if strict:  # a deliberate stop, not an interruption: nothing to resume
-                        shutil.rmtree(staging, ignore_errors=True)
-                    raise
+                # Every error exit (a --strict stop included) keeps the finished partitions
+                # in the staging folder: --resume continues from them.
+                _run(client, job, todo, counts, progress, rows_source.num_rows)
             # Beside the partition files (which stay byte-identical whenever they were made):
             # when and by what command.
             full_record = {**record, "output": output.name, "partitions": len(partitions),

@@ -227,7 +227,8 @@ def test_strict_stops_at_the_first_flagged_row(stack, tmp_path):
              if line.startswith("starqso: ") or "Traceback" in line]
     assert len(lines) == 1 and lines[0].startswith("starqso: error: row 8 (id 'obj00007')")
     assert "--strict" in lines[0] and "all zeros" in lines[0]
-    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
+    # The staging folder stays for --resume (issue 36, item 6); the lock is released.
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.lock"))
     assert time.perf_counter() - start < 120
 
 

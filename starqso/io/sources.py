@@ -103,12 +103,16 @@ class Block(NamedTuple):
 def cutout_id(name):
     """The id of a cutout file in folder mode: its name without the FITS suffixes.
 
+    Leading and trailing white space is not part of the id, as it is not for a catalogue's
+    ids (nor for ``evaluate``'s join): ``"a .fits"`` is the id ``"a"``.
+
     Args:
         name: file name (no folder).
 
     Returns:
-        The id, or None when ``name`` is not a cutout file name (no FITS suffix, or hidden:
-        starting with ``.``, as macOS' ``._obj.fits`` resource files do).
+        The id ("" for a name that is only white space before its suffix), or None when
+        ``name`` is not a cutout file name (no FITS suffix, or hidden: starting with ``.``,
+        as macOS' ``._obj.fits`` resource files do).
 
     Example:
         >>> cutout_id("obj.a.fits"), cutout_id("J1234.fits.fz"), cutout_id("._obj.fits")
@@ -117,7 +121,7 @@ def cutout_id(name):
     match = FITS_SUFFIX.search(name)
     if name.startswith(".") or match is None or match.start() == 0:
         return None
-    return name[:match.start()]
+    return name[:match.start()].strip()
 
 
 def _crop_window(height, width, size, where):
@@ -285,9 +289,16 @@ class FileSource(Source):
                                  f"images_metadata.parquet). Received: {source}")
             first = {}
             for name, ident in found:
+                if not ident:
+                    raise InputError(f"a cutout file name gives a blank id (its name before "
+                                     f"the FITS suffix is white space): {name!r}; rename it. "
+                                     f"Received: {source}")
                 if ident in first:
+                    # Names that differ only by white space are quoted: it is the difference.
+                    spaced = any(char.isspace() for char in first[ident] + name)
+                    shown = (repr(first[ident]), repr(name)) if spaced else (first[ident], name)
                     raise InputError(f"folder has two cutouts with the id {ident!r}: "
-                                     f"{first[ident]} and {name}; rename or remove one. "
+                                     f"{shown[0]} and {shown[1]}; rename or remove one. "
                                      f"Received: {source}")
                 first[ident] = name
             self._ids = [ident for _, ident in found]
@@ -314,6 +325,9 @@ class FileSource(Source):
                                  f"Received: columns {', '.join(table.colnames)} in file "
                                  f"{source}")
             self._ids = [str(value) for value in table["id"]]
+            # Not read here, but files of the user's: an output must not replace one.
+            self.spectra = ([resolve_path(table, str(value)) for value in table["spectrum"]]
+                            if "spectrum" in names else [])
             self.keep_columns = _keep_names(keep, table.colnames, f"catalogue {source}")
             self._keep = {name: np.asarray(table[name]) for name in self.keep_columns}
         self.num_rows = len(self._ids)
