@@ -616,7 +616,7 @@ def similar(query, index_path, k, space, metric, method, model_dir, output):
     with _native_stderr_filtered():
         results = find_similar(query, index_path, k=k, space=space, metric=metric,
                                method=method, model_dir=model_dir,
-                               log=lambda line: click.echo(line, err=True))
+                               log=lambda line: click.echo(line, err=True), output=output)
     if output is not None:
         from starqso.atomic import write_text_atomically
 
