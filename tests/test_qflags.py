@@ -98,7 +98,7 @@ def test_scorer_round_trips_and_a_broken_file_is_one_line(tmp_path):
     assert again.threshold == scorer.threshold
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not an archive")
-    with pytest.raises(InputError, match="could not be read"):
+    with pytest.raises(InputError, match="not a NumPy .npz zip archive"):
         ExtendedScorer.load(bad)
 
 
