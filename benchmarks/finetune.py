@@ -42,6 +42,14 @@ the shipped ``CalibratedClassifier``) at 0.5 likewise. Metrics: macro-F1, F1(QSO
 bins) on the test set, and the wall time of each fine-tuning (``finetune_run``: reading the
 catalogue, the before/after validation and training).
 
+**The bar** (``--bar``): ``starqso finetune`` as a user runs it, with its export and its
+model selection, against the frozen model and the boosting peer, each scored as ``starqso
+predict --prior 0.3`` labels (the export folder's calibrated p(QSO), moved to the prior
+``--prior``, at the folder's own threshold; boosting at 0.5 on its probability, which is
+already at the rows' mix). Defaults: 1,000 labels, depth head, 3 draws, 20 epochs (the CLI's
+defaults). Fine-tuning must never be below the frozen model on the test rows, and within
+0.005 of the boosting peer or above it.
+
 The tables go to stdout and, with ``--out``, to a markdown file with the command, date, git
 hash, machine and total run time. ``--workdir`` keeps the run folders and one JSON result per
 cell (a rerun with the same settings reuses them, e.g. after a stop); without it everything is
@@ -70,6 +78,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from edge import cpu_name as edge_cpu_name  # noqa: E402 - the same CPU name as edge.py
 from real_photometry import (  # noqa: E402 - the independent renderer and the PSF peer
     DEPTHS,
     RENDER_SIZE,
@@ -123,8 +132,18 @@ def parse_args():
     parser.add_argument("--plot", default=None,
                         help="PNG of test macro-F1 against the label budget, one line per row")
     parser.add_argument("--verbose", action="store_true", help="show finetune's own output")
+    parser.add_argument("--bar", action="store_true",
+                        help="the fine-tuning bar: starqso finetune with its export and model "
+                             "selection vs frozen vs boosting, at --prior [default budgets "
+                             "1000, depth head, no from-scratch peer]")
+    parser.add_argument("--prior", type=float, default=0.3,
+                        help="--bar: the prior every model's p(QSO) is moved to")
     args = parser.parse_args()
     quick = args.quick
+    if args.bar:
+        args.budgets = args.budgets or [1000]
+        args.depths = args.depths or ["head"]
+        args.no_scratch = True
     args.budgets = args.budgets or ([100, 300] if quick else [100, 300, 1000, 3000])
     args.depths = [str(d) for d in (args.depths or (["head", "all"] if quick
                                                     else ["head", "1", "2", "all"]))]
@@ -248,19 +267,38 @@ def scratch_model_dir(base_dir, folder, seed):
     return folder
 
 
-def finetune_cell(args, data, work, draw, budget, depth, model_dir, *, lr_decay,
-                  learning_rate, name):
-    """One fine-tuning run, scored on the test set (reused from ``work`` when present)."""
-    import keras
+def predict_labels(model_dir, images, prior):
+    """``starqso predict --prior PRIOR`` of a model folder on raw cutouts: ``(p, label)``.
 
-    from starqso.model_files import load_keras_model
-    from starqso.run_folder import RunFolder
+    The folder's Keras model (calibrated), p moved to ``prior`` and labelled at the folder's
+    own threshold, as :func:`starqso.inference.predict_catalog` does (without the screening
+    of the rows, so that every method is scored on the same rows).
+    """
+    from starqso.inference import apply_prior, model_settings, open_model
+
+    _, _, threshold, settings = model_settings(model_dir, "keras", prior=prior)
+    _, predictor = open_model(model_dir, "keras")
+    raw = np.concatenate([predictor(images[i:i + _PREDICT_BATCH])
+                          for i in range(0, len(images), _PREDICT_BATCH)])
+    p = apply_prior(raw, settings["shift"])
+    return p, (p >= threshold).astype(int), threshold
+
+
+def labelled_scores(labels, probabilities, predicted):
+    """macro-F1 and F1(QSO) of given labels, and the ECE of p(QSO)."""
+    from starqso.evaluation import classification_metrics
+
+    ece = classification_metrics(labels, np.ravel(probabilities), 0.5)["ece"]
+    # A threshold between 0 and 1 on the 0/1 labels scores the labels themselves.
+    metrics = classification_metrics(labels, np.asarray(predicted, float), 0.5)
+    return {"macro_f1": metrics["macro_f1"], "f1_qso": metrics["f1_qso"], "ece": ece}
+
+
+def timed_finetune(args, data, work, key, draw, budget, model_dir, **options):
+    """``finetune_run`` on label draw ``draw``'s first ``budget`` labels into ``work/runs/key``
+    (quiet unless ``--verbose``): ``(run folder, its result, seconds)``."""
     from starqso.training.finetune import finetune_run
 
-    key = f"{name}_draw{draw}_n{budget}"
-    result_file = work / "results" / f"{key}.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
     catalog = data.write(work / f"draw{draw}" / f"n{budget}", data.labelled(draw, budget))
     out = work / "runs" / key
     shutil.rmtree(out, ignore_errors=True)  # a run a stop left half done starts over
@@ -269,15 +307,142 @@ def finetune_cell(args, data, work, draw, budget, depth, model_dir, *, lr_decay,
     began = time.perf_counter()
     try:
         with sink as captured:
-            finetune_run(out, catalog, model_dir, trainable=depth, lr_decay=lr_decay,
-                         epochs=args.epochs, learning_rate=learning_rate,
-                         batch_size=args.batch_size, seed=draw, export=False,
-                         log=print if args.verbose else lines.append)
+            saved = finetune_run(out, catalog, model_dir, epochs=args.epochs,
+                                 batch_size=args.batch_size, seed=draw,
+                                 log=print if args.verbose else lines.append, **options)
     except Exception:
         # Keras prints its epochs to stdout whatever ``log`` is: show what was hidden.
         print("\n".join(lines), captured.getvalue() if captured else "", sep="\n")
         raise
-    seconds = time.perf_counter() - began
+    return out, saved, time.perf_counter() - began
+
+
+def bar_cell(args, data, work, draw, budget, depth, model_dir):
+    """``starqso finetune`` (export and selection included), scored at ``--prior``."""
+    import keras
+
+    from starqso.run_folder import RunFolder
+
+    key = f"bar_depth{depth}_prior{args.prior:g}_draw{draw}_n{budget}"
+    result_file = work / "results" / f"{key}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    out, saved, seconds = timed_finetune(args, data, work, key, draw, budget, model_dir,
+                                         trainable=depth, lr_decay=args.lr_decay,
+                                         learning_rate=args.learning_rate, export=True)
+    keras.backend.clear_session()
+    test = data.test
+    p, predicted, threshold = predict_labels(RunFolder(out).export_dir, data.images[test],
+                                             args.prior)
+    history = RunFolder(out).history().get("finetune", {})
+    selection = saved["selection"]
+    result = {**labelled_scores(data.labels[test], p, predicted), "seconds": seconds,
+              "epochs": len(history.get("loss", [])), "kept": selection["kept"],
+              "threshold": threshold,
+              "temperature": selection["calibration"]["temperature"],
+              "message": selection["message"]}
+    keras.backend.clear_session()
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result))
+    return result
+
+
+def bar_main(args, data, began):
+    """The fine-tuning bar: finetune (as the CLI runs it) vs frozen vs boosting at --prior."""
+    from starqso.inference import default_model_dir
+
+    model_dir = pathlib.Path(args.model) if args.model else default_model_dir()
+    test_labels = data.labels[data.test]
+    p, predicted, frozen_threshold = predict_labels(model_dir, data.images[data.test],
+                                                    args.prior)
+    frozen = labelled_scores(test_labels, p, predicted)
+    work_root = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(
+        tempfile.mkdtemp(prefix="starqso_finetune_bar_"))
+    model_hash = hashlib.sha256(
+        (model_dir / "starqso_classifier.keras").read_bytes()).hexdigest()[:12]
+    work = work_root / (f"model{model_hash}_seed{args.seed}_test{args.test_objects}_ep"
+                        f"{args.epochs}_bs{args.batch_size}_lr{args.learning_rate:g}_d"
+                        f"{args.lr_decay:g}")
+    cells = []
+    try:
+        for draw in range(args.draws):
+            for budget in args.budgets:
+                labelled = data.labelled(draw, budget)
+                peer = boosting(draw).fit(data.features[labelled], data.labels[labelled])
+                q = peer.predict_proba(data.features[data.test])[:, 1]
+                boosted = labelled_scores(test_labels, q, (q >= 0.5).astype(int))
+                for depth in args.depths:
+                    tuned = bar_cell(args, data, work, draw, budget, depth, model_dir)
+                    cells.append({"draw": draw, "budget": budget, "depth": depth,
+                                  "tuned": tuned, "boosting": boosted})
+                    print(f"draw {draw}, {budget} labels, depth {depth}: fine-tuned "
+                          f"{tuned['macro_f1']:.4f} (kept {tuned['kept']}, threshold "
+                          f"{tuned['threshold']:.2f}), frozen {frozen['macro_f1']:.4f}, "
+                          f"boosting {boosted['macro_f1']:.4f}; {tuned['seconds']:.0f} s",
+                          flush=True)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work_root, ignore_errors=True)
+    command = "python benchmarks/finetune.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# The fine-tuning bar: `starqso finetune` vs the frozen model vs PSF-fit + boosting",
+        "", f"`{command}`", "",
+        f"{datetime.date.today()}, git {git_hash()}, {platform.machine()} {os.cpu_count()} CPU "
+        f"cores ({edge_cpu_name()}), {time.perf_counter() - began:.0f} "
+        f"s. Base model {model_dir}. {len(data.labels)} real STAR/QSO rows "
+        f"({data.labels.sum()} QSO) of {args.catalog} rendered by real_photometry.py's "
+        f"renderer at its {DEPTH} depth (sky {DEPTHS[DEPTH][0]:g}-{DEPTHS[DEPTH][1]:g}x SDSS's "
+        f"median, seed {args.seed}); test rows {len(data.test)} ({test_labels.sum()} QSO), "
+        f"labels drawn from the other {len(data.pool)}. Fine-tuning: `finetune_run` as "
+        f"`starqso finetune` runs it (export and model selection included), at most "
+        f"{args.epochs} epochs, batch {args.batch_size}, learning rate "
+        f"{args.learning_rate:g}, lr decay {args.lr_decay:g}. Every network is scored as "
+        f"`starqso predict --prior {args.prior:g}` labels (its export folder's Keras model, "
+        f"threshold of its metadata.json: frozen {frozen_threshold:.2f}); boosting at 0.5. "
+        f"Bar: fine-tuned >= frozen, and >= boosting - 0.005.", "",
+        "| draw | labels | depth | fine-tuned macro-F1 | frozen | boosting | kept | threshold "
+        "| temperature | bar | time (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    held = True
+    for cell in cells:
+        tuned, boosted = cell["tuned"], cell["boosting"]
+        ok = (tuned["macro_f1"] >= frozen["macro_f1"] - 1e-12
+              and tuned["macro_f1"] >= boosted["macro_f1"] - 0.005)
+        held &= ok
+        lines.append(f"| {cell['draw']} | {cell['budget']:,} | {cell['depth']} | "
+                     f"{tuned['macro_f1']:.4f} | {frozen['macro_f1']:.4f} | "
+                     f"{boosted['macro_f1']:.4f} | {tuned['kept']} | {tuned['threshold']:.2f} "
+                     f"| {tuned['temperature']:.3f} | {'holds' if ok else 'FAILS'} | "
+                     f"{tuned['seconds']:.0f} |")
+    means = {name: np.mean([cell[name]["macro_f1"] for cell in cells])
+             for name in ("tuned", "boosting")}
+    lines += ["", f"Mean macro-F1 over {len(cells)} run(s): fine-tuned {means['tuned']:.4f}, "
+              f"frozen {frozen['macro_f1']:.4f}, boosting {means['boosting']:.4f}. The bar "
+              f"{'holds in every run' if held else 'FAILS in at least one run'}.", "",
+              "Selection lines (`starqso finetune`'s output):", ""]
+    lines += [f"* draw {cell['draw']}, {cell['budget']:,} labels, {cell['depth']}: "
+              f"{cell['tuned']['message']}" for cell in cells]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text)
+        print(f"-> {args.out}")
+
+
+def finetune_cell(args, data, work, draw, budget, depth, model_dir, *, lr_decay,
+                  learning_rate, name):
+    """One fine-tuning run, scored on the test set (reused from ``work`` when present)."""
+    import keras
+
+    from starqso.model_files import load_keras_model
+    from starqso.run_folder import RunFolder
+
+    key = f"{name}_draw{draw}_n{budget}"
+    result_file = work / "results" / f"{key}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    out, _, seconds = timed_finetune(args, data, work, key, draw, budget, model_dir,
+                                     trainable=depth, lr_decay=lr_decay,
+                                     learning_rate=learning_rate, export=False)
     keras.backend.clear_session()
     model = load_keras_model(out / "starqso_classifier.keras")
     history = RunFolder(out).history().get("finetune", {})
@@ -342,6 +507,10 @@ def main():
     import logging
 
     import keras
+
+    if args.bar:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        return bar_main(args, data, began)
 
     from starqso.inference import default_model_dir
     from starqso.model_files import load_keras_model

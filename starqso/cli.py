@@ -364,8 +364,10 @@ def finetune(data, model_dir, out_dir, trainable, lr_decay, learning_rate, epoch
     """Adapt a trained model to your own labelled cutouts, then export it.
 
     Trains the model's last blocks (--trainable) on the catalogue's training split, keeps the
-    preprocessing of the base model, and refits the calibration and the decision threshold
-    on your validation split; `starqso predict --model OUT/export` then uses the result.
+    preprocessing of the base model, and chooses the calibration and the decision threshold
+    by cross-validation on your validation split. The base model (weights, temperature,
+    threshold) is kept when fine-tuning does not beat it there; either way `starqso predict
+    --model OUT/export` defaults to your labels' QSO fraction as the prior.
     The validation metrics before and after are in OUT/finetune.json and the model card.
     """
     from starqso.extras import require_tensorflow

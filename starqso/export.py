@@ -431,7 +431,8 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
     held_name, check_arrays = objects["held_name"], objects["check"]
     check, calibration = check_arrays.images, objects["calibration"].images
     # The run's own model stays as the stages wrote it; the export folder gets it calibrated.
-    calibration_results, temperature = _calibration(raw_model, objects, held_name, log)
+    calibration_results, temperature = _calibration(raw_model, objects, held_name, log,
+                                                    _finetune_calibration(folder))
     model = CalibratedClassifier(raw_model, temperature, name="starqso_calibrated")
     threshold = calibration_results["threshold"]
     reference = np.asarray(model.predict({"image": check}, batch_size=512, verbose=0)).ravel()
@@ -481,7 +482,7 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
             "layout": LAYOUT, "class_names": list(CLASS_NAMES), "threshold": threshold,
             "temperature": temperature,
             "training_qso_fraction": calibration_results["training_qso_fraction"],
-            "default_prior": SKY_QSO_PRIOR,
+            "default_prior": calibration_results["default_prior"],
             # Checked by `starqso predict` before loading (model_files.check_model_dir): a
             # flipped byte in a .tflite often still runs, with different answers.
             "sha256": {path.name: file_sha256(path) for path in sorted(
@@ -588,8 +589,21 @@ def quality_card(quality, selection):
         format_selection_markdown(selection), ""])
 
 
-def _calibration(raw_model, objects, held_name, log):
+def _finetune_calibration(folder):
+    """The calibration ``starqso finetune`` chose (``finetune.json: selection``), or None."""
+    path = folder / "finetune.json"
+    if not path.is_file():
+        return None
+    from starqso.jsonfile import read_json
+
+    return read_json(path).get("selection", {}).get("calibration")
+
+
+def _calibration(raw_model, objects, held_name, log, chosen=None):
     """Fit the temperature and the threshold on the validation split; ECE before and after.
+
+    ``chosen``: a fine-tuning run's calibration (:func:`starqso.training.finetune.select_model`:
+    temperature, threshold, its rule, training QSO fraction and default prior), used as it is.
 
     Returns ``(the export_check.json "calibration" entry, temperature)``.
     """
@@ -614,19 +628,28 @@ def _calibration(raw_model, objects, held_name, log):
     if labels is None or not 0 < labels.mean() < 1:
         raise InputError("the run's validation split needs labelled STARs and QSOs to fit the "
                          "temperature and the threshold of the export")
-    temperature = fit_temperature(labels, raw)
-    if not TEMPERATURE_BOUNDS[0] * 1.01 < temperature < TEMPERATURE_BOUNDS[1] / 1.01:
+    if chosen is not None:
+        temperature, threshold = float(chosen["temperature"]), float(chosen["threshold"])
+        entry = {**chosen, "temperature": temperature, "threshold": threshold}
+        calibrated = calibrate(raw, temperature)
+        macro_f1 = classification_metrics(labels, calibrated, threshold)["macro_f1"]
+    else:
+        entry, temperature = None, fit_temperature(labels, raw)
+    if entry is None and not (TEMPERATURE_BOUNDS[0] * 1.01 < temperature
+                              < TEMPERATURE_BOUNDS[1] / 1.01):
         log(f"warning: the fitted temperature {temperature:.3g} is at the edge of its range "
             f"{TEMPERATURE_BOUNDS} (too few validation objects, {labels.size}, or a model whose "
             f"p(QSO) hardly separates the classes, or separates them perfectly)")
-    calibrated = calibrate(raw, temperature)
-    threshold, macro_f1 = choose_threshold(labels, calibrated)
-    entry = {
-        "fitted_on": {"split": "validation", "objects": int(labels.size),
-                      "qso_fraction": float(labels.mean())},
-        "temperature": temperature, "threshold": threshold, "threshold_rule": THRESHOLD_RULE,
-        "training_qso_fraction": training_fraction, "default_prior": SKY_QSO_PRIOR,
-    }
+    if entry is None:
+        calibrated = calibrate(raw, temperature)
+        threshold, macro_f1 = choose_threshold(labels, calibrated)
+        entry = {
+            "fitted_on": {"split": "validation", "objects": int(labels.size),
+                          "qso_fraction": float(labels.mean())},
+            "temperature": temperature, "threshold": threshold,
+            "threshold_rule": THRESHOLD_RULE, "training_qso_fraction": training_fraction,
+            "default_prior": SKY_QSO_PRIOR,
+        }
 
     def scores(labels, raw, calibrated):
         before = classification_metrics(labels, raw, THRESHOLD)
@@ -663,7 +686,10 @@ def _model_card(folder, config, metadata, results):
         "ugriz, 0.396\"/px; output calibrated p(QSO) at the training QSO fraction "
         f"({metadata['training_qso_fraction']:.3f}); `starqso predict` labels QSO when p >= "
         f"{metadata['threshold']} after correcting p to the prior it is given (default "
-        f"{metadata['default_prior']}, the sky's QSO fraction; `--prior train`: none).",
+        f"{metadata['default_prior']}, " + (
+            "the QSO fraction of the fine-tuning labels, the user's sample"
+            if (folder / "finetune.json").is_file() else "the sky's QSO fraction")
+        + "; `--prior train`: none).",
         f"* Trained on: {trained_on}.",
         "* Inside: asinh scaling" + ((", aperture photometry (colours, r, concentration)"
                                       + (" and PSF-weighted colours and r at FWHM "
@@ -694,7 +720,11 @@ def _model_card(folder, config, metadata, results):
                   f"{settings['base_sha256']}).",
                   f"* Fine-tuning data: {data}; trainable depth `{settings['trainable']}`, "
                   f"learning rate {settings['learning_rate']:g} (x {settings['lr_decay']:g} "
-                  f"per block deeper), at most {settings['epochs']} epochs.", "",
+                  f"per block deeper), at most {settings['epochs']} epochs."]
+        if "selection" in settings:
+            lines.append(f"* Model selection on the validation split: "
+                         f"{settings['selection']['message']}.")
+        lines += ["",
                   "| validation | accuracy | f1_qso | macro_f1 | roc_auc |",
                   "|---|---|---|---|---|"]
         for when in ("before", "after"):
@@ -727,8 +757,13 @@ def _model_card(folder, config, metadata, results):
               f"* Threshold {calibration['threshold']:.2f}: {calibration['threshold_rule']}.",
               f"* p(QSO) assumes the training QSO fraction "
               f"{calibration['training_qso_fraction']:.3f}; `starqso predict` corrects it by "
-              f"Bayes' rule to `--prior` (default {calibration['default_prior']}: QSOs are "
-              "about 1-3% of point sources at high Galactic latitude and r < 21).", "",
+              f"Bayes' rule to `--prior` (default {calibration['default_prior']}: "
+              + ("the QSO fraction of the labels it was fine-tuned on, so that by default "
+                 "p(QSO) is the chance of being a QSO in a sample like the user's; give "
+                 "`--prior` for another sample, e.g. 0.02 for the sky's point sources)."
+                 if (folder / "finetune.json").is_file() else
+                 "QSOs are about 1-3% of point sources at high Galactic latitude and r < 21)."),
+              "",
               "| objects | n | ECE before | ECE after | macro-F1 at 0.5 (raw) | "
               "macro-F1 at threshold (calibrated) |", "|---|---|---|---|---|---|"]
     for split in ("validation", "test"):

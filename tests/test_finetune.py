@@ -55,9 +55,18 @@ def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels):
     assert "## Fine-tuning" in card and settings["base_sha256"] in card
     metadata = json.loads((out / "export" / "metadata.json").read_text())
     assert 0 < metadata["temperature"] and 0 <= metadata["threshold"] <= 1
+    # Whichever model won on validation, predict's default prior is the labels' QSO fraction.
+    selection = settings["selection"]
+    assert f"[finetune] {selection['message']}" in result.output
+    fraction = np.mean(np.asarray(read_catalog(labels)["label"]) == "QSO")
+    assert metadata["default_prior"] == pytest.approx(fraction)
+    assert "the QSO fraction of the labels it was fine-tuned on" in card
 
     before = keras.saving.load_model(base / "starqso_classifier.keras", safe_mode=True)
-    after = keras.saving.load_model(out / "starqso_classifier.keras", safe_mode=True)
+    # The fine-tuned weights: the run's model, or beside it when the base model was kept.
+    tuned = "finetune_rejected.keras" if selection["kept"] == "base" else \
+        "starqso_classifier.keras"
+    after = keras.saving.load_model(out / tuned, safe_mode=True)
     trunk = ["trunk_conv0_0", "trunk_conv1_1", "trunk_embedding"]
     for name, values in _weights(before.fusion, trunk).items():
         for old, new in zip(values, _weights(after.fusion, trunk)[name]):
@@ -72,6 +81,64 @@ def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels):
                                           "--output", str(predictions), "--prior", "0.3"])
     assert predicted.exit_code == 0, predicted.output
     assert len(read_catalog(predictions, require=("id", "p_qso"))) == 60
+
+
+def test_finetune_keeps_the_base_model_when_tuning_does_not_beat_it(tmp_path, base, labels,
+                                                                    monkeypatch):
+    import starqso.training.finetune as finetune
+
+    def worse(labels, raw, **kwargs):  # the fine-tuned model loses on validation
+        return {"temperature": 2.0, "threshold": 0.3, "threshold_rule": "test", "folds": 3,
+                "macro_f1": 0.0, "log_loss": 9.0}
+
+    monkeypatch.setattr(finetune, "cross_validated_calibration", worse)
+    result = _finetune(tmp_path, base, labels)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "ft"
+    kept = [line for line in result.output.splitlines() if "kept the base model" in line]
+    assert len(kept) == 1 and "fine-tuning did not beat it" in kept[0]
+    settings = json.loads((out / "finetune.json").read_text())
+    assert settings["selection"]["kept"] == "base"
+    assert "macro_f1" in settings["selection"]["base"]
+    # The export ships the base model as it was: weights, temperature, threshold.
+    base_metadata = json.loads((base / "export" / "metadata.json").read_text())
+    metadata = json.loads((out / "export" / "metadata.json").read_text())
+    for key in ("temperature", "threshold", "training_qso_fraction"):
+        assert metadata[key] == pytest.approx(base_metadata[key]), key
+    fraction = np.mean(np.asarray(read_catalog(labels)["label"]) == "QSO")
+    assert metadata["default_prior"] == pytest.approx(fraction)
+    assert (out / "finetune_rejected.keras").is_file()
+    from starqso.inference import open_model
+
+    images = np.random.default_rng(0).normal(0, 1, (4, 24, 24, 5)).astype("float32")
+    np.testing.assert_allclose(open_model(out / "export")[1](images),
+                               open_model(base / "export")[1](images), atol=1e-6)
+    assert "kept the base model" in (out / "export" / "model_card.md").read_text()
+
+
+def test_selection_keeps_the_base_unless_tuning_beats_it_out_of_fold():
+    from starqso.training.finetune import cross_validated_calibration, select_model
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(300) < 0.3).astype(int)
+    good = np.clip(0.45 * labels + rng.uniform(0.05, 0.5, 300), 0.01, 0.99)
+    poor = np.clip(0.2 * labels + rng.uniform(0.05, 0.75, 300), 0.01, 0.99)
+    base = {"temperature": 1.0, "threshold": 0.5, "training_qso_fraction": 0.3}
+    worse = select_model(labels, good, poor, base, 0.3)
+    assert worse["kept"] == "base" and worse["calibration"]["threshold"] == 0.5
+    assert worse["calibration"]["default_prior"] == 0.3
+    better = select_model(labels, poor, good, base, 0.25)
+    assert better["kept"] == "fine-tuned"
+    assert better["calibration"]["training_qso_fraction"] == 0.25
+    assert "cross-validation" in better["calibration"]["threshold_rule"]
+    # A tie is no win: the same model on both sides keeps the base.
+    assert select_model(labels, good, good, base, 0.3)["kept"] == "base"
+    # One QSO in validation: nothing to cross-validate, the base stays.
+    few = select_model(np.r_[1, np.zeros(20, int)], good[:21], good[:21], base, 0.3)
+    assert few["kept"] == "base" and "too few" in few["message"]
+    # Out-of-fold: a threshold that only fits noise does not beat 0.5.
+    noise = cross_validated_calibration(labels, rng.uniform(0.01, 0.99, 300))
+    assert noise["macro_f1"] < 0.6 and noise["folds"] == 5
 
 
 def test_deeper_blocks_learn_at_decayed_rates(base):

@@ -24,6 +24,7 @@ from starqso.io.catalog import read_catalog, resolve_path
 from starqso.io.cutouts import read_cutout
 from starqso.io.spectra import read_spectrum
 from starqso.preprocessing.objects import prepare_object
+from starqso.preprocessing.spectra import encoder_input, resample_spectrum
 from starqso.schema import (
     BANDS,
     ENCODER_NUM_PIXELS,
@@ -39,6 +40,8 @@ __all__ = ["ObjectArrays"]
 # The per-object fields, in order: what subset/save/load carry (flags name catalogue rows).
 _ROW_FIELDS = ("ids", "images", "spectra", "has_spectrum", "labels", "redshift", "mags")
 _CHUNK = 50
+# Catalogue rows screened at once (predict's screening is vectorised over a block).
+_SCREEN_ROWS = 256
 
 
 @dataclasses.dataclass(eq=False)
@@ -203,23 +206,36 @@ class ObjectArrays:
                                  else message)
             flags.append({"row": row + 1, "id": identifier, "used": used, "flag": reason})
 
-        for row, (identifier, image, spectrum) in enumerate(zip(ids, catalog["image"], spectra)):
-            try:
-                prepared, image_path = _catalog_row(catalog, image, spectrum, image_size)
-            except InputError as err:
-                usable[row] = False
-                flag(row, identifier, str(err), False)
-            else:
-                arrays.images[row] = prepared.image
-                if prepared.note:
-                    flag(row, identifier, f"{prepared.note} in file {image_path}", True)
-                if prepared.spectrum is not None:
-                    arrays.spectra[row] = prepared.spectrum
-                    arrays.has_spectrum[row] = True
-                elif prepared.spectrum_error:
-                    flag(row, identifier, f"spectrum not used: {prepared.spectrum_error}", True)
-            if progress is not None:
-                progress(row + 1)
+        # Rows are screened in blocks by `starqso predict`'s own screening (crop, repair and
+        # the source checks: no source detected, no-data fills, implausible sky), so a row
+        # predict would flag is flagged, and left out of training, here too.
+        from starqso.inference import prepare_block
+        from starqso.io.sources import Block
+
+        for start in range(0, len(ids), _SCREEN_ROWS):
+            rows = range(start, min(start + _SCREEN_ROWS, len(ids)))
+            read = [_catalog_cutout(catalog, catalog["image"][row], image_size) for row in rows]
+            block = Block([ids[row] for row in rows], [cube for cube, _ in read],
+                          [f"file {path}" if path else "a blank image path" for _, path in read],
+                          {})
+            images, notes, screened = prepare_block(block, image_size)
+            for offset, row in enumerate(rows):
+                identifier, image_path = ids[row], read[offset][1]
+                if not screened[offset]:
+                    usable[row] = False
+                    flag(row, identifier, notes[offset], False)
+                else:
+                    arrays.images[row] = images[offset]
+                    if notes[offset]:
+                        flag(row, identifier, f"{notes[offset]} in file {image_path}", True)
+                    encoded, error = _catalog_spectrum(catalog, spectra[row])
+                    if encoded is not None:
+                        arrays.spectra[row] = encoded
+                        arrays.has_spectrum[row] = True
+                    elif error:
+                        flag(row, identifier, f"spectrum not used: {error}", True)
+                if progress is not None:
+                    progress(row + 1)
         if not usable.all():
             arrays = arrays.subset(usable)
         if require_labels and not (arrays.labels >= 0).any():
@@ -411,28 +427,32 @@ class ObjectArrays:
         return cls(**{name: stored[name] for name in _ROW_FIELDS})
 
 
-def _catalog_row(catalog, image, spectrum, image_size):
-    """The prepared object of one catalogue row and its cutout file.
+def _catalog_cutout(catalog, image, image_size):
+    """``(the row's cutout centre crop, or the str reason it cannot be read; its file)``."""
+    image_path = ""
+    try:
+        image_path = resolve_path(catalog, image)
+        if not image_path:
+            raise InputError("image path is blank; expected a cutout file")
+        # Only the centre crop is read (bounded memory for any file size).
+        return read_cutout(image_path, crop_size=image_size).data, image_path
+    except InputError as err:
+        return str(err), image_path
 
-    Raises InputError when the cutout cannot be used; a spectrum that cannot be read or used
-    is reported in ``spectrum_error`` instead (the row keeps its image).
-    """
-    image_path = resolve_path(catalog, image)
-    if not image_path:
-        raise InputError("image path is blank; expected a cutout file")
-    # Only the centre crop is read (bounded memory for any file size).
-    cube = read_cutout(image_path, crop_size=image_size).data
-    arrays, spectrum_path, error = None, "", ""
+
+def _catalog_spectrum(catalog, spectrum):
+    """``(the row's encoder spectrum or None, "" or why it cannot be used)``."""
+    spectrum_path = ""
     try:
         spectrum_path = resolve_path(catalog, spectrum)
-        if spectrum_path:
-            read = read_spectrum(spectrum_path)
-            arrays = (read.wavelength, read.flux, read.ivar, read.mask)
+        if not spectrum_path:
+            return None, ""
+        read = read_spectrum(spectrum_path)
+        where = f"file {spectrum_path}"
+        return encoder_input(resample_spectrum(read.wavelength, read.flux, read.ivar,
+                                               read.mask, source=where), source=where), ""
     except InputError as err:
-        error = str(err)
-    prepared = prepare_object(cube, image_size, arrays, source=f"file {image_path}",
-                              spectrum_source=f"file {spectrum_path}")
-    return (prepared._replace(spectrum_error=error) if error else prepared), image_path
+        return None, str(err)
 
 
 def _simulate_chunk(task) -> ObjectArrays:
