@@ -126,6 +126,20 @@ def test_predict_output_that_is_a_spectrum_or_a_model_file_is_refused(sim, tmp_p
     assert _snapshot(model) == before and not (tmp_path / "s.csv").exists()
 
 
+def test_predict_output_that_is_a_cutout_named_by_a_parquet_input_is_refused(sim):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rows(sim / "catalog.csv")
+    pq.write_table(pa.table({"id": [row["id"] for row in rows],
+                             "image": [row["image"] for row in rows]}), sim / "rows.parquet")
+    before = _snapshot(sim)
+    output = sim / "images" / "sim-000003.fits"
+    result = _predict(sim / "rows.parquet", "--output", output)
+    cli_error_line(result, f"--output {output} is the cutout", "row 4", "rows.parquet")
+    assert _snapshot(sim) == before
+
+
 def test_an_output_that_is_no_input_is_written(sim, tmp_path):
     """The rule refuses inputs only: an output beside them, in their folder, is fine."""
     result = _predict(sim / "images", "--output", sim / "images" / "predictions.csv")
