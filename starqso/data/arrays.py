@@ -418,7 +418,7 @@ class ObjectArrays:
 
         path = os.fspath(path)
         # read_npz checks each array's declared size before allocating it.
-        stored = read_npz(path, "object arrays", max_bytes=1 << 34)
+        stored = read_npz(path, "object arrays (from ObjectArrays.save)", max_bytes=1 << 34)
         missing = [name for name in _ROW_FIELDS if name not in stored]
         if missing:
             raise InputError(f"object arrays file must hold the arrays "
