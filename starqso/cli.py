@@ -677,5 +677,45 @@ def cluster(embeddings, out_dir, space, n_clusters, bags, seed):
                f"{summary['purity_vs_label']:.3f} -> {out_dir}")
 
 
+@main.command()
+@click.argument("frames", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The sky-background file to write (.npz; new, or an earlier `starqso "
+                   "skies` output).")
+@click.option("--count", default=200, show_default=True, type=int,
+              help="Blank cutouts per field, at most (they never overlap).")
+@click.option("--size", default=48, show_default=True, type=int,
+              help="Cutout side in pixels (fit's default data.cutout_size).")
+@click.option("--detect-sigma", default=5.0, show_default=True, type=float,
+              help="Detection threshold, in sigmas of the smoothed sky noise.")
+@click.option("--blank-radius", default=4.0, show_default=True, type=float,
+              help="No detected pixel, in any band, within this many pixels of a centre.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def skies(frames, out, count, size, detect_sigma, blank_radius, seed):
+    """Real blank-sky cutouts, PSF FWHM and sky sigma from your own survey FRAMES.
+
+    FRAMES are FITS images with a WCS in nanomaggies (SDSS corrected frames), one per band and
+    field: five files (frame-u-... frame-z-..., or any five in the order u g r i z), or
+    folders of them. A file's band comes from its FILTER card or a lone band letter in its
+    name (frame-r-004510-4-0030.fits.bz2, field7_r.fits); files whose names differ only in
+    that letter form one field, so a folder may hold many fields (in a folder, FITS files
+    without a band letter, such as a catalogue, are skipped when others have one).
+
+    Per field and band: sources detected at --detect-sigma (photutils), the sky sigma, and
+    the PSF FWHM from the field's own isolated bright stars. Up to --count cutout centres with
+    no source within --blank-radius pixels are cut from every band on the r frame's pixel
+    grid. Needs photutils (pip install "starqso[train]").
+
+    Example: starqso skies frames/frame-*-004510-4-0030.fits.bz2 --out skies.npz
+    """
+    from starqso.preprocessing.sky_backgrounds import make_sky_file
+
+    result = make_sky_file(list(frames), out, log=lambda line: click.echo(line, err=True),
+                           count=count, size=size, seed=seed, detect_sigma=detect_sigma,
+                           blank_radius_px=blank_radius, command=_command_line())
+    click.echo(f"{len(result.images)} blank-sky cutouts of {result.size}x{result.size} from "
+               f"{len(result.fields)} field{'s' if len(result.fields) != 1 else ''} -> {out}")
+
+
 if __name__ == "__main__":  # python -m starqso.cli
     main()
