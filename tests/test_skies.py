@@ -235,3 +235,44 @@ def test_skies_without_photutils_names_the_extra(made, tmp_path, monkeypatch):
                         lambda *names: "photutils" if "photutils" in names else real(*names))
     cli_error_line(run(made[0], "--out", tmp_path / "s.npz"), "needs photutils",
                    'pip install "starqso[train]"')
+
+
+def test_rotated_band_is_resampled_through_the_wcs():
+    """A band whose frame is rotated against r is resampled (bilinear) onto r's grid: a smooth
+    pattern on the sky comes out the same in both bands."""
+    from astropy.wcs import WCS
+
+    from starqso.io.frames import Field, Frame
+
+    def pattern(ra, dec):
+        return np.sin((ra - CENTRE[0]) * 400) + np.cos((dec - CENTRE[1]) * 300)
+
+    frames = []
+    for band in BANDS:
+        header = _header(band, OFFSET[band])
+        if band == "g":  # rotated by 10 degrees about its reference pixel
+            angle, scale = np.radians(10.0), PIXEL_SCALE_ARCSEC / 3600.0
+            header.update(CD1_1=-scale * np.cos(angle), CD1_2=scale * np.sin(angle),
+                          CD2_1=scale * np.sin(angle), CD2_2=scale * np.cos(angle))
+        wcs = WCS(header, naxis=2)
+        yy, xx = np.mgrid[0:SIDE, 0:SIDE]
+        ra, dec = wcs.all_pix2world(xx, yy, 0)
+        frames.append(Frame(f"{band}.fits", band, pattern(ra, dec).astype(np.float32), wcs))
+    field = Field("rotated", tuple(frames))
+    assert field.alignment == ("shift", "resample", "shift", "shift", "shift")
+    cutout = field.cut([150.0], [140.0], 32)[0]
+    assert np.isfinite(cutout).all()
+    assert np.abs(cutout[1] - cutout[2]).max() < 0.02  # resampled g matches r
+    assert np.abs(cutout[3] - cutout[2]).max() < 0.05  # shifted i: within half a pixel
+
+
+def test_read_skies_reads_a_folder_of_files(made, tmp_path):
+    out = made[2]
+    assert made[3].exit_code == 0, made[3].output
+    folder = tmp_path / "skies"
+    folder.mkdir()
+    (folder / "a.npz").write_bytes(out.read_bytes())
+    assert np.array_equal(read_skies(folder).images, read_skies(out).images)
+    (folder / "b.npz").write_bytes(out.read_bytes())
+    with pytest.raises(InputError, match="hold the same field twice"):
+        read_skies(folder)
