@@ -68,7 +68,7 @@ DATA = ROOT.parent / "shared" / "data"
 SIZE = 32
 BATCH = 256  # predict's default --batch-size
 R_BINS = ((15.0, 18.0), (18.0, 19.0), (19.0, 20.0), (20.0, 21.0), (21.0, 22.0))
-GALAXY_R_BINS = ((14.0, 18.0), (18.0, 19.0), (19.0, 20.0), (20.0, 21.0))
+GALAXY_R_BINS = ((14.0, 15.0), (15.0, 18.0), (18.0, 19.0), (19.0, 20.0), (20.0, 21.0))
 Z_BINS = ((2.75, 3.0), (3.0, 3.5), (3.5, 4.0), (4.0, 4.5), (4.5, 5.0))
 NO_SOURCE = "no source detected"
 #: The shared data files, by the option that names each (default: under --data).
@@ -268,6 +268,10 @@ def bits_text(value):
              "LOW_SNR": "LOW", "OUT_OF_DISTRIBUTION": "OOD", "MAG_OUT_OF_RANGE": "MAG",
              "SATURATED": "SAT", "ARTEFACT": "ART", "REPAIRED": "REP"}
     return ",".join(short[name] for name in bit_names(value)) or "-"
+
+
+def range_text(values):
+    return f"{np.min(values):.2f}-{np.max(values):.2f}" if len(values) else "-"
 
 
 def galactic_latitude(ra, dec):
@@ -489,12 +493,15 @@ def main():
               "| field | b | PSF FWHM | point sources | called QSO | refused | EXTENDED r<20 | "
               "fields' extended: EXTENDED | real_galaxies: EXTENDED | blank sky classified | "
               "blank sky called QSO | peer: point sources called QSO | peer: blank sky called "
-              "QSO | AUC |", "|---|---|---|" + "---|" * 11]
+              "QSO | AUC | size / PSF of r<20 point sources with EXTENDED, without (median) |",
+              "|---|---|---|" + "---|" * 12]
     for name in names:
         mine = fields["field"] == name
         pts, ext = mine & point, mine & ~point
         blank = fields["sky_field"] == name
         galaxy = galaxies["field"] == name
+        median_size = lambda rows: (  # noqa: E731 - the r half-light radius / the field's stars'
+            f"{np.median(fields['size_over_psf'][rows]):.2f}" if rows.any() else "-")
         latitude = galactic_latitude(fields["ra"][mine], fields["dec"][mine])
         fwhm = fields["field_fwhm_arcsec"][names.index(name)]
         lines.append(
@@ -507,7 +514,9 @@ def main():
             f"{int(sky['usable'][blank].sum())} | {rate(called['sky'][blank].sum(), blank.sum())}"
             f" | {rate(peer_sky['sources'][pts].sum(), pts.sum())} | "
             f"{rate(peer_sky['sky'][blank].sum(), blank.sum())} | "
-            f"{auc(scores(qs), scores(src)[pts]):.4f} |")
+            f"{auc(scores(qs), scores(src)[pts]):.4f} | "
+            f"{median_size(pts & (r_src < 20) & extended['sources'])}, "
+            f"{median_size(pts & (r_src < 20) & ~extended['sources'])} |")
 
     # --- per r bin -----------------------------------------------------------------------
     lines += ["", "## Point sources per r bin (sep magnitude `r_auto`)", "",
@@ -527,13 +536,17 @@ def main():
             f"{rate(peer_sky['sources'][pick].sum(), pick.sum())} | "
             f"{np.nanmedian(src['p'][pick]):.4f} |")
     lines += ["", "Real extended sources (real_galaxies_dev) per r bin:", "",
-              "| r | n | EXTENDED | called QSO | refused |", "|---|---|---|---|---|"]
+              "| r | n | EXTENDED | SATURATED | called QSO | refused | r_auto of those without "
+              "EXTENDED |", "|---|---|---|---|---|---|---|"]
+    saturated = has(gal["qflag"], "SATURATED") & gal["usable"]
     for low, high in GALAXY_R_BINS:
         pick = (r_gal >= low) & (r_gal < high)
         lines.append(f"| {low:g}-{high:g} | {int(pick.sum())} | "
                      f"{rate(extended['galaxies'][pick].sum(), pick.sum())} | "
+                     f"{rate(saturated[pick].sum(), pick.sum())} | "
                      f"{rate(called['galaxies'][pick].sum(), pick.sum())} | "
-                     f"{int((~gal['usable'][pick]).sum())} |")
+                     f"{int((~gal['usable'][pick]).sum())} | "
+                     f"{range_text(r_gal[pick & ~extended['galaxies']])} |")
 
     # --- real QSOs -----------------------------------------------------------------------
     lines += ["", f"## Real high-z QSOs ({len(z)} cutouts): completeness at prior "
