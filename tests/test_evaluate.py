@@ -213,7 +213,8 @@ def test_no_rows_in_common_is_a_one_line_error(files):
     assert "--threshold" in _one_line_error(out_of_range)
     with pytest.raises(InputError) as excinfo:
         evaluate_predictions(tmp_path / "predictions.csv", truth, out_dir=truth)
-    assert_one_line_error(excinfo, "output folder could not be made", truth)
+    # An --out that is an input is refused by the one rule (issue 36), naming the input.
+    assert_one_line_error(excinfo, "would replace an input", truth)
 
 
 def test_evaluation_does_not_import_tensorflow(files):
