@@ -44,6 +44,8 @@ _MARKER_MAX_BYTES = 65536
 # The first columns of the catalogue `starqso simulate` writes, for simulations made before
 # markers existed.
 _SIMULATION_COLUMNS = ["id", "image", "spectrum", "label", "redshift"]
+# Files a fit or finetune run writes beside its config.yaml before or as its first stage ends.
+_RUN_FILES = ("state.json", "split.json", "preprocessing.json", "finetune.json")
 
 
 def _read_marker(folder: pathlib.Path) -> str | None:
@@ -82,8 +84,10 @@ def _simulation_catalogue(path: pathlib.Path) -> bool:
 def _legacy_maker(folder: pathlib.Path) -> str | None:
     """The command whose layout ``folder`` has, for folders made before markers existed.
 
-    The rules: ``config.yaml`` or ``state.json`` is a run folder (``finetune`` when
-    ``finetune.json`` is there too, else ``fit``: the shipped ``saved_models/`` runs);
+    The rules: ``config.yaml`` with one of the files a run writes next to it (``state.json``,
+    ``split.json``, ``preprocessing.json``, ``finetune.json``) is a run folder (``finetune``
+    when ``finetune.json`` is there, else ``fit``: the shipped ``saved_models/`` runs), but
+    ``config.yaml`` alone is not (many a user's folder has one);
     ``metadata.json`` with ``starqso_classifier.keras`` an ``export`` (``starqso/pretrained``);
     ``metrics.json`` with ``confusion``, ``join`` and ``files`` an ``evaluate`` output;
     ``clusters.csv`` with ``summary.json`` a ``cluster`` output; a ``catalog.csv`` whose
@@ -92,7 +96,7 @@ def _legacy_maker(folder: pathlib.Path) -> str | None:
     def has(name):
         return (folder / name).is_file() and not (folder / name).is_symlink()
 
-    if has("config.yaml") or has("state.json"):
+    if has("config.yaml") and any(has(name) for name in _RUN_FILES):
         return "finetune" if has("finetune.json") else "fit"
     if has("metadata.json") and has("starqso_classifier.keras"):
         return "export"
@@ -111,7 +115,7 @@ def folder_maker(folder: str | os.PathLike) -> str | None:
     """The starqso command that made ``folder``, or None.
 
     The marker (:data:`MARKER`) decides; a folder without one counts as made by the command
-    whose layout it has (see ``_legacy_maker``: e.g. a folder with ``config.yaml`` or
+    whose layout it has (see ``_legacy_maker``: e.g. a folder with ``config.yaml`` and
     ``state.json`` is a ``fit`` run), since folders made before markers existed have none.
 
     Args:
@@ -299,7 +303,8 @@ def output_folder(folder: str | os.PathLike, command: str, *, option: str = "--o
         InputError: a refused folder, or another starqso run holds its lock.
 
     On an error, what this made and is still empty goes again: the marker (when the folder
-    holds nothing else) and the folders it created, so a refused or failed run leaves nothing.
+    holds nothing else the run added) and the folders it created, so a refused or failed run
+    leaves nothing, not even a marker in a folder that held something before.
 
     Example:
         >>> with output_folder("runs/demo", "fit", mark=True) as folder:  # doctest: +SKIP
@@ -307,9 +312,15 @@ def output_folder(folder: str | os.PathLike, command: str, *, option: str = "--o
     """
     from starqso.locking import exclusive_lock
 
-    path = check_output_folder(folder, command, option=option, replaced=replaced)
+    try:
+        path = check_output_folder(folder, command, option=option, replaced=replaced)
+    except InputError:
+        # What a run holding the lock is writing (its marker's temporary file, a half-made
+        # folder) is no reason to give: say that the folder is busy.
+        _refuse_if_busy(folder, replaced is not None, what=f"{option} folder")
+        raise
     made = _make_parents(path.parent)
-    marker_written = False
+    marker_written, before = False, set()
     try:
         with exclusive_lock(path, what=f"{option} folder"):
             # Again under the lock: a run that held it may have made the folder meanwhile.
@@ -318,6 +329,7 @@ def output_folder(folder: str | os.PathLike, command: str, *, option: str = "--o
                 if not os.path.lexists(path):
                     os.mkdir(path)
                     made.insert(0, path)
+                before = set(os.listdir(path))
                 if _read_marker(path) != command:
                     write_marker(path, command)
                     marker_written = True
@@ -325,7 +337,24 @@ def output_folder(folder: str | os.PathLike, command: str, *, option: str = "--o
     except BaseException:
         if marker_written:
             with contextlib.suppress(OSError):
-                if os.listdir(path) == [MARKER]:
+                if set(os.listdir(path)) - {MARKER} <= before:
                     os.remove(path / MARKER)
         _remove_empty(made)
         raise
+
+
+def _refuse_if_busy(folder, replaced, what):
+    """Raise the lock's "in use by another starqso run" line when another run holds
+    ``folder``'s lock (the one :func:`output_folder` takes); return quietly otherwise."""
+    from starqso.locking import exclusive_lock, lock_path
+
+    path = pathlib.Path(os.path.abspath(os.fspath(folder)))
+    if replaced and path.is_symlink() and path.is_dir():
+        path = path.resolve()
+    if not os.path.lexists(lock_path(path)):
+        return
+    try:
+        with exclusive_lock(path, what=what):
+            pass
+    except OSError:
+        return  # an unreadable lock file: the refusal at hand is the better message

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import time
@@ -230,21 +231,74 @@ def _fresh_staging(staging):
     staging.mkdir()  # exclusive: fails should another process make it meanwhile
 
 
+_PART_FILE = re.compile(r"part-\d{6}\.parquet")
+
+
+def _starqso_hats(folder):
+    """Whether ``folder`` is a HATS catalogue starqso wrote (its ``hats.properties`` says so)."""
+    properties = folder / "hats.properties"
+    try:
+        return (not folder.is_symlink() and folder.is_dir() and properties.is_file()
+                and "starqso_version=" in properties.read_text(errors="replace"))
+    except OSError:
+        return False
+
+
+def _foreign_entries(output, entries):
+    """The entries of an earlier output that predict's Dask path did not write, or None
+    when ``output`` is no starqso output at all.
+
+    A Parquet dataset holds ``_starqso.json`` and ``part-NNNNNN.parquet`` files; a HATS
+    catalogue (lsdb's collection layout) ``collection.properties`` and catalogue folders
+    whose ``hats.properties`` carries starqso's provenance.
+    """
+    def plain_file(name):
+        return (output / name).is_file() and not (output / name).is_symlink()
+
+    if plain_file(RECORD_FILE):
+        return [name for name in entries
+                if not (plain_file(name) and (name == RECORD_FILE or _PART_FILE.fullmatch(name)))]
+    ours = [name for name in entries if _starqso_hats(output / name)]
+    if not ours:
+        return None
+    return [name for name in entries
+            if name not in ours and not (name == "collection.properties" and plain_file(name))]
+
+
 def _check_output_folder(output):
-    """OUT must be new, empty or an earlier starqso output: it is replaced whole."""
-    if not output.exists():
+    """OUT must be new, empty or an earlier starqso output and nothing else: it is replaced
+    whole, so a user's file put inside an earlier output (notes, a sub-folder) would go."""
+    from starqso.ownership import _is_current_or_above
+
+    if _is_current_or_above(output):
+        raise InputError(f"--output {output} is the current folder or one above it; a Parquet "
+                         f"dataset output is replaced as a whole, so name a new folder (e.g. "
+                         f"--output predictions.parquet). Received: --output {output}")
+    if not os.path.lexists(output):
         return
     if not output.is_dir():
-        raise InputError(f"--output {output} is a file; a Parquet dataset output is a folder "
+        kind = "a broken symbolic link" if output.is_symlink() else "a file"
+        raise InputError(f"--output {output} is {kind}; a Parquet dataset output is a folder "
                          f"(name it OUT.parquet or without a suffix), or use a .csv/.fits "
                          f"output without --workers")
-    if not (output / RECORD_FILE).exists() and not any(
-            "starqso_version=" in path.read_text(errors="replace")
-            for path in output.glob("*/hats.properties")):
-        if any(output.iterdir()):
-            raise InputError(f"--output {output} is a folder that starqso did not write; it "
-                             f"is replaced as a whole, so it must be new, empty or an earlier "
-                             f"starqso output")
+    try:
+        entries = sorted(os.listdir(output))
+    except OSError as err:
+        raise InputError(f"--output {output} could not be read ({err.strerror or err}); "
+                         f"choose another --output") from err
+    if not entries:
+        return
+    foreign = _foreign_entries(output, entries)
+    if foreign is None:
+        raise InputError(f"--output {output} is a folder that starqso did not write; it "
+                         f"is replaced as a whole, so it must be new, empty or an earlier "
+                         f"starqso output")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)"
+                                          if len(foreign) > 5 else "")
+        raise InputError(f"--output {output} is an earlier starqso output, but it also holds "
+                         f"{shown}, which predict did not write; it is replaced as a whole, so "
+                         f"move those away or choose another --output")
 
 
 def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size=256,
@@ -299,6 +353,9 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                                 or workers < 1):
         raise InputError(f"--workers must be a positive integer. Received: {workers!r}")
     output = pathlib.Path(output)
+    if ".." in output.parts:
+        # `a/b/..` is folder `a`: its staging folder and lock go beside `a`, not inside it.
+        output = pathlib.Path(os.path.abspath(output))
     model_dir, metadata, threshold, settings = model_settings(model_dir, runtime, threshold,
                                                              prior, log)
     rows_source = open_source(source, id_column=id_column, keep=keep)

@@ -337,8 +337,16 @@ def _simulate_into(outdir, num_objects, seed, size, qso_fraction, overwrite, pro
         # naming removed files.
         for path in _previous_simulation(outdir):
             path.unlink()
-    (outdir / "images").mkdir(exist_ok=True)
-    (outdir / "spectra").mkdir(exist_ok=True)
+    for name in ("images", "spectra"):
+        sub = outdir / name
+        # Never written through: a link would send the cutouts into its target (a user's
+        # folder, whose sim-000001.fits would be replaced).
+        if sub.is_symlink() or (os.path.lexists(sub) and not sub.is_dir()):
+            kind = f"a symbolic link to {os.readlink(sub)}" if sub.is_symlink() else "a file"
+            raise InputError(f"{sub} is {kind}, not a folder simulate made; simulate writes "
+                             f"only into its own folders: remove it or choose another "
+                             f"folder. Received: outdir={outdir}")
+        sub.mkdir(exist_ok=True)
 
     id_width = max(6, len(str(num_objects - 1)))
     chunk = 50

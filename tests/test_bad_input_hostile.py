@@ -1,0 +1,120 @@
+"""Issue 36, the hostile round after the fixes: what a new user's tries still broke.
+
+Each test is one finding of that round (the list is /tmp/h5/hostile_log.md of the session),
+tried through the command line: a command that destroyed or wrote into something it did not
+make, crashed with an internal error, or gave a misleading reason.
+"""
+
+import os
+import pathlib
+
+import pytest
+from click.testing import CliRunner
+from helpers import cli_error_line, simulated_survey
+
+from starqso.cli import main
+from starqso.ownership import MARKER
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def _tree(folder):
+    """Every path under ``folder`` with its bytes (None for folders), links not followed."""
+    folder = pathlib.Path(folder)
+    return {str(path.relative_to(folder)): (None if path.is_dir() and not path.is_symlink()
+                                            else os.readlink(path) if path.is_symlink()
+                                            else path.read_bytes())
+            for path in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    """Four simulated objects (catalogue, cutouts, spectra)."""
+    return simulated_survey(tmp_path_factory, 4, seed=3, size=24)
+
+
+# --- predict's Parquet dataset output (Dask) ----------------------------------------------------
+def test_predict_dataset_output_never_replaces_a_users_file_put_inside_it(survey, tmp_path):
+    out = tmp_path / "predictions.parquet"
+    first = _invoke("predict", survey / "catalog.csv", "--runtime", "litert", "--output", out,
+                    "--workers", 1)
+    assert first.exit_code == 0, first.output
+    # The user keeps notes in the earlier output: the folder is no longer predict's alone,
+    # and replacing it whole would delete them.
+    (out / "notes.txt").write_text("keep me")
+    (out / "mine").mkdir()
+    (out / "mine" / "a.txt").write_text("mine")
+    before = _tree(out)
+    cli_error_line(_invoke("predict", survey / "catalog.csv", "--runtime", "litert",
+                           "--output", out, "--workers", 1), str(out), "notes.txt", "mine")
+    assert _tree(out) == before
+
+
+def test_predict_dataset_output_that_is_the_current_folder_is_one_line(survey, tmp_path,
+                                                                         monkeypatch):
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    # It was `internal error: ValueError: PosixPath('.') has an empty name`.
+    cli_error_line(_invoke("predict", survey / "catalog.csv", "--runtime", "litert",
+                           "--output", ".", "--workers", 1), "--output .", "current folder")
+    assert os.listdir(here) == []
+
+
+# --- fit: a user's folder with a config.yaml is not a run folder --------------------------------
+def test_fit_refuses_a_users_folder_that_has_a_config_yaml(tmp_path):
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("services:\n  web: {image: nginx}\n")
+    (mine / "README.md").write_text("my project")
+    before = _tree(mine)
+    cli_error_line(_invoke("fit", "--preset", "tiny", "--out", mine), "config.yaml", MARKER)
+    # Nothing added either: no marker claiming the folder for fit.
+    assert _tree(mine) == before
+
+
+def test_a_refused_fit_leaves_no_marker_in_an_old_run_folder(tmp_path):
+    # A run folder made before markers existed (its layout says fit), refused without
+    # --resume: it must not be left holding a new marker.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("preset: tiny\n")
+    (run / "state.json").write_text('{"completed": []}\n')
+    before = _tree(run)
+    cli_error_line(_invoke("fit", "--preset", "tiny", "--out", run), "already holds a run")
+    assert _tree(run) == before
+
+
+# --- simulate never writes through a link -------------------------------------------------------
+def test_simulate_never_writes_into_a_linked_images_folder(tmp_path):
+    out = tmp_path / "sim"
+    assert _invoke("simulate", out, "--n", 1, "--size", 16, "--workers", 1).exit_code == 0
+    # A killed rerun's folder (no catalogue yet) whose images/ is now a link to a user's
+    # folder holding a file of simulate's naming.
+    (out / "catalog.csv").unlink()
+    for path in (out / "images").iterdir():
+        path.unlink()
+    (out / "images").rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "sim-000000.fits").write_text("a user's file")
+    (out / "images").symlink_to(elsewhere)
+    cli_error_line(_invoke("simulate", out, "--n", 1, "--size", 16, "--workers", 1),
+                   str(out / "images"), "symbolic link")
+    assert _tree(elsewhere) == {"sim-000000.fits": b"a user's file"}
+
+
+# --- a folder another run is writing is reported as busy ----------------------------------------
+def test_a_folder_another_run_is_making_is_reported_as_busy(tmp_path):
+    from starqso.locking import exclusive_lock
+
+    out = tmp_path / "sim"
+    out.mkdir()
+    # What a first simulate holds for an instant: its lock, and its marker's temporary file.
+    (out / f".{MARKER}.0123456789ab.tmp").write_text("{}")
+    with exclusive_lock(out, what="OUTDIR folder"):
+        line = cli_error_line(_invoke("simulate", out, "--n", 1, "--size", 16),
+                              str(out), "in use by another starqso run")
+    assert "no starqso marker" not in line
