@@ -179,7 +179,9 @@ def profile_features(crops, sky=None, sigma=None, with_combined=False):
     size_arcsec = np.sqrt(np.clip(trace, 0.0, None)) * PIXEL_SCALE_ARCSEC
     peak = (image * inside).max(axis=(1, 2))
     peak_fraction = np.where(good, peak / norm_safe, 0.0)
-    pixels = np.count_nonzero(distance[0] <= NORM_RADIUS_ARCSEC) if len(crops) else 1
+    # Each row's own aperture around its own centroid: a row's features must not depend on
+    # which row leads its batch (a single row counts exactly what it always did).
+    pixels = np.count_nonzero(distance <= NORM_RADIUS_ARCSEC, axis=(1, 2))
     snr = np.clip(norm, 1e-3, None) / np.sqrt(pixels)  # the image is in units of its noise
     fluxes = band_fluxes(crops, sky, (NORM_RADIUS_ARCSEC, 3.0, *BAND_GROWTH_RADII_ARCSEC))
     band_norm = fluxes[:, 0]
