@@ -304,7 +304,12 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
 @click.option("--simulation-cache", type=click.Path(file_okay=False), default=None,
               help="Folder keeping the simulated demo data between runs (reused when the "
                    "arguments and the simulator are the same).")
-def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation_cache):
+@click.option("--sky-backgrounds", type=click.Path(), default=None,
+              help="A sky-background file from `starqso skies` (or a folder of them): inject "
+                   "a fraction data.sky_backgrounds_fraction [default: 0.5] of the simulated "
+                   "objects into its real blank-sky cutouts, with each field's PSF.")
+def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation_cache,
+        sky_backgrounds):
     """Train the spectrum encoder, the GAN, the fusion classifier and the image-only baseline.
 
     Writes every model (.keras), config.yaml, preprocessing statistics, metrics.json and
@@ -324,7 +329,8 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
         from starqso.training import fit_run
 
         fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo,
-                strict=strict, simulation_cache=simulation_cache)
+                strict=strict, simulation_cache=simulation_cache,
+                sky_backgrounds=sky_backgrounds)
 
 
 @main.command()

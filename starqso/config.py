@@ -279,6 +279,15 @@ class DataConfig:
     # training cutouts calibrating the int8 model's ranges: the shipped model's int8 agreed
     # with Keras on 0.9950 of its validation checks with 300 of them, 0.9990 with 1,000
     export_calibration_objects: int = setting(1000, integer(minimum=1))
+    # with `fit --sky-backgrounds`: the fraction of simulated objects injected into the real
+    # blank-sky cutouts (the rest fully simulated); null = 0.5. Without the option, unused.
+    sky_backgrounds_fraction: float | None = setting(
+        None, optional_number(minimum=0, maximum=1))
+    # the fraction of simulated objects seen through Galactic dust (stars, and QSOs behind
+    # the same dust), with E(B-V) uniform in [0, max_ebv] (starqso.schema.EXTINCTION_COEFFICIENTS);
+    # 0 keeps the simulation as it was
+    reddening_fraction: float = setting(0.0, number(minimum=0, maximum=1))
+    max_ebv: float = setting(1.5, number(minimum=0, maximum=10))
 
     def __post_init__(self) -> None:
         _check_fields(self, "data")

@@ -679,6 +679,13 @@ def _model_card(folder, config, metadata, results):
     trained_on = data or (f"{config.data.num_objects} simulated objects (seed "
                           f"{config.data.simulation_seed}) drawn from real SDSS STAR/QSO "
                           f"catalogue rows with real stellar spectra and QSO archetypes")
+    skies = folder.sky_backgrounds()
+    if skies is not None:
+        fields = ", ".join(skies["fields"][:6]) + (", ..." if len(skies["fields"]) > 6 else "")
+        trained_on += (f"; a fraction {skies['fraction']:g} of them injected into "
+                       f"{skies['cutouts']} real blank-sky cutouts of {len(skies['fields'])} "
+                       f"fields ({fields}) from {skies['path']} (SHA-256 {skies['sha256']}), "
+                       f"with each field's PSF FWHM")
     lines = [
         "# starqso classifier: model card", "",
         f"* starqso {metadata['starqso_version']}, preset `{config.preset}`",

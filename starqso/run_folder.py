@@ -7,7 +7,8 @@ reading of an older run's configuration live here, and nothing else builds paths
                              from before markers are known by config.yaml / state.json
                              (starqso.ownership)
     config.yaml              the run configuration (strict; reload with --config)
-    data.json                the catalogue trained on (null: simulated demo data)
+    data.json                the catalogue trained on (null: simulated demo data), and the
+                             real sky backgrounds injected into (fit --sky-backgrounds)
     data_flags.csv           catalogue rows left out or repaired, with the reason (if any)
     preprocessing.json       cutout scaling and photometry statistics (also inside every model)
     split.json               ids of the train / validation / test objects
@@ -193,8 +194,17 @@ class RunFolder:
         saved = self._read_json(self.DATA)
         return (saved is not None, None if saved is None else saved["data"])
 
-    def save_data_source(self, catalogue: str | None) -> None:
-        write_json_atomically(self.root / self.DATA, {"data": catalogue})
+    def save_data_source(self, catalogue: str | None, sky_backgrounds: dict | None = None) -> None:
+        """``data.json``: the catalogue (None: simulated) and, if any, the real sky backgrounds
+        the simulated objects were injected into (``BackgroundSource.describe()``)."""
+        record = {"data": catalogue}
+        if sky_backgrounds is not None:  # absent otherwise: a plain run's file is unchanged
+            record["sky_backgrounds"] = sky_backgrounds
+        write_json_atomically(self.root / self.DATA, record)
+
+    def sky_backgrounds(self) -> dict | None:
+        """The sky backgrounds ``data.json`` records (None: none were used)."""
+        return (self._read_json(self.DATA) or {}).get("sky_backgrounds")
 
     def save_split(self, ids_by_split: Mapping[str, Iterable[str]]) -> None:
         """``split.json``: the ids of each split, as strings."""

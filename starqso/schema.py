@@ -24,6 +24,10 @@ BUNIT = "nanomaggy"
 # Memory layout of image batches given to the models: (objects, height, width, bands), channels
 # last as Keras convolutions expect (cutout files are (bands, height, width)).
 LAYOUT = "NHWC"
+# Galactic extinction per unit reddening, A_band / E(B-V), for BANDS (SDSS u, g, r, i, z):
+# Schlafly & Finkbeiner (2011, ApJ 737, 103), Table 6, R_V = 3.1. A source behind dust of
+# E(B-V) is fainter by EXTINCTION_COEFFICIENTS[band] * E(B-V) magnitudes in each band.
+EXTINCTION_COEFFICIENTS = (4.239, 3.303, 2.285, 1.698, 1.263)
 
 # --- spectra -----------------------------------------------------------------------------------
 

@@ -249,7 +249,8 @@ class ObjectArrays:
     def from_simulation(cls, num_objects: int, seed: int, *, image_size: int,
                         cutout_size: int = 48, qso_fraction: float | None = None,
                         workers: int | None = None,
-                        progress: Callable[[int], None] | None = None) -> ObjectArrays:
+                        progress: Callable[[int], None] | None = None,
+                        backgrounds=None) -> ObjectArrays:
         """Simulate objects ``0 .. num_objects-1`` of ``seed`` as in-memory arrays, no files.
 
         Object ``i`` is :func:`starqso.simulate.simulate_object` ``(i, seed, cutout_size,
@@ -268,6 +269,9 @@ class ObjectArrays:
                 script calling this with ``workers > 1`` needs the ``if __name__ ==
                 "__main__":`` guard).
             progress: called with the number of objects done so far, after each chunk.
+            backgrounds: a :class:`starqso.simulate.injection.BackgroundSource`: that
+                fraction of the objects is injected into its real blank-sky cutouts
+                (centre-cropped to ``cutout_size``); None: every object fully simulated.
 
         Raises:
             InputError: for an out-of-range argument.
@@ -293,7 +297,8 @@ class ObjectArrays:
         chunk = max(1, min(_CHUNK, -(-num_objects // workers)))
         id_width = max(6, len(str(num_objects - 1)))  # as simulate_survey, so ids match its files
         tasks = [(range(start, min(start + chunk, num_objects)), seed, image_size, cutout_size,
-                  qso_fraction, id_width) for start in range(0, num_objects, chunk)]
+                  qso_fraction, id_width, backgrounds)
+                 for start in range(0, num_objects, chunk)]
         workers = min(workers, len(tasks))
         executor = None
         if workers == 1:
@@ -370,8 +375,11 @@ class ObjectArrays:
         import importlib.resources
         import json
 
-        digest = hashlib.sha256(json.dumps(
-            [num_objects, seed, image_size, cutout_size, qso_fraction]).encode())
+        key = [num_objects, seed, image_size, cutout_size, qso_fraction]
+        backgrounds = kwargs.get("backgrounds")
+        if backgrounds is not None:  # only then, so a plain simulation keeps its cache name
+            key += [backgrounds.sha256, backgrounds.fraction]
+        digest = hashlib.sha256(json.dumps(key).encode())
         package = importlib.resources.files("starqso")
         for part in ("simulate", "resources"):
             for item in sorted(package.joinpath(part).iterdir(), key=lambda item: item.name):
@@ -457,8 +465,12 @@ def _catalog_spectrum(catalog, spectrum):
 
 def _simulate_chunk(task) -> ObjectArrays:
     """Objects ``indices`` of a simulation as arrays (a worker of ``from_simulation``)."""
-    indices, seed, image_size, cutout_size, qso_fraction, id_width = task
-    objects = [simulate_object(index, seed, cutout_size, qso_fraction, id_width=id_width)
+    indices, seed, image_size, cutout_size, qso_fraction, id_width, source = task
+    # Each worker reads the backgrounds once (BackgroundSource.load is cached).
+    backgrounds = None if source is None else source.load(cutout_size)
+    fraction = 0.0 if source is None else source.fraction
+    objects = [simulate_object(index, seed, cutout_size, qso_fraction, id_width=id_width,
+                               backgrounds=backgrounds, background_fraction=fraction)
                for index in indices]
     arrays = ObjectArrays.empty([obj.id for obj in objects], image_size)
     for row, obj in enumerate(objects):

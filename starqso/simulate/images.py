@@ -455,7 +455,8 @@ def add_artefact(rng, image, sigma, kind):
 
 
 def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radius_arcsec=1.0,
-                  star_mags=None, host_sersic_index=1.0, host_axis_ratio=None, host_angle=None):
+                  star_mags=None, host_sersic_index=1.0, host_axis_ratio=None, host_angle=None,
+                  background=None):
     """A noisy five-band cutout of one object with its surroundings.
 
     Args:
@@ -472,6 +473,12 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
             None: drawn here (uniform 0.4-1 and 0-pi). They are drawn in any case and
             only then replaced, so the random stream, and everything else in the cutout, is
             the same whatever is passed.
+        background: a real blank-sky cutout to inject the source into
+            (:class:`starqso.simulate.injection.Background`, ``(5, size, size)``), or None
+            for simulated sky. With one, the PSF takes the field's measured FWHM per band,
+            the noise added is the source's own photon noise only, and there are no
+            simulated neighbours, sky residuals, artefacts or resampling: the real sky has
+            its own.
 
     Returns:
         ``(cube, info)``: float32 array (5, size, size) in nanomaggies, and a dict describing
@@ -482,15 +489,23 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         ("none", "cosmic_ray" or "bad_column"), PSF kind and number of neighbours.
     """
     psfs = draw_psfs(rng)
+    if background is not None:
+        psfs = background.psfs(psfs)
     centre = (size - 1) / 2.0
     # Sub-pixel centring plus a catalogue-position error, at most 1 px from the centre.
     x0, y0 = centre + np.clip(rng.uniform(-0.5, 0.5, size=2)
                               + rng.normal(0.0, CENTROID_ERROR_SIGMA_PX, size=2),
                               -CENTROID_MAX_OFFSET_PX, CENTROID_MAX_OFFSET_PX)
-    neighbours = draw_neighbours(rng, size, star_mags) if star_mags is not None else []
+    neighbours = draw_neighbours(rng, size, star_mags) if (
+        star_mags is not None and background is None) else []
     noise_scale = draw_noise_scale(rng)
     sky_sigma = resources.noise_calibration()["image_sky_sigma"] * noise_scale
-    correlated = bool(rng.random() < CORRELATED_NOISE_FRACTION)
+    if background is not None:  # the field's measured noise, where it was measured
+        measured = np.asarray(background.sky_sigma, np.float64)
+        sky_sigma = np.where(np.isfinite(measured) & (measured > 0), measured, sky_sigma)
+        noise_scale = sky_sigma / resources.noise_calibration()["image_sky_sigma"]
+    # A real background keeps its own pixel grid: no resampling of its bands.
+    correlated = bool(rng.random() < CORRELATED_NOISE_FRACTION) and background is None
     zero_point = np.clip(rng.normal(0.0, ZERO_POINT_SIGMA_MAG), -ZERO_POINT_MAX_MAG,
                          ZERO_POINT_MAX_MAG)
     artefact = "none"
@@ -499,19 +514,22 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         artefact = "cosmic_ray"
     elif chance < COSMIC_RAY_FRACTION + BAD_COLUMN_FRACTION:
         artefact = "bad_column"
+    if background is not None:
+        artefact = "none"  # a real background has its own
     artefact_band = int(rng.integers(5))
     drawn_axis_ratio = rng.uniform(0.4, 1.0)
     drawn_angle = rng.uniform(0, np.pi)
     # Overrides come after the draws: the stream (and so every other draw) stays the same.
     host_axis_ratio = drawn_axis_ratio if host_axis_ratio is None else host_axis_ratio
     host_angle = drawn_angle if host_angle is None else host_angle
-    bright_halo = rng.random() < 0.05
+    bright_halo = bool(rng.random() < 0.05) and background is None
     extended = host_nanomaggies is not None or any(n.half_light_radius > 0 for n in neighbours)
     halo_direction = rng.uniform(0, 2 * np.pi)
 
     cube = np.empty((5, size, size), dtype=np.float64)
     yy, xx = np.mgrid[0:size, 0:size] - centre
     saturated = False
+    band_shift = []
     for band, psf in enumerate(psfs):
         shift_x, shift_y = np.clip(rng.normal(0.0, REGISTRATION_SIGMA_PX, size=2),
                                    -REGISTRATION_MAX_PX, REGISTRATION_MAX_PX)
@@ -522,6 +540,7 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         if not resampled:
             phase_x = phase_y = 0.0
         shift_x, shift_y = shift_x + phase_x, shift_y + phase_y
+        band_shift.append([float(shift_x), float(shift_y)])
         signal = point_nanomaggies[band] * render_point(psf, size, x0 + shift_x, y0 + shift_y)
         kernel = render_point(psf, size, size // 2, size // 2) if extended else None
         if host_nanomaggies is not None and host_nanomaggies[band] > 0:
@@ -545,16 +564,24 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
                     psf, size, neighbour.x + phase_x, neighbour.y + phase_y)
         signal *= 10.0 ** (-0.4 * zero_point[band])
         electrons = ELECTRONS_PER_NANOMAGGY[band] * rng.lognormal(0.0, 0.15)
-        variance = sky_sigma[band] ** 2 + np.clip(signal, 0.0, None) / electrons
+        # A real background already holds the sky's noise: only the source's is added.
+        sky_variance = sky_sigma[band] ** 2 if background is None else 0.0
+        variance = sky_variance + np.clip(signal, 0.0, None) / electrons
         noise = rng.normal(size=signal.shape) * np.sqrt(variance)
-        # Sky-subtraction residual: an offset and a gradient, occasionally a bright star's halo.
-        residual = sky_sigma[band] * (rng.normal(0.0, 0.3) + rng.normal(0.0, 0.3) * xx / size
-                                      + rng.normal(0.0, 0.3) * yy / size)
-        if bright_halo:
-            along = (xx * np.cos(halo_direction) + yy * np.sin(halo_direction)) / size
-            residual += sky_sigma[band] * rng.uniform(1.0, 4.0) * np.exp(along)
+        if background is None:
+            # Sky-subtraction residual: an offset and a gradient, occasionally a bright
+            # star's halo.
+            residual = sky_sigma[band] * (rng.normal(0.0, 0.3)
+                                          + rng.normal(0.0, 0.3) * xx / size
+                                          + rng.normal(0.0, 0.3) * yy / size)
+            if bright_halo:
+                along = (xx * np.cos(halo_direction) + yy * np.sin(halo_direction)) / size
+                residual += sky_sigma[band] * rng.uniform(1.0, 4.0) * np.exp(along)
+            exposed = signal + noise
+        else:
+            residual, exposed = 0.0, signal + noise + background.image[band]
         # The frame: saturation happens on the detector, before any resampling.
-        frame, band_saturated = saturate(signal + noise,
+        frame, band_saturated = saturate(exposed,
                                          SATURATION_NANOMAGGIES_PER_PIXEL[band])
         saturated |= band_saturated
         if artefact != "none" and band == artefact_band:
@@ -574,7 +601,9 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
         "artefact": artefact,
         "sky_halo": bright_halo,
         "centre_offset_px": [float(x0 - centre), float(y0 - centre)],
+        "band_shift_px": band_shift,  # each band's source offset from centre_offset_px
         "psf_kind": psfs[0].kind,
         "n_neighbours": len(neighbours),
+        "background": -1 if background is None else background.number,
     }
     return cube.astype(np.float32), info

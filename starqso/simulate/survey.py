@@ -103,7 +103,7 @@ def _kpc_per_arcsec_table():
 
 
 def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
-                    high_z_fraction=None):
+                    high_z_fraction=None, backgrounds=None, background_fraction=0.0):
     """Simulate object number ``index`` of the simulation with ``seed``.
 
     Args:
@@ -115,6 +115,12 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         id_width: zero padding of the numeric part of the id.
         high_z_fraction: probability that a QSO is a synthetic high-redshift one (z in
             HIGH_Z_RANGE); HIGH_Z_QSO_FRACTION when None.
+        backgrounds: real blank-sky cutouts of side ``size``
+            (:class:`starqso.simulate.injection.Backgrounds`) to inject the object into, or
+            None for simulated sky.
+        background_fraction: probability that the object is injected into one of
+            ``backgrounds`` (drawn from a side stream: objects that are not injected are
+            exactly those of a simulation without backgrounds).
 
     Returns:
         :class:`SimulatedObject`.
@@ -150,9 +156,15 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     if model.host_fraction > 0:
         table_z, table_scale = _kpc_per_arcsec_table()
         host_radius = rng.uniform(2.0, 6.0) / np.interp(redshift, table_z, table_scale)
+    background = None
+    if backgrounds is not None:
+        from starqso.simulate.injection import choose_background
+
+        number = choose_background(seed, index, background_fraction, len(backgrounds))
+        background = None if number is None else backgrounds[number]
     cutout, conditions = render_cutout(
         rng, size, point, host if model.host_fraction > 0 else None, host_radius,
-        star_mags=catalogue["mags"][stars])
+        star_mags=catalogue["mags"][stars], background=background)
 
     # Spectra are taken at another epoch with their own flux calibration: QSOs vary by about
     # 0.1 mag over years, and SDSS spectrophotometry is good to about 5%.

@@ -19,7 +19,7 @@ from starqso.run_folder import RunFolder
 from starqso.training.stages import STAGES, StageContext, default_stages
 
 
-def _load_arrays(config, data, log, strict=False, simulation_cache=None):
+def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgrounds=None):
     from starqso.data.arrays import ObjectArrays
 
     if data is None:
@@ -28,6 +28,11 @@ def _load_arrays(config, data, log, strict=False, simulation_cache=None):
         arguments = dict(image_size=config.model.image_size,
                          cutout_size=config.data.cutout_size,
                          qso_fraction=config.data.qso_fraction)
+        if backgrounds is not None:
+            log(f"injecting a fraction {backgrounds.fraction:g} of them into "
+                f"{backgrounds.count} real blank-sky cutouts of {len(backgrounds.fields)} "
+                f"fields ({backgrounds.path})")
+            arguments["backgrounds"] = backgrounds
         if simulation_cache is not None:
             return ObjectArrays.from_simulation_cache(
                 simulation_cache, config.data.num_objects, config.data.simulation_seed,
@@ -52,7 +57,7 @@ def _report_flags(folder, flags, log):
 
 def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="default",
             resume=False, log=print, arrays=None, export=True, strict=False, stages=None,
-            reuse=None, simulation_cache=None):
+            reuse=None, simulation_cache=None, sky_backgrounds=None):
     """Train the configured stages and write the run folder.
 
     Args:
@@ -77,6 +82,11 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
             later stages on the same encoder, say).
         simulation_cache: folder keeping simulated demo data between runs
             (:meth:`~starqso.data.ObjectArrays.from_simulation_cache`); None simulates anew.
+        sky_backgrounds: a sky-background file (``starqso skies``) or folder of them: a
+            fraction ``data.sky_backgrounds_fraction`` (default 0.5) of the simulated
+            objects is injected into its real blank-sky cutouts
+            (:mod:`starqso.simulate.injection`), recorded in ``data.json`` and the model
+            card. None: fully simulated objects, as before.
 
     Returns:
         dict of validation metrics per stage.
@@ -94,18 +104,18 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
     if not writes_output(strategy):
         # A multi-worker run's other workers write a scratch folder, never --out.
         return _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, strict,
-                        stages, reuse, simulation_cache)
+                        stages, reuse, simulation_cache, sky_backgrounds)
 
     # Before anything is read: --out must be new, empty or a fit run (see ownership), and
     # one run at a time writes it. A run refused or failing before its first file leaves
     # nothing behind.
     with output_folder(out_dir, "fit", mark=True):
         return _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, strict,
-                        stages, reuse, simulation_cache)
+                        stages, reuse, simulation_cache, sky_backgrounds)
 
 
 def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, strict, stages,
-             reuse, simulation_cache):
+             reuse, simulation_cache, sky_backgrounds=None):
     from starqso.config import PRESETS
 
     folder = RunFolder(out_dir)
@@ -149,10 +159,11 @@ def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, stric
     if weights is not None and not pathlib.Path(weights).is_file():
         raise InputError(f"model.trunk_weights must be a weights file. Received: {weights} "
                          f"(no such file)")
+    backgrounds = _sky_backgrounds(folder, config, sky_backgrounds, data, arrays, resume)
     began = time.perf_counter()
     # The data first: a bad catalogue stops the run before it leaves a folder behind.
     if arrays is None:
-        arrays = _load_arrays(config, data, log, strict, simulation_cache)
+        arrays = _load_arrays(config, data, log, strict, simulation_cache, backgrounds)
     from starqso.training.runner import StageRunner
 
     for name, other in (reuse or {}).items():
@@ -164,7 +175,8 @@ def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, stric
     if runner.chief:
         folder.save_config(config)
         if not recorded:
-            folder.save_data_source(given)
+            folder.save_data_source(given, None if backgrounds is None
+                                    else backgrounds.describe())
         _report_flags(folder, arrays.flags, log)
         folder.save_split({name: arrays.ids[index] for name, index in (
             ("train", context.train), ("validation", context.validation),
@@ -180,3 +192,31 @@ def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, stric
         export_run(out, out / "export", log=log, arrays=arrays)
     log(f"done in {time.perf_counter() - began:.0f} s -> {out}")
     return runner.metrics
+
+
+def _sky_backgrounds(folder, config, path, data, arrays, resume):
+    """The :class:`~starqso.simulate.injection.BackgroundSource` of ``--sky-backgrounds``.
+
+    ``--resume`` reuses the backgrounds the run started with (they must be unchanged).
+    """
+    from starqso.simulate.injection import BackgroundSource
+
+    recorded = folder.sky_backgrounds() if resume else None
+    if resume and recorded is None and path is not None and folder.data_source()[0]:
+        raise InputError(f"--resume continues {folder.root} on the data it started with, "
+                         f"without sky backgrounds. Received: --sky-backgrounds {path}")
+    if path is None and recorded is not None:
+        path = recorded["path"]
+    if path is None:
+        return None
+    if data is not None or arrays is not None:
+        raise InputError(f"--sky-backgrounds injects simulated objects into real sky, so it "
+                         f"needs simulated demo data, not --data. Received: --sky-backgrounds "
+                         f"{path} with --data {data}")
+    source = BackgroundSource.open(path, config.data.sky_backgrounds_fraction,
+                                   size=config.data.cutout_size)
+    if recorded is not None and recorded["sha256"] != source.sha256:
+        raise InputError(f"--resume continues {folder.root} on the sky backgrounds it started "
+                         f"with; {path} has changed (SHA-256 {source.sha256[:12]}..., the run "
+                         f"used {recorded['sha256'][:12]}...)")
+    return source

@@ -1,0 +1,203 @@
+"""Simulated sources injected into real blank-sky cutouts, and Galactic reddening (issue 37).
+
+The sky-background files here are written through the skies writer from small synthetic
+"real" skies (white noise of a known sigma per band, a gradient, a faint neighbour), so
+nothing needs ../shared.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import cli_error_line
+
+from starqso.cli import main
+from starqso.errors import InputError
+from starqso.io.skies import SkyBackgrounds, write_skies
+from starqso.schema import EXTINCTION_COEFFICIENTS, PIXEL_SCALE_ARCSEC
+from starqso.simulate import simulate_object
+from starqso.simulate.images import ELECTRONS_PER_NANOMAGGY, draw_psfs, render_cutout, render_point
+from starqso.simulate.injection import BackgroundSource, choose_background
+
+FIELDS = ("1000-1-10", "2000-2-20")
+FWHM = np.array([[1.7, 1.6, 1.5, 1.4, 1.45], [2.2, 2.1, 2.0, 1.9, 1.95]])
+SIGMA = np.array([[0.05, 0.02, 0.025, 0.035, 0.15], [0.06, 0.03, 0.03, 0.04, 0.2]])
+
+
+def make_skies(count=8, side=32, bands=5, seed=0):
+    """SkyBackgrounds of ``count`` cutouts over two fields: noise, a gradient, a neighbour."""
+    rng = np.random.default_rng(seed)
+    field_of = np.array([FIELDS[number % 2] for number in range(count)])
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    images = np.empty((count, bands, side, side), np.float32)
+    for number in range(count):
+        row = number % 2
+        for band in range(bands):
+            sigma = SIGMA[row, band % 5]
+            images[number, band] = (rng.normal(0, sigma, (side, side))
+                                    + sigma * (0.5 * xx - 0.3 * yy))
+        images[number, :, 3, side - 4] += 1.0  # a faint neighbour near a corner
+    per_field = dict(
+        fields=np.array(FIELDS), psf_fwhm_arcsec=FWHM.copy(), psf_stars=np.full((2, 5), 9),
+        sky_sigma=SIGMA.copy(), sky_level=np.zeros((2, 5)),
+        frame_files=np.array([[f"frame-{b}-{f}.fits" for b in "ugriz"] for f in FIELDS]),
+        frame_sha256=np.array([["0" * 64] * 5] * 2), alignment=np.array([["shift"] * 5] * 2),
+        centre_ra=np.array([200.0, 210.0]), centre_dec=np.array([30.0, 31.0]))
+    return SkyBackgrounds(
+        images=images, field=field_of, x=np.arange(count, dtype=float) * 40,
+        y=np.full(count, 50.0), ra=np.full(count, 200.0), dec=np.full(count, 30.0),
+        detect_sigma=5.0, blank_radius_px=4.0, created="2026-12-07", command="test",
+        **per_field)
+
+
+@pytest.fixture(scope="module")
+def skies_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("skies") / "skies.npz"
+    write_skies(path, make_skies())
+    return path
+
+
+def test_injected_star_is_the_rendered_source_plus_the_background(skies_file):
+    backgrounds = BackgroundSource.open(skies_file, fraction=1.0, size=28).load(28)
+    background = backgrounds[1]
+    assert background.image.shape == (5, 28, 28)  # 32 centre-cropped to 28
+    point = np.array([150.0, 300.0, 400.0, 450.0, 500.0])
+    cube, info = render_cutout(np.random.default_rng(5), 28, point, background=background)
+    # The drawn PSFs of the same stream, with the field's FWHM.
+    psfs = background.psfs(draw_psfs(np.random.default_rng(5)))
+    assert np.allclose(info["psf_fwhm"], FWHM[1])
+    assert [psf.fwhm * PIXEL_SCALE_ARCSEC for psf in psfs] == pytest.approx(FWHM[1])
+    assert info["background"] == 1 and info["artefact"] == "none"
+    assert info["n_neighbours"] == 0 and not info["correlated_noise"]
+    assert np.allclose(info["sky_sigma"], SIGMA[1])
+    centre = (28 - 1) / 2.0
+    x0, y0 = centre + np.array(info["centre_offset_px"])
+    for band, psf in enumerate(psfs):
+        shift_x, shift_y = info["band_shift_px"][band]
+        source = (point[band] * 10 ** (-0.4 * info["zero_point_offset"][band])
+                  * render_point(psf, 28, x0 + shift_x, y0 + shift_y))
+        difference = cube[band] - background.image[band] - source
+        # Only the source's photon noise is left (electrons per nanomaggy are >= half the
+        # nominal well within 4 sigma of their log-normal jitter), no second sky noise.
+        bound = 6 * np.sqrt(source / (0.5 * ELECTRONS_PER_NANOMAGGY[band])) + 1e-4
+        assert np.all(np.abs(difference) <= bound), band
+        # ... and it is the photon noise: unit variance once scaled by it (a second sky
+        # noise of the field's sigma would be 3-30x that in the wings).
+        scaled = difference / np.sqrt(source / ELECTRONS_PER_NANOMAGGY[band])
+        assert 0.5 < scaled.std() < 2.0, band
+
+
+def test_injection_fraction_follows_the_setting_and_leaves_other_objects_alone(skies_file):
+    draws = [choose_background(4, index, 0.3, 8) for index in range(4000)]
+    injected = np.mean([draw is not None for draw in draws])
+    assert abs(injected - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 4000)
+    assert {draw for draw in draws if draw is not None} == set(range(8))
+    assert all(choose_background(4, index, 0.0, 8) is None for index in range(200))
+    backgrounds = BackgroundSource.open(skies_file, size=24).load(24)
+    chosen_any = [choose_background(4, index, 0.3, 8) for index in range(12)]
+    assert None in chosen_any and any(draw is not None for draw in chosen_any)
+    for index in range(12):
+        plain = simulate_object(index, 4, size=24)
+        mixed = simulate_object(index, 4, size=24, backgrounds=backgrounds,
+                                background_fraction=0.3)
+        chosen = choose_background(4, index, 0.3, len(backgrounds))
+        assert mixed.info["background"] == (-1 if chosen is None else chosen)
+        if chosen is None:
+            assert mixed.cutout.tobytes() == plain.cutout.tobytes()
+        else:
+            assert mixed.label == plain.label and mixed.redshift == plain.redshift
+            assert mixed.cutout.tobytes() != plain.cutout.tobytes()
+
+
+def test_object_arrays_inject_the_configured_fraction(skies_file):
+    from starqso.data.arrays import ObjectArrays
+
+    source = BackgroundSource.open(skies_file, fraction=1.0, size=24)
+    arrays = ObjectArrays.from_simulation(4, 2, image_size=24, cutout_size=24, workers=1,
+                                          backgrounds=source)
+    plain = ObjectArrays.from_simulation(4, 2, image_size=24, cutout_size=24, workers=1)
+    assert (arrays.labels == plain.labels).all()
+    assert not np.array_equal(arrays.images, plain.images)
+    # Fraction 0: exactly the plain simulation.
+    none = ObjectArrays.from_simulation(
+        4, 2, image_size=24, cutout_size=24, workers=1,
+        backgrounds=BackgroundSource.open(skies_file, fraction=0.0, size=24))
+    assert none.images.tobytes() == plain.images.tobytes()
+
+
+def test_simulation_cache_key_includes_the_backgrounds(skies_file, tmp_path):
+    from starqso.data.arrays import ObjectArrays
+
+    logs = []
+    source = BackgroundSource.open(skies_file, fraction=0.5, size=24)
+    ObjectArrays.from_simulation_cache(tmp_path, 2, 1, image_size=24, cutout_size=24,
+                                       workers=1, log=logs.append)
+    ObjectArrays.from_simulation_cache(tmp_path, 2, 1, image_size=24, cutout_size=24,
+                                       workers=1, log=logs.append, backgrounds=source)
+    assert all("cached in" in line for line in logs)  # the second did not reuse the first
+    assert len(list(tmp_path.glob("simulation-*.npz"))) == 2
+
+
+def test_background_source_refuses_small_cutouts_and_describes_itself(skies_file, tmp_path):
+    with pytest.raises(InputError, match=r"16x16-pixel cutouts, smaller than .*24x24"):
+        small = tmp_path / "small.npz"
+        write_skies(small, make_skies(side=16))
+        BackgroundSource.open(small, size=24)
+    described = BackgroundSource.open(skies_file, size=24).describe()
+    assert described["cutouts"] == 8 and described["fields"] == list(FIELDS)
+    assert described["fraction"] == 0.5 and len(described["sha256"]) == 64
+    assert described["files"][0]["path"].endswith("skies.npz")
+
+
+def test_config_fraction_outside_unit_interval_is_one_line(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: tiny\ndata:\n  sky_backgrounds_fraction: 1.5\n")
+    result = CliRunner().invoke(main, ["fit", "--config", str(config), "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 2
+    line = cli_error_line(result)
+    assert "data.sky_backgrounds_fraction must be a number in [0, 1]" in line
+    assert "1.5" in line and str(config) in line
+
+
+@pytest.mark.parametrize("kind", ["text", "bands", "small", "missing"])
+def test_bad_sky_backgrounds_are_one_line(tmp_path, kind):
+    path = tmp_path / "skies.npz"
+    if kind == "text":
+        path.write_text("not an npz\n")
+        expected = str(path)
+    elif kind == "bands":
+        write_skies(path, make_skies(bands=3))
+        expected = "expected (N, 5, S, S)"
+    elif kind == "small":
+        write_skies(path, make_skies(side=16))
+        expected = "smaller than the simulated cutouts (24x24"
+    else:
+        path = tmp_path / "absent.npz"
+        expected = "does not exist"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--sky-backgrounds",
+                                       str(path), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    line = cli_error_line(result)
+    assert expected in line and str(path) in line
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_fit_tiny_with_sky_backgrounds_records_them(skies_file, tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: tiny\ndata:\n  num_objects: 40\n  export_check_objects: 8\n"
+                      "  export_calibration_objects: 8\n  sky_backgrounds_fraction: 0.75\n")
+    result = CliRunner().invoke(main, ["fit", "--config", str(config), "--sky-backgrounds",
+                                       str(skies_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "injecting a fraction 0.75 of them into 8 real blank-sky cutouts" in result.output
+    record = json.loads((out / "data.json").read_text())
+    assert record["data"] is None
+    skies = record["sky_backgrounds"]
+    assert skies["fraction"] == 0.75 and skies["cutouts"] == 8
+    assert skies["fields"] == list(FIELDS) and len(skies["files"][0]["sha256"]) == 64
+    card = (out / "export" / "model_card.md").read_text()
+    assert f"SHA-256 {skies['sha256']}" in card and "8 real blank-sky cutouts" in card
