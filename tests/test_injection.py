@@ -201,3 +201,52 @@ def test_fit_tiny_with_sky_backgrounds_records_them(skies_file, tmp_path):
     assert skies["fields"] == list(FIELDS) and len(skies["files"][0]["sha256"]) == 64
     card = (out / "export" / "model_card.md").read_text()
     assert f"SHA-256 {skies['sha256']}" in card and "8 real blank-sky cutouts" in card
+
+
+def test_reddening_moves_colours_by_the_coefficients_and_is_recorded(tmp_path):
+    from astropy.table import Table
+
+    from starqso.simulate import simulate_survey
+    from starqso.simulate.dust import Reddening
+
+    dust = Reddening(fraction=1.0, max_ebv=2.0)
+    coefficients = np.array(EXTINCTION_COEFFICIENTS)
+    assert coefficients.tolist() == [4.239, 3.303, 2.285, 1.698, 1.263]
+    for index in range(4):
+        plain = simulate_object(index, 6, size=24)
+        reddened = simulate_object(index, 6, size=24, reddening=dust)
+        ebv = reddened.info["galactic_ebv"]
+        assert 0 < ebv <= 2.0 and plain.info["galactic_ebv"] == 0.0
+        assert reddened.label == plain.label
+        # The noiseless magnitudes move by exactly A_band = R_band x E(B-V): every colour
+        # by the difference of the coefficients.
+        assert reddened.mags - plain.mags == pytest.approx(coefficients * ebv, abs=1e-9)
+        assert np.diff(reddened.mags) - np.diff(plain.mags) == pytest.approx(
+            np.diff(coefficients) * ebv, abs=1e-9)
+    none = simulate_object(2, 6, size=24, reddening=Reddening(0.0, 2.0))
+    assert none.cutout.tobytes() == simulate_object(2, 6, size=24).cutout.tobytes()
+    # The fraction follows the setting; E(B-V) spans the range.
+    draws = np.array([Reddening(0.4, 1.5).draw(1, index) for index in range(3000)])
+    assert abs((draws > 0).mean() - 0.4) < 4 * np.sqrt(0.4 * 0.6 / 3000)
+    assert draws.max() > 1.4 and draws.max() <= 1.5
+    # The simulated catalogue's ebv column.
+    simulate_survey(tmp_path / "dusty", 3, seed=6, size=16, workers=1, reddening=dust)
+    simulate_survey(tmp_path / "plain", 3, seed=6, size=16, workers=1)
+    dusty = Table.read(tmp_path / "dusty" / "catalog.csv")
+    plain_table = Table.read(tmp_path / "plain" / "catalog.csv")
+    assert (np.asarray(dusty["ebv"]) > 0).all() and (np.asarray(plain_table["ebv"]) == 0).all()
+    assert np.asarray(dusty["ebv"])[0] == pytest.approx(
+        simulate_object(0, 6, size=16, reddening=dust).info["galactic_ebv"], abs=1e-5)
+
+
+def test_fit_arrays_follow_the_reddening_config():
+    from starqso.data.arrays import ObjectArrays
+    from starqso.simulate.dust import Reddening
+
+    dust = Reddening(1.0, 1.0)
+    plain = ObjectArrays.from_simulation(3, 2, image_size=24, cutout_size=24, workers=1)
+    dusty = ObjectArrays.from_simulation(3, 2, image_size=24, cutout_size=24, workers=1,
+                                         reddening=dust)
+    shift = dusty.mags - plain.mags
+    ebv = np.array([dust.draw(2, index) for index in range(3)])
+    assert shift == pytest.approx(ebv[:, None] * np.array(EXTINCTION_COEFFICIENTS), abs=1e-4)

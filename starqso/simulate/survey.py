@@ -103,7 +103,8 @@ def _kpc_per_arcsec_table():
 
 
 def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
-                    high_z_fraction=None, backgrounds=None, background_fraction=0.0):
+                    high_z_fraction=None, backgrounds=None, background_fraction=0.0,
+                    reddening=None):
     """Simulate object number ``index`` of the simulation with ``seed``.
 
     Args:
@@ -121,6 +122,9 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         background_fraction: probability that the object is injected into one of
             ``backgrounds`` (drawn from a side stream: objects that are not injected are
             exactly those of a simulation without backgrounds).
+        reddening: a :class:`starqso.simulate.dust.Reddening`: the object may be seen through
+            Galactic dust (drawn from a side stream; its E(B-V) is ``info["galactic_ebv"]``
+            and the catalogue's ``ebv``), or None for no dust.
 
     Returns:
         :class:`SimulatedObject`.
@@ -152,6 +156,16 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
 
     point = photometer().nanomaggies(model.point_flux)
     host = photometer().nanomaggies(model.flux - model.point_flux)
+    galactic_ebv = 0.0 if reddening is None else reddening.draw(seed, index)
+    spectrum_flux = model.flux
+    if galactic_ebv > 0:
+        from starqso.simulate.dust import band_extinction, spectrum_extinction
+
+        # Foreground dust dims the source and its host alike, before the telescope.
+        dimming = 10.0 ** (-0.4 * band_extinction(galactic_ebv))
+        point, host = point * dimming, host * dimming
+        spectrum_flux = model.flux * 10.0 ** (-0.4 * spectrum_extinction(common_grid(),
+                                                                           galactic_ebv))
     host_radius = 1.0
     if model.host_fraction > 0:
         table_z, table_scale = _kpc_per_arcsec_table()
@@ -169,13 +183,14 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     # Spectra are taken at another epoch with their own flux calibration: QSOs vary by about
     # 0.1 mag over years, and SDSS spectrophotometry is good to about 5%.
     epoch_shift = rng.normal(0.0, 0.05) + (rng.normal(0.0, 0.12) if is_qso else 0.0)
-    spectrum = observe_spectrum(common_grid(), model.flux * 10.0 ** (-0.4 * epoch_shift), rng)
+    spectrum = observe_spectrum(common_grid(), spectrum_flux * 10.0 ** (-0.4 * epoch_shift), rng)
     info = {
         "template": model.template,
         "sdss_row": "synthetic-high-z" if high_z else str(catalogue["sdss_id"][row]),
         "population": "high_z" if high_z else ("catalogue" if is_qso else "star"),
         "host_fraction": model.host_fraction,
         "ebv": model.ebv,
+        "galactic_ebv": galactic_ebv,
         "spectrograph": spectrum["spectrograph"],
         **conditions,
     }
@@ -190,11 +205,12 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     )
 
 
-def _write_object(outdir, index, seed, size, qso_fraction, id_width):
+def _write_object(outdir, index, seed, size, qso_fraction, id_width, reddening=None):
     """Simulate one object, write its cutout and spectrum, return its catalogue row."""
     from starqso.io import Spectrum, write_cutout, write_sdss_spectrum
 
-    obj = simulate_object(index, seed, size, qso_fraction, id_width=id_width)
+    obj = simulate_object(index, seed, size, qso_fraction, id_width=id_width,
+                          reddening=reddening)
     image = f"images/{obj.id}.fits"
     spectrum_file = f"spectra/{obj.id}.fits"
     write_cutout(outdir / image, obj.cutout, overwrite=True, header={
@@ -220,6 +236,7 @@ def _write_object(outdir, index, seed, size, qso_fraction, id_width):
         "psf_kind": obj.info["psf_kind"], "n_neighbours": obj.info["n_neighbours"],
         "host_fraction": round(obj.info["host_fraction"], 4),
         "spectrograph": obj.info["spectrograph"],
+        "ebv": round(obj.info["galactic_ebv"], 5),
     }
 
 
@@ -234,13 +251,13 @@ class SurveySummary:
 
 
 def _write_chunk(task):
-    outdir, indices, seed, size, qso_fraction, id_width = task
-    return [_write_object(outdir, index, seed, size, qso_fraction, id_width)
+    outdir, indices, seed, size, qso_fraction, id_width, reddening = task
+    return [_write_object(outdir, index, seed, size, qso_fraction, id_width, reddening)
             for index in indices]
 
 
 def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, overwrite=False,
-                    progress=None, workers=None):
+                    progress=None, workers=None, reddening=None):
     """Write a simulated survey: ``catalog.csv``, ``images/*.fits`` and ``spectra/*.fits``.
 
     Args:
@@ -253,6 +270,8 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
             removed first; a folder that also holds anything else is refused.
         progress: optional callable called with the number of objects done so far.
         workers: processes to use; all CPU cores (at most 8) when None.
+        reddening: a :class:`starqso.simulate.dust.Reddening` (the catalogue's ``ebv``
+            column is each object's E(B-V), 0 when not reddened); None: no dust.
 
     Returns:
         :class:`SurveySummary`: the catalogue's path and how many objects of each class.
@@ -282,7 +301,7 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
     # OUTDIR must be new, empty or a simulation (see starqso.ownership), one run at a time.
     with output_folder(outdir, "simulate", option="OUTDIR", mark=True):
         return _simulate_into(pathlib.Path(outdir), num_objects, int(seed), size,
-                              qso_fraction, overwrite, progress, workers)
+                              qso_fraction, overwrite, progress, workers, reddening)
 
 
 _MADE_NAMES = re.compile(r"sim-\d+\.fits")
@@ -334,7 +353,7 @@ def _previous_simulation(outdir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _simulate_into(outdir, num_objects, seed, size, qso_fraction, overwrite, progress,
-                   workers):
+                   workers, reddening=None):
     from astropy.table import Table
 
     from starqso.io import write_catalog
@@ -363,7 +382,7 @@ def _simulate_into(outdir, num_objects, seed, size, qso_fraction, overwrite, pro
     id_width = max(6, len(str(num_objects - 1)))
     chunk = 50
     tasks = [(outdir, range(start, min(start + chunk, num_objects)), seed, size, qso_fraction,
-              id_width) for start in range(0, num_objects, chunk)]
+              id_width, reddening) for start in range(0, num_objects, chunk)]
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     workers = min(workers, len(tasks))
     rows = []

@@ -33,6 +33,13 @@ def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgro
                 f"{backgrounds.count} real blank-sky cutouts of {len(backgrounds.fields)} "
                 f"fields ({backgrounds.path})")
             arguments["backgrounds"] = backgrounds
+        if config.data.reddening_fraction > 0:
+            from starqso.simulate.dust import Reddening
+
+            log(f"reddening a fraction {config.data.reddening_fraction:g} of them by E(B-V) "
+                f"up to {config.data.max_ebv:g}")
+            arguments["reddening"] = Reddening(config.data.reddening_fraction,
+                                               config.data.max_ebv)
         if simulation_cache is not None:
             return ObjectArrays.from_simulation_cache(
                 simulation_cache, config.data.num_objects, config.data.simulation_seed,
