@@ -89,6 +89,10 @@ def _open(lock_file, path, what, flags):
             raise InputError(f"the lock file {lock_file} of {what} {path} is a symbolic link "
                              f"(to {os.readlink(lock_file)}); starqso does not follow links "
                              f"at its lock files: remove the link and run again") from None
+        if os.path.isdir(lock_file):
+            raise InputError(f"the lock file {lock_file} of {what} {path} is a folder, which "
+                             f"starqso did not make and does not remove: remove it or choose "
+                             f"another output") from None
         raise OSError(err.errno, err.strerror or str(err), str(lock_file)) from err
 
 

@@ -204,6 +204,10 @@ def check_output_folder(folder: str | os.PathLike, command: str, *, option: str 
                          f"folder (e.g. {option} {command}-output). Received: {option} {given}")
     if not os.path.lexists(path):
         return path
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{option} {given} is a broken symbolic link (to "
+                         f"{os.readlink(path)}), not a folder; remove it or choose another "
+                         f"{option}. Received: {option} {given}")
     if not path.is_dir():
         raise InputError(f"{option} {given} is a file, not a folder; choose another "
                          f"{option}. Received: {option} {given}")

@@ -118,3 +118,24 @@ def test_a_folder_another_run_is_making_is_reported_as_busy(tmp_path):
         line = cli_error_line(_invoke("simulate", out, "--n", 1, "--size", 16),
                               str(out), "in use by another starqso run")
     assert "no starqso marker" not in line
+
+
+# --- accurate reasons: a broken link as the folder, a folder as the lock file -------------------
+def test_a_broken_link_as_output_folder_is_named_as_such(tmp_path):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    # It was "is a file, not a folder".
+    cli_error_line(_invoke("simulate", link, "--n", 1, "--size", 16),
+                   str(link), "broken symbolic link", str(tmp_path / "nowhere"))
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_folder_at_the_lock_path_is_named_as_such(survey, tmp_path):
+    (tmp_path / ".p.csv.lock").mkdir()
+    (tmp_path / ".p.csv.lock" / "mine.txt").write_text("keep me")
+    # It was "Is a directory: .p.csv.lock".
+    cli_error_line(_invoke("predict", survey / "catalog.csv", "--runtime", "litert",
+                           "--output", tmp_path / "p.csv"),
+                   str(tmp_path / ".p.csv.lock"), "is a folder")
+    assert (tmp_path / ".p.csv.lock" / "mine.txt").read_text() == "keep me"
+    assert not (tmp_path / "p.csv").exists()
