@@ -25,10 +25,10 @@ FWHM = np.array([[1.7, 1.6, 1.5, 1.4, 1.45], [2.2, 2.1, 2.0, 1.9, 1.95]])
 SIGMA = np.array([[0.05, 0.02, 0.025, 0.035, 0.15], [0.06, 0.03, 0.03, 0.04, 0.2]])
 
 
-def make_skies(count=8, side=32, bands=5, seed=0):
+def make_skies(count=8, side=32, bands=5, seed=0, fields=FIELDS):
     """SkyBackgrounds of ``count`` cutouts over two fields: noise, a gradient, a neighbour."""
     rng = np.random.default_rng(seed)
-    field_of = np.array([FIELDS[number % 2] for number in range(count)])
+    field_of = np.array([fields[number % 2] for number in range(count)])
     yy, xx = np.mgrid[0:side, 0:side] / side
     images = np.empty((count, bands, side, side), np.float32)
     for number in range(count):
@@ -39,9 +39,9 @@ def make_skies(count=8, side=32, bands=5, seed=0):
                                     + sigma * (0.5 * xx - 0.3 * yy))
         images[number, :, 3, side - 4] += 1.0  # a faint neighbour near a corner
     per_field = dict(
-        fields=np.array(FIELDS), psf_fwhm_arcsec=FWHM.copy(), psf_stars=np.full((2, 5), 9),
+        fields=np.array(fields), psf_fwhm_arcsec=FWHM.copy(), psf_stars=np.full((2, 5), 9),
         sky_sigma=SIGMA.copy(), sky_level=np.zeros((2, 5)),
-        frame_files=np.array([[f"frame-{b}-{f}.fits" for b in "ugriz"] for f in FIELDS]),
+        frame_files=np.array([[f"frame-{b}-{f}.fits" for b in "ugriz"] for f in fields]),
         frame_sha256=np.array([["0" * 64] * 5] * 2), alignment=np.array([["shift"] * 5] * 2),
         centre_ra=np.array([200.0, 210.0]), centre_dec=np.array([30.0, 31.0]))
     return SkyBackgrounds(
@@ -250,3 +250,37 @@ def test_fit_arrays_follow_the_reddening_config():
     shift = dusty.mags - plain.mags
     ebv = np.array([dust.draw(2, index) for index in range(3)])
     assert shift == pytest.approx(ebv[:, None] * np.array(EXTINCTION_COEFFICIENTS), abs=1e-4)
+
+
+def test_a_folder_of_sky_files_and_resume_keep_the_same_backgrounds(tmp_path):
+    from starqso.config import get_preset
+    from starqso.run_folder import RunFolder
+    from starqso.training.fit import _sky_backgrounds
+
+    folder = tmp_path / "skies"
+    folder.mkdir()
+    write_skies(folder / "a.npz", make_skies())
+    write_skies(folder / "b.npz", make_skies(count=4, fields=("3000-3-30", "4000-4-40")))
+    (folder / "notes.txt").write_text("not read\n")
+    source = BackgroundSource.open(folder, size=24)
+    assert source.count == 12 and len(source.fields) == 4
+    assert [entry["path"].rsplit("/", 1)[1] for entry in source.describe()["files"]] == [
+        "a.npz", "b.npz"]
+    # --resume: the recorded backgrounds are reused, and must be unchanged.
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    run.save_data_source(None, source.describe())
+    config = get_preset("tiny")
+    again = _sky_backgrounds(run, config, None, None, None, resume=True)
+    assert again.sha256 == source.sha256 and again.count == 12
+    write_skies(folder / "b.npz", make_skies(count=2, fields=("3000-3-30", "4000-4-40")))
+    with pytest.raises(InputError, match="has changed"):
+        _sky_backgrounds(run, config, None, None, None, resume=True)
+    plain = RunFolder(tmp_path / "plain")
+    plain.root.mkdir()
+    plain.save_data_source(None)
+    assert json.loads((plain.root / "data.json").read_text()) == {"data": None}
+    with pytest.raises(InputError, match="without sky backgrounds"):
+        _sky_backgrounds(plain, config, str(folder), None, None, resume=True)
+    with pytest.raises(InputError, match="not --data"):
+        _sky_backgrounds(plain, config, str(folder), "catalog.csv", None, resume=False)
