@@ -16,7 +16,7 @@ from typing import Any
 
 from starqso.errors import InputError
 
-__all__ = ["DuplicateKeyError", "loads", "read_json"]
+__all__ = ["DuplicateKeyError", "NestingError", "loads", "read_json"]
 
 _shown = reprlib.Repr()
 _shown.maxstring = 60
@@ -24,6 +24,11 @@ _shown.maxstring = 60
 
 class DuplicateKeyError(InputError):
     """A JSON object in a file starqso reads has the same key more than once."""
+
+
+class NestingError(InputError, RecursionError):
+    """A JSON document nests deeper than Python's parser can follow (a damaged or hostile
+    file). Also a :class:`RecursionError`, for callers that catch the parser's own error."""
 
 
 def _refusing_duplicates(source: str):
@@ -55,13 +60,21 @@ def loads(text: str | bytes, source: str | os.PathLike) -> Any:
     Raises:
         DuplicateKeyError: an object has one key twice (an :class:`InputError` naming
             ``source`` and the key).
+        NestingError: arrays or objects nested deeper than the parser can follow (an
+            :class:`InputError` naming ``source``; `json` itself raises a bare RecursionError,
+            which the command line would report as an internal error).
         ValueError: the text is not JSON (``json.JSONDecodeError``, as ``json.loads``).
 
     Example:
         >>> loads('{"threshold": 0.5}', "metadata.json")
         {'threshold': 0.5}
     """
-    return json.loads(text, object_pairs_hook=_refusing_duplicates(os.fspath(source)))
+    source = os.fspath(source)
+    try:
+        return json.loads(text, object_pairs_hook=_refusing_duplicates(source))
+    except RecursionError:
+        raise NestingError(f"{source} nests JSON arrays or objects too deeply to read; "
+                           f"starqso refuses it (a damaged or hostile file)") from None
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -139,3 +139,26 @@ def test_a_folder_at_the_lock_path_is_named_as_such(survey, tmp_path):
                    str(tmp_path / ".p.csv.lock"), "is a folder")
     assert (tmp_path / ".p.csv.lock" / "mine.txt").read_text() == "keep me"
     assert not (tmp_path / "p.csv").exists()
+
+
+# --- JSON nested deeper than the parser follows: one line, not an internal error ----------------
+@pytest.mark.parametrize("command", ["evaluate", "similar", "cluster"])
+def test_a_side_car_nested_too_deeply_is_one_line(command, tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    if command == "evaluate":
+        (tmp_path / "p.csv").write_text("id,p_qso,label,flag\na,0.9,QSO,\n")
+        (tmp_path / "p.csv.json").write_text(deep)
+        (tmp_path / "truth.csv").write_text("id,label\na,QSO\n")
+        result = _invoke("evaluate", tmp_path / "p.csv", "--truth", tmp_path / "truth.csv",
+                         "--out", tmp_path / "ev")
+        side_car = tmp_path / "p.csv.json"
+    else:
+        (tmp_path / "emb.csv").write_text("id,vector_000,vector_001\na,0,1\nb,1,0\nc,1,1\n")
+        (tmp_path / "emb.csv.json").write_text(deep)
+        result = (_invoke("similar", "a", "--index", tmp_path / "emb.csv", "-k", 1)
+                  if command == "similar" else
+                  _invoke("cluster", tmp_path / "emb.csv", "--out", tmp_path / "cl"))
+        side_car = tmp_path / "emb.csv.json"
+    # It was `internal error: RecursionError: maximum recursion depth exceeded ...`.
+    cli_error_line(result, str(side_car), "too deeply")
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "cl").exists()
