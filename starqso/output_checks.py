@@ -88,6 +88,7 @@ def refuse_output_among_inputs(output, inputs: Iterable, *, trees: Iterable = ()
         return
     targets = []
     for target in (output_path, *(os.fspath(path) for path in beside)):
+        _refuse_foreign_file(target, output_path, option, side_car=target != output_path)
         if os.path.isdir(target):
             where = "" if target == output_path else f" (its side-car {target})"
             raise InputError(f"{option} {output_path}{where} is a folder; expected a file to "
@@ -112,6 +113,41 @@ def refuse_output_among_inputs(output, inputs: Iterable, *, trees: Iterable = ()
                     os.path.basename(path) == name and os.path.realpath(path) == target_resolved)
             if same:
                 _refuse(option, output_path, what, target=target)
+
+
+def _refuse_foreign_file(target, output_path, option, *, side_car):
+    """Refuse to replace what is at ``target`` when starqso cannot have written it.
+
+    A FIFO, device or socket is never an earlier output; a broken link would be written
+    through to its target; and a side-car (``OUTPUT.json``) the user did not name is replaced
+    only when it is one starqso wrote (a JSON object with ``starqso_version``).
+    """
+    where = f" (its side-car {target})" if side_car else ""
+    if os.path.islink(target) and not os.path.exists(target):
+        raise InputError(f"{option} {output_path}{where} is a broken link to "
+                         f"{os.readlink(target)}; starqso does not write through links. "
+                         f"Received: {option} {output_path}")
+    if not os.path.exists(target) or os.path.isdir(target):
+        return
+    if not os.path.isfile(target):
+        raise InputError(f"{option} {output_path}{where} is not a regular file (a FIFO, device "
+                         f"or socket); expected a new name or an earlier output. Received: "
+                         f"{option} {output_path}")
+    if not side_car:
+        return
+    from starqso.jsonfile import read_json
+
+    record = None
+    # starqso's side-cars are a few kB: a large file there is the user's, and is not read.
+    if os.path.getsize(target) <= 1 << 20:
+        try:
+            record = read_json(target)
+        except (InputError, OSError, ValueError):
+            record = None
+    if not isinstance(record, dict) or "starqso_version" not in record:
+        raise InputError(f"{option} {output_path} would replace its side-car {target}, which "
+                         f"starqso did not write; move it or choose another {option}. "
+                         f"Received: {option} {output_path}")
 
 
 def _refuse_inside_folder(output_path, resolved, inputs, option):

@@ -162,3 +162,32 @@ def test_a_side_car_nested_too_deeply_is_one_line(command, tmp_path):
     # It was `internal error: RecursionError: maximum recursion depth exceeded ...`.
     cli_error_line(result, str(side_car), "too deeply")
     assert not (tmp_path / "ev").exists() and not (tmp_path / "cl").exists()
+
+
+# --- predict's CSV side-car, and outputs that are not regular files ----------------------------
+def test_predict_never_replaces_a_users_file_at_the_side_car_name(survey, tmp_path):
+    output = tmp_path / "p.csv"
+    users = tmp_path / "p.csv.json"
+    users.write_text('{"my": "notes"}\n', encoding="utf-8")
+    result = _invoke("predict", survey / "catalog.csv", "--output", output, "--runtime", "litert")
+    cli_error_line(result, "side-car", str(users), "did not write")
+    assert users.read_text(encoding="utf-8") == '{"my": "notes"}\n' and not output.exists()
+    users.unlink()
+    # starqso's own side-car of an earlier run is replaced as before.
+    for _ in range(2):
+        assert _invoke("predict", survey / "catalog.csv", "--output", output, "--runtime",
+                       "litert").exit_code == 0
+    assert "starqso_version" in users.read_text(encoding="utf-8")
+
+
+def test_predict_refuses_a_fifo_or_a_broken_link_as_output(survey, tmp_path):
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    cli_error_line(_invoke("predict", survey / "catalog.csv", "--output", fifo, "--runtime",
+                           "litert"), "not a regular file", str(fifo))
+    assert pathlib.Path(fifo).is_fifo()
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "elsewhere" / "target.csv")
+    cli_error_line(_invoke("predict", survey / "catalog.csv", "--output", link, "--runtime",
+                           "litert"), "broken link", str(link))
+    assert not (tmp_path / "elsewhere").exists() and link.is_symlink()
