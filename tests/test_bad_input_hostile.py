@@ -191,3 +191,15 @@ def test_predict_refuses_a_fifo_or_a_broken_link_as_output(survey, tmp_path):
     cli_error_line(_invoke("predict", survey / "catalog.csv", "--output", link, "--runtime",
                            "litert"), "broken link", str(link))
     assert not (tmp_path / "elsewhere").exists() and link.is_symlink()
+
+
+def test_evaluate_refuses_a_broken_link_as_out_and_creates_nothing(tmp_path):
+    predictions = tmp_path / "p.csv"
+    predictions.write_text("id,p_qso,label,flag\na,0.1,STAR,\nb,0.9,QSO,\n", encoding="utf-8")
+    truth = tmp_path / "t.csv"
+    truth.write_text("id,label\na,STAR\nb,QSO\n", encoding="utf-8")
+    link = tmp_path / "evx"
+    link.symlink_to(tmp_path / "nowhere" / "deep")
+    cli_error_line(_invoke("evaluate", predictions, "--truth", truth, "--out", link),
+                   "broken symbolic link", str(link))
+    assert not (tmp_path / "nowhere").exists() and link.is_symlink()

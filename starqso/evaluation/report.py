@@ -80,6 +80,10 @@ def check_output_folder(out_dir) -> str:
     out = os.fspath(out_dir)
     if not out:
         raise InputError("--out is blank; expected a folder name. Received: out=''")
+    if os.path.islink(out) and not os.path.exists(out):
+        # Its target would be created: starqso writes only what it made, never through links.
+        raise InputError(f"--out {out} is a broken symbolic link (to {os.readlink(out)}), not "
+                         f"a folder; remove it or choose another --out. Received: out={out}")
     # Absolute and without a trailing separator: the staging folder goes beside OUT, never
     # inside it.
     destination = os.path.realpath(out) if os.path.islink(out) else os.path.abspath(out)
