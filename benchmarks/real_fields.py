@@ -95,7 +95,7 @@ def classify(cubes, predictor, metadata, shift, name):
         parts.append(classify_block(block, predictor, SIZE, shift, False, True,
                                     metadata.get("quality")))
     crops = np.ascontiguousarray(np.moveaxis(cubes, 1, -1))
-    _, sigma, snr = suspect_crops(crops, measured=True)
+    _, sigma, snr, _ = suspect_crops(crops, measured=True)
     return {"p": np.concatenate([part.probabilities for part in parts]),
             "usable": np.concatenate([part.usable for part in parts]),
             "flags": sum((list(part.flags) for part in parts), []),
@@ -324,11 +324,16 @@ def what_if(samples, called, point, qso_called, threshold):
 
     def kept(result, r_snr):
         snr = np.nan_to_num(result["snr"], nan=-np.inf)
+        if r_snr == "combined":
+            # A detection image of the five bands, equal weights in S/N: sum / sqrt(5) >= 5
+            # (from each band's better aperture, so a little optimistic).
+            return result["usable"] & (snr.sum(axis=1) / np.sqrt(len(BANDS)) >= 5.0)
         return result["usable"] & ((snr[:, r_band] >= r_snr)
                                    | (snr[:, others] >= DETECTION_SNR_OTHER).any(axis=1))
 
     rules = [("now (r >= 3 or another band >= 5)", 3.0, ()),
              ("detection at r >= 4", 4.0, ()), ("detection at r >= 5", 5.0, ()),
+             ("ugriz S/N sum / sqrt(5) >= 5", "combined", ()),
              ("no QSO call with LOW_SNR", 3.0, ("LOW_SNR",)),
              ("no QSO call with LOW_SNR or BRIGHT_NEIGHBOUR", 3.0,
               ("LOW_SNR", "BRIGHT_NEIGHBOUR"))]

@@ -60,7 +60,7 @@ from starqso.preprocessing.quality import (
     DETECTION_APERTURES_ARCSEC,
     aperture_snr,
     narrower_than_psf,
-    sky_sigma,
+    sky_background,
 )
 from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC, QFLAG_BITS, QFLAG_LOW_SNR
 
@@ -187,7 +187,8 @@ def _bright_neighbour(combined):
         outer >= NEIGHBOUR_MIN_SNR)
 
 
-def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, snr=None):
+def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, snr=None,
+                 background=None):
     """The measured bits of classified crops (all but NOT_CLASSIFIED), as int64 (N,).
 
     Args:
@@ -197,7 +198,8 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
             MAG_OUT_OF_RANGE nor OUT_OF_DISTRIBUTION).
         scorer: an :class:`~starqso.preprocessing.morphology.ExtendedScorer`; the shipped
             one when None.
-        sigma, snr: the (N, 5) sky sigma and detection S/N of
+        sigma, snr, background: the (N, 5) sky sigma, detection S/N and
+            :class:`~starqso.preprocessing.quality.SkyBackground` of
             :func:`~starqso.preprocessing.quality.suspect_crops`, when already measured.
 
     Returns:
@@ -220,7 +222,10 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
     if not len(crops) or not _fits(size, 0.0):
         return bits
     sky = sky_levels(crops)
-    sigma = sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
+    background = sky_background(crops) if background is None else background
+    sigma = background.sigma if sigma is None else np.asarray(sigma, np.float64)
+    # The light profile keeps the border sky level it was fitted with; its sigma is the
+    # screen's (on the dev fields' real stars and galaxies no EXTENDED bit changes with it).
     combined = None
     if _fits(size, 4.0):
         scorer = ExtendedScorer.load() if scorer is None else scorer
@@ -235,11 +240,11 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
     magnitudes = (asinh_magnitudes(aperture_fluxes(crops, 3.0, sky)) if _fits(size, 3.0)
                   else None)
     bits |= np.where(_saturated(crops, sky, sigma, magnitudes), QFLAG_BITS["SATURATED"], 0)
-    bits |= artefact_bits(crops, sigma)
+    bits |= artefact_bits(crops, sigma, background)
     if magnitudes is None:
         return bits
     if snr is None:
-        snr = np.max([aperture_snr(crops, sigma, radius)
+        snr = np.max([aperture_snr(crops, sigma, radius, background)
                       for radius in DETECTION_APERTURES_ARCSEC], axis=0)
     bits |= np.where(snr[:, _GRI].max(axis=1) < QFLAG_LOW_SNR, QFLAG_BITS["LOW_SNR"], 0)
     if reference:
@@ -253,7 +258,7 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
     return bits
 
 
-def artefact_bits(crops, sigma=None):
+def artefact_bits(crops, sigma=None, background=None):
     """The ARTEFACT bit of each crop: a pixel narrower than the PSF within 3" of the centre.
 
     Also for rows that are not classified (their flag says whether the artefact is why).
@@ -261,6 +266,8 @@ def artefact_bits(crops, sigma=None):
     Args:
         crops: (N, S, S, 5) crops, nanomaggies, channels last.
         sigma: (N, 5) sky sigma, when already measured.
+        background: the crops' :class:`~starqso.preprocessing.quality.SkyBackground`, when
+            already measured.
 
     Returns:
         (N,) int64: ``QFLAG_BITS["ARTEFACT"]`` or 0.
@@ -274,7 +281,8 @@ def artefact_bits(crops, sigma=None):
     crops = np.asarray(crops, np.float32)
     if not len(crops):
         return np.zeros(0, np.int64)
-    return np.where(narrower_than_psf(crops, sigma)[0], QFLAG_BITS["ARTEFACT"], 0).astype(
+    return np.where(narrower_than_psf(crops, sigma, background)[0], QFLAG_BITS["ARTEFACT"],
+                    0).astype(
         np.int64)
 
 

@@ -11,23 +11,23 @@ checked in this order:
    values are no-data fills (1e30 is common, so is -1e30 or 65535 scaled) or another unit;
    a model fed one gives NaN or an arbitrary answer.
 2. **Not constant.** A crop with one value everywhere has no sky noise and no source.
-3. **Plausible sky noise.** The per-pixel sky sigma of each band, the MAD of the border
-   pixels (the sky border of :func:`~starqso.preprocessing.photometry.aperture_masks`) times
-   1.4826 (Gaussian-equivalent, robust to neighbours in the border), must be inside
+3. **Plausible sky noise.** The per-pixel sky sigma of each band (:func:`sky_background`:
+   the pixels beyond 4" from the centre, neighbours masked, sigma-clipped; robust to the
+   crowding that inflates a plain border estimate), must be inside
    ``SKY_SIGMA_RANGE`` = 1e-4 .. 1e2 nanomaggies. SDSS single-epoch frames have about
    0.01-0.2 nmgy per pixel (u and z the noisiest), deep coadds (Stripe 82, DES, Legacy
    Surveys) about 10x lower, and even a 100x deeper stack or a 100x shallower survey stays
    inside; the same data in Jy are about 3.6e-6 times smaller (sigma ~1e-7), in
    erg/s/cm^2/Hz 3.6e-29 times smaller, in ADU or electrons usually far larger. Quantised
-   data (integers with ``BSCALE``) can leave more than half the border on one value, so a
-   zero MAD falls back to the border's standard deviation; a band whose border is flat even
+   data (integers with ``BSCALE``) can leave more than half the annulus on one value, so a
+   zero MAD falls back to the annulus' standard deviation; a band whose annulus is flat even
    so (zero-filled, masked) has no sky noise and is refused.
 4. **A detected source.** The source is at the crop centre. Its flux is the sky-subtracted
    sum in a centred aperture (:func:`~starqso.preprocessing.photometry.aperture_fluxes`,
-   the sky of :func:`~starqso.preprocessing.photometry.sky_levels`), its noise
-   ``sky_sigma * sqrt(n + n**2 / m)`` for ``n`` aperture pixels and a sky level from ``m``
-   border pixels (sky-limited: the source's own Poisson noise only matters for sources
-   detected anyway), in the two apertures of the photometric features,
+   the sky level of :func:`sky_background`), its noise ``sky_sigma * sqrt(n + n**2 / m)``
+   for ``n`` aperture pixels and a sky level that is the mean of ``m`` annulus pixels
+   (sky-limited: the source's own Poisson noise only matters for sources detected anyway),
+   in the two apertures of the photometric features,
    1.5" and 3" in radius (``DETECTION_APERTURES_ARCSEC``), keeping the better S/N per band.
    The 3" aperture alone holds 181 pixels of sky noise for a point source whose light is
    mostly within 1.5" (45 pixels) in SDSS seeing: it missed an r = 21.2 QSO (S/N 2.1 in r,
@@ -62,17 +62,13 @@ does not change the answer and is not flagged.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import numpy as np
 
 from starqso.errors import InputError
-from starqso.preprocessing.photometry import (
-    SKY_ARCS,
-    SKY_TRIM,
-    aperture_fluxes,
-    aperture_masks,
-    sky_arcs,
-    sky_levels,
-)
+from starqso.preprocessing.photometry import aperture_fluxes, aperture_masks
 from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC
 
 #: Largest plausible |pixel| in nanomaggies (AB 5 mag in one pixel); no-data fills are above.
@@ -91,6 +87,25 @@ ARTEFACT_RADIUS_ARCSEC = 3.0
 ARTEFACT_MIN_SNR = 15.0
 #: ... with its four neighbours' mean under this fraction of it (after a noise allowance).
 ARTEFACT_NEIGHBOUR_RATIO = 0.15
+#: The screening's sky annulus: every crop pixel beyond this radius (or beyond the photometry's
+#: border radius, ``S / 2 - 3`` pixels, in a crop too small for it) ...
+SKY_INNER_RADIUS_ARCSEC = 4.0
+#: ... less the pixels of neighbours: a 3x3 box mean at least this many of its own sigma above
+#: the sky in any band ...
+SKY_MASK_SNR = 4.0
+#: ... grown by this many pixels (a square), for the wings below the threshold;
+SKY_MASK_GROW_PX = 2
+#: then clipped at this many sigma, this many times.
+SKY_CLIP_SIGMA = 3.0
+SKY_CLIP_ITERATIONS = 2
+#: Mask and clip this many times, each mask from the sky of the pass before.
+SKY_MASK_PASSES = 2
+#: Fewer pixels than this left after the mask and the clip: the unmasked annulus' median and
+#: MAD instead (a galaxy or a cluster fills the crop).
+SKY_MIN_PIXELS = 40
+# The standard deviation of a unit Gaussian clipped at +-3 sigma; its interquartile range.
+_CLIPPED_STD = 0.98658
+_IQR_TO_SIGMA = 1.34898
 # The noise allowance of rule 5, in sky sigma of the pixel (and of its neighbours' mean).
 _ARTEFACT_ALLOWANCE = 2.0
 # MAD to Gaussian sigma.
@@ -144,18 +159,135 @@ def sky_sigma(crops):
     return np.where(sigma > 0, sigma, pixels.std(axis=1))
 
 
-def aperture_snr(crops, sigma=None, radius_arcsec=3.0):
+class SkyBackground(NamedTuple):
+    """The screening's sky of each crop and band (:func:`sky_background`), float64 (N, 5)."""
+
+    level: np.ndarray  # per-pixel sky level
+    sigma: np.ndarray  # per-pixel sky sigma (0: a flat annulus)
+    pixels: np.ndarray  # how many pixels the level is the mean of
+
+
+@functools.lru_cache(maxsize=16)
+def sky_annulus(size):
+    """The pixels of a ``size`` crop the screening's sky is measured on, (S, S) bool.
+
+    Every pixel beyond ``SKY_INNER_RADIUS_ARCSEC`` from the centre, or beyond the photometry's
+    border radius (``S / 2 - 3`` pixels) when that is smaller; the outermost ring of pixels
+    for a crop too small for either.
+
+    Example:
+        >>> int(sky_annulus(32).sum())
+        708
+    """
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
+    inner = min(SKY_INNER_RADIUS_ARCSEC / PIXEL_SCALE_ARCSEC, size / 2 - 3)
+    annulus = np.hypot(xx, yy) > inner if inner > 1 else _border(size)
+    annulus.flags.writeable = False  # cached: shared, read-only
+    return annulus
+
+
+def _box_mean(values):
+    """3x3 box mean of (N, S, S, B) images (edges repeat their pixels)."""
+    padded = np.pad(values, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
+    return (rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]) / 9.0
+
+
+def _grown(mask, pixels):
+    """(N, S, S) bool mask grown by ``pixels`` in x and y (a square structuring element)."""
+    grown = mask.copy()
+    for _ in range(pixels):
+        step = grown.copy()
+        step[:, 1:] |= grown[:, :-1]
+        step[:, :-1] |= grown[:, 1:]
+        step[:, :, 1:] |= step[:, :, :-1]
+        step[:, :, :-1] |= step[:, :, 1:]
+        grown = step
+    return grown
+
+
+def sky_background(crops):
+    """Sky level and sigma of each band from a sigma-clipped annulus with neighbours masked.
+
+    The crop border alone, the sky before, is inflated by a neighbour's light in a crowded
+    field (a faint star beside a bright one came out at S/N -2 to 1.5). Here, as a survey
+    pipeline does (photutils ``Background2D`` with a source mask): start from the median and
+    the interquartile sigma (IQR / 1.349) of the :func:`sky_annulus` pixels; mask every pixel
+    whose 3x3 box mean stands ``SKY_MASK_SNR`` of the box's own sigma (a third of a pixel's)
+    above that level in any band, grown by ``SKY_MASK_GROW_PX`` pixels for the wings; clip
+    the rest at ``SKY_CLIP_SIGMA`` around their mean, ``SKY_CLIP_ITERATIONS`` times. The level
+    is the clipped mean, the sigma the clipped standard deviation corrected for the clip
+    (x 1/0.987), ``pixels`` the number kept. Quantised data whose IQR is 0 start from the
+    standard deviation; a band flat even so gets sigma 0. Where fewer than
+    ``SKY_MIN_PIXELS`` survive, the start values.
+
+    Args:
+        crops: (N, S, S, 5) or (S, S, 5) crops, channels last.
+
+    Returns:
+        :class:`SkyBackground` of (N, 5) float64 arrays.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> crop = rng.normal(0.1, 0.02, (1, 32, 32, 5))
+        >>> crop[0, 1:9, 1:9] += 1.0  # a bright neighbour in a corner
+        >>> sky = sky_background(crop)
+        >>> bool(np.allclose(sky.level, 0.1, atol=0.004) and np.allclose(sky.sigma, 0.02, rtol=0.1))
+        True
+    """
+    crops = _crops(crops)
+    count, size = len(crops), crops.shape[1]
+    annulus = sky_annulus(size)
+    # (N, 5, P): each band's annulus pixels contiguous, for the reductions below.
+    pixels = np.ascontiguousarray(np.moveaxis(crops[:, annulus, :], 1, 2), np.float64)
+    total = pixels.shape[2]
+    with np.errstate(invalid="ignore"):
+        # The median and the quartiles' sigma (IQR / 1.349) in one partial sort.
+        ranks = [(total - 1) // 4, (total - 1) // 2, (3 * (total - 1)) // 4]
+        quartiles = np.partition(pixels, ranks, axis=2)[:, :, ranks]
+        level = quartiles[:, :, 1]
+        sigma = (quartiles[:, :, 2] - quartiles[:, :, 0]) / _IQR_TO_SIGMA
+        sigma = np.where(sigma > 0, sigma, pixels.std(axis=2))
+        start = SkyBackground(level, sigma, np.full(level.shape, float(total)))
+        if not count:
+            return start
+        centre, scale = level, sigma
+        # The mask is remade once from the clipped sky: the start's sigma, inflated by the
+        # neighbours, sets too high a threshold to reach their faint wings.
+        for _ in range(SKY_MASK_PASSES):
+            box = _box_mean(crops - centre[:, None, None, :].astype(np.float32))
+            seeds = (box >= SKY_MASK_SNR / 3.0 * scale[:, None, None, :]).any(axis=3)
+            keep = ~_grown(seeds, SKY_MASK_GROW_PX)[:, annulus][:, None, :]  # (N, 1, P)
+            for _ in range(SKY_CLIP_ITERATIONS):
+                offset = pixels - centre[:, :, None]
+                chosen = keep & (np.abs(offset) <= SKY_CLIP_SIGMA * scale[:, :, None])
+                kept = chosen.sum(axis=2)
+                safe = np.maximum(kept, 1)
+                shift = np.where(chosen, offset, 0.0).sum(axis=2) / safe
+                centre = centre + shift
+                spread = np.where(chosen, offset, 0.0)
+                spread = (spread * spread).sum(axis=2) / safe - shift ** 2
+                scale = np.sqrt(np.clip(spread, 0.0, None) * safe / np.maximum(kept - 1, 1)
+                                ) / _CLIPPED_STD
+        enough = (kept >= SKY_MIN_PIXELS) & np.isfinite(centre) & np.isfinite(scale)
+        return SkyBackground(np.where(enough, centre, start.level),
+                             np.where(enough, scale, start.sigma),
+                             np.where(enough, kept, start.pixels).astype(np.float64))
+
+
+def aperture_snr(crops, sigma=None, radius_arcsec=3.0, background=None):
     """Sky-limited S/N of the sky-subtracted flux in a centred aperture, per band.
 
-    The noise is the sky noise of the aperture pixels and of the sky level subtracted from
-    them: ``sigma * sqrt(n + n**2 / m)`` for ``n`` aperture pixels and a sky from ``m``
-    border pixels (the ``SKY_ARCS - 2 * SKY_TRIM`` middle arcs of
-    :func:`~starqso.preprocessing.photometry.sky_levels`).
+    The sky is the screening's (:func:`sky_background`: a clipped annulus, neighbours
+    masked). The noise is the sky noise of the aperture pixels and of the sky level
+    subtracted from them: ``sigma * sqrt(n + n**2 / m)`` for ``n`` aperture pixels and a sky
+    level that is the mean of ``m`` pixels.
 
     Args:
         crops: (N, S, S, 5) or (S, S, 5) crops, channels last, source at the centre.
-        sigma: (N, 5) per-pixel sky sigma; :func:`sky_sigma` when None.
+        sigma: (N, 5) per-pixel sky sigma; the background's when None.
         radius_arcsec: aperture radius.
+        background: the crops' :class:`SkyBackground`, when already measured.
 
     Returns:
         (N, 5) float64 ``flux / noise``; inf where sigma is 0.
@@ -171,13 +303,11 @@ def aperture_snr(crops, sigma=None, radius_arcsec=3.0):
     """
     crops = _crops(crops)
     inside, _ = aperture_masks(crops.shape[1], radius_arcsec)
-    sigma = sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
-    flux = aperture_fluxes(crops, radius_arcsec, sky_levels(crops))
+    background = sky_background(crops) if background is None else background
+    sigma = background.sigma if sigma is None else np.asarray(sigma, np.float64)
+    flux = aperture_fluxes(crops, radius_arcsec, background.level)
     pixels = np.count_nonzero(inside)
-    # The sky subtracted from each aperture pixel is itself an estimate: a mean over about
-    # half of the border's arcs (the interquartile arc means), whose error adds coherently.
-    sky_pixels = sky_arcs(crops.shape[1]).size * (SKY_ARCS - 2 * SKY_TRIM) / SKY_ARCS
-    noise = sigma * np.sqrt(pixels + pixels ** 2 / sky_pixels)
+    noise = sigma * np.sqrt(pixels + pixels ** 2 / np.maximum(background.pixels, 1.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(noise > 0, flux / np.where(noise > 0, noise, 1.0), np.inf)
 
@@ -193,12 +323,12 @@ def _neighbour_mean(values):
             + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]) / 4
 
 
-def sharp_pixels(crops, sigma=None):
+def sharp_pixels(crops, sigma=None, background=None):
     """Pixels narrower than any PSF near the crop centre (rule 5 of the module docstring).
 
     Args:
         crops: (N, S, S, 5) or (S, S, 5) crops, channels last, source at the centre.
-        sigma: (N, 5) per-pixel sky sigma; :func:`sky_sigma` when None.
+        sigma: (N, 5) per-pixel sky sigma; :func:`sky_background`'s when None.
 
     Returns:
         (N, S, S, 5) bool: True at a pixel within ``ARTEFACT_RADIUS_ARCSEC`` of the centre at
@@ -216,8 +346,9 @@ def sharp_pixels(crops, sigma=None):
     size = crops.shape[1]
     if not len(crops) or size / 2 - 3 <= 1:
         return np.zeros(crops.shape, bool)
-    sigma = sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
-    values = crops - sky_levels(crops)[:, None, None, :]
+    background = sky_background(crops) if background is None else background
+    sigma = background.sigma if sigma is None else np.asarray(sigma, np.float64)
+    values = crops - background.level[:, None, None, :]
     noise = sigma[:, None, None, :]
     yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
     near = (np.hypot(xx, yy) * PIXEL_SCALE_ARCSEC <= ARTEFACT_RADIUS_ARCSEC)[None, :, :, None]
@@ -233,17 +364,17 @@ def _undetected(snr):
     return (snr[:, _R] < DETECTION_SNR_R) & (snr[:, others] < DETECTION_SNR_OTHER).all(axis=1)
 
 
-def _detection_snr(crops, sigma):
-    return np.max([aperture_snr(crops, sigma, radius)
+def _detection_snr(crops, background):
+    return np.max([aperture_snr(crops, None, radius, background)
                    for radius in DETECTION_APERTURES_ARCSEC], axis=0)
 
 
-def narrower_than_psf(crops, sigma=None):
+def narrower_than_psf(crops, sigma=None, background=None):
     """Which crops hold sharp pixels, and which hold nothing else (rule 5).
 
     Args:
         crops: (N, S, S, 5) or (S, S, 5) crops, channels last, source at the centre.
-        sigma: (N, 5) per-pixel sky sigma; :func:`sky_sigma` when None.
+        sigma: (N, 5) per-pixel sky sigma; :func:`sky_background`'s when None.
 
     Returns:
         ``(sharp, only_sharp)``, (N,) bool each: a sharp pixel (:func:`sharp_pixels`) within
@@ -257,41 +388,52 @@ def narrower_than_psf(crops, sigma=None):
         [[True], [True]]
     """
     crops = _crops(crops)
-    sigma = sky_sigma(crops) if sigma is None else np.asarray(sigma, np.float64)
-    sharp = sharp_pixels(crops, sigma)
+    background = sky_background(crops) if background is None else background
+    if sigma is not None:
+        background = background._replace(sigma=np.asarray(sigma, np.float64))
+    sharp = sharp_pixels(crops, background=background)
     has_sharp = sharp.any(axis=(1, 2, 3))
     only_sharp = np.zeros(len(crops), bool)
     rows = np.flatnonzero(has_sharp)
     if len(rows) and _can_measure(crops.shape[1]):
         cleaned = crops[rows].astype(np.float64)
         cleaned = np.where(sharp[rows], _neighbour_mean(cleaned), cleaned)
+        # The sharp pixels lie within 3", inside the sky annulus: the crop's own sky stands.
         with np.errstate(invalid="ignore"):
-            only_sharp[rows] = _undetected(_detection_snr(cleaned, sigma[rows]))
+            only_sharp[rows] = _undetected(_detection_snr(cleaned, _rows(background, rows)))
     return has_sharp, only_sharp
+
+
+def _rows(background, rows):
+    """The :class:`SkyBackground` of some rows."""
+    return SkyBackground(*(values[rows] for values in background))
 
 
 def _measured(crops):
     """The statistics the rules test, for every crop at once: ``(peak |value|, value range,
     sky sigma (N, 5), detection S/N (N, 5) or None when the crops are too small, (N,) bool
-    source made of sharp pixels only)``."""
+    source made of sharp pixels only, the SkyBackground)``."""
     flat = crops.reshape(len(crops), -1)
     with np.errstate(invalid="ignore"):
         peak, spread = np.abs(flat).max(axis=1), np.ptp(flat, axis=1)
-        sigma = sky_sigma(crops)
+        background = sky_background(crops)
+        sigma = background.sigma
         snr = None
         if _can_measure(crops.shape[1]):
-            snr = _detection_snr(crops, sigma)
+            snr = _detection_snr(crops, background)
         # No-data fills and other units (rules 1-3) would make pixels "sharp": skip them.
         low, high = SKY_SIGMA_RANGE
         plausible = (peak <= MAX_ABS_NANOMAGGIES) & ((sigma >= low) & (sigma <= high)).all(
             axis=1)
     only_sharp = np.zeros(len(crops), bool)
     if plausible.any():
-        only_sharp[plausible] = narrower_than_psf(crops[plausible], sigma[plausible])[1]
-    return peak, spread, sigma, snr, only_sharp
+        only_sharp[plausible] = narrower_than_psf(
+            crops[plausible], background=_rows(background, plausible))[1]
+    return peak, spread, sigma, snr, only_sharp, background
 
 
-def _failed_rules(peak, spread, sigma, snr, only_sharp) -> dict[str, np.ndarray]:
+def _failed_rules(peak, spread, sigma, snr, only_sharp, background=None
+                  ) -> dict[str, np.ndarray]:
     """Each rule of the module docstring, in the order check_source reports them: (N,) bool,
     True where a crop fails it."""
     low, high = SKY_SIGMA_RANGE
@@ -318,16 +460,18 @@ def suspect_crops(crops, measured=False):
         measured: also return the statistics, for the quality bits to reuse.
 
     Returns:
-        (N,) bool; with ``measured``, ``(suspect, sky_sigma (N, 5), snr (N, 5) or None)``
-        (``snr`` the better of the two detection apertures, None for crops too small).
+        (N,) bool; with ``measured``, ``(suspect, sky_sigma (N, 5), snr (N, 5) or None,
+        background)`` (``snr`` the better of the two detection apertures, None for crops too
+        small; ``background`` the :class:`SkyBackground` both were measured with).
     """
     crops = _crops(crops)
     if not len(crops):
         empty = np.zeros(0, bool)
-        return (empty, np.zeros((0, len(BANDS))), None) if measured else empty
+        none = np.zeros((0, len(BANDS)))
+        return (empty, none, None, SkyBackground(none, none, none)) if measured else empty
     statistics = _measured(crops)
     suspect = np.any(list(_failed_rules(*statistics).values()), axis=0)
-    return (suspect, statistics[2], statistics[3]) if measured else suspect
+    return (suspect, statistics[2], statistics[3], statistics[5]) if measured else suspect
 
 
 def check_source(crop, *, source: str = "cutout") -> dict:
@@ -364,7 +508,7 @@ def check_source(crop, *, source: str = "cutout") -> dict:
     if not failed:
         return {"sky_sigma": sigma, "snr": snr}
     if failed[0] == "artefact":
-        sharp = np.argwhere(sharp_pixels(crop[None], sigma[None])[0])
+        sharp = np.argwhere(sharp_pixels(crop[None], background=measured[5])[0])
         bands = "".join(BANDS[band] for band in sorted(set(sharp[:, 2])))
         pixels = f"{len(sharp)} isolated pixel" + ("s" if len(sharp) > 1 else "")
         raise InputError(f"source is narrower than the PSF (cosmic ray or artefact): its light "
