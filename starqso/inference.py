@@ -372,10 +372,11 @@ def _prepare_block(block, size, measured=None):
     # No answer without a source: blank sky, no-data fills and other units are refused. The
     # batch is screened at once; check_source gives the reason for the suspects.
     good = np.flatnonzero(usable)
-    suspect, sigma, snr = suspect_crops(images[good], measured=True)
+    suspect, sigma, snr, background = suspect_crops(images[good], measured=True)
     if measured is not None:
         measured["sky_sigma"] = np.full((count, NUM_BANDS), np.nan)
         measured["sky_sigma"][good] = sigma
+        measured["background"] = (good, background)
         measured["snr"] = None
         if snr is not None:
             measured["snr"] = np.full((count, NUM_BANDS), np.nan)
@@ -436,10 +437,14 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
     qflag |= screened_bits(images, usable, measured["sky_sigma"])
     if usable.any():
         rows = np.flatnonzero(usable)
+        # The screen's sky of the classified rows (screened rows, in the order of `good`).
+        screened, background = measured["background"]
+        position = np.searchsorted(screened, rows)
         qflag[rows] = quality_bits(
             images[rows], [bool(flags[row]) for row in rows], reference,
             sigma=measured["sky_sigma"][rows],
-            snr=None if measured["snr"] is None else measured["snr"][rows])
+            snr=None if measured["snr"] is None else measured["snr"][rows],
+            background=type(background)(*(values[position] for values in background)))
     return Classified(probabilities, flags, usable, qflag, p_err)
 
 
