@@ -288,6 +288,11 @@ class DataConfig:
     # 0 keeps the simulation as it was
     reddening_fraction: float = setting(0.0, number(minimum=0, maximum=1))
     max_ebv: float = setting(1.5, number(minimum=0, maximum=10))
+    # the fraction of simulated objects in crowded (low-latitude) fields: up to
+    # max_neighbour_density times the neighbours of a high-latitude field, the extra ones
+    # stars; 0 keeps the simulation as it was
+    neighbour_density_fraction: float = setting(0.0, number(minimum=0, maximum=1))
+    max_neighbour_density: float = setting(20.0, number(minimum=1, maximum=1000))
 
     def __post_init__(self) -> None:
         _check_fields(self, "data")

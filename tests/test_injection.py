@@ -284,3 +284,57 @@ def test_a_folder_of_sky_files_and_resume_keep_the_same_backgrounds(tmp_path):
         _sky_backgrounds(plain, config, str(folder), None, None, resume=True)
     with pytest.raises(InputError, match="not --data"):
         _sky_backgrounds(plain, config, str(folder), "catalog.csv", None, resume=False)
+
+
+def test_crowded_fields_hold_more_neighbours_reddened_behind_the_dust():
+    from starqso.simulate import resources
+    from starqso.simulate.dust import Crowding
+    from starqso.simulate.images import draw_neighbours
+
+    densities = np.array([Crowding(0.5, 50.0).draw(3, index) for index in range(2000)])
+    assert abs((densities > 1).mean() - 0.5) < 0.05 and densities.max() <= 50.0
+    assert densities.max() > 30 and (densities >= 1).all()
+    crowded = Crowding(1.0, 50.0)
+    plain = [simulate_object(index, 3, size=32) for index in range(6)]
+    busy = [simulate_object(index, 3, size=32, crowding=crowded) for index in range(6)]
+    assert sum(o.info["n_neighbours"] for o in busy) > 3 * sum(
+        o.info["n_neighbours"] for o in plain) + 5
+    assert all(o.info["neighbour_density"] > 1 for o in busy)
+    assert simulate_object(1, 3, size=32, crowding=Crowding(0.0)).cutout.tobytes() == \
+        plain[1].cutout.tobytes()
+    # Neighbours of a reddened crowded field: galaxies behind all the dust, stars behind part.
+    stars = resources.sdss_pointsources()["mags"][:200]
+    clear = draw_neighbours(np.random.default_rng(9), 48, stars, density=40.0)
+    dusty = draw_neighbours(np.random.default_rng(9), 48, stars, density=40.0, ebv=1.0)
+    assert len(clear) == len(dusty) > 20
+    most = np.array(EXTINCTION_COEFFICIENTS)
+    star_count = 0
+    for before, after in zip(clear, dusty):
+        dimming = -2.5 * np.log10(after.nanomaggies / before.nanomaggies)
+        if before.half_light_radius > 0:
+            assert dimming == pytest.approx(most, abs=1e-9)
+        else:
+            star_count += 1
+            fraction = dimming / most
+            assert np.allclose(fraction, fraction[0]) and 0 <= fraction[0] <= 1
+    assert star_count > len(clear) / 2  # the extra neighbours of a crowded field are stars
+
+
+def test_fit_data_follow_the_dust_and_crowding_config():
+    from starqso.config import config_from_dict
+    from starqso.training.fit import _load_arrays
+
+    def load(**data):
+        lines = []
+        config = config_from_dict({"preset": "tiny", "data": {"num_objects": 4, **data}})
+        return _load_arrays(config, None, lines.append), " ".join(lines)
+
+    plain, _ = load()
+    dusty, said = load(reddening_fraction=1.0, max_ebv=0.5, neighbour_density_fraction=1.0,
+                       max_neighbour_density=30)
+    assert "reddening a fraction 1 of them by E(B-V) up to 0.5" in said
+    assert "crowding the fields of a fraction 1 of them up to 30x" in said
+    assert (dusty.labels == plain.labels).all()
+    shift = dusty.mags - plain.mags
+    assert (shift > 0).all() and (shift[:, 0] > shift[:, 4]).all()  # u dims most, z least
+    assert not np.array_equal(dusty.images, plain.images)

@@ -250,7 +250,7 @@ class ObjectArrays:
                         cutout_size: int = 48, qso_fraction: float | None = None,
                         workers: int | None = None,
                         progress: Callable[[int], None] | None = None,
-                        backgrounds=None, reddening=None) -> ObjectArrays:
+                        backgrounds=None, reddening=None, crowding=None) -> ObjectArrays:
         """Simulate objects ``0 .. num_objects-1`` of ``seed`` as in-memory arrays, no files.
 
         Object ``i`` is :func:`starqso.simulate.simulate_object` ``(i, seed, cutout_size,
@@ -274,6 +274,8 @@ class ObjectArrays:
                 (centre-cropped to ``cutout_size``); None: every object fully simulated.
             reddening: a :class:`starqso.simulate.dust.Reddening` (Galactic dust in front of
                 a fraction of the objects), or None for none.
+            crowding: a :class:`starqso.simulate.dust.Crowding` (crowded fields for a
+                fraction of the objects), or None for none.
 
         Raises:
             InputError: for an out-of-range argument.
@@ -299,7 +301,7 @@ class ObjectArrays:
         chunk = max(1, min(_CHUNK, -(-num_objects // workers)))
         id_width = max(6, len(str(num_objects - 1)))  # as simulate_survey, so ids match its files
         tasks = [(range(start, min(start + chunk, num_objects)), seed, image_size, cutout_size,
-                  qso_fraction, id_width, backgrounds, reddening)
+                  qso_fraction, id_width, backgrounds, reddening, crowding)
                  for start in range(0, num_objects, chunk)]
         workers = min(workers, len(tasks))
         executor = None
@@ -384,6 +386,9 @@ class ObjectArrays:
         reddening = kwargs.get("reddening")
         if reddening is not None and reddening.fraction > 0:  # likewise
             key += ["reddening", reddening.fraction, reddening.max_ebv]
+        crowding = kwargs.get("crowding")
+        if crowding is not None and crowding.fraction > 0:  # likewise
+            key += ["crowding", crowding.fraction, crowding.max_density]
         digest = hashlib.sha256(json.dumps(key).encode())
         package = importlib.resources.files("starqso")
         for part in ("simulate", "resources"):
@@ -470,13 +475,14 @@ def _catalog_spectrum(catalog, spectrum):
 
 def _simulate_chunk(task) -> ObjectArrays:
     """Objects ``indices`` of a simulation as arrays (a worker of ``from_simulation``)."""
-    indices, seed, image_size, cutout_size, qso_fraction, id_width, source, reddening = task
+    (indices, seed, image_size, cutout_size, qso_fraction, id_width, source, reddening,
+     crowding) = task
     # Each worker reads the backgrounds once (BackgroundSource.load is cached).
     backgrounds = None if source is None else source.load(cutout_size)
     fraction = 0.0 if source is None else source.fraction
     objects = [simulate_object(index, seed, cutout_size, qso_fraction, id_width=id_width,
                                backgrounds=backgrounds, background_fraction=fraction,
-                               reddening=reddening)
+                               reddening=reddening, crowding=crowding)
                for index in indices]
     arrays = ObjectArrays.empty([obj.id for obj in objects], image_size)
     for row, obj in enumerate(objects):

@@ -1,4 +1,4 @@
-"""Galactic foreground reddening of simulated objects (stars, and QSOs behind the same dust).
+"""The Galactic plane in front of simulated objects: reddening by dust, and crowding.
 
 Low-latitude fields are seen through E(B-V) of 1 and more: a reddened F star has the colours of
 a K star, and reddening moves stars along a line that crosses the QSO locus. A configurable
@@ -13,6 +13,12 @@ Which objects are reddened, and by how much, is drawn from a stream of their own
 (``default_rng([seed, index, REDDENING_STREAM])``): with a fraction of 0 the simulation is
 byte for byte what it was.
 
+Crowding: a fraction of objects is placed in a field with ``density`` times the neighbours of
+a high-latitude field, log-uniform in ``[1, max_density]`` (the extra neighbours are stars,
+reddened by a uniform fraction of the object's E(B-V); see
+:func:`starqso.simulate.images.draw_neighbours`), drawn from a stream of its own
+(``[seed, index, CROWDING_STREAM]``).
+
 NumPy only (no TensorFlow).
 """
 
@@ -24,10 +30,12 @@ import numpy as np
 
 from starqso.schema import EXTINCTION_COEFFICIENTS
 
-__all__ = ["REDDENING_STREAM", "Reddening", "band_extinction", "spectrum_extinction"]
+__all__ = ["CROWDING_STREAM", "REDDENING_STREAM", "Crowding", "Reddening", "band_extinction",
+           "spectrum_extinction"]
 
-# The third element of an object's reddening stream (the injection stream uses 7).
+# The third element of an object's reddening and crowding streams (injection uses 7).
 REDDENING_STREAM = 11
+CROWDING_STREAM = 13
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,33 @@ class Reddening:
         if side.random() >= self.fraction:
             return 0.0
         return float(side.uniform(0.0, self.max_ebv))
+
+
+@dataclass(frozen=True)
+class Crowding:
+    """How a simulation crowds its objects' fields.
+
+    Attributes:
+        fraction: probability that an object's field is crowded (0: none is).
+        max_density: a crowded field has ``density`` log-uniform in ``[1, max_density]``
+            times a high-latitude field's neighbours (about 6 per arcmin^2 to r 23.5).
+
+    Example:
+        >>> Crowding(0.0, 20.0).draw(seed=0, index=3)
+        1.0
+    """
+
+    fraction: float = 0.0
+    max_density: float = 20.0
+
+    def draw(self, seed, index) -> float:
+        """The neighbour density of object ``index`` of ``seed`` (1.0 when not crowded)."""
+        if self.fraction <= 0 or self.max_density <= 1:
+            return 1.0
+        side = np.random.default_rng([seed, index, CROWDING_STREAM])
+        if side.random() >= self.fraction:
+            return 1.0
+        return float(np.exp(side.uniform(0.0, np.log(self.max_density))))
 
 
 def band_extinction(ebv) -> np.ndarray:

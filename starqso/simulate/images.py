@@ -37,6 +37,7 @@ import numpy as np
 
 from starqso.schema import PIXEL_SCALE_ARCSEC
 from starqso.simulate import resources
+from starqso.simulate.dust import band_extinction
 from starqso.simulate.photometry import magnitudes_to_nanomaggies
 
 SUPERSAMPLE = 4
@@ -325,20 +326,29 @@ class Neighbour:
     angle: float = 0.0
 
 
-def draw_neighbours(rng, size, star_mags):
+def draw_neighbours(rng, size, star_mags, density=1.0, ebv=0.0):
     """Faint field stars and galaxies scattered over the cutout.
 
     Args:
         rng: ``numpy.random.Generator``.
         size: cutout side in pixels.
         star_mags: real catalogue star magnitudes (N x 5) to borrow star colours from.
+        density: the number of neighbours relative to a high-latitude field (1); above 1
+            the extra neighbours are stars (a low-latitude field: the galaxies' density
+            stays, the stars' grows), and close blends grow in proportion.
+        ebv: the field's E(B-V): galaxies lie behind all of it, each star behind a uniform
+            fraction of it (stars sit at all distances along the sight line).
 
     Returns:
         list of :class:`Neighbour`.
     """
     area_arcmin2 = (size * PIXEL_SCALE_ARCSEC / 60.0) ** 2
     # About 6 objects per arcmin^2 to r = 23.5 (SDSS depth), counts rising ~0.35 dex per mag.
-    count = rng.poisson(6.0 * area_arcmin2)
+    count = rng.poisson(6.0 * area_arcmin2 * density)
+    star_probability = 0.3 if density <= 1.0 else 1.0 - 0.7 / density
+    # The stars' share of the dust comes from a child stream (spawning does not advance
+    # ``rng``): the same field with and without dust then differs only in the dimming.
+    dust_rng = rng.spawn(1)[0] if ebv > 0 else None
     centre = (size - 1) / 2.0
     neighbours = []
     for _ in range(count):
@@ -352,15 +362,19 @@ def draw_neighbours(rng, size, star_mags):
         angle = rng.uniform(0, 2 * np.pi)
         x = float(np.clip(centre + radius * np.cos(angle), -2, size + 1))
         y = float(np.clip(centre + radius * np.sin(angle), -2, size + 1))
-        if rng.random() < 0.3:
+        if rng.random() < star_probability:
             colours = star_mags[rng.integers(len(star_mags))]
             mags = colours - colours[2] + r_mag
+            if ebv > 0:
+                mags = mags + band_extinction(dust_rng.uniform(0.0, ebv))
             neighbours.append(Neighbour(x, y, magnitudes_to_nanomaggies(mags)))
         else:
             colours = np.array([rng.normal(1.5, 0.4), rng.normal(0.9, 0.3),
                                 rng.normal(0.4, 0.15), rng.normal(0.3, 0.15)])
             offsets = np.concatenate([np.cumsum(colours[::-1])[::-1], [0.0]])
             mags = r_mag + offsets - offsets[2]
+            if ebv > 0:
+                mags = mags + band_extinction(ebv)
             neighbours.append(Neighbour(
                 x, y, magnitudes_to_nanomaggies(mags),
                 half_light_radius=rng.lognormal(np.log(0.8), 0.5) / PIXEL_SCALE_ARCSEC,
@@ -456,7 +470,7 @@ def add_artefact(rng, image, sigma, kind):
 
 def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radius_arcsec=1.0,
                   star_mags=None, host_sersic_index=1.0, host_axis_ratio=None, host_angle=None,
-                  background=None):
+                  background=None, neighbour_density=1.0, neighbour_ebv=0.0):
     """A noisy five-band cutout of one object with its surroundings.
 
     Args:
@@ -479,6 +493,8 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
             the noise added is the source's own photon noise only, and there are no
             simulated neighbours, sky residuals, artefacts or resampling: the real sky has
             its own.
+        neighbour_density, neighbour_ebv: the field's crowding (x a high-latitude field's
+            neighbours) and E(B-V) (:func:`draw_neighbours`); 1 and 0: high latitude.
 
     Returns:
         ``(cube, info)``: float32 array (5, size, size) in nanomaggies, and a dict describing
@@ -496,7 +512,7 @@ def render_cutout(rng, size, point_nanomaggies, host_nanomaggies=None, host_radi
     x0, y0 = centre + np.clip(rng.uniform(-0.5, 0.5, size=2)
                               + rng.normal(0.0, CENTROID_ERROR_SIGMA_PX, size=2),
                               -CENTROID_MAX_OFFSET_PX, CENTROID_MAX_OFFSET_PX)
-    neighbours = draw_neighbours(rng, size, star_mags) if (
+    neighbours = draw_neighbours(rng, size, star_mags, neighbour_density, neighbour_ebv) if (
         star_mags is not None and background is None) else []
     noise_scale = draw_noise_scale(rng)
     sky_sigma = resources.noise_calibration()["image_sky_sigma"] * noise_scale

@@ -104,7 +104,7 @@ def _kpc_per_arcsec_table():
 
 def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
                     high_z_fraction=None, backgrounds=None, background_fraction=0.0,
-                    reddening=None):
+                    reddening=None, crowding=None):
     """Simulate object number ``index`` of the simulation with ``seed``.
 
     Args:
@@ -125,6 +125,8 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         reddening: a :class:`starqso.simulate.dust.Reddening`: the object may be seen through
             Galactic dust (drawn from a side stream; its E(B-V) is ``info["galactic_ebv"]``
             and the catalogue's ``ebv``), or None for no dust.
+        crowding: a :class:`starqso.simulate.dust.Crowding`: the object's field may hold
+            more neighbours (side stream; ``info["neighbour_density"]``), or None.
 
     Returns:
         :class:`SimulatedObject`.
@@ -170,6 +172,7 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     if model.host_fraction > 0:
         table_z, table_scale = _kpc_per_arcsec_table()
         host_radius = rng.uniform(2.0, 6.0) / np.interp(redshift, table_z, table_scale)
+    density = 1.0 if crowding is None else crowding.draw(seed, index)
     background = None
     if backgrounds is not None:
         from starqso.simulate.injection import choose_background
@@ -178,7 +181,8 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         background = None if number is None else backgrounds[number]
     cutout, conditions = render_cutout(
         rng, size, point, host if model.host_fraction > 0 else None, host_radius,
-        star_mags=catalogue["mags"][stars], background=background)
+        star_mags=catalogue["mags"][stars], background=background,
+        neighbour_density=density, neighbour_ebv=galactic_ebv)
 
     # Spectra are taken at another epoch with their own flux calibration: QSOs vary by about
     # 0.1 mag over years, and SDSS spectrophotometry is good to about 5%.
@@ -191,6 +195,7 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         "host_fraction": model.host_fraction,
         "ebv": model.ebv,
         "galactic_ebv": galactic_ebv,
+        "neighbour_density": density,
         "spectrograph": spectrum["spectrograph"],
         **conditions,
     }

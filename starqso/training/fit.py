@@ -40,6 +40,13 @@ def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgro
                 f"up to {config.data.max_ebv:g}")
             arguments["reddening"] = Reddening(config.data.reddening_fraction,
                                                config.data.max_ebv)
+        if config.data.neighbour_density_fraction > 0:
+            from starqso.simulate.dust import Crowding
+
+            log(f"crowding the fields of a fraction {config.data.neighbour_density_fraction:g} "
+                f"of them up to {config.data.max_neighbour_density:g}x the neighbours")
+            arguments["crowding"] = Crowding(config.data.neighbour_density_fraction,
+                                             config.data.max_neighbour_density)
         if simulation_cache is not None:
             return ObjectArrays.from_simulation_cache(
                 simulation_cache, config.data.num_objects, config.data.simulation_seed,
