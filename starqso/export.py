@@ -686,6 +686,13 @@ def _model_card(folder, config, metadata, results):
                        f"{skies['cutouts']} real blank-sky cutouts of {len(skies['fields'])} "
                        f"fields ({fields}) from {skies['path']} (SHA-256 {skies['sha256']}), "
                        f"with each field's PSF FWHM")
+    if not data and config.data.reddening_fraction > 0:
+        trained_on += (f"; a fraction {config.data.reddening_fraction:g} reddened by E(B-V) "
+                       f"up to {config.data.max_ebv:g} (SDSS A/E(B-V) of Schlafly & "
+                       f"Finkbeiner 2011)")
+    if not data and config.data.neighbour_density_fraction > 0:
+        trained_on += (f"; a fraction {config.data.neighbour_density_fraction:g} in crowded "
+                       f"fields (up to {config.data.max_neighbour_density:g}x the neighbours)")
     lines = [
         "# starqso classifier: model card", "",
         f"* starqso {metadata['starqso_version']}, preset `{config.preset}`",

@@ -189,7 +189,8 @@ def test_fit_tiny_with_sky_backgrounds_records_them(skies_file, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text("preset: tiny\ndata:\n  num_objects: 40\n  export_check_objects: 8\n"
-                      "  export_calibration_objects: 8\n  sky_backgrounds_fraction: 0.75\n")
+                      "  export_calibration_objects: 8\n  sky_backgrounds_fraction: 0.75\n"
+                      "  reddening_fraction: 0.3\n  neighbour_density_fraction: 0.2\n")
     result = CliRunner().invoke(main, ["fit", "--config", str(config), "--sky-backgrounds",
                                        str(skies_file), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -201,6 +202,8 @@ def test_fit_tiny_with_sky_backgrounds_records_them(skies_file, tmp_path):
     assert skies["fields"] == list(FIELDS) and len(skies["files"][0]["sha256"]) == 64
     card = (out / "export" / "model_card.md").read_text()
     assert f"SHA-256 {skies['sha256']}" in card and "8 real blank-sky cutouts" in card
+    assert "a fraction 0.3 reddened by E(B-V) up to 1.5" in card
+    assert "a fraction 0.2 in crowded fields (up to 20x the neighbours)" in card
 
 
 def test_reddening_moves_colours_by_the_coefficients_and_is_recorded(tmp_path):
