@@ -5,8 +5,8 @@
 
 SKIES is a sky-background file (``starqso skies``). The same objects (seed, indices) are
 simulated twice, on simulated sky and injected into the real cutouts
-(:mod:`starqso.simulate.injection`, fraction 1), at the default 48x48 and cropped to 32x32 as
-``fit`` does. Per band the table gives, for each set:
+(:mod:`starqso.simulate.injection`, fraction 1), at ``--size`` (default 48) and cropped to
+32x32 as ``fit`` does. Per band the table gives, for each set:
 
 * the sky noise the cutout's border holds (median over objects of the 1.4826 MAD of the
   border pixels, nanomaggies) against the field's recorded sky sigma;
@@ -35,11 +35,11 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _objects(count, seed, backgrounds, fraction):
+def _objects(count, seed, backgrounds, fraction, size):
     from starqso.simulate import simulate_object
 
     began = time.perf_counter()
-    objects = [simulate_object(index, seed, 48, backgrounds=backgrounds,
+    objects = [simulate_object(index, seed, size, backgrounds=backgrounds,
                                background_fraction=fraction) for index in range(count)]
     return objects, (time.perf_counter() - began) / count
 
@@ -68,15 +68,17 @@ def main(argv=None):
     parser.add_argument("skies", help="sky-background file (starqso skies)")
     parser.add_argument("--n", type=int, default=400, help="objects per set")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=48,
+                        help="simulated cutout side (the backgrounds' at least)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/injection.md"))
     args = parser.parse_args(argv)
 
     from starqso.simulate.injection import BackgroundSource
 
-    source = BackgroundSource.open(args.skies, fraction=1.0, size=48)
-    backgrounds = source.load(48)
-    plain, plain_time = _objects(args.n, args.seed, None, 0.0)
-    injected, injected_time = _objects(args.n, args.seed, backgrounds, 1.0)
+    source = BackgroundSource.open(args.skies, fraction=1.0, size=args.size)
+    backgrounds = source.load(args.size)
+    plain, plain_time = _objects(args.n, args.seed, None, 0.0, args.size)
+    injected, injected_time = _objects(args.n, args.seed, backgrounds, 1.0, args.size)
     assert all(obj.info["background"] >= 0 for obj in injected)
     field_sigma = np.median(backgrounds.sky_sigma, axis=0)
     field_fwhm = np.median(backgrounds.psf_fwhm_arcsec, axis=0)
