@@ -54,7 +54,7 @@ def _predict(path, tmp_path):
                                        "--runtime", "litert"])
     assert result.exit_code == 0, result.output
     table = read_catalog(output, require=("id",))
-    return ([float(value) for value in table["p_qso"]],
+    return ([float(value) if str(value).strip() else np.nan for value in table["p_qso"]],
             [int(value) for value in table["qflag"]])
 
 
@@ -102,3 +102,23 @@ def test_predict_classifies_a_star_beside_bright_neighbours(tmp_path):
     p_qso, qflag = _predict(_stack(tmp_path, "crowded", rows), tmp_path)
     assert not [value for value in qflag if value & 1], qflag  # NOT_CLASSIFIED
     assert np.isfinite(p_qso).all()
+
+
+def test_a_faint_r_only_blip_on_blank_sky_is_refused(tmp_path):
+    # Blank sky with an r-only blip of aperture S/N ~3.5 (nothing in u and g): at 3 sigma in r
+    # it passed the source check and the network read it as a g-dropout, a high-z QSO.
+    from starqso.preprocessing.quality import suspect_crops
+
+    blips = [_point(np.array([0.0, 0.0, 0.37, 0.0, 0.0]), seed=200 + seed)
+             for seed in range(80)]
+    suspect, _, snr, _ = suspect_crops(np.stack(blips), measured=True)
+    near = (snr[:, 2] >= 3.0) & (snr[:, 2] < 4.0)
+    assert near.sum() >= 5 and suspect[near].all()
+    chosen = [blips[row] for row in np.flatnonzero(near)[:3]]
+    p_qso, qflag = _predict(_stack(tmp_path, "blips", chosen), tmp_path)
+    assert all(value & 1 for value in qflag), qflag  # NOT_CLASSIFIED
+    # A real source just above the threshold in r still passes.
+    brighter = np.stack([_point(np.array([0.0, 0.0, 1.6, 0.0, 0.0]), seed=300 + seed)
+                         for seed in range(10)])
+    suspect, _, snr, _ = suspect_crops(brighter, measured=True)
+    assert not suspect[snr[:, 2] >= 4.0].any() and (snr[:, 2] >= 4.0).sum() >= 5
