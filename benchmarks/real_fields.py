@@ -30,7 +30,7 @@ redshift bin (unclassified rows count as misses); and the same rates for a plain
 gradient boosting trained on the catalogue's real STAR/QSO colours + r and applied to 3"
 aperture photometry of the pixels (``real_photometry.py``'s), at the same priors. Then each
 false QSO on blank sky and each field star called QSO is listed with what it was measured
-with (detection S/N per band, which band passed detection, border sky sigma against the
+with (detection S/N per band, which band passed detection, screen sky sigma against the
 frame's, the brightest neighbour, the light centroid, qflag bits), next to the medians of
 the rows that were not called QSO; then a white-noise control at each frame's sky sigma, and
 what a stricter detection, or no QSO call on LOW_SNR rows, would change.
@@ -203,7 +203,7 @@ class ColourPeer:
 # --- what the cutouts have in common ----------------------------------------------------
 
 def describe(result, frame_sigma):
-    """Per row: the detection S/N, which band detects, the border sky sigma over the frame's,
+    """Per row: the detection S/N, which band detects, the screen sky sigma over the frame's,
     the brightest neighbour, the light centroid, in the crop the model sees."""
     from starqso.preprocessing.photometry import sky_levels
     from starqso.preprocessing.quality import DETECTION_SNR_OTHER, DETECTION_SNR_R
@@ -286,7 +286,7 @@ def listing(title, rows, info, result, p_at, p_train, extra_name=None, extra=Non
     """A markdown table of the listed rows, with the analysis columns."""
     lines = [title, "", "| # | field | " + (f"{extra_name} | " if extra_name else "")
              + "p (sky prior) | p (training mix) | p_err | qflag | S/N u g r i z | detected by "
-             "| border sigma / frame's (r, z) | centre box S/N | 1.5-3\" ring box S/N | "
+             "| sky sigma / frame's (r, z) | centre box S/N | 1.5-3\" ring box S/N | "
              "brightest neighbour box S/N @ distance | light centroid offset |",
              "|---|---|" + ("---|" if extra_name else "") + "---|" * 11]
     for row in rows:
@@ -317,7 +317,7 @@ def medians(label, rows, info):
 def what_if(samples, called, point, qso_called, threshold):
     """Rows that a stricter detection, or no QSO call on LOW_SNR / BRIGHT_NEIGHBOUR rows,
     would change: measured on the S/N and bits this run reported, nothing re-run."""
-    from starqso.preprocessing.quality import DETECTION_SNR_OTHER
+    from starqso.preprocessing.quality import DETECTION_SNR_OTHER, DETECTION_SNR_R
 
     r_band = BANDS.index("r")
     others = [band for band in range(len(BANDS)) if band != r_band]
@@ -331,8 +331,10 @@ def what_if(samples, called, point, qso_called, threshold):
         return result["usable"] & ((snr[:, r_band] >= r_snr)
                                    | (snr[:, others] >= DETECTION_SNR_OTHER).any(axis=1))
 
-    rules = [("now (r >= 3 or another band >= 5)", 3.0, ()),
-             ("detection at r >= 4", 4.0, ()), ("detection at r >= 5", 5.0, ()),
+    rules = [(f"now (r >= {DETECTION_SNR_R:g} or another band >= {DETECTION_SNR_OTHER:g})",
+              DETECTION_SNR_R, ()),
+             *((f"detection at r >= {value:g}", value, ()) for value in (3.0, 4.0, 5.0)
+               if value > DETECTION_SNR_R),
              ("ugriz S/N sum / sqrt(5) >= 5", "combined", ()),
              ("no QSO call with LOW_SNR", 3.0, ("LOW_SNR",)),
              ("no QSO call with LOW_SNR or BRIGHT_NEIGHBOUR", 3.0,
@@ -582,10 +584,14 @@ def main():
     p_sky = sky["p"]
     false_sky = np.flatnonzero(called["sky"])
     false_star = np.flatnonzero(called["sources"] & point)
+    from starqso.preprocessing import quality
+
     lines += ["", "## The false QSOs", "",
               "Columns: the detection S/N per band (the better of the 1.5\" and 3\" apertures, "
-              "as the source check measures it; detected when r >= 3 or another band >= 5), "
-              "the bands that pass, the crop border's sky sigma over the whole frame's (r, z), "
+              "as the source check measures it; detected when r >= "
+              f"{quality.DETECTION_SNR_R:g} or another band >= {quality.DETECTION_SNR_OTHER:g}), "
+              "the bands that pass, the source check's sky sigma (masked, clipped annulus) "
+              "over the whole frame's (r, z), "
               "the g+r+i S/N of the brightest 3x3 box within 1.5\", between 1.5\" and 3\", and "
               "beyond 3\" (with its distance), and the offset of the g+r+i light centroid within"
               " 3\" from the crop centre.", ""]
@@ -596,7 +602,7 @@ def main():
                      f"{int(point.sum())})", false_star, info_src, src, src["p"],
                      apply_prior(src["p"], -sky_settings["shift"]), "r_auto",
                      [f"{value:.2f}" for value in r_src])
-    header = ("| rows | n | r S/N | best other S/N | border sigma / frame's (r) | centre box "
+    header = ("| rows | n | r S/N | best other S/N | sky sigma / frame's (r) | centre box "
               "S/N | ring box S/N | neighbour box S/N | centroid offset |")
     not_called_sky = np.flatnonzero(sky["usable"] & ~called["sky"])
     refused_sky = np.flatnonzero(~sky["usable"])

@@ -54,7 +54,7 @@ checked in this order:
    0.15 (pixel - 2 sigma)``). A Gaussian PSF of FWHM 0.7" (SDSS's best seeing) centred on a
    pixel gives a ratio of 0.47, the median 1.4" 0.81; on the real SDSS cutouts of
    ``benchmarks/artefacts.py`` the lowest ratio of 772 point sources is 0.25 (a saturated
-   star) and of 1,861 QSOs 0.35, so none is sharp. A crop whose source is *only* sharp
+   star) and of 1,861 QSOs 0.33, so none is sharp. A crop whose source is *only* sharp
    pixels, i.e. that fails rule 4 once each sharp pixel is replaced by its neighbours' mean,
    is refused: it is neither a star nor a QSO. A crop still detected without them keeps its
    answer, with the ARTEFACT quality bit (:mod:`starqso.preprocessing.qflags`). Below 15
