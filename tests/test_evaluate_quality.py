@@ -31,6 +31,7 @@ from starqso.evaluation import (
     selection_function,
     wilson_interval,
 )
+from starqso.ownership import MARKER
 from starqso.schema import QFLAG_BITS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -272,7 +273,8 @@ def test_evaluate_reports_flagged_and_unflagged_error_rates(files):
     assert reloaded.index("REPAIRED (2)") < reloaded.index("EXTENDED (4)")
     for name in PLOT_FILES:
         assert (out / name).stat().st_size > 0, name
-    assert sorted(metrics["files"]) == sorted(["metrics.json", *PLOT_FILES])
+    # The folder's starqso.ownership marker is one of the files evaluate wrote.
+    assert sorted(metrics["files"]) == sorted(["metrics.json", *PLOT_FILES, MARKER])
 
     lenient = evaluate_predictions(predictions, truth, out, threshold=0.25)
     # At 0.25: b and f are QSO; errors b (star) -> flagged 1 error, e right, a/c/g right.

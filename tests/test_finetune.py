@@ -194,8 +194,11 @@ def test_a_shared_trunk_run_exports_one_cnn_and_finetunes_the_generator_trunk(tm
     assert one.classifier.fusion.get_layer("embedding_dense").trainable
     tuned = _finetune(tmp_path, run, labels, "--trainable", "1")
     assert tuned.exit_code == 0, tuned.output
-    after = keras.saving.load_model(tmp_path / "ft" / "starqso_classifier.keras",
-                                    safe_mode=True)
+    # The fine-tuned weights: the run's model, or beside it when the base model was kept.
+    tuned_file = tmp_path / "ft" / "finetune_rejected.keras"
+    if not tuned_file.exists():
+        tuned_file = tmp_path / "ft" / "starqso_classifier.keras"
+    after = keras.saving.load_model(tuned_file, safe_mode=True)
     assert not np.array_equal(classifier.generator.get_layer("trunk_conv1_0").get_weights()[0],
                               after.generator.get_layer("trunk_conv1_0").get_weights()[0])
     np.testing.assert_array_equal(classifier.generator.get_layer("trunk_conv0_0").get_weights()[0],
