@@ -152,7 +152,13 @@ def write_marker(folder: str | os.PathLike, command: str) -> pathlib.Path:
     return path
 
 
-def _shown(names: Iterable[str], limit: int = 5) -> str:
+def shown_entries(names: Iterable[str], limit: int = 5) -> str:
+    """Up to ``limit`` of ``names``, sorted, for a one-line message (``a, b, ... (9 entries)``).
+
+    Example:
+        >>> shown_entries(["b", "a"])
+        'a, b'
+    """
     names = sorted(names)
     return ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit
                                        else "")
@@ -220,7 +226,7 @@ def check_output_folder(folder: str | os.PathLike, command: str, *, option: str 
         return path
     maker = folder_maker(path)
     if maker is None:
-        raise InputError(f"{option} {given} holds {_shown(entries)} and no starqso marker "
+        raise InputError(f"{option} {given} holds {shown_entries(entries)} and no starqso marker "
                          f"({MARKER}): `starqso {command}` writes only into a new or empty "
                          f"folder or one it made itself; choose another {option}")
     if maker != command:
@@ -231,8 +237,9 @@ def check_output_folder(folder: str | os.PathLike, command: str, *, option: str 
         foreign = [name for name in entries if name not in {*replaced, MARKER}]
         if foreign:
             raise InputError(f"{option} {given} is an earlier `starqso {command}` output, "
-                             f"but it also holds {_shown(foreign)}, which `starqso {command}` "
-                             f"did not write; it is replaced as a whole, so move those away "
+                             f"but it also holds {shown_entries(foreign)}, which "
+                             f"`starqso {command}` did not write; it is replaced as a whole, "
+                             f"so move those away "
                              f"or choose another {option}")
     return path
 

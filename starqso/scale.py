@@ -268,7 +268,7 @@ def _foreign_entries(output, entries):
 def _check_output_folder(output):
     """OUT must be new, empty or an earlier starqso output and nothing else: it is replaced
     whole, so a user's file put inside an earlier output (notes, a sub-folder) would go."""
-    from starqso.ownership import _is_current_or_above
+    from starqso.ownership import _is_current_or_above, shown_entries
 
     if _is_current_or_above(output):
         raise InputError(f"--output {output} is the current folder or one above it; a Parquet "
@@ -294,8 +294,7 @@ def _check_output_folder(output):
                          f"is replaced as a whole, so it must be new, empty or an earlier "
                          f"starqso output")
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)"
-                                          if len(foreign) > 5 else "")
+        shown = shown_entries(foreign)
         raise InputError(f"--output {output} is an earlier starqso output, but it also holds "
                          f"{shown}, which predict did not write; it is replaced as a whole, so "
                          f"move those away or choose another --output")

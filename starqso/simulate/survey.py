@@ -323,7 +323,7 @@ def _previous_simulation(outdir: pathlib.Path) -> list[pathlib.Path]:
         InputError: ``outdir`` holds something simulate did not make, or ``images/`` /
             ``spectra/`` is not a plain folder (a link would send the removal elsewhere).
     """
-    from starqso.ownership import MARKER
+    from starqso.ownership import MARKER, shown_entries
 
     catalog_path = outdir / "catalog.csv"
     listed = set()
@@ -349,8 +349,7 @@ def _previous_simulation(outdir: pathlib.Path) -> list[pathlib.Path]:
             else:
                 foreign.append(f"{entry}/{name}")
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)"
-                                          if len(foreign) > 5 else "")
+        shown = shown_entries(foreign)
         raise InputError(f"--overwrite replaces only what `starqso simulate` made, and "
                          f"{outdir} also holds {shown}; move those away or choose another "
                          f"folder. Nothing was removed. Received: outdir={outdir}")
