@@ -51,3 +51,19 @@ def rewrite_metadata(folder, **changes) -> None:
     metadata.update(changes)
     metadata = {key: value for key, value in metadata.items() if value is not None}
     (folder / "metadata.json").write_text(json.dumps(metadata))
+
+
+def folder_tree(folder) -> dict:
+    """Every path under ``folder`` with its bytes (None for folders), links not followed.
+
+    Two calls compare equal exactly when nothing under ``folder`` was added, removed,
+    rewritten or re-linked.
+    """
+    import os
+    import pathlib
+
+    folder = pathlib.Path(folder)
+    return {str(path.relative_to(folder)): (None if path.is_dir() and not path.is_symlink()
+                                            else os.readlink(path) if path.is_symlink()
+                                            else path.read_bytes())
+            for path in sorted(folder.rglob("*"))}

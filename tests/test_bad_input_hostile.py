@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 from click.testing import CliRunner
-from helpers import cli_error_line, simulated_survey
+from helpers import cli_error_line, folder_tree, simulated_survey
 
 from starqso.cli import main
 from starqso.ownership import MARKER
@@ -18,15 +18,6 @@ from starqso.ownership import MARKER
 
 def _invoke(*args):
     return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def _tree(folder):
-    """Every path under ``folder`` with its bytes (None for folders), links not followed."""
-    folder = pathlib.Path(folder)
-    return {str(path.relative_to(folder)): (None if path.is_dir() and not path.is_symlink()
-                                            else os.readlink(path) if path.is_symlink()
-                                            else path.read_bytes())
-            for path in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +37,10 @@ def test_predict_dataset_output_never_replaces_a_users_file_put_inside_it(survey
     (out / "notes.txt").write_text("keep me")
     (out / "mine").mkdir()
     (out / "mine" / "a.txt").write_text("mine")
-    before = _tree(out)
+    before = folder_tree(out)
     cli_error_line(_invoke("predict", survey / "catalog.csv", "--runtime", "litert",
                            "--output", out, "--workers", 1), str(out), "notes.txt", "mine")
-    assert _tree(out) == before
+    assert folder_tree(out) == before
 
 
 def test_predict_dataset_output_that_is_the_current_folder_is_one_line(survey, tmp_path,
@@ -69,10 +60,10 @@ def test_fit_refuses_a_users_folder_that_has_a_config_yaml(tmp_path):
     mine.mkdir()
     (mine / "config.yaml").write_text("services:\n  web: {image: nginx}\n")
     (mine / "README.md").write_text("my project")
-    before = _tree(mine)
+    before = folder_tree(mine)
     cli_error_line(_invoke("fit", "--preset", "tiny", "--out", mine), "config.yaml", MARKER)
     # Nothing added either: no marker claiming the folder for fit.
-    assert _tree(mine) == before
+    assert folder_tree(mine) == before
 
 
 def test_a_refused_fit_leaves_no_marker_in_an_old_run_folder(tmp_path):
@@ -82,9 +73,9 @@ def test_a_refused_fit_leaves_no_marker_in_an_old_run_folder(tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text("preset: tiny\n")
     (run / "state.json").write_text('{"completed": []}\n')
-    before = _tree(run)
+    before = folder_tree(run)
     cli_error_line(_invoke("fit", "--preset", "tiny", "--out", run), "already holds a run")
-    assert _tree(run) == before
+    assert folder_tree(run) == before
 
 
 # --- simulate never writes through a link -------------------------------------------------------
@@ -103,7 +94,7 @@ def test_simulate_never_writes_into_a_linked_images_folder(tmp_path):
     (out / "images").symlink_to(elsewhere)
     cli_error_line(_invoke("simulate", out, "--n", 1, "--size", 16, "--workers", 1),
                    str(out / "images"), "symbolic link")
-    assert _tree(elsewhere) == {"sim-000000.fits": b"a user's file"}
+    assert folder_tree(elsewhere) == {"sim-000000.fits": b"a user's file"}
 
 
 # --- a folder another run is writing is reported as busy ----------------------------------------

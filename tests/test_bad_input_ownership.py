@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import cli_error_line
+from helpers import cli_error_line, folder_tree
 
 from starqso.cli import main
 from starqso.ownership import MARKER
@@ -27,15 +27,6 @@ PREDICTIONS = "id,p_qso,label,flag\na,0.1,STAR,\nb,0.6,QSO,\nc,0.9,QSO,\nd,0.3,S
 
 def _invoke(*args):
     return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def _tree(folder):
-    """Every path under ``folder`` with its bytes (None for folders), links not followed."""
-    folder = pathlib.Path(folder)
-    return {str(path.relative_to(folder)): (None if path.is_dir() and not path.is_symlink()
-                                            else os.readlink(path) if path.is_symlink()
-                                            else path.read_bytes())
-            for path in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +71,15 @@ def _cluster(embeddings, out):
 
 # --- item 1: a folder another command (or nobody) made is refused, never replaced ------------
 def test_cluster_refuses_a_simulation_and_leaves_it_whole(simulation, embeddings):
-    before = _tree(simulation)
+    before = folder_tree(simulation)
     line = cli_error_line(_cluster(embeddings, simulation), str(simulation), "simulate")
     assert "cluster" in line
-    assert _tree(simulation) == before
+    assert folder_tree(simulation) == before
 
 
 @pytest.mark.parametrize("command", ["evaluate", "export", "fit", "finetune"])
 def test_every_folder_writer_refuses_a_simulation(command, simulation, scored, tmp_path):
-    before = _tree(simulation)
+    before = folder_tree(simulation)
     if command == "evaluate":
         result = _evaluate(scored, simulation)
     elif command == "export":
@@ -104,7 +95,7 @@ def test_every_folder_writer_refuses_a_simulation(command, simulation, scored, t
     # evaluate refused it before markers existed (its own, stricter check names the entries)
     cli_error_line(result, str(simulation),
                    *(() if command == "evaluate" else ("made by `starqso simulate`",)))
-    assert _tree(simulation) == before
+    assert folder_tree(simulation) == before
 
 
 def test_a_user_folder_without_a_marker_is_refused_by_every_writer(tmp_path, embeddings):
@@ -115,7 +106,7 @@ def test_a_user_folder_without_a_marker_is_refused_by_every_writer(tmp_path, emb
     cli_error_line(_invoke("simulate", mine, "--n", 1, "--size", 16, "--workers", 1),
                    "chapter1.tex", MARKER)
     cli_error_line(_invoke("fit", "--preset", "tiny", "--out", mine), "chapter1.tex")
-    assert _tree(mine) == {"chapter1.tex": b"precious"}
+    assert folder_tree(mine) == {"chapter1.tex": b"precious"}
 
 
 def test_cluster_reruns_into_its_own_output_but_not_a_fit_run(tmp_path, embeddings):
@@ -136,9 +127,9 @@ def test_cluster_reruns_into_its_own_output_but_not_a_fit_run(tmp_path, embeddin
     run.mkdir()
     (run / "config.yaml").write_text("preset: tiny\n")
     (run / "state.json").write_text('{"completed": []}\n')
-    before = _tree(run)
+    before = folder_tree(run)
     cli_error_line(_cluster(embeddings, run), "made by `starqso fit`")
-    assert _tree(run) == before
+    assert folder_tree(run) == before
     # ... and a simulation cannot go into a cluster output either.
     cli_error_line(_invoke("simulate", tmp_path / "clusters", "--n", 1, "--size", 16),
                    "made by `starqso cluster`")
@@ -270,20 +261,20 @@ def test_simulate_overwrite_removes_all_it_made_and_only_that(tmp_path):
 
     # A user's file in the simulation: refused, and nothing at all removed.
     (out / "images" / "my_notes.txt").write_text("mine")
-    before = _tree(out)
+    before = folder_tree(out)
     cli_error_line(_invoke("simulate", out, "--n", 1, "--size", 16, "--overwrite"),
                    "images/my_notes.txt")
-    assert _tree(out) == before
+    assert folder_tree(out) == before
 
     # A folder with a catalogue that simulate did not write: refused, untouched.
     other = tmp_path / "catalogue"
     other.mkdir()
     (other / "catalog.csv").write_text("id,image,label\na,a.fits,STAR\n")
     (other / "a.fits").write_bytes(b"a user's cutout")
-    before = _tree(other)
+    before = folder_tree(other)
     cli_error_line(_invoke("simulate", other, "--n", 1, "--size", 16, "--overwrite"),
                    MARKER)
-    assert _tree(other) == before
+    assert folder_tree(other) == before
 
 
 # --- item 21: no TensorFlow / converter lines --------------------------------------------------
