@@ -35,7 +35,24 @@ import numpy as np
 HALF_LIGHT_TO_FWHM = 1.069 / 1.492
 
 
-def dev_skies(path):
+def blank_half(sky_field, half):
+    """Which blank-sky cutouts are in ``half`` ("all", "even" or "odd").
+
+    The halves alternate within each field (the 1st, 3rd, ... blank cutout of a field is even),
+    so that a model trained on one half's backgrounds can be scored on the other half's blank
+    sky of the same six fields (``benchmarks/real_fields.py --blank-half``).
+    """
+    sky_field = np.asarray(sky_field, dtype=str)
+    if half == "all":
+        return np.ones(len(sky_field), bool)
+    index = np.zeros(len(sky_field), np.int64)
+    for name in np.unique(sky_field):
+        rows = np.flatnonzero(sky_field == name)
+        index[rows] = np.arange(len(rows))
+    return index % 2 == (0 if half == "even" else 1)
+
+
+def dev_skies(path, half="all"):
     """:class:`starqso.io.skies.SkyBackgrounds` of ``real_fields_dev.npz``'s blank sky."""
     from starqso import __version__
     from starqso.io.skies import SkyBackgrounds
@@ -51,7 +68,7 @@ def dev_skies(path):
                       for band in BANDS], axis=1)
     images = np.asarray(data["sky_images"], np.float32)
     # A few cutouts (5 of 1,200) reach past a frame's edge in some band (NaN): left out.
-    keep = np.isfinite(images).all(axis=(1, 2, 3))
+    keep = np.isfinite(images).all(axis=(1, 2, 3)) & blank_half(data["sky_field"], half)
     count = int(keep.sum())
     centre_ra = np.array([np.mean(data["ra"][data["field"] == name]) for name in fields])
     centre_dec = np.array([np.mean(data["dec"][data["field"] == name]) for name in fields])
@@ -75,12 +92,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("real_fields", help="real_fields_dev.npz")
     parser.add_argument("--out", required=True, help="sky-background file to write (.npz)")
+    parser.add_argument("--half", choices=("all", "even", "odd"), default="all",
+                        help="every blank cutout, or every other one of each field (default all)")
     args = parser.parse_args(argv)
 
     from starqso.io.skies import check_output, read_skies, write_skies
 
     out = check_output(args.out, [args.real_fields])
-    write_skies(out, dev_skies(args.real_fields))
+    write_skies(out, dev_skies(args.real_fields, args.half))
     skies = read_skies(out)
     print(f"{len(skies.images)} blank-sky cutouts of {skies.size}x{skies.size} from "
           f"{len(skies.fields)} fields ({', '.join(skies.fields)}) -> {out}")

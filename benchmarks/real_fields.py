@@ -79,7 +79,7 @@ FILES = {"fields": "real_fields_dev.npz", "galaxies": "real_galaxies_dev.npz",
 
 # --- the model, as predict runs it ------------------------------------------------------
 
-def classify(cubes, predictor, metadata, shift, name):
+def classify(cubes, predictor, metadata, shift, name, training_fraction=None):
     """predict's per-row core on (N, 5, S, S) cubes: p at ``shift``, usable, flags, qflag,
     p_err, and the screen's sky sigma and detection S/N (N, 5) for the analysis."""
     from starqso.inference import classify_block
@@ -93,7 +93,7 @@ def classify(cubes, predictor, metadata, shift, name):
         block = Block([f"{name}-{row}" for row in rows], cubes[start:rows.stop],
                       [f"cube {row} of {name}" for row in rows], {})
         parts.append(classify_block(block, predictor, SIZE, shift, False, True,
-                                    metadata.get("quality")))
+                                    metadata.get("quality"), training_fraction))
     crops = np.ascontiguousarray(np.moveaxis(cubes, 1, -1))
     _, sigma, snr, _ = suspect_crops(crops, measured=True)
     return {"p": np.concatenate([part.probabilities for part in parts]),
@@ -389,7 +389,13 @@ def main():
     args = parser.parse_args()
     path = lambda given, name: given if given is not None else args.data / name  # noqa: E731
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from starqso.inference import apply_prior, default_model_dir, open_model, resolve_prior
+    from starqso.inference import (
+        apply_prior,
+        default_model_dir,
+        evidence_fraction,
+        open_model,
+        resolve_prior,
+    )
 
     model_dir = args.model if args.model is not None else default_model_dir()
     metadata, predictor = open_model(model_dir, args.runtime)
@@ -424,7 +430,8 @@ def main():
     for name, sample in samples.items():
         sample["name"] = name
         sample["result"] = classify(sample["cubes"], predictor, metadata,
-                                    sky_settings["shift"], name)
+                                    sky_settings["shift"], name,
+                                    evidence_fraction(sky_settings))
         sample["peer_p"] = peer.p(sample["cubes"])
     classified_seconds = time.perf_counter() - STARTED
     src, sky, gal = samples["sources"]["result"], samples["sky"]["result"], \

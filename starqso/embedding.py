@@ -167,14 +167,21 @@ class Embedder:
         """The embedding spaces this model gives, in output order."""
         return ("vector", "metric") if "metric" in self.embedder.output else ("vector",)
 
-    def __call__(self, images):
-        """``{"p_qso", "vector"[, "metric"]}`` for raw cutouts (N, S, S, 5)."""
-        from starqso.inference import apply_prior
-        from starqso.probability import logit, sigmoid
+    def __call__(self, images, snr=None):
+        """``{"p_qso", "vector"[, "metric"]}`` for raw cutouts (N, S, S, 5).
+
+        ``snr``, the rows' best g/r/i detection S/N, makes a faint row's p_qso lean on the
+        prior as ``predict``'s does (:func:`starqso.probability.evidence_weight`).
+        """
+        from starqso.inference import apply_prior, evidence_fraction
+        from starqso.probability import evidence_weight, logit, sigmoid, temper
 
         outputs = _spaces(self.embedder, images)
         p_qso = outputs["p_qso"].reshape(-1).astype(np.float64)
         calibrated = sigmoid(logit(p_qso, 1e-7) / self.temperature)
+        fraction = evidence_fraction(self.settings)
+        if snr is not None and fraction is not None:
+            calibrated = temper(calibrated, evidence_weight(snr), fraction)
         outputs["p_qso"] = apply_prior(calibrated, self.settings["shift"])
         return outputs
 
@@ -258,7 +265,7 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     from starqso.inference import _prepare_block, provenance
     from starqso.io.embeddings import EmbeddingTable
     from starqso.io.sources import Source, open_source
-    from starqso.preprocessing.qflags import quality_bits, screened_bits
+    from starqso.preprocessing.qflags import GRI_BANDS, quality_bits, screened_bits
     from starqso.schema import QFLAG_BITS
 
     if batch_size < 1:
@@ -283,7 +290,9 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
         qflag[rows] |= screened_bits(images, usable, measured["sky_sigma"])
         if usable.any():
             good = np.flatnonzero(usable)
-            outputs = embedder(images[good])
+            snr = (None if measured["snr"] is None
+                   else measured["snr"][good][:, list(GRI_BANDS)].max(axis=1))
+            outputs = embedder(images[good], snr)
             finite = np.isfinite(outputs["p_qso"]) & np.all(
                 [np.isfinite(outputs[name]).all(axis=1) for name in spaces], axis=0)
             for row in good[~finite]:

@@ -27,6 +27,14 @@ applied from an assumed training fraction of 0.30 (the simulator's, the SDSS spe
 sample's), with a note. Every output records which prior its p_qso assumes: FITS header
 keywords, or a JSON side-car ``OUTPUT.json`` beside a CSV output.
 
+**Faint rows lean on the prior.** Before the prior's shift, the network's evidence (its logit
+against the training fraction) is scaled by :func:`starqso.probability.evidence_weight` of the
+row's best g/r/i detection S/N: 0 at the source check's detection limit, 1 from
+:data:`starqso.schema.EVIDENCE_SNR`'s upper end, so a row just above the limit gets p' about
+the prior, not the confident QSO that noise, a neighbour's wing or an artefact can look like
+(:func:`starqso.probability.temper`). Models that do not record their training fraction are
+left as they are.
+
 **Quality bits and uncertainty.** After ``id, p_qso, label, flag`` every output has
 ``qflag``, the bitmask of :data:`starqso.schema.QFLAG_BITS` (0: no caveat; 1 for a row that
 was not classified; extended source, bright neighbour, saturated, low S/N, magnitude outside
@@ -250,6 +258,14 @@ def resolve_prior(metadata, prior=None):
             "note": note}
 
 
+def evidence_fraction(settings):
+    """The training fraction faint rows lean toward (:func:`classify_block`'s
+    ``training_fraction``): None when the model does not record it (no leaning then)."""
+    if settings.get("training_qso_fraction_assumed"):
+        return None
+    return settings.get("training_qso_fraction")
+
+
 def prior_label(settings):
     """How the summary line names the prior: ``0.02``, ``train (0.3)`` or ``train``."""
     if settings["source"] != TRAINING_PRIOR:
@@ -296,7 +312,8 @@ def predict_tta(predictor, images):
 UNCERTAINTY_VIEWS = (0, 2)
 
 
-def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0):
+def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0, weight=None,
+                  training_fraction=None):
     """p(QSO) and its spread over dihedral views: ``(p, p_err)``, float64 (N,) each.
 
     ``p`` is the model's p(QSO) of the cutout as given (``tta=False``) or the mean over the
@@ -313,23 +330,34 @@ def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0):
         tta: average over the eight views.
         uncertainty: compute ``p_err``.
         shift: the prior's logit shift (:func:`resolve_prior`).
+        weight: (N,) evidence weights (:func:`starqso.probability.evidence_weight`): each
+            view's p is tempered toward ``training_fraction`` before the prior
+            (:func:`starqso.probability.temper`); None for none.
+        training_fraction: the model's training QSO fraction (needed with ``weight``).
     """
+    from starqso.probability import temper
+
     images = np.asarray(images, np.float32)
     count = len(images)
     if not count:
         return np.zeros(0), np.zeros(0)
+
+    def evaluate(batch, views):
+        raw = np.asarray(predictor(batch), np.float64).reshape(views, count)
+        if weight is None or training_fraction is None:
+            return raw
+        return temper(raw, np.asarray(weight, np.float64)[None, :], training_fraction)
+
     if tta:
-        views = np.ascontiguousarray(dihedral_views(images))
-        raw = np.asarray(predictor(views), np.float64).reshape(8, count)
+        raw = evaluate(np.ascontiguousarray(dihedral_views(images)), 8)
         p = apply_prior(raw.mean(axis=0), shift)
     elif uncertainty:
         views = np.ascontiguousarray(np.concatenate([np.rot90(images, k, axes=(1, 2))
                                                      for k in UNCERTAINTY_VIEWS]))
-        raw = np.asarray(predictor(views), np.float64).reshape(len(UNCERTAINTY_VIEWS), count)
+        raw = evaluate(views, len(UNCERTAINTY_VIEWS))
         p = apply_prior(raw[0], shift)
     else:
-        return apply_prior(np.asarray(predictor(images), np.float64).reshape(-1), shift), \
-            np.full(count, np.nan)
+        return apply_prior(evaluate(images, 1)[0], shift), np.full(count, np.nan)
     spread = apply_prior(raw, shift).std(axis=0) if uncertainty else np.full(count, np.nan)
     return p, spread
 
@@ -406,7 +434,7 @@ class Classified(NamedTuple):
 
 
 def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=True,
-                   reference=None):
+                   reference=None, training_fraction=None):
     """p(QSO), flags, quality bits and uncertainty of a block of rows.
 
     Args:
@@ -418,19 +446,27 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
         uncertainty: compute ``p_err`` (:func:`predict_views`).
         reference: the model's ``metadata.json: quality`` (None: no magnitude-range and
             out-of-distribution bits), see :mod:`starqso.preprocessing.qflags`.
+        training_fraction: the model's training QSO fraction (:func:`resolve_prior`'s
+            ``training_qso_fraction``): p(QSO) of a faint row leans on the prior by its
+            detection S/N (:func:`starqso.probability.evidence_weight`); None: no leaning
+            (an older model, whose training mix is unknown).
 
     Returns:
         :class:`Classified`.
     """
-    from starqso.preprocessing.qflags import quality_bits, screened_bits
+    from starqso.preprocessing.qflags import GRI_BANDS, quality_bits, screened_bits
+    from starqso.probability import evidence_weight
 
     measured = {}
     images, flags, usable = _prepare_block(block, size, measured)
     count = len(block.ids)
     probabilities, p_err = np.full(count, np.nan), np.full(count, np.nan)
     if usable.any():
-        probabilities[usable], p_err[usable] = predict_views(predictor, images[usable], tta,
-                                                             uncertainty, shift)
+        weight = None
+        if training_fraction is not None and measured["snr"] is not None:
+            weight = evidence_weight(measured["snr"][usable][:, list(GRI_BANDS)].max(axis=1))
+        probabilities[usable], p_err[usable] = predict_views(
+            predictor, images[usable], tta, uncertainty, shift, weight, training_fraction)
     usable = _unusable_outputs(probabilities, usable, flags)
     p_err[~usable] = np.nan
     qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
@@ -862,7 +898,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                     batch_ids = block.ids
                     probabilities, flags, usable, qflag, p_err = classify_block(
                         block, predictor, size, settings["shift"], tta, uncertainty,
-                        metadata.get("quality"))
+                        metadata.get("quality"), evidence_fraction(settings))
                     if strict and any(flags):
                         # The finished batches stay in the partial file, for --resume.
                         row = next(i for i, flag in enumerate(flags) if flag)

@@ -11,7 +11,7 @@ import numpy as np
 #: a confident p to exactly 0 or 1, whose logit is infinite.
 EPSILON = 1e-7
 
-__all__ = ["EPSILON", "logit", "sigmoid"]
+__all__ = ["EPSILON", "evidence_weight", "logit", "sigmoid", "temper"]
 
 
 def logit(p, epsilon: float = 0.0) -> np.ndarray:
@@ -38,3 +38,55 @@ def sigmoid(x) -> np.ndarray:
     """
     # tanh form: no exp overflow for large |x|.
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
+
+
+def evidence_weight(snr, limits=None) -> np.ndarray:
+    """How much of a cutout's evidence p(QSO) takes, from its detection S/N: (N,) in [0, 1].
+
+    0 at ``limits[0]`` (the source check's detection limit) and below, 1 from ``limits[1]``,
+    linear in between; a NaN S/N (not measured) gives 1.
+
+    Args:
+        snr: (N,) S/N, the best aperture S/N of g, r and i as the source check measures it.
+        limits: ``(low, high)``; :data:`starqso.schema.EVIDENCE_SNR` when None.
+
+    Returns:
+        (N,) float64 weights for :func:`temper`.
+
+    Example:
+        >>> evidence_weight([2.0, 9.5, 30.0, float("nan")]).round(2).tolist()
+        [0.0, 0.5, 1.0, 1.0]
+    """
+    from starqso.schema import EVIDENCE_SNR
+
+    low, high = EVIDENCE_SNR if limits is None else limits
+    snr = np.asarray(snr, np.float64)
+    weight = np.clip((snr - low) / (high - low), 0.0, 1.0)
+    return np.where(np.isnan(snr), 1.0, weight)
+
+
+def temper(probabilities, weight, training_fraction) -> np.ndarray:
+    """p(QSO) with the cutout's evidence scaled by ``weight``, at the training mix.
+
+    ``logit p' = logit f + w (logit p - logit f)``: the network's log-likelihood ratio (its
+    logit against the training fraction ``f`` it was calibrated at) counts ``w`` times, so
+    ``w = 0`` gives the prior itself and ``w = 1`` leaves p as it is. A prior correction
+    (``starqso.inference.apply_prior``) applies after it.
+
+    Args:
+        probabilities: p(QSO) at the training mix, any shape broadcasting with ``weight``.
+        weight: :func:`evidence_weight`.
+        training_fraction: the model's training QSO fraction, in (0, 1).
+
+    Returns:
+        float64 p(QSO), the broadcast shape.
+
+    Example:
+        >>> temper([0.99, 0.99], [0.0, 1.0], 0.3).round(4).tolist()
+        [0.3, 0.99]
+    """
+    base = float(logit(training_fraction))
+    weight = np.asarray(weight, np.float64)
+    tempered = sigmoid(base + weight * (logit(probabilities, EPSILON) - base))
+    # Full weight returns p untouched (bit for bit), also at 0 and 1.
+    return np.where(weight >= 1.0, np.asarray(probabilities, np.float64), tempered)

@@ -153,7 +153,7 @@ def run_partition(job, partition):
                             stop=min(start + job["batch_size"], partition.stop))
         probabilities, flags, usable, qflag, p_err = classify_block(
             block, predictor, size, job["shift"], job["tta"], job["uncertainty"],
-            job["quality"])
+            job["quality"], job["training_fraction"])
         if job["strict"] and any(flags):
             row = next(number for number, flag in enumerate(flags) if flag)
             raise InputError(f"row {start + row + 1} (id {block.ids[row]!r}) of "
@@ -340,7 +340,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     """
     from starqso import __version__
     from starqso.atomic import swap_in_folder, write_json_atomically
-    from starqso.inference import model_settings, prior_label, provenance
+    from starqso.inference import evidence_fraction, model_settings, prior_label, provenance
     from starqso.io.sources import MAX_CHECKED_IDS, describe, open_source
     from starqso.locking import exclusive_lock
     from starqso.model_files import RUNTIME_FILES, file_sha256
@@ -428,7 +428,8 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                           else os.cpu_count() or 1, 1)
         job = {"source": rows_source, "model_dir": str(model_dir), "runtime": runtime,
                "model_sha256": common["model_sha256"], "size": int(metadata["input_shape"][1]),
-               "threshold": float(threshold), "shift": settings["shift"], "tta": bool(tta),
+               "threshold": float(threshold), "shift": settings["shift"],
+               "training_fraction": evidence_fraction(settings), "tta": bool(tta),
                "uncertainty": bool(uncertainty), "quality": metadata.get("quality"),
                "batch_size": int(batch_size), "strict": bool(strict), "input": str(source),
                "staging": str(staging), "record": record}

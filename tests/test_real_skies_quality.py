@@ -122,3 +122,38 @@ def test_a_faint_r_only_blip_on_blank_sky_is_refused(tmp_path):
                          for seed in range(10)])
     suspect, _, snr, _ = suspect_crops(brighter, measured=True)
     assert not suspect[snr[:, 2] >= 4.0].any() and (snr[:, 2] >= 4.0).sum() >= 5
+
+
+def test_evidence_weight_and_temper_lean_on_the_prior_near_the_detection_limit():
+    from starqso.probability import evidence_weight, temper
+    from starqso.schema import EVIDENCE_SNR
+
+    low, high = EVIDENCE_SNR
+    weight = evidence_weight([low - 1, low, (low + high) / 2, high, 100.0, np.nan])
+    np.testing.assert_allclose(weight, [0, 0, 0.5, 1, 1, 1])
+    p = np.array([0.999, 0.001, 0.7])
+    np.testing.assert_allclose(temper(p, np.zeros(3), 0.3), 0.3)
+    np.testing.assert_array_equal(temper(p, np.ones(3), 0.3), p)
+    half = temper(p, np.full(3, 0.5), 0.3)
+    assert 0.3 < half[0] < 0.999 and 0.001 < half[1] < 0.3
+
+
+def test_predict_gives_a_source_at_the_detection_limit_about_the_prior(tmp_path):
+    # A faint source's colours are noise-dominated; a confident p(QSO) there was how blank
+    # real sky and neighbour wings became QSOs. At S/N just above the limit p is the prior.
+    from starqso.preprocessing.qflags import GRI_BANDS
+    from starqso.preprocessing.quality import suspect_crops
+    from starqso.schema import EVIDENCE_SNR
+
+    faint = np.stack([_point(np.array([0.0, 0.1, 0.72, 0.5, 0.2]), seed=400 + seed)
+                      for seed in range(60)])
+    suspect, _, snr, _ = suspect_crops(faint, measured=True)
+    best = snr[:, list(GRI_BANDS)].max(axis=1)
+    near = np.flatnonzero(~suspect & (best < EVIDENCE_SNR[0] + 1.0))
+    assert len(near) >= 3, best
+    bright = _point(FLUX * 2, seed=7)
+    p_qso, qflag = _predict(_stack(tmp_path, "faint", [*faint[near[:3]], bright]), tmp_path)
+    assert not [value for value in qflag if value & 1], qflag
+    # Weight <= 1/11: the prior's logit moves by at most ~1/10 of the network's.
+    np.testing.assert_allclose(p_qso[:3], 0.02, atol=0.012)
+    assert all(value & 32 for value in qflag[:3])  # LOW_SNR

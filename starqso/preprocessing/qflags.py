@@ -84,7 +84,9 @@ OOD_COMPONENTS = 8
 #: The training r range: these quantiles of the training objects, widened by R_RANGE_MARGIN.
 R_RANGE_QUANTILES = (0.001, 0.999)
 R_RANGE_MARGIN = 0.25
-_GRI = [BANDS.index(band) for band in "gri"]
+#: Band indices of g, r and i: LOW_SNR and the evidence weight of p(QSO) use their best S/N.
+GRI_BANDS = tuple(BANDS.index(band) for band in "gri")
+_GRI = list(GRI_BANDS)
 
 
 def _log_density(colours, density):
