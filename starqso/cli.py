@@ -456,11 +456,17 @@ def export(run_dir, out_dir):
                    "else source_id].")
 @click.option("--keep", default="", metavar="COL,COL",
               help="Input columns to copy into the output after p_qso_err (e.g. ra,dec).")
+@click.option("--ebv", default=None, metavar="E|none",
+              help="Galactic reddening E(B-V) in magnitudes, 0 to 10, for every row: each "
+                   "cutout is de-reddened (band b times 10**(0.4 R_b E(B-V)), Schlafly & "
+                   "Finkbeiner 2011 SDSS R_b) before the model and the colour quality bits; "
+                   "'none' ignores an ebv column [default: the input's ebv column (any case) "
+                   "when it has one, else none].")
 @click.option("--uncertainty/--no-uncertainty", default=True, show_default=True,
               help="Fill p_qso_err, the spread of p_qso over rotated views of each cutout "
                    "(one extra model evaluation per row; free with --tta).")
 def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, prior, tta,
-            workers, scheduler, partition_rows, id_column, keep, uncertainty):
+            workers, scheduler, partition_rows, id_column, keep, ebv, uncertainty):
     """Classify the cutouts of CATALOG: a catalogue, a folder, a stack, Parquet or HATS.
 
     CATALOG is a CSV/FITS catalogue with id and image (a cutout file per object) or
@@ -476,11 +482,15 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     the training range, 128 colours outside the training distribution) and p_qso_err (the
     spread of p_qso over rotated views). The prior, threshold and temperature p_qso comes
     from are in the FITS header (PRIOR, THRESH, TEMPER), the CSV's side-car OUTPUT.json, or
-    each Parquet file's metadata and OUT/_starqso.json. The output appears only when
+    each Parquet file's metadata and OUT/_starqso.json; so is where E(B-V) came from (EBV:
+    "column ebv", the --ebv value or "none"). A row whose ebv cell is blank, negative or
+    above 10 is not classified, with a flag. The output appears only when
     complete; an interrupted run continues with --resume.
     """
     from starqso.extras import missing_module
+    from starqso.inference import parse_ebv
 
+    ebv = parse_ebv(ebv)  # a bad value is one line before anything is opened
     keep = tuple(name.strip() for name in keep.split(",") if name.strip())
     suffix = pathlib.Path(output).suffix.lower()
     if suffix not in ("", ".csv", ".fits", ".parquet"):
@@ -513,7 +523,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                 prior=prior, tta=tta, workers=workers, scheduler=scheduler,
                 partition_rows=partition_rows or DEFAULT_PARTITION_ROWS, resume=resume,
                 strict=strict, id_column=id_column, keep=keep, progress=progress, log=log,
-                command=_command_line(), uncertainty=uncertainty)
+                command=_command_line(), uncertainty=uncertainty, ebv=ebv)
         else:
             from starqso.inference import predict_catalog
 
@@ -521,7 +531,8 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                                       batch_size=batch_size, progress=progress, strict=strict,
                                       resume=resume, log=log, prior=prior, tta=tta,
                                       id_column=id_column, keep=keep,
-                                      command=_command_line(), uncertainty=uncertainty)
+                                      command=_command_line(), uncertainty=uncertainty,
+                                      ebv=ebv)
     seconds = time.perf_counter() - start
     new_rows = summary["rows"] - summary["resumed"]
     click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "
@@ -570,7 +581,10 @@ def evaluate(predictions, truth, out_dir, threshold, strict):
 @click.option("--id-column", default=None,
               help="Id column of a Parquet, HATS, zarr-metadata or stack input [default: id, "
                    "else source_id].")
-def embed(catalog, output, model_dir, batch_size, prior, id_column):
+@click.option("--ebv", default=None, metavar="E|none",
+              help="Galactic reddening E(B-V) to de-redden every cutout by, as `predict "
+                   "--ebv` [default: the input's ebv column when it has one, else none].")
+def embed(catalog, output, model_dir, batch_size, prior, id_column, ebv):
     """Embed the cutouts of CATALOG (any input `predict` reads) for similarity and clusters.
 
     Writes one row per input row, in input order: id, p_qso, label, flag, qflag (as
@@ -581,11 +595,13 @@ def embed(catalog, output, model_dir, batch_size, prior, id_column):
     classified have empty embeddings and say why in flag. Needs TensorFlow (the Keras model).
     """
     from starqso.embedding import embed_catalog
+    from starqso.inference import parse_ebv
 
+    ebv = parse_ebv(ebv)
     start = time.perf_counter()
     with _native_stderr_filtered(), _LazyProgress(None, "embedding") as progress:
         summary = embed_catalog(catalog, output, model_dir=model_dir, batch_size=batch_size,
-                                prior=prior, id_column=id_column, progress=progress,
+                                prior=prior, id_column=id_column, progress=progress, ebv=ebv,
                                 log=lambda line: click.echo(line, err=True),
                                 command=_command_line())
     seconds = time.perf_counter() - start

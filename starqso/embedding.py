@@ -192,7 +192,7 @@ def outlier_space(spaces):
 
 
 def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
-                  id_column=None, progress=None, log=None, command=None):
+                  id_column=None, progress=None, log=None, command=None, ebv=None):
     """Embed every row of ``source`` and write the table to ``output`` (see module docstring).
 
     Args:
@@ -205,6 +205,8 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
         progress: optional callable receiving rows done and the total.
         log: optional callable for notes.
         command: the command line for the provenance record.
+        ebv: the Galactic E(B-V) cutouts are de-reddened by, as ``predict --ebv``
+            (:func:`starqso.inference.predict_catalog`).
 
     Returns:
         dict summary: rows, embedded, flagged, spaces (name -> dimension), output, record.
@@ -217,7 +219,7 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     """
     import itertools
 
-    from starqso.inference import default_model_dir, prior_label, sidecar_path
+    from starqso.inference import default_model_dir, parse_ebv, prior_label, sidecar_path
     from starqso.io.embeddings import write_embeddings
     from starqso.io.sources import open_source
     from starqso.locking import exclusive_lock
@@ -226,7 +228,8 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     output = pathlib.Path(output)
     if output.suffix.lower() not in (".csv", ".fits", ".parquet"):
         raise InputError(f"--output must end in .csv, .fits or .parquet. Received: {output}")
-    rows_source = open_source(source, id_column=id_column)
+    ebv = parse_ebv(ebv)
+    rows_source = open_source(source, id_column=id_column, ebv=ebv is None)
     # Before the model loads: an output that is one of the files read (or a folder) is refused.
     inputs, trees = source_inputs(rows_source)
     model_files = model_inputs(model_dir if model_dir is not None else default_model_dir())
@@ -236,7 +239,7 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     embedder = Embedder(model_dir, prior=prior, log=log)
     with exclusive_lock(output):
         table = embed_rows(rows_source, embedder, batch_size=batch_size, id_column=id_column,
-                           progress=progress, command=command)
+                           progress=progress, command=command, ebv=ebv)
         write_embeddings(table, output)
     embedded = np.isfinite(table.columns["p_qso"])
     return {"rows": int(len(table.ids)), "embedded": int(embedded.sum()),
@@ -245,14 +248,15 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
             "record": table.record}
 
 
-def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, command=None):
+def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, command=None,
+               ebv=None):
     """The :class:`~starqso.io.embeddings.EmbeddingTable` of every row of ``source``.
 
     Args:
         source: any input ``starqso predict`` reads, or its opened
             :class:`~starqso.io.sources.Source`.
         embedder: an :class:`Embedder`.
-        batch_size, id_column, progress, command: as :func:`embed_catalog`.
+        batch_size, id_column, progress, command, ebv: as :func:`embed_catalog`.
 
     Returns:
         an :class:`~starqso.io.embeddings.EmbeddingTable` in input order.
@@ -262,16 +266,26 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     """
     from starqso import __version__
     from starqso.discovery import outlier_scores
-    from starqso.inference import _prepare_block, provenance
+    from starqso.inference import (
+        _bad_ebv,
+        _prepare_block,
+        block_ebv,
+        ebv_setting,
+        parse_ebv,
+        provenance,
+    )
     from starqso.io.embeddings import EmbeddingTable
     from starqso.io.sources import Source, open_source
+    from starqso.preprocessing.photometry import deredden
     from starqso.preprocessing.qflags import GRI_BANDS, quality_bits, screened_bits
     from starqso.schema import QFLAG_BITS
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1. Received: {batch_size}")
+    ebv = parse_ebv(ebv)
     rows_source = (source if isinstance(source, Source) else
-                   open_source(source, id_column=id_column))
+                   open_source(source, id_column=id_column, ebv=ebv is None))
+    ebv = ebv_setting(ebv, rows_source)
     ids = np.asarray(rows_source.ids(), dtype=str)
     size, count = embedder.size, len(ids)
     spaces = {name: np.full((count, dim), np.nan, np.float32) for name, dim in zip(
@@ -286,13 +300,17 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
         rows = np.arange(partition.start, partition.start + len(block.ids))
         measured = {}
         images, block_flags, usable = _prepare_block(block, size, measured)
+        row_ebv = block_ebv(ebv, rows_source, block)
+        if row_ebv is not None:
+            usable = _bad_ebv(row_ebv, block_flags, usable)
         flags[rows] = block_flags
         qflag[rows] |= screened_bits(images, usable, measured["sky_sigma"])
         if usable.any():
             good = np.flatnonzero(usable)
             snr = (None if measured["snr"] is None
                    else measured["snr"][good][:, list(GRI_BANDS)].max(axis=1))
-            outputs = embedder(images[good], snr)
+            outputs = embedder(images[good] if row_ebv is None
+                               else deredden(images[good], row_ebv[good]), snr)
             finite = np.isfinite(outputs["p_qso"]) & np.all(
                 [np.isfinite(outputs[name]).all(axis=1) for name in spaces], axis=0)
             for row in good[~finite]:
@@ -305,7 +323,8 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
                 qflag[rows[good]] = quality_bits(
                     images[good], [bool(block_flags[row]) for row in good], reference,
                     sigma=measured["sky_sigma"][good],
-                    snr=None if measured["snr"] is None else measured["snr"][good])
+                    snr=None if measured["snr"] is None else measured["snr"][good],
+                    ebv=None if row_ebv is None else row_ebv[good])
         done += len(block.ids)
         if progress is not None:
             progress(done, count)
@@ -320,7 +339,7 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
               "model": str(embedder.model_dir.resolve()),
               "prior": embedder.settings["prior"], "prior_source":
               embedder.settings["source"], "threshold": embedder.threshold,
-              "temperature": embedder.temperature,
+              "temperature": embedder.temperature, "ebv": ebv,
               "spaces": {name: int(value.shape[1]) for name, value in spaces.items()},
               "outlier_space": space if np.isfinite(outlier).any() else None,
               "outlier_k": OUTLIER_K, "starqso_version": __version__,

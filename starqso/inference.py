@@ -218,6 +218,71 @@ def parse_prior(value):
     return fraction
 
 
+#: ``--ebv`` values that ignore an input's ``ebv`` column (no de-reddening).
+EBV_NONE = "none"
+
+
+def parse_ebv(value):
+    """An ``--ebv`` value: None (the input's ``ebv`` column, when it has one), ``"none"`` or
+    one E(B-V) for every row, in :data:`~starqso.preprocessing.photometry.EBV_RANGE`.
+
+    Raises:
+        InputError: anything else (negative, above the range, not a number).
+
+    Example:
+        >>> parse_ebv("0.05"), parse_ebv("none"), parse_ebv(None)
+        (0.05, 'none', None)
+    """
+    from starqso.preprocessing.photometry import EBV_RANGE
+
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == EBV_NONE:
+        return EBV_NONE
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not EBV_RANGE[0] <= number <= EBV_RANGE[1]:
+        raise InputError(f"--ebv must be the Galactic reddening E(B-V) of every row, in "
+                         f"magnitudes from {EBV_RANGE[0]:g} to {EBV_RANGE[1]:g}, or "
+                         f"'{EBV_NONE}' to ignore an ebv column. Received: {value!r}")
+    return number
+
+
+def ebv_setting(ebv, rows_source):
+    """Where each row's E(B-V) comes from, as outputs record it: ``"column ebv"``, the
+    ``--ebv`` value (float), or ``"none"``."""
+    ebv = parse_ebv(ebv)
+    if ebv is None:
+        column = getattr(rows_source, "ebv_column", None)
+        return f"column {column}" if column else EBV_NONE
+    return ebv
+
+
+def block_ebv(setting, rows_source, block):
+    """A block's E(B-V) under :func:`ebv_setting`'s ``setting``: (N,) float64, or None for
+    none."""
+    if setting == EBV_NONE:
+        return None
+    if isinstance(setting, str):
+        return rows_source.ebv_values(block)
+    return np.full(len(block.ids), float(setting))
+
+
+def _bad_ebv(ebv, flags, usable):
+    """Rows whose E(B-V) is not a number in the accepted range are not classified."""
+    from starqso.preprocessing.photometry import EBV_RANGE
+
+    low, high = EBV_RANGE
+    bad = ~((ebv >= low) & (ebv <= high))  # NaN compares False
+    for row in np.flatnonzero(bad & usable):
+        flags[row] = (f"ebv {ebv[row]:g} is not a Galactic reddening E(B-V) in {low:g}-{high:g} "
+                      f"magnitudes; fix the ebv cell, or run with --ebv none or --ebv VALUE")
+        usable[row] = False
+    return usable
+
+
 def resolve_prior(metadata, prior=None):
     """Which prior p(QSO) will assume, and the logit shift that gets it there.
 
@@ -434,7 +499,7 @@ class Classified(NamedTuple):
 
 
 def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=True,
-                   reference=None, training_fraction=None):
+                   reference=None, training_fraction=None, ebv=None):
     """p(QSO), flags, quality bits and uncertainty of a block of rows.
 
     Args:
@@ -450,23 +515,33 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
             ``training_qso_fraction``): p(QSO) of a faint row leans on the prior by its
             detection S/N (:func:`starqso.probability.evidence_weight`); None: no leaning
             (an older model, whose training mix is unknown).
+        ebv: (N,) Galactic E(B-V) of the rows, or None for none: each classified cutout is
+            de-reddened (:func:`starqso.preprocessing.photometry.deredden`) before the model
+            and the colour quality bits. The source checks and the S/N see the observed
+            pixels (a per-band scale leaves S/N as it is), and so does SATURATED. A row whose
+            E(B-V) is NaN, negative or above the range is not classified, with a flag.
 
     Returns:
         :class:`Classified`.
     """
+    from starqso.preprocessing.photometry import deredden
     from starqso.preprocessing.qflags import GRI_BANDS, quality_bits, screened_bits
     from starqso.probability import evidence_weight
 
     measured = {}
     images, flags, usable = _prepare_block(block, size, measured)
     count = len(block.ids)
+    if ebv is not None:
+        ebv = np.asarray(ebv, np.float64).reshape(count)
+        usable = _bad_ebv(ebv, flags, usable)
     probabilities, p_err = np.full(count, np.nan), np.full(count, np.nan)
     if usable.any():
         weight = None
         if training_fraction is not None and measured["snr"] is not None:
             weight = evidence_weight(measured["snr"][usable][:, list(GRI_BANDS)].max(axis=1))
+        inputs = images[usable] if ebv is None else deredden(images[usable], ebv[usable])
         probabilities[usable], p_err[usable] = predict_views(
-            predictor, images[usable], tta, uncertainty, shift, weight, training_fraction)
+            predictor, inputs, tta, uncertainty, shift, weight, training_fraction)
     usable = _unusable_outputs(probabilities, usable, flags)
     p_err[~usable] = np.nan
     qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
@@ -480,7 +555,8 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
             images[rows], [bool(flags[row]) for row in rows], reference,
             sigma=measured["sky_sigma"][rows],
             snr=None if measured["snr"] is None else measured["snr"][rows],
-            background=type(background)(*(values[position] for values in background)))
+            background=type(background)(*(values[position] for values in background)),
+            ebv=None if ebv is None else ebv[rows])
     return Classified(probabilities, flags, usable, qflag, p_err)
 
 
@@ -494,7 +570,7 @@ _IDENTITY_NAMES = {"source": "catalogue", "rows": "row count",
                    "catalog_sha256": "catalogue content (SHA-256)", "model": "model folder",
                    "model_sha256": "model file content (SHA-256)", "runtime": "runtime",
                    "threshold": "threshold", "prior": "prior", "prior_shift": "prior shift",
-                   "tta": "--tta", "uncertainty": "--uncertainty"}
+                   "tta": "--tta", "uncertainty": "--uncertainty", "ebv": "E(B-V) (--ebv)"}
 
 
 def _identity_differences(saved, identity):
@@ -536,7 +612,8 @@ def _resumed_rows(partial, ids, identity, log=None, columns=OUTPUT_COLUMNS):
         saved = None
     if saved != identity:
         raise InputError(f"the partial run {partial_file} was made for another catalogue, "
-                         f"model, threshold, prior or --tta; delete it or run without --resume. "
+                         f"model, threshold, prior, --tta or --ebv; delete it or run without "
+                         f"--resume. "
                          f"Received: {_identity_differences(saved, identity)}")
     content = content[:content.rfind(b"\n") + 1]  # a kill mid-line leaves half a row
     rows = list(csv.reader(io.StringIO(content.decode("utf-8", errors="replace"),
@@ -644,6 +721,7 @@ def _header_cards(record):
                                     else "")),
         ("TTA", record["tta"], "p_qso averaged over 8 dihedral views"),
         ("UNCERT", record.get("uncertainty", False), "p_qso_err: std over dihedral views"),
+        ("EBV", record.get("ebv", EBV_NONE), "E(B-V) de-reddened: column ebv, value or none"),
         ("RUNTIME", record["runtime"], "starqso predict --runtime"),
         ("STQVER", record["starqso_version"], "starqso version"),
         ("MODEL", record["model_name"], "model folder name"),
@@ -771,7 +849,7 @@ def model_settings(model_dir, runtime, threshold=None, prior=None, log=None):
 def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
                     threshold=None, progress=None, strict=False, resume=False, log=None,
                     prior=None, tta=False, id_column=None, keep=(), command=None,
-                    uncertainty=True):
+                    uncertainty=True, ebv=None):
     """Classify every row of ``source`` and write ``id, p_qso, label, flag`` to ``output``.
 
     p_qso is the model's calibrated p(QSO), averaged over the eight dihedral views with
@@ -801,6 +879,11 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         command: the command line recorded in the output's provenance (the CLI's own).
         uncertainty: fill ``p_qso_err`` (:func:`predict_views`; one extra model evaluation
             per row without ``tta``).
+        ebv: the Galactic E(B-V) each cutout is de-reddened by before the model
+            (:func:`parse_ebv`): None, the input's ``ebv`` column when it has one (else
+            none); a number, that value for every row; ``"none"``, no de-reddening. The
+            record's ``ebv`` (FITS ``EBV``) says which: ``"column ebv"``, the value or
+            ``"none"``.
 
     Returns:
         dict summary: rows, qso, flagged (not classified), repaired, caveats (classified rows
@@ -826,10 +909,12 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         raise InputError(f"output must end in .csv or .fits. Received: {output}")
     model_dir, metadata, threshold, settings = model_settings(model_dir, runtime, threshold,
                                                              prior, log)
+    ebv = parse_ebv(ebv)
     size = int(metadata["input_shape"][1])
     from starqso.io.sources import open_source
 
-    rows_source = open_source(source, id_column=id_column, keep=keep)
+    rows_source = open_source(source, id_column=id_column, keep=keep, ebv=ebv is None)
+    ebv = ebv_setting(ebv, rows_source)
     columns = (*OUTPUT_COLUMNS, *rows_source.keep_columns)
     ids = rows_source.ids()
     _refuse_output_among_inputs(rows_source, output, model_dir, suffix != ".fits")
@@ -845,7 +930,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
               "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
               "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
               "tta": bool(tta), "uncertainty": bool(uncertainty),
-              "keep": list(rows_source.keep_columns)}
+              "keep": list(rows_source.keep_columns), "ebv": ebv}
     identity = {**common, "prior_shift": settings["shift"]}
     record = {"output": output.name, **common, "prior_source": settings["source"],
               "temperature": metadata.get("temperature"),
@@ -898,7 +983,8 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                     batch_ids = block.ids
                     probabilities, flags, usable, qflag, p_err = classify_block(
                         block, predictor, size, settings["shift"], tta, uncertainty,
-                        metadata.get("quality"), evidence_fraction(settings))
+                        metadata.get("quality"), evidence_fraction(settings),
+                        block_ebv(ebv, rows_source, block))
                     if strict and any(flags):
                         # The finished batches stay in the partial file, for --resume.
                         row = next(i for i, flag in enumerate(flags) if flag)

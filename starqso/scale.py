@@ -138,7 +138,7 @@ def run_partition(job, partition):
         InputError: with ``strict``, the partition's first flagged row.
     """
     from starqso.atomic import write_bytes_atomically
-    from starqso.inference import classify_block
+    from starqso.inference import block_ebv, classify_block
 
     _keep_freed_memory()
     source = _source(job["source"])
@@ -153,7 +153,7 @@ def run_partition(job, partition):
                             stop=min(start + job["batch_size"], partition.stop))
         probabilities, flags, usable, qflag, p_err = classify_block(
             block, predictor, size, job["shift"], job["tta"], job["uncertainty"],
-            job["quality"], job["training_fraction"])
+            job["quality"], job["training_fraction"], block_ebv(job["ebv"], source, block))
         if job["strict"] and any(flags):
             row = next(number for number, flag in enumerate(flags) if flag)
             raise InputError(f"row {start + row + 1} (id {block.ids[row]!r}) of "
@@ -172,8 +172,8 @@ def run_partition(job, partition):
             counts["qso"] += bool(ok and label == "QSO")
             counts["flagged"] += not ok
             counts["repaired"] += bool(ok and flag)
-        for name, values in block.keep.items():
-            keep.setdefault(name, []).append(np.asarray(values))
+        for name in source.keep_columns:  # block.keep also holds an unkept ebv column
+            keep.setdefault(name, []).append(np.asarray(block.keep[name]))
     keep = {name: np.concatenate(parts) for name, parts in keep.items()}
     payload = _table_bytes(columns, keep, job["record"])
     write_bytes_atomically(os.path.join(job["staging"], part_name(partition.index)), payload)
@@ -304,7 +304,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                     threshold=None, prior=None, tta=False, workers=None, scheduler=None,
                     partition_rows=DEFAULT_PARTITION_ROWS, resume=False, strict=False,
                     id_column=None, keep=(), progress=None, log=None, command=None,
-                    uncertainty=True):
+                    uncertainty=True, ebv=None):
     """Classify every row of ``source`` on Dask into a Parquet dataset (or HATS) ``output``.
 
     Args:
@@ -326,6 +326,8 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         log: optional callable for notes (the dashboard address, resumed partitions).
         command: the command line recorded in ``_starqso.json`` (the CLI's own).
         uncertainty: fill ``p_qso_err`` (see :func:`starqso.inference.predict_views`).
+        ebv: the Galactic E(B-V) cutouts are de-reddened by, as for
+            :func:`starqso.inference.predict_catalog`.
 
     Returns:
         dict summary: rows, qso, flagged, repaired, resumed (rows of skipped partitions),
@@ -340,7 +342,14 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     """
     from starqso import __version__
     from starqso.atomic import swap_in_folder, write_json_atomically
-    from starqso.inference import evidence_fraction, model_settings, prior_label, provenance
+    from starqso.inference import (
+        ebv_setting,
+        evidence_fraction,
+        model_settings,
+        parse_ebv,
+        prior_label,
+        provenance,
+    )
     from starqso.io.sources import MAX_CHECKED_IDS, describe, open_source
     from starqso.locking import exclusive_lock
     from starqso.model_files import RUNTIME_FILES, file_sha256
@@ -357,7 +366,9 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         output = pathlib.Path(os.path.abspath(output))
     model_dir, metadata, threshold, settings = model_settings(model_dir, runtime, threshold,
                                                              prior, log)
-    rows_source = open_source(source, id_column=id_column, keep=keep)
+    ebv = parse_ebv(ebv)
+    rows_source = open_source(source, id_column=id_column, keep=keep, ebv=ebv is None)
+    ebv = ebv_setting(ebv, rows_source)
     partitions = rows_source.partitions(partition_rows)
     if rows_source.num_rows <= MAX_CHECKED_IDS:
         rows_source.ids()  # a repeated id anywhere is one line now, before the cluster starts
@@ -383,7 +394,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
               "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
               "tta": bool(tta), "uncertainty": bool(uncertainty),
               "partition_rows": int(partition_rows),
-              "keep": list(rows_source.keep_columns)}
+              "keep": list(rows_source.keep_columns), "ebv": ebv}
     # What each partition file carries: fixed by the settings, so a resumed or retried
     # partition writes the same bytes as an uninterrupted run.
     record = {**common, "prior_source": settings["source"],
@@ -402,8 +413,8 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                 from starqso.inference import _identity_differences
 
                 raise InputError(f"the partial run {staging} was made for another input, "
-                                 f"model, threshold, prior, --tta or --partition-rows; delete "
-                                 f"it or run without --resume. Received: "
+                                 f"model, threshold, prior, --tta, --ebv or --partition-rows; "
+                                 f"delete it or run without --resume. Received: "
                                  f"{_identity_differences(saved, identity)}")
             done = {p.index for p in partitions if (staging / part_name(p.index)).exists()}
             identity["started"] = saved.get("started")
@@ -432,7 +443,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
                "training_fraction": evidence_fraction(settings), "tta": bool(tta),
                "uncertainty": bool(uncertainty), "quality": metadata.get("quality"),
                "batch_size": int(batch_size), "strict": bool(strict), "input": str(source),
-               "staging": str(staging), "record": record}
+               "staging": str(staging), "record": record, "ebv": ebv}
         todo = [p for p in partitions if p.index not in done]
         if log is not None:
             log(f"{describe(rows_source)}: {len(partitions)} partitions of at most "

@@ -54,6 +54,8 @@ from starqso.schema import BANDS, NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
 BAND_COLUMNS = tuple(f"image_{band}" for band in BANDS)
 #: The Parquet / HATS column holding the cutout pixels themselves.
 CUTOUT_COLUMN = "cutout"
+#: The input column ``predict`` takes each row's Galactic E(B-V) from (any case).
+EBV_COLUMN = "ebv"
 #: Id columns tried, in order, when none is named: starqso's, then Cutana's.
 ID_COLUMNS = ("id", "source_id")
 # Cutout file names in folder mode: a FITS suffix, optionally compressed the ways astropy
@@ -220,6 +222,33 @@ class Source:
         self.path = str(path)
         self.num_rows = 0
         self.keep_columns = ()
+        #: The input's E(B-V) column (``EBV_COLUMN``) when it has one and it is used, else None.
+        self.ebv_column = None
+
+    @property
+    def read_columns(self):
+        """The input columns every :class:`Block` carries in ``keep``: the ``--keep``
+        columns, then the E(B-V) column when it is used and not kept."""
+        extra = (self.ebv_column,) if self.ebv_column and \
+            self.ebv_column not in self.keep_columns else ()
+        return (*self.keep_columns, *extra)
+
+    def _find_ebv(self, ebv, available):
+        """Use the ``ebv`` column when ``ebv`` is on and ``available`` (lower-case names)
+        has it."""
+        self.ebv_column = EBV_COLUMN if ebv and EBV_COLUMN in available else None
+
+    def ebv_values(self, block):
+        """A block's E(B-V), float64 (N,) (NaN for a blank cell), or None when the
+        input's column is not used.
+
+        Raises:
+            InputError: a cell that is not a number (naming the input and the column).
+        """
+        if self.ebv_column is None:
+            return None
+        return ebv_numbers(block.keep[self.ebv_column], f"column {self.ebv_column} of "
+                           f"{self.path}", block.where)
 
     def pieces(self):
         """Row counts of the physical pieces, in order."""
@@ -262,6 +291,35 @@ class Source:
         return {"path": self.path}
 
 
+def ebv_numbers(values, what, where=None):
+    """E(B-V) cells as float64 (blank: NaN).
+
+    Raises:
+        InputError: a cell that is not a number, naming ``what`` (the column and input) and
+            the row (``where``, when given).
+    """
+    values = np.ma.filled(np.ma.asarray(values, dtype=object), None) \
+        if np.ma.isMaskedArray(values) else np.asarray(values)
+    if values.dtype.kind in "fiu":
+        return values.astype(np.float64)
+    numbers = np.full(len(values), np.nan)
+    for row, value in enumerate(values):
+        if isinstance(value, (bytes, np.bytes_)):
+            value = value.decode("utf-8", "replace")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        try:
+            if isinstance(value, (bool, np.bool_)):
+                raise TypeError
+            numbers[row] = float(value)
+        except (TypeError, ValueError):
+            place = where[row] if where is not None else f"row {row + 1}"
+            raise InputError(f"{what} must hold E(B-V) numbers in magnitudes (or be blank); "
+                             f"use --ebv none to ignore it. Received: {value!r} at "
+                             f"{place}") from None
+    return numbers
+
+
 def _reopen(name, arguments):
     return _KINDS[name](**arguments)
 
@@ -271,7 +329,7 @@ class FileSource(Source):
 
     kind = "files"
 
-    def __init__(self, path, id_column=None, keep=()):
+    def __init__(self, path, id_column=None, keep=(), ebv=False):
         super().__init__(path)
         self.id_column = id_column
         self._keep = {}
@@ -329,11 +387,17 @@ class FileSource(Source):
             self.spectra = ([resolve_path(table, str(value)) for value in table["spectrum"]]
                             if "spectrum" in names else [])
             self.keep_columns = _keep_names(keep, table.colnames, f"catalogue {source}")
-            self._keep = {name: np.asarray(table[name]) for name in self.keep_columns}
+            self._find_ebv(ebv, table.colnames)
+            self._keep = {name: np.asarray(table[name]) for name in self.read_columns}
+            if self.ebv_column:
+                # Checked whole here: a text column fails before anything is classified.
+                ebv_numbers(table[self.ebv_column], f"column {self.ebv_column} of catalogue "
+                            f"{source}")
         self.num_rows = len(self._ids)
 
     def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
+        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns,
+                "ebv": self.ebv_column is not None}
 
     def ids(self):
         return list(self._ids)
@@ -382,7 +446,8 @@ class _StackSource(Source):
     """
 
     def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
+        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns,
+                "ebv": self.ebv_column is not None}
 
     def read_ids(self, partition):
         return self._id_values[partition.start:partition.stop]
@@ -427,7 +492,7 @@ class ZarrSource(_StackSource):
 
     kind = "zarr"
 
-    def __init__(self, path, id_column=None, keep=()):
+    def __init__(self, path, id_column=None, keep=(), ebv=False):
         super().__init__(path)
         require_survey("a zarr stack input", "zarr")
         self.id_column = id_column
@@ -453,9 +518,11 @@ class ZarrSource(_StackSource):
         self._chunk_cache = (None, 0, 0, None)
         first = os.path.join(self.batches[0], "images_metadata.parquet")
         self.keep_columns = _keep_names(keep, _parquet_columns(first), f"file {first}")
+        self._find_ebv(ebv, _parquet_columns(first))
 
     def _arguments(self):
-        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns}
+        return {"path": self.path, "id_column": self.id_column, "keep": self.keep_columns,
+                "ebv": self.ebv_column is not None}
 
     def _array(self, batch):
         import zarr
@@ -503,11 +570,11 @@ class ZarrSource(_StackSource):
             batch = self.batches[partition.part]
             where = os.path.join(batch, "images_metadata.parquet")
             column = _id_column(_parquet_columns(where), self.id_column, where)
-            table = _parquet_slice(where, [column, *self.keep_columns],
+            table = _parquet_slice(where, [column, *self.read_columns],
                                    partition.start - partition.offset,
                                    partition.stop - partition.offset)
             keep = {name: table.column(1 + number).to_numpy(zero_copy_only=False)
-                    for number, name in enumerate(self.keep_columns)}
+                    for number, name in enumerate(self.read_columns)}
             self._id_cache = (key, _text_ids(table.column(0).to_pylist(), where,
                                              partition.start - partition.offset + 1), keep)
         return self._id_cache[1][start - partition.start:stop - partition.start]
@@ -612,7 +679,7 @@ class FitsStackSource(_StackSource):
 
     kind = "fits-stack"
 
-    def __init__(self, path, id_column=None, keep=()):
+    def __init__(self, path, id_column=None, keep=(), ebv=False):
         super().__init__(path)
         from astropy.io import fits
 
@@ -638,8 +705,12 @@ class FitsStackSource(_StackSource):
             values = data[hdulist[table].columns.names[names.index(column)]]
             self._id_values = _text_ids(list(values), f"the id table of file {path}")
             self.keep_columns = _keep_names(keep, names, f"the id table of file {path}")
+            self._find_ebv(ebv, names)
             self._keep = {name: native_column(data[hdulist[table].columns.names[
-                names.index(name)]]) for name in self.keep_columns}
+                names.index(name)]]) for name in self.read_columns}
+            if self.ebv_column:
+                ebv_numbers(self._keep[self.ebv_column], f"column {self.ebv_column} of the id "
+                            f"table of file {path}")
         if len(self._id_values) != shape[0]:
             raise InputError(f"a FITS cube stack needs one id per cube. Received: "
                              f"{len(self._id_values)} ids for {shape[0]} cubes in file {path}")
@@ -659,7 +730,7 @@ class Hdf5StackSource(_StackSource):
 
     kind = "hdf5-stack"
 
-    def __init__(self, path, id_column=None, keep=()):
+    def __init__(self, path, id_column=None, keep=(), ebv=False):
         super().__init__(path)
         require_survey("an HDF5 stack input", "h5py")
         import h5py
@@ -677,8 +748,9 @@ class Hdf5StackSource(_StackSource):
                 self._id_values = _text_ids(handle[ids][()], f"dataset {ids} of file {path}")
                 names = {str(name).lower(): name for name in handle}
                 self.keep_columns = _keep_names(keep, list(names), f"file {path}")
+                self._find_ebv(ebv, list(names))
                 self._keep = {name: native_column(handle[names[name]][()])
-                              for name in self.keep_columns}
+                              for name in self.read_columns}
         except OSError as err:
             raise InputError(f"HDF5 file could not be read ({err}): {path}") from err
         if len(shape) != 4 or shape[1] != NUM_BANDS:
@@ -694,6 +766,8 @@ class Hdf5StackSource(_StackSource):
             if values.shape[:1] != (self.num_rows,):
                 raise InputError(f"--keep {name}: the dataset must hold one value per cube. "
                                  f"Received: shape={values.shape} in file {path}")
+        if self.ebv_column:
+            ebv_numbers(self._keep[self.ebv_column], f"dataset {self.ebv_column} of file {path}")
 
     def _images(self):
         import h5py
@@ -839,7 +913,7 @@ class ParquetSource(Source):
 
     kind = "parquet"
 
-    def __init__(self, path, id_column=None, files=None, keep=()):
+    def __init__(self, path, id_column=None, files=None, keep=(), ebv=False):
         super().__init__(path)
         require_survey("a Parquet input", "pyarrow")
         self.id_column = id_column
@@ -858,6 +932,7 @@ class ParquetSource(Source):
         columns = _parquet_columns(self.files[0])
         self._id = _id_column(columns, id_column, f"file {self.files[0]}")
         self.keep_columns = _keep_names(self.keep_columns, columns, f"file {self.files[0]}")
+        self._find_ebv(ebv, columns)
         if CUTOUT_COLUMN in columns:
             self.layout = CUTOUT_COLUMN
         elif "image" in columns:
@@ -873,7 +948,7 @@ class ParquetSource(Source):
 
     def _arguments(self):
         return {"path": self.path, "id_column": self.id_column, "files": self.files,
-                "keep": self.keep_columns}
+                "keep": self.keep_columns, "ebv": self.ebv_column is not None}
 
     def pieces(self):
         return list(self._lengths)
@@ -893,12 +968,12 @@ class ParquetSource(Source):
         local = start - partition.offset
         data = {"image": ["image"], "bands": list(BAND_COLUMNS),
                 CUTOUT_COLUMN: [CUTOUT_COLUMN]}[self.layout]
-        table = _parquet_slice(name, [self._id, *data, *self.keep_columns], local,
+        table = _parquet_slice(name, [self._id, *data, *self.read_columns], local,
                                local + stop - start)
         ids = _text_ids(table.column(0).to_pylist(), f"file {name}", local + 1)
         where = [f"row {local + row + 1} of file {name}" for row in range(len(ids))]
         keep = {column: table.column(1 + len(data) + number).to_numpy(zero_copy_only=False)
-                for number, column in enumerate(self.keep_columns)}
+                for number, column in enumerate(self.read_columns)}
         if self.layout == CUTOUT_COLUMN:
             cubes = _array_cubes(table.column(1).to_pylist(), where)
             if size is not None:
@@ -951,7 +1026,7 @@ class HatsSource(ParquetSource):
 
     kind = "hats"
 
-    def __init__(self, path, id_column=None, files=None, keep=None, pixels=None):
+    def __init__(self, path, id_column=None, files=None, keep=None, pixels=None, ebv=False):
         require_survey("a HATS catalogue input", "lsdb")
         if files is None:
             import lsdb
@@ -973,7 +1048,7 @@ class HatsSource(ParquetSource):
             if not files:
                 raise InputError(f"HATS catalogue has no partitions. Received: {path}")
         self.pixels = [tuple(pixel) for pixel in pixels]
-        super().__init__(path, id_column=id_column, files=files, keep=keep)
+        super().__init__(path, id_column=id_column, files=files, keep=keep, ebv=ebv)
         #: The catalogue's ra and dec columns: kept in every row, the HATS output needs them.
         self.position_columns = self.keep_columns[:2]
 
@@ -1007,7 +1082,7 @@ def _fits_stack(path):
     return False
 
 
-def open_source(path, id_column=None, keep=()):
+def open_source(path, id_column=None, keep=(), ebv=False):
     """The :class:`Source` of an input, its layout told from the path.
 
     Args:
@@ -1018,6 +1093,9 @@ def open_source(path, id_column=None, keep=()):
         keep: input columns to carry into the output (``--keep ra,dec``): catalogue or
             Parquet/HATS columns, zarr metadata columns, stack id-table columns (HDF5: 1-D
             datasets).
+        ebv: read the input's ``ebv`` column (any case; the same places as ``keep``) when it
+            has one: :meth:`Source.ebv_values` gives each block's E(B-V). A folder of cutouts
+            has no columns.
 
     Returns:
         A :class:`Source`.
@@ -1039,21 +1117,21 @@ def open_source(path, id_column=None, keep=()):
     lower = path.lower().rstrip("/")
     if os.path.isdir(path):
         if is_hats(path):
-            return HatsSource(path, id_column=id_column, keep=keep)
+            return HatsSource(path, id_column=id_column, keep=keep, ebv=ebv)
         if zarr_batches(path):
-            return ZarrSource(path, id_column=id_column, keep=keep)
+            return ZarrSource(path, id_column=id_column, keep=keep, ebv=ebv)
         if lower.endswith(".parquet") or (glob.glob(os.path.join(glob.escape(path), "*.parquet"))
                                           and not any(cutout_id(name)
                                                       for name in os.listdir(path))):
-            return ParquetSource(path, id_column=id_column, keep=keep)
-        return FileSource(path, id_column=id_column, keep=keep)
+            return ParquetSource(path, id_column=id_column, keep=keep, ebv=ebv)
+        return FileSource(path, id_column=id_column, keep=keep, ebv=ebv)
     if lower.endswith(".parquet") or lower.endswith(".pq"):
-        return ParquetSource(path, id_column=id_column, keep=keep)
+        return ParquetSource(path, id_column=id_column, keep=keep, ebv=ebv)
     if lower.endswith((".h5", ".hdf5", ".hdf")):
-        return Hdf5StackSource(path, id_column=id_column, keep=keep)
+        return Hdf5StackSource(path, id_column=id_column, keep=keep, ebv=ebv)
     if lower.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")) and _fits_stack(path):
-        return FitsStackSource(path, id_column=id_column, keep=keep)
-    return FileSource(path, id_column=id_column, keep=keep)
+        return FitsStackSource(path, id_column=id_column, keep=keep, ebv=ebv)
+    return FileSource(path, id_column=id_column, keep=keep, ebv=ebv)
 
 
 def describe(source):

@@ -243,3 +243,48 @@ def photometric_features(cutouts, weighted_fwhm=()):
         weighted = asinh_magnitudes(weighted_fluxes(cutouts, fwhm, sky))
         columns += [weighted[:, :-1] - weighted[:, 1:], weighted[:, 2]]
     return np.column_stack(columns).astype(np.float32)
+
+
+#: The E(B-V) ``--ebv`` and an ``ebv`` column accept, magnitudes: the SFD map's largest
+#: values away from the Galactic centre are a few magnitudes; beyond 10 a cutout holds
+#: nothing but noise in u and g.
+EBV_RANGE = (0.0, 10.0)
+
+
+def extinction_factors(ebv):
+    """Per-row, per-band flux factors that undo Galactic extinction: ``10**(0.4 A_b)``.
+
+    ``A_b = EXTINCTION_COEFFICIENTS[b] * E(B-V)`` (Schlafly & Finkbeiner 2011,
+    :data:`starqso.schema.EXTINCTION_COEFFICIENTS`); a NaN E(B-V) gives factors of 1.
+
+    Args:
+        ebv: (N,) E(B-V) in magnitudes.
+
+    Returns:
+        (N, 5) float64 factors, bands u, g, r, i, z.
+
+    Example:
+        >>> extinction_factors([0.0, 1.0]).round(2).tolist()[1][:2]
+        [49.61, 20.95]
+    """
+    from starqso.schema import EXTINCTION_COEFFICIENTS
+
+    ebv = np.nan_to_num(np.asarray(ebv, np.float64).reshape(-1), nan=0.0)
+    return 10.0 ** (0.4 * np.outer(ebv, EXTINCTION_COEFFICIENTS))
+
+
+def deredden(images, ebv):
+    """(N, S, S, 5) cutouts (nanomaggies, channels last) as they would look without the
+    Galactic dust of each row's E(B-V): band b times ``10**(0.4 A_b)``
+    (:func:`extinction_factors`).
+
+    A per-band scale: the sky, its noise and every pixel scale together, so S/N is unchanged.
+
+    Example:
+        >>> image = np.ones((1, 2, 2, 5), np.float32)
+        >>> round(float(deredden(image, [1.0])[0, 0, 0, 2]), 3)  # r: A_r = 2.285
+        8.204
+    """
+    images = np.asarray(images)
+    factors = extinction_factors(ebv)[:, None, None, :]
+    return (images * factors).astype(images.dtype if images.dtype.kind == "f" else np.float32)

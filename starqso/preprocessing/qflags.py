@@ -53,6 +53,7 @@ import numpy as np
 from starqso.preprocessing.photometry import (
     aperture_fluxes,
     asinh_magnitudes,
+    extinction_factors,
     photometric_features,
     sky_levels,
 )
@@ -191,7 +192,7 @@ def _bright_neighbour(combined):
 
 
 def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, snr=None,
-                 background=None):
+                 background=None, ebv=None):
     """The measured bits of classified crops (all but NOT_CLASSIFIED), as int64 (N,).
 
     Args:
@@ -204,6 +205,13 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
         sigma, snr, background: the (N, 5) sky sigma, detection S/N and
             :class:`~starqso.preprocessing.quality.SkyBackground` of
             :func:`~starqso.preprocessing.quality.suspect_crops`, when already measured.
+        ebv: optional (N,) Galactic E(B-V) (NaN: none). The crops are the observed ones;
+            EXTENDED (its aperture colours), MAG_OUT_OF_RANGE and OUT_OF_DISTRIBUTION are
+            measured on them de-reddened
+            (:func:`~starqso.preprocessing.photometry.extinction_factors`), as the model sees
+            them; SATURATED on the observed fluxes (the
+            detector saturates on what arrives). The other bits are ratios to the sky noise,
+            which a per-band scale leaves as they are.
 
     Returns:
         (N,) int64 bitmasks.
@@ -231,10 +239,15 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
     # which masks a large galaxy's own light, simulated r 14-17 galaxies kept EXTENDED
     # 0.958 of the time instead of 0.990 (benchmarks/quality_flags.py).
     border_sigma = sky_sigma(crops)
+    factors = None if ebv is None else extinction_factors(ebv)
     combined = None
     if _fits(size, 4.0):
         scorer = ExtendedScorer.load() if scorer is None else scorer
-        features, combined = profile_features(crops, sky, border_sigma, with_combined=True)
+        if factors is None:
+            features, combined = profile_features(crops, sky, border_sigma, with_combined=True)
+        else:
+            features, combined = profile_features(crops * factors[:, None, None, :].astype(
+                np.float32), sky * factors, border_sigma * factors, with_combined=True)
         bits |= np.where(scorer.score_features(features) >= scorer.threshold,
                          QFLAG_BITS["EXTENDED"], 0)
     if _fits(size, 2.0):
@@ -242,8 +255,8 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
             combined, _ = combined_image(crops, sky, border_sigma)
         bits |= np.where(_bright_neighbour(combined), QFLAG_BITS["BRIGHT_NEIGHBOUR"], 0)
     # The 3" aperture magnitudes, once: the saturation limits, the r range and the colours.
-    magnitudes = (asinh_magnitudes(aperture_fluxes(crops, 3.0, sky)) if _fits(size, 3.0)
-                  else None)
+    fluxes = aperture_fluxes(crops, 3.0, sky) if _fits(size, 3.0) else None
+    magnitudes = None if fluxes is None else asinh_magnitudes(fluxes)
     bits |= np.where(_saturated(crops, sky, sigma, magnitudes), QFLAG_BITS["SATURATED"], 0)
     bits |= artefact_bits(crops, sigma, background)
     if magnitudes is None:
@@ -253,6 +266,8 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
                       for radius in DETECTION_APERTURES_ARCSEC], axis=0)
     bits |= np.where(snr[:, _GRI].max(axis=1) < QFLAG_LOW_SNR, QFLAG_BITS["LOW_SNR"], 0)
     if reference:
+        if factors is not None:
+            magnitudes = asinh_magnitudes(fluxes * factors)
         measured = np.column_stack([magnitudes[:, :-1] - magnitudes[:, 1:], magnitudes[:, 2]])
         low, high = reference["r_range"]
         r_mag = measured[:, 4]
