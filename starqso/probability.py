@@ -54,7 +54,7 @@ def evidence_weight(snr, limits=None) -> np.ndarray:
         (N,) float64 weights for :func:`temper`.
 
     Example:
-        >>> evidence_weight([2.0, 9.5, 30.0, float("nan")]).round(2).tolist()
+        >>> evidence_weight([2.0, 9.5, 30.0, float("nan")], (4.0, 15.0)).round(2).tolist()
         [0.0, 0.5, 1.0, 1.0]
     """
     from starqso.schema import EVIDENCE_SNR
