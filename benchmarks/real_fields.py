@@ -385,6 +385,10 @@ def main():
     parser.add_argument("--check-cli", action=argparse.BooleanOptionalAction, default=True,
                         help="also run `starqso predict` on a FITS stack of the field cutouts "
                              "and check every row agrees [on]")
+    parser.add_argument("--blank-half", choices=("all", "even", "odd"), default="all",
+                        help="score only every other blank-sky cutout of each field: the half "
+                             "a model's training backgrounds left out (benchmarks/dev_skies.py "
+                             "--half) [all]")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="results markdown")
     args = parser.parse_args()
     path = lambda given, name: given if given is not None else args.data / name  # noqa: E731
@@ -406,6 +410,12 @@ def main():
 
     with np.load(path(args.fields, FILES["fields"])) as stored:
         fields = {name: stored[name] for name in stored.files}
+    if args.blank_half != "all":
+        from dev_skies import blank_half
+
+        kept = blank_half(fields["sky_field"], args.blank_half)
+        fields["sky_images"], fields["sky_field"] = (fields["sky_images"][kept],
+                                                     fields["sky_field"][kept])
     with np.load(path(args.galaxies, FILES["galaxies"])) as stored:
         galaxies = {name: stored[name] for name in stored.files}
     with np.load(path(args.kim_brunner, FILES["kim-brunner"])) as stored:
@@ -702,7 +712,9 @@ def main():
         f"{datetime.date.today()}, git {git}, {cpu}, {os.cpu_count()} cores, wall time "
         f"{wall:.0f} s ({classified_seconds:.0f} s to classify and score every sample). "
         f"Model `{pathlib.Path(model_dir).name}` ({args.runtime}), threshold {threshold:g}, "
-        f"default prior {sky_prior:g}; real QSOs at prior {args.qso_prior:g}.", ""]
+        f"default prior {sky_prior:g}; real QSOs at prior {args.qso_prior:g}."
+        + ("" if args.blank_half == "all" else
+           f" Blank sky: the {args.blank_half} half of each field's cutouts only."), ""]
     if cli_line:
         head += [cli_line, ""]
     text = "\n".join(head + lines) + "\n"
