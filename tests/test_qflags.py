@@ -231,3 +231,43 @@ def test_a_malformed_quality_reference_is_one_line(tmp_path, quality_catalog):
                                        "--runtime", "litert"])
     assert result.exit_code != 0
     cli_error_line(result, "quality", "metadata.json")
+
+
+def _synthetic_features(count, shift, seed):
+    """(count, 38) features: standard normal, the first shifted (a resolved-like direction)."""
+    values = np.random.default_rng(seed).normal(size=(count, len(FEATURE_NAMES)))
+    values[:, 0] += shift
+    return values
+
+
+def test_extended_fit_with_real_points_bounds_their_flagged_fraction():
+    # Real stars that the simulation's point sources do not look like (a field's PSF it
+    # never drew): fitted on the simulation alone, the threshold flags most of them.
+    simulated, extended = _synthetic_features(400, 0.0, 1), _synthetic_features(400, 3.0, 2)
+    real, fresh_real = _synthetic_features(400, 2.0, 3), _synthetic_features(2000, 2.0, 4)
+    plain = ExtendedScorer.fit(simulated, extended, max_iter=15)
+    assert "real_threshold" not in plain.info
+    assert np.mean(plain.score_features(fresh_real) >= plain.threshold) > 0.3
+    # The first half calibrates (the bright stars, say); the rest is fitted on only.
+    calibrates = np.arange(len(real)) < 200
+    scorer = ExtendedScorer.fit(simulated, extended, max_iter=15, real_point_features=real,
+                                real_false_positive_rate=0.02, real_point_calibrates=calibrates)
+    info = scorer.info
+    assert scorer.threshold == max(info["simulated_threshold"], info["real_threshold"])
+    assert info["real_threshold"] > info["simulated_threshold"]
+    assert info["real_point_sources"] == 400
+    assert 0 < info["held_out_real_calibrating_points"] < 0.3 * 400
+    assert np.mean(scorer.score_features(fresh_real) >= scorer.threshold) <= 0.05
+    # A loose real bound leaves the simulated quantile in charge.
+    loose = ExtendedScorer.fit(simulated, extended, max_iter=15, real_point_features=real,
+                               real_false_positive_rate=0.6)
+    assert loose.threshold == loose.info["simulated_threshold"]
+    with pytest.raises(InputError, match="real_weight must be positive"):
+        ExtendedScorer.fit(simulated, extended, real_point_features=real, real_weight=0.0)
+    with pytest.raises(InputError, match="hold out"):
+        ExtendedScorer.fit(simulated, extended, real_point_features=real[:2])
+    with pytest.raises(InputError, match=r"real_point_features must be \(N, 38\)"):
+        ExtendedScorer.fit(simulated, extended, real_point_features=real[:, :5])
+    with pytest.raises(InputError, match=r"real_point_calibrates must be \(400,\) bool"):
+        ExtendedScorer.fit(simulated, extended, real_point_features=real,
+                           real_point_calibrates=np.ones(3, bool))

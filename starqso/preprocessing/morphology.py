@@ -30,6 +30,14 @@ magnitudes and redshifts of real SDSS GALAXY rows in the simulator's own observi
 (:mod:`starqso.simulate.galaxies`). Its threshold is set on held-out objects so that 2.5% of
 point sources are called extended (the flag's budget is 3%); ``benchmarks/quality_flags.py`` fits it
 (``--fit-extended``) and measures it on other objects and on real SDSS cutouts.
+
+Real SDSS stars of some fields score above that threshold far more often than the simulated
+point sources do (the simulation does not reproduce every field's PSF and sky). :meth:`ExtendedScorer.fit`
+can also fit on real point and extended sources, with the threshold then bounded by a quantile
+of held-out real stars too; ``benchmarks/quality_flags.py --fit-extended --real-points``
+measures such a fit field by field, each field scored by a scorer fitted without it. It did not
+yet generalise to held-out fields well enough to replace the shipped scorer:
+``benchmarks/results/extended_real.md``.
 """
 
 from __future__ import annotations
@@ -281,7 +289,9 @@ class ExtendedScorer:
 
     @classmethod
     def fit(cls, point_features, extended_features, *, false_positive_rate=0.025,
-            validation_fraction=0.3, seed=0, max_iter=400):
+            validation_fraction=0.3, seed=0, max_iter=400, real_point_features=None,
+            real_extended_features=None, real_weight=1.0, real_false_positive_rate=0.02,
+            real_point_calibrates=None):
         """Fit on features of point sources (0) and extended sources (1).
 
         scikit-learn's ``HistGradientBoostingClassifier`` is fitted and its trees copied
@@ -289,13 +299,54 @@ class ExtendedScorer:
         scores of a held-out ``validation_fraction`` of the point sources; ``info`` holds the
         rates measured on the held-out parts.
 
+        Real sources, when given, join the fit with sample weight ``real_weight`` (a few
+        hundred real stars must count against thousands of simulated ones) and are split
+        the same way. A simulation does not reproduce every real field's PSF, so the
+        threshold is then the larger of the simulated quantile and the
+        ``1 - real_false_positive_rate`` quantile of the held-out real point sources' scores.
+
+        Args:
+            point_features, extended_features: (N, 38) :func:`profile_features` of simulated
+                (or any) point and extended sources.
+            false_positive_rate: the held-out point sources' flagged fraction the threshold
+                is set at.
+            validation_fraction: the fraction of each set held out for the threshold.
+            seed: the split's and the trees' random seed.
+            max_iter: boosting iterations.
+            real_point_features, real_extended_features: optional (M, 38) features of real
+                point and extended sources.
+            real_weight: the sample weight of each real source (> 0).
+            real_false_positive_rate: the held-out real point sources' flagged fraction the
+                threshold is at least at (with ``real_point_features``).
+            real_point_calibrates: optional (M,) bool: the real point sources whose held-out
+                scores set that quantile (e.g. the magnitudes the flag's budget is set at);
+                all of them when None. Every one is fitted on.
+
         Returns:
             :class:`ExtendedScorer`.
+
+        Raises:
+            InputError: features of another shape, a non-positive ``real_weight``, or too few
+                real point sources to hold any out.
         """
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        point = np.asarray(point_features, np.float64)
-        extended = np.asarray(extended_features, np.float64)
+        def features(values, name, optional=False):
+            if values is None and optional:
+                return np.zeros((0, len(FEATURE_NAMES)))
+            values = np.asarray(values, np.float64)
+            if values.ndim != 2 or values.shape[1] != len(FEATURE_NAMES):
+                raise InputError(f"{name} must be (N, {len(FEATURE_NAMES)}) profile_features. "
+                                 f"Received: shape={values.shape}")
+            return values
+
+        point = features(point_features, "point_features")
+        extended = features(extended_features, "extended_features")
+        real_point = features(real_point_features, "real_point_features", optional=True)
+        real_extended = features(real_extended_features, "real_extended_features",
+                                 optional=True)
+        if not real_weight > 0:
+            raise InputError(f"real_weight must be positive. Received: {real_weight}")
         rng = np.random.default_rng(seed)
 
         def split(values):
@@ -303,12 +354,33 @@ class ExtendedScorer:
             cut = int(len(values) * validation_fraction)
             return values[order[cut:]], values[order[:cut]]
 
+        # The simulated splits first, so that a fit without real sources is the one it was.
         point_fit, point_held = split(point)
         extended_fit, extended_held = split(extended)
+        calibrates = (np.ones(len(real_point), bool) if real_point_calibrates is None
+                      else np.asarray(real_point_calibrates, bool))
+        if calibrates.shape != (len(real_point),):
+            raise InputError(f"real_point_calibrates must be ({len(real_point)},) bool, one per "
+                             f"real point source. Received: shape={calibrates.shape}")
+        # Split together, so that the mask follows its rows.
+        real_point_fit, real_point_held = split(np.column_stack([real_point, calibrates]))
+        calibrates = real_point_held[:, -1] > 0
+        real_point_fit, real_point_held = real_point_fit[:, :-1], real_point_held[:, :-1]
+        real_extended_fit, real_extended_held = split(real_extended)
+        if real_point_features is not None and not calibrates.any():
+            raise InputError(f"real_point_features needs enough (calibrating) rows to hold "
+                             f"out a validation_fraction {validation_fraction} of them. "
+                             f"Received: {len(real_point)} rows, none of the calibrating "
+                             f"ones held out")
         model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.1,
                                                random_state=seed)
-        model.fit(np.concatenate([point_fit, extended_fit]),
-                  np.r_[np.zeros(len(point_fit)), np.ones(len(extended_fit))])
+        model.fit(np.concatenate([point_fit, real_point_fit, extended_fit, real_extended_fit]),
+                  np.r_[np.zeros(len(point_fit) + len(real_point_fit)),
+                        np.ones(len(extended_fit) + len(real_extended_fit))],
+                  sample_weight=np.r_[np.ones(len(point_fit)),
+                                      np.full(len(real_point_fit), float(real_weight)),
+                                      np.ones(len(extended_fit)),
+                                      np.full(len(real_extended_fit), float(real_weight))])
         # The fitted trees (private attributes, read once here): per tree one structured
         # array of nodes with children as indices within the tree.
         trees = [predictors[0].nodes for predictors in model._predictors]
@@ -325,18 +397,40 @@ class ExtendedScorer:
                                             for tree in trees]).astype(bool)}
         depth = int(max(tree["depth"].max() for tree in trees))
         scorer = cls(nodes, offsets, float(np.ravel(model._baseline_prediction)[0]), depth, 0.5)
-        check = np.concatenate([point_held[:200], extended_held[:200]])
+        check = np.concatenate([point_held[:200], extended_held[:200], real_point_held[:200],
+                                real_extended_held[:200]])
         np.testing.assert_allclose(scorer.score_features(check), model.predict_proba(check)[:, 1],
                                    rtol=1e-6, atol=1e-9)  # the copy is the fitted model
         held_scores = scorer.score_features(point_held)
-        scorer.threshold = float(np.quantile(held_scores, 1.0 - false_positive_rate))
+        simulated_threshold = float(np.quantile(held_scores, 1.0 - false_positive_rate))
+        scorer.threshold = simulated_threshold
         extended_scores = scorer.score_features(extended_held)
         scorer.info = {"point_sources": int(len(point)), "extended_sources": int(len(extended)),
                        "held_out_fraction": validation_fraction,
-                       "held_out_point_flagged": float(np.mean(held_scores >= scorer.threshold)),
-                       "held_out_extended_flagged": float(
-                           np.mean(extended_scores >= scorer.threshold)),
                        "trees": len(trees), "seed": seed}
+        if real_point_features is not None or real_extended_features is not None:
+            real_point_scores = scorer.score_features(real_point_held)
+            real_extended_scores = scorer.score_features(real_extended_held)
+            real_threshold = (float(np.quantile(real_point_scores[calibrates],
+                                                1.0 - real_false_positive_rate))
+                              if calibrates.any() else 0.0)
+            scorer.threshold = max(simulated_threshold, real_threshold)
+            scorer.info.update({
+                "real_point_sources": int(len(real_point)),
+                "real_extended_sources": int(len(real_extended)),
+                "real_weight": float(real_weight),
+                "simulated_threshold": simulated_threshold, "real_threshold": real_threshold,
+                "real_false_positive_rate": real_false_positive_rate,
+                "held_out_real_calibrating_points": int(np.sum(calibrates)),
+                "held_out_real_point_flagged": float(
+                    np.mean(real_point_scores[calibrates] >= scorer.threshold))
+                if calibrates.any() else None,
+                "held_out_real_extended_flagged": float(
+                    np.mean(real_extended_scores >= scorer.threshold))
+                if len(real_extended_scores) else None})
+        scorer.info.update({
+            "held_out_point_flagged": float(np.mean(held_scores >= scorer.threshold)),
+            "held_out_extended_flagged": float(np.mean(extended_scores >= scorer.threshold))})
         return scorer
 
 
