@@ -32,11 +32,12 @@ point sources are called extended (the flag's budget is 3%); ``benchmarks/qualit
 (``--fit-extended``) and measures it on other objects and on real SDSS cutouts.
 
 Real SDSS stars of some fields score above that threshold far more often than the simulated
-point sources do (the simulation does not reproduce every field's PSF and sky). :meth:`ExtendedScorer.fit`
-can also fit on real point and extended sources, with the threshold then bounded by a quantile
-of held-out real stars too; ``benchmarks/quality_flags.py --fit-extended --real-points``
-measures such a fit field by field, each field scored by a scorer fitted without it. It did not
-yet generalise to held-out fields well enough to replace the shipped scorer:
+point sources do (the simulation does not reproduce every field's PSF and sky).
+:meth:`ExtendedScorer.fit` can also fit on real point and extended sources, with the threshold
+then bounded by a quantile of held-out real stars too;
+``benchmarks/quality_flags.py --fit-extended --real-points`` measures such a fit field by
+field, each field scored by a scorer fitted without it. It did not yet generalise to held-out
+fields well enough to replace the shipped scorer:
 ``benchmarks/results/extended_real.md``.
 """
 
