@@ -24,20 +24,17 @@ flagged at r < 21 from 0.84 to 0.93 at 2.5% of point sources, the colours to 0.9
 (``benchmarks/quality_flags.py``; the final numbers are in its results file).
 
 :class:`ExtendedScorer` is a set of gradient-boosted trees over those features (node arrays in
-``starqso/resources/extended_source.npz``), trained on simulated point sources (the survey
-simulator's stars and QSOs, QSO hosts included) against Sérsic galaxies rendered at the colours,
-magnitudes and redshifts of real SDSS GALAXY rows in the simulator's own observing conditions
-(:mod:`starqso.simulate.galaxies`). Its threshold is set on held-out objects so that 2.5% of
-point sources are called extended (the flag's budget is 3%); ``benchmarks/quality_flags.py`` fits it
-(``--fit-extended``) and measures it on other objects and on real SDSS cutouts.
-
-Real SDSS stars of some fields score above that threshold far more often than the simulated
-point sources do (the simulation does not reproduce every field's PSF and sky).
-:meth:`ExtendedScorer.fit` can also fit on real point and extended sources, with the threshold
-then bounded by a quantile of held-out real stars too;
-``benchmarks/quality_flags.py --fit-extended --real-points`` measures such a fit field by
-field, each field scored by a scorer fitted without it. It did not yet generalise to held-out
-fields well enough to replace the shipped scorer:
+``starqso/resources/extended_source.npz``). Point sources: the survey simulator's stars and
+QSOs (QSO hosts included), half of them injected into real SDSS blank sky, some reddened or
+crowded, and the real point-like sources of six SDSS developer fields (weight 5 each); extended
+sources: Sérsic galaxies rendered at the colours, magnitudes and redshifts of real SDSS GALAXY
+rows in the simulator's observing conditions (:mod:`starqso.simulate.galaxies`) and the real
+extended sources of the same fields. Real stars are in the fit because real PSFs are not all
+the simulator's: fitted on simulations alone, the stars of some real fields looked resolved.
+The threshold is the larger of the score that calls 2.5% of held-out simulated point sources
+extended and the one that calls 2% of held-out real stars at r < 20 extended (the flag's
+budget is 3%). ``benchmarks/quality_flags.py --fit-extended --real-points`` fits it and
+scores each field with a scorer fitted without that field's sources:
 ``benchmarks/results/extended_real.md``.
 """
 
