@@ -456,12 +456,12 @@ def export(run_dir, out_dir):
                    "else source_id].")
 @click.option("--keep", default="", metavar="COL,COL",
               help="Input columns to copy into the output after p_qso_err (e.g. ra,dec).")
-@click.option("--ebv", default=None, metavar="E|none",
-              help="Galactic reddening E(B-V) in magnitudes, 0 to 10, for every row: each "
-                   "cutout is de-reddened (band b times 10**(0.4 R_b E(B-V)), Schlafly & "
-                   "Finkbeiner 2011 SDSS R_b) before the model and the colour quality bits; "
-                   "'none' ignores an ebv column [default: the input's ebv column (any case) "
-                   "when it has one, else none].")
+@click.option("--ebv", default=None, metavar="E|column|none",
+              help="De-redden each cutout by Galactic E(B-V) (band b times 10**(0.4 R_b "
+                   "E(B-V)), Schlafly & Finkbeiner 2011 SDSS R_b) before the model and the "
+                   "colour quality bits: a value in magnitudes, 0 to 10, for every row, or "
+                   "'column' for the input's ebv column (any case) [default: none; the model "
+                   "is trained on reddened stars, and de-reddening multiplies the noise].")
 @click.option("--uncertainty/--no-uncertainty", default=True, show_default=True,
               help="Fill p_qso_err, the spread of p_qso over rotated views of each cutout "
                    "(one extra model evaluation per row; free with --tta).")
@@ -483,8 +483,8 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     spread of p_qso over rotated views). The prior, threshold and temperature p_qso comes
     from are in the FITS header (PRIOR, THRESH, TEMPER), the CSV's side-car OUTPUT.json, or
     each Parquet file's metadata and OUT/_starqso.json; so is where E(B-V) came from (EBV:
-    "column ebv", the --ebv value or "none"). A row whose ebv cell is blank, negative or
-    above 10 is not classified, with a flag. The output appears only when
+    "column ebv", the --ebv value or "none"). With --ebv column, a row whose ebv cell is
+    blank, negative or above 10 is not classified, with a flag. The output appears only when
     complete; an interrupted run continues with --resume.
     """
     from starqso.extras import missing_module
@@ -581,9 +581,9 @@ def evaluate(predictions, truth, out_dir, threshold, strict):
 @click.option("--id-column", default=None,
               help="Id column of a Parquet, HATS, zarr-metadata or stack input [default: id, "
                    "else source_id].")
-@click.option("--ebv", default=None, metavar="E|none",
+@click.option("--ebv", default=None, metavar="E|column|none",
               help="Galactic reddening E(B-V) to de-redden every cutout by, as `predict "
-                   "--ebv` [default: the input's ebv column when it has one, else none].")
+                   "--ebv`: a value or 'column' [default: none].")
 def embed(catalog, output, model_dir, batch_size, prior, id_column, ebv):
     """Embed the cutouts of CATALOG (any input `predict` reads) for similarity and clusters.
 

@@ -219,7 +219,13 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     """
     import itertools
 
-    from starqso.inference import default_model_dir, parse_ebv, prior_label, sidecar_path
+    from starqso.inference import (
+        EBV_COLUMN,
+        default_model_dir,
+        parse_ebv,
+        prior_label,
+        sidecar_path,
+    )
     from starqso.io.embeddings import write_embeddings
     from starqso.io.sources import open_source
     from starqso.locking import exclusive_lock
@@ -229,7 +235,7 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     if output.suffix.lower() not in (".csv", ".fits", ".parquet"):
         raise InputError(f"--output must end in .csv, .fits or .parquet. Received: {output}")
     ebv = parse_ebv(ebv)
-    rows_source = open_source(source, id_column=id_column, ebv=ebv is None)
+    rows_source = open_source(source, id_column=id_column, ebv=ebv == EBV_COLUMN)
     # Before the model loads: an output that is one of the files read (or a folder) is refused.
     inputs, trees = source_inputs(rows_source)
     model_files = model_inputs(model_dir if model_dir is not None else default_model_dir())

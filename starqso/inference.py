@@ -218,45 +218,62 @@ def parse_prior(value):
     return fraction
 
 
-#: ``--ebv`` values that ignore an input's ``ebv`` column (no de-reddening).
+#: ``--ebv`` values that ignore an input's ``ebv`` column (no de-reddening): the default.
 EBV_NONE = "none"
+#: ``--ebv`` value that de-reddens each row by the input's ``ebv`` column.
+EBV_COLUMN = "column"
 
 
 def parse_ebv(value):
-    """An ``--ebv`` value: None (the input's ``ebv`` column, when it has one), ``"none"`` or
-    one E(B-V) for every row, in :data:`~starqso.preprocessing.photometry.EBV_RANGE`.
+    """An ``--ebv`` value: ``"none"`` (also for None, the default), ``"column"`` (the input's
+    ``ebv`` column) or one E(B-V) for every row, in
+    :data:`~starqso.preprocessing.photometry.EBV_RANGE`.
+
+    De-reddening is opt-in: the model is trained on reddened stars and needs no E(B-V), and
+    multiplying a band by its extinction multiplies its noise too (u by 50 at E(B-V) = 1),
+    which past E(B-V) ~ 0.5 makes more stars look like QSOs, not fewer
+    (``benchmarks/results/real_photometry.md``, the stars behind dust).
 
     Raises:
         InputError: anything else (negative, above the range, not a number).
 
     Example:
-        >>> parse_ebv("0.05"), parse_ebv("none"), parse_ebv(None)
-        (0.05, 'none', None)
+        >>> parse_ebv("0.05"), parse_ebv("none"), parse_ebv(None), parse_ebv("column")
+        (0.05, 'none', 'none', 'column')
     """
     from starqso.preprocessing.photometry import EBV_RANGE
 
     if value is None:
-        return None
-    if isinstance(value, str) and value.strip().lower() == EBV_NONE:
         return EBV_NONE
+    if isinstance(value, str) and value.strip().lower() in (EBV_NONE, EBV_COLUMN):
+        return value.strip().lower()
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
     if isinstance(value, bool) or not EBV_RANGE[0] <= number <= EBV_RANGE[1]:
         raise InputError(f"--ebv must be the Galactic reddening E(B-V) of every row, in "
-                         f"magnitudes from {EBV_RANGE[0]:g} to {EBV_RANGE[1]:g}, or "
-                         f"'{EBV_NONE}' to ignore an ebv column. Received: {value!r}")
+                         f"magnitudes from {EBV_RANGE[0]:g} to {EBV_RANGE[1]:g}, "
+                         f"'{EBV_COLUMN}' for the input's ebv column or '{EBV_NONE}'. "
+                         f"Received: {value!r}")
     return number
 
 
 def ebv_setting(ebv, rows_source):
     """Where each row's E(B-V) comes from, as outputs record it: ``"column ebv"``, the
-    ``--ebv`` value (float), or ``"none"``."""
+    ``--ebv`` value (float), or ``"none"``.
+
+    Raises:
+        InputError: ``--ebv column`` for an input without an ``ebv`` column.
+    """
     ebv = parse_ebv(ebv)
-    if ebv is None:
+    if ebv == EBV_COLUMN:
         column = getattr(rows_source, "ebv_column", None)
-        return f"column {column}" if column else EBV_NONE
+        if not column:
+            raise InputError(f"--ebv column needs an ebv column in the input; "
+                             f"{getattr(rows_source, 'path', 'the input')} has none. Received: "
+                             f"--ebv column")
+        return f"column {column}"
     return ebv
 
 
@@ -880,8 +897,8 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         uncertainty: fill ``p_qso_err`` (:func:`predict_views`; one extra model evaluation
             per row without ``tta``).
         ebv: the Galactic E(B-V) each cutout is de-reddened by before the model
-            (:func:`parse_ebv`): None, the input's ``ebv`` column when it has one (else
-            none); a number, that value for every row; ``"none"``, no de-reddening. The
+            (:func:`parse_ebv`): None or ``"none"``, no de-reddening (the default);
+            ``"column"``, the input's ``ebv`` column; a number, that value for every row. The
             record's ``ebv`` (FITS ``EBV``) says which: ``"column ebv"``, the value or
             ``"none"``.
 
@@ -913,7 +930,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     size = int(metadata["input_shape"][1])
     from starqso.io.sources import open_source
 
-    rows_source = open_source(source, id_column=id_column, keep=keep, ebv=ebv is None)
+    rows_source = open_source(source, id_column=id_column, keep=keep, ebv=ebv == EBV_COLUMN)
     ebv = ebv_setting(ebv, rows_source)
     columns = (*OUTPUT_COLUMNS, *rows_source.keep_columns)
     ids = rows_source.ids()

@@ -343,6 +343,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     from starqso import __version__
     from starqso.atomic import swap_in_folder, write_json_atomically
     from starqso.inference import (
+        EBV_COLUMN,
         ebv_setting,
         evidence_fraction,
         model_settings,
@@ -367,7 +368,8 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     model_dir, metadata, threshold, settings = model_settings(model_dir, runtime, threshold,
                                                              prior, log)
     ebv = parse_ebv(ebv)
-    rows_source = open_source(source, id_column=id_column, keep=keep, ebv=ebv is None)
+    rows_source = open_source(source, id_column=id_column, keep=keep,
+                              ebv=ebv == EBV_COLUMN)
     ebv = ebv_setting(ebv, rows_source)
     partitions = rows_source.partitions(partition_rows)
     if rows_source.num_rows <= MAX_CHECKED_IDS:

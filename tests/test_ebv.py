@@ -1,6 +1,7 @@
-"""Issue 37 item 2: predict de-reddens each cutout by the Galactic E(B-V) it is given (an
-``ebv`` column, or ``--ebv VALUE``), so a star behind dust looks to the model as it would
-without it; ``--ebv none`` ignores the column; bad values are refused or flagged."""
+"""Issue 37 item 2: predict de-reddens each cutout by the Galactic E(B-V) it is asked to use
+(``--ebv column`` for an ``ebv`` column, or ``--ebv VALUE``), so a star behind dust looks to the
+model as it would without it; by default and with ``--ebv none`` nothing is de-reddened; bad
+values are refused or flagged."""
 
 import json
 
@@ -68,7 +69,7 @@ def test_a_reddened_star_with_its_ebv_gets_the_answer_of_the_star_without_dust(t
     reddened = [_reddened(crop) for crop in crops]
     clear = _predict(_stack(tmp_path, "clear", crops), tmp_path)
     column = _predict(_stack(tmp_path, "column", reddened, ebv=[EBV] * 3, column="EBV"),
-                      tmp_path)
+                      tmp_path, "--ebv", "column")
     bare = _stack(tmp_path, "bare", reddened)
     value = _predict(bare, tmp_path, "--ebv", str(EBV))
     for result in (column, value):
@@ -83,16 +84,25 @@ def test_a_reddened_star_with_its_ebv_gets_the_answer_of_the_star_without_dust(t
     assert not np.allclose(observed[0], clear[0], atol=1e-3)
 
 
-def test_ebv_zero_is_no_column_and_none_ignores_the_column(tmp_path):
+def test_ebv_zero_is_no_column_and_the_column_is_used_only_when_asked(tmp_path):
+    # De-reddening multiplies the noise (u by 50 at E(B-V) = 1), so it is opt-in: by default,
+    # and with --ebv none, an ebv column is ignored.
     reddened = [_reddened(_point(seed)) for seed in range(2)]
     bare = _predict(_stack(tmp_path, "bare", reddened), tmp_path)
     path = _stack(tmp_path, "column", reddened, ebv=[EBV, EBV])
     zero = _predict(path, tmp_path, "--ebv", "0", name="zero")
     ignored = _predict(path, tmp_path, "--ebv", "none", name="ignored")
-    for result in (zero, ignored):
+    default = _predict(path, tmp_path, name="default")
+    for result in (zero, ignored, default):
         np.testing.assert_allclose(result[0], bare[0], atol=1e-6)
         assert result[1] == bare[1]
     assert zero[3]["ebv"] == 0.0 and ignored[3]["ebv"] == "none"
+    assert default[3]["ebv"] == "none"
+    result = _run(_stack(tmp_path, "nocolumn", reddened), tmp_path / "x.csv", "--ebv", "column")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and "no" in lines[0] \
+        and "ebv column" in lines[0], result.output
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_a_fits_output_records_where_ebv_came_from(tmp_path):
@@ -100,7 +110,7 @@ def test_a_fits_output_records_where_ebv_came_from(tmp_path):
 
     path = _stack(tmp_path, "column", [_reddened(_point(0))], ebv=[EBV])
     output = tmp_path / "out.fits"
-    result = _run(path, output)
+    result = _run(path, output, "--ebv", "column")
     assert result.exit_code == 0, result.output
     assert fits.getheader(output, "CATALOG")["EBV"] == "column ebv"
 
@@ -113,7 +123,7 @@ def test_bad_ebv_values_are_one_line_errors(tmp_path):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "--ebv" in lines[0] and "0 to 10" in lines[0], result.output
     text = _stack(tmp_path, "text", [_point(0)], ebv=np.array(["dusty"]))
-    result = _run(text, tmp_path / "out.csv")
+    result = _run(text, tmp_path / "out.csv", "--ebv", "column")
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "column ebv" in lines[0] and str(text) in lines[0], result.output
@@ -122,15 +132,15 @@ def test_bad_ebv_values_are_one_line_errors(tmp_path):
 
 def test_a_row_with_a_bad_ebv_is_flagged_and_the_others_are_not_touched(tmp_path):
     crops = [_reddened(_point(seed)) for seed in range(3)]
-    good = _predict(_stack(tmp_path, "good", crops, ebv=[EBV] * 3), tmp_path)
+    good = _predict(_stack(tmp_path, "good", crops, ebv=[EBV] * 3), tmp_path, "--ebv", "column")
     path = _stack(tmp_path, "bad", crops, ebv=[EBV, -0.5, np.nan])
-    bad = _predict(path, tmp_path)
+    bad = _predict(path, tmp_path, "--ebv", "column")
     assert bad[0][0] == good[0][0] and bad[1][0] == good[1][0] and not bad[2][0]
     for row in (1, 2):
         assert np.isnan(bad[0][row]) and bad[1][row] & 1 and "ebv" in bad[2][row]
     # --strict stops at the row; the partial file it leaves is not resumed with another ebv.
     output = tmp_path / "strict.csv"
-    result = _run(path, output, "--strict", "--batch-size", "1")
+    result = _run(path, output, "--strict", "--batch-size", "1", "--ebv", "column")
     assert result.exit_code != 0 and "row 2" in result.output and "ebv" in result.output
     result = _run(path, output, "--resume", "--ebv", "none", "--batch-size", "1")
     assert result.exit_code != 0 and "--ebv" in result.output, result.output
