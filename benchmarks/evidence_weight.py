@@ -44,12 +44,6 @@ from sim_realism import read_real  # noqa: E402
 RAMPS = ((None, None), (4.0, 6.0), (4.0, 7.0), (4.0, 8.0), (4.0, 10.0), (4.0, 15.0))
 
 
-def best_gri(snr):
-    from starqso.preprocessing.qflags import GRI_BANDS
-
-    return np.nanmax(np.asarray(snr)[:, list(GRI_BANDS)], axis=1)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=pathlib.Path, required=True,
@@ -63,6 +57,7 @@ def main():
     from sklearn.metrics import f1_score, roc_auc_score
 
     from starqso.inference import default_model_dir, open_model, resolve_prior
+    from starqso.preprocessing.qflags import best_gri_snr
     from starqso.probability import evidence_weight, temper
 
     started = time.perf_counter()
@@ -88,7 +83,7 @@ def main():
         # p at the training mix, tempered by the ramp, then moved to the prior.
         p = np.nan_to_num(sample["p"], nan=0.5)
         if ramp[0] is not None:
-            p = temper(p, evidence_weight(best_gri(sample["snr"]), ramp), training)
+            p = temper(p, evidence_weight(best_gri_snr(sample["snr"]), ramp), training)
         from starqso.inference import apply_prior
 
         return apply_prior(p, shift)

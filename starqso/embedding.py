@@ -273,6 +273,7 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     from starqso import __version__
     from starqso.discovery import outlier_scores
     from starqso.inference import (
+        EBV_COLUMN,
         _bad_ebv,
         _prepare_block,
         block_ebv,
@@ -283,14 +284,14 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     from starqso.io.embeddings import EmbeddingTable
     from starqso.io.sources import Source, open_source
     from starqso.preprocessing.photometry import deredden
-    from starqso.preprocessing.qflags import GRI_BANDS, quality_bits, screened_bits
+    from starqso.preprocessing.qflags import best_gri_snr, quality_bits, screened_bits
     from starqso.schema import QFLAG_BITS
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1. Received: {batch_size}")
     ebv = parse_ebv(ebv)
     rows_source = (source if isinstance(source, Source) else
-                   open_source(source, id_column=id_column, ebv=ebv is None))
+                   open_source(source, id_column=id_column, ebv=ebv == EBV_COLUMN))
     ebv = ebv_setting(ebv, rows_source)
     ids = np.asarray(rows_source.ids(), dtype=str)
     size, count = embedder.size, len(ids)
@@ -313,8 +314,7 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
         qflag[rows] |= screened_bits(images, usable, measured["sky_sigma"])
         if usable.any():
             good = np.flatnonzero(usable)
-            snr = (None if measured["snr"] is None
-                   else measured["snr"][good][:, list(GRI_BANDS)].max(axis=1))
+            snr = None if measured["snr"] is None else best_gri_snr(measured["snr"][good])
             outputs = embedder(images[good] if row_ebv is None
                                else deredden(images[good], row_ebv[good]), snr)
             finite = np.isfinite(outputs["p_qso"]) & np.all(

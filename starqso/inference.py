@@ -261,12 +261,11 @@ def parse_ebv(value):
 
 def ebv_setting(ebv, rows_source):
     """Where each row's E(B-V) comes from, as outputs record it: ``"column ebv"``, the
-    ``--ebv`` value (float), or ``"none"``.
+    ``--ebv`` value (float), or ``"none"``; ``ebv`` as :func:`parse_ebv` returns it.
 
     Raises:
         InputError: ``--ebv column`` for an input without an ``ebv`` column.
     """
-    ebv = parse_ebv(ebv)
     if ebv == EBV_COLUMN:
         column = getattr(rows_source, "ebv_column", None)
         if not column:
@@ -363,7 +362,7 @@ def apply_prior(probabilities, shift):
     p = 0 or 1 stays where it is.
 
     Example:
-        >>> float(apply_prior([0.5], np.log(1 / 9))[0])  # 50% odds at a 10x lower prior
+        >>> round(float(apply_prior([0.5], np.log(1 / 9))[0]), 12)  # 50% odds at a 10x lower prior
         0.1
     """
     probabilities = np.asarray(probabilities, np.float64)
@@ -542,7 +541,7 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
         :class:`Classified`.
     """
     from starqso.preprocessing.photometry import deredden
-    from starqso.preprocessing.qflags import GRI_BANDS, quality_bits, screened_bits
+    from starqso.preprocessing.qflags import best_gri_snr, quality_bits, screened_bits
     from starqso.probability import evidence_weight
 
     measured = {}
@@ -555,7 +554,7 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
     if usable.any():
         weight = None
         if training_fraction is not None and measured["snr"] is not None:
-            weight = evidence_weight(measured["snr"][usable][:, list(GRI_BANDS)].max(axis=1))
+            weight = evidence_weight(best_gri_snr(measured["snr"][usable]))
         inputs = images[usable] if ebv is None else deredden(images[usable], ebv[usable])
         probabilities[usable], p_err[usable] = predict_views(
             predictor, inputs, tta, uncertainty, shift, weight, training_fraction)

@@ -144,3 +144,14 @@ def test_a_row_with_a_bad_ebv_is_flagged_and_the_others_are_not_touched(tmp_path
     assert result.exit_code != 0 and "row 2" in result.output and "ebv" in result.output
     result = _run(path, output, "--resume", "--ebv", "none", "--batch-size", "1")
     assert result.exit_code != 0 and "--ebv" in result.output, result.output
+
+
+def test_embed_rows_given_a_path_reads_the_ebv_column_when_asked(tmp_path):
+    # embed_rows opened its own source with the column off whatever --ebv said, so
+    # ebv="column" on a path was refused as "no ebv column".
+    from starqso.embedding import Embedder, embed_rows
+
+    path = _stack(tmp_path, "column", [_reddened(_point(0))], ebv=[EBV])
+    table = embed_rows(path, Embedder(None), ebv="column")
+    assert table.record["ebv"] == "column ebv"
+    assert embed_rows(path, Embedder(None)).record["ebv"] == "none"

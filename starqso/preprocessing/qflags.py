@@ -90,6 +90,12 @@ GRI_BANDS = tuple(BANDS.index(band) for band in "gri")
 _GRI = list(GRI_BANDS)
 
 
+def best_gri_snr(snr):
+    """The best aperture S/N of g, r and i per row, (N,), from the source check's (N, 5) S/N:
+    what LOW_SNR and the evidence weight of p(QSO) read."""
+    return np.asarray(snr)[:, _GRI].max(axis=1)
+
+
 def _log_density(colours, density):
     """Log-density of (N, 4) colours under a stored Gaussian mixture (NumPy)."""
     colours = np.asarray(colours, np.float64)
@@ -264,7 +270,7 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
     if snr is None:
         snr = np.max([aperture_snr(crops, sigma, radius, background)
                       for radius in DETECTION_APERTURES_ARCSEC], axis=0)
-    bits |= np.where(snr[:, _GRI].max(axis=1) < QFLAG_LOW_SNR, QFLAG_BITS["LOW_SNR"], 0)
+    bits |= np.where(best_gri_snr(snr) < QFLAG_LOW_SNR, QFLAG_BITS["LOW_SNR"], 0)
     if reference:
         if factors is not None:
             magnitudes = asinh_magnitudes(fluxes * factors)
