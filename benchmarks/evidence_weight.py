@@ -4,8 +4,8 @@
         --out benchmarks/results/evidence_weight.md
 
 ``starqso predict`` scales the network's evidence by :func:`starqso.probability.evidence_weight`
-of a row's best g/r/i detection S/N: 0 at the lower end of :data:`starqso.schema.EVIDENCE_SNR`,
-1 from its upper end. This script classifies, once, with no weighting, every sample that bears
+of a row's combined five-band detection S/N: 0 at the lower end of
+:data:`starqso.schema.EVIDENCE_SNR`, 1 from its upper end. This script classifies, once, with no weighting, every sample that bears
 on the choice, and then scores each ramp in NumPy (:func:`starqso.probability.temper`):
 
 * the six developer fields' point sources and blank sky (``real_fields_dev.npz``) at the
@@ -57,7 +57,7 @@ def main():
     from sklearn.metrics import f1_score, roc_auc_score
 
     from starqso.inference import default_model_dir, open_model, resolve_prior
-    from starqso.preprocessing.qflags import best_gri_snr
+    from starqso.preprocessing.quality import combined_snr
     from starqso.probability import evidence_weight, temper
 
     started = time.perf_counter()
@@ -83,7 +83,7 @@ def main():
         # p at the training mix, tempered by the ramp, then moved to the prior.
         p = np.nan_to_num(sample["p"], nan=0.5)
         if ramp[0] is not None:
-            p = temper(p, evidence_weight(best_gri_snr(sample["snr"]), ramp), training)
+            p = temper(p, evidence_weight(combined_snr(sample["snr"]), ramp), training)
         from starqso.inference import apply_prior
 
         return apply_prior(p, shift)

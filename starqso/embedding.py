@@ -170,7 +170,7 @@ class Embedder:
     def __call__(self, images, snr=None):
         """``{"p_qso", "vector"[, "metric"]}`` for raw cutouts (N, S, S, 5).
 
-        ``snr``, the rows' best g/r/i detection S/N, makes a faint row's p_qso lean on the
+        ``snr``, the rows' combined five-band detection S/N, makes a faint row's p_qso lean on the
         prior as ``predict``'s does (:func:`starqso.probability.evidence_weight`).
         """
         from starqso.inference import apply_prior, evidence_fraction
@@ -284,7 +284,8 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     from starqso.io.embeddings import EmbeddingTable
     from starqso.io.sources import Source, open_source
     from starqso.preprocessing.photometry import deredden
-    from starqso.preprocessing.qflags import best_gri_snr, quality_bits, screened_bits
+    from starqso.preprocessing.qflags import quality_bits, screened_bits
+    from starqso.preprocessing.quality import combined_snr
     from starqso.schema import QFLAG_BITS
 
     if batch_size < 1:
@@ -314,7 +315,7 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
         qflag[rows] |= screened_bits(images, usable, measured["sky_sigma"])
         if usable.any():
             good = np.flatnonzero(usable)
-            snr = None if measured["snr"] is None else best_gri_snr(measured["snr"][good])
+            snr = None if measured["snr"] is None else combined_snr(measured["snr"][good])
             outputs = embedder(images[good] if row_ebv is None
                                else deredden(images[good], row_ebv[good]), snr)
             finite = np.isfinite(outputs["p_qso"]) & np.all(

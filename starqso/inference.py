@@ -29,7 +29,8 @@ keywords, or a JSON side-car ``OUTPUT.json`` beside a CSV output.
 
 **Faint rows lean on the prior.** Before the prior's shift, the network's evidence (its logit
 against the training fraction) is scaled by :func:`starqso.probability.evidence_weight` of the
-row's best g/r/i detection S/N: 0 at the source check's detection limit, 1 from
+row's combined five-band detection S/N
+(:func:`starqso.preprocessing.quality.combined_snr`): 0 at the detection limit, 1 from
 :data:`starqso.schema.EVIDENCE_SNR`'s upper end, so a row just above the limit gets p' about
 the prior, not the confident QSO that noise, a neighbour's wing or an artefact can look like
 (:func:`starqso.probability.temper`). Models that do not record their training fraction are
@@ -541,7 +542,8 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
         :class:`Classified`.
     """
     from starqso.preprocessing.photometry import deredden
-    from starqso.preprocessing.qflags import best_gri_snr, quality_bits, screened_bits
+    from starqso.preprocessing.qflags import quality_bits, screened_bits
+    from starqso.preprocessing.quality import combined_snr
     from starqso.probability import evidence_weight
 
     measured = {}
@@ -554,7 +556,7 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
     if usable.any():
         weight = None
         if training_fraction is not None and measured["snr"] is not None:
-            weight = evidence_weight(best_gri_snr(measured["snr"][usable]))
+            weight = evidence_weight(combined_snr(measured["snr"][usable]))
         inputs = images[usable] if ebv is None else deredden(images[usable], ebv[usable])
         probabilities[usable], p_err[usable] = predict_views(
             predictor, inputs, tta, uncertainty, shift, weight, training_fraction)

@@ -47,7 +47,8 @@ def evidence_weight(snr, limits=None) -> np.ndarray:
     linear in between; a NaN S/N (not measured) gives 1.
 
     Args:
-        snr: (N,) S/N, the best aperture S/N of g, r and i as the source check measures it.
+        snr: (N,) S/N, the five bands' combined aperture S/N as the source check measures
+            it (:func:`starqso.preprocessing.quality.combined_snr`).
         limits: ``(low, high)``; :data:`starqso.schema.EVIDENCE_SNR` when None.
 
     Returns:

@@ -108,9 +108,10 @@ P_QSO_ERR_COLUMN = "p_qso_err"
 # about 0.1-0.2 mag, comparable to the star/QSO colour separation.
 QFLAG_LOW_SNR = 10.0
 # How much a cutout's own light counts as evidence (starqso.probability.evidence_weight): none
-# at the detection limit of the source check (S/N 4), all of it from S/N 6 (the best aperture
-# S/N of g, r and i), linearly in between. Just above the limit noise, a neighbour's wing or an
-# artefact can give any colour, so p(QSO) there leans on the prior instead of the network; a
-# wider ramp costs faint QSOs that the network does tell from stars (the choice is measured in
+# at the source check's combined detection limit (S/N 5 in the five bands together,
+# starqso.preprocessing.quality.combined_snr) and below, all of it from S/N 7, linearly in
+# between. Just above the limit noise, a neighbour's wing or an artefact can give any colour,
+# so p(QSO) there leans on the prior instead of the network; a wider ramp costs faint QSOs that
+# the network does tell from stars (the choice is measured in
 # benchmarks/results/evidence_weight.md).
-EVIDENCE_SNR = (4.0, 6.0)
+EVIDENCE_SNR = (5.0, 7.0)

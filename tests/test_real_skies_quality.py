@@ -141,16 +141,15 @@ def test_evidence_weight_and_temper_lean_on_the_prior_near_the_detection_limit()
 def test_predict_gives_a_source_at_the_detection_limit_about_the_prior(tmp_path):
     # A faint source's colours are noise-dominated; a confident p(QSO) there was how blank
     # real sky and neighbour wings became QSOs. At S/N just above the limit p is the prior.
-    from starqso.preprocessing.qflags import GRI_BANDS
-    from starqso.preprocessing.quality import suspect_crops
+    from starqso.preprocessing.quality import combined_snr, suspect_crops
     from starqso.schema import EVIDENCE_SNR
 
     faint = np.stack([_point(np.array([0.0, 0.1, 0.72, 0.5, 0.2]), seed=400 + seed)
                       for seed in range(60)])
     suspect, _, snr, _ = suspect_crops(faint, measured=True)
-    best = snr[:, list(GRI_BANDS)].max(axis=1)
-    near = np.flatnonzero(~suspect & (best < EVIDENCE_SNR[0] + 0.3))
-    assert len(near) >= 3, best
+    combined = combined_snr(snr)
+    near = np.flatnonzero(~suspect & (combined < EVIDENCE_SNR[0] + 0.3))
+    assert len(near) >= 3, combined
     bright = _point(FLUX * 2, seed=7)
     p_qso, qflag = _predict(_stack(tmp_path, "faint", [*faint[near[:3]], bright]), tmp_path)
     assert not [value for value in qflag if value & 1], qflag
@@ -158,3 +157,21 @@ def test_predict_gives_a_source_at_the_detection_limit_about_the_prior(tmp_path)
     # (0.4-0.9 at the default prior without the weight, ``p`` at the prior 0.02 with none).
     assert max(p_qso[:3]) < 0.045, p_qso
     assert all(value & 32 for value in qflag[:3])  # LOW_SNR
+
+
+def test_a_source_under_every_bands_limit_is_detected_by_its_bands_together():
+    # A faint source under a noisier sky: S/N about 2.5 in each of g, r, i and z, under the
+    # 4-in-r and 5-elsewhere limits, was refused as "no source detected"; the five bands
+    # together (a chi-square detection) reach about 5. Blank sky stays refused.
+    from starqso.preprocessing.quality import combined_snr, suspect_crops
+
+    faint = np.stack([_point(np.array([0.0, 0.37, 0.6, 0.97, 3.4]), seed=500 + seed)
+                      for seed in range(40)])
+    suspect, _, snr, _ = suspect_crops(faint, measured=True)
+    per_band = (snr[:, 2] < 4.0) & (np.delete(snr, 2, axis=1) < 5.0).all(axis=1)
+    together = per_band & (combined_snr(snr) >= 5.0)
+    assert together.sum() >= 5, snr.round(1)
+    assert not suspect[together].any()
+    assert suspect[per_band & (combined_snr(snr) < 5.0)].all()
+    blank = np.stack([_point(np.zeros(5), seed=600 + seed) for seed in range(200)])
+    assert suspect_crops(blank).mean() >= 0.99

@@ -85,14 +85,14 @@ OOD_COMPONENTS = 8
 #: The training r range: these quantiles of the training objects, widened by R_RANGE_MARGIN.
 R_RANGE_QUANTILES = (0.001, 0.999)
 R_RANGE_MARGIN = 0.25
-#: Band indices of g, r and i: LOW_SNR and the evidence weight of p(QSO) use their best S/N.
+#: Band indices of g, r and i: LOW_SNR uses their best S/N.
 GRI_BANDS = tuple(BANDS.index(band) for band in "gri")
 _GRI = list(GRI_BANDS)
 
 
 def best_gri_snr(snr):
     """The best aperture S/N of g, r and i per row, (N,), from the source check's (N, 5) S/N:
-    what LOW_SNR and the evidence weight of p(QSO) read."""
+    what LOW_SNR reads."""
     return np.asarray(snr)[:, _GRI].max(axis=1)
 
 

@@ -36,7 +36,10 @@ checked in this order:
    least ``DETECTION_SNR_R`` = 4 in r, or at least ``DETECTION_SNR_OTHER`` = 5 in any other
    band (a high-redshift QSO or a cool star can drop out of r but shine in i/z; 5 sigma in
    one band is the usual survey detection limit, while r, SDSS's detection band, gets the
-   looser 4 to keep faint real objects). White noise passes r at 4 sigma by chance about
+   looser 4 to keep faint real objects), or at least ``DETECTION_SNR_COMBINED`` = 5 in the
+   five bands together (:func:`combined_snr`, a chi-square detection): a faint source under
+   a noisier sky can stay under every band's own limit while its bands add up to a clear
+   detection. White noise passes r at 4 sigma by chance about
    0.05% of the time (two correlated apertures; 0.3% at 3 sigma), another band at 5 sigma
    practically never. Real blank sky holds more than noise: sources below the survey's
    detection limit, and at 3 sigma in r those faint r-only blips were most of the blank
@@ -85,8 +88,10 @@ SKY_SIGMA_RANGE = (1e-4, 1e2)
 DETECTION_APERTURES_ARCSEC = (1.5, 3.0)
 #: Detected when the aperture S/N reaches this in r ...
 DETECTION_SNR_R = 4.0
-#: ... or this in any other band.
+#: ... or this in any other band ...
 DETECTION_SNR_OTHER = 5.0
+#: ... or when the five bands together reach this (:func:`combined_snr`).
+DETECTION_SNR_COMBINED = 5.0
 #: A sharp pixel (rule 5): within this radius of the centre ...
 ARTEFACT_RADIUS_ARCSEC = 3.0
 #: ... at least this many sky sigma above the sky ...
@@ -365,9 +370,33 @@ def sharp_pixels(crops, sigma=None, background=None):
             < ARTEFACT_NEIGHBOUR_RATIO * (values - _ARTEFACT_ALLOWANCE * noise))
 
 
+def combined_snr(snr):
+    """The five bands' S/N taken together: ``sqrt(sum(max(snr_b, 0) ** 2))`` per row.
+
+    A chi-square detection statistic (Szalay, Connolly & Szokoly 1999, AJ 117, 68): a source
+    spread over several bands, each under its own limit, adds up. Negative S/N (a band below
+    the sky) add nothing. It is what the detection test's combined rule and the evidence
+    weight of p(QSO) (:func:`starqso.probability.evidence_weight`) read.
+
+    Args:
+        snr: (N, 5) aperture S/N per band, as the source check measures them.
+
+    Returns:
+        (N,) float64; NaN where any band's S/N is NaN.
+
+    Example:
+        >>> combined_snr(np.array([[3.0, 4.0, -2.0, 0.0, 0.0]])).tolist()
+        [5.0]
+    """
+    snr = np.asarray(snr, np.float64)
+    return np.sqrt((np.clip(snr, 0.0, None) ** 2).sum(axis=1))
+
+
 def _undetected(snr):
     others = [band for band in range(len(BANDS)) if band != _R]
-    return (snr[:, _R] < DETECTION_SNR_R) & (snr[:, others] < DETECTION_SNR_OTHER).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        return ((snr[:, _R] < DETECTION_SNR_R) & (snr[:, others] < DETECTION_SNR_OTHER).all(axis=1)
+                & (combined_snr(snr) < DETECTION_SNR_COMBINED))
 
 
 def _detection_snr(crops, background):
@@ -550,4 +579,6 @@ def check_source(crop, *, source: str = "cutout") -> dict:
                      f"\" aperture S/N at most {snr[_R]:.2g} in r "
                      f"(expected >= {DETECTION_SNR_R:g}) and "
                      f"at most {snr[best]:.2g} in the other bands ({BANDS[best]}; expected "
-                     f">= {DETECTION_SNR_OTHER:g} in one). Received: {source}")
+                     f">= {DETECTION_SNR_OTHER:g} in one) and {combined_snr(snr[None])[0]:.2g} "
+                     f"in the five together (expected >= {DETECTION_SNR_COMBINED:g}). "
+                     f"Received: {source}")
