@@ -41,7 +41,7 @@ from real_fields import classify  # noqa: E402 - predict's per-row core, as ther
 from real_photometry import render_depth  # noqa: E402 - the same renderer
 from sim_realism import read_real  # noqa: E402
 
-RAMPS = ((None, None), (4.0, 6.0), (4.0, 7.0), (4.0, 8.0), (4.0, 10.0), (4.0, 15.0))
+RAMPS = ((None, None), (4.0, 6.0), (5.0, 7.0), (5.0, 8.0), (5.0, 10.0), (5.0, 15.0))
 
 
 def main():
