@@ -717,6 +717,35 @@ def _unusable_outputs(probabilities, usable, flags):
     return usable
 
 
+def output_cells(ident, p_qso, flag, usable, bits, err, threshold):
+    """One row of the predictions table as ``predict`` writes it: the text of its
+    :data:`OUTPUT_COLUMNS` cells.
+
+    Shared by the CSV writer and :mod:`starqso.api`, so a label, a rounding or a blank means
+    the same everywhere.
+
+    Args:
+        ident: the row's id.
+        p_qso: p(QSO) under the prior (ignored when not ``usable``).
+        flag: the row's flag ("" for none).
+        usable: the row was classified.
+        bits: the quality bitmask.
+        err: the spread of p(QSO), NaN when not computed.
+        threshold: p(QSO) at or above which the label is QSO.
+
+    Returns:
+        tuple of six str: id, p_qso (6 decimals; blank when not classified), label (QSO, STAR
+        or blank), flag, qflag, p_qso_err (6 decimals; blank when NaN).
+
+    Example:
+        >>> output_cells("a", 0.61, "", True, 0, float("nan"), 0.5)
+        ('a', '0.610000', 'QSO', '', '0', '')
+    """
+    label = ("QSO" if p_qso >= threshold else "STAR") if usable else ""
+    return (ident, f"{p_qso:.6f}" if usable else "", label, flag, str(int(bits)),
+            f"{err:.6f}" if np.isfinite(err) else "")
+
+
 def sidecar_path(output):
     """The JSON side-car of a CSV output: ``OUTPUT.json`` (``predictions.csv.json``)."""
     output = pathlib.Path(output)
@@ -1012,16 +1041,13 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                     kept = [_csv_cells(block.keep[name]) for name in rows_source.keep_columns]
                     for row, (ident, p_qso, flag, ok, bits, err) in enumerate(
                             zip(batch_ids, probabilities, flags, usable, qflag, p_err)):
-                        label = ("QSO" if p_qso >= threshold else "STAR") if ok else ""
+                        cells = output_cells(ident, p_qso, flag, ok, bits, err, threshold)
                         counts["rows"] += 1
-                        counts["qso"] += label == "QSO"
+                        counts["qso"] += cells[2] == "QSO"
                         counts["flagged"] += not ok
                         counts["repaired"] += ok and bool(flag)
                         counts["caveats"] += ok and bits != 0
-                        writer.writerow((ident, f"{p_qso:.6f}" if ok else "", label, flag,
-                                         str(int(bits)),
-                                         f"{err:.6f}" if np.isfinite(err) else "",
-                                         *(cells[row] for cells in kept)))
+                        writer.writerow((*cells, *(column[row] for column in kept)))
                     # Each batch reaches the disk whole before the next starts: what --resume reads.
                     stream.flush()
                     os.fsync(stream.fileno())
