@@ -16,6 +16,23 @@ The package follows one object from files to p(QSO):
   :mod:`starqso.baselines`: export and checks, ``predict``, ``evaluate``, the classical peers.
 * :mod:`starqso.config`, :mod:`starqso.model_files`, :mod:`starqso.atomic`,
   :mod:`starqso.cli`: run configuration, model-file checks, atomic writes, the command line.
+* :func:`load` and :class:`Classifier` (:mod:`starqso.api`): the Python API for notebooks,
+  NumPy cutouts in, an astropy table of predictions out.
 """
 
 __version__ = "0.1.0"
+__all__ = ["Classifier", "load"]
+
+
+def __getattr__(name):
+    # The API imports astropy and the readers: loaded on first use, so `import starqso` stays
+    # light (and never imports TensorFlow).
+    if name in __all__:
+        from starqso import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'starqso' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])
