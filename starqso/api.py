@@ -45,7 +45,7 @@ from starqso.inference import (
 )
 from starqso.io.sources import Block
 from starqso.model_files import RUNTIME_FILES, file_sha256
-from starqso.schema import NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
+from starqso.schema import NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
 __all__ = ["Classifier", "load"]
 
@@ -128,7 +128,7 @@ class Classifier:
                      "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
                      "starqso_version": __version__,
                      "model_name": self.model_dir.resolve().name,
-                     "note": settings["note"], "qflag_bits": dict(QFLAG_BITS)}
+                     "note": settings["note"]}
 
     def __repr__(self):
         return (f"Classifier(model={str(self.model_dir)!r}, runtime={self.runtime!r}, "
