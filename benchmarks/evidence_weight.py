@@ -5,8 +5,9 @@
 
 ``starqso predict`` scales the network's evidence by :func:`starqso.probability.evidence_weight`
 of a row's combined five-band detection S/N: 0 at the lower end of
-:data:`starqso.schema.EVIDENCE_SNR`, 1 from its upper end. This script classifies, once, with no weighting, every sample that bears
-on the choice, and then scores each ramp in NumPy (:func:`starqso.probability.temper`):
+:data:`starqso.schema.EVIDENCE_SNR`, 1 from its upper end. This script classifies, once, with
+no weighting, every sample that bears on the choice, and then scores each ramp in NumPy
+(:func:`starqso.probability.temper`):
 
 * the six developer fields' point sources and blank sky (``real_fields_dev.npz``) at the
   default prior: called QSO;
