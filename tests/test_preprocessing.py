@@ -9,6 +9,27 @@ from starqso.preprocessing import (
     pixel_edges,
     resample_spectrum,
 )
+from starqso.preprocessing.crop import crop_window
+
+
+@pytest.mark.parametrize("height, width, size, rows, columns", [
+    (48, 48, 32, (8, 40), (8, 40)),  # even difference: equal margins
+    (33, 35, 32, (0, 32), (1, 33)),  # odd difference: the extra pixel at the bottom/right
+    (32, 32, 32, (0, 32), (0, 32)),
+])
+def test_crop_window_is_centred_with_the_extra_pixel_bottom_right(height, width, size, rows,
+                                                                  columns):
+    window = crop_window(height, width, size)
+    assert [(axis.start, axis.stop) for axis in window] == [rows, columns]
+
+
+@pytest.mark.parametrize("height, width, size", [(20, 40, 32), (40, 31, 32), (48, 48, 0)])
+def test_crop_window_refuses_a_cutout_smaller_than_the_crop_in_one_line(height, width, size):
+    with pytest.raises(InputError) as excinfo:
+        crop_window(height, width, size, "in file x.fits")
+    assert str(excinfo.value) == (
+        f"cutout must be at least {size}x{size} pixels to crop to image size {size}. "
+        f"Received: {height}x{width} in file x.fits")
 
 
 def test_encoder_grid_matches_the_shared_data_grid():

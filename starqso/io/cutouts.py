@@ -56,6 +56,7 @@ from starqso.io._fits import (
     open_fits_lazily,
     whole_file_compression,
 )
+from starqso.preprocessing.crop import crop_window
 from starqso.schema import BANDS, BUNIT, PIXEL_SCALE_ARCSEC
 
 _ACCEPTED_BUNITS = (BUNIT, "nanomaggies")
@@ -169,18 +170,6 @@ def _checked_crop_size(crop_size) -> int | None:
     return int(crop_size)
 
 
-def _crop_window(shape: tuple, crop_size: int | None, where: str):
-    """``(top, left)`` of the centre crop, the same corner as preprocessing.center_crop."""
-    if crop_size is None:
-        return None
-    height, width = shape[-2:]
-    if height < crop_size or width < crop_size:
-        raise InputError(f"cutout must be at least {crop_size}x{crop_size} pixels to crop to "
-                         f"image size {crop_size}. Received: {height}x{width} {where}")
-    # Odd differences drop the extra pixel at the bottom/right, as center_crop does.
-    return (height - crop_size) // 2, (width - crop_size) // 2
-
-
 def _data_bytes(hdu) -> int:
     """Bytes of the HDU's data block as its header claims them, without padding."""
     bintable = getattr(hdu, "_bintable", None)
@@ -193,12 +182,11 @@ def _data_bytes(hdu) -> int:
     return math.prod(hdu.shape) * abs(int(hdu.header["BITPIX"])) // 8
 
 
-def _tile_values(hdu, shape: tuple, window, crop_size: int) -> int:
+def _tile_values(hdu, shape: tuple, window) -> int:
     """Pixel values decompressed to read the crop: every tile that overlaps it, in full."""
     tiles = tuple(int(size) for size in hdu.tile_shape)
-    top, left = window
-    spans = tuple((0, length) for length in shape[:-2]) + (
-        (top, top + crop_size), (left, left + crop_size))
+    spans = tuple((0, length) for length in shape[:-2]) + tuple(
+        (axis.start, axis.stop) for axis in window)
     values = 1
     for (start, stop), tile, length in zip(spans, tiles, shape):
         count = (stop - 1) // tile - start // tile + 1
@@ -231,7 +219,7 @@ def _check_size(hdu, shape: tuple, window, crop_size, whole_file: str | None,
         _refuse_size(shape, math.prod(shape), "reading the whole image (pass crop_size to "
                      "read only the centre)", path)
     elif isinstance(hdu, fits.CompImageHDU):
-        _refuse_size(shape, _tile_values(hdu, shape, window, crop_size),
+        _refuse_size(shape, _tile_values(hdu, shape, window),
                      "decompressing the tiles under the centre crop", path)
     else:
         _refuse_size(shape, math.prod(shape[:-2]) * crop_size * crop_size, "the centre crop",
@@ -249,12 +237,10 @@ def _check_complete(hdu, available: int, path: str) -> None:
         )
 
 
-def _pixels(hdu, window, crop_size, path: str) -> np.ndarray:
+def _pixels(hdu, window, path: str) -> np.ndarray:
     if window is None:
         return native(hdu_data(hdu, path, "cutout"), np.float32)
-    top, left = window
-    index = (slice(None),) * (len(hdu.shape) - 2) + (
-        slice(top, top + crop_size), slice(left, left + crop_size))
+    index = (slice(None),) * (len(hdu.shape) - 2) + window
     if not isinstance(hdu, fits.CompImageHDU) and math.prod(hdu.shape) <= WHOLE_READ_VALUES:
         # A typical cutout: one read of the whole (small) array is ~8x faster than section's
         # row-by-row reads (5 bands x 32 rows); section is for the large images.
@@ -374,10 +360,10 @@ def _read_plane(hdu, cards, path: str, available: int, crop_size, whole_file):
                          f"{where}")
     _check_unit_and_bands({key: value for key, value in cards.items() if key != "BANDS"},
                           where)
-    window = _crop_window(shape, crop_size, where)
+    window = None if crop_size is None else crop_window(*shape[-2:], crop_size, where)
     _check_complete(hdu, available, path)
     _check_size(hdu, shape, window, crop_size, whole_file, path)
-    return _pixels(hdu, window, crop_size, path)
+    return _pixels(hdu, window, path)
 
 
 def _read_band_hdus(hdulist, path: str, available: int, crop_size, whole_file):
@@ -436,11 +422,11 @@ def _read_image(source, path: str, available: int, crop_size, whole_file, band=N
         # The header alone gives the shape, so a bad cube is rejected without loading it.
         _check_cube_shape(shape, where)
         _check_unit_and_bands(cards, where)
-        window = _crop_window(shape, crop_size, where)
+        window = None if crop_size is None else crop_window(*shape[-2:], crop_size, where)
         # Truncation first: a header claiming more than the file holds is the real fault.
         _check_complete(hdu, available, path)
         _check_size(hdu, shape, window, crop_size, whole_file, path)
-        data = _pixels(hdu, window, crop_size, path)
+        data = _pixels(hdu, window, path)
     return data, cards, shape
 
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from starqso.errors import InputError
 from starqso.extras import require_survey
+from starqso.preprocessing.crop import crop_window
 from starqso.schema import BANDS, NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
 #: Catalogue columns holding one FITS file per band.
@@ -124,13 +125,6 @@ def cutout_id(name):
     if name.startswith(".") or match is None or match.start() == 0:
         return None
     return name[:match.start()].strip()
-
-
-def _crop_window(height, width, size, where):
-    if height < size or width < size:
-        raise InputError(f"cutout must be at least {size}x{size} pixels to crop to image size "
-                         f"{size}. Received: {height}x{width} {where}")
-    return (height - size) // 2, (width - size) // 2
 
 
 def _contiguous(pieces, rows):
@@ -472,13 +466,12 @@ class _StackSource(Source):
     def _crop(self, array, start, stop, size, where, channels_last):
         height, width = (array.shape[1:3] if channels_last else array.shape[2:4])
         if size is None:
-            top, left, rows, columns = 0, 0, slice(None), slice(None)
+            rows, columns = slice(None), slice(None)
         else:
             try:
-                top, left = _crop_window(height, width, size, where)
+                rows, columns = crop_window(height, width, size, where)
             except InputError as err:
                 return [str(err)] * (stop - start)
-            rows, columns = slice(top, top + size), slice(left, left + size)
         if channels_last:
             cubes = np.asarray(array[start:stop, rows, columns, :])
             cubes = np.moveaxis(cubes, -1, 1)
@@ -1008,10 +1001,10 @@ def _centre(cube, size, where):
     if isinstance(cube, str):
         return cube
     try:
-        top, left = _crop_window(cube.shape[1], cube.shape[2], size, where)
+        rows, columns = crop_window(cube.shape[1], cube.shape[2], size, where)
     except InputError as err:
         return str(err)
-    return cube[:, top:top + size, left:left + size]
+    return cube[:, rows, columns]
 
 
 def is_hats(path):

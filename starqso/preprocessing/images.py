@@ -1,9 +1,6 @@
 """Cutouts for the image models: ``(5, H, W)`` cubes to channels-last centre crops (NumPy only).
 
-Centring convention: the crop keeps the cube's geometric centre ``((H-1)/2, (W-1)/2)``, where
-the simulator and cutout services put the object. When ``H - size`` (or ``W - size``) is odd the
-crop cannot be exactly centred; the extra pixel is always cut from the bottom/right, so the
-object lands half a pixel below/right of the crop's centre, the same way for every cutout.
+The crop's pixels and its centring convention are :func:`starqso.preprocessing.crop.crop_window`'s.
 """
 
 from __future__ import annotations
@@ -11,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.preprocessing.crop import crop_window
 from starqso.schema import NUM_BANDS
 
 
@@ -40,7 +38,7 @@ def center_crop(cube, size: int, *, source: str = "cutout") -> np.ndarray:
 
     Returns:
         Contiguous float32 array of shape ``(size, size, 5)``; for an odd size difference
-        the extra pixel is dropped at the bottom/right (see the module docstring).
+        the extra pixel is dropped at the bottom/right (:mod:`starqso.preprocessing.crop`).
 
     Raises:
         InputError: the cube is not ``(5, H, W)`` or is smaller than ``size``.
@@ -55,12 +53,8 @@ def center_crop(cube, size: int, *, source: str = "cutout") -> np.ndarray:
     if cube.ndim != 3 or cube.shape[0] != NUM_BANDS:
         raise InputError(f"cutout must have 5 bands (ugriz) as (5, H, W). Received: "
                          f"shape={cube.shape} in {source}")
-    height, width = cube.shape[1:]
-    if size < 1 or height < size or width < size:
-        raise InputError(f"cutout must be at least {size}x{size} pixels to crop to image size "
-                         f"{size}. Received: {height}x{width} in {source}")
-    top, left = (height - size) // 2, (width - size) // 2
-    return np.ascontiguousarray(channels_last(cube[:, top:top + size, left:left + size]))
+    rows, columns = crop_window(*cube.shape[1:], size, f"in {source}")
+    return np.ascontiguousarray(channels_last(cube[:, rows, columns]))
 
 
 # Above this share of NaN/inf pixels a cutout is treated as having no usable data: a median

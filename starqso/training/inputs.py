@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from starqso.preprocessing.crop import crop_window
 from starqso.schema import BANDS, BUNIT
 
 _BATCH = 2048
@@ -34,8 +35,8 @@ def trunk_side(model_config) -> int:
 def centre(images: np.ndarray, side: int) -> np.ndarray:
     """The central ``side`` x ``side`` pixels of channels-last cutouts (N, S, S, 5): the crop
     :class:`~starqso.models.StarQSOClassifier` takes before its scaling (equal margins)."""
-    margin = (images.shape[1] - side) // 2
-    return images[:, margin:margin + side, margin:margin + side] if margin else images
+    rows, columns = crop_window(images.shape[1], images.shape[2], side)
+    return images[:, rows, columns]
 
 
 def fit_photometry(images: np.ndarray, train: np.ndarray, image_size: int, name="photometry",
