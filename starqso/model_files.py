@@ -10,10 +10,11 @@ Only then does it hand the file to ``keras.saving.load_model(..., safe_mode=True
 line of defence.
 
 An exported model folder (``starqso export``) is checked the same way: every file the chosen
-runtime needs, ``metadata.json`` with the data model starqso expects (ugriz, nanomaggies,
-NHWC, STAR/QSO), a format version this starqso can read and, when present, valid calibration
-keys (``threshold`` in [0, 1], ``temperature`` > 0, ``training_qso_fraction`` and
-``default_prior`` in (0, 1)). The model file must match the SHA-256 that ``starqso export``
+runtime needs, ``metadata.json`` with the data model starqso expects (``survey`` SDSS: ugriz,
+nanomaggies, 0.396 arcsec/px; ``classes`` STAR/QSO; NHWC; a folder exported before those two
+keys were recorded is SDSS STAR/QSO), a format version this starqso can read and, when present,
+valid calibration keys (``threshold`` in [0, 1], ``temperature`` > 0, ``training_qso_fraction``
+and ``default_prior`` in (0, 1)). The model file must match the SHA-256 that ``starqso export``
 recorded in ``metadata.json: sha256`` (folders exported before it have none and still load),
 and take the cutout size ``input_shape`` gives: read from the ``.keras`` config, or from the
 TFLite flatbuffer by LiteRT, which also refuses a damaged flatbuffer here in one line.
@@ -31,7 +32,19 @@ import zipfile
 
 from starqso import jsonfile as strict_json
 from starqso.errors import InputError
-from starqso.schema import BANDS, BUNIT, CLASS_NAMES, DEFAULT_THRESHOLD, LAYOUT
+from starqso.schema import (
+    BANDS,
+    BUNIT,
+    CLASS_NAMES,
+    CLASSES,
+    DEFAULT_THRESHOLD,
+    LAYOUT,
+    SDSS,
+    SUPPORTED_CLASSES,
+    SUPPORTED_SURVEYS,
+    ClassList,
+    Survey,
+)
 
 #: The export folder layout this version writes and reads (``metadata.json: format_version``).
 MODEL_FORMAT_VERSION = 1
@@ -348,6 +361,53 @@ def _read_metadata(metadata_path: pathlib.Path):
     return _parse_json(data, str(metadata_path))
 
 
+def _survey_text(survey: Survey) -> str:
+    return (f"{survey.name} ({' '.join(survey.bands)}, {survey.pixel_scale_arcsec:g} arcsec/px, "
+            f"{survey.unit})")
+
+
+def model_survey(metadata: dict, where="metadata.json") -> tuple[Survey, ClassList]:
+    """The survey and class list a model's ``metadata.json`` records.
+
+    A model folder exported before they were recorded (the shipped model among them) has
+    neither key and is :data:`~starqso.schema.SDSS` STAR/QSO, the only data model starqso
+    wrote then.
+
+    Args:
+        metadata: the folder's ``metadata.json`` as a dict.
+        where: the file, for messages.
+
+    Returns:
+        ``(survey, classes)``.
+
+    Raises:
+        InputError: ``survey`` or ``classes`` is not what starqso export writes, or names a
+            survey or class list this starqso cannot classify with (it reads SDSS STAR/QSO
+            models only).
+
+    Example:
+        >>> model_survey({}) == (SDSS, CLASSES)
+        True
+    """
+    try:
+        survey = Survey.from_dict(metadata["survey"]) if "survey" in metadata else SDSS
+        classes = ClassList.from_dict(metadata["classes"]) if "classes" in metadata \
+            else CLASSES
+    except ValueError as err:
+        raise InputError(f"{where} must give survey and classes as starqso export writes "
+                         f"them: {err}") from None
+    if survey not in SUPPORTED_SURVEYS:
+        raise InputError(f"the model was trained on survey {_survey_text(survey)}; this starqso "
+                         f"classifies with {' or '.join(map(_survey_text, SUPPORTED_SURVEYS))} "
+                         f"models only. Received: survey={survey.name!r} in {where}")
+    if classes not in SUPPORTED_CLASSES:
+        supported = " or ".join("/".join(known.names) for known in SUPPORTED_CLASSES)
+        raise InputError(f"the model tells apart classes {'/'.join(classes.names)}; this "
+                         f"starqso classifies with {supported} models only. Received: "
+                         f"classes={list(classes.names)} in {where}")
+    return survey, classes
+
+
 def _check_metadata(metadata_path: pathlib.Path) -> dict:
     metadata = _read_metadata(metadata_path)
     if not isinstance(metadata, dict):
@@ -358,6 +418,9 @@ def _check_metadata(metadata_path: pathlib.Path) -> dict:
         raise InputError(f"model folder was exported in format {_shown(version)}; this starqso "
                          f"reads format {MODEL_FORMAT_VERSION} (upgrade starqso). Received: "
                          f"{metadata_path}")
+    # Before the single keys below: a model of another survey is named as such, not as a
+    # mismatched band string.
+    model_survey(metadata, metadata_path)
     expected = {"bands": "".join(BANDS), "units": BUNIT, "layout": LAYOUT,
                 "class_names": list(CLASS_NAMES)}
     for key, value in expected.items():

@@ -1,33 +1,263 @@
-"""The data model's constants, each defined here and only here (standard library only).
+"""The data model, each part defined here and only here (standard library only).
 
 Every module that needs a band order, the pixel scale, the encoder's spectral grid or the class
 names imports it from this module (some re-export it under the same name for their existing
 importers, e.g. ``starqso.io.BANDS``), so a change to the data model is one edit and readers,
 writers, the simulator, preprocessing, models and exported metadata cannot disagree.
+
+The survey (bands, pixel scale, zero point, unit) and the class list are values,
+:class:`Survey` and :class:`ClassList`: an exported model records them in its
+``metadata.json`` and a cutout's header cards are checked against them. :data:`SDSS` and
+:data:`CLASSES` are the ones this release reads and writes; the module constants below
+(``BANDS``, ``PIXEL_SCALE_ARCSEC``, ``CLASS_NAMES``, ...) are their fields under the names the
+rest of the package imports.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import MISSING, dataclass, fields
+
+# --- the survey and the classes ----------------------------------------------------------------
+
+
+def _bad(what: str, value) -> ValueError:
+    shown = repr(value)
+    return ValueError(f"{what}. Received: {shown if len(shown) <= 160 else shown[:157] + '...'}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _strings(value, what: str, *, empty_ok: bool = False) -> tuple:
+    """``value`` (a list or tuple of distinct non-empty strings) as a tuple."""
+    if not isinstance(value, (list, tuple)) or (not value and not empty_ok) or not all(
+            isinstance(item, str) and item for item in value) or len(set(value)) != len(value):
+        raise _bad(f"{what} must be a list of distinct non-empty strings", value)
+    return tuple(value)
+
+
+def _from_dict(cls, data, what: str):
+    """``cls(**data)`` for a dict holding every field of ``cls`` without a default and no other
+    key; a one-line ValueError otherwise (the fields check their own values)."""
+    names = [field.name for field in fields(cls)]
+    required = [field.name for field in fields(cls) if field.default is MISSING]
+    if not isinstance(data, dict):
+        raise _bad(f"{what} must be a dict with keys {', '.join(names)}", data)
+    unknown = sorted(str(key) for key in data if key not in names)
+    missing = [name for name in required if name not in data]
+    if unknown or missing:
+        raise _bad(f"{what} must have keys {', '.join(names)} (missing: "
+                   f"{', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})",
+                   data)
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """An imaging survey's data model: what a cutout's axes and pixel values mean.
+
+    A model is trained on one survey's cutouts and is only valid on cutouts of the same bands,
+    pixel scale and units, so the survey is one value: exported models record it
+    (``metadata.json: survey``) and the cutout readers check header cards against it.
+
+    Attributes:
+        name: the survey's name, e.g. ``"SDSS"``.
+        bands: filter names in the order of a cutout's first axis (FITS NAXIS3), of an image's
+            channels and of magnitude columns.
+        pixel_scale_arcsec: imaging pixel scale in arcsec per pixel.
+        zero_point: AB magnitude of one pixel unit, so ``mag = zero_point - 2.5 log10(flux)``.
+        unit: the unit of cutout pixels as a ``BUNIT`` card writes it.
+        unit_aliases: other ``BUNIT`` values (lower case) that mean the same unit.
+        extinction_coefficients: Galactic extinction per unit reddening, A_band / E(B-V), one
+            per band (a source behind dust of E(B-V) is fainter by ``coefficient * E(B-V)``
+            magnitudes).
+
+    Raises:
+        ValueError: a field has the wrong type or value (one line).
+
+    Example:
+        >>> Survey.from_dict(SDSS.to_dict()) == SDSS
+        True
+        >>> "".join(SDSS.bands), SDSS.pixel_scale_arcsec, SDSS.zero_point, SDSS.unit
+        ('ugriz', 0.396, 22.5, 'nanomaggy')
+    """
+
+    name: str
+    bands: tuple
+    pixel_scale_arcsec: float
+    zero_point: float
+    unit: str
+    unit_aliases: tuple = ()
+    extinction_coefficients: tuple = ()
+
+    def __post_init__(self):
+        # Lists (as JSON gives them) become tuples, so a survey read back from a model's
+        # metadata is equal to, and hashes like, the one it was written from.
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise _bad("survey name must be a non-empty string", self.name)
+        bands = _strings(self.bands, "survey bands")
+        if not _is_number(self.pixel_scale_arcsec) or self.pixel_scale_arcsec <= 0:
+            raise _bad("survey pixel_scale_arcsec must be a finite number > 0",
+                       self.pixel_scale_arcsec)
+        if not _is_number(self.zero_point):
+            raise _bad("survey zero_point must be a finite number (AB mag of 1 unit)",
+                       self.zero_point)
+        if not isinstance(self.unit, str) or not self.unit.strip():
+            raise _bad("survey unit must be a non-empty string", self.unit)
+        aliases = _strings(self.unit_aliases, "survey unit_aliases", empty_ok=True)
+        coefficients = self.extinction_coefficients
+        if not isinstance(coefficients, (list, tuple)) or (
+                coefficients and len(coefficients) != len(bands)) or not all(
+                _is_number(value) and value >= 0 for value in coefficients):
+            raise _bad(f"survey extinction_coefficients must be empty or {len(bands)} finite "
+                       f"numbers >= 0, one per band", coefficients)
+        object.__setattr__(self, "bands", bands)
+        object.__setattr__(self, "unit_aliases", aliases)
+        object.__setattr__(self, "extinction_coefficients", tuple(coefficients))
+
+    def accepts_unit(self, unit) -> bool:
+        """Whether a ``BUNIT`` card's value names this survey's pixel unit.
+
+        Example:
+            >>> SDSS.accepts_unit(" Nanomaggies"), SDSS.accepts_unit("counts")
+            (True, False)
+        """
+        return str(unit).strip().lower() in {name.lower() for name in (self.unit,
+                                                                        *self.unit_aliases)}
+
+    def to_dict(self) -> dict:
+        """The survey as a JSON-ready dict (lists for tuples), as ``metadata.json`` holds it.
+
+        Returns:
+            ``{"name": ..., "bands": [...], ...}``, one key per field.
+
+        Example:
+            >>> SDSS.to_dict()["bands"]
+            ['u', 'g', 'r', 'i', 'z']
+        """
+        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in values.items()}
+
+    @classmethod
+    def from_dict(cls, data) -> Survey:
+        """The survey a :meth:`to_dict` dict describes.
+
+        Args:
+            data: a dict with every field (``unit_aliases`` and ``extinction_coefficients``
+                may be left out) and no other key.
+
+        Returns:
+            A :class:`Survey`.
+
+        Raises:
+            ValueError: ``data`` is not such a dict, or a value is wrong (one line).
+
+        Example:
+            >>> Survey.from_dict({"name": "X", "bands": ["g", "r"], "zero_point": 22.5,
+            ...                   "pixel_scale_arcsec": 0.2, "unit": "nanomaggy"}).bands
+            ('g', 'r')
+        """
+        return _from_dict(cls, data, "survey")
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """The classes a model tells apart, in the order of their integer codes.
+
+    A two-class model's output is p(``names[1]``); catalogue ``label`` cells are one of the
+    names or blank.
+
+    Attributes:
+        names: class names; code ``i`` is ``names[i]``.
+
+    Raises:
+        ValueError: fewer than two names, or names that are not distinct non-empty strings.
+
+    Example:
+        >>> ClassList.from_dict(CLASSES.to_dict()) == CLASSES
+        True
+        >>> CLASSES.names
+        ('STAR', 'QSO')
+    """
+
+    names: tuple
+
+    def __post_init__(self):
+        names = _strings(self.names, "class names")
+        if len(names) < 2:
+            raise _bad("a class list must name at least two classes", list(names))
+        object.__setattr__(self, "names", names)
+
+    def to_dict(self) -> dict:
+        """The class list as a JSON-ready dict, as ``metadata.json: classes`` holds it.
+
+        Example:
+            >>> CLASSES.to_dict()
+            {'names': ['STAR', 'QSO']}
+        """
+        return {"names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, data) -> ClassList:
+        """The class list a :meth:`to_dict` dict describes.
+
+        Raises:
+            ValueError: ``data`` is not ``{"names": [...]}`` with valid names (one line).
+
+        Example:
+            >>> ClassList.from_dict({"names": ["STAR", "QSO"]}) == CLASSES
+            True
+        """
+        return _from_dict(cls, data, "class list")
+
+
+#: The Sloan Digital Sky Survey's imaging: ugriz at 0.396 arcsec/px, pixels in nanomaggies
+#: (1 nanomaggy is AB magnitude 22.5). Extinction coefficients: Schlafly & Finkbeiner (2011,
+#: ApJ 737, 103), Table 6, R_V = 3.1.
+SDSS = Survey(
+    name="SDSS",
+    bands=("u", "g", "r", "i", "z"),
+    pixel_scale_arcsec=0.396,
+    zero_point=22.5,
+    unit="nanomaggy",
+    unit_aliases=("nanomaggies",),
+    extinction_coefficients=(4.239, 3.303, 2.285, 1.698, 1.263),
+)
+#: Star or quasar: STAR 0, QSO 1.
+CLASSES = ClassList(("STAR", "QSO"))
+#: The surveys and class lists this release's models may be trained on and read.
+SUPPORTED_SURVEYS = (SDSS,)
+SUPPORTED_CLASSES = (CLASSES,)
+
 # --- images ------------------------------------------------------------------------------------
 
-# SDSS filters, in the order of a cutout's first axis (FITS NAXIS3), of an image's channels and
-# of magnitude columns; a cutout's ``BANDS`` card is ``"".join(BANDS)``.
-BANDS = ("u", "g", "r", "i", "z")
+# The survey's fields under the names the package imports. SDSS filters, in the order of a
+# cutout's first axis (FITS NAXIS3), of an image's channels and of magnitude columns; a
+# cutout's ``BANDS`` card is ``"".join(BANDS)``.
+BANDS = SDSS.bands
 # Channels of every image the models see: one per band.
 NUM_BANDS = len(BANDS)
-# SDSS imaging pixel scale in arcsec per pixel: the simulator renders at it, a cutout's
-# ``PIXSCALE`` card must match it, apertures in arcsec are converted with it.
-PIXEL_SCALE_ARCSEC = 0.396
-# Unit of cutout pixels (the ``BUNIT`` card): 1 nanomaggy is AB magnitude 22.5, so
-# ``mag = 22.5 - 2.5 log10(flux)``.
-BUNIT = "nanomaggy"
+# Imaging pixel scale in arcsec per pixel: the simulator renders at it, a cutout's
+# ``PIXSCALE`` card (or its WCS) must match it, apertures in arcsec are converted with it.
+PIXEL_SCALE_ARCSEC = SDSS.pixel_scale_arcsec
+# How far (relative) the pixel scale a cutout's WCS gives may lie from PIXEL_SCALE_ARCSEC:
+# SDSS frames' CD matrices give 0.396 to within a few 0.1%, a resampled survey (0.25-0.27
+# arcsec/px) is tens of percent away.
+PIXEL_SCALE_TOLERANCE = 0.02
+# Unit of cutout pixels (the ``BUNIT`` card): 1 nanomaggy is AB magnitude ZERO_POINT (22.5),
+# so ``mag = 22.5 - 2.5 log10(flux)``.
+BUNIT = SDSS.unit
+ZERO_POINT = SDSS.zero_point
 # Memory layout of image batches given to the models: (objects, height, width, bands), channels
 # last as Keras convolutions expect (cutout files are (bands, height, width)).
 LAYOUT = "NHWC"
 # Galactic extinction per unit reddening, A_band / E(B-V), for BANDS (SDSS u, g, r, i, z):
 # Schlafly & Finkbeiner (2011, ApJ 737, 103), Table 6, R_V = 3.1. A source behind dust of
 # E(B-V) is fainter by EXTINCTION_COEFFICIENTS[band] * E(B-V) magnitudes in each band.
-EXTINCTION_COEFFICIENTS = (4.239, 3.303, 2.285, 1.698, 1.263)
+EXTINCTION_COEFFICIENTS = SDSS.extinction_coefficients
 
 # --- spectra -----------------------------------------------------------------------------------
 
@@ -44,7 +274,7 @@ SPECTRUM_CHANNELS = 2
 
 # Class names in the order of their integer codes (STAR 0, QSO 1): a model's output is
 # p(CLASS_NAMES[1]) = p(QSO); catalogue ``label`` cells are one of these or blank.
-CLASS_NAMES = ("STAR", "QSO")
+CLASS_NAMES = CLASSES.names
 # Integer code of an object without a (known) label.
 UNKNOWN_LABEL = -1
 # Catalogue label -> integer label of the arrays: {"STAR": 0, "QSO": 1, "": -1}.
