@@ -55,9 +55,11 @@ from starqso.schema import (
     BANDS,
     BUNIT,
     CLASS_NAMES,
+    CLASSES,
     DEFAULT_THRESHOLD,
     LAYOUT,
     PIXEL_SCALE_ARCSEC,
+    SDSS,
 )
 
 THRESHOLD = DEFAULT_THRESHOLD
@@ -479,7 +481,9 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
             "input_name": "image", "output_name": "p_qso",
             "input_shape": [None, model.image_size, model.image_size, len(BANDS)],
             "bands": "".join(BANDS), "units": BUNIT, "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
-            "layout": LAYOUT, "class_names": list(CLASS_NAMES), "threshold": threshold,
+            "layout": LAYOUT, "class_names": list(CLASS_NAMES),
+            # The whole data model, read back (and checked) by model_files.model_survey.
+            "survey": SDSS.to_dict(), "classes": CLASSES.to_dict(), "threshold": threshold,
             "temperature": temperature,
             "training_qso_fraction": calibration_results["training_qso_fraction"],
             "default_prior": calibration_results["default_prior"],
