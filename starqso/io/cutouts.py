@@ -17,7 +17,10 @@ Reading is tolerant where that is safe: integer or big-endian data become native
 a missing ``BUNIT`` or ``BANDS`` card is accepted (many cutout services omit them),
 ``BUNIT = 'nanomaggies'`` is taken to mean the same as ``'nanomaggy'``, and a cube whose
 ``BANDS`` card names the five bands in another order (``'zirgu'``) is returned in ``ugriz``
-order. Non-finite pixels are
+order. Cards that contradict the survey (:data:`starqso.schema.SDSS`) are refused: ``BUNIT``,
+``BANDS``, ``PIXSCALE``, the pixel scale a celestial WCS gives (``CD`` or ``CDELT``, within
+:data:`~starqso.schema.PIXEL_SCALE_TOLERANCE`), and the ``BAND``/``FILTER`` card of a one-band
+image. Non-finite pixels are
 returned untouched; flagging them is left to the caller, which knows the object's context.
 
 Reading is bounded, so one hostile or broken file costs one flagged row, never the run: with
@@ -57,9 +60,7 @@ from starqso.io._fits import (
     whole_file_compression,
 )
 from starqso.preprocessing.crop import crop_window
-from starqso.schema import BANDS, BUNIT, PIXEL_SCALE_ARCSEC
-
-_ACCEPTED_BUNITS = (BUNIT, "nanomaggies")
+from starqso.schema import BANDS, BUNIT, PIXEL_SCALE_ARCSEC, PIXEL_SCALE_TOLERANCE, SDSS, Survey
 
 #: The most pixel values one :func:`read_cutout` call may decompress or load: 2**23, which is
 #: 64 MiB as float64 (FITS' widest pixel type) and 32 MiB as the float32 it returns. That is a
@@ -137,27 +138,71 @@ def _check_cube_shape(shape: tuple, where: str) -> None:
         raise InputError(f"{expected} with H, W >= 1. Received: shape={shape} {where}")
 
 
-def _check_unit_and_bands(cards: Mapping, where: str) -> None:
+def _check_unit_and_bands(cards: Mapping, where: str, survey: Survey = SDSS) -> None:
+    """Refuse header cards that contradict ``survey``: BUNIT, BANDS, PIXSCALE and the pixel
+    scale of a celestial WCS. A card that is absent passes."""
     unit = cards.get("BUNIT")
-    if unit is not None and str(unit).strip().lower() not in _ACCEPTED_BUNITS:
+    if unit is not None and not survey.accepts_unit(unit):
         raise InputError(
-            f"cutout pixels must be in nanomaggies (BUNIT='nanomaggy'). "
-            f"Received: BUNIT={unit!r} {where}"
+            f"cutout pixels must be in {survey.name} units, {survey.unit} "
+            f"(BUNIT={survey.unit!r}). Received: BUNIT={unit!r} {where}"
         )
     bands = cards.get("BANDS")
-    if bands is not None and sorted(str(bands).strip().lower()) != sorted(BANDS):
+    if bands is not None and sorted(str(bands).strip().lower()) != sorted("".join(survey.bands)):
         raise InputError(
-            f"cutout bands must be u, g, r, i, z, once each (BANDS='ugriz'). "
-            f"Received: BANDS={bands!r} {where}"
+            f"cutout bands must be {', '.join(survey.bands)}, once each "
+            f"(BANDS={''.join(survey.bands)!r}). Received: BANDS={bands!r} {where}"
         )
     scale = cards.get("PIXSCALE")
-    if scale is not None and (
-        not isinstance(scale, (int, float)) or not math.isclose(scale, PIXEL_SCALE_ARCSEC)
-    ):
+    if scale is not None and (not isinstance(scale, (int, float))
+                              or not math.isclose(scale, survey.pixel_scale_arcsec)):
         raise InputError(
-            f"cutout pixel scale must be {PIXEL_SCALE_ARCSEC} arcsec/px (PIXSCALE). "
+            f"cutout pixel scale must be {survey.pixel_scale_arcsec} arcsec/px (PIXSCALE). "
             f"Received: PIXSCALE={scale!r} {where}"
         )
+    described = _wcs_pixel_scale(cards)
+    if described is not None and abs(described[1] / survey.pixel_scale_arcsec - 1) \
+            > PIXEL_SCALE_TOLERANCE:
+        shown, scale = described
+        raise InputError(
+            f"cutout pixel scale must be {survey.pixel_scale_arcsec} arcsec/px ({survey.name}, "
+            f"within {PIXEL_SCALE_TOLERANCE:.0%}); its WCS gives {scale:.4g} arcsec/px. "
+            f"Received: {', '.join(f'{key}={value!r}' for key, value in shown.items())} "
+            f"{where}"
+        )
+
+
+# The first four characters of a CTYPE naming a celestial axis (trailing dashes dropped).
+_CELESTIAL_AXES = ("RA", "DEC", "GLON", "GLAT", "ELON", "ELAT", "SLON", "SLAT")
+
+
+def _wcs_pixel_scale(cards: Mapping):
+    """``(cards, arcsec/px)``: the pixel scale a celestial WCS's ``CD`` (or ``CDELT`` and
+    ``PC``) cards give, with the cards it was read from; None without such a WCS in degrees
+    (or with unusable values: then nothing can be compared)."""
+    types = [str(cards.get(f"CTYPE{axis}", "")).strip().upper() for axis in (1, 2)]
+    units = [str(cards.get(f"CUNIT{axis}", "deg")).strip().lower() for axis in (1, 2)]
+    if not all(kind[:4].rstrip("-") in _CELESTIAL_AXES for kind in types) \
+            or any(unit not in ("deg", "") for unit in units):
+        return None
+    cd = ("CD1_1", "CD1_2", "CD2_1", "CD2_2")
+    if any(name in cards for name in cd):
+        shown = {name: cards[name] for name in cd if name in cards}  # absent elements are 0
+        matrix = [cards.get(name, 0.0) for name in cd]
+    elif "CDELT1" in cards and "CDELT2" in cards:
+        pc = [cards.get(name, default) for name, default in
+              (("PC1_1", 1.0), ("PC1_2", 0.0), ("PC2_1", 0.0), ("PC2_2", 1.0))]
+        shown = {"CDELT1": cards["CDELT1"], "CDELT2": cards["CDELT2"]}
+        if any(not isinstance(value, (int, float)) for value in (*shown.values(), *pc)):
+            return None
+        matrix = [shown["CDELT1"] * pc[0], shown["CDELT1"] * pc[1],
+                  shown["CDELT2"] * pc[2], shown["CDELT2"] * pc[3]]
+    else:
+        return None
+    if any(not isinstance(value, (int, float)) or isinstance(value, bool) for value in matrix):
+        return None
+    scale = math.sqrt(abs(matrix[0] * matrix[3] - matrix[1] * matrix[2])) * 3600.0
+    return (shown, scale) if math.isfinite(scale) and scale > 0 else None
 
 
 def _checked_crop_size(crop_size) -> int | None:
@@ -414,6 +459,12 @@ def _read_image(source, path: str, available: int, crop_size, whole_file, band=N
             if named is not None and named != band:
                 raise InputError(f"the image_{band} file holds another band: its BAND/FILTER "
                                  f"card says {named!r}. Received: file {path}")
+            named_card = [(key, cards[key]) for key in ("BAND", "FILTER")
+                          if isinstance(cards.get(key), str)]
+            if named is None and named_card:
+                raise InputError(f"the image_{band} file's {named_card[0][0]} card names no "
+                                 f"{SDSS.name} band ({', '.join(BANDS)}). Received: "
+                                 f"{named_card[0][0]}={named_card[0][1]!r} in file {path}")
             return (_read_plane(hdu, cards, path, available, crop_size, whole_file), cards,
                     shape)
         if len(shape) == 2 and _band_of(hdu.header) is not None:
@@ -516,7 +567,8 @@ def read_cutout(path: str | os.PathLike, *, crop_size: int | None = None) -> Cut
     Raises:
         InputError: The file is missing, empty, not FITS or truncated; it has no image; the
             image is not ``(5, H, W)`` or is smaller than ``crop_size``; the read is over the
-            size limit; ``BUNIT``/``BANDS``/``PIXSCALE`` contradict the data model; or
+            size limit; ``BUNIT``/``BANDS``/``PIXSCALE`` or the WCS pixel scale
+            contradict the survey (:data:`starqso.schema.SDSS`); or
             reading failed (out of memory, an OS error).
 
     Example:
