@@ -293,6 +293,11 @@ class DataConfig:
     # stars; 0 keeps the simulation as it was
     neighbour_density_fraction: float = setting(0.0, number(minimum=0, maximum=1))
     max_neighbour_density: float = setting(20.0, number(minimum=1, maximum=1000))
+    # the fraction of simulated objects whose r magnitude is drawn from the STAR and QSO rows
+    # pooled, colours kept (starqso.simulate.brightness): the spectroscopic rows' QSOs are
+    # fainter than their stars, which taught the network that faint means QSO; 0 keeps the
+    # simulation as it was
+    brightness_mixing_fraction: float = setting(0.0, number(minimum=0, maximum=1))
 
     def __post_init__(self) -> None:
         _check_fields(self, "data")

@@ -341,3 +341,49 @@ def test_fit_data_follow_the_dust_and_crowding_config():
     shift = dusty.mags - plain.mags
     assert (shift > 0).all() and (shift[:, 0] > shift[:, 4]).all()  # u dims most, z least
     assert not np.array_equal(dusty.images, plain.images)
+
+
+def test_brightness_mixing_redraws_r_for_both_classes_and_keeps_colours():
+    # The spectroscopic rows' QSOs are fainter than their stars; with the mixing on, a fraction
+    # of the objects gets an r drawn from both classes pooled, colours kept, and the rest are
+    # bit for bit the objects of a plain simulation (side stream).
+    from starqso.simulate import simulate_object
+    from starqso.simulate.brightness import Brightness
+
+    plain = [simulate_object(index, 5, 32) for index in range(40)]
+    mixed = [simulate_object(index, 5, 32, brightness=Brightness(0.5)) for index in range(40)]
+    redrawn = [obj.info["r_redrawn"] for obj in mixed]
+    assert 8 <= sum(redrawn) <= 32 and not any(obj.info["r_redrawn"] for obj in plain)
+    for before, after, moved in zip(plain, mixed, redrawn, strict=True):
+        assert before.label == after.label and before.redshift == after.redshift
+        if not moved:
+            np.testing.assert_array_equal(before.cutout, after.cutout)
+            continue
+        colours = np.diff(before.mags), np.diff(after.mags)
+        np.testing.assert_allclose(*colours, atol=0.05)
+    assert any(not np.isclose(b.mags[2], a.mags[2], atol=0.05)
+               for b, a, moved in zip(plain, mixed, redrawn, strict=True) if moved)
+
+
+def test_fit_data_follow_the_brightness_config(tmp_path):
+    from starqso.config import config_from_dict
+    from starqso.data.arrays import ObjectArrays
+    from starqso.simulate.brightness import Brightness
+    from starqso.training.fit import _load_arrays
+
+    lines = []
+    config = config_from_dict({"preset": "tiny", "data": {
+        "num_objects": 6, "brightness_mixing_fraction": 1.0}})
+    arrays = _load_arrays(config, None, lines.append)
+    assert "r magnitudes of a fraction 1 of them from both classes alike" in " ".join(lines)
+    plain = _load_arrays(config_from_dict({"preset": "tiny", "data": {"num_objects": 6}}),
+                         None, lines.append)
+    assert (arrays.labels == plain.labels).all() and not np.allclose(arrays.mags, plain.mags)
+    # The simulation cache keys on the mixing, so a plain cache is never reused for it.
+    cached = ObjectArrays.from_simulation_cache(tmp_path, 3, 0, image_size=16, cutout_size=32,
+                                                qso_fraction=None, workers=1)
+    mixed = ObjectArrays.from_simulation_cache(tmp_path, 3, 0, image_size=16, cutout_size=32,
+                                               qso_fraction=None, workers=1,
+                                               brightness=Brightness(1.0))
+    assert len(list(tmp_path.glob("simulation-*.npz"))) == 2
+    assert not np.allclose(cached.mags, mixed.mags)

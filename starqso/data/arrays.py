@@ -250,7 +250,8 @@ class ObjectArrays:
                         cutout_size: int = 48, qso_fraction: float | None = None,
                         workers: int | None = None,
                         progress: Callable[[int], None] | None = None,
-                        backgrounds=None, reddening=None, crowding=None) -> ObjectArrays:
+                        backgrounds=None, reddening=None, crowding=None,
+                        brightness=None) -> ObjectArrays:
         """Simulate objects ``0 .. num_objects-1`` of ``seed`` as in-memory arrays, no files.
 
         Object ``i`` is :func:`starqso.simulate.simulate_object` ``(i, seed, cutout_size,
@@ -276,6 +277,8 @@ class ObjectArrays:
                 a fraction of the objects), or None for none.
             crowding: a :class:`starqso.simulate.dust.Crowding` (crowded fields for a
                 fraction of the objects), or None for none.
+            brightness: a :class:`starqso.simulate.brightness.Brightness` (r magnitudes of a
+                fraction of the objects drawn from both classes alike), or None for none.
 
         Raises:
             InputError: for an out-of-range argument.
@@ -301,7 +304,7 @@ class ObjectArrays:
         chunk = max(1, min(_CHUNK, -(-num_objects // workers)))
         id_width = max(6, len(str(num_objects - 1)))  # as simulate_survey, so ids match its files
         tasks = [(range(start, min(start + chunk, num_objects)), seed, image_size, cutout_size,
-                  qso_fraction, id_width, backgrounds, reddening, crowding)
+                  qso_fraction, id_width, backgrounds, reddening, crowding, brightness)
                  for start in range(0, num_objects, chunk)]
         workers = min(workers, len(tasks))
         executor = None
@@ -389,6 +392,9 @@ class ObjectArrays:
         crowding = kwargs.get("crowding")
         if crowding is not None and crowding.fraction > 0:  # likewise
             key += ["crowding", crowding.fraction, crowding.max_density]
+        brightness = kwargs.get("brightness")
+        if brightness is not None and brightness.fraction > 0:  # likewise
+            key += ["brightness", brightness.fraction]
         digest = hashlib.sha256(json.dumps(key).encode())
         package = importlib.resources.files("starqso")
         for part in ("simulate", "resources"):
@@ -476,13 +482,14 @@ def _catalog_spectrum(catalog, spectrum):
 def _simulate_chunk(task) -> ObjectArrays:
     """Objects ``indices`` of a simulation as arrays (a worker of ``from_simulation``)."""
     (indices, seed, image_size, cutout_size, qso_fraction, id_width, source, reddening,
-     crowding) = task
+     crowding, brightness) = task
     # Each worker reads the backgrounds once (BackgroundSource.load is cached).
     backgrounds = None if source is None else source.load(cutout_size)
     fraction = 0.0 if source is None else source.fraction
     objects = [simulate_object(index, seed, cutout_size, qso_fraction, id_width=id_width,
                                backgrounds=backgrounds, background_fraction=fraction,
-                               reddening=reddening, crowding=crowding)
+                               reddening=reddening, crowding=crowding,
+                               brightness=brightness)
                for index in indices]
     arrays = ObjectArrays.empty([obj.id for obj in objects], image_size)
     for row, obj in enumerate(objects):

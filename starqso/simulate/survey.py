@@ -88,6 +88,12 @@ def _high_z_r_magnitudes():
     return catalogue["mags"][qsos[catalogue["redshift"][qsos] > HIGH_Z_CATALOGUE_MIN], 2]
 
 
+@functools.lru_cache(maxsize=1)
+def _pooled_r_magnitudes():
+    catalogue, stars, qsos = _population()
+    return catalogue["mags"][np.concatenate([stars, qsos]), 2]
+
+
 def real_qso_fraction():
     """Fraction of QSOs among the real catalogue's STAR + QSO rows used by the simulator."""
     _, stars, qsos = _population()
@@ -104,7 +110,7 @@ def _kpc_per_arcsec_table():
 
 def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
                     high_z_fraction=None, backgrounds=None, background_fraction=0.0,
-                    reddening=None, crowding=None):
+                    reddening=None, crowding=None, brightness=None):
     """Simulate object number ``index`` of the simulation with ``seed``.
 
     Args:
@@ -127,6 +133,9 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
             and the catalogue's ``ebv``), or None for no dust.
         crowding: a :class:`starqso.simulate.dust.Crowding`: the object's field may hold
             more neighbours (side stream; ``info["neighbour_density"]``), or None.
+        brightness: a :class:`starqso.simulate.brightness.Brightness`: the object's r
+            magnitude may be redrawn from both classes' pooled magnitudes, its colours kept
+            (side stream), or None.
 
     Returns:
         :class:`SimulatedObject`.
@@ -143,9 +152,14 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     mags = catalogue["mags"][row] + rng.normal(0.0, 0.1) + rng.normal(0.0, 0.02, size=5)
     # Drawn for every object (used by QSOs only), so streams do not depend on the fraction.
     high_z = bool(rng.random() < high_z_fraction) and is_qso
+    new_r = None if brightness is None else brightness.draw(seed, index, _pooled_r_magnitudes())
+    if new_r is not None:
+        mags = mags + (new_r - mags[2])
     if high_z:
         redshift = float(rng.uniform(*HIGH_Z_RANGE))
         r_mag = rng.choice(_high_z_r_magnitudes()) + rng.normal(0.0, 0.15)
+        if new_r is not None:
+            r_mag = new_r
         model = high_z_qso_spectrum(r_mag, redshift, rng)
     elif is_qso:
         redshift = float(np.clip(catalogue["redshift"][row]
@@ -196,6 +210,7 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         "ebv": model.ebv,
         "galactic_ebv": galactic_ebv,
         "neighbour_density": density,
+        "r_redrawn": new_r is not None,
         "spectrograph": spectrum["spectrograph"],
         **conditions,
     }

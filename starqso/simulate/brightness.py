@@ -1,0 +1,63 @@
+"""How bright a simulated object is, apart from what it is.
+
+The simulator draws its objects from real SDSS spectroscopic rows, whose QSOs are fainter than
+their stars (the survey's targeting, not the sky). A network trained on such rows learns that
+faintness is evidence for a QSO: the same real high-redshift QSO dimmed by a magnitude gets a
+higher p(QSO), bright QSOs are missed, and faint stars and blank-sky blips lean to QSO. How
+common each class is at a magnitude is the prior's job (``starqso predict --prior``), not the
+pixels'.
+
+:class:`Brightness` gives a fraction of the objects an r magnitude drawn from the pooled STAR +
+QSO rows, the same for both classes, and shifts all five bands by the same amount (colours
+unchanged). Like :mod:`starqso.simulate.dust`, its draws come from a side stream
+(``default_rng([seed, index, BRIGHTNESS_STREAM])``): with a fraction of 0 the simulation is
+exactly what it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BRIGHTNESS_STREAM", "Brightness"]
+
+BRIGHTNESS_STREAM = 17
+#: The spread added to a drawn magnitude, so that repeated draws of one row differ.
+MAGNITUDE_JITTER = 0.1
+
+
+@dataclass(frozen=True)
+class Brightness:
+    """How a simulation decouples an object's brightness from its class.
+
+    Attributes:
+        fraction: probability that an object's r magnitude is redrawn from the pooled
+            magnitudes of both classes (0: none is).
+
+    Example:
+        >>> Brightness(0.0).draw(seed=0, index=3, magnitudes=np.array([18.0, 20.0])) is None
+        True
+        >>> 17.5 < Brightness(1.0).draw(seed=0, index=3, magnitudes=np.array([18.0])) < 18.5
+        True
+    """
+
+    fraction: float = 0.0
+
+    def draw(self, seed, index, magnitudes) -> float | None:
+        """The r magnitude of object ``index`` of ``seed``, or None to keep its row's.
+
+        Args:
+            seed: simulation seed.
+            index: object number.
+            magnitudes: (M,) the pooled r magnitudes of both classes to draw from.
+
+        Returns:
+            An r magnitude, or None when the object keeps its own.
+        """
+        if self.fraction <= 0:
+            return None
+        side = np.random.default_rng([seed, index, BRIGHTNESS_STREAM])
+        if side.random() >= self.fraction:
+            return None
+        return float(side.choice(np.asarray(magnitudes)) + side.normal(0.0, MAGNITUDE_JITTER))
