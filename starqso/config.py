@@ -227,7 +227,7 @@ class ModelConfig:
     photometry_head: bool = setting(True, flag())
     # standard deviation of the Gaussian noise on the head's standardised photometry while it
     # trains (none at inference): a head that has seen blurred colours degrades less on
-    # noisier images (benchmarks/head_noise.py; README, stage 3 of "The models and starqso fit")
+    # noisier images (benchmarks/head_noise.py; docs/training.md, stage 3)
     photometry_noise: float = setting(0.2, number(minimum=0, maximum=10, open_max=True))
     # side of the centre the image CNNs see (null = image_size); the photometry still measures
     # the whole input. A point source and its profile fit in far less than the sky border the
@@ -276,8 +276,8 @@ class DataConfig:
     split_seed: int = setting(0, integer(minimum=0))
     # held-out simulated cutouts checking each export
     export_check_objects: int = setting(2000, integer(minimum=1))
-    # training cutouts calibrating the int8 model's ranges: the shipped model's int8 agreed
-    # with Keras on 0.9950 of its validation checks with 300 of them, 0.9990 with 1,000
+    # training cutouts calibrating the int8 model's ranges: too few miss the activations'
+    # tails and the int8 labels drift from Keras's (300 against 1,000: CHANGELOG.md)
     export_calibration_objects: int = setting(1000, integer(minimum=1))
     # with `fit --sky-backgrounds`: the fraction of simulated objects injected into the real
     # blank-sky cutouts (the rest fully simulated); null = 0.5. Without the option, unused.
@@ -392,20 +392,17 @@ _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "trainin
 
 PRESETS: dict[str, RunConfig] = {
     "base": RunConfig(),
-    # The shipped model: the base network on nine times the demo's simulated objects (a
-    # simulator that varies noise, seeing and populations needs more of them: the photometry
-    # head gains 0.005 macro-F1 on the real rows' renders at nominal depth and 0.006 at the
-    # noisier one from 24,000 to 72,000 objects, benchmarks/results/training_size.md), with a
-    # 7,200-object validation split for calibration, threshold and export checks. Three times
-    # the objects per epoch, so fewer epochs (still more steps than 24,000 objects had) keep
-    # its fit near an hour on 2 cores. Its CNNs see the central 24 pixels (9.5"), which makes
-    # the int8 model 1.6x faster on one CPU thread (benchmarks/edge.py) while the photometry
-    # keeps the 32-pixel sky border; one CNN shared by the generator and the fusion
-    # classifier halves the int8 network again (34 -> 18 ms per batch of 256) at the same
-    # validation macro-F1 (0.9166 vs 0.9158). Noisier copies of the training cutouts for the
-    # head and the fusion stage (noise_augment 2.5) raised validation macro-F1 to 0.9193 and
-    # the noisier renders of the real rows from 0.9089 to 0.9161
-    # (benchmarks/results/noise_augment.md for the head alone over 3 seeds).
+    # The shipped model: the base network on nine times the demo's simulated objects, because
+    # a simulator that varies noise, seeing and populations needs more of them to score well
+    # on real rows (benchmarks/results/training_size.md), with a 7,200-object validation split
+    # for calibration, threshold and export checks. Three times the objects per epoch, so
+    # fewer epochs (still more steps than 24,000 objects had) keep its fit near an hour on 2
+    # cores. Its CNNs see the central 24 pixels (9.5") so that the int8 model runs faster on
+    # one CPU thread, while the photometry keeps the 32-pixel sky border; one CNN shared by
+    # the generator and the fusion classifier halves the int8 network again at the same
+    # accuracy (docs/deployment.md, "Edge numbers"). Noisier copies of the training cutouts
+    # for the head and the fusion stage (noise_augment 2.5) keep it accurate on skies noisier
+    # than the simulator's (benchmarks/results/noise_augment.md).
     "large": RunConfig(
         preset="large",
         model=ModelConfig(trunk_size=24, shared_trunk=True),
