@@ -42,8 +42,9 @@ FEATURE_NAMES = ("u-g", "g-r", "r-i", "i-z", "r", "concentration_r")
 # default): narrow, typical and broad seeing. At the sky-limited faint end a weight near the
 # PSF has ~3x the S/N of the 3" aperture's sum (an effective area of 4 pi sigma^2, ~18 pixels
 # at 1.1" seeing, against 180); the three widths bracket the seeing, so one of them is always
-# close to the PSF. Boosting trained on the simulator's cutouts, on the real catalogue rows
-# rendered at 1.3-2.5x SDSS's sky noise: macro-F1 0.882 on aperture colours, 0.900 with these.
+# close to the PSF. That is where faint sources' colours are decided, so boosting on these
+# fluxes beats the aperture colours alone on noisy real rows
+# (benchmarks/results/real_photometry.md).
 WEIGHTED_FWHM_ARCSEC = (0.9, 1.5, 2.4)
 
 
