@@ -30,6 +30,7 @@ import pathlib
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.probability import calibrate, evidence_weight
 
 #: The training objects' embeddings in an export folder.
 EMBEDDING_REFERENCE = "embedding_reference.npz"
@@ -167,23 +168,34 @@ class Embedder:
         """The embedding spaces this model gives, in output order."""
         return ("vector", "metric") if "metric" in self.embedder.output else ("vector",)
 
+    def outputs(self, images):
+        """The model's outputs for raw cutouts (N, S, S, 5): ``{"p_qso", "vector"[,
+        "metric"]}``, p_qso calibrated at the training mix as the exported classifier gives it
+        (:func:`starqso.probability.calibrate` by the model's temperature).
+
+        The predictor :func:`starqso.inference.classify_block` runs for ``embed``: it moves
+        p_qso to the prior and flags rows as ``predict`` does, and hands the spaces back.
+        """
+        outputs = _spaces(self.embedder, images)
+        outputs["p_qso"] = calibrate(outputs["p_qso"], self.temperature)
+        return outputs
+
     def __call__(self, images, snr=None):
-        """``{"p_qso", "vector"[, "metric"]}`` for raw cutouts (N, S, S, 5).
+        """``{"p_qso", "vector"[, "metric"]}`` for raw cutouts (N, S, S, 5), p_qso under the
+        prior as ``predict`` gives it (:func:`starqso.inference.predict_views`).
 
         ``snr``, the rows' combined five-band detection S/N, makes a faint row's p_qso lean on the
         prior as ``predict``'s does (:func:`starqso.probability.evidence_weight`).
         """
-        from starqso.inference import apply_prior, evidence_fraction
-        from starqso.probability import evidence_weight, logit, sigmoid, temper
+        from starqso.inference import evidence_fraction, predict_views
 
-        outputs = _spaces(self.embedder, images)
-        p_qso = outputs["p_qso"].reshape(-1).astype(np.float64)
-        calibrated = sigmoid(logit(p_qso, 1e-7) / self.temperature)
         fraction = evidence_fraction(self.settings)
-        if snr is not None and fraction is not None:
-            calibrated = temper(calibrated, evidence_weight(snr), fraction)
-        outputs["p_qso"] = apply_prior(calibrated, self.settings["shift"])
-        return outputs
+        weight = None if snr is None or fraction is None else evidence_weight(snr)
+        outputs = {}
+        p_qso, _ = predict_views(self.outputs, images, uncertainty=False,
+                                 shift=self.settings["shift"], weight=weight,
+                                 training_fraction=fraction, outputs=outputs)
+        return {"p_qso": p_qso, **outputs}
 
 
 def outlier_space(spaces):
@@ -274,18 +286,15 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     from starqso.discovery import outlier_scores
     from starqso.inference import (
         EBV_COLUMN,
-        _bad_ebv,
-        _prepare_block,
         block_ebv,
+        classify_block,
         ebv_setting,
+        evidence_fraction,
         parse_ebv,
         provenance,
     )
     from starqso.io.embeddings import EmbeddingTable
     from starqso.io.sources import Source, open_source
-    from starqso.preprocessing.photometry import deredden
-    from starqso.preprocessing.qflags import quality_bits, screened_bits
-    from starqso.preprocessing.quality import combined_snr
     from starqso.schema import QFLAG_BITS
 
     if batch_size < 1:
@@ -301,37 +310,24 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     p_qso = np.full(count, np.nan)
     flags = np.full(count, "", dtype=object)
     qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
-    reference = embedder.metadata.get("quality")
     done = 0
     for partition in rows_source.partitions(batch_size):
         block = rows_source.read(partition, size, start=partition.start)
         rows = np.arange(partition.start, partition.start + len(block.ids))
-        measured = {}
-        images, block_flags, usable = _prepare_block(block, size, measured)
-        row_ebv = block_ebv(ebv, rows_source, block)
-        if row_ebv is not None:
-            usable = _bad_ebv(row_ebv, block_flags, usable)
-        flags[rows] = block_flags
-        qflag[rows] |= screened_bits(images, usable, measured["sky_sigma"])
-        if usable.any():
-            good = np.flatnonzero(usable)
-            snr = None if measured["snr"] is None else combined_snr(measured["snr"][good])
-            outputs = embedder(images[good] if row_ebv is None
-                               else deredden(images[good], row_ebv[good]), snr)
-            finite = np.isfinite(outputs["p_qso"]) & np.all(
-                [np.isfinite(outputs[name]).all(axis=1) for name in spaces], axis=0)
-            for row in good[~finite]:
-                flags[rows[row]] = "the model gave a non-finite output for this cutout"
-            good, keep_rows = good[finite], np.flatnonzero(finite)
-            p_qso[rows[good]] = outputs["p_qso"][keep_rows]
-            for name in spaces:
-                spaces[name][rows[good]] = outputs[name][keep_rows]
-            if len(good):
-                qflag[rows[good]] = quality_bits(
-                    images[good], [bool(block_flags[row]) for row in good], reference,
-                    sigma=measured["sky_sigma"][good],
-                    snr=None if measured["snr"] is None else measured["snr"][good],
-                    ebv=None if row_ebv is None else row_ebv[good])
+        # predict's per-row core, with the embedding model as its predictor.
+        outputs = {}
+        classified = classify_block(
+            block, embedder.outputs, size, embedder.settings["shift"], uncertainty=False,
+            reference=embedder.metadata.get("quality"),
+            training_fraction=evidence_fraction(embedder.settings),
+            ebv=block_ebv(ebv, rows_source, block), outputs=outputs)
+        usable = classified.usable
+        p_qso[rows[usable]] = classified.probabilities[usable]
+        flags[rows] = classified.flags
+        qflag[rows] = classified.qflag
+        for name in spaces:
+            if name in outputs:
+                spaces[name][rows[usable]] = outputs[name][usable]
         done += len(block.ids)
         if progress is not None:
             progress(done, count)

@@ -49,7 +49,7 @@ from starqso import __version__
 from starqso.atomic import replace_folder, write_json_atomically, write_text_atomically
 from starqso.errors import InputError
 from starqso.model_files import MODEL_FORMAT_VERSION, check_keras_file, file_sha256
-from starqso.probability import EPSILON, logit, sigmoid
+from starqso.probability import EPSILON, calibrate, logit
 from starqso.run_folder import RunFolder
 from starqso.schema import (
     BANDS,
@@ -258,11 +258,6 @@ def fit_temperature(labels, probabilities, bounds=TEMPERATURE_BOUNDS):
                              bounds=(low, high), method="bounded",
                              options={"xatol": 1e-6})
     return float(np.exp(result.x))
-
-
-def calibrate(probabilities, temperature):
-    """``sigmoid(logit(p) / T)`` in NumPy (float64), what the calibrated model computes."""
-    return sigmoid(_logits(probabilities) / temperature)
 
 
 def _macro_f1(labels, predicted):

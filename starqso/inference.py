@@ -384,18 +384,13 @@ def dihedral_views(images):
                            for view in (images, flipped) for k in range(4)])
 
 
-def predict_tta(predictor, images):
-    """p(QSO) averaged over the eight :func:`dihedral_views` (eight model evaluations)."""
-    return predict_views(predictor, images, tta=True, uncertainty=False)[0]
-
-
 #: The views of the default uncertainty (no --tta), as quarter turns: the cutout and its
 #: 180-degree rotation.
 UNCERTAINTY_VIEWS = (0, 2)
 
 
 def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0, weight=None,
-                  training_fraction=None):
+                  training_fraction=None, outputs=None):
     """p(QSO) and its spread over dihedral views: ``(p, p_err)``, float64 (N,) each.
 
     ``p`` is the model's p(QSO) of the cutout as given (``tta=False``) or the mean over the
@@ -416,6 +411,18 @@ def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0, wei
             view's p is tempered toward ``training_fraction`` before the prior
             (:func:`starqso.probability.temper`); None for none.
         training_fraction: the model's training QSO fraction (needed with ``weight``).
+        outputs: a dict that receives a predictor's other outputs, or None. A predictor
+            may return a dict, ``{"p_qso": (N,), name: (N, ...), ...}`` (the embedding
+            model's: :meth:`starqso.embedding.Embedder.outputs`) instead of p(QSO) alone;
+            ``outputs[name]`` is then its ``name`` of the cutouts as given (the first view).
+
+    Returns:
+        ``(p, p_err)``, float64 (N,) each.
+
+    Example:
+        >>> p, p_err = predict_views(lambda x: np.full(len(x), 0.5), np.ones((2, 4, 4, 5)))
+        >>> p.tolist(), p_err.tolist()
+        ([0.5, 0.5], [0.0, 0.0])
     """
     from starqso.probability import temper
 
@@ -425,7 +432,16 @@ def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0, wei
         return np.zeros(0), np.zeros(0)
 
     def evaluate(batch, views):
-        raw = np.asarray(predictor(batch), np.float64).reshape(views, count)
+        raw = predictor(batch)
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            p_qso = raw.pop("p_qso")
+            if outputs is not None:
+                # The views are stacked view by view and the first is the cutout as given
+                # (dihedral_views, UNCERTAINTY_VIEWS): its rows are the first `count`.
+                outputs.update({name: np.asarray(value)[:count] for name, value in raw.items()})
+            raw = p_qso
+        raw = np.asarray(raw, np.float64).reshape(views, count)
         if weight is None or training_fraction is None:
             return raw
         return temper(raw, np.asarray(weight, np.float64)[None, :], training_fraction)
@@ -516,8 +532,12 @@ class Classified(NamedTuple):
 
 
 def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=True,
-                   reference=None, training_fraction=None, ebv=None):
+                   reference=None, training_fraction=None, ebv=None, outputs=None):
     """p(QSO), flags, quality bits and uncertainty of a block of rows.
+
+    The per-row core of ``predict`` (one process, Dask partitions), ``embed`` and
+    :mod:`starqso.api`: the crop and screen (:data:`prepare_block`), the E(B-V) check, the
+    model under the prior, the output check and the quality bits.
 
     Args:
         block: a :class:`~starqso.io.sources.Block`.
@@ -537,9 +557,17 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
             and the colour quality bits. The source checks and the S/N see the observed
             pixels (a per-band scale leaves S/N as it is), and so does SATURATED. A row whose
             E(B-V) is NaN, negative or above the range is not classified, with a flag.
+        outputs: a dict that receives the other outputs of a predictor that gives them
+            (:func:`predict_views`), or None: ``outputs[name]`` is an array of the block's
+            length, NaN for the rows not classified. A row with a non-finite value in one is
+            not classified, with a flag.
 
     Returns:
         :class:`Classified`.
+
+    Example:
+        >>> classified = classify_block(block, predictor, 32)  # doctest: +SKIP
+        >>> classified.probabilities[classified.usable]  # doctest: +SKIP
     """
     from starqso.preprocessing.photometry import deredden
     from starqso.preprocessing.qflags import quality_bits, screened_bits
@@ -553,15 +581,25 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
         ebv = np.asarray(ebv, np.float64).reshape(count)
         usable = _bad_ebv(ebv, flags, usable)
     probabilities, p_err = np.full(count, np.nan), np.full(count, np.nan)
+    given = {}
     if usable.any():
         weight = None
         if training_fraction is not None and measured["snr"] is not None:
             weight = evidence_weight(combined_snr(measured["snr"][usable]))
         inputs = images[usable] if ebv is None else deredden(images[usable], ebv[usable])
         probabilities[usable], p_err[usable] = predict_views(
-            predictor, inputs, tta, uncertainty, shift, weight, training_fraction)
-    usable = _unusable_outputs(probabilities, usable, flags)
+            predictor, inputs, tta, uncertainty, shift, weight, training_fraction,
+            None if outputs is None else given)
+    if outputs is not None:
+        for name, values in given.items():
+            values = np.asarray(values)
+            dtype = values.dtype if values.dtype.kind == "f" else np.float64
+            outputs[name] = np.full((count, *values.shape[1:]), np.nan, dtype)
+            outputs[name][usable] = values
+    usable = _unusable_outputs(probabilities, usable, flags, outputs)
     p_err[~usable] = np.nan
+    for values in (outputs or {}).values():
+        values[~usable] = np.nan
     qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
     qflag |= screened_bits(images, usable, measured["sky_sigma"])
     if usable.any():
@@ -591,7 +629,22 @@ _IDENTITY_NAMES = {"source": "catalogue", "rows": "row count",
                    "tta": "--tta", "uncertainty": "--uncertainty", "ebv": "E(B-V) (--ebv)"}
 
 
-def _identity_differences(saved, identity):
+def identity_differences(saved, identity):
+    """What differs between a partial run's saved identity and this run's, in one line.
+
+    Shared by ``predict --resume`` in one process and on Dask (:mod:`starqso.scale`).
+
+    Args:
+        saved: the identity the partial run recorded (anything read from its file).
+        identity: this run's.
+
+    Returns:
+        str: ``"NAME OLD then, NEW now"`` per differing key, joined by ``"; "``.
+
+    Example:
+        >>> identity_differences({"prior": 0.02}, {"prior": 0.3})
+        'prior 0.02 then, 0.3 now'
+    """
     if not isinstance(saved, dict):
         return "its record is unreadable"
     keys = [key for key in identity if saved.get(key) != identity[key]]
@@ -632,7 +685,7 @@ def _resumed_rows(partial, ids, identity, log=None, columns=OUTPUT_COLUMNS):
         raise InputError(f"the partial run {partial_file} was made for another catalogue, "
                          f"model, threshold, prior, --tta or --ebv; delete it or run without "
                          f"--resume. "
-                         f"Received: {_identity_differences(saved, identity)}")
+                         f"Received: {identity_differences(saved, identity)}")
     content = content[:content.rfind(b"\n") + 1]  # a kill mid-line leaves half a row
     rows = list(csv.reader(io.StringIO(content.decode("utf-8", errors="replace"),
                                        newline="")))
@@ -705,8 +758,9 @@ def _open_partial(path, fresh=False, mode="a"):
     return os.fdopen(descriptor, mode, newline="", encoding="utf-8")
 
 
-def _unusable_outputs(probabilities, usable, flags):
-    """Flag classified rows whose p(QSO) is not a finite probability (NaN from a 1e30 pixel)."""
+def _unusable_outputs(probabilities, usable, flags, outputs=None):
+    """Flag classified rows whose p(QSO) is not a finite probability (NaN from a 1e30 pixel),
+    or whose other outputs (``{name: (N, ...)}``, the embeddings) are not all finite."""
     bad = usable & ~((probabilities >= 0) & (probabilities <= 1))  # NaN compares False
     for row in np.flatnonzero(bad):
         value = probabilities[row]
@@ -714,6 +768,11 @@ def _unusable_outputs(probabilities, usable, flags):
         flags[row] = (f"model output is {reason} for this cutout (p_qso={value:g}); expected "
                       f"a probability in [0, 1]")
         usable[row] = False
+    for values in (outputs or {}).values():
+        finite = np.isfinite(values).reshape(len(usable), -1).all(axis=1)
+        for row in np.flatnonzero(usable & ~finite):
+            flags[row] = "the model gave a non-finite output for this cutout"
+            usable[row] = False
     return usable
 
 
@@ -741,9 +800,79 @@ def output_cells(ident, p_qso, flag, usable, bits, err, threshold):
         >>> output_cells("a", 0.61, "", True, 0, float("nan"), 0.5)
         ('a', '0.610000', 'QSO', '', '0', '')
     """
-    label = ("QSO" if p_qso >= threshold else "STAR") if usable else ""
+    label = row_label(p_qso, usable, threshold)
     return (ident, f"{p_qso:.6f}" if usable else "", label, flag, str(int(bits)),
             f"{err:.6f}" if np.isfinite(err) else "")
+
+
+def row_label(p_qso, usable, threshold):
+    """A row's label: ``"QSO"`` at or above ``threshold``, ``"STAR"`` below, ``""`` for a row
+    that was not classified.
+
+    Example:
+        >>> row_label(0.61, True, 0.5), row_label(0.2, True, 0.5), row_label(0.9, False, 0.5)
+        ('QSO', 'STAR', '')
+    """
+    return ("QSO" if p_qso >= threshold else "STAR") if usable else ""
+
+
+#: What a predict run counts: rows, QSO labels, rows not classified (flagged), rows classified
+#: after a repair, classified rows with a non-zero qflag (caveats).
+COUNT_KEYS = ("rows", "qso", "flagged", "repaired", "caveats")
+
+
+def label_block(classified, threshold, counts):
+    """The labels of a classified block (:func:`row_label`), its rows added to ``counts``.
+
+    The one labelling and counting of ``predict``, in one process and on Dask.
+
+    Args:
+        classified: :func:`classify_block`'s :class:`Classified`.
+        threshold: p(QSO) at or above which the label is QSO.
+        counts: a dict holding :data:`COUNT_KEYS` (other keys are left alone), updated in
+            place.
+
+    Returns:
+        list of str, one label per row.
+
+    Example:
+        >>> counts = dict.fromkeys(COUNT_KEYS, 0)
+        >>> block = Classified(np.array([0.7, np.nan]), ["", "no source"],
+        ...                    np.array([True, False]), np.array([0, 1]), np.full(2, np.nan))
+        >>> label_block(block, 0.5, counts), counts["qso"], counts["flagged"]
+        (['QSO', ''], 1, 1)
+    """
+    labels = [row_label(p_qso, ok, threshold)
+              for p_qso, ok in zip(classified.probabilities, classified.usable)]
+    for label, flag, ok, bits in zip(labels, classified.flags, classified.usable,
+                                     classified.qflag):
+        counts["rows"] += 1
+        counts["qso"] += label == "QSO"
+        counts["flagged"] += not ok
+        counts["repaired"] += bool(ok and flag)
+        counts["caveats"] += bool(ok and bits)
+    return labels
+
+
+def refuse_flagged(flags, ids, start, source):
+    """``--strict``: a block's first flagged row as an error; nothing when none is flagged.
+
+    Args:
+        flags: the block's flags (:class:`Classified`'s).
+        ids: the block's ids.
+        start: the input row number (0-based) of the block's first row.
+        source: the input, as the message names it.
+
+    Raises:
+        InputError: ``row N (id 'x') of SOURCE is flagged and --strict is on: FLAG``.
+
+    Example:
+        >>> refuse_flagged(["", ""], ["a", "b"], 0, "catalog.csv")  # no flag: no error
+    """
+    if any(flags):
+        row = next(number for number, flag in enumerate(flags) if flag)
+        raise InputError(f"row {start + row + 1} (id {ids[row]!r}) of {source} is flagged and "
+                         f"--strict is on: {flags[row]}")
 
 
 def sidecar_path(output):
@@ -999,7 +1128,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         if resume and log is not None:
             log(f"resuming after row {len(done)} of {len(ids)}" if done is not None else
                 "no partial run to resume; starting from the first row")
-        counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "caveats": 0, "resumed": 0}
+        counts = {**dict.fromkeys(COUNT_KEYS, 0), "resumed": 0}
         for _, p_qso, label, flag, qflag, *_ in done or []:
             counts["rows"] += 1
             counts["qso"] += label == "QSO"
@@ -1028,26 +1157,20 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                     start = max(partition.start, counts["rows"])
                     block = rows_source.read(partition, size, start=start)
                     batch_ids = block.ids
-                    probabilities, flags, usable, qflag, p_err = classify_block(
+                    classified = classify_block(
                         block, predictor, size, settings["shift"], tta, uncertainty,
                         metadata.get("quality"), evidence_fraction(settings),
                         block_ebv(ebv, rows_source, block))
-                    if strict and any(flags):
+                    if strict:
                         # The finished batches stay in the partial file, for --resume.
-                        row = next(i for i, flag in enumerate(flags) if flag)
-                        raise InputError(f"row {start + row + 1} (id {batch_ids[row]!r}) of "
-                                         f"{source} is flagged and --strict is on: "
-                                         f"{flags[row]}")
+                        refuse_flagged(classified.flags, batch_ids, start, source)
+                    label_block(classified, threshold, counts)
                     kept = [_csv_cells(block.keep[name]) for name in rows_source.keep_columns]
                     for row, (ident, p_qso, flag, ok, bits, err) in enumerate(
-                            zip(batch_ids, probabilities, flags, usable, qflag, p_err)):
-                        cells = output_cells(ident, p_qso, flag, ok, bits, err, threshold)
-                        counts["rows"] += 1
-                        counts["qso"] += cells[2] == "QSO"
-                        counts["flagged"] += not ok
-                        counts["repaired"] += ok and bool(flag)
-                        counts["caveats"] += ok and bits != 0
-                        writer.writerow((*cells, *(column[row] for column in kept)))
+                            zip(batch_ids, *classified)):
+                        writer.writerow((*output_cells(ident, p_qso, flag, ok, bits, err,
+                                                       threshold),
+                                         *(column[row] for column in kept)))
                     # Each batch reaches the disk whole before the next starts: what --resume reads.
                     stream.flush()
                     os.fsync(stream.fileno())

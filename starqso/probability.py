@@ -11,7 +11,7 @@ import numpy as np
 #: a confident p to exactly 0 or 1, whose logit is infinite.
 EPSILON = 1e-7
 
-__all__ = ["EPSILON", "evidence_weight", "logit", "sigmoid", "temper"]
+__all__ = ["EPSILON", "calibrate", "evidence_weight", "logit", "sigmoid", "temper"]
 
 
 def logit(p, epsilon: float = 0.0) -> np.ndarray:
@@ -38,6 +38,25 @@ def sigmoid(x) -> np.ndarray:
     """
     # tanh form: no exp overflow for large |x|.
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
+
+
+def calibrate(probabilities, temperature) -> np.ndarray:
+    """``sigmoid(logit(p) / T)``, (N,) float64: temperature scaling, as the calibrated model
+    computes it (p clipped to [EPSILON, 1 - EPSILON] first, as its
+    :class:`~starqso.models.TemperatureScaling` layer clips).
+
+    Args:
+        probabilities: the uncalibrated p(QSO), any shape (flattened).
+        temperature: T (> 1 softens an over-confident model).
+
+    Returns:
+        (N,) float64 calibrated p(QSO).
+
+    Example:
+        >>> calibrate([0.5, 0.9], 2.0).round(4).tolist()
+        [0.5, 0.75]
+    """
+    return sigmoid(logit(np.ravel(probabilities), EPSILON) / temperature)
 
 
 def evidence_weight(snr, limits=None) -> np.ndarray:

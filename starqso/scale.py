@@ -41,7 +41,7 @@ import numpy as np
 from starqso import jsonfile as strict_json
 from starqso.errors import InputError
 from starqso.extras import require_survey
-from starqso.inference import OUTPUT_COLUMNS
+from starqso.inference import COUNT_KEYS, OUTPUT_COLUMNS
 from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
 #: Rows per partition by default: a few MB of Parquet, a minute of one worker's time.
@@ -132,13 +132,13 @@ def run_partition(job, partition):
         partition: a :class:`~starqso.io.sources.Partition`.
 
     Returns:
-        dict: ``index``, ``rows``, ``qso``, ``flagged``, ``repaired``.
+        dict: ``index`` and the counts of :func:`starqso.inference.label_block`.
 
     Raises:
         InputError: with ``strict``, the partition's first flagged row.
     """
     from starqso.atomic import write_bytes_atomically
-    from starqso.inference import block_ebv, classify_block
+    from starqso.inference import block_ebv, classify_block, label_block, refuse_flagged
 
     _keep_freed_memory()
     source = _source(job["source"])
@@ -146,32 +146,23 @@ def run_partition(job, partition):
     size, threshold = job["size"], job["threshold"]
     columns = {name: [] for name in OUTPUT_COLUMNS}
     keep = {}
-    counts = {"index": partition.index, "rows": 0, "qso": 0, "flagged": 0, "repaired": 0,
-              "caveats": 0}
+    counts = {"index": partition.index, **dict.fromkeys(COUNT_KEYS, 0)}
     for start in range(partition.start, partition.stop, job["batch_size"]):
         block = source.read(partition, size, start=start,
                             stop=min(start + job["batch_size"], partition.stop))
-        probabilities, flags, usable, qflag, p_err = classify_block(
+        classified = classify_block(
             block, predictor, size, job["shift"], job["tta"], job["uncertainty"],
             job["quality"], job["training_fraction"], block_ebv(job["ebv"], source, block))
-        if job["strict"] and any(flags):
-            row = next(number for number, flag in enumerate(flags) if flag)
-            raise InputError(f"row {start + row + 1} (id {block.ids[row]!r}) of "
-                             f"{job['input']} is flagged and --strict is on: {flags[row]}")
-        labels = np.where(probabilities >= threshold, "QSO", "STAR")
-        for ident, p_qso, flag, ok, label, bits, err in zip(block.ids, probabilities, flags,
-                                                            usable, labels, qflag, p_err):
+        if job["strict"]:
+            refuse_flagged(classified.flags, block.ids, start, job["input"])
+        labels = label_block(classified, threshold, counts)
+        for ident, p_qso, flag, ok, bits, err, label in zip(block.ids, *classified, labels):
             columns["id"].append(ident)
             columns["p_qso"].append(float(p_qso) if ok else np.nan)
-            columns["label"].append(str(label) if ok else "")
+            columns["label"].append(label)
             columns["flag"].append(flag)
             columns[QFLAG_COLUMN].append(int(bits))
             columns[P_QSO_ERR_COLUMN].append(float(err))
-            counts["caveats"] += bool(ok and bits)
-            counts["rows"] += 1
-            counts["qso"] += bool(ok and label == "QSO")
-            counts["flagged"] += not ok
-            counts["repaired"] += bool(ok and flag)
         for name in source.keep_columns:  # block.keep also holds an unkept ebv column
             keep.setdefault(name, []).append(np.asarray(block.keep[name]))
     keep = {name: np.concatenate(parts) for name, parts in keep.items()}
@@ -412,12 +403,12 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         done = set()
         if resume and saved is not None:
             if {key: value for key, value in saved.items() if key != "started"} != identity:
-                from starqso.inference import _identity_differences
+                from starqso.inference import identity_differences
 
                 raise InputError(f"the partial run {staging} was made for another input, "
                                  f"model, threshold, prior, --tta, --ebv or --partition-rows; "
                                  f"delete it or run without --resume. Received: "
-                                 f"{_identity_differences(saved, identity)}")
+                                 f"{identity_differences(saved, identity)}")
             done = {p.index for p in partitions if (staging / part_name(p.index)).exists()}
             identity["started"] = saved.get("started")
             if log is not None:
@@ -428,8 +419,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
             _fresh_staging(staging)
             identity["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_json_atomically(staging / _IDENTITY_FILE, identity)
-        counts = {"rows": 0, "qso": 0, "flagged": 0, "repaired": 0, "caveats": 0,
-                  "resumed": 0}
+        counts = {**dict.fromkeys(COUNT_KEYS, 0), "resumed": 0}
         for partition in partitions:
             if partition.index in done:
                 counts["resumed"] += partition.stop - partition.start
@@ -486,7 +476,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
 
 
 def _add_counts(counts, extra):
-    for key in ("rows", "qso", "flagged", "repaired", "caveats"):
+    for key in COUNT_KEYS:
         counts[key] += extra[key]
 
 

@@ -19,11 +19,12 @@ from starqso.export import (
 from starqso.inference import (
     LiteRTPredictor,
     apply_prior,
+    classify_block,
     dihedral_views,
     parse_prior,
-    predict_tta,
     resolve_prior,
 )
+from starqso.io.sources import Block
 from starqso.models import (
     CalibratedClassifier,
     CutoutScaling,
@@ -183,6 +184,16 @@ def test_dihedral_views_are_the_eight_symmetries():
     np.testing.assert_array_equal(views[2:4], np.rot90(image, 1, axes=(1, 2)))
 
 
+def _tta(predictor, images):
+    """p(QSO) of ``predict --tta`` (the per-row core, no prior) for model-size cutouts."""
+    block = Block([f"row{k}" for k in range(len(images))],
+                  np.ascontiguousarray(np.moveaxis(images, -1, 1)),
+                  [f"row {k}" for k in range(len(images))], {})
+    classified = classify_block(block, predictor, SIZE, tta=True, uncertainty=False)
+    assert classified.usable.all(), classified.flags
+    return classified.probabilities
+
+
 def test_tta_equals_plain_prediction_on_a_symmetric_cutout(deployable):
     def predictor(images):
         return np.asarray(deployable.predict_on_batch({"image": images})).ravel()
@@ -191,12 +202,42 @@ def test_tta_equals_plain_prediction_on_a_symmetric_cutout(deployable):
     profile = np.exp(-(xx ** 2 + yy ** 2) / 8.0)
     symmetric = (profile[None, :, :, None] * np.array([1, 2, 3, 4, 5])).astype("float32")
     symmetric = np.concatenate([symmetric, 0.5 * symmetric])
-    np.testing.assert_allclose(predict_tta(predictor, symmetric), predictor(symmetric),
+    np.testing.assert_allclose(_tta(predictor, symmetric), predictor(symmetric),
                                atol=1e-6)
     asymmetric = CUTOUTS.copy()
     asymmetric[:, :4, :8] += 5.0  # a bright patch in one corner
-    assert np.max(np.abs(predict_tta(predictor, asymmetric) - predictor(asymmetric))) > 1e-4
-    assert predict_tta(predictor, CUTOUTS[:0]).shape == (0,)
+    assert np.max(np.abs(_tta(predictor, asymmetric) - predictor(asymmetric))) > 1e-4
+    assert _tta(predictor, CUTOUTS[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_classify_block_hands_back_the_other_outputs_of_its_classified_rows(tta):
+    """``embed``'s way through the per-row core: a predictor's other outputs come back row by
+    row (of the cutout as given), NaN where a row is not classified, and a non-finite one
+    refuses its row."""
+    from starqso.schema import QFLAG_BITS
+
+    cutouts = CUTOUTS[:4].copy()
+    cutouts[1] = 0.0  # all zeros: not classified
+    cutouts[3, 0, 0, 0] = -7.0  # the predictor's vector is NaN for this cutout
+
+    def predictor(images):
+        vector = np.array(images[:, 0, 1, :], np.float32)
+        vector[images[:, 0, 0, 0] == -7.0] = np.nan
+        return {"p_qso": np.full(len(images), 0.4), "vector": vector}
+
+    block = Block([f"row{k}" for k in range(4)], np.ascontiguousarray(np.moveaxis(cutouts, -1, 1)),
+                  [f"row {k}" for k in range(4)], {})
+    outputs = {}
+    classified = classify_block(block, predictor, SIZE, tta=tta, uncertainty=False,
+                                outputs=outputs)
+    np.testing.assert_array_equal(classified.usable, [True, False, True, False])
+    np.testing.assert_allclose(classified.probabilities[[0, 2]], 0.4)
+    assert classified.flags[3] == "the model gave a non-finite output for this cutout"
+    assert classified.qflag[3] & QFLAG_BITS["NOT_CLASSIFIED"]
+    assert outputs["vector"].shape == (4, 5) and outputs["vector"].dtype == np.float32
+    np.testing.assert_array_equal(outputs["vector"][[0, 2]], cutouts[[0, 2], 0, 1, :])
+    assert np.isnan(outputs["vector"][[1, 3]]).all()
 
 
 def test_metadata_keys_are_checked(tmp_path):

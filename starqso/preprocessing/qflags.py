@@ -114,16 +114,6 @@ def _log_density(colours, density):
     return top + np.log(np.exp(terms - top).sum(axis=0))
 
 
-def ood_scores(crops, reference):
-    """Log-density of the crops' aperture colours under the reference's colour density.
-
-    Lower is less like the training objects; OUT_OF_DISTRIBUTION below
-    ``reference["ood_threshold"]``.
-    """
-    colours = photometric_features(np.asarray(crops))[:, :4]
-    return _log_density(colours, reference["colour_density"])
-
-
 def fit_quality_reference(train_crops, validation_crops, seed=0):
     """The model-dependent references of the quality bits, from its training objects.
 

@@ -139,8 +139,3 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
-
-
-def is_multi_worker(strategy):
-    """Whether ``strategy`` spans several processes (Keras ``fit()`` is not used then)."""
-    return strategy.extended._in_multi_worker_mode()  # noqa: SLF001 - no public accessor
