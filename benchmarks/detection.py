@@ -61,7 +61,7 @@ def main():
     refused = flagged(crops)
     print(f"simulated objects ({len(objects)}, seeds {args.seeds}), flagged by r bin:\n")
     print("| r | objects | flagged |\n|---|---|---|")
-    for low, high in zip(R_BINS[:-1], R_BINS[1:]):
+    for low, high in zip(R_BINS[:-1], R_BINS[1:], strict=False):
         chosen = (r >= low) & (r < high)
         print(f"| {low}-{high} | {chosen.sum()} | {refused[chosen].sum()} |")
     print(f"| all | {len(r)} | {refused.sum()} ({refused.mean():.2%}) |\n")

@@ -83,7 +83,7 @@ def dev_skies(path, half="all"):
         frame_sha256=np.full((len(fields), len(BANDS)), ""),
         alignment=np.full((len(fields), len(BANDS)), "resample"),
         centre_ra=centre_ra, centre_dec=centre_dec, detect_sigma=5.0, blank_radius_px=4.0,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         command="python benchmarks/dev_skies.py " + shlex.join(sys.argv[1:]),
         starqso_version=__version__)
 

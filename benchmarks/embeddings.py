@@ -186,7 +186,8 @@ def scale_table(vectors, rows_list, queries, seed):
                 index.save(path)
                 size = path.stat().st_size / 1e6
                 path.unlink()
-            overlap = [len(set(a) & set(b)) / 10 for a, b in zip(found, results["exact"])]
+            overlap = [len(set(a) & set(b)) / 10 for a, b in zip(found, results["exact"],
+                                                                 strict=False)]
             recall = "1 (reference)" if method == "exact" else f"{np.mean(overlap):.3f}"
             lines.append(f"| {rows:,} | {method} | {built:.1f} | {per_query:.2f} | {recall} | "
                          f"{size:.0f} | {rss_mb():.0f} |")

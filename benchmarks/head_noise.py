@@ -103,7 +103,8 @@ def main():
              "", "| classifier | macro-F1, nominal | macro-F1, noisier |", "|---|---|---|"]
     for name, mean_scores, spread in rows:
         cells = [f"{m:.4f}" + ("" if spread is None else f" ± {s:.4f}")
-                 for m, s in zip(mean_scores, spread if spread is not None else mean_scores)]
+                 for m, s in zip(mean_scores, spread if spread is not None else mean_scores,
+                                 strict=False)]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     text = "\n".join(lines) + "\n"
     print(text)

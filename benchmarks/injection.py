@@ -96,9 +96,9 @@ def main(argv=None):
         f"injected one.", "",
         f"Backgrounds: {source.count} cutouts of {len(source.fields)} field(s) "
         f"({', '.join(source.fields)}), SHA-256 {source.sha256[:16]}...; field sky sigma "
-        + " ".join(f"{band} {value:.4f}" for band, value in zip("ugriz", field_sigma))
+        + " ".join(f"{band} {value:.4f}" for band, value in zip("ugriz", field_sigma, strict=False))
         + "; PSF FWHM " + " ".join(f"{band} {value:.2f}\"" for band, value in
-                                   zip("ugriz", field_fwhm)) + ".", "",
+                                   zip("ugriz", field_fwhm, strict=False)) + ".", "",
         "| set | band | border noise (nmgy) | 3\" flux / truth, r<20 points | scatter | "
         "PSF FWHM used (\") | objects |",
         "|---|---|---|---|---|---|---|",

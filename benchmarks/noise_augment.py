@@ -121,8 +121,8 @@ def main():
         chosen = [row for row in rows if row[0] == scale]
         values = np.array([row[3] for row in chosen])
         lines.append(f"| {scale:g} | {chosen[0][2]} | {len(chosen)} | " + " | ".join(
-            f"{mean:.4f} ± {spread:.4f}" for mean, spread in zip(values.mean(0),
-                                                                 values.std(0))) + " |")
+            f"{mean:.4f} ± {spread:.4f}"
+            for mean, spread in zip(values.mean(0), values.std(0), strict=False)) + " |")
     lines += ["", "Per seed (validation macro-F1, log-loss, nominal, noisier):", ""]
     lines += [f"- noise_augment {scale:g}, seed {seed}: "
               + ", ".join(f"{value:.4f}" for value in scores) for scale, seed, _, scores in rows]

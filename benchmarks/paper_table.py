@@ -400,7 +400,7 @@ def score_rows(labels, magnitudes_r, per_seed, redshift=None):
                 metrics["train_seconds"] = seconds
             if redshift is not None:
                 found = (probabilities >= 0.5) & (labels == 1)
-                for number, (lo, hi) in enumerate(zip(Z_EDGES[:-1], Z_EDGES[1:])):
+                for number, (lo, hi) in enumerate(zip(Z_EDGES[:-1], Z_EDGES[1:], strict=False)):
                     chosen = (labels == 1) & (redshift >= lo) & (redshift < hi)
                     metrics[f"completeness_z{number}"] = (float(found[chosen].mean())
                                                           if chosen.any() else None)
@@ -435,13 +435,14 @@ def format_tables(table, labels, magnitudes_r, seeds, diagnostics, redshift=None
             f"{f'{seconds[0]:,.0f}' if seconds else '-'} | "
             f"{table[key]['rate'][0]:,.0f} |")
     counts = [int(((magnitudes_r >= lo) & (magnitudes_r < hi)).sum())
-              for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:])]
+              for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=False)]
     qsos = [int((((magnitudes_r >= lo) & (magnitudes_r < hi)) & (labels == 1)).sum())
-            for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:])]
+            for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=False)]
     names = [f"r < {R_EDGES[1]:g}"] + [f"{lo:g}-{hi:g}" for lo, hi in zip(
-        R_EDGES[1:-2], R_EDGES[2:-1])] + [f"r >= {R_EDGES[-2]:g}"]
+        R_EDGES[1:-2], R_EDGES[2:-1], strict=False)] + [f"r >= {R_EDGES[-2]:g}"]
     lines += ["", "F1(QSO) per r-magnitude bin (bright -> faint); test objects (QSOs) per bin: "
-              + ", ".join(f"{n}: {c} ({q})" for n, c, q in zip(names, counts, qsos)), "",
+              + ", ".join(f"{n}: {c} ({q})" for n, c, q in zip(names, counts, qsos,
+                                                               strict=False)), "",
               "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, title, _ in ROWS:
         lines.append(f"| {title} | " + " | ".join(
@@ -458,12 +459,12 @@ def format_tables(table, labels, magnitudes_r, seeds, diagnostics, redshift=None
                   for name in ("r2", "spread", "head_macro_f1")]
         lines.append(f"| {title} | {values[0]:.3f} | {values[1]:.3f} | {values[2]:.4f} |")
     if redshift is not None:
-        bins = list(zip(Z_EDGES[:-1], Z_EDGES[1:]))
+        bins = list(zip(Z_EDGES[:-1], Z_EDGES[1:], strict=False))
         counts = [int(((labels == 1) & (redshift >= lo) & (redshift < hi)).sum())
                   for lo, hi in bins]
         lines += ["", "QSO completeness per redshift bin (threshold 0.5), MTL rows; test QSOs "
                   "per bin: " + ", ".join(f"z {lo:g}-{hi:g}: {n}" for (lo, hi), n in
-                                          zip(bins, counts)), "",
+                                          zip(bins, counts, strict=False)), "",
                   "| model | " + " | ".join(f"z {lo:g}-{hi:g}" for lo, hi in bins) + " |",
                   "|---|" + "---|" * len(bins)]
         for key, title, _ in ROWS:

@@ -232,7 +232,7 @@ def real_report(args, point_images, point_fields):
     held = np.concatenate(pooled["held"])
     bright = (stars & (real["r"] < 20))[order]
     per_field = [np.mean(flags[(stars & (real["r"] < 20))[real["field"] == field]])
-                 for field, flags in zip(fields, pooled["held"])]
+                 for field, flags in zip(fields, pooled["held"], strict=False)]
     lines += ["", f"Held-out fields pooled: stars r<20 flagged {np.mean(held[bright]):.3f} "
               f"({int(held[bright].sum())}/{int(bright.sum())}); mean over fields "
               f"{np.mean(per_field):.3f}, worst field {np.max(per_field):.3f}.", ""]
@@ -464,7 +464,7 @@ def main():
                   "| label | extended score | qflag bits |", "|---|---|---|"]
         from starqso.preprocessing.qflags import bit_names
 
-        for label, score, value in zip(kb_labels, kb_score, kb_bits):
+        for label, score, value in zip(kb_labels, kb_score, kb_bits, strict=False):
             lines.append(f"| {label} | {score:.3f} | {', '.join(bit_names(value)) or '-'} |")
         with np.load(args.shared / "real_qso_iqvit_dev.npz") as stored:
             real = crop(stored["images"])

@@ -193,10 +193,10 @@ def summary(labels, called, mags_r, redshift):
 
     row = {"macro_f1": f1_score(labels, called, average="macro"),
            "f1_qso": f1_score(labels, called), "accuracy": accuracy_score(labels, called)}
-    for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:]):
+    for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=False):
         inside = (mags_r >= lo) & (mags_r < hi)
         row[f"r{lo:g}"] = f1_score(labels[inside], called[inside]) if inside.any() else np.nan
-    for lo, hi in zip(Z_EDGES[:-1], Z_EDGES[1:]):
+    for lo, hi in zip(Z_EDGES[:-1], Z_EDGES[1:], strict=False):
         inside = (labels == 1) & (redshift >= lo) & (redshift < hi)
         row[f"z{lo:g}"] = called[inside].mean() if inside.sum() >= 5 else np.nan
     return row
@@ -210,14 +210,14 @@ def star_rates(labels, p_train, mags_r, metadata, threshold):
     called = with_prior(p_train, None, metadata) >= threshold
     stars = labels == 0
     row = {"auc": roc_auc_score(labels, p_train), "all": called[stars].mean()}
-    for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:]):
+    for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=False):
         inside = stars & (mags_r >= lo) & (mags_r < hi)
         row[f"r{lo:g}"] = called[inside].mean() if inside.any() else np.nan
     return row
 
 
 def star_table(rows, depth, prior):
-    r_names = [f"r {lo:g}-{hi:g}" for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:])]
+    r_names = [f"r {lo:g}-{hi:g}" for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=False)]
     lines = [f"Stars called QSO at the model's default prior ({depth} depth; the sky's QSO "
              f"fraction, {prior:g}) and "
              "the threshold-free AUC of QSO vs star:", "",
@@ -230,8 +230,8 @@ def star_table(rows, depth, prior):
 
 
 def table(rows, title):
-    r_names = [f"{lo:g}-{hi:g}" for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:])]
-    z_names = [f"{lo:g}-{hi:g}" for lo, hi in zip(Z_EDGES[:-1], Z_EDGES[1:])]
+    r_names = [f"{lo:g}-{hi:g}" for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=False)]
+    z_names = [f"{lo:g}-{hi:g}" for lo, hi in zip(Z_EDGES[:-1], Z_EDGES[1:], strict=False)]
     lines = [f"### {title}", "",
              "| classifier | macro-F1 | F1(QSO) | accuracy |", "|---|---|---|---|"]
     lines += [f"| {name} | {row['macro_f1']:.4f} | {row['f1_qso']:.4f} | {row['accuracy']:.4f} |"
@@ -360,7 +360,8 @@ def main():
                  f"({args.real_qso})", "", "QSO completeness (prior "
                  f"{args.prior:g} for the model):", "",
                  "| classifier | all | " + " | ".join(
-                     f"z {lo:g}-{hi:g}" for lo, hi in zip(REAL_Z[:-1], REAL_Z[1:])) + " |",
+                     f"z {lo:g}-{hi:g}" for lo, hi in zip(REAL_Z[:-1], REAL_Z[1:],
+                                                          strict=False)) + " |",
                  "|---|---|" + "---|" * (len(REAL_Z) - 1)]
         called = {}
         for name, metadata, predictor in runtimes:
@@ -377,7 +378,7 @@ def main():
                 [catalogue[:, :-1] - catalogue[:, 1:], catalogue[:, 2]]))[:, 1] >= 0.5
         for name, calls in called.items():
             bins = [calls[(z >= lo) & (z < hi)].mean() for lo, hi in zip(REAL_Z[:-1],
-                                                                          REAL_Z[1:])]
+                                                                          REAL_Z[1:], strict=False)]
             lines.append(f"| {name} | {calls.mean():.3f} | "
                          + " | ".join(f"{value:.3f}" for value in bins) + " |")
         sections.append("\n".join(lines))

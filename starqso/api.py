@@ -180,7 +180,7 @@ class Classifier:
                                     evidence_fraction(self.settings))
             rows.extend(output_cells(*row, self.threshold) for row in zip(
                 block.ids, result.probabilities, result.flags, result.usable, result.qflag,
-                result.p_err))
+                result.p_err, strict=False))
         meta = {**self.meta, "tta": bool(tta), "uncertainty": bool(uncertainty),
                 "ebv": EBV_NONE, "rows": len(rows), **provenance()}
         return _table(rows, meta)
@@ -231,12 +231,12 @@ def _checked_ids(ids, count):
 def _table(rows, meta):
     """The table of :func:`~starqso.inference.output_cells` rows, typed as predict's FITS
     output types them (text as str here, not bytes)."""
-    columns = list(zip(*rows)) or [()] * len(OUTPUT_COLUMNS)
+    columns = list(zip(*rows, strict=False)) or [()] * len(OUTPUT_COLUMNS)
 
     def numbers(cells):
         return np.array([float(cell) if cell else np.nan for cell in cells], np.float64)
 
-    values = dict(zip(OUTPUT_COLUMNS, columns))
+    values = dict(zip(OUTPUT_COLUMNS, columns, strict=False))
     return Table({"id": np.array(values["id"], str),
                   "p_qso": numbers(values["p_qso"]),
                   "label": np.array(values["label"], str),

@@ -305,8 +305,9 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     ebv = ebv_setting(ebv, rows_source)
     ids = np.asarray(rows_source.ids(), dtype=str)
     size, count = embedder.size, len(ids)
-    spaces = {name: np.full((count, dim), np.nan, np.float32) for name, dim in zip(
-        embedder.spaces, (embedder.embedder.output[name].shape[-1] for name in embedder.spaces))}
+    dims = (embedder.embedder.output[name].shape[-1] for name in embedder.spaces)
+    spaces = {name: np.full((count, dim), np.nan, np.float32)
+              for name, dim in zip(embedder.spaces, dims, strict=False)}
     p_qso = np.full(count, np.nan)
     flags = np.full(count, "", dtype=object)
     qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)

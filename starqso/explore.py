@@ -152,7 +152,8 @@ def find_similar(query, index_path, k=20, space=None, metric="euclidean", method
     distances, found = index.query(queries, k + exclude)
     results = []
     for number, identifier in enumerate(query_ids):
-        pairs = [(d, rows[i]) for d, i in zip(distances[number], found[number]) if i >= 0]
+        pairs = [(d, rows[i]) for d, i in zip(distances[number], found[number],
+                                              strict=False) if i >= 0]
         if exclude:
             pairs = [(d, row) for d, row in pairs if table.ids[row] != identifier]
         for rank, (distance, row) in enumerate(pairs[:k], start=1):

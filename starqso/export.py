@@ -288,7 +288,7 @@ def choose_threshold(labels, probabilities, grid=THRESHOLD_GRID):
     probabilities = np.asarray(probabilities, np.float64).ravel()
     scores = [_macro_f1(labels, (probabilities >= t).astype(np.int64)) for t in grid]
     best = max(scores)
-    chosen = min((abs(t - 0.5), t) for t, score in zip(grid, scores)
+    chosen = min((abs(t - 0.5), t) for t, score in zip(grid, scores, strict=False)
                  if score >= best - 1e-12)[1]
     return float(chosen), float(best)
 

@@ -843,9 +843,9 @@ def label_block(classified, threshold, counts):
         (['QSO', ''], 1, 1)
     """
     labels = [row_label(p_qso, ok, threshold)
-              for p_qso, ok in zip(classified.probabilities, classified.usable)]
+              for p_qso, ok in zip(classified.probabilities, classified.usable, strict=False)]
     for label, flag, ok, bits in zip(labels, classified.flags, classified.usable,
-                                     classified.qflag):
+                                     classified.qflag, strict=False):
         counts["rows"] += 1
         counts["qso"] += label == "QSO"
         counts["flagged"] += not ok
@@ -1167,7 +1167,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                     label_block(classified, threshold, counts)
                     kept = [_csv_cells(block.keep[name]) for name in rows_source.keep_columns]
                     for row, (ident, p_qso, flag, ok, bits, err) in enumerate(
-                            zip(batch_ids, *classified)):
+                            zip(batch_ids, *classified, strict=False)):
                         writer.writerow((*output_cells(ident, p_qso, flag, ok, bits, err,
                                                        threshold),
                                          *(column[row] for column in kept)))

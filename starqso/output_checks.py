@@ -225,7 +225,8 @@ def source_inputs(rows_source):
             yield path, f"the input {'catalogue ' if kind == 'files' else ''}{path}"
         if kind == "files":
             folder = os.path.isdir(path)
-            for row, (ident, files) in enumerate(zip(rows_source.ids(), rows_source.files), 1):
+            for row, (ident, files) in enumerate(zip(rows_source.ids(), rows_source.files,
+                                                     strict=False), 1):
                 for name in (files,) if isinstance(files, str) else files:
                     yield name, (f"the cutout {name} (id {ident!r}) of the input folder {path}"
                                  if folder else

@@ -167,7 +167,8 @@ class RunFolder:
             unknown = [stage for stage in completed
                        if known is not None and stage not in known]
         except (KeyError, TypeError) as err:
-            raise InputError(f"{path} is not a starqso run state ({err!r}); start a new --out")
+            raise InputError(f"{path} is not a starqso run state ({err!r}); "
+                             "start a new --out") from None
         if unknown:
             raise InputError(f"{path} lists unknown stages. Received: {unknown}")
         return completed

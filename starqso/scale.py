@@ -156,7 +156,8 @@ def run_partition(job, partition):
         if job["strict"]:
             refuse_flagged(classified.flags, block.ids, start, job["input"])
         labels = label_block(classified, threshold, counts)
-        for ident, p_qso, flag, ok, bits, err, label in zip(block.ids, *classified, labels):
+        for ident, p_qso, flag, ok, bits, err, label in zip(block.ids, *classified, labels,
+                                                            strict=False):
             columns["id"].append(ident)
             columns["p_qso"].append(float(p_qso) if ok else np.nan)
             columns["label"].append(label)

@@ -95,7 +95,7 @@ def test_table_equals_predict_output(survey, stack, classifiers, tmp_path, optio
                                                "p_qso_err"]
     assert [table[name].dtype.kind for name in table.colnames] == ["U", "f", "U", "U", "i", "f"]
     assert len(table) == len(rows) == COUNT
-    for number, (row, line) in enumerate(zip(table, rows)):
+    for number, (row, line) in enumerate(zip(table, rows, strict=False)):
         assert row["id"] == line["id"]
         assert _same(row["p_qso"], _number(line["p_qso"])), (number, row["p_qso"], line)
         assert row["label"] == line["label"]

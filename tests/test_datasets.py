@@ -340,7 +340,7 @@ def test_split_indices_is_stratified_disjoint_and_deterministic():
         assert [np.sum(labels[part] == v) for v in (0, 1, -1)] == [size * 7 // 10, size // 5,
                                                                     size // 10]
     again = split_indices(labels, 0.2, 0.1, seed=5)
-    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again))
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=False))
     assert not np.array_equal(split_indices(labels, 0.2, 0.1, seed=6)[1], val)
     assert [len(part) for part in split_indices([0, 1, 0, 1], 0.1)] == [2, 2, 0]
     with pytest.raises(InputError, match="too few objects"):
@@ -371,7 +371,7 @@ def test_make_dataset_batches_and_shuffles_deterministically():
 
     first, second = orders(3)
     assert sorted(first) == list(range(0, 20, 2)) and not np.array_equal(first, second)
-    assert all(np.array_equal(a, b) for a, b in zip(orders(3), (first, second)))
+    assert all(np.array_equal(a, b) for a, b in zip(orders(3), (first, second), strict=False))
     with pytest.raises(InputError, match="same, non-zero number of rows"):
         make_dataset(inputs, np.zeros(9), batch_size=2)
 

@@ -130,7 +130,7 @@ def test_sampler_runs_the_ddim_steps_of_its_denoiser():
 
     def reference(noise):
         x = noise.astype(np.float64)
-        for t, t_next in zip(times[:-1], times[1:]):
+        for t, t_next in zip(times[:-1], times[1:], strict=False):
             eps = np.asarray(denoiser({"image": IMAGES, "noisy": x.astype("float32"),
                                        "timestep": np.full((6, 1), t / 1000, "float32")}))
             x = _ddim_reference(x, eps, alpha_bar[t], alpha_bar[t_next])
@@ -278,11 +278,12 @@ def test_trains_under_a_two_replica_mirrored_strategy_with_fit_and_the_custom_lo
     history = trainer.fit(dataset, validation_data=dataset, epochs=2, verbose=0).history
     assert np.all(np.isfinite(history["denoising_loss"]))
     assert np.all(np.isfinite(history["val_reconstruction"]))
-    changed = [not np.array_equal(a, b) for a, b in zip(before, trainer.denoiser.get_weights())]
+    changed = [not np.array_equal(a, b) for a, b in zip(before, trainer.denoiser.get_weights(),
+                                                        strict=False)]
     assert any(changed)
     # The sampler shares the denoiser's weights: it validates what was trained.
     assert all(np.array_equal(a, b) for a, b in zip(trainer.generator.get_weights(),
-                                                    trainer.denoiser.get_weights()))
+                                                    trainer.denoiser.get_weights(), strict=False))
 
     # starqso.training.loop (the multi-worker path) runs the same train_step / test_step.
     lines = []

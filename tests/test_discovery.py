@@ -94,7 +94,7 @@ def test_hnsw_recall_and_save_load(tmp_path, metric):
     assert hnsw.method == "hnsw"
     distances, found = hnsw.query(queries, 10)
     _, exact = NeighbourIndex(base, metric=metric, method="exact").query(queries, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=False)])
     assert recall >= 0.95, recall
     assert (np.diff(distances, axis=1) >= -1e-6).all()
     hnsw.info = {"source": "embeddings.parquet", "size": 123}
@@ -212,7 +212,7 @@ def reference_map_at_r(vectors, labels, metric):
             continue
         correct = labels[order[row, :r]] == labels[row]
         precision = [correct[: i + 1].mean() for i in range(r)]
-        scores.append(sum(p for p, hit in zip(precision, correct) if hit) / r)
+        scores.append(sum(p for p, hit in zip(precision, correct, strict=False) if hit) / r)
     return float(np.mean(scores))
 
 

@@ -77,7 +77,7 @@ def test_embed_matches_predict_and_the_keras_model(model, survey, embedded, tmp_
     result = _invoke("predict", survey / "catalog.csv", "--model", model, "--output", predicted,
                      "--runtime", "keras", "--prior", 0.3, "--no-uncertainty")
     assert result.exit_code == 0, result.output
-    for mine, theirs in zip(rows, _rows(predicted)):
+    for mine, theirs in zip(rows, _rows(predicted), strict=False):
         assert mine["id"] == theirs["id"] and mine["label"] == theirs["label"]
         assert abs(float(mine["p_qso"]) - float(theirs["p_qso"])) < 1e-4
         assert mine["qflag"] == theirs["qflag"]

@@ -62,7 +62,7 @@ def test_wilson_interval_is_vectorised_and_matches_the_formula():
     trials = np.array([4, 9, 20, 5, 0])
     low, high = wilson_interval(successes, trials, confidence=0.9)
     assert low.shape == high.shape == (5,)
-    for k, n, lo, hi in zip(successes[:3], trials[:3], low[:3], high[:3]):
+    for k, n, lo, hi in zip(successes[:3], trials[:3], low[:3], high[:3], strict=False):
         assert (lo, hi) == pytest.approx(_textbook_wilson(k, n, 0.9))
         assert lo <= k / n <= hi
     assert low[3] == 0.0 and 0 < high[3] < 1

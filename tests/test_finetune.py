@@ -69,7 +69,7 @@ def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels):
     after = keras.saving.load_model(out / tuned, safe_mode=True)
     trunk = ["trunk_conv0_0", "trunk_conv1_1", "trunk_embedding"]
     for name, values in _weights(before.fusion, trunk).items():
-        for old, new in zip(values, _weights(after.fusion, trunk)[name]):
+        for old, new in zip(values, _weights(after.fusion, trunk)[name], strict=False):
             np.testing.assert_array_equal(old, new)
     old_head, new_head = (_weights(m.fusion, ["p_qso"])["p_qso"][0] for m in (before, after))
     assert not np.array_equal(old_head, new_head)

@@ -312,7 +312,7 @@ def test_crowded_fields_hold_more_neighbours_reddened_behind_the_dust():
     assert len(clear) == len(dusty) > 20
     most = np.array(EXTINCTION_COEFFICIENTS)
     star_count = 0
-    for before, after in zip(clear, dusty):
+    for before, after in zip(clear, dusty, strict=False):
         dimming = -2.5 * np.log10(after.nanomaggies / before.nanomaggies)
         if before.half_light_radius > 0:
             assert dimming == pytest.approx(most, abs=1e-9)

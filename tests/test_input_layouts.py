@@ -99,7 +99,7 @@ def bad_reference(survey, reference, tmp_path_factory):
         files[row] = _write_cube(folder / f"bad{row}.fits", cubes[row])
     files[MISSING] = str(folder / "missing.fits")
     catalog = _catalog(folder / "catalog.csv", ["id", "image"],
-                       [[ident, name] for ident, name in zip(survey["ids"], files)])
+                       [[ident, name] for ident, name in zip(survey["ids"], files, strict=False)])
     result = _predict(catalog, folder / "out.csv")
     assert result.exit_code == 0, result.output
     assert "3 flagged, 1 repaired" in result.stdout
@@ -175,9 +175,9 @@ def _band_files(folder, ids, cubes, missing=()):
     """Layout 2: a catalogue with image_u ... image_z, one 2-D FITS file per band."""
     (folder / "bands").mkdir()
     rows = []
-    for number, (ident, cube) in enumerate(zip(ids, cubes)):
+    for number, (ident, cube) in enumerate(zip(ids, cubes, strict=False)):
         names = [f"bands/{ident}_{band}.fits" for band in BANDS]
-        for band, name, plane in zip(BANDS, names, cube):
+        for band, name, plane in zip(BANDS, names, cube, strict=False):
             if number in missing and band == "r":
                 continue
             header = fits.Header({"BUNIT": "nanomaggy", "FILTER": f"SDSS {band}"})
@@ -189,7 +189,7 @@ def _band_files(folder, ids, cubes, missing=()):
 def _mef(path, cube, order, card="FILTER", bands=None):
     """A multi-extension cutout: empty primary, one ImageHDU per band in ``order``."""
     hdus = [fits.PrimaryHDU()]
-    for index, band in zip(order, bands or [BANDS[index] for index in order]):
+    for index, band in zip(order, bands or [BANDS[index] for index in order], strict=False):
         hdus.append(fits.ImageHDU(cube[index], fits.Header({card: band, "BUNIT": "nanomaggy"}),
                                   name=f"IMG_{band.upper()}"))
     fits.HDUList(hdus).writeto(path)
@@ -201,7 +201,7 @@ def _mef_files(folder, ids, cubes, missing=()):
     (folder / "mef").mkdir()
     rng = np.random.default_rng(0)
     rows = []
-    for number, (ident, cube) in enumerate(zip(ids, cubes)):
+    for number, (ident, cube) in enumerate(zip(ids, cubes, strict=False)):
         name = f"mef/{ident}.fits"
         if number not in missing:
             _mef(folder / name, cube, rng.permutation(5), "BAND" if number % 2 else "FILTER")
@@ -282,7 +282,7 @@ def _parquet_paths(folder, ids, cubes, missing=()):
     (folder / "cubes").mkdir()
     (folder / "table").mkdir()
     paths = []
-    for number, (ident, cube) in enumerate(zip(ids, cubes)):
+    for number, (ident, cube) in enumerate(zip(ids, cubes, strict=False)):
         name = folder / "cubes" / f"{ident}.fits"
         if number not in missing:
             _write_cube(name, cube)
@@ -629,7 +629,7 @@ def test_hats_on_dask_is_a_hats_catalogue_of_the_same_rows(survey, reference, ba
     _same(records, _expected(bad_reference, reference, file_based=True), order=order)
     # ra/dec carried through, by id.
     ra, dec = _sky(COUNT)
-    sky = {ident: (r, d) for ident, r, d in zip(survey["ids"], ra, dec)}
+    sky = {ident: (r, d) for ident, r, d in zip(survey["ids"], ra, dec, strict=False)}
     assert all(np.allclose(sky[str(row.id)], (row.ra, row.dec)) for row in found.itertuples())
     properties = (output / output.name / "hats.properties").read_text()
     assert "starqso_model_sha256=" in properties
@@ -642,7 +642,7 @@ def _catalog_with_sky(folder, survey):
     ra, dec = _sky(COUNT)
     rows = [[ident, name, repr(float(r)), repr(float(d)), f"field {number % 3}"]
             for number, (ident, name, r, d)
-            in enumerate(zip(survey["ids"], survey["files"], ra, dec))]
+            in enumerate(zip(survey["ids"], survey["files"], ra, dec, strict=False))]
     return _catalog(folder / "catalog.csv", ["id", "image", "ra", "dec", "field"], rows), ra, dec
 
 

@@ -81,7 +81,8 @@ def test_killed_predict_leaves_no_output_and_resumes_to_the_same_rows(large_cata
     assert [row["id"] for row in got] == [f"row{i:05d}" for i in range(6000)]
     assert [(r["id"], r["label"], r["flag"]) for r in got] == [
         (r["id"], r["label"], r["flag"]) for r in expected]
-    assert max(abs(float(a["p_qso"]) - float(b["p_qso"])) for a, b in zip(got, expected)) < 1e-5
+    assert max(abs(float(a["p_qso"]) - float(b["p_qso"])) for a, b in zip(got, expected,
+                                                                          strict=False)) < 1e-5
 
 
 def test_resume_refuses_a_partial_run_of_another_catalogue(large_catalogue, tmp_path):
@@ -113,7 +114,7 @@ def test_fit_killed_in_every_stage_resumes_to_a_complete_run(tmp_path):
         process = subprocess.Popen(command + (["--resume"] if number else []), env=ENV,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Killed once the stage has checkpointed an epoch: mid-stage, never between stages.
-        wait_for(lambda: (out / "backup" / stage / "training_metadata.json").exists(),
+        wait_for(lambda stage=stage: (out / "backup" / stage / "training_metadata.json").exists(),
                   process, f"the {stage} stage checkpointed an epoch")
         _kill(process)
         assert stage not in completed(), f"{stage} finished before it could be killed"

@@ -226,7 +226,8 @@ def _write_sdss_by_hand(path: Path, *, upper_case: bool = False, specobj_name: s
     arrays = [flux, loglam, ivar, and_mask, and_mask | 2, np.ones_like(flux), flux, flux]
     formats = ["E", "E", "E", "J", "J", "E", "E", "E"]
     coadd = fits.BinTableHDU.from_columns(
-        [fits.Column(name=n, format=f, array=a) for n, f, a in zip(names, formats, arrays)],
+        [fits.Column(name=n, format=f, array=a) for n, f, a in zip(names, formats, arrays,
+                                                                   strict=False)],
         name="COADD",
     )
     specobj = fits.BinTableHDU.from_columns(

@@ -36,7 +36,7 @@ def _numpy_logits(embedding, proxies, loss, temperature):
 def _numpy_proxy_nca(logits, labels):
     """-logit_y + log sum_{z != y} exp(logit_z), row by row."""
     return np.array([np.log(np.exp(np.delete(row, label)).sum()) - row[label]
-                     for row, label in zip(logits.astype(np.float64), labels)])
+                     for row, label in zip(logits.astype(np.float64), labels, strict=False)])
 
 
 # --- the layers and the loss against NumPy --------------------------------------------------
@@ -327,11 +327,12 @@ def test_learner_trains_under_a_two_replica_mirrored_strategy():
     history = learner.fit(dataset, validation_data=dataset, epochs=2, shuffle=False,
                           verbose=0).history
     assert np.all(np.isfinite(history["loss"])) and np.all(np.isfinite(history["val_loss"]))
-    assert all(not np.array_equal(a, b) for a, b in zip(before, learner.get_weights()))
+    assert all(not np.array_equal(a, b) for a, b in zip(before, learner.get_weights(),
+                                                        strict=False))
     # The head shares the trained weights (the proxies are the learner's only others).
     assert len(learner.get_weights()) == len(learner.head.get_weights()) + 1
     assert all(np.array_equal(a, b) for a, b in zip(learner.head.get_weights(),
-                                                    learner.get_weights()))
+                                                    learner.get_weights(), strict=False))
     # The loss object reduces over the global batch: two replicas give one device's loss.
     single = MetricLearner.from_config(learner.get_config())
     single.set_weights(learner.get_weights())

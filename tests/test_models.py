@@ -188,10 +188,11 @@ def test_gan_with_distillation_teacher_trains_under_two_replica_mirrored_strateg
     assert np.all(np.isfinite(history.history["generator_loss"]))
     assert np.all(np.isfinite(history.history["distillation"]))
     assert np.isfinite(history.history["val_reconstruction"][-1])
-    changed = [not np.array_equal(a, b) for a, b in zip(before, gan.generator.get_weights())]
+    changed = [not np.array_equal(a, b) for a, b in zip(before, gan.generator.get_weights(),
+                                                        strict=False)]
     assert any(changed)
     # The teacher is the frozen spectrum head: distillation must never train it.
-    for kept, now in zip(teacher_weights, teacher.get_weights()):
+    for kept, now in zip(teacher_weights, teacher.get_weights(), strict=False):
         np.testing.assert_array_equal(kept, now)
     assert ConditionalGAN.from_config(gan.get_config()).distillation_weight == 1.0
 
@@ -421,8 +422,8 @@ def test_finetuning_a_model_that_is_its_photometry_head_alone_trains_the_head():
     labels = np.array([[0], [1], [0], [1], [1], [0]], "float32")
     tuner.fit(inputs, labels, epochs=1, batch_size=6, verbose=0)
     assert any(np.abs(a - np.array(b)).max() > 0
-               for a, b in zip(head_before, alone.photometry_head.get_weights()))
-    for a, b in zip(fusion_before, alone.fusion.get_weights()):
+               for a, b in zip(head_before, alone.photometry_head.get_weights(), strict=False))
+    for a, b in zip(fusion_before, alone.fusion.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)
 
 

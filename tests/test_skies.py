@@ -61,7 +61,7 @@ def _frame(band, seed):
     sigma = FWHM_ARCSEC[band] / PIXEL_SCALE_ARCSEC / (2 * np.sqrt(2 * np.log(2)))
     positions, fluxes = _sources()
     dx, dy = OFFSET[band]
-    for number, ((x, y), flux) in enumerate(zip(positions, fluxes)):
+    for number, ((x, y), flux) in enumerate(zip(positions, fluxes, strict=False)):
         width = sigma * (3.0 if number == 1 else 1.0)  # source 1 is a galaxy
         star = flux / (2 * np.pi * width ** 2) * np.exp(
             -((xx - x - dx) ** 2 + (yy - y - dy) ** 2) / (2 * width ** 2))

@@ -91,7 +91,7 @@ def fill_from_template(wave, flux, valid, template):
     # 300 Angstrom of valid data on each side (linearly interpolated across interior gaps).
     starts = np.flatnonzero(invalid & ~np.r_[False, invalid[:-1]])
     stops = np.flatnonzero(invalid & ~np.r_[invalid[1:], False]) + 1
-    for start, stop in zip(starts, stops):
+    for start, stop in zip(starts, stops, strict=False):
         ratios = []
         for side_slice in (slice(max(start - 400, 0), start), slice(stop, stop + 400)):
             side_valid = valid[side_slice] & (template[side_slice] > 0)
@@ -124,7 +124,7 @@ def build_star_library(shared, photometer, catalogue):
 
     templates, names, classes, families = [], [], [], []
     for flux, ident, spclass, family in zip(stacked["flux"], stacked["id"], stacked["spclass"],
-                                            stacked["family"]):
+                                            stacked["family"], strict=False):
         valid = np.isfinite(flux) & (flux > 0)
         templates.append(normalise(wave, extend_power_law(wave, flux, valid)))
         names.append(str(ident))
@@ -136,7 +136,7 @@ def build_star_library(shared, photometer, catalogue):
     log_templates = np.log(np.clip(templates, 1e-6, None))
     for flux, ident, spclass, library, frac in zip(observed["flux"], observed["id"],
                                                    observed["spclass"], observed["library"],
-                                                   observed["frac_valid_enc"]):
+                                                   observed["frac_valid_enc"], strict=False):
         valid = np.isfinite(flux) & (flux > 0)
         if frac < 0.7 or valid.sum() < 1000:
             continue
@@ -186,7 +186,8 @@ def build_host_galaxy(wave, templates, names):
     a young one by A/F stars. Extended to 900 A with power laws so redshifted hosts cover u.
     """
     def mean_of(prefixes):
-        picked = [t for t, n in zip(templates, names) if n.split(":")[-1][:2] in prefixes]
+        picked = [t for t, n in zip(templates, names,
+                                    strict=False) if n.split(":")[-1][:2] in prefixes]
         return normalise(wave, np.mean(picked, axis=0))
 
     old = 0.2 * mean_of({"F9", "G0", "G2"}) + 0.5 * mean_of({"K0", "K2", "K3"}) \

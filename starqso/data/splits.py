@@ -65,7 +65,7 @@ def split_indices(labels, validation_fraction: float, test_fraction: float = 0.0
     tests = _apportion(n_test, held) if n_test else np.zeros_like(held)
     rng = np.random.default_rng(seed)
     train, validation, test = [], [], []
-    for members, n_held, n_in_test in zip(strata, held, tests):
+    for members, n_held, n_in_test in zip(strata, held, tests, strict=False):
         members = rng.permutation(members)
         test.append(members[:n_in_test])
         validation.append(members[n_in_test:n_held])

@@ -143,7 +143,7 @@ def read_parquet_predictions(path):
         raise InputError(f"predictions {path} are not readable Parquet ({err}); expected a "
                          f"`starqso predict` output. Received: {path}") from None
     result = Table()
-    for name, column in zip(table.column_names, table.columns):
+    for name, column in zip(table.column_names, table.columns, strict=False):
         values = column.to_pylist()
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             result[name.lower()] = np.array(["" if v is None else v for v in values], dtype=str)

@@ -315,7 +315,7 @@ def binned_metrics(labels, predicted, values, edges,
         raise InputError(f"edges must be at least two increasing numbers. Received: "
                          f"{edges.tolist()}")
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         # NaN compares False both ways, so unknown values fall out here.
         inside = (values >= lo) & (values < hi)
         truth, guess = labels[inside], predicted[inside]

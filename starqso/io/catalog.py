@@ -110,7 +110,7 @@ def _read_csv(path: str) -> tuple[list[str], dict[str, list[str]], int]:
                 f"catalogue line {line_number} has {len(cells)} fields but the header has "
                 f"{len(names)} ({', '.join(names)}). Received: {cells} in file {path}"
             )
-        for name, cell in zip(names, cells):
+        for name, cell in zip(names, cells, strict=False):
             columns[name].append(cell)
     return names, columns, len(lines) - 1
 
@@ -150,7 +150,7 @@ def _read_fits(path: str) -> tuple[list[str], dict[str, object], int]:
         except (ValueError, TypeError, KeyError, OSError) as err:
             raise InputError(f"catalogue FITS table could not be read ({err}): {path}") from err
     names = _column_names(table.colnames, path)
-    columns = {name: table[original] for name, original in zip(names, table.colnames)}
+    columns = {name: table[original] for name, original in zip(names, table.colnames, strict=False)}
     return names, columns, len(table)
 
 
@@ -159,7 +159,7 @@ def _cells(column) -> list:
     mask = np.ma.getmaskarray(column) if isinstance(column, np.ma.MaskedArray) else None
     values = list(np.asarray(column)) if not isinstance(column, list) else column
     if mask is not None:
-        values = [None if masked else value for value, masked in zip(values, mask)]
+        values = [None if masked else value for value, masked in zip(values, mask, strict=False)]
     return values
 
 
@@ -361,7 +361,7 @@ def _csv_bytes(table: Table, path: str) -> bytes:
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(table.colnames)
-    writer.writerows(zip(*columns))
+    writer.writerows(zip(*columns, strict=False))
     return buffer.getvalue().encode("utf-8")
 
 

@@ -233,7 +233,7 @@ def _tile_values(hdu, shape: tuple, window) -> int:
     spans = tuple((0, length) for length in shape[:-2]) + tuple(
         (axis.start, axis.stop) for axis in window)
     values = 1
-    for (start, stop), tile, length in zip(spans, tiles, shape):
+    for (start, stop), tile, length in zip(spans, tiles, shape, strict=False):
         count = (stop - 1) // tile - start // tile + 1
         values *= min(count * tile, length)
     return values
@@ -358,15 +358,14 @@ def check_band_alignment(shapes, cards, where: str) -> None:
         >>> check_band_alignment([(48, 48)] * 5, [{}] * 5, "in file a.fits")
     """
     if len(set(map(tuple, shapes))) > 1:
+        found = ", ".join(f"{b} {tuple(s)}" for b, s in zip(BANDS, shapes, strict=False))
         raise InputError(f"the five band images of a row must have one shape (each band is "
-                         f"cropped about its own centre). Received: "
-                         f"{', '.join(f'{b} {tuple(s)}' for b, s in zip(BANDS, shapes))} "
-                         f"{where}")
+                         f"cropped about its own centre). Received: {found} {where}")
     described = [{key: value for key, value in band.items() if _WCS_KEYWORD.match(key)}
                  for band in cards]
     if all(band == described[0] for band in described):
         return  # one WCS for all (or none at all): nothing can disagree
-    systems = {band: _band_wcs(band_cards) for band, band_cards in zip(BANDS, cards)}
+    systems = {band: _band_wcs(band_cards) for band, band_cards in zip(BANDS, cards, strict=False)}
     systems = {band: system for band, system in systems.items() if system is not None}
     if len(systems) < 2:
         return
@@ -619,7 +618,7 @@ def read_band_cutout(paths, *, crop_size: int | None = None) -> Cutout:
                          f"Received: {len(paths)} paths")
     crop_size = _checked_crop_size(crop_size)
     planes, headers, shapes = [], [], []
-    for band, path in zip(BANDS, paths):
+    for band, path in zip(BANDS, paths, strict=False):
         path = check_readable_file(path, f"image_{band}")
         data, cards, shape = _read_or_refuse(path, crop_size, band, f"image_{band}")
         planes.append(data)

@@ -441,7 +441,7 @@ def _vectors(rows, path, names, first_row) -> np.ndarray:
             values[offset] = list(map(float, cells))
         except ValueError:
             values[offset] = [_number(text, path, name, first_row + offset)
-                              for text, name in zip(cells, names)]
+                              for text, name in zip(cells, names, strict=False)]
     return values
 
 

@@ -132,7 +132,7 @@ class Field:
         centres = self.band_positions(x0 + half, y0 + half)
         out = np.full((len(x), len(self.frames), size, size), np.nan, np.float32)
         grid = np.arange(size, dtype=np.float64)
-        for number, (frame, how) in enumerate(zip(self.frames, self.alignment)):
+        for number, (frame, how) in enumerate(zip(self.frames, self.alignment, strict=False)):
             if how == "shift":
                 bx = np.round(centres[number, 0] - half).astype(np.int64)
                 by = np.round(centres[number, 1] - half).astype(np.int64)

@@ -414,7 +414,7 @@ class FileSource(Source):
                         raise InputError("image path is blank; expected a cutout file")
                     cubes.append(read_cutout(files, crop_size=size).data)
                 else:
-                    blank = [band for band, name in zip(BANDS, files) if not name]
+                    blank = [band for band, name in zip(BANDS, files, strict=False) if not name]
                     if blank:
                         raise InputError(f"image_{blank[0]} path is blank; expected one FITS "
                                          f"file per band")
@@ -980,7 +980,7 @@ class ParquetSource(Source):
                      for column in columns]
             where[row] += f" ({', '.join(files)})"
             try:
-                blank = [band for band, value in zip(BANDS, files) if not value]
+                blank = [band for band, value in zip(BANDS, files, strict=False) if not value]
                 if blank:
                     raise InputError("image path is blank; expected a cutout file" if
                                      self.layout == "image" else

@@ -568,7 +568,7 @@ class ConditionalDiffusion(ConstructorConfig, keras.Model):
                                       training=True)
             loss = self.denoising_loss(eps, predicted)
         gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=False))
         self.denoising_loss_tracker.update_state(unscale(loss))
         return {"denoising_loss": self.denoising_loss_tracker.result()}
 

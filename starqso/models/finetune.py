@@ -184,7 +184,8 @@ class FineTuner(ConstructorConfig, keras.Model):
 
     def build_optimizers(self):
         """Build every optimizer's slots now (needed inside ``strategy.scope()``)."""
-        for optimizer, variables in zip(self.block_optimizers, self.block_variables()):
+        for optimizer, variables in zip(self.block_optimizers, self.block_variables(),
+                                        strict=False):
             optimizer.build(variables)
 
     @property
@@ -206,11 +207,12 @@ class FineTuner(ConstructorConfig, keras.Model):
             loss = self.loss_fn(labels, probabilities)
         gradients = tape.gradient(loss, [v for group in groups for v in group])
         start = 0
-        for optimizer, group in zip(self.block_optimizers, groups):
+        for optimizer, group in zip(self.block_optimizers, groups, strict=False):
             # A variable outside the deployed graph's path has no gradient: the fusion
             # head's when the blend weight is 1 (p(QSO) is the photometry head alone).
             pairs = [(gradient, variable) for gradient, variable
-                     in zip(gradients[start:start + len(group)], group) if gradient is not None]
+                     in zip(gradients[start:start + len(group)], group,
+                            strict=False) if gradient is not None]
             if pairs:
                 optimizer.apply_gradients(pairs)
             start += len(group)

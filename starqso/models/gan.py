@@ -222,7 +222,7 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
                       + self.adversarial_loss(zeros, fake_logit))
         gradients = tape.gradient(d_loss, self.discriminator.trainable_variables)
         self.discriminator_optimizer.apply_gradients(
-            zip(gradients, self.discriminator.trainable_variables))
+            zip(gradients, self.discriminator.trainable_variables, strict=False))
 
         noise = self._noise(batch)
         with tf.GradientTape() as tape:
@@ -239,7 +239,7 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
                 g_loss = g_loss + self.distillation_weight * distillation
         gradients = tape.gradient(g_loss, self.generator.trainable_variables)
         self.generator_optimizer.apply_gradients(
-            zip(gradients, self.generator.trainable_variables))
+            zip(gradients, self.generator.trainable_variables, strict=False))
 
         self.discriminator_loss_tracker.update_state(unscale(d_loss))
         self.generator_loss_tracker.update_state(unscale(g_loss))

@@ -386,9 +386,10 @@ class ExtendedScorer:
         nodes = {
             "feature": np.concatenate([tree["feature_idx"] for tree in trees]),
             "threshold": np.concatenate([tree["num_threshold"] for tree in trees]),
-            "left": np.concatenate([tree["left"] + offset for tree, offset in zip(trees, offsets)]),
+            "left": np.concatenate([tree["left"] + offset for tree, offset in zip(trees, offsets,
+                                                                                  strict=False)]),
             "right": np.concatenate([tree["right"] + offset
-                                     for tree, offset in zip(trees, offsets)]),
+                                     for tree, offset in zip(trees, offsets, strict=False)]),
             "leaf": np.concatenate([tree["is_leaf"] for tree in trees]).astype(bool),
             "value": np.concatenate([tree["value"] for tree in trees]),
             "missing_left": np.concatenate([tree["missing_go_to_left"]

@@ -101,7 +101,7 @@ def _log_density(colours, density):
     colours = np.asarray(colours, np.float64)
     terms = []
     for weight, mean, covariance in zip(density["weights"], density["means"],
-                                        density["covariances"]):
+                                        density["covariances"], strict=False):
         covariance = np.asarray(covariance, np.float64)
         inverse = np.linalg.inv(covariance)
         _, log_det = np.linalg.slogdet(covariance)

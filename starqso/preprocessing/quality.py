@@ -567,7 +567,7 @@ def check_source(crop, *, source: str = "cutout") -> dict:
                          f"expected nanomaggies with sky noise. Received: {source}")
     low, high = SKY_SIGMA_RANGE
     if failed[0] == "sky":
-        found = ", ".join(f"{band} {value:.3g}" for band, value in zip(BANDS, sigma)
+        found = ", ".join(f"{band} {value:.3g}" for band, value in zip(BANDS, sigma, strict=False)
                           if not low <= value <= high)
         raise InputError(f"cutout sky noise is not plausible in nanomaggies (robust sky sigma "
                          f"per pixel {found}; expected {low:g} to {high:g}: data in Jy or "

@@ -235,7 +235,7 @@ def _blank_centres(field, measurements, count, size, radius, rng):
         blank = inside & (distance - np.hypot(bx - nx, by - ny) > radius)
         x, y, positions = x[blank], y[blank], positions[:, :, blank]
     chosen_x, chosen_y, cutouts = [], [], []
-    for cx, cy in zip(x, y):
+    for cx, cy in zip(x, y, strict=False):
         if len(chosen_x) >= count:
             break
         if chosen_x and np.any((np.abs(np.array(chosen_x) - cx) < size)
@@ -337,7 +337,7 @@ def make_sky_backgrounds(frames, count=200, size=48, seed=0, detect_sigma=5.0,
         per_field["centre_dec"].append(float(centre[1]))
         if log is not None:
             fwhm = " ".join(f"{band} {m.psf_fwhm_arcsec:.2f}\"" for band, m
-                            in zip(BANDS, measurements))
+                            in zip(BANDS, measurements, strict=False))
             log(f"field {name}: {len(x)} blank cutouts of {size}x{size}, PSF FWHM {fwhm}, "
                 f"{measurements[2].sources} sources in r ({time.time() - started:.1f} s)")
     total = sum(len(images) for images in per_cutout["images"])

@@ -129,7 +129,7 @@ def build_galaxy_rows(csv_path, out_path):
     return len(numbers)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def galaxy_rows():
     """The real SDSS GALAXY catalogue rows shipped with the package (loaded once).
 

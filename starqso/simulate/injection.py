@@ -65,7 +65,7 @@ class Background:
 
         return [psf if not np.isfinite(fwhm) or fwhm <= 0 else
                 replace(psf, fwhm=float(fwhm) / PIXEL_SCALE_ARCSEC)
-                for psf, fwhm in zip(drawn, self.psf_fwhm_arcsec)]
+                for psf, fwhm in zip(drawn, self.psf_fwhm_arcsec, strict=False)]
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class BackgroundSource:
             files = (absolute,)
         hashes = tuple(_file_sha256(file) for file in files)
         digest = hashlib.sha256()
-        for file, value in zip(files, hashes):
+        for file, value in zip(files, hashes, strict=False):
             digest.update(os.path.basename(file).encode() + bytes.fromhex(value))
         return cls(absolute, fraction, digest.hexdigest(), files, hashes, int(len(skies.images)),
                    tuple(str(field) for field in skies.fields), skies.size)
@@ -191,7 +191,7 @@ class BackgroundSource:
         """What a run folder records: path, files with SHA-256, cutouts, fields, fraction."""
         return {"path": self.path, "sha256": self.sha256, "fraction": self.fraction,
                 "files": [{"path": file, "sha256": value}
-                          for file, value in zip(self.files, self.file_sha256)],
+                          for file, value in zip(self.files, self.file_sha256, strict=False)],
                 "cutouts": self.count, "cutout_size": self.size, "fields": list(self.fields)}
 
 

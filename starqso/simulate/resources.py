@@ -25,7 +25,7 @@ def _load_npz(name):
             return {key: data[key] for key in data.files}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def star_library():
     """Real and stacked stellar spectra on the common grid (flux as float32)."""
     data = _load_npz("star_library.npz")
@@ -33,7 +33,7 @@ def star_library():
     return data
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def qso_archetypes():
     """Rest-frame QSO archetypes (redrock), negative PCA pixels clipped to zero."""
     data = _load_npz("qso_archetypes.npz")
@@ -41,19 +41,19 @@ def qso_archetypes():
     return data
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def host_galaxy():
     """Old and young stellar-population SEDs (rest frame) for low-redshift QSO hosts."""
     return _load_npz("host_galaxy.npz")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def noise_calibration():
     """Spectral and image noise calibrated on real SDSS spectra and cutouts."""
     return _load_npz("noise_calibration.npz")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sdss_pointsources():
     """Real SDSS STAR and QSO catalogue rows: class, redshift and ugriz model magnitudes.
 

@@ -36,7 +36,7 @@ def spectrograph_grid(name):
     return 10.0 ** (first + 1e-4 * np.arange(num))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sky(spectrograph):
     """Sky variance on the spectrograph grid and the pixels on bright sky lines."""
     from scipy.ndimage import median_filter

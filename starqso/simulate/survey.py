@@ -245,7 +245,7 @@ def _write_object(outdir, index, seed, size, qso_fraction, id_width, reddening=N
     return {
         "id": obj.id, "image": image, "spectrum": spectrum_file, "label": obj.label,
         "redshift": round(obj.redshift, 6),
-        **{band: round(float(mag), 5) for band, mag in zip("ugriz", obj.mags)},
+        **{band: round(float(mag), 5) for band, mag in zip("ugriz", obj.mags, strict=False)},
         "template": obj.info["template"], "sdss_row": obj.info["sdss_row"],
         "psf_fwhm_r": round(obj.info["psf_fwhm_r"], 4),
         "sky_sigma_r": round(obj.info["sky_sigma_r"], 5),
