@@ -35,19 +35,26 @@ def _finetune(tmp_path, base, labels, *options):
                                      "--epochs", "2", "--batch-size", "16", *options])
 
 
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory, base, labels):
+    """One fine-tuning of the head (the default --trainable), exported; read-only (copy it
+    to change it). Returns the CLI result and the run folder."""
+    folder = tmp_path_factory.mktemp("head-run")
+    return _finetune(folder, base, labels), folder / "ft"
+
+
 def _weights(model, names):
     return {name: [np.array(w) for w in model.get_layer(name).get_weights()] for name in names}
 
 
-def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels):
+def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels, head_run):
     import keras
 
     import starqso.models  # noqa: F401 - registers the classes
 
-    result = _finetune(tmp_path, base, labels, "--trainable", "head")
+    result, out = head_run
     assert result.exit_code == 0, result.output
     assert "[base] validation" in result.output and "[finetune]" in result.output
-    out = tmp_path / "ft"
     settings = json.loads((out / "finetune.json").read_text())
     assert settings["trainable"] == "head" and len(settings["base_sha256"]) == 64
     assert {"before", "after"} <= set(settings) and settings["after"]["n"] > 0
@@ -250,9 +257,14 @@ def test_bad_finetune_inputs_are_one_line_errors(tmp_path, base, labels, case, f
     assert not (tmp_path / "ft" / "export").exists()
 
 
-def test_finetune_resume_continues_its_own_run(tmp_path, base, labels):
-    first = _finetune(tmp_path, base, labels)
+def test_finetune_resume_continues_its_own_run(tmp_path, base, labels, head_run):
+    import shutil
+
+    first, run = head_run
     assert first.exit_code == 0, first.output
+    # A copy of the shared run (this test changes it): the same folder a first call here
+    # would have written.
+    shutil.copytree(run, tmp_path / "ft", symlinks=True)
     assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["trainable"] == "head"
     out = tmp_path / "ft"
     model = (out / "starqso_classifier.keras").read_bytes()

@@ -399,12 +399,20 @@ def nested(trunk, size, name):
                        name=f"outer_{name}")
 
 
-def test_load_trunk_weights_round_trips_a_5_band_file(tmp_path):
+@pytest.fixture(scope="module")
+def efficientnet_file(tmp_path_factory):
+    """A 5-band efficientnetb0 trunk with non-default weights and its .weights.h5 file (each
+    EfficientNet build costs seconds); read-only."""
     source = trunk_model("efficientnetb0", 32)
     trunk = source.get_layer("trunk_efficientnetb0")
     randomise(trunk.weights, seed=1)
-    path = tmp_path / "trunk.weights.h5"
+    path = tmp_path_factory.mktemp("efficientnet") / "trunk.weights.h5"
     trunk.save_weights(path)
+    return trunk, path
+
+
+def test_load_trunk_weights_round_trips_a_5_band_file(efficientnet_file):
+    trunk, path = efficientnet_file
     # Two trunks in one model (generator and fusion alike), each two levels down; the
     # second reads 24-pixel cutouts (resized to 32): the weights do not depend on the side.
     first, second = nested("efficientnetb0", 32, "generator"), nested("efficientnetb0", 24,
@@ -488,9 +496,8 @@ def test_load_trunk_weights_refuses_a_missing_or_unreadable_file(vgg_model, tmp_
         np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_load_trunk_weights_refuses_another_architecture(vgg_model, tmp_path):
-    path = tmp_path / "efficientnet.weights.h5"
-    application_trunk("efficientnetb0", 32).save_weights(path)
+def test_load_trunk_weights_refuses_another_architecture(vgg_model, efficientnet_file):
+    _, path = efficientnet_file  # an application_trunk("efficientnetb0", 32)'s weights
     with pytest.raises(InputError) as excinfo:
         load_trunk_weights(vgg_model, path)
     assert_one_line_error(excinfo, str(path), "does not hold vgg16 weights",
