@@ -48,3 +48,14 @@ def tiny_run(tmp_path_factory):
     result = CliRunner().invoke(main, ["fit", "--config", str(config), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return types.SimpleNamespace(path=out, config=config, output=result.output)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_keras_state_per_module():
+    """Keras' global state (layer-name counters, the default graph, kernel caches) reset after
+    each test file: it grows with every model built, and later files ran up to three times
+    slower in one pytest process than alone. Each file then starts as it does alone."""
+    yield
+    import keras
+
+    keras.backend.clear_session()
