@@ -12,6 +12,10 @@ QSO rows, the same for both classes, and shifts all five bands by the same amoun
 unchanged). Like :mod:`starqso.simulate.dust`, its draws come from a side stream
 (``default_rng([seed, index, BRIGHTNESS_STREAM])``): with a fraction of 0 the simulation is
 exactly what it was.
+
+It is off by default: taking the magnitude away also takes away what the spectroscopic sample
+does teach about faint QSOs, and a retrain with it lost more real QSOs than it gained
+(``benchmarks/results/brightness_mixing.md``).
 """
 
 from __future__ import annotations
