@@ -297,7 +297,7 @@ class DataConfig:
     # pooled, colours kept (starqso.simulate.brightness): the spectroscopic rows' QSOs are
     # fainter than their stars, which taught the network that faint means QSO; 0 keeps the
     # simulation as it was (and is the default: see benchmarks/results/brightness_mixing.md)
-    brightness_mixing_fraction: float = setting(0.0, number(minimum=0, maximum=1))
+    magnitude_mixing_fraction: float = setting(0.0, number(minimum=0, maximum=1))
 
     def __post_init__(self) -> None:
         _check_fields(self, "data")

@@ -692,8 +692,8 @@ def _model_card(folder, config, metadata, results):
     if not data and config.data.neighbour_density_fraction > 0:
         trained_on += (f"; a fraction {config.data.neighbour_density_fraction:g} in crowded "
                        f"fields (up to {config.data.max_neighbour_density:g}x the neighbours)")
-    if not data and config.data.brightness_mixing_fraction > 0:
-        trained_on += (f"; a fraction {config.data.brightness_mixing_fraction:g} with r "
+    if not data and config.data.magnitude_mixing_fraction > 0:
+        trained_on += (f"; a fraction {config.data.magnitude_mixing_fraction:g} with r "
                        f"magnitudes drawn from both classes alike (colours kept)")
     lines = [
         "# starqso classifier: model card", "",

@@ -373,7 +373,7 @@ def test_fit_data_follow_the_brightness_config(tmp_path):
 
     lines = []
     config = config_from_dict({"preset": "tiny", "data": {
-        "num_objects": 6, "brightness_mixing_fraction": 1.0}})
+        "num_objects": 6, "magnitude_mixing_fraction": 1.0}})
     arrays = _load_arrays(config, None, lines.append)
     assert "r magnitudes of a fraction 1 of them from both classes alike" in " ".join(lines)
     plain = _load_arrays(config_from_dict({"preset": "tiny", "data": {"num_objects": 6}}),

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from starqso.errors import InputError
-from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC
+from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC, PIXEL_SCALE_TOLERANCE
 
 __all__ = ["FRAME_SUFFIXES", "Field", "Frame", "frame_paths", "group_fields", "read_field"]
 
@@ -42,9 +42,6 @@ FRAME_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fits.bz2", ".fits.fz", 
                   ".fit.bz2")
 #: ``BUNIT`` values that mean nanomaggies (case and surrounding blanks ignored).
 NANOMAGGY_UNITS = ("nanomaggy", "nanomaggies", "nmgy", "nanomaggys")
-# A frame's pixel scale may differ this much (relative) from the survey's: SDSS frames are
-# 0.3961-0.3962"/px against the nominal 0.396.
-PIXEL_SCALE_TOLERANCE = 0.02
 # Least fraction of the r frame's area another band must cover to count as the same field;
 # SDSS bands of one field overlap by ~99%.
 MIN_OVERLAP = 0.5

@@ -47,12 +47,12 @@ def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgro
                 f"of them up to {config.data.max_neighbour_density:g}x the neighbours")
             arguments["crowding"] = Crowding(config.data.neighbour_density_fraction,
                                              config.data.max_neighbour_density)
-        if config.data.brightness_mixing_fraction > 0:
+        if config.data.magnitude_mixing_fraction > 0:
             from starqso.simulate.brightness import Brightness
 
             log(f"drawing the r magnitudes of a fraction "
-                f"{config.data.brightness_mixing_fraction:g} of them from both classes alike")
-            arguments["brightness"] = Brightness(config.data.brightness_mixing_fraction)
+                f"{config.data.magnitude_mixing_fraction:g} of them from both classes alike")
+            arguments["brightness"] = Brightness(config.data.magnitude_mixing_fraction)
         if simulation_cache is not None:
             return ObjectArrays.from_simulation_cache(
                 simulation_cache, config.data.num_objects, config.data.simulation_seed,
