@@ -5,7 +5,7 @@
         [--real-qso ../shared/data/real_qso_iqvit_dev.npz]
 
 On the 32-pixel crop the shipped model sees, with the source checks of
-:mod:`starqso.preprocessing.quality` (what ``starqso predict`` and ``embed`` screen with), it
+:mod:`starqso.preprocessing.screening` (what ``starqso predict`` and ``embed`` screen with), it
 prints per sample: the rows refused by the earlier rules (implausible pixels, no source), the
 rows *newly* refused as narrower than the PSF (rule 5, a cosmic ray or artefact: nothing
 detected without its sharp pixels), and the rows with the ARTEFACT qflag bit (a sharp pixel
@@ -34,7 +34,7 @@ def lowest_ratio(crops, sigma):
     """The lowest (neighbours + 1 sigma) / (pixel - 2 sigma) of pixels >= 15 sigma near the
     centre, per crop (inf where there is none): below 0.15 a pixel is sharp."""
     from starqso.preprocessing.photometry import sky_levels
-    from starqso.preprocessing.quality import (
+    from starqso.preprocessing.screening import (
         _ARTEFACT_ALLOWANCE,
         ARTEFACT_MIN_SNR,
         ARTEFACT_RADIUS_ARCSEC,
@@ -55,7 +55,7 @@ def lowest_ratio(crops, sigma):
 
 def row(name, crops):
     """One table row: counts of the source checks on (N, S, S, 5) crops."""
-    from starqso.preprocessing.quality import _failed_rules, _measured, narrower_than_psf
+    from starqso.preprocessing.screening import _failed_rules, _measured, narrower_than_psf
 
     crops = np.asarray(crops, np.float32)
     statistics = _measured(crops)

@@ -38,7 +38,7 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from starqso.inference import apply_prior, open_model, resolve_prior
-    from starqso.preprocessing.quality import sky_background
+    from starqso.preprocessing.screening import sky_background
 
     metadata, predictor = open_model(args.model, "litert")
     threshold, shift = metadata["threshold"], resolve_prior(metadata, 0.3)["shift"]

@@ -6,7 +6,8 @@
 
 The reference of ``starqso embed``'s outlier score is the embeddings of (up to 5,000) of the
 run's training objects, as ``starqso export`` writes it for a new model
-(:func:`starqso.embedding.add_embedding_reference`). ``--arrays`` is the ``--simulation-cache``
+(:func:`starqso.discovery.embed.add_embedding_reference`). ``--arrays`` is the
+``--simulation-cache``
 file of the run's ``starqso fit`` and ``--split`` its ``split.json``; the model files are not
 touched, ``metadata.json`` gains ``embedding`` and the file's SHA-256.
 """
@@ -32,7 +33,7 @@ def main():
     parser.add_argument("folders", nargs="+")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from starqso.embedding import add_embedding_reference
+    from starqso.discovery.embed import add_embedding_reference
 
     images = load_split(args.arrays, args.split)["train"].images
     for folder in args.folders:

@@ -69,8 +69,8 @@ def parse_args():
 def train(args, arrays, log):
     """The run with both heads: ``(run folder, seconds trained)``; a run folder that already
     holds both heads (an earlier invocation's ``--workdir``) is reused (0 s)."""
-    from starqso.run_folder import RunFolder
     from starqso.training import EncoderStage, GANStage, MetricStage, fit_run
+    from starqso.training.run_folder import RunFolder
 
     run_dir = pathlib.Path(args.workdir) / "run"
     folder = RunFolder(run_dir)
@@ -90,7 +90,7 @@ def embeddings(folder, images):
     """{name: (N, d)} of the four embeddings of raw ``images``."""
     import keras
 
-    from starqso.embedding import _spaces
+    from starqso.discovery.embed import _spaces
     from starqso.models import StarQSOClassifier
 
     deployable = folder.load_model("starqso_classifier.keras")
@@ -253,7 +253,7 @@ def main():
     text = "\n".join(header + sections) + "\n"
     print(text)
     if args.out:
-        from starqso.atomic import write_text_atomically
+        from starqso._util.atomic import write_text_atomically
 
         write_text_atomically(args.out, text)
 

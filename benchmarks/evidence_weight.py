@@ -58,7 +58,7 @@ def main():
     from sklearn.metrics import f1_score, roc_auc_score
 
     from starqso.inference import default_model_dir, open_model, resolve_prior
-    from starqso.preprocessing.quality import combined_snr
+    from starqso.preprocessing.screening import combined_snr
     from starqso.probability import evidence_weight, temper
 
     started = time.perf_counter()

@@ -246,7 +246,7 @@ def scratch_model_dir(base_dir, folder, seed):
     """The shipped architecture with random weights, saved as a model folder finetune takes."""
     import keras
 
-    from starqso.model_files import load_keras_model
+    from starqso.deploy.folder import load_keras_model
     from starqso.models import StarQSOClassifier
     from starqso.training.finetune import base_model_file, deployable
 
@@ -321,7 +321,7 @@ def bar_cell(args, data, work, draw, budget, depth, model_dir):
     """``starqso finetune`` (export and selection included), scored at ``--prior``."""
     import keras
 
-    from starqso.run_folder import RunFolder
+    from starqso.training.run_folder import RunFolder
 
     key = f"bar_depth{depth}_prior{args.prior:g}_draw{draw}_n{budget}"
     result_file = work / "results" / f"{key}.json"
@@ -433,8 +433,8 @@ def finetune_cell(args, data, work, draw, budget, depth, model_dir, *, lr_decay,
     """One fine-tuning run, scored on the test set (reused from ``work`` when present)."""
     import keras
 
-    from starqso.model_files import load_keras_model
-    from starqso.run_folder import RunFolder
+    from starqso.deploy.folder import load_keras_model
+    from starqso.training.run_folder import RunFolder
 
     key = f"{name}_draw{draw}_n{budget}"
     result_file = work / "results" / f"{key}.json"
@@ -512,8 +512,8 @@ def main():
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         return bar_main(args, data, began)
 
+    from starqso.deploy.folder import load_keras_model
     from starqso.inference import default_model_dir
-    from starqso.model_files import load_keras_model
     from starqso.training.finetune import base_model_file, deployable
 
     # Predicting with a new model per cell retraces by design; tf.function's warning is noise.

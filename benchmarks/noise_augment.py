@@ -74,8 +74,8 @@ def main():
     from sklearn.metrics import f1_score, log_loss
 
     from starqso.data.arrays import ObjectArrays
-    from starqso.run_folder import RunFolder
     from starqso.training.inputs import apply_layer
+    from starqso.training.run_folder import RunFolder
     from starqso.training.stages import PhotometryHeadStage, StageContext
 
     began = time.perf_counter()

@@ -207,7 +207,7 @@ def variant_run(method_dir, out_dir, config, arrays, log):
 
 def generated_vectors(folder, scaled, test_images):
     """The run's generator on the test objects, zero noise (photometry from its own layer)."""
-    from starqso.run_folder import RunFolder
+    from starqso.training.run_folder import RunFolder
     from starqso.training.stages import generate_vectors
 
     run = RunFolder(folder)
@@ -238,7 +238,7 @@ def photometry_row(args, seed, arrays, workdir, test, log, folder="photometry_mt
     import keras
 
     from starqso.models import CutoutScaling
-    from starqso.run_folder import RunFolder
+    from starqso.training.run_folder import RunFolder
 
     method_dir = workdir / f"seed{seed}" / "seed_method"
     out_dir = workdir / f"seed{seed}" / folder
@@ -276,12 +276,12 @@ def one_seed(args, seed, arrays, workdir, log):
     plus "diagnostics" (GAN diagnostics per MTL row) and "train_seconds" (per row)."""
     import keras
 
-    from starqso.baselines import CLASSICAL, fit_classical, predict_classical
+    from starqso.evaluation.baselines import CLASSICAL, fit_classical, predict_classical
     from starqso.models import CutoutScaling
     from starqso.preprocessing.photometry import photometric_features
-    from starqso.run_folder import RunFolder
     from starqso.training import EncoderStage, FusionStage, ImageStage, fit_run
     from starqso.training.inputs import fit_photometry
+    from starqso.training.run_folder import RunFolder
 
     clock = StageClock(log)
     config = run_config(args, seed)
@@ -483,8 +483,8 @@ def real_rows(catalog, model_paths, seed):
     from sklearn.model_selection import cross_val_predict
 
     import starqso.models  # noqa: F401 - registers the classes the .keras files name
-    from starqso.baselines import CLASSICAL, TITLES, make_classical
     from starqso.evaluation import classification_metrics
+    from starqso.evaluation.baselines import CLASSICAL, TITLES, make_classical
     from starqso.preprocessing.photometry import photometric_features
 
     real = read_real(catalog)

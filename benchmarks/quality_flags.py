@@ -56,7 +56,7 @@ from starqso.inference import open_model, predict_views  # noqa: E402
 from starqso.preprocessing.morphology import ExtendedScorer, profile_features  # noqa: E402
 from starqso.preprocessing.photometry import SOFTENING  # noqa: E402
 from starqso.preprocessing.qflags import quality_bits  # noqa: E402
-from starqso.preprocessing.quality import sky_sigma  # noqa: E402
+from starqso.preprocessing.screening import sky_sigma  # noqa: E402
 from starqso.schema import QFLAG_BITS  # noqa: E402
 
 R_BINS = ((14.0, 17.0), (17.0, 18.0), (18.0, 19.0), (19.0, 20.0), (20.0, 21.0), (21.0, 23.0))
@@ -275,9 +275,9 @@ def real_report(args, point_images, point_fields):
 
 def update_model(folders, splits):
     """Write the quality reference and selection function into exported model folders."""
-    from starqso.atomic import write_json_atomically, write_text_atomically
+    from starqso._util.atomic import write_json_atomically, write_text_atomically
+    from starqso.deploy.export import SELECTION_FILE, quality_card, quality_reference
     from starqso.evaluation.metrics import selection_csv_text
-    from starqso.export import SELECTION_FILE, quality_card, quality_reference
 
     for folder in folders:
         folder = pathlib.Path(folder)

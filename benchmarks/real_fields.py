@@ -84,7 +84,7 @@ def classify(cubes, predictor, metadata, shift, name, training_fraction=None):
     p_err, and the screen's sky sigma and detection S/N (N, 5) for the analysis."""
     from starqso.inference import classify_block
     from starqso.io.sources import Block
-    from starqso.preprocessing.quality import suspect_crops
+    from starqso.preprocessing.screening import suspect_crops
 
     cubes = np.ascontiguousarray(cubes, np.float32)
     parts = []
@@ -206,7 +206,7 @@ def describe(result, frame_sigma):
     """Per row: the detection S/N, which band detects, the screen sky sigma over the frame's,
     the brightest neighbour, the light centroid, in the crop the model sees."""
     from starqso.preprocessing.photometry import sky_levels
-    from starqso.preprocessing.quality import DETECTION_SNR_OTHER, DETECTION_SNR_R
+    from starqso.preprocessing.screening import DETECTION_SNR_OTHER, DETECTION_SNR_R
 
     crops = result["crops"].astype(np.float64)
     sigma, snr = result["sigma"], result["snr"]
@@ -317,7 +317,7 @@ def medians(label, rows, info):
 def what_if(samples, called, point, qso_called, threshold):
     """Rows that a stricter detection, or no QSO call on LOW_SNR / BRIGHT_NEIGHBOUR rows,
     would change: measured on the S/N and bits this run reported, nothing re-run."""
-    from starqso.preprocessing.quality import DETECTION_SNR_OTHER, DETECTION_SNR_R
+    from starqso.preprocessing.screening import DETECTION_SNR_OTHER, DETECTION_SNR_R
 
     r_band = BANDS.index("r")
     others = [band for band in range(len(BANDS)) if band != r_band]
@@ -601,7 +601,7 @@ def main():
     p_sky = sky["p"]
     false_sky = np.flatnonzero(called["sky"])
     false_star = np.flatnonzero(called["sources"] & point)
-    from starqso.preprocessing import quality
+    from starqso.preprocessing import screening as quality
 
     lines += ["", "## The false QSOs", "",
               "Columns: the detection S/N per band (the better of the 1.5\" and 3\" apertures, "

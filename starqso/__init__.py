@@ -1,21 +1,24 @@
 """starqso: tell stars from quasars in five-band survey cutouts.
 
-The package follows one object from files to p(QSO):
+The package follows one object from files to p(QSO); imports point down this list
+(docs/layout.md draws the tree):
 
-* :mod:`starqso.schema`: the data model's constants (bands, pixel scale, spectral grid, labels).
-* :mod:`starqso.io`: readers and writers of cutouts, spectra and catalogues (no TensorFlow).
-* :mod:`starqso.simulate`: the sky simulator, SDSS-like spectra and cutouts from real data.
-* :mod:`starqso.preprocessing`: NumPy-only crops, spectrum resampling, scaling statistics,
-  aperture photometry, and :func:`~starqso.preprocessing.objects.prepare_object`.
-* :mod:`starqso.data`: :class:`~starqso.data.ObjectArrays` (catalogue or simulation as
-  arrays), stratified splits, ``tf.data`` datasets.
+* :mod:`starqso.schema`, :mod:`starqso.errors`, :mod:`starqso.probability`: the data model's
+  constants, ``InputError``, the logit arithmetic.
+* :mod:`starqso.io`: readers and writers of cutouts, spectra, catalogues, input layouts and the
+  embeddings table (no TensorFlow). :mod:`starqso.simulate`: the sky simulator.
+* :mod:`starqso.preprocessing`: NumPy-only crops, source screening, quality bits, spectrum
+  resampling, scaling statistics, aperture photometry, ``prepare_object``.
+* :mod:`starqso.data`: :class:`~starqso.data.ObjectArrays`, stratified splits, ``tf.data``.
 * :mod:`starqso.models`: the Keras models and in-graph preprocessing layers.
-* :mod:`starqso.training`: the stages, their runner, ``fit``; :mod:`starqso.run_folder` owns
-  the run folder.
-* :mod:`starqso.export`, :mod:`starqso.inference`, :mod:`starqso.evaluation`,
-  :mod:`starqso.baselines`: export and checks, ``predict``, ``evaluate``, the classical peers.
-* :mod:`starqso.config`, :mod:`starqso.model_files`, :mod:`starqso.atomic`,
-  :mod:`starqso.cli`: run configuration, model-file checks, atomic writes, the command line.
+* :mod:`starqso.deploy`: the export (SavedModel, TFLite, checks, model card) and the export
+  folder (layout, metadata, file checks, safe loading).
+* :mod:`starqso.training`: the stages, their runner, ``fit``, ``finetune``, the run folder.
+* :mod:`starqso.inference`: the per-row core, ``predict`` (one process or Dask).
+* :mod:`starqso.discovery`: ``embed``, the neighbour index, outliers, clusters.
+* :mod:`starqso.evaluation`: ``evaluate``, metrics, plots, the classical baselines.
+* :mod:`starqso.config`: the run configuration; :mod:`starqso._util`: atomic writes, locks,
+  extras, ownership; :mod:`starqso.cli`: the command line (``python -m starqso``).
 * :func:`load` and :class:`Classifier` (:mod:`starqso.api`): the Python API for notebooks,
   NumPy cutouts in, an astropy table of predictions out.
 """

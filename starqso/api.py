@@ -30,8 +30,9 @@ import warnings
 import numpy as np
 from astropy.table import Table
 
+from starqso._util.extras import missing_module
+from starqso.deploy.folder import RUNTIME_FILES, file_sha256
 from starqso.errors import InputError
-from starqso.extras import missing_module
 from starqso.inference import (
     EBV_NONE,
     OUTPUT_COLUMNS,
@@ -44,7 +45,6 @@ from starqso.inference import (
     provenance,
 )
 from starqso.io.sources import Block
-from starqso.model_files import RUNTIME_FILES, file_sha256
 from starqso.schema import NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
 __all__ = ["Classifier", "load"]

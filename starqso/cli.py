@@ -315,7 +315,7 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
     Writes every model (.keras), config.yaml, preprocessing statistics, metrics.json and
     history.json into the run folder, with a one-line validation summary per stage.
     """
-    from starqso.extras import require_tensorflow
+    from starqso._util.extras import require_tensorflow
 
     require_tensorflow("starqso fit")
     from starqso.config import get_preset, load_config
@@ -376,12 +376,12 @@ def finetune(data, model_dir, out_dir, trainable, lr_decay, learning_rate, epoch
     --model OUT/export` defaults to your labels' QSO fraction as the prior.
     The validation metrics before and after are in OUT/finetune.json and the model card.
     """
-    from starqso.extras import require_tensorflow
+    from starqso._util.extras import require_tensorflow
 
     require_tensorflow("starqso finetune")
-    from starqso.ownership import output_folder, writes_output
+    from starqso._util.ownership import output_folder, writes_output
 
-    # --out must be new, empty or a finetune run (see starqso.ownership), and one run at a
+    # --out must be new, empty or a finetune run (see starqso._util.ownership), and one run at a
     # time writes it (a multi-worker run's other workers never touch it).
     claim = output_folder(out_dir, "finetune", mark=True) if writes_output(strategy) \
         else contextlib.nullcontext()
@@ -407,11 +407,11 @@ def export(run_dir, out_dir):
     temperature, the decision threshold chosen on validation (best macro-F1), the training
     QSO fraction and the default prior of `starqso predict`.
     """
-    from starqso.extras import require_tensorflow
+    from starqso._util.extras import require_tensorflow
 
     require_tensorflow("starqso export")
     with _native_stderr_filtered():
-        from starqso.export import export_run
+        from starqso.deploy.export import export_run
 
         export_run(run_dir, out_dir, log=click.echo)
 
@@ -487,7 +487,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     blank, negative or above 10 is not classified, with a flag. The output appears only when
     complete; an interrupted run continues with --resume.
     """
-    from starqso.extras import missing_module
+    from starqso._util.extras import missing_module
     from starqso.inference import parse_ebv
 
     ebv = parse_ebv(ebv)  # a bad value is one line before anything is opened
@@ -516,7 +516,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     with _native_stderr_filtered(), _LazyProgress(None, "classifying") as progress:
         log = lambda line: click.echo(line, err=True)  # noqa: E731
         if dataset:
-            from starqso.scale import DEFAULT_PARTITION_ROWS, predict_dataset
+            from starqso.inference.dask import DEFAULT_PARTITION_ROWS, predict_dataset
 
             summary = predict_dataset(
                 catalog, output, model_dir=model_dir, runtime=runtime, batch_size=batch_size,
@@ -594,7 +594,7 @@ def embed(catalog, output, model_dir, batch_size, prior, id_column, ebv):
     metric-learning head (fit with model.metric_loss), metric_00.... Rows that cannot be
     classified have empty embeddings and say why in flag. Needs TensorFlow (the Keras model).
     """
-    from starqso.embedding import embed_catalog
+    from starqso.discovery.embed import embed_catalog
     from starqso.inference import parse_ebv
 
     ebv = parse_ebv(ebv)
@@ -635,14 +635,14 @@ def similar(query, index_path, k, space, metric, method, model_dir, output):
     Prints, per query, its K nearest rows of the embeddings file, nearest first: rank, id,
     distance, p_qso, label and outlier score.
     """
-    from starqso.explore import find_similar, similar_csv_text
+    from starqso.discovery.explore import find_similar, similar_csv_text
 
     with _native_stderr_filtered():
         results = find_similar(query, index_path, k=k, space=space, metric=metric,
                                method=method, model_dir=model_dir,
                                log=lambda line: click.echo(line, err=True), output=output)
     if output is not None:
-        from starqso.atomic import write_text_atomically
+        from starqso._util.atomic import write_text_atomically
 
         write_text_atomically(output, similar_csv_text(results))
     shown_query = None
@@ -679,7 +679,7 @@ def cluster(embeddings, out_dir, space, n_clusters, bags, seed):
     against the model's labels) and clusters.png (the PCA projection coloured by cluster and
     by label).
     """
-    from starqso.explore import cluster_file
+    from starqso.discovery.explore import cluster_file
 
     if n_clusters == "auto":
         n_clusters = None

@@ -67,7 +67,7 @@ def evidence_weight(snr, limits=None) -> np.ndarray:
 
     Args:
         snr: (N,) S/N, the five bands' combined aperture S/N as the source check measures
-            it (:func:`starqso.preprocessing.quality.combined_snr`).
+            it (:func:`starqso.preprocessing.screening.combined_snr`).
         limits: ``(low, high)``; :data:`starqso.schema.EVIDENCE_SNR` when None.
 
     Returns:

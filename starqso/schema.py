@@ -339,7 +339,7 @@ P_QSO_ERR_COLUMN = "p_qso_err"
 QFLAG_LOW_SNR = 10.0
 # How much a cutout's own light counts as evidence (starqso.probability.evidence_weight): none
 # at the source check's combined detection limit (S/N 5 in the five bands together,
-# starqso.preprocessing.quality.combined_snr) and below, all of it from S/N 7, linearly in
+# starqso.preprocessing.screening.combined_snr) and below, all of it from S/N 7, linearly in
 # between. Just above the limit noise, a neighbour's wing or an artefact can give any colour,
 # so p(QSO) there leans on the prior instead of the network; a wider ramp costs faint QSOs that
 # the network does tell from stars (the choice is measured in

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from starqso.atomic import (
+from starqso._util.atomic import (
     atomic_path,
     replace_folder,
     write_bytes_atomically,

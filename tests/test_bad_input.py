@@ -399,7 +399,7 @@ BAD_MODEL_FOLDERS = {
 @pytest.mark.parametrize("case", sorted(BAD_MODEL_FOLDERS))
 def test_bad_model_folder_is_refused_before_tensorflow_work(case, survey, tmp_path,
                                                             monkeypatch):
-    import starqso.model_files
+    import starqso.deploy.folder
 
     damage, runtime, fragment = BAD_MODEL_FOLDERS[case]
     folder = _model_copy(tmp_path)
@@ -408,7 +408,7 @@ def test_bad_model_folder_is_refused_before_tensorflow_work(case, survey, tmp_pa
     def no_keras_loading(path):
         raise AssertionError("keras loading was reached before the folder was checked")
 
-    monkeypatch.setattr(starqso.model_files, "load_keras_model", no_keras_loading)
+    monkeypatch.setattr(starqso.deploy.folder, "load_keras_model", no_keras_loading)
     result = CliRunner().invoke(main, [
         "predict", str(survey / "catalog.csv"), "--model", str(folder), "--runtime", runtime,
         "--output", str(tmp_path / "p.csv")])
@@ -438,8 +438,8 @@ def _lambda_model_file(path):
 
 def test_lambda_layer_is_refused_by_the_check_and_by_keras_safe_mode(survey, tmp_path,
                                                                        monkeypatch):
-    import starqso.model_files
-    from starqso.model_files import load_keras_model
+    import starqso.deploy.folder
+    from starqso.deploy.folder import load_keras_model
 
     folder = _model_copy(tmp_path)
     _lambda_model_file(folder / "starqso_classifier.keras")
@@ -450,7 +450,7 @@ def test_lambda_layer_is_refused_by_the_check_and_by_keras_safe_mode(survey, tmp
     # A plain Keras model (built-in layers and activation functions) passes the check.
     import keras
 
-    from starqso.model_files import check_keras_file
+    from starqso.deploy.folder import check_keras_file
 
     inputs = keras.Input((4,))
     plain = keras.Model(inputs, keras.layers.Dense(2, activation=keras.activations.gelu)(inputs))
@@ -459,7 +459,7 @@ def test_lambda_layer_is_refused_by_the_check_and_by_keras_safe_mode(survey, tmp
         plain.save(tmp_path / "plain.keras")
     assert check_keras_file(tmp_path / "plain.keras")["keras_version"].startswith("3.")
     # Second line of defence: without starqso's own check, Keras' safe mode still refuses.
-    monkeypatch.setattr(starqso.model_files, "check_keras_file", lambda path: {})
+    monkeypatch.setattr(starqso.deploy.folder, "check_keras_file", lambda path: {})
     with pytest.raises(InputError, match="could not be loaded safely.*[Ll]ambda"):
         load_keras_model(folder / "starqso_classifier.keras")
 

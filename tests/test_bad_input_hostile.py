@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import cli_error_line, folder_tree, simulated_survey
 
+from starqso._util.ownership import MARKER
 from starqso.cli import main
-from starqso.ownership import MARKER
 
 
 def _invoke(*args):
@@ -99,7 +99,7 @@ def test_simulate_never_writes_into_a_linked_images_folder(tmp_path):
 
 # --- a folder another run is writing is reported as busy ----------------------------------------
 def test_a_folder_another_run_is_making_is_reported_as_busy(tmp_path):
-    from starqso.locking import exclusive_lock
+    from starqso._util.locking import exclusive_lock
 
     out = tmp_path / "sim"
     out.mkdir()

@@ -69,13 +69,13 @@ def _snapshot(folder):
 
 def _count_rows(monkeypatch):
     """Count the blocks predict classifies (none may be before a refusal)."""
-    real, calls = starqso.inference._prepare_block, []
+    real, calls = starqso.inference.classify._prepare_block, []
 
     def prepare_block(block, size, *rest):
         calls.append(len(block.ids))
         return real(block, size, *rest)
 
-    monkeypatch.setattr(starqso.inference, "_prepare_block", prepare_block)
+    monkeypatch.setattr(starqso.inference.classify, "_prepare_block", prepare_block)
     return calls
 
 
@@ -299,7 +299,7 @@ def test_resume_strict_stop_at_a_resumed_row_keeps_the_partial(sim, tmp_path, mo
     output = tmp_path / "p.csv"
     args = (catalog, "--output", output, "--batch-size", "2")
     # Interrupt after the first batch: rows 1-2 are in the partial file.
-    real, calls = starqso.inference._prepare_block, []
+    real, calls = starqso.inference.classify._prepare_block, []
 
     def interrupted(block, size, *rest):
         calls.append(1)
@@ -307,9 +307,9 @@ def test_resume_strict_stop_at_a_resumed_row_keeps_the_partial(sim, tmp_path, mo
             raise KeyboardInterrupt
         return real(block, size, *rest)
 
-    monkeypatch.setattr(starqso.inference, "_prepare_block", interrupted)
+    monkeypatch.setattr(starqso.inference.classify, "_prepare_block", interrupted)
     assert _predict(*args).exit_code == 130
-    monkeypatch.setattr(starqso.inference, "_prepare_block", real)
+    monkeypatch.setattr(starqso.inference.classify, "_prepare_block", real)
     partial = tmp_path / ".p.csv.partial"
     kept = {path.name: path.read_bytes() for path in tmp_path.glob(".p.csv.partial*")}
     assert len(kept) == 2 and len(_rows(partial)) == 2

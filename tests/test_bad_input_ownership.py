@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import cli_error_line, folder_tree
 
+from starqso._util.ownership import MARKER
 from starqso.cli import main
-from starqso.ownership import MARKER
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRUTH = "id,label\na,STAR\nb,STAR\nc,QSO\nd,QSO\n"
@@ -180,7 +180,7 @@ def test_simulate_negative_seed_is_one_line_and_makes_nothing(tmp_path):
 # --- item 14: one writer per output folder -----------------------------------------------------
 @pytest.mark.parametrize("command", ["evaluate", "cluster", "finetune", "simulate"])
 def test_a_second_writer_of_a_folder_is_refused(command, scored, embeddings):
-    from starqso.locking import exclusive_lock
+    from starqso._util.locking import exclusive_lock
 
     out = scored / "out"
     with exclusive_lock(out):  # another run holds the folder

@@ -38,7 +38,7 @@ def _rows(path):
 
 
 def test_strict_json_names_the_repeated_key_at_any_depth():
-    from starqso.jsonfile import DuplicateKeyError, loads
+    from starqso._util.jsonfile import DuplicateKeyError, loads
 
     assert loads('{"a": 1, "b": {"c": [1, {"d": 2}]}}', "x.json") == {
         "a": 1, "b": {"c": [1, {"d": 2}]}}
@@ -93,7 +93,7 @@ def _hot_pixel_folder(survey, folder):
     """Blank sky with the survey's noise, plus one hot pixel at the centre; and the survey's
     own cutouts (real simulated stars and QSOs) beside them."""
     from starqso.io import read_cutout, write_cutout
-    from starqso.preprocessing.quality import sky_sigma
+    from starqso.preprocessing.screening import sky_sigma
 
     folder.mkdir()
     real = sorted((survey / "images").glob("*.fits"))

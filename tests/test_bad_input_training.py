@@ -65,7 +65,7 @@ def test_finetune_leaves_out_blank_sky_rows_and_lists_them_as_predict_flags_them
         # The reason predict gives for the same row, word for word.
         assert "no source detected" in row["flag"]
         assert predict_flags[row["id"]] in row["flag"]
-    from starqso.run_folder import RunFolder
+    from starqso.training.run_folder import RunFolder
 
     split = RunFolder(out).split()
     assert not set(blank_ids) & {ident for ids in split.values() for ident in ids}

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from starqso.baselines import CLASSICAL, fit_classical, make_classical, predict_classical
 from starqso.data import ObjectArrays
 from starqso.errors import InputError
+from starqso.evaluation.baselines import CLASSICAL, fit_classical, make_classical, predict_classical
 from starqso.preprocessing.photometry import (
     FEATURE_NAMES,
     aperture_fluxes,

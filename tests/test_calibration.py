@@ -7,8 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from starqso.errors import InputError
-from starqso.export import (
+from starqso.deploy.export import (
     THRESHOLD_GRID,
     calibrate,
     choose_threshold,
@@ -16,6 +15,7 @@ from starqso.export import (
     fit_temperature,
     write_saved_model,
 )
+from starqso.errors import InputError
 from starqso.inference import (
     LiteRTPredictor,
     apply_prior,
@@ -90,7 +90,7 @@ def test_calibrated_model_config_keras_saved_model_and_tflite(deployable, tmp_pa
     assert type(reloaded) is CalibratedClassifier and reloaded.temperature == 1.8
     np.testing.assert_allclose(np.asarray(reloaded({"image": CUTOUTS})), calibrated,
                                rtol=1e-6, atol=1e-6)
-    from starqso.model_files import check_keras_file
+    from starqso.deploy.folder import check_keras_file
 
     check_keras_file(tmp_path / "calibrated.keras")  # starqso's own pre-load check passes
     write_saved_model(model, tmp_path / "saved_model")
@@ -241,7 +241,7 @@ def test_classify_block_hands_back_the_other_outputs_of_its_classified_rows(tta)
 
 
 def test_metadata_keys_are_checked(tmp_path):
-    from starqso.model_files import _check_metadata
+    from starqso.deploy.folder import _check_metadata
 
     good = {"bands": "ugriz", "units": "nanomaggy", "layout": "NHWC",
             "class_names": ["STAR", "QSO"], "input_shape": [None, 16, 16, 5],

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from helpers import assert_one_line_error
 
-from starqso import discovery
 from starqso.discovery import (
     NeighbourIndex,
     average_precision_at_r,
@@ -17,6 +16,7 @@ from starqso.discovery import (
     precision_at_k,
     voting_clusters,
 )
+from starqso.discovery import index as discovery
 from starqso.errors import InputError
 
 

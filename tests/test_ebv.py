@@ -149,7 +149,7 @@ def test_a_row_with_a_bad_ebv_is_flagged_and_the_others_are_not_touched(tmp_path
 def test_embed_rows_given_a_path_reads_the_ebv_column_when_asked(tmp_path):
     # embed_rows opened its own source with the column off whatever --ebv said, so
     # ebv="column" on a path was refused as "no ebv column".
-    from starqso.embedding import Embedder, embed_rows
+    from starqso.discovery.embed import Embedder, embed_rows
 
     path = _stack(tmp_path, "column", [_reddened(_point(0))], ebv=[EBV])
     table = embed_rows(path, Embedder(None), ebv="column")

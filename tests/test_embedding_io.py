@@ -354,9 +354,9 @@ def test_duplicate_ids(tmp_path, fmt, monkeypatch):
 
 
 def test_parquet_without_pyarrow(tmp_path, monkeypatch):
-    import starqso.extras
+    import starqso._util.extras
 
-    monkeypatch.setattr(starqso.extras, "missing_module",
+    monkeypatch.setattr(starqso._util.extras, "missing_module",
                         lambda *names: "pyarrow" if "pyarrow" in names else None)
     path = tmp_path / "embeddings.parquet"
     with pytest.raises(InputError) as excinfo:

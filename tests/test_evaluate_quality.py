@@ -15,6 +15,7 @@ from astropy.table import Table
 from click.testing import CliRunner
 from helpers import assert_one_line_error, cli_error_line
 
+from starqso._util.ownership import MARKER
 from starqso.cli import main
 from starqso.errors import InputError
 from starqso.evaluation import (
@@ -31,7 +32,6 @@ from starqso.evaluation import (
     selection_function,
     wilson_interval,
 )
-from starqso.ownership import MARKER
 from starqso.schema import QFLAG_BITS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -273,7 +273,7 @@ def test_evaluate_reports_flagged_and_unflagged_error_rates(files):
     assert reloaded.index("REPAIRED (2)") < reloaded.index("EXTENDED (4)")
     for name in PLOT_FILES:
         assert (out / name).stat().st_size > 0, name
-    # The folder's starqso.ownership marker is one of the files evaluate wrote.
+    # The folder's starqso._util.ownership marker is one of the files evaluate wrote.
     assert sorted(metrics["files"]) == sorted(["metrics.json", *PLOT_FILES, MARKER])
 
     lenient = evaluate_predictions(predictions, truth, out, threshold=0.25)

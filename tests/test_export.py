@@ -38,7 +38,7 @@ def catalogue(tmp_path_factory):
 
 def test_fit_exports_every_format_with_checks(run):
     # Every model file's SHA-256 is in metadata.json (predict checks the one it loads).
-    from starqso.model_files import file_sha256
+    from starqso.deploy.folder import file_sha256
 
     metadata = json.loads((run / "export" / "metadata.json").read_text())
     assert set(metadata["sha256"]) == {"starqso_classifier.keras", "model_fp32.tflite",
@@ -200,10 +200,10 @@ def _predict(catalogue, model, output, *options):
 
 
 def test_export_calibrates_on_the_validation_split_and_records_it(run):
-    from starqso.export import calibrate, choose_threshold, fit_temperature, split_objects
-    from starqso.model_files import load_keras_model
+    from starqso.deploy.export import calibrate, choose_threshold, fit_temperature, split_objects
+    from starqso.deploy.folder import load_keras_model
     from starqso.models import CalibratedClassifier, StarQSOClassifier
-    from starqso.run_folder import RunFolder
+    from starqso.training.run_folder import RunFolder
 
     export = run / "export"
     metadata = json.loads((export / "metadata.json").read_text())

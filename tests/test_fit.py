@@ -138,7 +138,7 @@ def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
 
 def test_resume_reads_a_config_from_before_the_photometry_key_as_without(tmp_path):
     from starqso.config import get_preset
-    from starqso.run_folder import RunFolder
+    from starqso.training.run_folder import RunFolder
 
     folder = RunFolder(tmp_path)
     folder.save_config(get_preset("tiny"))
@@ -153,8 +153,8 @@ def test_stages_run_alone_and_a_variant_reuses_another_runs_stages(tmp_path):
     """The stage API the benchmarks use: reuse completed stages, run extra stage variants."""
     from starqso.config import get_preset
     from starqso.data.arrays import ObjectArrays
-    from starqso.run_folder import RunFolder
     from starqso.training import EncoderStage, FusionStage, fit_run
+    from starqso.training.run_folder import RunFolder
 
     config = get_preset("tiny")
     arrays = ObjectArrays.from_simulation(config.data.num_objects, 0,
@@ -185,7 +185,7 @@ def test_run_folder_refuses_to_adopt_an_incomplete_stage(tmp_path):
     import pytest
 
     from starqso.errors import InputError
-    from starqso.run_folder import RunFolder
+    from starqso.training.run_folder import RunFolder
 
     other = RunFolder(tmp_path / "other")
     other.root.mkdir()
@@ -197,7 +197,7 @@ def test_run_folder_refuses_to_adopt_an_incomplete_stage(tmp_path):
 
 
 def test_noisier_cutouts_scale_the_sky_sigma_within_the_range():
-    from starqso.preprocessing.quality import sky_sigma
+    from starqso.preprocessing.screening import sky_sigma
     from starqso.training.inputs import noisier_cutouts
 
     rng = np.random.default_rng(1)

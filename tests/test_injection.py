@@ -257,8 +257,8 @@ def test_fit_arrays_follow_the_reddening_config():
 
 def test_a_folder_of_sky_files_and_resume_keep_the_same_backgrounds(tmp_path):
     from starqso.config import get_preset
-    from starqso.run_folder import RunFolder
     from starqso.training.fit import _sky_backgrounds
+    from starqso.training.run_folder import RunFolder
 
     folder = tmp_path / "skies"
     folder.mkdir()

@@ -727,7 +727,7 @@ def test_provenance_in_every_output(survey, tmp_path):
 
 def test_embed_reads_every_layout_as_the_catalogue(survey, tmp_path):
     """`starqso embed` rows come from the same reader: one embedder, every layout."""
-    from starqso.embedding import Embedder, embed_rows
+    from starqso.discovery.embed import Embedder, embed_rows
 
     embedder = Embedder(None, prior=0.3)
     reference = embed_rows(survey["folder"] / "catalog.csv", embedder)

@@ -22,7 +22,7 @@ from astropy.io import fits
 from astropy.table import Table
 from helpers import assert_one_line_error
 
-from starqso import atomic
+from starqso._util import atomic
 from starqso.errors import InputError
 from starqso.io import read_catalog, read_cutout, write_catalog, write_cutout
 from starqso.io.cutouts import MAX_CUTOUT_VALUES

@@ -147,7 +147,7 @@ def test_keras_runtime_names_the_train_extra_and_litert(light, survey):
 
 
 def test_require_survey_names_the_survey_extra():
-    from starqso.extras import require_survey
+    from starqso._util.extras import require_survey
 
     require_survey("--scheduler", "json")  # present: nothing happens
     with pytest.raises(InputError) as excinfo:

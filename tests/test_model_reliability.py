@@ -23,15 +23,15 @@ from click.testing import CliRunner
 from helpers import cli_error_line, rewrite_metadata, simulated_survey
 
 from starqso.cli import NATIVE_NOISE, main
-from starqso.errors import InputError
-from starqso.inference import default_model_dir
-from starqso.model_files import (
+from starqso.deploy.folder import (
     MAX_JSON_BYTES,
     STARQSO_CLASSES,
     _read_capped,
     check_keras_file,
     check_model_dir,
 )
+from starqso.errors import InputError
+from starqso.inference import default_model_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CUTOUT = 40  # the shipped model crops 32x32 from it
@@ -163,7 +163,7 @@ BAD_MODEL_FOLDERS = {
 @pytest.mark.parametrize("case", sorted(BAD_MODEL_FOLDERS))
 def test_bad_model_folder_is_one_line_before_tensorflow_work(case, survey, tmp_path,
                                                              monkeypatch):
-    import starqso.model_files
+    import starqso.deploy.folder
 
     damage, runtime, fragments = BAD_MODEL_FOLDERS[case]
     folder = _model_copy(tmp_path)
@@ -172,7 +172,7 @@ def test_bad_model_folder_is_one_line_before_tensorflow_work(case, survey, tmp_p
     def no_keras_loading(*args, **kwargs):
         raise AssertionError("keras loading was reached before the folder was checked")
 
-    monkeypatch.setattr(starqso.model_files, "load_keras_model", no_keras_loading)
+    monkeypatch.setattr(starqso.deploy.folder, "load_keras_model", no_keras_loading)
     start = time.perf_counter()
     result = CliRunner().invoke(main, [
         "predict", str(survey / "catalog.csv"), "--model", str(folder), "--runtime", runtime,
@@ -219,7 +219,7 @@ def test_registered_class_list_matches_what_starqso_registers():
 
 
 def test_shipped_models_carry_checksums_and_pass():
-    from starqso.model_files import file_sha256
+    from starqso.deploy.folder import file_sha256
 
     for folder in (default_model_dir(), ROOT / "saved_models" / "starqso-large" / "export"):
         metadata = json.loads((folder / "metadata.json").read_text())

@@ -145,7 +145,7 @@ def test_a_no_data_pixel_at_the_object_is_flagged_in_both_runtimes(runtime, surv
 
 @pytest.mark.parametrize("runtime", ["litert", "keras"])
 def test_a_non_finite_model_output_is_a_flagged_row(runtime, survey, tmp_path, monkeypatch):
-    real = starqso.inference._checked_predictor
+    real = starqso.inference.predict._checked_predictor
 
     def nan_for_the_second_row(model_dir, runtime):
         predictor = real(model_dir, runtime)
@@ -156,7 +156,7 @@ def test_a_non_finite_model_output_is_a_flagged_row(runtime, survey, tmp_path, m
             return p
         return predict
 
-    monkeypatch.setattr(starqso.inference, "_checked_predictor", nan_for_the_second_row)
+    monkeypatch.setattr(starqso.inference.predict, "_checked_predictor", nan_for_the_second_row)
     images = survey / "images"
     catalog = _catalog(tmp_path / "catalog.csv", [(f"r{i}", str(images / f"sim-00000{i}.fits"))
                                                   for i in range(3)])
@@ -202,13 +202,13 @@ def test_quantised_data_keep_their_sky_noise(good_cube):
 
 
 def test_a_locked_output_is_refused_naming_the_owner(survey, tmp_path, monkeypatch):
-    import starqso.locking
-    from starqso.locking import exclusive_lock, lock_path
+    import starqso._util.locking
+    from starqso._util.locking import exclusive_lock, lock_path
 
     output = tmp_path / "p.csv"
     for fallback in (False, True):
         if fallback:  # no fcntl (Windows): an O_EXCL lock file with the owner's pid
-            monkeypatch.setattr(starqso.locking, "fcntl", None)
+            monkeypatch.setattr(starqso._util.locking, "fcntl", None)
         with exclusive_lock(output):
             for extra in ([], ["--resume"]):
                 result = _predict(survey / "catalog.csv", "--output", output, *extra)
@@ -265,7 +265,7 @@ def test_two_processes_on_one_output_cannot_mix_rows(survey, tmp_path):
 
 def _interrupted(monkeypatch, *args, after_batches=1):
     """A predict interrupted (Ctrl-C) after its first batch(es): the partial file stays."""
-    real, calls = starqso.inference._prepare_block, []
+    real, calls = starqso.inference.classify._prepare_block, []
 
     def prepare_block(block, size, *rest):
         calls.append(1)
@@ -273,9 +273,9 @@ def _interrupted(monkeypatch, *args, after_batches=1):
             raise KeyboardInterrupt
         return real(block, size, *rest)
 
-    monkeypatch.setattr(starqso.inference, "_prepare_block", prepare_block)
+    monkeypatch.setattr(starqso.inference.classify, "_prepare_block", prepare_block)
     result = _predict(*args)
-    monkeypatch.setattr(starqso.inference, "_prepare_block", real)
+    monkeypatch.setattr(starqso.inference.classify, "_prepare_block", real)
     assert result.exit_code == 130, result.output
     return result
 

@@ -84,7 +84,7 @@ def _crowded(flux, seed, neighbours=3):
 
 
 def test_the_sky_of_the_source_check_ignores_bright_neighbours():
-    from starqso.preprocessing.quality import sky_background, sky_sigma
+    from starqso.preprocessing.screening import sky_background, sky_sigma
 
     # Three r ~ 16-17 stars in the annulus: the border's MAD sigma doubles or more; the
     # masked, clipped annulus stays within 20% of the true sky (measured: at most 16%).
@@ -107,7 +107,7 @@ def test_predict_classifies_a_star_beside_bright_neighbours(tmp_path):
 def test_a_faint_r_only_blip_on_blank_sky_is_refused(tmp_path):
     # Blank sky with an r-only blip of aperture S/N ~3.5 (nothing in u and g): at 3 sigma in r
     # it passed the source check and the network read it as a g-dropout, a high-z QSO.
-    from starqso.preprocessing.quality import suspect_crops
+    from starqso.preprocessing.screening import suspect_crops
 
     blips = [_point(np.array([0.0, 0.0, 0.37, 0.0, 0.0]), seed=200 + seed)
              for seed in range(80)]
@@ -141,7 +141,7 @@ def test_evidence_weight_and_temper_lean_on_the_prior_near_the_detection_limit()
 def test_predict_gives_a_source_at_the_detection_limit_about_the_prior(tmp_path):
     # A faint source's colours are noise-dominated; a confident p(QSO) there was how blank
     # real sky and neighbour wings became QSOs. At S/N just above the limit p is the prior.
-    from starqso.preprocessing.quality import combined_snr, suspect_crops
+    from starqso.preprocessing.screening import combined_snr, suspect_crops
     from starqso.schema import EVIDENCE_SNR
 
     faint = np.stack([_point(np.array([0.0, 0.1, 0.72, 0.5, 0.2]), seed=400 + seed)
@@ -163,7 +163,7 @@ def test_a_source_under_every_bands_limit_is_detected_by_its_bands_together():
     # A faint source under a noisier sky: S/N about 2.5 in each of g, r, i and z, under the
     # 4-in-r and 5-elsewhere limits, was refused as "no source detected"; the five bands
     # together (a chi-square detection) reach about 5. Blank sky stays refused.
-    from starqso.preprocessing.quality import combined_snr, suspect_crops
+    from starqso.preprocessing.screening import combined_snr, suspect_crops
 
     faint = np.stack([_point(np.array([0.0, 0.37, 0.6, 0.97, 3.4]), seed=500 + seed)
                       for seed in range(40)])

@@ -228,10 +228,10 @@ def test_skies_bands_by_filter_card_else_order(tmp_path):
 
 
 def test_skies_without_photutils_names_the_extra(made, tmp_path, monkeypatch):
-    import starqso.extras
+    import starqso._util.extras
 
-    real = starqso.extras.missing_module
-    monkeypatch.setattr(starqso.extras, "missing_module",
+    real = starqso._util.extras.missing_module
+    monkeypatch.setattr(starqso._util.extras, "missing_module",
                         lambda *names: "photutils" if "photutils" in names else real(*names))
     cli_error_line(run(made[0], "--out", tmp_path / "s.npz"), "needs photutils",
                    'pip install "starqso[train]"')

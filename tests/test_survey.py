@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from helpers import assert_one_line_error, cli_error_line, rewrite_metadata, simulated_survey
 
 from starqso.cli import main
+from starqso.deploy.folder import check_model_dir, model_survey
 from starqso.errors import InputError
 from starqso.inference import default_model_dir
 from starqso.io import read_band_cutout, read_cutout
-from starqso.model_files import check_model_dir, model_survey
 from starqso.schema import (
     BANDS,
     BUNIT,

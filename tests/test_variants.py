@@ -211,7 +211,7 @@ def test_finetuning_a_hybrid_model_trains_its_whole_trunk_as_one_block():
         FusionClassifier,
         StarQSOClassifier,
     )
-    from starqso.models.finetune import trainable_blocks
+    from starqso.models.fine_tuner import trainable_blocks
 
     classifier = StarQSOClassifier(
         CutoutScaling([0.03] * 5, [0.0] * 5, [1.0] * 5),

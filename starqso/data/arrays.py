@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from starqso.atomic import atomic_path
+from starqso._util.atomic import atomic_path
 from starqso.errors import InputError
 from starqso.io.catalog import read_catalog, resolve_path
 from starqso.io.cutouts import read_cutout
@@ -438,7 +438,7 @@ class ObjectArrays:
         Raises:
             InputError: the file is missing or not an ``.npz`` file of :meth:`save`.
         """
-        from starqso.model_files import read_npz
+        from starqso.deploy.folder import read_npz
 
         path = os.fspath(path)
         # read_npz checks each array's declared size before allocating it.

@@ -40,7 +40,7 @@ def recorded_threshold(predictions_path):
     """
     import pathlib
 
-    from starqso.jsonfile import DuplicateKeyError, loads
+    from starqso._util.jsonfile import DuplicateKeyError, loads
 
     path = pathlib.Path(predictions_path)
     if _is_parquet(path):
@@ -92,7 +92,7 @@ def _parquet_record(path) -> dict:
     the ``starqso`` key-value metadata of a file; {} when there is none."""
     import pathlib
 
-    from starqso.jsonfile import DuplicateKeyError, loads
+    from starqso._util.jsonfile import DuplicateKeyError, loads
 
     path = pathlib.Path(path)
     try:
@@ -126,7 +126,7 @@ def read_parquet_predictions(path):
 
     from astropy.table import Table
 
-    from starqso.extras import require_survey
+    from starqso._util.extras import require_survey
 
     require_survey("reading Parquet predictions", "pyarrow")
     import pathlib

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from starqso.atomic import write_bytes_atomically
+from starqso._util.atomic import write_bytes_atomically
 from starqso.schema import CLASS_NAMES
 
 PLOT_FILES = ("confusion_matrix.png", "roc.png", "precision_recall.png",
@@ -29,7 +29,7 @@ PLOT_FILES = ("confusion_matrix.png", "roc.png", "precision_recall.png",
 
 
 def _save(figure, path: str) -> None:
-    # Rendered in memory, then written by starqso.atomic's temp-file-and-rename, so a
+    # Rendered in memory, then written by starqso._util.atomic's temp-file-and-rename, so a
     # reader never sees half a PNG and the umask applies as for a plain open().
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)

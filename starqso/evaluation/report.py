@@ -12,7 +12,9 @@ import os
 
 import numpy as np
 
-from starqso.atomic import replace_folder, write_json_atomically
+from starqso._util.atomic import replace_folder, write_json_atomically
+from starqso._util.jsonfile import read_json
+from starqso._util.ownership import MARKER
 from starqso.errors import InputError
 from starqso.evaluation.join import join_predictions
 from starqso.evaluation.metrics import (
@@ -24,8 +26,6 @@ from starqso.evaluation.metrics import (
     reliability_bins,
 )
 from starqso.evaluation.plots import PLOT_FILES, write_plots
-from starqso.jsonfile import read_json
-from starqso.ownership import MARKER
 
 #: The names ``evaluate`` writes into ``--out``: the only entries a folder it replaces may hold.
 OUTPUT_FILES = ("metrics.json", *PLOT_FILES)
@@ -107,7 +107,7 @@ def check_output_folder(out_dir) -> str:
     if os.path.lexists(destination):
         raise InputError(f"output folder could not be made (a file of that name exists): "
                          f"{out}")
-    # Its parent is made under the lock (starqso.ownership.output_folder), and removed
+    # Its parent is made under the lock (starqso._util.ownership.output_folder), and removed
     # again should the evaluation fail.
     return destination
 
@@ -119,10 +119,10 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     Writes ``out_dir`` as a whole: ``metrics.json``, ``confusion_matrix.png``, ``roc.png``,
     ``precision_recall.png``, ``reliability.png``, and ``completeness_purity_r.png`` /
     ``completeness_purity_redshift.png`` when the truth catalogue has ``r`` / ``redshift``
-    values for the evaluated rows, and the marker of :mod:`starqso.ownership`. Everything is
+    values for the evaluated rows, and the marker of :mod:`starqso._util.ownership`. Everything is
     written into a staging folder beside it (hidden, unique to the run) that replaces
     ``out_dir`` only once complete
-    (:func:`starqso.atomic.replace_folder`): no plot of an earlier run stays beside the new
+    (:func:`starqso._util.atomic.replace_folder`): no plot of an earlier run stays beside the new
     ``metrics.json``, and a failure or a kill midway leaves the previous folder as it was.
     An existing ``out_dir`` must be empty or an earlier evaluation
     (:func:`check_output_folder`).
@@ -168,8 +168,8 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         threshold = 0.5 if threshold is None else threshold
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"--threshold must be within [0, 1]. Received: {threshold}")
-    from starqso.output_checks import refuse_output_among_inputs
-    from starqso.ownership import output_folder
+    from starqso._util.output_checks import refuse_output_among_inputs
+    from starqso._util.ownership import output_folder
 
     # --out is replaced whole: it must not be, nor hold, a file this run reads.
     refuse_output_among_inputs(out_dir, [

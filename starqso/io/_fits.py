@@ -3,7 +3,7 @@
 Every reader goes through :func:`open_fits` so that a missing, empty, non-FITS or truncated file
 is reported the same way everywhere, as a one-line :class:`~starqso.errors.InputError` naming the
 file. Writers serialise with :func:`hdulist_bytes` and write with
-:func:`starqso.atomic.write_bytes_atomically`.
+:func:`starqso._util.atomic.write_bytes_atomically`.
 """
 
 from __future__ import annotations

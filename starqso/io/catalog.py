@@ -45,7 +45,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Column, Table
 
-from starqso.atomic import write_bytes_atomically
+from starqso._util.atomic import write_bytes_atomically
 from starqso.errors import InputError
 from starqso.io._fits import check_readable_file, hdu_data, hdulist_bytes, open_fits
 from starqso.schema import BANDS, CLASS_NAMES

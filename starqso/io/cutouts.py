@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from starqso.atomic import write_bytes_atomically
+from starqso._util.atomic import write_bytes_atomically
 from starqso.errors import InputError
 from starqso.io._fits import (
     check_bitpix,

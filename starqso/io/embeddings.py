@@ -51,7 +51,7 @@ import re
 
 import numpy as np
 
-from starqso import jsonfile as strict_json
+from starqso._util import jsonfile as strict_json
 from starqso.errors import InputError
 from starqso.inference import sidecar_path
 from starqso.schema import CLASS_NAMES
@@ -193,7 +193,7 @@ def _suffix(path) -> str:
 
 
 def _require_pyarrow(path) -> None:
-    from starqso.extras import require_survey
+    from starqso._util.extras import require_survey
 
     require_survey(f"the Parquet embeddings file {path}", "pyarrow",
                    note="or write .csv or .fits")
@@ -349,7 +349,7 @@ def write_embeddings(table: EmbeddingTable, path: str | os.PathLike) -> str:
         >>> write_embeddings(table, "embeddings.parquet")  # doctest: +SKIP
         'embeddings.parquet'
     """
-    from starqso.atomic import atomic_path, write_json_atomically
+    from starqso._util.atomic import atomic_path, write_json_atomically
 
     if not isinstance(table, EmbeddingTable):
         raise TypeError(f"table must be an EmbeddingTable. Received: {type(table).__name__}")

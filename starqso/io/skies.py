@@ -2,7 +2,7 @@
 
 ``starqso skies`` writes it (:func:`starqso.preprocessing.sky_backgrounds.make_sky_file`);
 training that injects simulated sources into real sky reads it. One ``.npz`` (NumPy arrays
-only, no pickles; read through :func:`starqso.model_files.read_npz`) holds:
+only, no pickles; read through :func:`starqso.deploy.folder.read_npz`) holds:
 
 * per cutout (N): ``images`` float32 ``(N, 5, S, S)`` nanomaggies, bands ugriz, as cut from
   the frames (not sky-subtracted, not resampled where the bands share a pixel grid up to a
@@ -164,7 +164,7 @@ def _concatenated(parts, path):
 
 
 def _read_one(path) -> SkyBackgrounds:
-    from starqso.model_files import read_npz
+    from starqso.deploy.folder import read_npz
 
     what = "sky-background"
     arrays = read_npz(path, what, max_bytes=MAX_BYTES)
@@ -235,7 +235,7 @@ def check_output(out, inputs) -> str:
         >>> check_output("skies.npz", [])  # doctest: +SKIP
         'skies.npz'
     """
-    from starqso.output_checks import refuse_output_among_inputs
+    from starqso._util.output_checks import refuse_output_among_inputs
 
     out = os.fspath(out)
     if not out.lower().endswith(".npz"):
@@ -264,7 +264,7 @@ def write_skies(out, skies: SkyBackgrounds) -> str:
         'skies.npz'
     """
     from starqso import __version__
-    from starqso.atomic import write_bytes_atomically
+    from starqso._util.atomic import write_bytes_atomically
 
     arrays = {name: getattr(skies, name) for name in _PER_CUTOUT + _PER_FIELD}
     arrays["images"] = np.ascontiguousarray(arrays["images"], np.float32)

@@ -46,8 +46,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from starqso._util.extras import require_survey
 from starqso.errors import InputError
-from starqso.extras import require_survey
 from starqso.preprocessing.crop import crop_window
 from starqso.schema import BANDS, NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
@@ -427,7 +427,7 @@ class FileSource(Source):
     def fingerprint(self):
         if pathlib.Path(self.path).is_dir():
             return _listing_sha256(self.files)
-        from starqso.model_files import file_sha256
+        from starqso.deploy.folder import file_sha256
 
         return file_sha256(self.path)
 
@@ -459,7 +459,7 @@ class _StackSource(Source):
                      {name: values[start:stop] for name, values in self._keep.items()})
 
     def fingerprint(self):
-        from starqso.model_files import file_sha256
+        from starqso.deploy.folder import file_sha256
 
         return file_sha256(self.path)
 

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.io import fits
 
-from starqso.atomic import write_bytes_atomically
+from starqso._util.atomic import write_bytes_atomically
 from starqso.errors import InputError
 from starqso.io._fits import hdu_data, hdulist_bytes, native, open_fits
 

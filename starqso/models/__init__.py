@@ -32,7 +32,7 @@ from starqso.models.classifiers import (
     StarQSOClassifier,
 )
 from starqso.models.diffusion import ConditionalDiffusion, DiffusionGenerator, FeatureDenoiser
-from starqso.models.finetune import FineTuner
+from starqso.models.fine_tuner import FineTuner
 from starqso.models.gan import ConditionalGAN, FeatureDiscriminator, FeatureGenerator
 from starqso.models.layers import AperturePhotometry, CutoutScaling, ZeroNoise
 from starqso.models.metric import MetricHead, MetricLearner, ProxyLogits, ProxyNCALoss

@@ -1,7 +1,7 @@
 """NumPy-only preprocessing: spectra onto the encoder grid, cutouts to crops (no TensorFlow)."""
 
 from starqso.preprocessing.images import center_crop, channels_last, usable_crop
-from starqso.preprocessing.quality import aperture_snr, check_source, sky_sigma
+from starqso.preprocessing.screening import aperture_snr, check_source, sky_sigma
 from starqso.preprocessing.spectra import (
     ENCODER_NUM_PIXELS,
     ENCODER_WAVELENGTH_MAX,

@@ -51,7 +51,7 @@ from starqso.preprocessing.photometry import (
     asinh_magnitudes,
     sky_levels,
 )
-from starqso.preprocessing.quality import sky_sigma
+from starqso.preprocessing.screening import sky_sigma
 from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC
 
 #: Curve-of-growth radii (arcsec), each relative to the flux within NORM_RADIUS_ARCSEC.
@@ -267,7 +267,7 @@ class ExtendedScorer:
         import io
         import json
 
-        from starqso.atomic import write_bytes_atomically
+        from starqso._util.atomic import write_bytes_atomically
 
         arrays = {f"node_{name}": values for name, values in self.nodes.items()}
         arrays.update(roots=self.roots, baseline=np.float64(self.baseline),
@@ -434,8 +434,8 @@ class ExtendedScorer:
 
 
 def _load(path):
-    from starqso.jsonfile import loads
-    from starqso.model_files import read_npz
+    from starqso._util.jsonfile import loads
+    from starqso.deploy.folder import read_npz
 
     # read_npz checks each array's declared size before allocating it.
     archive = read_npz(path, "extended-source scorer")

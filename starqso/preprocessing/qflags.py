@@ -29,7 +29,7 @@ sees:
   :data:`OOD_QUANTILE` quantile of the validation split's, so about 2% of in-domain objects
   carry it.
 * ``ARTEFACT`` (256): a pixel within 3" of the centre is narrower than any PSF (a cosmic
-  ray, a hot pixel: :func:`~starqso.preprocessing.quality.sharp_pixels`, at least 15 sky
+  ray, a hot pixel: :func:`~starqso.preprocessing.screening.sharp_pixels`, at least 15 sky
   sigma with its four neighbours under 0.15 of it). When nothing is detected without such
   pixels the row is not classified (NOT_CLASSIFIED too, flag "source is narrower than the
   PSF (cosmic ray or artefact)"): it is neither a star nor a QSO. Otherwise the row keeps
@@ -57,7 +57,7 @@ from starqso.preprocessing.photometry import (
     photometric_features,
     sky_levels,
 )
-from starqso.preprocessing.quality import (
+from starqso.preprocessing.screening import (
     DETECTION_APERTURES_ARCSEC,
     aperture_snr,
     narrower_than_psf,
@@ -199,8 +199,8 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
         scorer: an :class:`~starqso.preprocessing.morphology.ExtendedScorer`; the shipped
             one when None.
         sigma, snr, background: the (N, 5) sky sigma, detection S/N and
-            :class:`~starqso.preprocessing.quality.SkyBackground` of
-            :func:`~starqso.preprocessing.quality.suspect_crops`, when already measured.
+            :class:`~starqso.preprocessing.screening.SkyBackground` of
+            :func:`~starqso.preprocessing.screening.suspect_crops`, when already measured.
         ebv: optional (N,) Galactic E(B-V) (NaN: none). The crops are the observed ones;
             EXTENDED (its aperture colours), MAG_OUT_OF_RANGE and OUT_OF_DISTRIBUTION are
             measured on them de-reddened
@@ -282,7 +282,7 @@ def artefact_bits(crops, sigma=None, background=None):
     Args:
         crops: (N, S, S, 5) crops, nanomaggies, channels last.
         sigma: (N, 5) sky sigma, when already measured.
-        background: the crops' :class:`~starqso.preprocessing.quality.SkyBackground`, when
+        background: the crops' :class:`~starqso.preprocessing.screening.SkyBackground`, when
             already measured.
 
     Returns:

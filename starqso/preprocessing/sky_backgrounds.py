@@ -57,7 +57,7 @@ def require_photutils(what: str = "starqso skies") -> None:
     Example:
         >>> require_photutils()  # doctest: +SKIP
     """
-    from starqso.extras import missing_module
+    from starqso._util.extras import missing_module
 
     if missing_module("photutils") is not None:
         raise InputError(f"{what} needs photutils, which the light install leaves out: pip "
@@ -385,9 +385,9 @@ def make_sky_file(frames, out, log=None, **settings):
     Example:
         >>> make_sky_file(["frames/"], "skies.npz", count=100)  # doctest: +SKIP
     """
+    from starqso._util.locking import exclusive_lock
     from starqso.io.frames import frame_paths
     from starqso.io.skies import check_output, read_skies, write_skies
-    from starqso.locking import exclusive_lock
 
     out = check_output(out, frame_paths(frames))
     folder = os.path.dirname(os.path.abspath(out))

@@ -299,7 +299,7 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
     Raises:
         InputError: for a bad argument (``seed`` < 0 included), an existing simulation
             without ``overwrite``, or an ``outdir`` that holds anything but a simulation
-            (see :mod:`starqso.ownership`).
+            (see :mod:`starqso._util.ownership`).
 
     Example:
         >>> simulate_survey("demo", 10, seed=1).catalog  # doctest: +SKIP
@@ -316,9 +316,9 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         # NumPy seeds are non-negative whole numbers; checked before any folder is made.
         raise InputError(f"--seed must be a whole number >= 0. Received: seed={seed}")
-    from starqso.ownership import output_folder
+    from starqso._util.ownership import output_folder
 
-    # OUTDIR must be new, empty or a simulation (see starqso.ownership), one run at a time.
+    # OUTDIR must be new, empty or a simulation (see starqso._util.ownership), one run at a time.
     with output_folder(outdir, "simulate", option="OUTDIR", mark=True):
         return _simulate_into(pathlib.Path(outdir), num_objects, int(seed), size,
                               qso_fraction, overwrite, progress, workers, reddening)
@@ -338,7 +338,7 @@ def _previous_simulation(outdir: pathlib.Path) -> list[pathlib.Path]:
         InputError: ``outdir`` holds something simulate did not make, or ``images/`` /
             ``spectra/`` is not a plain folder (a link would send the removal elsewhere).
     """
-    from starqso.ownership import MARKER, shown_entries
+    from starqso._util.ownership import MARKER, shown_entries
 
     catalog_path = outdir / "catalog.csv"
     listed = set()

@@ -6,7 +6,7 @@ import os
 
 import keras
 
-from starqso.atomic import atomic_path, write_json_atomically
+from starqso._util.atomic import atomic_path, write_json_atomically
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from starqso.errors import InputError
-from starqso.run_folder import RunFolder
+from starqso.training.run_folder import RunFolder
 from starqso.training.stages import Stage, StageContext, summary_metrics
 
 FINETUNE_FILE = "finetune.json"
@@ -59,7 +59,7 @@ def base_model_file(model_dir) -> tuple[pathlib.Path, int]:
     metadata = folder / "metadata.json"
     keras_file = folder / "starqso_classifier.keras"
     if metadata.is_file() and keras_file.is_file():
-        from starqso.model_files import check_model_dir
+        from starqso.deploy.folder import check_model_dir
 
         checked = check_model_dir(folder, "keras")
         return keras_file, int(checked["input_shape"][1])
@@ -113,7 +113,7 @@ class FinetuneStage(Stage):
                                  f"Received: {counts[0]} STAR, {counts[1]} QSO")
 
     def build(self, context):
-        from starqso.model_files import load_keras_model
+        from starqso.deploy.folder import load_keras_model
         from starqso.models import FineTuner
 
         classifier = deployable(load_keras_model(self.base_file, checked=True))
@@ -162,8 +162,8 @@ def base_calibration(base_file) -> dict:
         temperature 1 and the default threshold. A metadata.json without the training
         fraction (an older export) gets the one ``starqso predict`` assumes for it.
     """
+    from starqso._util.jsonfile import read_json
     from starqso.inference import LEGACY_TRAINING_QSO_FRACTION
-    from starqso.jsonfile import read_json
     from starqso.schema import DEFAULT_THRESHOLD
 
     folder = pathlib.Path(base_file).parent
@@ -208,8 +208,9 @@ def cross_validated_calibration(labels, raw, folds: int = CALIBRATION_FOLDS,
     """Temperature and threshold of a model, and how they do on objects they were not fitted on.
 
     ``folds``-fold cross-validation over the labelled objects (stratified): on each fold the
-    temperature (:func:`~starqso.export.fit_temperature`) and the threshold
-    (:func:`~starqso.export.choose_threshold`) are fitted on the other folds, and the fold gets
+    temperature (:func:`~starqso.deploy.export.fit_temperature`) and the threshold
+    (:func:`~starqso.deploy.export.choose_threshold`) are fitted on the other folds, and the fold
+    gets
     out-of-fold calibrated probabilities and labels. The threshold rule is chosen by those
     out-of-fold labels: the fitted thresholds (their median is the final one, steadier than
     one fit on every object) when they beat 0.5 (the calibrated probabilities' own balance
@@ -232,7 +233,7 @@ def cross_validated_calibration(labels, raw, folds: int = CALIBRATION_FOLDS,
         >>> cross_validated_calibration(labels, raw)["macro_f1"]
         1.0
     """
-    from starqso.export import _macro_f1, calibrate, choose_threshold, fit_temperature
+    from starqso.deploy.export import _macro_f1, calibrate, choose_threshold, fit_temperature
     from starqso.schema import DEFAULT_THRESHOLD
 
     labels = np.asarray(labels, np.int64).ravel()
@@ -289,7 +290,7 @@ def select_model(labels, base_raw, tuned_raw, base, label_fraction, seed=0) -> d
         ``fine-tuned`` scores (macro_f1, log_loss), and ``calibration``: what the export
         uses (temperature, threshold, threshold_rule, training_qso_fraction, default_prior).
     """
-    from starqso.export import _macro_f1, calibrate
+    from starqso.deploy.export import _macro_f1, calibrate
     from starqso.inference import apply_prior
     from starqso.probability import logit
 
@@ -340,8 +341,8 @@ def _select(folder, base_file, context, labels, seed) -> dict:
     """:func:`select_model` on the validation split; the run's model becomes the chosen one."""
     import os
 
-    from starqso.atomic import atomic_path
-    from starqso.model_files import load_keras_model
+    from starqso._util.atomic import atomic_path
+    from starqso.deploy.folder import load_keras_model
 
     index = context.labelled(context.validation)
     images = {"image": context.arrays.images[index]}
@@ -364,7 +365,7 @@ def _select(folder, base_file, context, labels, seed) -> dict:
 
 
 def _settings(base_file, train_depth, lr_decay, epochs, learning_rate):
-    from starqso.model_files import file_sha256
+    from starqso.deploy.folder import file_sha256
 
     return {"base_model": str(base_file.resolve()), "base_sha256": file_sha256(base_file),
             "trainable": train_depth, "lr_decay": float(lr_decay), "epochs": int(epochs),
@@ -407,11 +408,11 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
     Example:
         >>> finetune_run("runs/mine", "my_labels.csv", trainable=1)  # doctest: +SKIP
     """
-    from starqso.atomic import write_json_atomically
+    from starqso._util.atomic import write_json_atomically
+    from starqso._util.jsonfile import read_json
     from starqso.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
     from starqso.data.arrays import ObjectArrays
     from starqso.data.splits import split_indices
-    from starqso.jsonfile import read_json
 
     folder = RunFolder(out_dir)
     settings_path = folder / FINETUNE_FILE
@@ -463,7 +464,7 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
         raise InputError(f"finetune needs at least {MIN_PER_CLASS} usable labelled objects of "
                          f"each class. Received: {counts[0]} STAR, {counts[1]} QSO in {data}")
 
-    from starqso.model_files import load_keras_model
+    from starqso.deploy.folder import load_keras_model
     from starqso.training.runner import StageRunner
 
     fraction = config.data.validation_fraction if config is not None else validation_fraction
@@ -485,7 +486,7 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
         # multi-worker strategy, which must come before any other TensorFlow work).
         runner = StageRunner(folder, config, strategy, resume, log, known_stages=[stage.name])
         base = deployable(load_keras_model(base_file, checked=True))
-        from starqso.models.finetune import checked_depth
+        from starqso.models.fine_tuner import checked_depth
 
         try:  # the depth against the base model's blocks, before anything is written
             checked_depth(base, trainable)
@@ -523,7 +524,7 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
         write_json_atomically(settings_path, saved)
         shutil.rmtree(folder / "backup", ignore_errors=True)
         if export:
-            from starqso.export import export_run
+            from starqso.deploy.export import export_run
 
             export_run(folder.root, folder.export_dir, log=log, arrays=arrays)
     log(f"done in {time.perf_counter() - began:.0f} s -> {folder.root}")

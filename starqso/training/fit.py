@@ -4,7 +4,8 @@
 simulates) the objects as :class:`~starqso.data.ObjectArrays`, fits the input preprocessing
 once (:class:`~starqso.training.inputs.ModelInputs`), runs each stage of
 :mod:`starqso.training.stages` through the :class:`~starqso.training.runner.StageRunner`, and
-exports the deployable model. The folder's layout is :class:`~starqso.run_folder.RunFolder`'s.
+exports the deployable model. The folder's layout is
+:class:`~starqso.training.run_folder.RunFolder`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 from starqso.config import RunConfig, config_to_dict
 from starqso.errors import InputError
-from starqso.run_folder import RunFolder
+from starqso.training.run_folder import RunFolder
 from starqso.training.stages import STAGES, StageContext, default_stages
 
 
@@ -114,12 +115,12 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
     Raises:
         InputError: a bad configuration, data, or an existing run folder without ``resume``;
             an ``out_dir`` that holds anything but a fit run (see
-            :func:`starqso.ownership.output_folder`), or that another run is writing.
+            :func:`starqso._util.ownership.output_folder`), or that another run is writing.
 
     Example:
         >>> metrics = fit_run("runs/demo", get_preset("tiny"))  # doctest: +SKIP
     """
-    from starqso.ownership import output_folder, writes_output
+    from starqso._util.ownership import output_folder, writes_output
 
     if not writes_output(strategy):
         # A multi-worker run's other workers write a scratch folder, never --out.
@@ -207,7 +208,7 @@ def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, stric
     if runner.chief:
         shutil.rmtree(out / "backup", ignore_errors=True)
     if runner.chief and export and folder.deployable_path.exists():
-        from starqso.export import export_run
+        from starqso.deploy.export import export_run
 
         export_run(out, out / "export", log=log, arrays=arrays)
     log(f"done in {time.perf_counter() - began:.0f} s -> {out}")

@@ -133,7 +133,7 @@ def noisier_cutouts(images: np.ndarray, max_scale: float, rng) -> np.ndarray:
     """Copies of raw cutouts with extra white sky noise, as if observed at a shallower depth.
 
     Each cutout's per-pixel sky sigma (its border's,
-    :func:`~starqso.preprocessing.quality.sky_sigma`) is scaled by a factor uniform in
+    :func:`~starqso.preprocessing.screening.sky_sigma`) is scaled by a factor uniform in
     ``[1, max_scale]``, times 0.9-1.1 per band (kept in ``[1, max_scale]``): Gaussian noise of sigma
     ``sigma * sqrt(scale**2 - 1)`` is added to every pixel.
 
@@ -151,7 +151,7 @@ def noisier_cutouts(images: np.ndarray, max_scale: float, rng) -> np.ndarray:
         >>> bool((noisy.std(axis=(1, 2)) >= 0.95 * clean.std(axis=(1, 2))).all())
         True
     """
-    from starqso.preprocessing.quality import sky_sigma
+    from starqso.preprocessing.screening import sky_sigma
 
     if not max_scale >= 1:
         raise ValueError(f"noisier_cutouts max_scale must be >= 1. Received: "

@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 
-from starqso import jsonfile as strict_json
-from starqso.atomic import atomic_path, write_json_atomically
+from starqso._util import jsonfile as strict_json
+from starqso._util.atomic import atomic_path, write_json_atomically
 
 
 class LoopHistory:

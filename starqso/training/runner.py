@@ -19,8 +19,8 @@ import tempfile
 import time
 import warnings
 
-from starqso.atomic import atomic_path
-from starqso.run_folder import RunFolder
+from starqso._util.atomic import atomic_path
+from starqso.training.run_folder import RunFolder
 
 
 def summary_line(stage, metrics, seconds, epochs):
@@ -34,7 +34,7 @@ class StageRunner:
     """Runs stages into one run folder under one ``tf.distribute`` strategy.
 
     Args:
-        folder: the :class:`~starqso.run_folder.RunFolder` (or its path).
+        folder: the :class:`~starqso.training.run_folder.RunFolder` (or its path).
         config: the run's :class:`~starqso.config.RunConfig`.
         strategy: "default", "mirrored" or "multiworker".
         resume: take the stages ``state.json`` lists as completed (and continue the

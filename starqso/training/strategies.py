@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from starqso import jsonfile as strict_json
+from starqso._util import jsonfile as strict_json
 from starqso.errors import InputError
 
 STRATEGIES = ("default", "mirrored", "multiworker")

@@ -30,7 +30,7 @@ import pathlib
 import reprlib
 import zipfile
 
-from starqso import jsonfile as strict_json
+from starqso._util import jsonfile as strict_json
 from starqso.errors import InputError
 from starqso.schema import (
     BANDS,
@@ -77,7 +77,7 @@ STARQSO_CLASSES = {
     "starqso>FeatureDenoiser": "starqso.models.diffusion",
     "starqso>FeatureDiscriminator": "starqso.models.gan",
     "starqso>FeatureGenerator": "starqso.models.gan",
-    "starqso>FineTuner": "starqso.models.finetune",
+    "starqso>FineTuner": "starqso.models.fine_tuner",
     "starqso>FusionClassifier": "starqso.models.classifiers",
     "starqso>ImageClassifier": "starqso.models.classifiers",
     "starqso>L2Normalize": "starqso.models.metric",

@@ -67,7 +67,7 @@ def write_embedding_reference(folder, embedder, images, rows=REFERENCE_ROWS):
         dict for ``metadata.json: embedding``: ``file``, ``rows``, ``spaces`` (name ->
         dimension) and ``outlier_k``.
     """
-    from starqso.atomic import write_bytes_atomically
+    from starqso._util.atomic import write_bytes_atomically
 
     spaces = _spaces(embedder, images[:rows])
     spaces.pop("p_qso")
@@ -88,11 +88,11 @@ def load_embedding_reference(model_dir, metadata):
 
     Raises:
         InputError: the file is listed but missing, damaged or changed, declares more data
-            than it holds (:func:`~starqso.model_files.read_npz`), or a space is not a finite
+            than it holds (:func:`~starqso.deploy.folder.read_npz`), or a space is not a finite
             (rows, dimension) matrix of more than ``OUTLIER_K`` rows and the dimension
             ``metadata.json`` gives.
     """
-    from starqso.model_files import _check_checksum, read_npz
+    from starqso.deploy.folder import _check_checksum, read_npz
 
     path = pathlib.Path(model_dir) / EMBEDDING_REFERENCE
     if "embedding" not in metadata:
@@ -143,15 +143,14 @@ class Embedder:
     """
 
     def __init__(self, model_dir=None, prior=None, threshold=None, log=None):
-        from starqso.extras import require_tensorflow
+        from starqso._util.extras import require_tensorflow
         from starqso.inference import model_settings
 
         self.model_dir, self.metadata, self.threshold, self.settings = model_settings(
             model_dir, "keras", threshold, prior, log)
         self.reference = load_embedding_reference(self.model_dir, self.metadata)
         require_tensorflow("starqso embed", note="embeddings come from the Keras model")
-        from starqso.inference import RUNTIME_FILES
-        from starqso.model_files import load_keras_model
+        from starqso.deploy.folder import RUNTIME_FILES, load_keras_model
 
         model = load_keras_model(self.model_dir / RUNTIME_FILES["keras"], checked=True)
         # The export's model is the calibrated wrapper of the run's StarQSOClassifier.
@@ -231,6 +230,8 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     """
     import itertools
 
+    from starqso._util.locking import exclusive_lock
+    from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
     from starqso.inference import (
         EBV_COLUMN,
         default_model_dir,
@@ -240,8 +241,6 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     )
     from starqso.io.embeddings import write_embeddings
     from starqso.io.sources import open_source
-    from starqso.locking import exclusive_lock
-    from starqso.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
 
     output = pathlib.Path(output)
     if output.suffix.lower() not in (".csv", ".fits", ".parquet"):
@@ -374,9 +373,9 @@ def add_embedding_reference(model_dir, images, rows=REFERENCE_ROWS):
     Example:
         >>> add_embedding_reference("runs/old/export", train_images)  # doctest: +SKIP
     """
-    from starqso.atomic import write_json_atomically
-    from starqso.jsonfile import read_json
-    from starqso.model_files import file_sha256
+    from starqso._util.atomic import write_json_atomically
+    from starqso._util.jsonfile import read_json
+    from starqso.deploy.folder import file_sha256
 
     embedder = Embedder(model_dir, prior="train")
     info = write_embedding_reference(embedder.model_dir, embedder.embedder, images, rows)

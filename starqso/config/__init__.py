@@ -26,19 +26,34 @@ This module must not import TensorFlow or Keras: the command line imports it at 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
-import reprlib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from starqso.atomic import write_text_atomically
+from starqso._util.atomic import write_text_atomically
+from starqso.config.fields import (
+    _check_fields,
+    _fail,
+    _shown,
+    _where,
+    choice,
+    flag,
+    fwhm_tuple,
+    int_tuple,
+    integer,
+    number,
+    optional_integer,
+    optional_number,
+    optional_text,
+    setting,
+    text,
+)
+from starqso.config.yaml_io import load_yaml
 from starqso.errors import InputError
 
 __all__ = [
@@ -54,149 +69,17 @@ __all__ = [
 #: CoAtNet-style convolution + relative self-attention hybrid. Names stay stable: run folders
 #: and saved models record them.
 TRUNKS = ("cnn", "resnet50", "densenet121", "vgg16", "xception", "efficientnetb0", "hybrid")
+
 #: Generators of the spectral vector (``model.generator``): the paper's conditional GAN, or a
 #: conditional diffusion model sampled in a few deterministic DDIM steps.
 GENERATORS = ("gan", "diffusion")
+
 # the metric-learning head's loss (model.metric_loss): none, or the two of
 # starqso.models.metric
 METRIC_LOSSES = ("none", "proxy_nca", "norm_softmax")
 
 # The photometry's 3" aperture (7.6 pixels) plus its 3-pixel sky border need 22 pixels.
 PHOTOMETRY_MIN_SIZE = 22
-
-
-def _where(source: str) -> str:
-    """Message suffix naming where values came from; ``<dict>``-style names are not files."""
-    return f" in {source}" if source.startswith("<") else f" in file {source}"
-
-
-# Error messages show values through this: a bounded repr, however large the value (a repr
-# of a whole value before truncating it could take minutes and gigabytes).
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 60
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 12
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` in at most 80 characters."""
-    try:
-        text = _REPR.repr(value)
-    except ValueError:  # an int of more than 4300 digits has no repr
-        text = f"<int of {value.bit_length()} bits>"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _fail(key: str, expected: str, value: Any, where: str = "") -> typing.NoReturn:
-    raise InputError(f"{key} must be {expected}. Received: {_shown(value)}{where}")
-
-
-# --- Field checks: each maps (dotted key, value) to the value to store, or raises InputError ---
-
-Check = Callable[[str, Any], Any]
-
-# PyYAML follows YAML 1.1, where a float needs a dot: `1e-3` loads as the string "1e-3". Accept
-# exactly that spelling in number fields, since that is how people write learning rates.
-_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def setting(default: Any, check: Check) -> Any:
-    """A dataclass field with ``default`` whose values ``check`` validates and converts."""
-    return field(default=default, metadata={"check": check})
-
-
-def _check(expected: str, accept: Callable[[Any], bool], convert: Callable = lambda v: v) -> Check:
-    def check(key: str, value: Any) -> Any:
-        if not accept(value):
-            _fail(key, expected, value)
-        return convert(value)
-    return check
-
-
-def _is_int(value: Any) -> bool:  # bool is an int subclass, and 3.0 would hide a typo
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def integer(*, minimum: int) -> Check:
-    return _check(f"an integer >= {minimum}", lambda v: _is_int(v) and v >= minimum)
-
-
-def optional_integer(*, minimum: int) -> Check:  # or None (YAML null)
-    return _check(f"an integer >= {minimum} or null",
-                  lambda v: v is None or (_is_int(v) and v >= minimum))
-
-
-def fwhm_tuple() -> Check:  # stored as a tuple of floats; empty allowed
-    return _check("a list of FWHMs in (0, 6] arcsec (may be empty)",
-                  lambda v: isinstance(v, (list, tuple)) and all(
-                      (_is_int(item) or isinstance(item, float)) and 0 < item <= 6
-                      for item in v), lambda v: tuple(float(item) for item in v))
-
-
-def int_tuple() -> Check:  # stored as a tuple
-    return _check("a non-empty list of integers >= 1", lambda v: isinstance(v, (list, tuple))
-                  and len(v) > 0 and all(_is_int(item) and item >= 1 for item in v), tuple)
-
-
-def flag() -> Check:
-    return _check("true or false", lambda v: isinstance(v, bool))
-
-
-def choice(options: tuple[str, ...]) -> Check:
-    return _check(f"one of {', '.join(options)}", lambda v: isinstance(v, str) and v in options)
-
-
-def optional_text() -> Check:
-    return _check("a non-empty string or null",
-                  lambda v: v is None or (isinstance(v, str) and v != ""))
-
-
-def text() -> Check:
-    return _check("a non-empty string", lambda v: isinstance(v, str) and v != "")
-
-
-def _as_float(value: Any) -> float:
-    """An int, a float or an exponent string as a float; NaN for anything else."""
-    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-        return float(value)
-    if not (_is_int(value) or isinstance(value, float)):
-        return math.nan
-    try:
-        return float(value)
-    except OverflowError:  # an int too large for a float
-        return math.inf
-
-
-def number(*, minimum: float, maximum: float | None = None, open_min: bool = False,
-           open_max: bool = False, optional: bool = False) -> Check:
-    """A finite number in a range (``open_*``: that end excluded), stored as a float."""
-    if maximum is None:
-        limits = f"{'>' if open_min else '>='} {minimum}"
-    else:
-        limits = f"in {'(' if open_min else '['}{minimum}, {maximum}{')' if open_max else ']'}"
-
-    def accept(value: Any) -> bool:
-        if value is None:
-            return optional
-        result = _as_float(value)
-        low = result > minimum if open_min else result >= minimum
-        high = maximum is None or (result < maximum if open_max else result <= maximum)
-        return math.isfinite(result) and low and high
-
-    return _check(f"a number {limits}" + (" or null" if optional else ""), accept,
-                  lambda v: None if v is None else _as_float(v))
-
-
-def optional_number(**limits: Any) -> Check:  # or None (YAML null)
-    return number(**limits, optional=True)
-
-
-def _check_fields(config: Any, section: str) -> None:
-    """Apply each field's check to frozen dataclass ``config`` and store the converted value."""
-    for item in dataclasses.fields(config):
-        if "check" in item.metadata:
-            key = f"{section}.{item.name}" if section else item.name
-            value = item.metadata["check"](key, getattr(config, item.name))
-            object.__setattr__(config, item.name, value)  # frozen: bypass __setattr__ once
 
 
 # --- The configuration ---------------------------------------------------------------------------
@@ -520,135 +403,6 @@ def config_from_dict(
         return RunConfig(preset=name, **sections)
     except InputError as error:
         raise InputError(f"{error}{where}") from None
-
-
-#: The largest config file read (a full run config is under 2 kB).
-MAX_CONFIG_BYTES = 1 << 20
-#: The deepest YAML nesting accepted (a run config nests 2 levels).
-MAX_CONFIG_DEPTH = 20
-
-
-class _RefusedYAML(yaml.YAMLError):
-    """YAML that parses but that a run config must not use (aliases, deep nesting)."""
-
-    def __init__(self, problem: str, mark: Any) -> None:
-        super().__init__(problem)
-        self.problem, self.problem_mark = problem, mark
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader without anchors/aliases or duplicate keys, and with a nesting limit.
-
-    An alias repeats a value without copying it, so nine lines of aliases to aliases describe
-    a value of 9**9 items ("billion laughs"): loading it is instant, but any code that walks
-    or prints it (an error message's repr) runs for minutes into MemoryError. A run config has
-    no use for aliases. PyYAML composes nested nodes recursively, so nesting is capped before
-    it can reach Python's recursion limit. PyYAML keeps the last of two equal keys, so
-    ``num_objects`` written twice would silently run with the second value: refused instead.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _RefusedYAML("uses a YAML anchor or alias (&name / *name), which starqso "
-                               "does not allow in a run config; write the values out",
-                               event.start_mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_CONFIG_DEPTH:
-                raise _RefusedYAML(f"nests more than {MAX_CONFIG_DEPTH} levels deep (a run "
-                                   f"config needs 2)", event.start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # '<<' merges keys that the mapping's own keys may override
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    repeated = key in seen
-                except TypeError:  # an unhashable key: SafeLoader names that problem
-                    continue
-                if repeated:
-                    shown = key if isinstance(key, str) and len(key) <= 60 else _shown(key)
-                    raise _RefusedYAML(f"has the key '{shown}' more than once (which value "
-                                       f"is meant is unknown); keep one of them",
-                                       key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_config_text(name: str) -> str:
-    """The text of config file ``name``, at most MAX_CONFIG_BYTES of UTF-8."""
-    with open(name, "rb") as stream:
-        data = stream.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise InputError(f"config file {name} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a "
-                         f"run config is a few lines of YAML. Received: more than "
-                         f"{MAX_CONFIG_BYTES} bytes")
-    return data.decode("utf-8")
-
-
-def load_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML config file strictly: the mapping it holds, without checking its keys.
-
-    Every YAML starqso reads goes through this loader: no anchors or aliases, no key twice in
-    one mapping, at most :data:`MAX_CONFIG_BYTES` and :data:`MAX_CONFIG_DEPTH` levels.
-
-    Args:
-        path: YAML file; an empty file gives ``{}``.
-
-    Returns:
-        The top-level mapping.
-
-    Raises:
-        InputError: the file is missing, unreadable, too large, not UTF-8 YAML, uses
-            anchors/aliases, repeats a key, nests too deep, or is not a mapping; the message
-            names the file (and the line of a repeated key).
-
-    Example:
-        >>> load_yaml("run.yaml")  # doctest: +SKIP
-        {'preset': 'tiny', 'data': {'num_objects': 600}}
-    """
-    name = os.fspath(path)
-    try:
-        content = _read_config_text(name)
-    except FileNotFoundError:
-        raise InputError(f"config file does not exist: {name}") from None
-    except IsADirectoryError:
-        raise InputError(f"config path is a folder, expected a YAML file: {name}") from None
-    except UnicodeDecodeError as error:
-        raise InputError(f"config file is not UTF-8 text ({error.reason}): {name}") from None
-    except OSError as error:
-        raise InputError(f"cannot read config file {name}: {error.strerror}") from None
-    try:
-        data = yaml.load(content, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem = getattr(error, "problem", None) or str(error)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = " ".join(str(problem).split())  # keep the message on one line
-        if isinstance(error, _RefusedYAML):
-            raise InputError(f"config file {name} {problem}{at}") from None
-        raise InputError(f"config file {name} is not valid YAML: {problem}{at}") from None
-    except (ValueError, RecursionError) as error:
-        # ValueError: an integer of more than 4300 digits (Python's int() limit).
-        problem = " ".join(str(error).split())[:200]
-        raise InputError(f"config file {name} is not valid YAML: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        _fail("the top level", "a mapping such as 'training: {batch_size: 64}'", data,
-              _where(name))
-    return data
 
 
 def load_config(path: str | os.PathLike, *, preset: str | None = None) -> RunConfig:

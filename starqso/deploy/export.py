@@ -46,11 +46,10 @@ import warnings
 import numpy as np
 
 from starqso import __version__
-from starqso.atomic import replace_folder, write_json_atomically, write_text_atomically
+from starqso._util.atomic import replace_folder, write_json_atomically, write_text_atomically
+from starqso.deploy.folder import MODEL_FORMAT_VERSION, check_keras_file, file_sha256
 from starqso.errors import InputError
-from starqso.model_files import MODEL_FORMAT_VERSION, check_keras_file, file_sha256
 from starqso.probability import EPSILON, calibrate, logit
-from starqso.run_folder import RunFolder
 from starqso.schema import (
     BANDS,
     BUNIT,
@@ -61,6 +60,7 @@ from starqso.schema import (
     PIXEL_SCALE_ARCSEC,
     SDSS,
 )
+from starqso.training.run_folder import RunFolder
 
 THRESHOLD = DEFAULT_THRESHOLD
 # The QSO fraction `starqso predict` corrects p(QSO) to unless told otherwise (metadata.json
@@ -299,7 +299,7 @@ def check_objects(folder, config, num_check, num_calibration, arrays=None):
     (:func:`split_objects` also gives the validation and all training objects.)
 
     Args:
-        folder: the :class:`~starqso.run_folder.RunFolder`.
+        folder: the :class:`~starqso.training.run_folder.RunFolder`.
         config: its configuration.
         num_check: at most this many held-out objects (the test split, else validation).
         num_calibration: at most this many training objects.
@@ -391,7 +391,7 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
     Example:
         >>> export_run("runs/demo")  # doctest: +SKIP
     """
-    from starqso.ownership import output_folder
+    from starqso._util.ownership import output_folder
 
     folder = RunFolder(run_dir)
     # Check the folder before paying for the TensorFlow import.
@@ -406,8 +406,8 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
 
 
 def _export_run(folder, out, destination, num_check, num_calibration, log, arrays):
+    from starqso.deploy.folder import load_keras_model
     from starqso.inference import LiteRTPredictor
-    from starqso.model_files import load_keras_model
 
     config = folder.load_config()
     check_keras_file(folder.deployable_path)
@@ -496,7 +496,7 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
             metadata["quality"] = quality
             results["quality"] = {key: quality[key] for key in ("r_range", "ood_threshold",
                                                                 "validation_ood_fraction")}
-        from starqso.embedding import EMBEDDING_REFERENCE, write_embedding_reference
+        from starqso.discovery.embed import EMBEDDING_REFERENCE, write_embedding_reference
 
         reference_info = write_embedding_reference(
             staging, raw_model.embedding_model(), objects["train"].images)
@@ -523,7 +523,7 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
 #: The model's selection function, beside its metadata.json.
 SELECTION_FILE = "selection_function.csv"
 #: Every name ``export`` writes into its folder: an existing export folder holding anything
-#: else is refused rather than replaced (see :func:`starqso.ownership.output_folder`).
+#: else is refused rather than replaced (see :func:`starqso._util.ownership.output_folder`).
 EXPORT_FILES = ("starqso_classifier.keras", "saved_model", "export_check.json",
                 "metadata.json", "model_card.md", SELECTION_FILE, "embedding_reference.npz",
                 *(f"model_{variant}.tflite" for variant in TFLITE_VARIANTS))
@@ -593,7 +593,7 @@ def _finetune_calibration(folder):
     path = folder / "finetune.json"
     if not path.is_file():
         return None
-    from starqso.jsonfile import read_json
+    from starqso._util.jsonfile import read_json
 
     return read_json(path).get("selection", {}).get("calibration")
 
@@ -726,7 +726,7 @@ def _model_card(folder, config, metadata, results):
     ]
     finetuned = folder / "finetune.json"
     if finetuned.is_file():
-        from starqso.jsonfile import read_json
+        from starqso._util.jsonfile import read_json
 
         settings = read_json(finetuned)
         lines[-2] = ("* Made by: `starqso finetune` (settings in the run folder's "

@@ -38,10 +38,10 @@ import time
 
 import numpy as np
 
-from starqso import jsonfile as strict_json
+from starqso._util import jsonfile as strict_json
+from starqso._util.extras import require_survey
 from starqso.errors import InputError
-from starqso.extras import require_survey
-from starqso.inference import COUNT_KEYS, OUTPUT_COLUMNS
+from starqso.inference.classify import COUNT_KEYS, OUTPUT_COLUMNS
 from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
 #: Rows per partition by default: a few MB of Parquet, a minute of one worker's time.
@@ -85,8 +85,8 @@ def part_name(index):
 def _predictor(model_dir, runtime, model_sha256):
     key = ("model", model_dir, runtime, model_sha256)
     if key not in _CACHE:
-        from starqso.inference import KerasPredictor, LiteRTPredictor
-        from starqso.model_files import RUNTIME_FILES
+        from starqso.deploy.folder import RUNTIME_FILES
+        from starqso.inference.model import KerasPredictor, LiteRTPredictor
 
         # One thread per worker process: parallelism comes from the workers, and more threads
         # per interpreter would only fight over the same cores.
@@ -137,8 +137,9 @@ def run_partition(job, partition):
     Raises:
         InputError: with ``strict``, the partition's first flagged row.
     """
-    from starqso.atomic import write_bytes_atomically
-    from starqso.inference import block_ebv, classify_block, label_block, refuse_flagged
+    from starqso._util.atomic import write_bytes_atomically
+    from starqso.inference.classify import classify_block, label_block, refuse_flagged
+    from starqso.inference.model import block_ebv
 
     _keep_freed_memory()
     source = _source(job["source"])
@@ -260,7 +261,7 @@ def _foreign_entries(output, entries):
 def _check_output_folder(output):
     """OUT must be new, empty or an earlier starqso output and nothing else: it is replaced
     whole, so a user's file put inside an earlier output (notes, a sub-folder) would go."""
-    from starqso.ownership import _is_current_or_above, shown_entries
+    from starqso._util.ownership import _is_current_or_above, shown_entries
 
     if _is_current_or_above(output):
         raise InputError(f"--output {output} is the current folder or one above it; a Parquet "
@@ -333,19 +334,19 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         >>> predict_dataset("stack/", "predictions.parquet", workers=2)  # doctest: +SKIP
     """
     from starqso import __version__
-    from starqso.atomic import swap_in_folder, write_json_atomically
-    from starqso.inference import (
+    from starqso._util.atomic import swap_in_folder, write_json_atomically
+    from starqso._util.locking import exclusive_lock
+    from starqso.deploy.folder import RUNTIME_FILES, file_sha256
+    from starqso.inference.model import (
         EBV_COLUMN,
         ebv_setting,
         evidence_fraction,
         model_settings,
         parse_ebv,
         prior_label,
-        provenance,
     )
+    from starqso.inference.predict import provenance
     from starqso.io.sources import MAX_CHECKED_IDS, describe, open_source
-    from starqso.locking import exclusive_lock
-    from starqso.model_files import RUNTIME_FILES, file_sha256
 
     require_survey("a Parquet dataset output", "pyarrow", "dask", "distributed")
     if batch_size < 1:
@@ -372,7 +373,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     # The dataset folder is replaced whole: it must not be, nor hold, a file the run reads.
     import itertools
 
-    from starqso.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+    from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
 
     inputs, trees = source_inputs(rows_source)
     refuse_output_among_inputs(output, itertools.chain(inputs, model_inputs(model_dir)),
@@ -404,7 +405,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         done = set()
         if resume and saved is not None:
             if {key: value for key, value in saved.items() if key != "started"} != identity:
-                from starqso.inference import identity_differences
+                from starqso.inference.predict import identity_differences
 
                 raise InputError(f"the partial run {staging} was made for another input, "
                                  f"model, threshold, prior, --tta, --ebv or --partition-rows; "

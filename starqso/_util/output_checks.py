@@ -135,7 +135,7 @@ def _refuse_foreign_file(target, output_path, option, *, side_car):
                          f"{option} {output_path}")
     if not side_car:
         return
-    from starqso.jsonfile import read_json
+    from starqso._util.jsonfile import read_json
 
     record = None
     # starqso's side-cars are a few kB: a large file there is the user's, and is not read.

@@ -195,13 +195,13 @@ def replace_folder(build: Callable[[str], None], destination: str | os.PathLike,
     staging folder renamed into place, so a reader never sees half a folder. A failed build
     removes the staging folder and leaves ``destination`` as it was. Nothing but the staging
     folder this call made is ever removed before the swap; the caller decides whether
-    ``destination`` may be replaced (:func:`starqso.ownership.check_output_folder`).
+    ``destination`` may be replaced (:func:`starqso._util.ownership.check_output_folder`).
 
     Args:
         build: called with the staging folder's path.
         destination: the folder to create or replace.
         command: the starqso command making it: its marker
-            (:data:`starqso.ownership.MARKER`) is written into the staging folder.
+            (:data:`starqso._util.ownership.MARKER`) is written into the staging folder.
 
     Returns:
         ``destination`` as a ``str``.
@@ -218,7 +218,7 @@ def replace_folder(build: Callable[[str], None], destination: str | os.PathLike,
     try:
         build(staging)
         if command is not None:
-            from starqso.ownership import write_marker
+            from starqso._util.ownership import write_marker
 
             write_marker(staging, command)
     except BaseException:

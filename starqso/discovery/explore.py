@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from starqso import jsonfile as strict_json
+from starqso._util import jsonfile as strict_json
 from starqso.errors import InputError
 
 #: Below this many rows the neighbours are exact; from here on, an HNSW graph.
@@ -58,7 +58,7 @@ def neighbour_index(table, path, space, metric="euclidean", method="auto", log=N
     Returns:
         ``(index, rows)``: the index and the table rows it holds, in index order.
     """
-    from starqso.atomic import write_json_atomically
+    from starqso._util.atomic import write_json_atomically
     from starqso.discovery import NeighbourIndex
 
     rows = np.flatnonzero(table.usable(space))
@@ -110,7 +110,7 @@ def find_similar(query, index_path, k=20, space=None, metric="euclidean", method
             be the model that wrote the file.
         log: optional callable for notes.
         output: the file ``similar --output`` will write: refused here, before any search,
-            when it is a folder or one of the files read (:mod:`starqso.output_checks`).
+            when it is a folder or one of the files read (:mod:`starqso._util.output_checks`).
 
     Returns:
         list of dicts, one per (query, rank): query, rank, id, distance, p_qso, label, outlier.
@@ -170,7 +170,7 @@ def _refuse_similar_output(output, index_path, query=None, model_dir=None):
     or the model's. Returns the query, opened (its files were listed) when one is given."""
     import itertools
 
-    from starqso.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+    from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
 
     index_files = [(index_path, f"the --index embeddings file {index_path}"),
                    (f"{index_path}.json", f"the side-car {index_path}.json of --index")]
@@ -189,7 +189,7 @@ def _refuse_similar_output(output, index_path, query=None, model_dir=None):
 
 
 def _embedded_query(query, table, space, index_path, model_dir, log, opened=None):
-    from starqso.embedding import Embedder, embed_rows
+    from starqso.discovery.embed import Embedder, embed_rows
 
     embedder = Embedder(model_dir, log=log)
     if space not in embedder.spaces:
@@ -252,8 +252,8 @@ def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, 
         >>> cluster_file("embeddings.parquet", "clusters")["clusters"]  # doctest: +SKIP
         4
     """
-    from starqso.output_checks import refuse_output_among_inputs
-    from starqso.ownership import output_folder
+    from starqso._util.output_checks import refuse_output_among_inputs
+    from starqso._util.ownership import output_folder
 
     # --out is replaced whole: it must not be, nor hold, the embeddings file it clusters.
     refuse_output_among_inputs(out_dir, [(path, f"the embeddings file {path}"),
@@ -266,7 +266,7 @@ def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, 
 
 
 def _cluster_into(path, destination, space, n_clusters, n_bags, seed, log):
-    from starqso.atomic import replace_folder, write_json_atomically, write_text_atomically
+    from starqso._util.atomic import replace_folder, write_json_atomically, write_text_atomically
     from starqso.discovery import cluster_purity, plot_clusters, voting_clusters
     from starqso.io.embeddings import read_embeddings
 

@@ -5,7 +5,7 @@ reading of an older run's configuration live here, and nothing else builds paths
 
     .starqso-output.json     the marker: made by `starqso fit` (or finetune); run folders
                              from before markers are known by config.yaml / state.json
-                             (starqso.ownership)
+                             (starqso._util.ownership)
     config.yaml              the run configuration (strict; reload with --config)
     data.json                the catalogue trained on (null: simulated demo data), and the
                              real sky backgrounds injected into (fit --sky-backgrounds)
@@ -21,7 +21,7 @@ reading of an older run's configuration live here, and nothing else builds paths
     logs/STAGE/              TensorBoard logs
     backup/STAGE/            last-epoch checkpoints while a stage runs (--resume)
 
-Every write is atomic (:mod:`starqso.atomic`). No TensorFlow here: the CLI checks a folder
+Every write is atomic (:mod:`starqso._util.atomic`). No TensorFlow here: the CLI checks a folder
 before it pays for importing TensorFlow.
 """
 
@@ -35,9 +35,9 @@ import pathlib
 import shutil
 from collections.abc import Iterable, Mapping
 
-from starqso.atomic import write_bytes_atomically, write_json_atomically
+from starqso._util.atomic import write_bytes_atomically, write_json_atomically
+from starqso._util.jsonfile import DuplicateKeyError, read_json
 from starqso.errors import InputError
-from starqso.jsonfile import DuplicateKeyError, read_json
 
 __all__ = ["RunFolder"]
 
@@ -242,14 +242,14 @@ class RunFolder:
     # --- models -------------------------------------------------------------------------------
     def check_models(self, names: Iterable[str]) -> None:
         """Check the named ``.keras`` files without loading them (see ``model_files``)."""
-        from starqso.model_files import check_keras_file
+        from starqso.deploy.folder import check_keras_file
 
         for name in names:
             check_keras_file(self.root / name)
 
     def load_model(self, name: str):
         """A ``.keras`` model of this run, checked and loaded in safe mode (imports Keras)."""
-        from starqso.model_files import load_keras_model
+        from starqso.deploy.folder import load_keras_model
 
         return load_keras_model(self.root / name)
 

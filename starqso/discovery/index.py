@@ -30,7 +30,7 @@ import pathlib
 
 import numpy as np
 
-from starqso import jsonfile as strict_json
+from starqso._util import jsonfile as strict_json
 from starqso.errors import InputError
 
 __all__ = [
@@ -308,7 +308,7 @@ class NeighbourIndex:
             >>> index.info = {"source_sha256": "..."}  # doctest: +SKIP
             >>> index.save("embeddings.parquet.hnsw")  # doctest: +SKIP
         """
-        from starqso.atomic import write_bytes_atomically
+        from starqso._util.atomic import write_bytes_atomically
 
         if self._index is not None:
             payload = _faiss().serialize_index(self._index).tobytes()
@@ -810,7 +810,7 @@ def plot_clusters(projection, clusters, labels, path, title="", max_points=_PLOT
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from starqso.atomic import write_bytes_atomically
+    from starqso._util.atomic import write_bytes_atomically
 
     projection = np.asarray(projection, np.float64)
     clusters = np.asarray(clusters).reshape(-1)

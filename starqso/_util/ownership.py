@@ -12,7 +12,7 @@ made the folder, and each passes :func:`output_folder` before it writes, which
 * for the commands that replace their folder whole (``cluster``, ``evaluate``, ``export``),
   also refuses entries the command does not write (a user's notes added to an earlier output)
   and the current folder or one above it (``--out .``);
-* holds the exclusive lock of the folder (:func:`starqso.locking.exclusive_lock`, a lock file
+* holds the exclusive lock of the folder (:func:`starqso._util.locking.exclusive_lock`, a lock file
   beside it) for the whole run, so a second run on the same folder is refused at once rather
   than racing the first.
 
@@ -30,7 +30,7 @@ import os
 import pathlib
 from collections.abc import Iterable, Iterator
 
-from starqso import jsonfile as strict_json
+from starqso._util import jsonfile as strict_json
 from starqso.errors import InputError
 
 __all__ = ["MARKER", "check_output_folder", "folder_maker", "output_folder", "write_marker",
@@ -140,7 +140,7 @@ def write_marker(folder: str | os.PathLike, command: str) -> pathlib.Path:
         '.starqso-output.json'
     """
     from starqso import __version__
-    from starqso.atomic import write_json_atomically
+    from starqso._util.atomic import write_json_atomically
 
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {COMMANDS}. Received: {command!r}")
@@ -321,7 +321,7 @@ def output_folder(folder: str | os.PathLike, command: str, *, option: str = "--o
         >>> with output_folder("runs/demo", "fit", mark=True) as folder:  # doctest: +SKIP
         ...     train_into(folder)
     """
-    from starqso.locking import exclusive_lock
+    from starqso._util.locking import exclusive_lock
 
     try:
         path = check_output_folder(folder, command, option=option, replaced=replaced)
@@ -357,7 +357,7 @@ def output_folder(folder: str | os.PathLike, command: str, *, option: str = "--o
 def _refuse_if_busy(folder, replaced, what):
     """Raise the lock's "in use by another starqso run" line when another run holds
     ``folder``'s lock (the one :func:`output_folder` takes); return quietly otherwise."""
-    from starqso.locking import exclusive_lock, lock_path
+    from starqso._util.locking import exclusive_lock, lock_path
 
     path = pathlib.Path(os.path.abspath(os.fspath(folder)))
     if replaced and path.is_symlink() and path.is_dir():

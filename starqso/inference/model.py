@@ -1,0 +1,308 @@
+"""The model a run classifies with: open a model folder once (Keras or LiteRT
+runtime), and its settings: threshold, the prior and its arithmetic on the logit, the
+E(B-V) setting. No TensorFlow at import."""
+
+from __future__ import annotations
+
+import importlib.resources
+import pathlib
+
+import numpy as np
+
+from starqso.deploy.folder import RUNTIME_FILES, check_model_dir
+from starqso.errors import InputError
+from starqso.probability import logit, sigmoid
+from starqso.schema import DEFAULT_THRESHOLD
+
+RUNTIMES = tuple(RUNTIME_FILES)
+
+#: ``--prior`` value meaning "no correction": p(QSO) at the model's training QSO fraction.
+TRAINING_PRIOR = "train"
+
+# The training QSO fraction assumed for a model folder whose metadata.json predates the
+# `training_qso_fraction` key (the shipped model among them), used only when a --prior is given:
+# those models were all trained on the simulator's default mix, the real SDSS catalogue's
+# fraction of about 0.30.
+LEGACY_TRAINING_QSO_FRACTION = 0.30
+
+
+def default_model_dir():
+    """The pretrained model shipped inside the package (``starqso/pretrained``)."""
+    return pathlib.Path(str(importlib.resources.files("starqso") / "pretrained"))
+
+
+class KerasPredictor:
+    """p(QSO) with the Keras model (imports TensorFlow).
+
+    Args:
+        model_dir: exported model folder.
+        checked: the folder already passed :func:`~starqso.deploy.folder.check_model_dir`.
+    """
+
+    def __init__(self, model_dir, *, checked=False):
+        from starqso._util.extras import require_tensorflow
+
+        require_tensorflow("--runtime keras", note="the light install runs --runtime litert")
+        from starqso.deploy.folder import load_keras_model
+
+        self.model = load_keras_model(pathlib.Path(model_dir) / RUNTIME_FILES["keras"],
+                                      checked=checked)
+
+    #: Batches are padded to a multiple of this many rows: Keras traces its predict function
+    #: once per input shape (about a second each), and the rows left after flagging vary
+    #: from batch to batch.
+    PAD_ROWS = 128
+
+    def __call__(self, images):
+        images = np.asarray(images, np.float32)
+        count = len(images)
+        padded = -(-count // self.PAD_ROWS) * self.PAD_ROWS
+        if padded != count:
+            images = np.concatenate([images, np.repeat(images[-1:], padded - count, axis=0)])
+        return np.asarray(self.model.predict_on_batch({"image": images})).reshape(-1)[:count]
+
+
+class LiteRTPredictor:
+    """p(QSO) with a TFLite model through LiteRT (no TensorFlow)."""
+
+    def __init__(self, model_path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        self.shape = None
+
+    def __call__(self, images):
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.shape != self.shape:
+            self.interpreter.resize_tensor_input(self.input_index, images.shape)
+            self.interpreter.allocate_tensors()
+            self.shape = images.shape
+        self.interpreter.set_tensor(self.input_index, images)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index).reshape(-1).copy()
+
+
+def open_model(model_dir, runtime="keras"):
+    """Check an exported model folder once and load its predictor for ``runtime``.
+
+    Args:
+        model_dir: folder written by ``starqso export``; the shipped model when None.
+        runtime: "keras" (TensorFlow) or "litert" (``ai_edge_litert``, no TensorFlow).
+
+    Returns:
+        ``(metadata, predictor)``: the folder's ``metadata.json`` and a callable mapping raw
+        cutouts (N, S, S, 5) to p(QSO) (N,).
+
+    Raises:
+        InputError: see :func:`~starqso.deploy.folder.check_model_dir`.
+
+    Example:
+        >>> metadata, predictor = open_model(None, "litert")
+        >>> metadata["class_names"]
+        ['STAR', 'QSO']
+    """
+    model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
+    return check_model_dir(model_dir, runtime), _checked_predictor(model_dir, runtime)
+
+
+def _checked_predictor(model_dir, runtime):
+    if runtime == "keras":
+        return KerasPredictor(model_dir, checked=True)
+    return LiteRTPredictor(model_dir / RUNTIME_FILES["litert"])
+
+
+def parse_prior(value):
+    """A ``--prior`` value: None (the model's default), ``"train"`` or a fraction in (0, 1).
+
+    Raises:
+        InputError: anything else (0, 1, negative, not a number).
+
+    Example:
+        >>> parse_prior("0.05"), parse_prior("train"), parse_prior(None)
+        (0.05, 'train', None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == TRAINING_PRIOR:
+        return TRAINING_PRIOR
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if isinstance(value, bool) or not 0 < fraction < 1:
+        raise InputError(f"--prior must be the QSO fraction of your sample, strictly between 0 "
+                         f"and 1 (e.g. 0.02), or '{TRAINING_PRIOR}' for the model's training "
+                         f"mix. Received: {value!r}")
+    return fraction
+
+
+#: ``--ebv`` values that ignore an input's ``ebv`` column (no de-reddening): the default.
+EBV_NONE = "none"
+
+#: ``--ebv`` value that de-reddens each row by the input's ``ebv`` column.
+EBV_COLUMN = "column"
+
+
+def parse_ebv(value):
+    """An ``--ebv`` value: ``"none"`` (also for None, the default), ``"column"`` (the input's
+    ``ebv`` column) or one E(B-V) for every row, in
+    :data:`~starqso.preprocessing.photometry.EBV_RANGE`.
+
+    De-reddening is opt-in: the model is trained on reddened stars and needs no E(B-V), and
+    multiplying a band by its extinction multiplies its noise too (u by 50 at E(B-V) = 1),
+    which past E(B-V) ~ 0.5 makes more stars look like QSOs, not fewer
+    (``benchmarks/results/real_photometry.md``, the stars behind dust).
+
+    Raises:
+        InputError: anything else (negative, above the range, not a number).
+
+    Example:
+        >>> parse_ebv("0.05"), parse_ebv("none"), parse_ebv(None), parse_ebv("column")
+        (0.05, 'none', 'none', 'column')
+    """
+    from starqso.preprocessing.photometry import EBV_RANGE
+
+    if value is None:
+        return EBV_NONE
+    if isinstance(value, str) and value.strip().lower() in (EBV_NONE, EBV_COLUMN):
+        return value.strip().lower()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not EBV_RANGE[0] <= number <= EBV_RANGE[1]:
+        raise InputError(f"--ebv must be the Galactic reddening E(B-V) of every row, in "
+                         f"magnitudes from {EBV_RANGE[0]:g} to {EBV_RANGE[1]:g}, "
+                         f"'{EBV_COLUMN}' for the input's ebv column or '{EBV_NONE}'. "
+                         f"Received: {value!r}")
+    return number
+
+
+def ebv_setting(ebv, rows_source):
+    """Where each row's E(B-V) comes from, as outputs record it: ``"column ebv"``, the
+    ``--ebv`` value (float), or ``"none"``; ``ebv`` as :func:`parse_ebv` returns it.
+
+    Raises:
+        InputError: ``--ebv column`` for an input without an ``ebv`` column.
+    """
+    if ebv == EBV_COLUMN:
+        column = getattr(rows_source, "ebv_column", None)
+        if not column:
+            raise InputError(f"--ebv column needs an ebv column in the input; "
+                             f"{getattr(rows_source, 'path', 'the input')} has none. Received: "
+                             f"--ebv column")
+        return f"column {column}"
+    return ebv
+
+
+def block_ebv(setting, rows_source, block):
+    """A block's E(B-V) under :func:`ebv_setting`'s ``setting``: (N,) float64, or None for
+    none."""
+    if setting == EBV_NONE:
+        return None
+    if isinstance(setting, str):
+        return rows_source.ebv_values(block)
+    return np.full(len(block.ids), float(setting))
+
+
+def resolve_prior(metadata, prior=None):
+    """Which prior p(QSO) will assume, and the logit shift that gets it there.
+
+    Args:
+        metadata: the model folder's ``metadata.json``.
+        prior: as :func:`parse_prior` accepts (None: the model's ``default_prior``).
+
+    Returns:
+        dict: ``prior`` (the QSO fraction the output p_qso assumes; None when that is the
+        training mix of an older model, which is unknown), ``source`` ("default", "user" or
+        "train"), ``shift`` (added to logit p; 0 for none), ``training_qso_fraction`` (None
+        when unknown), ``training_qso_fraction_assumed`` (the legacy 0.30 was used) and
+        ``note`` (None, or a line saying what was assumed).
+
+    Example:
+        >>> resolve_prior({"training_qso_fraction": 0.3, "default_prior": 0.02})["prior"]
+        0.02
+    """
+    prior = parse_prior(prior)
+    training = metadata.get("training_qso_fraction")
+    source = "user"
+    if prior is None:
+        source = "default"
+        prior = metadata.get("default_prior", TRAINING_PRIOR)
+    if prior == TRAINING_PRIOR:
+        return {"prior": training, "source": TRAINING_PRIOR, "shift": 0.0,
+                "training_qso_fraction": training, "training_qso_fraction_assumed": False,
+                "note": None}
+    note, assumed = None, training is None
+    if assumed:
+        training = LEGACY_TRAINING_QSO_FRACTION
+        note = (f"note: the model's metadata.json gives no training_qso_fraction (an older "
+                f"export); --prior {prior} is applied from an assumed training fraction of "
+                f"{training}")
+    shift = float(np.log(prior / (1 - prior)) - np.log(training / (1 - training)))
+    return {"prior": float(prior), "source": source, "shift": shift,
+            "training_qso_fraction": float(training), "training_qso_fraction_assumed": assumed,
+            "note": note}
+
+
+def evidence_fraction(settings):
+    """The training fraction faint rows lean toward (:func:`classify_block`'s
+    ``training_fraction``): None when the model does not record it (no leaning then)."""
+    if settings.get("training_qso_fraction_assumed"):
+        return None
+    return settings.get("training_qso_fraction")
+
+
+def prior_label(settings):
+    """How the summary line names the prior: ``0.02``, ``train (0.3)`` or ``train``."""
+    if settings["source"] != TRAINING_PRIOR:
+        return f"{settings['prior']:g}"
+    training = settings["training_qso_fraction"]
+    return TRAINING_PRIOR if training is None else f"{TRAINING_PRIOR} ({training:g})"
+
+
+def apply_prior(probabilities, shift):
+    """p(QSO) moved to another prior: ``sigmoid(logit(p) + shift)`` (NumPy, float64).
+
+    ``shift = log(F / (1 - F)) - log(f_train / (1 - f_train))``; 0 returns p unchanged, and
+    p = 0 or 1 stays where it is.
+
+    Example:
+        >>> round(float(apply_prior([0.5], np.log(1 / 9))[0]), 12)  # 50% odds at a 10x lower prior
+        0.1
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    if shift == 0:
+        return probabilities
+    return sigmoid(logit(probabilities) + shift)
+
+
+def model_settings(model_dir, runtime, threshold=None, prior=None, log=None):
+    """The checked model folder and what its p(QSO) and labels will be made with.
+
+    Args:
+        model_dir: exported model folder; the shipped model when None.
+        runtime: "keras" or "litert".
+        threshold: the label threshold; the model's own when None.
+        prior: as :func:`parse_prior` accepts.
+        log: optional callable for the prior's note.
+
+    Returns:
+        ``(model_dir, metadata, threshold, settings)``: the folder as a Path, its
+        ``metadata.json``, the threshold as float and :func:`resolve_prior`'s settings.
+
+    Raises:
+        InputError: a bad model folder, threshold or prior.
+    """
+    prior = parse_prior(prior)
+    model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
+    metadata = check_model_dir(model_dir, runtime)
+    threshold = metadata.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
+    if not 0 <= threshold <= 1:
+        raise InputError(f"threshold must be in [0, 1]. Received: {threshold}")
+    settings = resolve_prior(metadata, prior)
+    if settings["note"] and log is not None:
+        log(settings["note"])
+    return model_dir, metadata, float(threshold), settings

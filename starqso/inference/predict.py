@@ -1,0 +1,536 @@
+"""Classify cutouts with an exported model: `starqso predict`.
+
+Rows stream through in batches (memory stays flat), each row's cutout is read, centre-cropped
+to the model's input size and classified. Every input row keeps its place in the output:
+
+* a row that cannot be classified (missing or broken file, cutout smaller than the model
+  input, all zeros, NaN/inf at the object; no source detected at the centre, a pixel beyond
+  1e7 nanomaggies such as a 1e30 no-data fill, sky noise not plausible in nanomaggies, see
+  :mod:`starqso.preprocessing.screening`; a model output that is not a finite probability)
+  has an empty ``p_qso`` and the reason in ``flag``;
+* a row classified after a repair (a few NaN/inf pixels set to their band median) has its
+  ``p_qso`` and a ``flag`` starting with ``repaired``.
+
+``strict=True`` turns the first flagged row into an error instead, resumed rows included.
+
+**The prior.** An exported model's p(QSO) is calibrated at its training QSO fraction
+(``metadata.json: training_qso_fraction``, about 0.30). ``prior`` (``--prior F``) moves it to
+a sample where a fraction F of objects are QSOs, by Bayes' rule on the odds::
+
+    logit(p') = logit(p) + log(F / (1 - F)) - log(f_train / (1 - f_train))
+
+in NumPy after the model, for both runtimes. The default is the model's ``default_prior`` (the
+sky's QSO fraction, 0.02); ``prior="train"`` keeps p at the training mix. The model's
+threshold is applied to p' (p under the chosen prior). A model folder from before these keys
+(no ``training_qso_fraction``) is left uncorrected by default; a ``prior`` given for it is
+applied from an assumed training fraction of 0.30 (the simulator's, the SDSS spectroscopic
+sample's), with a note. Every output records which prior its p_qso assumes: FITS header
+keywords, or a JSON side-car ``OUTPUT.json`` beside a CSV output.
+
+**Faint rows lean on the prior.** Before the prior's shift, the network's evidence (its logit
+against the training fraction) is scaled by :func:`starqso.probability.evidence_weight` of the
+row's combined five-band detection S/N
+(:func:`starqso.preprocessing.screening.combined_snr`): 0 at the detection limit, 1 from
+:data:`starqso.schema.EVIDENCE_SNR`'s upper end, so a row just above the limit gets p' about
+the prior, not the confident QSO that noise, a neighbour's wing or an artefact can look like
+(:func:`starqso.probability.temper`). Models that do not record their training fraction are
+left as they are.
+
+**Quality bits and uncertainty.** After ``id, p_qso, label, flag`` every output has
+``qflag``, the bitmask of :data:`starqso.schema.QFLAG_BITS` (0: no caveat; 1 for a row that
+was not classified; extended source, bright neighbour, saturated, low S/N, magnitude outside
+the training range, colours out of the training distribution: see
+:mod:`starqso.preprocessing.qflags`), and ``p_qso_err``, the spread of p_qso over dihedral
+views of the cutout (:func:`predict_views`; blank with ``uncertainty=False``). A FITS output
+names the bits in ``QBITn`` header cards.
+
+**Test-time augmentation.** ``tta=True`` (``--tta``) averages p(QSO) over the eight dihedral
+views of each cutout (four 90-degree rotations, each also flipped): a point source has no
+orientation (Dieleman et al. 2015), so the average removes orientation noise from the
+network. It costs eight model evaluations per row.
+
+Nothing is lost and nothing is half-written: rows go to a hidden partial file beside the
+output (``.NAME.partial`` plus a ``.json`` saying which catalogue, model and threshold it
+belongs to, with SHA-256 hashes of the catalogue file and of the model file the runtime
+loads), its header line and then each batch flushed to disk, and the partial file becomes
+the output by a rename only when every row is done. A killed run therefore leaves no output,
+or the previous complete one; ``resume=True`` continues from the partial file's last
+complete row (a partial file without a complete header line, killed before it reached the
+disk, is started afresh) and refuses one made for another catalogue, model file, threshold,
+prior or ``tta``. Every error exit keeps the partial file, a ``strict`` stop included (at a
+new row or at a resumed one): fix the row, or drop ``strict``, and ``resume`` continues. The
+partial files are created exclusively and never through a link: a symbolic link at
+``.NAME.partial`` (or its ``.json``) is refused, its target untouched.
+
+One writer per output: a run holds an exclusive lock on ``.NAME.lock`` beside the output
+from before it reads the partial file until the output is in place
+(:func:`starqso._util.locking.exclusive_lock`); a second run on the same output, with or without
+``--resume``, is refused with one line naming the output and the owner's pid. An output that
+is one of the inputs (the catalogue, a cutout or spectrum file it names, a cutout of the
+folder, a model file; the same file through a link too), or that is a folder, is refused
+before anything is written (:mod:`starqso._util.output_checks`).
+
+Two runtimes: ``keras`` (TensorFlow, the ``.keras`` model) and ``litert`` (the TFLite model
+through ``ai_edge_litert``). The LiteRT path imports neither TensorFlow nor Keras, so it runs
+on a machine with only ``pip install ".[litert]"``-style light dependencies.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from starqso._util import jsonfile as strict_json
+from starqso.deploy.folder import RUNTIME_FILES, file_sha256
+from starqso.errors import InputError
+from starqso.inference.classify import (
+    COUNT_KEYS,
+    OUTPUT_COLUMNS,
+    classify_block,
+    label_block,
+    output_cells,
+    refuse_flagged,
+)
+from starqso.inference.model import (
+    EBV_COLUMN,
+    EBV_NONE,
+    _checked_predictor,
+    block_ebv,
+    ebv_setting,
+    evidence_fraction,
+    model_settings,
+    parse_ebv,
+    prior_label,
+)
+from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
+
+
+def _partial_paths(output):
+    partial = output.with_name(f".{output.name}.partial")
+    return partial, partial.with_name(partial.name + ".json")
+
+
+# What the resume message calls the identity keys that differ.
+_IDENTITY_NAMES = {"source": "catalogue", "rows": "row count",
+                   "catalog_sha256": "catalogue content (SHA-256)", "model": "model folder",
+                   "model_sha256": "model file content (SHA-256)", "runtime": "runtime",
+                   "threshold": "threshold", "prior": "prior", "prior_shift": "prior shift",
+                   "tta": "--tta", "uncertainty": "--uncertainty", "ebv": "E(B-V) (--ebv)"}
+
+
+def identity_differences(saved, identity):
+    """What differs between a partial run's saved identity and this run's, in one line.
+
+    Shared by ``predict --resume`` in one process and on Dask (:mod:`starqso.inference.dask`).
+
+    Args:
+        saved: the identity the partial run recorded (anything read from its file).
+        identity: this run's.
+
+    Returns:
+        str: ``"NAME OLD then, NEW now"`` per differing key, joined by ``"; "``.
+
+    Example:
+        >>> identity_differences({"prior": 0.02}, {"prior": 0.3})
+        'prior 0.02 then, 0.3 now'
+    """
+    if not isinstance(saved, dict):
+        return "its record is unreadable"
+    keys = [key for key in identity if saved.get(key) != identity[key]]
+    keys += [key for key in saved if key not in identity]
+
+    def short(value):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:16] + "..." + text[-16:]
+
+    return "; ".join(f"{_IDENTITY_NAMES.get(key, key)} {short(saved.get(key))} then, "
+                     f"{short(identity.get(key))} now" for key in keys)
+
+
+def _resumed_rows(partial, ids, identity, log=None, columns=OUTPUT_COLUMNS):
+    """Rows already in a partial file of the same run, after cutting an unfinished last line.
+
+    None when there is nothing to resume: no partial file, or one without a complete header
+    line (a run killed before its header reached the disk), which is started afresh.
+    """
+    partial_file, identity_file = partial
+    if not partial_file.exists() or not identity_file.exists():
+        return None
+    with _open_partial(partial_file, mode="rb") as stream:
+        content = stream.read()
+    if b"\n" not in content:
+        # Killed before the header line was on disk: no row was written, nothing is lost.
+        if log is not None:
+            log(f"note: the partial run {partial_file} has no complete header line (killed "
+                f"before its first row); starting afresh")
+        return None
+    try:
+        saved = strict_json.read_json(identity_file)
+    except strict_json.DuplicateKeyError:
+        raise
+    except ValueError:
+        saved = None
+    if saved != identity:
+        raise InputError(f"the partial run {partial_file} was made for another catalogue, "
+                         f"model, threshold, prior, --tta or --ebv; delete it or run without "
+                         f"--resume. "
+                         f"Received: {identity_differences(saved, identity)}")
+    content = content[:content.rfind(b"\n") + 1]  # a kill mid-line leaves half a row
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8", errors="replace"),
+                                       newline="")))
+    if not rows or tuple(rows[0]) != tuple(columns):
+        raise InputError(f"the partial run {partial_file} does not start with the header line "
+                         f"{','.join(columns)}; delete it or run without --resume. "
+                         f"Received: {rows[0] if rows else ''}")
+    rows = rows[1:]
+    for number, row in enumerate(rows):
+        if len(row) != len(columns) or number >= len(ids) or row[0] != ids[number]:
+            raise InputError(f"the partial run {partial_file} does not match the catalogue at "
+                             f"row {number + 1}; delete it or run without --resume. Received: "
+                             f"{row}")
+    # Cut the half row in place (no link is followed: _open_partial).
+    with _open_partial(partial_file, mode="r+b") as stream:
+        stream.truncate(len(content))
+    return rows
+
+
+def _refuse_output_among_inputs(rows_source, output, model_dir, csv_output):
+    """The one rule (:mod:`starqso._util.output_checks`): the output, and a CSV's side-car, are
+    neither a folder nor any file the run reads."""
+    import itertools
+
+    from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+
+    inputs, trees = source_inputs(rows_source)
+    refuse_output_among_inputs(output, itertools.chain(inputs, model_inputs(model_dir)),
+                               trees=trees, beside=[sidecar_path(output)] if csv_output else [])
+
+
+def _refuse_linked_partial(partial):
+    """Refuse a partial file (or its record) that is a link or not a plain file: starqso
+    made neither, and writing through a link would write into its target."""
+    for path in partial:
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+            kind = (f"a symbolic link to {os.readlink(path)}" if os.path.islink(path)
+                    else "not a plain file")
+            raise InputError(f"{path} is {kind}, not a partial run starqso wrote; it is not "
+                             f"written through: remove it (or choose another output). "
+                             f"Received: {path}")
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_partial(path, fresh=False, mode="a"):
+    """The partial file, opened without following a link: ``fresh`` creates it exclusively
+    (a stale one of a killed run, ours, is removed first: the output's lock is held), else
+    ``mode`` "a" appends, "rb" reads, "r+b" rewrites in place.
+
+    Raises:
+        InputError: a link appeared at ``path`` since :func:`_refuse_linked_partial`.
+    """
+    flags = {"a": os.O_WRONLY | os.O_APPEND, "rb": os.O_RDONLY, "r+b": os.O_RDWR}[mode]
+    if fresh:
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
+        flags, mode = os.O_WRONLY | os.O_CREAT | os.O_EXCL, "w"
+    try:
+        descriptor = os.open(path, flags | _NOFOLLOW, 0o666)
+    except OSError as err:
+        if os.path.islink(path) or err.errno == errno.EEXIST:
+            _refuse_linked_partial((path,))
+            raise InputError(f"{path} appeared while this run started it; another program "
+                             f"writes there. Received: {path}") from err
+        raise
+    if "b" in mode:
+        return os.fdopen(descriptor, mode)
+    return os.fdopen(descriptor, mode, newline="", encoding="utf-8")
+
+
+def sidecar_path(output):
+    """The JSON side-car of a CSV output: ``OUTPUT.json`` (``predictions.csv.json``)."""
+    output = pathlib.Path(output)
+    return output.with_name(output.name + ".json")
+
+
+def _header_cards(record):
+    """FITS header cards of the output record (prior, threshold, temperature, ...)."""
+    prior = record["prior"]
+    return [
+        ("PRIOR", prior, "QSO fraction p_qso assumes" if prior is not None
+         else "QSO fraction p_qso assumes: training mix, unknown"),
+        ("PRIORSRC", record["prior_source"], "prior from: default, user or train"),
+        ("THRESH", record["threshold"], "label QSO when p_qso >= THRESH"),
+        ("TEMPER", 1.0 if record["temperature"] is None else record["temperature"],
+         "calibration temperature" if record["temperature"] is not None
+         else "not calibrated (older export)"),
+        ("TRNFRAC", record["training_qso_fraction"],
+         "training QSO fraction" + (" (assumed)" if record["training_qso_fraction_assumed"]
+                                    else "")),
+        ("TTA", record["tta"], "p_qso averaged over 8 dihedral views"),
+        ("UNCERT", record.get("uncertainty", False), "p_qso_err: std over dihedral views"),
+        ("EBV", record.get("ebv", EBV_NONE), "E(B-V) de-reddened: column ebv, value or none"),
+        ("RUNTIME", record["runtime"], "starqso predict --runtime"),
+        ("STQVER", record["starqso_version"], "starqso version"),
+        ("MODEL", record["model_name"], "model folder name"),
+        ("MODELSHA", record["model_sha256"], "SHA-256 of the model file"),
+        ("INPUT", record["source"], "input classified"),
+        ("INPUTSHA", record["catalog_sha256"], "SHA-256 of the input (or its listing)"),
+        ("DATE", record["created"], "UTC time the output was written"),
+        ("COMMAND", record["command"] or "", "the command line"),
+        *((f"QBIT{bit.bit_length() - 1}", name, f"qflag bit value {bit}")
+          for name, bit in QFLAG_BITS.items()),
+    ]
+
+
+def provenance(command=None):
+    """When and by what an output was made: ``created`` (UTC, ISO 8601) and ``command``.
+
+    Args:
+        command: the command line (the CLI passes its own); None: ``sys.argv`` when it is
+            starqso's, else None.
+    """
+    import shlex
+    import sys
+    import time
+
+    if command is None and sys.argv and "starqso" in " ".join(sys.argv[:2]):
+        command = shlex.join(sys.argv)
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command}
+
+
+def _csv_cells(values):
+    """Kept input values as CSV text: numbers as repr (round-trip exact), NaN/None blank."""
+    cells = []
+    for value in np.asarray(values, dtype=object):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            cells.append("")
+        elif isinstance(value, (bytes, np.bytes_)):
+            cells.append(value.decode("utf-8", "replace"))
+        elif isinstance(value, (float, np.floating)):
+            cells.append(repr(float(value)))
+        else:
+            cells.append(str(value))
+    return cells
+
+
+def _fits_column(texts):
+    """A kept column back from the partial CSV: float64 when every cell is a number or
+    blank (NaN), else UTF-8 bytes."""
+    try:
+        return np.array([float(text) if text else np.nan for text in texts], np.float64)
+    except ValueError:
+        encoded = np.char.encode(np.asarray(texts, dtype=str), "utf-8")
+        return encoded.astype(f"S{max(encoded.dtype.itemsize, 1)}")
+
+
+def _finish(partial_file, output, fits_output, record, keep=()):
+    """The partial file becomes the output; then its record (side-car or header) is complete.
+
+    A CSV's side-car is removed before the rename and written after it, so a kill in between
+    leaves an output without a side-car, never one beside the record of another run.
+    """
+    from starqso._util.atomic import write_bytes_atomically, write_json_atomically
+
+    if not fits_output:
+        sidecar = sidecar_path(output)
+        sidecar.unlink(missing_ok=True)
+        os.replace(partial_file, output)
+        write_json_atomically(sidecar, record, sort_keys=False)
+        return
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from starqso.io._fits import hdulist_bytes
+
+    with open(partial_file, newline="", encoding="utf-8") as stream:
+        rows = list(csv.reader(stream))[1:]
+    text = {name: np.char.encode(np.asarray([row[column] for row in rows], dtype=str), "utf-8")
+            for column, name in ((0, "id"), (2, "label"), (3, "flag"))}
+    # Text as UTF-8 bytes, as starqso.io.write_catalog stores it (which writes no header cards).
+    table = Table({"id": text["id"].astype(f"S{max(text['id'].dtype.itemsize, 1)}"),
+                   "p_qso": np.array([float(row[1]) if row[1] else np.nan for row in rows]),
+                   "label": text["label"].astype(f"S{max(text['label'].dtype.itemsize, 1)}"),
+                   "flag": text["flag"].astype(f"S{max(text['flag'].dtype.itemsize, 1)}"),
+                   QFLAG_COLUMN: np.array([int(row[4]) for row in rows], np.int32),
+                   P_QSO_ERR_COLUMN: np.array([float(row[5]) if row[5] else np.nan
+                                               for row in rows])})
+    for number, name in enumerate(keep, len(OUTPUT_COLUMNS)):
+        table[name] = _fits_column([row[number] for row in rows])
+    hdu = fits.table_to_hdu(table)
+    hdu.name = "CATALOG"
+    for keyword, value, comment in _header_cards(record):
+        hdu.header[keyword] = (value, comment)
+    write_bytes_atomically(output, hdulist_bytes(fits.HDUList([fits.PrimaryHDU(), hdu])))
+    partial_file.unlink()
+
+
+def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
+                    threshold=None, progress=None, strict=False, resume=False, log=None,
+                    prior=None, tta=False, id_column=None, keep=(), command=None,
+                    uncertainty=True, ebv=None):
+    """Classify every row of ``source`` and write ``id, p_qso, label, flag`` to ``output``.
+
+    p_qso is the model's calibrated p(QSO), averaged over the eight dihedral views with
+    ``tta``, then corrected to ``prior`` (see the module docstring); the label compares it to
+    the threshold. A CSV output gets the side-car :func:`sidecar_path` and a FITS output
+    header cards (``PRIOR``, ``PRIORSRC``, ``THRESH``, ``TEMPER``, ``TRNFRAC``, ``TTA``,
+    ``RUNTIME``) saying which prior, threshold, temperature and runtime p_qso comes from.
+
+    Args:
+        source: any input :func:`starqso.io.sources.open_source` reads: a catalogue
+            (CSV/FITS with ``id`` and ``image`` or ``image_u`` ... ``image_z``), a folder of
+            cutout FITS, a zarr / FITS / HDF5 stack, Parquet or a HATS catalogue.
+        output: CSV path, or FITS table if it ends in ``.fits``.
+        model_dir: exported model folder; the shipped pretrained model when None.
+        runtime: "keras" or "litert".
+        batch_size: cutouts per batch.
+        threshold: p(QSO) at or above which the label is QSO (the model's own when None).
+        progress: optional callable receiving the rows done and the total.
+        strict: raise on the first row that would be flagged (a repair included).
+        resume: continue the partial file an interrupted run left beside ``output``.
+        log: optional callable for notes (e.g. where a resumed run continues).
+        prior: the QSO fraction of the sample, in (0, 1); ``"train"`` for none (p at the
+            training mix); None for the model's ``default_prior`` (none for older models).
+        tta: average p(QSO) over the eight dihedral views of each cutout (8x the model work).
+        id_column: the id column of Parquet, HATS, zarr metadata and stack tables.
+        keep: input columns copied into the output after ``flag`` (``--keep ra,dec``).
+        command: the command line recorded in the output's provenance (the CLI's own).
+        uncertainty: fill ``p_qso_err`` (:func:`predict_views`; one extra model evaluation
+            per row without ``tta``).
+        ebv: the Galactic E(B-V) each cutout is de-reddened by before the model
+            (:func:`parse_ebv`): None or ``"none"``, no de-reddening (the default);
+            ``"column"``, the input's ``ebv`` column; a number, that value for every row. The
+            record's ``ebv`` (FITS ``EBV``) says which: ``"column ebv"``, the value or
+            ``"none"``.
+
+    Returns:
+        dict summary: rows, qso, flagged (not classified), repaired, caveats (classified rows
+        with a non-zero qflag), resumed (rows taken
+        from the partial file), the output path and ``record`` (what the side-car holds:
+        prior, threshold, temperature, ...).
+
+    Raises:
+        InputError: bad options (a prior outside (0, 1) among them), model folder or
+            catalogue (two folder cutouts with one id among them); ``output`` is the
+            catalogue; another run holds ``output``'s lock; with ``strict``, a bad row (a
+            resumed one included); with ``resume``, a partial file from another catalogue,
+            model file, threshold, prior or ``tta``.
+
+    Example:
+        >>> predict_catalog("demo/catalog.csv", "predictions.csv")  # doctest: +SKIP
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1. Received: {batch_size}")
+    output = pathlib.Path(output)
+    suffix = "".join(output.suffixes[-1:]).lower()
+    if suffix not in (".csv", ".fits"):
+        raise InputError(f"output must end in .csv or .fits. Received: {output}")
+    model_dir, metadata, threshold, settings = model_settings(model_dir, runtime, threshold,
+                                                             prior, log)
+    ebv = parse_ebv(ebv)
+    size = int(metadata["input_shape"][1])
+    from starqso.io.sources import open_source
+
+    rows_source = open_source(source, id_column=id_column, keep=keep, ebv=ebv == EBV_COLUMN)
+    ebv = ebv_setting(ebv, rows_source)
+    columns = (*OUTPUT_COLUMNS, *rows_source.keep_columns)
+    ids = rows_source.ids()
+    _refuse_output_among_inputs(rows_source, output, model_dir, suffix != ".fits")
+    source_name = str(pathlib.Path(source).resolve())
+    from starqso import __version__
+    from starqso._util.locking import exclusive_lock
+
+    # What a partial file must match to be resumed, and what the finished output records:
+    # content hashes too, so a replaced model file or an edited catalogue is not continued.
+    common = {"source": source_name, "rows": len(ids),
+              "catalog_sha256": rows_source.fingerprint(),
+              "model": str(model_dir.resolve()),
+              "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
+              "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
+              "tta": bool(tta), "uncertainty": bool(uncertainty),
+              "keep": list(rows_source.keep_columns), "ebv": ebv}
+    identity = {**common, "prior_shift": settings["shift"]}
+    record = {"output": output.name, **common, "prior_source": settings["source"],
+              "temperature": metadata.get("temperature"),
+              "training_qso_fraction": settings["training_qso_fraction"],
+              "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
+              "starqso_version": __version__, "model_name": model_dir.resolve().name}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_paths(output)
+    # One writer per output, for the whole run (--resume included): see starqso._util.locking.
+    with exclusive_lock(output):
+        _refuse_linked_partial(partial)
+        done = _resumed_rows(partial, ids, identity, log, columns) if resume else None
+        # The resumed rows answer to --strict as the new ones do (a fresh run would stop).
+        # The partial file stays: without --strict, --resume continues after these rows.
+        for number, (ident, _, _, flag, *_) in enumerate(done if strict and done else []):
+            if flag:
+                raise InputError(f"row {number + 1} (id {ident!r}) of {source} is flagged and "
+                                 f"--strict is on: {flag}")
+        if resume and log is not None:
+            log(f"resuming after row {len(done)} of {len(ids)}" if done is not None else
+                "no partial run to resume; starting from the first row")
+        counts = {**dict.fromkeys(COUNT_KEYS, 0), "resumed": 0}
+        for _, p_qso, label, flag, qflag, *_ in done or []:
+            counts["rows"] += 1
+            counts["qso"] += label == "QSO"
+            counts["flagged"] += bool(flag) and not p_qso
+            counts["repaired"] += bool(flag) and bool(p_qso)
+            counts["caveats"] += bool(p_qso) and qflag not in ("", "0")
+        counts["resumed"] = counts["rows"]
+        # The folder was checked above, before the catalogue: a bad catalogue fails before
+        # TensorFlow is imported, and the model files are read once.
+        predictor = _checked_predictor(model_dir, runtime)
+        if done is None:
+            from starqso._util.atomic import write_text_atomically
+
+            write_text_atomically(partial[1], json.dumps(identity, indent=2) + "\n")
+        try:
+            with _open_partial(partial[0], fresh=done is None) as stream:
+                writer = csv.writer(stream)
+                if done is None:
+                    # On disk before the first batch: a run killed in it leaves a resumable file.
+                    writer.writerow(columns)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                for partition in rows_source.partitions(batch_size):
+                    if partition.stop <= counts["rows"]:
+                        continue
+                    start = max(partition.start, counts["rows"])
+                    block = rows_source.read(partition, size, start=start)
+                    batch_ids = block.ids
+                    classified = classify_block(
+                        block, predictor, size, settings["shift"], tta, uncertainty,
+                        metadata.get("quality"), evidence_fraction(settings),
+                        block_ebv(ebv, rows_source, block))
+                    if strict:
+                        # The finished batches stay in the partial file, for --resume.
+                        refuse_flagged(classified.flags, batch_ids, start, source)
+                    label_block(classified, threshold, counts)
+                    kept = [_csv_cells(block.keep[name]) for name in rows_source.keep_columns]
+                    for row, (ident, p_qso, flag, ok, bits, err) in enumerate(
+                            zip(batch_ids, *classified, strict=False)):
+                        writer.writerow((*output_cells(ident, p_qso, flag, ok, bits, err,
+                                                       threshold),
+                                         *(column[row] for column in kept)))
+                    # Each batch reaches the disk whole before the next starts: what --resume reads.
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                    if progress is not None:
+                        progress(counts["rows"], len(ids))
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            # A failed write or fsync (a full disk) names no file: name the partial file.
+            raise type(err)(err.errno, err.strerror, str(partial[0])) from err
+        record.update(provenance(command))
+        _finish(partial[0], output, suffix == ".fits", record, rows_source.keep_columns)
+        partial[1].unlink(missing_ok=True)
+    return {**counts, "output": str(output), "prior": prior_label(settings), "record": record}
