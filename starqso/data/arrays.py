@@ -209,8 +209,8 @@ class ObjectArrays:
         # Rows are screened in blocks by `starqso predict`'s own screening (crop, repair and
         # the source checks: no source detected, no-data fills, implausible sky), so a row
         # predict would flag is flagged, and left out of training, here too.
-        from starqso.inference import prepare_block
         from starqso.io.sources import Block
+        from starqso.preprocessing.blocks import prepare_block
 
         for start in range(0, len(ids), _SCREEN_ROWS):
             rows = range(start, min(start + _SCREEN_ROWS, len(ids)))

@@ -57,7 +57,7 @@ def recorded_threshold(predictions_path):
             return None  # unreadable: join_predictions names the problem
         where = f"THRESH card of {path}"
     else:
-        from starqso.inference import sidecar_path
+        from starqso.io.catalog import sidecar_path
 
         sidecar = sidecar_path(path)
         if not sidecar.is_file():

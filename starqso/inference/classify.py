@@ -12,6 +12,7 @@ import numpy as np
 
 from starqso.errors import InputError
 from starqso.inference.model import apply_prior
+from starqso.preprocessing.blocks import prepare_block
 from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
 
 # The first four are the original columns (readers of older outputs find them where they
@@ -120,65 +121,8 @@ def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0, wei
     return p, spread
 
 
-def _prepare_block(block, size, measured=None):
-    """Model inputs of a :class:`~starqso.io.sources.Block`: ``(images, flags, usable)``.
-
-    Every layout goes through here, so a bad row is flagged the same way whatever it was read
-    from: the crop and repair of :func:`~starqso.preprocessing.objects.prepare_object`, then
-    the source checks of :mod:`starqso.preprocessing.screening`. A stack's clean crops (finite,
-    not all zero) skip the per-row call: for them prepare_object is the identity.
-    ``measured``, a dict, receives the screen's per-row ``sky_sigma`` and ``snr`` (NaN for
-    rows not screened), which the quality bits reuse.
-    """
-    from starqso.preprocessing.objects import prepare_object
-    from starqso.preprocessing.screening import check_source, suspect_crops
-    from starqso.schema import NUM_BANDS
-
-    count = len(block.ids)
-    images = np.zeros((count, size, size, NUM_BANDS), np.float32)
-    flags, usable = [""] * count, np.zeros(count, bool)
-    cubes, rows = block.cubes, range(count)
-    if isinstance(cubes, np.ndarray) and cubes.shape[2:] == (size, size):
-        clean = np.isfinite(cubes).all(axis=(1, 2, 3)) & (cubes != 0).any(axis=(1, 2, 3))
-        images[clean] = np.moveaxis(cubes[clean], 1, -1)
-        usable[clean] = True
-        rows = np.flatnonzero(~clean)
-    for row in rows:
-        item = cubes[row]
-        if isinstance(item, str):
-            flags[row] = item
-            continue
-        try:
-            # The same crop (and repair) as the training arrays: ObjectArrays.from_catalog.
-            prepared = prepare_object(item, size, source=block.where[row])
-            images[row], flags[row] = prepared.image, prepared.note
-            usable[row] = True
-        except InputError as err:
-            flags[row] = str(err)
-    # No answer without a source: blank sky, no-data fills and other units are refused. The
-    # batch is screened at once; check_source gives the reason for the suspects.
-    good = np.flatnonzero(usable)
-    suspect, sigma, snr, background = suspect_crops(images[good], measured=True)
-    if measured is not None:
-        measured["sky_sigma"] = np.full((count, NUM_BANDS), np.nan)
-        measured["sky_sigma"][good] = sigma
-        measured["background"] = (good, background)
-        measured["snr"] = None
-        if snr is not None:
-            measured["snr"] = np.full((count, NUM_BANDS), np.nan)
-            measured["snr"][good] = snr
-    for row in good[suspect]:
-        try:
-            check_source(images[row], source=block.where[row])
-        except InputError as err:
-            flags[row], usable[row] = str(err), False
-    return images, flags, usable
-
-
-#: The screening every predicted row gets (crop, repair, source checks), public so that
-#: ``fit`` and ``finetune`` screen their training rows by the same rules
-#: (:meth:`starqso.data.ObjectArrays.from_catalog`).
-prepare_block = _prepare_block
+# The module-level name the per-row core calls (tests replace it to count calls).
+_prepare_block = prepare_block
 
 
 class Classified(NamedTuple):

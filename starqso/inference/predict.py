@@ -108,6 +108,7 @@ from starqso.inference.model import (
     parse_ebv,
     prior_label,
 )
+from starqso.io.catalog import sidecar_path
 from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
 
 
@@ -251,12 +252,6 @@ def _open_partial(path, fresh=False, mode="a"):
     if "b" in mode:
         return os.fdopen(descriptor, mode)
     return os.fdopen(descriptor, mode, newline="", encoding="utf-8")
-
-
-def sidecar_path(output):
-    """The JSON side-car of a CSV output: ``OUTPUT.json`` (``predictions.csv.json``)."""
-    output = pathlib.Path(output)
-    return output.with_name(output.name + ".json")
 
 
 def _header_cards(record):

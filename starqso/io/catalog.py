@@ -422,3 +422,25 @@ def write_catalog(table: Table, path: str | os.PathLike, *, overwrite: bool = Fa
         )
     payload = _csv_bytes(table, path) if catalog_format == "csv" else _fits_bytes(table, path)
     return write_bytes_atomically(path, payload, overwrite=overwrite)
+
+
+def sidecar_path(output):
+    """The JSON side-car of a CSV output: ``OUTPUT.json`` (``predictions.csv.json``).
+
+    The predictions and embeddings tables written as CSV carry their settings (prior,
+    threshold, model) in this file beside them.
+
+    Args:
+        output: the CSV output's path.
+
+    Returns:
+        ``pathlib.Path``.
+
+    Example:
+        >>> sidecar_path("out/predictions.csv").name
+        'predictions.csv.json'
+    """
+    import pathlib
+
+    output = pathlib.Path(output)
+    return output.with_name(output.name + ".json")

@@ -53,7 +53,7 @@ import numpy as np
 
 from starqso._util import jsonfile as strict_json
 from starqso.errors import InputError
-from starqso.inference import sidecar_path
+from starqso.io.catalog import sidecar_path
 from starqso.schema import CLASS_NAMES
 
 __all__ = [
