@@ -30,19 +30,18 @@ import warnings
 import numpy as np
 from astropy.table import Table
 
-from starqso._util.extras import missing_module
 from starqso.deploy.folder import RUNTIME_FILES, file_sha256
 from starqso.errors import InputError
 from starqso.inference import (
     EBV_NONE,
     OUTPUT_COLUMNS,
-    RUNTIMES,
     classify_block,
     evidence_fraction,
     model_settings,
     open_model,
     output_cells,
     provenance,
+    resolve_runtime,
 )
 from starqso.io.sources import Block
 from starqso.schema import NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
@@ -82,15 +81,6 @@ def load(model=None, runtime="auto", prior=None):
     return Classifier(model, runtime, prior)
 
 
-def _runtime(runtime):
-    if runtime == "auto":
-        return "litert" if missing_module("tensorflow", "keras") else "keras"
-    if runtime not in RUNTIMES:
-        raise InputError(f"runtime must be 'auto', {', '.join(map(repr, RUNTIMES))}. "
-                         f"Received: runtime={runtime!r}")
-    return runtime
-
-
 class Classifier:
     """p(QSO) of NumPy cutouts with one model, as ``starqso predict`` gives it.
 
@@ -105,7 +95,7 @@ class Classifier:
     """
 
     def __init__(self, model=None, runtime="auto", prior=None):
-        runtime = _runtime(runtime)
+        runtime = resolve_runtime(runtime)
         notes = []
         self.model_dir, self.metadata, self.threshold, self.settings = model_settings(
             model, runtime, None, prior, notes.append)

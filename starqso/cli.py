@@ -487,8 +487,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     blank, negative or above 10 is not classified, with a flag. The output appears only when
     complete; an interrupted run continues with --resume.
     """
-    from starqso._util.extras import missing_module
-    from starqso.inference import parse_ebv
+    from starqso.inference import parse_ebv, resolve_runtime
 
     ebv = parse_ebv(ebv)  # a bad value is one line before anything is opened
     keep = tuple(name.strip() for name in keep.split(",") if name.strip())
@@ -503,8 +502,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
         raise InputError(f"--workers, --scheduler and --partition-rows write a Parquet dataset: "
                          f"name --output OUT.parquet (or a folder); .csv and .fits outputs are "
                          f"written by one process. Received: --output {output}")
-    if runtime == "auto":
-        runtime = "litert" if dataset or missing_module("tensorflow", "keras") else "keras"
+    runtime = resolve_runtime(runtime, dataset)
     start = time.perf_counter()
     if dataset:
         # Dask's worker processes start multiprocessing's resource tracker, which lives until

@@ -45,6 +45,7 @@ from starqso.inference.model import (
     parse_prior,
     prior_label,
     resolve_prior,
+    resolve_runtime,
 )
 from starqso.inference.predict import (
     identity_differences,
@@ -86,6 +87,7 @@ __all__ = [
     "provenance",
     "refuse_flagged",
     "resolve_prior",
+    "resolve_runtime",
     "row_label",
     "sidecar_path",
 ]

@@ -16,6 +16,31 @@ from starqso.schema import DEFAULT_THRESHOLD
 
 RUNTIMES = tuple(RUNTIME_FILES)
 
+
+def resolve_runtime(runtime, dataset=False):
+    """The runtime ``"auto"`` stands for: keras where TensorFlow is installed, else litert
+    (and litert for a Dask run, ``dataset``); another value is checked and returned.
+
+    Args:
+        runtime: ``"auto"`` or one of :data:`RUNTIMES`.
+        dataset: the run writes a Parquet dataset on Dask workers.
+
+    Returns:
+        ``"keras"`` or ``"litert"``.
+
+    Example:
+        >>> resolve_runtime("litert")
+        'litert'
+    """
+    from starqso._util.extras import missing_module
+
+    if runtime == "auto":
+        return "litert" if dataset or missing_module("tensorflow", "keras") else "keras"
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime must be 'auto', {', '.join(map(repr, RUNTIMES))}. "
+                         f"Received: runtime={runtime!r}")
+    return runtime
+
 #: ``--prior`` value meaning "no correction": p(QSO) at the model's training QSO fraction.
 TRAINING_PRIOR = "train"
 
