@@ -23,6 +23,8 @@ import sys
 
 import numpy as np
 
+from starqso._util.atomic import write_text_atomically
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DIMMING = (0.5, 1.0, 1.5)
@@ -83,7 +85,7 @@ def main():
         f"{threshold:.2f}), prior 0.3.", "", *lines, ""])
     print(text)
     if args.out is not None:
-        args.out.write_text(text)
+        write_text_atomically(args.out, text)
 
 
 if __name__ == "__main__":

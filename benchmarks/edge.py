@@ -109,7 +109,7 @@ def _part_models(model_dir, images, folder):
     import keras
 
     import starqso.models  # noqa: F401  (registers the layers)
-    from starqso.deploy.export import convert_tflite, int8_converter
+    from starqso.deploy.tflite import convert_tflite, int8_converter
     from starqso.models.classifiers import deployed_network
     from starqso.models.layers import ZeroNoise
 

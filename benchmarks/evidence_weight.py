@@ -42,6 +42,8 @@ from real_fields import classify  # noqa: E402 - predict's per-row core, as ther
 from real_photometry import render_depth  # noqa: E402 - the same renderer
 from sim_realism import read_real  # noqa: E402
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
+
 RAMPS = ((None, None), (4.0, 6.0), (5.0, 7.0), (5.0, 8.0), (5.0, 10.0), (5.0, 15.0))
 
 
@@ -133,7 +135,7 @@ def main():
         "source check at nominal / noisier depth, counted as misses).", "", *lines, ""])
     print(text)
     if args.out is not None:
-        args.out.write_text(text)
+        write_text_atomically(args.out, text)
 
 
 if __name__ == "__main__":

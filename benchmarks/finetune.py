@@ -90,6 +90,8 @@ from real_photometry import (  # noqa: E402 - the independent renderer and the P
 )
 from sim_realism import read_real  # noqa: E402 - the same reader of the real catalogue
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
+
 DEPTH = "noisier"
 DEPTH_NAMES = {"head": "head only", "1": "last trunk block", "2": "last two trunk blocks",
                "all": "all (generator included)"}
@@ -424,7 +426,7 @@ def bar_main(args, data, began):
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        pathlib.Path(args.out).write_text(text)
+        write_text_atomically(args.out, text)
         print(f"-> {args.out}")
 
 
@@ -589,7 +591,7 @@ def main():
     text = header + "\n" + "\n\n".join(tables(args, rows, times, frozen)) + "\n"
     print(text)
     if args.out:
-        pathlib.Path(args.out).write_text(text)
+        write_text_atomically(args.out, text)
         print(f"-> {args.out}")
     if args.plot:
         plot(rows, frozen, args.budgets, args.plot, title=f"{len(data.test)} test objects, "

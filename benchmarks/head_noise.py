@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from real_photometry import DEPTHS, SIZE, boosting, crop, render_depth  # noqa: E402
 from sim_realism import read_real  # noqa: E402
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
+
 
 def train_head(features, labels, noise, seed, epochs=30):
     """The shipped head's architecture, trained on 90% with early stopping on the rest."""
@@ -108,7 +110,7 @@ def main():
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    pathlib.Path(args.out).write_text(text)
+    write_text_atomically(args.out, text)
     print(f"-> {args.out}")
 
 

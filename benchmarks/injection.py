@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from starqso._util.atomic import write_text_atomically
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -110,7 +112,7 @@ def main(argv=None):
                          f"{count} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    pathlib.Path(args.out).write_text(text)
+    write_text_atomically(args.out, text)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from real_photometry import DEPTHS, crop, render_depth  # noqa: E402
 from sim_realism import read_real  # noqa: E402
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
+
 
 def train_head(stage, context, seed):
     """The run's photometry head on ``stage``'s prepared inputs; p(QSO) as a function."""
@@ -128,7 +130,7 @@ def main():
               + ", ".join(f"{value:.4f}" for value in scores) for scale, seed, _, scores in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    pathlib.Path(args.out).write_text(text)
+    write_text_atomically(args.out, text)
 
 
 if __name__ == "__main__":

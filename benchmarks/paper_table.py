@@ -58,6 +58,8 @@ import time
 
 import numpy as np
 
+from starqso._util.atomic import write_text_atomically
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -584,7 +586,7 @@ def main():
     if args.out:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(header + text + "\n")
+        write_text_atomically(out, header + text + "\n")
         print(f"-> {out}")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

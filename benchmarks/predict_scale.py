@@ -50,6 +50,8 @@ import sys
 import tempfile
 import time
 
+from starqso._util.atomic import write_text_atomically
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -127,7 +129,7 @@ def finish(args, workdir, title, lines, began):
     if args.out:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(f"# {title}\n\n" + text + "\n")
+        write_text_atomically(out, f"# {title}\n\n" + text + "\n")
         print(f"-> {out}")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

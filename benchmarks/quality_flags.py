@@ -50,6 +50,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
 from starqso.data.arrays import ObjectArrays  # noqa: E402
 from starqso.evaluation.metrics import wilson_interval  # noqa: E402
 from starqso.inference import open_model, predict_views  # noqa: E402
@@ -275,8 +276,8 @@ def real_report(args, point_images, point_fields):
 
 def update_model(folders, splits):
     """Write the quality reference and selection function into exported model folders."""
-    from starqso._util.atomic import write_json_atomically, write_text_atomically
-    from starqso.deploy.export import SELECTION_FILE, quality_card, quality_reference
+    from starqso._util.atomic import write_json_atomically
+    from starqso.deploy.model_card import SELECTION_FILE, quality_card, quality_reference
     from starqso.evaluation.metrics import selection_csv_text
 
     for folder in folders:
@@ -370,7 +371,7 @@ def main():
                           "", *lines, f"Total time {time.perf_counter() - start:.0f} s."]) + "\n"
         print(text)
         if args.out is not None:
-            args.out.write_text(text)
+            write_text_atomically(args.out, text)
         return
     if args.fit_extended is not None:
         fit_extended(splits["train"].images, args.fit_extended, args.fit_galaxies)
@@ -484,7 +485,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
-        args.out.write_text(text)
+        write_text_atomically(args.out, text)
 
 
 if __name__ == "__main__":

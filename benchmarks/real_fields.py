@@ -62,6 +62,7 @@ from quality_flags import crop, luptitudes_to_nanomaggies  # noqa: E402 - same K
 from real_photometry import aperture_features, boosting  # noqa: E402 - the same peer
 from sim_realism import read_real  # noqa: E402 - the same reader of the real catalogue
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
 from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC, QFLAG_BITS  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -726,7 +727,7 @@ def main():
             # The hand-written analysis below the marker survives a re-run.
             old = args.out.read_text()
             kept = marker + old.split(marker, 1)[1] if marker in old else ""
-        args.out.write_text(text + kept)
+        write_text_atomically(args.out, text + kept)
         print(f"-> {args.out}")
 
 

@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from sim_realism import read_real  # noqa: E402 - the same reader of the real catalogue
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
 from starqso.preprocessing.objects import prepare_object  # noqa: E402
 from starqso.schema import PIXEL_SCALE_ARCSEC as PIXEL  # noqa: E402
 
@@ -398,7 +399,7 @@ def main():
     text = header + "\n" + "\n\n".join(sections) + "\n"
     print(text)
     if args.out:
-        pathlib.Path(args.out).write_text(text)
+        write_text_atomically(args.out, text)
         print(f"-> {args.out}")
 
 

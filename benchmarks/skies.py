@@ -40,6 +40,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
 from starqso.io.frames import frame_paths, group_fields, read_field  # noqa: E402
 from starqso.preprocessing.photometry import (  # noqa: E402
     WEIGHTED_FWHM_ARCSEC,
@@ -205,7 +206,7 @@ def main(argv=None):
     ]
     report = "\n".join(text)
     print(report)
-    pathlib.Path(args.out).write_text(report, encoding="utf-8")
+    write_text_atomically(args.out, report)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from head_noise import train_head  # noqa: E402
 from real_photometry import DEPTHS, SIZE, boosting, crop, render_depth  # noqa: E402
 from sim_realism import read_real  # noqa: E402
 
+from starqso._util.atomic import write_text_atomically  # noqa: E402
+
 
 def simulated_set(seed, count, cache):
     """The 21 photometric numbers and labels of ``count`` simulated objects of ``seed``."""
@@ -104,7 +106,7 @@ def main():
         lines.append(f"| {count:,} | " + " | ".join(f"{s:.4f}" for s in scores) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
-    pathlib.Path(args.out).write_text(text)
+    write_text_atomically(args.out, text)
     print(f"-> {args.out}")
 
 

@@ -11,7 +11,8 @@ import numpy as np
 #: a confident p to exactly 0 or 1, whose logit is infinite.
 EPSILON = 1e-7
 
-__all__ = ["EPSILON", "calibrate", "evidence_weight", "logit", "sigmoid", "temper"]
+__all__ = ["EPSILON", "apply_prior", "calibrate", "evidence_weight", "logit", "prior_shift",
+           "sigmoid", "temper"]
 
 
 def logit(p, epsilon: float = 0.0) -> np.ndarray:
@@ -91,7 +92,7 @@ def temper(probabilities, weight, training_fraction) -> np.ndarray:
     ``logit p' = logit f + w (logit p - logit f)``: the network's log-likelihood ratio (its
     logit against the training fraction ``f`` it was calibrated at) counts ``w`` times, so
     ``w = 0`` gives the prior itself and ``w = 1`` leaves p as it is. A prior correction
-    (``starqso.inference.apply_prior``) applies after it.
+    (:func:`apply_prior`) applies after it.
 
     Args:
         probabilities: p(QSO) at the training mix, any shape broadcasting with ``weight``.
@@ -110,3 +111,36 @@ def temper(probabilities, weight, training_fraction) -> np.ndarray:
     tempered = sigmoid(base + weight * (logit(probabilities, EPSILON) - base))
     # Full weight returns p untouched (bit for bit), also at 0 and 1.
     return np.where(weight >= 1.0, np.asarray(probabilities, np.float64), tempered)
+
+
+def prior_shift(prior, training) -> float:
+    """The log-odds shift that moves p(QSO) from the training prior to another one (Bayes):
+    ``log(F / (1 - F)) - log(f_train / (1 - f_train))``.
+
+    Args:
+        prior: F, the QSO fraction of the sky the model is applied to, in (0, 1).
+        training: f_train, the QSO fraction the model was trained and calibrated on.
+
+    Returns:
+        float: the shift :func:`apply_prior` adds to the logit.
+
+    Example:
+        >>> round(prior_shift(0.1, 0.5), 6)
+        -2.197225
+    """
+    return float(np.log(prior / (1 - prior)) - np.log(training / (1 - training)))
+
+
+def apply_prior(probabilities, shift):
+    """p(QSO) moved to another prior: ``sigmoid(logit(p) + shift)`` (NumPy, float64).
+
+    ``shift`` is :func:`prior_shift`; 0 returns p unchanged, and p = 0 or 1 stays where it is.
+
+    Example:
+        >>> round(float(apply_prior([0.5], np.log(1 / 9))[0]), 12)  # 50% odds at a 10x lower prior
+        0.1
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    if shift == 0:
+        return probabilities
+    return sigmoid(logit(probabilities) + shift)

@@ -16,6 +16,20 @@ def pytest_configure(config):
         cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 
+# The longest files first, so that pytest-xdist (``--dist loadfile --no-loadscope-reorder`` in
+# setup.cfg) does not end the run on one worker with a long file while the other idles. The
+# first file trains the shared tiny run; the second does not need it, so neither worker waits.
+LONGEST_FILES = ("test_finetune.py", "test_injection.py", "test_fit.py", "test_variants.py",
+                 "test_distributed.py", "test_interrupted.py", "test_bad_input_ownership.py",
+                 "test_predict_reliability.py", "test_determinism.py", "test_input_layouts.py",
+                 "test_embed.py", "test_scale.py", "test_export.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: number for number, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # One tiny run through the CLI, shared by the tests that only read a finished, exported run
 # (test_fit checks the folder, test_export the formats, test_finetune adapts it, test_embed
 # embeds with it): each full
@@ -33,15 +47,35 @@ TINY_RUN_CONFIG = ("preset: tiny\nmodel:\n  trunk_size: 16\n  metric_loss: norm_
 def tiny_run(tmp_path_factory):
     """A finished tiny run (16-pixel trunk, metric head), exported; read-only.
 
+    Under pytest-xdist the first worker to need it trains it into the folder all workers share
+    (``getbasetemp().parent``), under a file lock; the others wait and read it, so the run is
+    trained once per test run however many workers there are.
+
     Returns:
         A namespace with ``path`` (the run folder), ``config`` (its YAML file) and
         ``output`` (what ``starqso fit`` printed).
     """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _train_tiny_run(tmp_path_factory.mktemp("tiny-run"))
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / "tiny-run-shared"
+    with FileLock(str(folder) + ".lock"):
+        done = folder / "fit-output.txt"
+        if done.is_file():
+            return types.SimpleNamespace(path=folder / "run", config=folder / "tiny.yaml",
+                                         output=done.read_text())
+        folder.mkdir(exist_ok=True)
+        run = _train_tiny_run(folder)
+        done.write_text(run.output)
+        return run
+
+
+def _train_tiny_run(folder):
     from click.testing import CliRunner
 
     from starqso.cli import main
 
-    folder = tmp_path_factory.mktemp("tiny-run")
     config = folder / "tiny.yaml"
     config.write_text(TINY_RUN_CONFIG)
     out = folder / "run"

@@ -202,7 +202,7 @@ def test_object_arrays_cache_is_checked_the_same_way(tmp_path):
 
 
 def test_read_npz_refuses_arrays_over_its_limit(tmp_path):
-    from starqso.deploy.folder import read_npz
+    from starqso.deploy.safe_read import read_npz
     from starqso.errors import InputError
 
     path = tmp_path / "big.npz"

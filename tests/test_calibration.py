@@ -7,14 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from starqso.deploy.export import (
-    THRESHOLD_GRID,
-    calibrate,
-    choose_threshold,
-    convert_tflite,
-    fit_temperature,
-    write_saved_model,
-)
+from starqso.deploy.calibration import THRESHOLD_GRID, choose_threshold, fit_temperature
+from starqso.deploy.tflite import convert_tflite, write_saved_model
 from starqso.errors import InputError
 from starqso.inference import (
     LiteRTPredictor,
@@ -33,6 +27,7 @@ from starqso.models import (
     StarQSOClassifier,
     TemperatureScaling,
 )
+from starqso.probability import calibrate
 
 SIZE = 16
 rng = np.random.default_rng(4)
@@ -241,7 +236,7 @@ def test_classify_block_hands_back_the_other_outputs_of_its_classified_rows(tta)
 
 
 def test_metadata_keys_are_checked(tmp_path):
-    from starqso.deploy.folder import _check_metadata
+    from starqso.deploy.metadata import check_metadata as _check_metadata
 
     good = {"bands": "ugriz", "units": "nanomaggy", "layout": "NHWC",
             "class_names": ["STAR", "QSO"], "input_shape": [None, 16, 16, 5],

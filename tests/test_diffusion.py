@@ -313,7 +313,7 @@ def _run_tflite(flatbuffer, inputs):
 
 
 def _convert_both(model, tmp_path, calibration):
-    from starqso.deploy.export import convert_tflite, float_nodes, write_saved_model
+    from starqso.deploy.tflite import convert_tflite, float_nodes, write_saved_model
 
     write_saved_model(model, tmp_path)
     fp32 = convert_tflite(tmp_path, "fp32")

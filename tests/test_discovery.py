@@ -11,6 +11,7 @@ from starqso.discovery import (
     NeighbourIndex,
     average_precision_at_r,
     cluster_purity,
+    clusters,
     outlier_scores,
     plot_clusters,
     precision_at_k,
@@ -300,7 +301,7 @@ def test_voting_clusters_deterministic_and_auto_k():
 
 
 def test_voting_clusters_minibatch_path(monkeypatch):
-    monkeypatch.setattr(discovery, "_MINIBATCH_ROWS", 100)
+    monkeypatch.setattr(clusters, "_MINIBATCH_ROWS", 100)
     vectors, truth = blobs(seed=7)
     result = voting_clusters(vectors, n_clusters=3, n_bags=4, seed=1)
     assert cluster_purity(result.labels, truth) == 1.0

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from starqso.cli import main
 from starqso.schema import EXTINCTION_COEFFICIENTS
-from starqso.simulate.images import PSF, render_point
+from starqso.simulate.profiles import PSF, render_point
 
 SIZE = 32
 SKY = np.array([0.0445, 0.0173, 0.029, 0.0465, 0.170])  # real SDSS per-pixel sigma, nmgy

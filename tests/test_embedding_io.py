@@ -13,6 +13,7 @@ from starqso.inference import sidecar_path
 from starqso.io import embeddings
 from starqso.io.embeddings import (
     EmbeddingTable,
+    csv_file,
     read_embeddings,
     space_columns,
     write_embeddings,
@@ -106,7 +107,7 @@ def test_csv_layout_and_sidecar(tmp_path):
 
 
 def test_csv_blocks_name_rows_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(embeddings, "_CSV_BLOCK", 4)
+    monkeypatch.setattr(csv_file, "_CSV_BLOCK", 4)
     table = make_table()
     path = tmp_path / "embeddings.csv"
     write_embeddings(table, path)
@@ -175,8 +176,8 @@ def test_failed_csv_write_leaves_old_file(tmp_path, monkeypatch):
         yield next(blocks)
         _fail_half_way()
 
-    original = embeddings._csv_blocks
-    monkeypatch.setattr(embeddings, "_csv_blocks", half)
+    original = csv_file._csv_blocks
+    monkeypatch.setattr(csv_file, "_csv_blocks", half)
     with pytest.raises(OSError, match="No space left"):
         write_embeddings(make_table(seed=2), path)
     assert (path.read_bytes(), sidecar_path(path).read_bytes()) == before

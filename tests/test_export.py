@@ -200,9 +200,11 @@ def _predict(catalogue, model, output, *options):
 
 
 def test_export_calibrates_on_the_validation_split_and_records_it(run):
-    from starqso.deploy.export import calibrate, choose_threshold, fit_temperature, split_objects
+    from starqso.deploy.calibration import choose_threshold, fit_temperature
+    from starqso.deploy.export import split_objects
     from starqso.deploy.folder import load_keras_model
     from starqso.models import CalibratedClassifier, StarQSOClassifier
+    from starqso.probability import calibrate
     from starqso.training.run_folder import RunFolder
 
     export = run / "export"

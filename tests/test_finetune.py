@@ -92,7 +92,7 @@ def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels, 
 
 def test_finetune_keeps_the_base_model_when_tuning_does_not_beat_it(tmp_path, base, labels,
                                                                     monkeypatch):
-    import starqso.training.finetune as finetune
+    import starqso.training.finetune_selection as finetune
 
     def worse(labels, raw, **kwargs):  # the fine-tuned model loses on validation
         return {"temperature": 2.0, "threshold": 0.3, "threshold_rule": "test", "folds": 3,
@@ -124,7 +124,7 @@ def test_finetune_keeps_the_base_model_when_tuning_does_not_beat_it(tmp_path, ba
 
 
 def test_selection_keeps_the_base_unless_tuning_beats_it_out_of_fold():
-    from starqso.training.finetune import cross_validated_calibration, select_model
+    from starqso.training.finetune_selection import cross_validated_calibration, select_model
 
     rng = np.random.default_rng(0)
     labels = (rng.random(300) < 0.3).astype(int)

@@ -14,10 +14,10 @@ from starqso.simulate.galaxies import (
     simulate_galaxy,
     split_galaxy_rows,
 )
-from starqso.simulate.images import (
+from starqso.simulate.images import render_cutout
+from starqso.simulate.profiles import (
     PSF,
     _sersic_pixels,
-    render_cutout,
     render_exponential,
     render_sersic,
     sersic_b,

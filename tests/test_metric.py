@@ -188,7 +188,7 @@ def _run_tflite(flatbuffer, inputs):
 
 @pytest.mark.parametrize("photometry_dim", [0, 3])
 def test_head_round_trips_keras_savedmodel_and_fp32_tflite(photometry_dim, tmp_path):
-    from starqso.deploy.export import convert_tflite
+    from starqso.deploy.tflite import convert_tflite
 
     head = MetricHead(feature_dim=8, photometry_dim=photometry_dim, hidden_units=16,
                       embedding_dim=4)

@@ -23,13 +23,10 @@ from click.testing import CliRunner
 from helpers import cli_error_line, rewrite_metadata, simulated_survey
 
 from starqso.cli import NATIVE_NOISE, main
-from starqso.deploy.folder import (
-    MAX_JSON_BYTES,
-    STARQSO_CLASSES,
-    _read_capped,
-    check_keras_file,
-    check_model_dir,
-)
+from starqso.deploy.folder import check_keras_file, check_model_dir
+from starqso.deploy.keras_file import STARQSO_CLASSES
+from starqso.deploy.safe_read import MAX_JSON_BYTES
+from starqso.deploy.safe_read import read_capped as _read_capped
 from starqso.errors import InputError
 from starqso.inference import default_model_dir
 

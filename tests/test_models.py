@@ -323,7 +323,7 @@ def test_the_head_input_noise_acts_while_training_only():
 def test_deployable_with_head_saved_model_and_tflite_match_keras(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from starqso.deploy.export import convert_tflite, write_saved_model
+    from starqso.deploy.tflite import convert_tflite, write_saved_model
     from starqso.inference import LiteRTPredictor
 
     model, inputs, _ = tiny_models()["deployable_with_head"]
@@ -342,7 +342,7 @@ def test_deployable_with_head_saved_model_and_tflite_match_keras(tmp_path):
 def test_shared_trunk_deployable_runs_one_cnn_and_matches_its_parts(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from starqso.deploy.export import convert_tflite, write_saved_model
+    from starqso.deploy.tflite import convert_tflite, write_saved_model
     from starqso.inference import LiteRTPredictor
     from starqso.models import LogitBlend
     from starqso.models.classifiers import generator_with_embedding

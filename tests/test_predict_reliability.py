@@ -145,7 +145,7 @@ def test_a_no_data_pixel_at_the_object_is_flagged_in_both_runtimes(runtime, surv
 
 @pytest.mark.parametrize("runtime", ["litert", "keras"])
 def test_a_non_finite_model_output_is_a_flagged_row(runtime, survey, tmp_path, monkeypatch):
-    real = starqso.inference.predict._checked_predictor
+    real = starqso.inference.predict.checked_predictor
 
     def nan_for_the_second_row(model_dir, runtime):
         predictor = real(model_dir, runtime)
@@ -156,7 +156,7 @@ def test_a_non_finite_model_output_is_a_flagged_row(runtime, survey, tmp_path, m
             return p
         return predict
 
-    monkeypatch.setattr(starqso.inference.predict, "_checked_predictor", nan_for_the_second_row)
+    monkeypatch.setattr(starqso.inference.predict, "checked_predictor", nan_for_the_second_row)
     images = survey / "images"
     catalog = _catalog(tmp_path / "catalog.csv", [(f"r{i}", str(images / f"sim-00000{i}.fits"))
                                                   for i in range(3)])

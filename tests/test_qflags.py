@@ -13,7 +13,7 @@ from starqso.inference import open_model, predict_views
 from starqso.preprocessing.morphology import FEATURE_NAMES, ExtendedScorer, profile_features
 from starqso.preprocessing.qflags import bit_names, fit_quality_reference, quality_bits
 from starqso.schema import QFLAG_BITS
-from starqso.simulate.images import PSF, render_point, render_sersic
+from starqso.simulate.profiles import PSF, render_point, render_sersic
 from tests.helpers import cli_error_line
 
 SIZE = 32

@@ -4,8 +4,8 @@ import pytest
 from starqso.io import read_catalog, read_cutout, read_spectrum, resolve_path
 from starqso.preprocessing import resample_spectrum
 from starqso.simulate import real_qso_fraction, simulate_object, simulate_survey
-from starqso.simulate.images import PSF, render_exponential, render_point
 from starqso.simulate.photometry import Photometer, sdss_filters
+from starqso.simulate.profiles import PSF, render_exponential, render_point
 from starqso.simulate.spectra import common_grid
 
 
@@ -114,7 +114,7 @@ def test_nominal_sky_noise_is_the_real_sdss_one():
 
 
 def test_noise_scale_varies_over_the_documented_range():
-    from starqso.simulate.images import NOISE_SCALE_RANGE, draw_noise_scale
+    from starqso.simulate.detector import NOISE_SCALE_RANGE, draw_noise_scale
 
     rng = np.random.default_rng(0)
     scales = np.array([draw_noise_scale(rng) for _ in range(3000)])
@@ -128,7 +128,7 @@ def test_noise_scale_varies_over_the_documented_range():
 
 
 def test_seeing_and_psf_shape_vary_within_bounds():
-    from starqso.simulate.images import SEEING_RANGE_ARCSEC, draw_psfs
+    from starqso.simulate.profiles import SEEING_RANGE_ARCSEC, draw_psfs
 
     rng = np.random.default_rng(1)
     psfs = [draw_psfs(rng) for _ in range(2000)]

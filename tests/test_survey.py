@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from helpers import assert_one_line_error, cli_error_line, rewrite_metadata, simulated_survey
 
 from starqso.cli import main
-from starqso.deploy.folder import check_model_dir, model_survey
+from starqso.deploy.folder import check_model_dir
+from starqso.deploy.metadata import model_survey
 from starqso.errors import InputError
 from starqso.inference import default_model_dir
 from starqso.io import read_band_cutout, read_cutout

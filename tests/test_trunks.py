@@ -312,7 +312,7 @@ def test_hybrid_model_reloads_from_a_keras_file_with_identical_outputs(tmp_path)
 
 @pytest.fixture(scope="module")
 def hybrid_saved_model(tmp_path_factory):
-    from starqso.deploy.export import write_saved_model
+    from starqso.deploy.tflite import write_saved_model
 
     keras.utils.set_random_seed(0)
     model = trunk_model("hybrid", 24, dropout=0.2)
@@ -323,7 +323,7 @@ def hybrid_saved_model(tmp_path_factory):
 
 
 def test_hybrid_trunk_converts_to_fp32_tflite(hybrid_saved_model):
-    from starqso.deploy.export import convert_tflite
+    from starqso.deploy.tflite import convert_tflite
 
     model, path = hybrid_saved_model
     x = images(24, count=8, seed=3)
@@ -337,7 +337,7 @@ def test_hybrid_trunk_converts_to_fp32_tflite(hybrid_saved_model):
 
 
 def test_hybrid_trunk_converts_to_int8_tflite(hybrid_saved_model):
-    from starqso.deploy.export import convert_tflite
+    from starqso.deploy.tflite import convert_tflite
 
     model, path = hybrid_saved_model
     calibration = images(24, count=32, seed=2)
@@ -360,7 +360,7 @@ def test_hybrid_trunk_converts_to_int8_tflite(hybrid_saved_model):
 
 @pytest.mark.slow
 def test_efficientnet_trunk_converts_to_int8_tflite(tmp_path):
-    from starqso.deploy.export import convert_tflite, write_saved_model
+    from starqso.deploy.tflite import convert_tflite, write_saved_model
 
     keras.utils.set_random_seed(0)
     model = trunk_model("efficientnetb0", 24, dense=32)

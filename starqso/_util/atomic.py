@@ -46,6 +46,33 @@ def _naming_destination(err: OSError, path: str, temporary: str) -> OSError:
     return OSError(err.errno, err.strerror or str(err), path)
 
 
+class _RemovedOnFailure:
+    """Guards the block that writes ``temporary`` and renames it to ``path``.
+
+    If the block fails, with any exception (``KeyboardInterrupt`` and ``GeneratorExit``
+    included), the temporary file is removed; an OSError that names no file or the temporary
+    one is then raised again naming ``path`` (:func:`_naming_destination`, chained from the
+    original), and any other error goes on unchanged.
+    """
+
+    def __init__(self, path: str, temporary: str):
+        self.path, self.temporary = path, temporary
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, traceback) -> bool:
+        if kind is None:
+            return False
+        with contextlib.suppress(OSError):
+            os.remove(self.temporary)
+        if isinstance(err, OSError):
+            named = _naming_destination(err, self.path, self.temporary)
+            if named is not err:
+                raise named from err
+        return False  # the error goes on as it is
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside ``path`` that becomes ``path`` when the block ends cleanly.
@@ -70,16 +97,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     # Same folder so os.replace is an atomic rename on one filesystem; a random part so two
     # writers never share a temporary file.
     temporary = os.path.join(folder, f".{stem}.{secrets.token_hex(6)}.tmp{dot}{suffix}")
-    try:
+    with _RemovedOnFailure(path, temporary):
         yield temporary
         os.replace(temporary, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        named = _naming_destination(err, path, temporary) if isinstance(err, OSError) else err
-        if named is err:
-            raise
-        raise named from err
 
 
 def write_bytes_atomically(path: str | os.PathLike, payload: bytes, *,
@@ -127,19 +147,12 @@ def write_bytes_atomically(path: str | os.PathLike, payload: bytes, *,
         if named is err:
             raise
         raise named from err
-    try:
+    with _RemovedOnFailure(path, temp_path):
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_path, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.remove(temp_path)
-        named = _naming_destination(err, path, temp_path) if isinstance(err, OSError) else err
-        if named is err:
-            raise
-        raise named from err
     return path
 
 

@@ -164,7 +164,7 @@ def shown_entries(names: Iterable[str], limit: int = 5) -> str:
                                        else "")
 
 
-def _is_current_or_above(path: pathlib.Path) -> bool:
+def is_current_or_above(path: pathlib.Path) -> bool:
     try:
         here = pathlib.Path.cwd().resolve()
     except OSError:
@@ -204,7 +204,7 @@ def check_output_folder(folder: str | os.PathLike, command: str, *, option: str 
     path = pathlib.Path(os.path.abspath(given))
     if replaced is not None and path.is_symlink() and path.is_dir():
         path = path.resolve()
-    if replaced is not None and _is_current_or_above(path):
+    if replaced is not None and is_current_or_above(path):
         raise InputError(f"{option} {given} is the current folder or one above it; "
                          f"`starqso {command}` replaces its folder as a whole, so name a new "
                          f"folder (e.g. {option} {command}-output). Received: {option} {given}")

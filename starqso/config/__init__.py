@@ -37,11 +37,9 @@ import yaml
 
 from starqso._util.atomic import write_text_atomically
 from starqso.config.fields import (
-    _check_fields,
-    _fail,
-    _shown,
-    _where,
+    check_fields,
     choice,
+    fail,
     flag,
     fwhm_tuple,
     int_tuple,
@@ -51,6 +49,8 @@ from starqso.config.fields import (
     optional_number,
     optional_text,
     setting,
+    shown_value,
+    source_suffix,
     text,
 )
 from starqso.config.yaml_io import load_yaml
@@ -137,7 +137,7 @@ class ModelConfig:
     metric_dim: int = setting(32, integer(minimum=2))  # the head's unit-norm embedding
 
     def __post_init__(self) -> None:
-        _check_fields(self, "model")
+        check_fields(self, "model")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class DataConfig:
     magnitude_mixing_fraction: float = setting(0.0, number(minimum=0, maximum=1))
 
     def __post_init__(self) -> None:
-        _check_fields(self, "data")
+        check_fields(self, "data")
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class TrainingConfig:
     mixed_precision: bool = setting(False, flag())
 
     def __post_init__(self) -> None:
-        _check_fields(self, "training")
+        check_fields(self, "training")
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self) -> None:
-        _check_fields(self, "")
+        check_fields(self, "")
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"RunConfig.{name} must be a {cls.__name__}")  # a bug, not input
@@ -310,7 +310,7 @@ PRESETS: dict[str, RunConfig] = {
 
 def _preset_for(name: Any, where: str = "") -> RunConfig:
     if not isinstance(name, str) or name not in PRESETS:
-        _fail("preset", f"one of {', '.join(PRESETS)}", name, where)
+        fail("preset", f"one of {', '.join(PRESETS)}", name, where)
     return PRESETS[name]
 
 
@@ -343,7 +343,7 @@ def _check_keys(values: Mapping, allowed: typing.Iterable[str], prefix: str, whe
     for key in values:
         if key not in allowed:
             shown = ((key if len(key) <= 80 else key[:77] + "...") if isinstance(key, str)
-                     else _shown(key))
+                     else shown_value(key))
             raise InputError(f"unknown key '{prefix}{shown}'{where}; allowed: "
                              f"{', '.join(allowed)}")
 
@@ -383,9 +383,9 @@ def config_from_dict(
         >>> config.training.batch_size, config.model.image_size
         (8, 24)
     """
-    where = _where(source)
+    where = source_suffix(source)
     if not isinstance(data, Mapping):
-        _fail("the top level", "a mapping of section names to sections", data, where)
+        fail("the top level", "a mapping of section names to sections", data, where)
     _check_keys(data, ["preset", *_SECTIONS], "", where)
     name = _start_preset(data, preset, source, where)
     overrides = {}
@@ -394,7 +394,7 @@ def config_from_dict(
         if values is None:  # absent, or a YAML section whose keys are all commented out
             values = {}
         if not isinstance(values, Mapping):
-            _fail(section, "a mapping of keys to values", values, where)
+            fail(section, "a mapping of keys to values", values, where)
         _check_keys(values, (f.name for f in dataclasses.fields(cls)), f"{section}.", where)
         overrides[section] = values
     try:  # the field and run checks name the key and the value; add where they came from

@@ -15,7 +15,7 @@ from typing import Any
 from starqso.errors import InputError
 
 
-def _where(source: str) -> str:
+def source_suffix(source: str) -> str:
     """Message suffix naming where values came from; ``<dict>``-style names are not files."""
     return f" in {source}" if source.startswith("<") else f" in file {source}"
 
@@ -29,7 +29,7 @@ _REPR.maxstring = _REPR.maxother = 60
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 12
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
     """``repr(value)`` in at most 80 characters."""
     try:
         text = _REPR.repr(value)
@@ -38,8 +38,8 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _fail(key: str, expected: str, value: Any, where: str = "") -> typing.NoReturn:
-    raise InputError(f"{key} must be {expected}. Received: {_shown(value)}{where}")
+def fail(key: str, expected: str, value: Any, where: str = "") -> typing.NoReturn:
+    raise InputError(f"{key} must be {expected}. Received: {shown_value(value)}{where}")
 
 
 # --- Field checks: each maps (dotted key, value) to the value to store, or raises InputError ---
@@ -59,7 +59,7 @@ def setting(default: Any, check: Check) -> Any:
 def _check(expected: str, accept: Callable[[Any], bool], convert: Callable = lambda v: v) -> Check:
     def check(key: str, value: Any) -> Any:
         if not accept(value):
-            _fail(key, expected, value)
+            fail(key, expected, value)
         return convert(value)
     return check
 
@@ -142,7 +142,7 @@ def optional_number(**limits: Any) -> Check:  # or None (YAML null)
     return number(**limits, optional=True)
 
 
-def _check_fields(config: Any, section: str) -> None:
+def check_fields(config: Any, section: str) -> None:
     """Apply each field's check to frozen dataclass ``config`` and store the converted value."""
     for item in dataclasses.fields(config):
         if "check" in item.metadata:

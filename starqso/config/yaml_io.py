@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from starqso.config.fields import _fail, _shown, _where
+from starqso.config.fields import fail, shown_value, source_suffix
 from starqso.errors import InputError
 
 #: The largest config file read (a full run config is under 2 kB).
@@ -68,7 +68,7 @@ class _ConfigLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: SafeLoader names that problem
                     continue
                 if repeated:
-                    shown = key if isinstance(key, str) and len(key) <= 60 else _shown(key)
+                    shown = key if isinstance(key, str) and len(key) <= 60 else shown_value(key)
                     raise _RefusedYAML(f"has the key '{shown}' more than once (which value "
                                        f"is meant is unknown); keep one of them",
                                        key_node.start_mark)
@@ -136,6 +136,6 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        _fail("the top level", "a mapping such as 'training: {batch_size: 64}'", data,
-              _where(name))
+        fail("the top level", "a mapping such as 'training: {batch_size: 64}'", data,
+              source_suffix(name))
     return data

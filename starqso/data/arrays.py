@@ -19,29 +19,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from starqso._util.atomic import atomic_path
+from starqso.data.catalog_arrays import read_catalog_arrays
+from starqso.data.simulated_arrays import simulate_chunk, simulation_cache_path
 from starqso.errors import InputError
-from starqso.io.catalog import read_catalog, resolve_path
-from starqso.io.cutouts import read_cutout
-from starqso.io.spectra import read_spectrum
-from starqso.preprocessing.objects import prepare_object
-from starqso.preprocessing.spectra import encoder_input, resample_spectrum
-from starqso.schema import (
-    BANDS,
-    ENCODER_NUM_PIXELS,
-    LABEL_CODES,
-    NUM_BANDS,
-    SPECTRUM_CHANNELS,
-    UNKNOWN_LABEL,
-)
-from starqso.simulate.survey import simulate_object
+from starqso.schema import ENCODER_NUM_PIXELS, NUM_BANDS, SPECTRUM_CHANNELS, UNKNOWN_LABEL
 
 __all__ = ["ObjectArrays"]
 
 # The per-object fields, in order: what subset/save/load carry (flags name catalogue rows).
 _ROW_FIELDS = ("ids", "images", "spectra", "has_spectrum", "labels", "redshift", "mags")
 _CHUNK = 50
-# Catalogue rows screened at once (predict's screening is vectorised over a block).
-_SCREEN_ROWS = 256
 
 
 @dataclasses.dataclass(eq=False)
@@ -184,66 +171,8 @@ class ObjectArrays:
             >>> data.images.shape, data.labels[:3], len(data.flags)  # doctest: +SKIP
             ((998, 32, 32, 5), array([0, 1, 0], dtype=int8), 2)
         """
-        catalog = read_catalog(path)
-        source = catalog.meta["path"]
-        ids = [str(value) for value in catalog["id"]]
-        arrays = cls.empty(ids, image_size)
-        if "label" in catalog.colnames:
-            arrays.labels[:] = [LABEL_CODES[label] for label in catalog["label"]]
-        if "redshift" in catalog.colnames:
-            arrays.redshift[:] = catalog["redshift"]
-        for band_index, band in enumerate(BANDS):
-            if band in catalog.colnames:
-                arrays.mags[:, band_index] = catalog[band]
-        spectra = catalog["spectrum"] if "spectrum" in catalog.colnames else [""] * len(ids)
-        usable = np.ones(len(ids), bool)
-        flags = []
-
-        def flag(row, identifier, reason, used):
-            message = f"catalogue row {row + 1} (id {identifier!r}) of {source}: {reason}"
-            if strict:
-                raise InputError(message + " (strict: no row may be flagged)" if used
-                                 else message)
-            flags.append({"row": row + 1, "id": identifier, "used": used, "flag": reason})
-
-        # Rows are screened in blocks by `starqso predict`'s own screening (crop, repair and
-        # the source checks: no source detected, no-data fills, implausible sky), so a row
-        # predict would flag is flagged, and left out of training, here too.
-        from starqso.io.sources import Block
-        from starqso.preprocessing.blocks import prepare_block
-
-        for start in range(0, len(ids), _SCREEN_ROWS):
-            rows = range(start, min(start + _SCREEN_ROWS, len(ids)))
-            read = [_catalog_cutout(catalog, catalog["image"][row], image_size) for row in rows]
-            block = Block([ids[row] for row in rows], [cube for cube, _ in read],
-                          [f"file {path}" if path else "a blank image path" for _, path in read],
-                          {})
-            images, notes, screened = prepare_block(block, image_size)
-            for offset, row in enumerate(rows):
-                identifier, image_path = ids[row], read[offset][1]
-                if not screened[offset]:
-                    usable[row] = False
-                    flag(row, identifier, notes[offset], False)
-                else:
-                    arrays.images[row] = images[offset]
-                    if notes[offset]:
-                        flag(row, identifier, f"{notes[offset]} in file {image_path}", True)
-                    encoded, error = _catalog_spectrum(catalog, spectra[row])
-                    if encoded is not None:
-                        arrays.spectra[row] = encoded
-                        arrays.has_spectrum[row] = True
-                    elif error:
-                        flag(row, identifier, f"spectrum not used: {error}", True)
-                if progress is not None:
-                    progress(row + 1)
-        if not usable.all():
-            arrays = arrays.subset(usable)
-        if require_labels and not (arrays.labels >= 0).any():
-            raise InputError(f"catalogue needs at least one usable row labelled STAR or QSO for "
-                             f"training. Received: no labels in {int(usable.sum())} usable of "
-                             f"{len(ids)} rows of file {source}")
-        arrays.flags = flags
-        return arrays
+        return read_catalog_arrays(cls, path, image_size, require_labels=require_labels,
+                                   progress=progress, strict=strict)
 
     @classmethod
     def from_simulation(cls, num_objects: int, seed: int, *, image_size: int,
@@ -303,17 +232,18 @@ class ObjectArrays:
         # Chunks of at most 50, but enough of them to keep every worker busy on small runs.
         chunk = max(1, min(_CHUNK, -(-num_objects // workers)))
         id_width = max(6, len(str(num_objects - 1)))  # as simulate_survey, so ids match its files
-        tasks = [(range(start, min(start + chunk, num_objects)), seed, image_size, cutout_size,
-                  qso_fraction, id_width, backgrounds, reddening, crowding, brightness)
+        tasks = [(cls, range(start, min(start + chunk, num_objects)), seed, image_size,
+                  cutout_size, qso_fraction, id_width, backgrounds, reddening, crowding,
+                  brightness)
                  for start in range(0, num_objects, chunk)]
         workers = min(workers, len(tasks))
         executor = None
         if workers == 1:
-            results = map(_simulate_chunk, tasks)
+            results = map(simulate_chunk, tasks)
         else:
             executor = concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"))
-            results = executor.map(_simulate_chunk, tasks)
+            results = executor.map(simulate_chunk, tasks)
         # Filled in place rather than concatenated at the end, which would need twice the memory.
         arrays, ids, done = cls.empty([""] * num_objects, image_size), [], 0
         try:
@@ -378,32 +308,8 @@ class ObjectArrays:
             >>> data = ObjectArrays.from_simulation_cache("cache", 40000, 0,  # doctest: +SKIP
             ...                                           image_size=32)
         """
-        import hashlib
-        import importlib.resources
-        import json
-
-        key = [num_objects, seed, image_size, cutout_size, qso_fraction]
-        backgrounds = kwargs.get("backgrounds")
-        if backgrounds is not None:  # only then, so a plain simulation keeps its cache name
-            key += [backgrounds.sha256, backgrounds.fraction]
-        reddening = kwargs.get("reddening")
-        if reddening is not None and reddening.fraction > 0:  # likewise
-            key += ["reddening", reddening.fraction, reddening.max_ebv]
-        crowding = kwargs.get("crowding")
-        if crowding is not None and crowding.fraction > 0:  # likewise
-            key += ["crowding", crowding.fraction, crowding.max_density]
-        brightness = kwargs.get("brightness")
-        if brightness is not None and brightness.fraction > 0:  # likewise
-            key += ["brightness", brightness.fraction]
-        digest = hashlib.sha256(json.dumps(key).encode())
-        package = importlib.resources.files("starqso")
-        for part in ("simulate", "resources"):
-            for item in sorted(package.joinpath(part).iterdir(), key=lambda item: item.name):
-                if item.is_file() and not item.name.endswith(".pyc"):
-                    digest.update(item.name.encode() + item.read_bytes())
-        folder = os.fspath(folder)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"simulation-{digest.hexdigest()[:16]}.npz")
+        path = simulation_cache_path(folder, num_objects, seed, image_size, cutout_size,
+                                     qso_fraction, kwargs)
         if os.path.exists(path):
             if log is not None:
                 log(f"simulation cache {path} (same arguments and simulator)")
@@ -438,7 +344,7 @@ class ObjectArrays:
         Raises:
             InputError: the file is missing or not an ``.npz`` file of :meth:`save`.
         """
-        from starqso.deploy.folder import read_npz
+        from starqso.deploy.safe_read import read_npz
 
         path = os.fspath(path)
         # read_npz checks each array's declared size before allocating it.
@@ -449,61 +355,3 @@ class ObjectArrays:
                              f"{', '.join(_ROW_FIELDS)}. Received: {', '.join(missing)} "
                              f"missing in file {path}")
         return cls(**{name: stored[name] for name in _ROW_FIELDS})
-
-
-def _catalog_cutout(catalog, image, image_size):
-    """``(the row's cutout centre crop, or the str reason it cannot be read; its file)``."""
-    image_path = ""
-    try:
-        image_path = resolve_path(catalog, image)
-        if not image_path:
-            raise InputError("image path is blank; expected a cutout file")
-        # Only the centre crop is read (bounded memory for any file size).
-        return read_cutout(image_path, crop_size=image_size).data, image_path
-    except InputError as err:
-        return str(err), image_path
-
-
-def _catalog_spectrum(catalog, spectrum):
-    """``(the row's encoder spectrum or None, "" or why it cannot be used)``."""
-    spectrum_path = ""
-    try:
-        spectrum_path = resolve_path(catalog, spectrum)
-        if not spectrum_path:
-            return None, ""
-        read = read_spectrum(spectrum_path)
-        where = f"file {spectrum_path}"
-        return encoder_input(resample_spectrum(read.wavelength, read.flux, read.ivar,
-                                               read.mask, source=where), source=where), ""
-    except InputError as err:
-        return None, str(err)
-
-
-def _simulate_chunk(task) -> ObjectArrays:
-    """Objects ``indices`` of a simulation as arrays (a worker of ``from_simulation``)."""
-    (indices, seed, image_size, cutout_size, qso_fraction, id_width, source, reddening,
-     crowding, brightness) = task
-    # Each worker reads the backgrounds once (BackgroundSource.load is cached).
-    backgrounds = None if source is None else source.load(cutout_size)
-    fraction = 0.0 if source is None else source.fraction
-    objects = [simulate_object(index, seed, cutout_size, qso_fraction, id_width=id_width,
-                               backgrounds=backgrounds, background_fraction=fraction,
-                               reddening=reddening, crowding=crowding,
-                               brightness=brightness)
-               for index in indices]
-    arrays = ObjectArrays.empty([obj.id for obj in objects], image_size)
-    for row, obj in enumerate(objects):
-        spectrum = obj.spectrum
-        prepared = prepare_object(
-            obj.cutout, image_size, (spectrum["wavelength"], spectrum["flux"], spectrum["ivar"],
-                                     spectrum["and_mask"] != 0),
-            source=f"simulated object {obj.id} (seed {seed})")
-        if prepared.spectrum_error:
-            raise InputError(prepared.spectrum_error)
-        arrays.images[row] = prepared.image
-        arrays.spectra[row] = prepared.spectrum
-        arrays.labels[row] = LABEL_CODES[obj.label]
-        arrays.redshift[row] = obj.redshift
-        arrays.mags[row] = obj.mags
-    arrays.has_spectrum[:] = True
-    return arrays

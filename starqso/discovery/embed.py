@@ -92,7 +92,8 @@ def load_embedding_reference(model_dir, metadata):
             (rows, dimension) matrix of more than ``OUTLIER_K`` rows and the dimension
             ``metadata.json`` gives.
     """
-    from starqso.deploy.folder import _check_checksum, read_npz
+    from starqso.deploy.folder import check_checksum
+    from starqso.deploy.safe_read import read_npz
 
     path = pathlib.Path(model_dir) / EMBEDDING_REFERENCE
     if "embedding" not in metadata:
@@ -100,7 +101,7 @@ def load_embedding_reference(model_dir, metadata):
     if not path.is_file():
         raise InputError(f"{model_dir}/metadata.json lists {EMBEDDING_REFERENCE} but the file "
                          f"is missing; restore or re-export the model. Received: {model_dir}")
-    _check_checksum(metadata, path, pathlib.Path(model_dir) / "metadata.json")
+    check_checksum(metadata, path, pathlib.Path(model_dir) / "metadata.json")
     declared = metadata["embedding"].get("spaces", {}) \
         if isinstance(metadata["embedding"], dict) else {}
     spaces = {}

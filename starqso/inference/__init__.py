@@ -34,7 +34,6 @@ from starqso.inference.model import (
     TRAINING_PRIOR,
     KerasPredictor,
     LiteRTPredictor,
-    apply_prior,
     block_ebv,
     default_model_dir,
     ebv_setting,
@@ -47,12 +46,10 @@ from starqso.inference.model import (
     resolve_prior,
     resolve_runtime,
 )
-from starqso.inference.predict import (
-    identity_differences,
-    predict_catalog,
-    provenance,
-    sidecar_path,
-)
+from starqso.inference.output_table import provenance
+from starqso.inference.predict import predict_catalog, sidecar_path
+from starqso.inference.resume import identity_differences
+from starqso.probability import apply_prior
 
 __all__ = [
     "COUNT_KEYS",

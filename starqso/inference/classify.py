@@ -11,8 +11,8 @@ from typing import NamedTuple
 import numpy as np
 
 from starqso.errors import InputError
-from starqso.inference.model import apply_prior
 from starqso.preprocessing.blocks import prepare_block
+from starqso.probability import apply_prior
 from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
 
 # The first four are the original columns (readers of older outputs find them where they

@@ -1,6 +1,6 @@
 """The model a run classifies with: open a model folder once (Keras or LiteRT
-runtime), and its settings: threshold, the prior and its arithmetic on the logit, the
-E(B-V) setting. No TensorFlow at import."""
+runtime), and its settings: threshold, the prior (its arithmetic is
+:mod:`starqso.probability`'s), the E(B-V) setting. No TensorFlow at import."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from starqso.deploy.folder import RUNTIME_FILES, check_model_dir
 from starqso.errors import InputError
-from starqso.probability import logit, sigmoid
+from starqso.probability import prior_shift
 from starqso.schema import DEFAULT_THRESHOLD
 
 RUNTIMES = tuple(RUNTIME_FILES)
@@ -129,10 +129,10 @@ def open_model(model_dir, runtime="keras"):
         ['STAR', 'QSO']
     """
     model_dir = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
-    return check_model_dir(model_dir, runtime), _checked_predictor(model_dir, runtime)
+    return check_model_dir(model_dir, runtime), checked_predictor(model_dir, runtime)
 
 
-def _checked_predictor(model_dir, runtime):
+def checked_predictor(model_dir, runtime):
     if runtime == "keras":
         return KerasPredictor(model_dir, checked=True)
     return LiteRTPredictor(model_dir / RUNTIME_FILES["litert"])
@@ -266,7 +266,7 @@ def resolve_prior(metadata, prior=None):
         note = (f"note: the model's metadata.json gives no training_qso_fraction (an older "
                 f"export); --prior {prior} is applied from an assumed training fraction of "
                 f"{training}")
-    shift = float(np.log(prior / (1 - prior)) - np.log(training / (1 - training)))
+    shift = prior_shift(prior, training)
     return {"prior": float(prior), "source": source, "shift": shift,
             "training_qso_fraction": float(training), "training_qso_fraction_assumed": assumed,
             "note": note}
@@ -286,22 +286,6 @@ def prior_label(settings):
         return f"{settings['prior']:g}"
     training = settings["training_qso_fraction"]
     return TRAINING_PRIOR if training is None else f"{TRAINING_PRIOR} ({training:g})"
-
-
-def apply_prior(probabilities, shift):
-    """p(QSO) moved to another prior: ``sigmoid(logit(p) + shift)`` (NumPy, float64).
-
-    ``shift = log(F / (1 - F)) - log(f_train / (1 - f_train))``; 0 returns p unchanged, and
-    p = 0 or 1 stays where it is.
-
-    Example:
-        >>> round(float(apply_prior([0.5], np.log(1 / 9))[0]), 12)  # 50% odds at a 10x lower prior
-        0.1
-    """
-    probabilities = np.asarray(probabilities, np.float64)
-    if shift == 0:
-        return probabilities
-    return sigmoid(logit(probabilities) + shift)
 
 
 def model_settings(model_dir, runtime, threshold=None, prior=None, log=None):

@@ -78,15 +78,10 @@ on a machine with only ``pip install ".[litert]"``-style light dependencies.
 from __future__ import annotations
 
 import csv
-import errno
-import io
 import json
 import os
 import pathlib
 
-import numpy as np
-
-from starqso._util import jsonfile as strict_json
 from starqso.deploy.folder import RUNTIME_FILES, file_sha256
 from starqso.errors import InputError
 from starqso.inference.classify import (
@@ -99,106 +94,22 @@ from starqso.inference.classify import (
 )
 from starqso.inference.model import (
     EBV_COLUMN,
-    EBV_NONE,
-    _checked_predictor,
     block_ebv,
+    checked_predictor,
     ebv_setting,
     evidence_fraction,
     model_settings,
     parse_ebv,
     prior_label,
 )
+from starqso.inference.output_table import csv_cells, finish_output, provenance
+from starqso.inference.resume import (
+    open_partial,
+    partial_paths,
+    refuse_linked_partial,
+    resumed_rows,
+)
 from starqso.io.catalog import sidecar_path
-from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
-
-
-def _partial_paths(output):
-    partial = output.with_name(f".{output.name}.partial")
-    return partial, partial.with_name(partial.name + ".json")
-
-
-# What the resume message calls the identity keys that differ.
-_IDENTITY_NAMES = {"source": "catalogue", "rows": "row count",
-                   "catalog_sha256": "catalogue content (SHA-256)", "model": "model folder",
-                   "model_sha256": "model file content (SHA-256)", "runtime": "runtime",
-                   "threshold": "threshold", "prior": "prior", "prior_shift": "prior shift",
-                   "tta": "--tta", "uncertainty": "--uncertainty", "ebv": "E(B-V) (--ebv)"}
-
-
-def identity_differences(saved, identity):
-    """What differs between a partial run's saved identity and this run's, in one line.
-
-    Shared by ``predict --resume`` in one process and on Dask (:mod:`starqso.inference.dask`).
-
-    Args:
-        saved: the identity the partial run recorded (anything read from its file).
-        identity: this run's.
-
-    Returns:
-        str: ``"NAME OLD then, NEW now"`` per differing key, joined by ``"; "``.
-
-    Example:
-        >>> identity_differences({"prior": 0.02}, {"prior": 0.3})
-        'prior 0.02 then, 0.3 now'
-    """
-    if not isinstance(saved, dict):
-        return "its record is unreadable"
-    keys = [key for key in identity if saved.get(key) != identity[key]]
-    keys += [key for key in saved if key not in identity]
-
-    def short(value):
-        text = repr(value)
-        return text if len(text) <= 40 else text[:16] + "..." + text[-16:]
-
-    return "; ".join(f"{_IDENTITY_NAMES.get(key, key)} {short(saved.get(key))} then, "
-                     f"{short(identity.get(key))} now" for key in keys)
-
-
-def _resumed_rows(partial, ids, identity, log=None, columns=OUTPUT_COLUMNS):
-    """Rows already in a partial file of the same run, after cutting an unfinished last line.
-
-    None when there is nothing to resume: no partial file, or one without a complete header
-    line (a run killed before its header reached the disk), which is started afresh.
-    """
-    partial_file, identity_file = partial
-    if not partial_file.exists() or not identity_file.exists():
-        return None
-    with _open_partial(partial_file, mode="rb") as stream:
-        content = stream.read()
-    if b"\n" not in content:
-        # Killed before the header line was on disk: no row was written, nothing is lost.
-        if log is not None:
-            log(f"note: the partial run {partial_file} has no complete header line (killed "
-                f"before its first row); starting afresh")
-        return None
-    try:
-        saved = strict_json.read_json(identity_file)
-    except strict_json.DuplicateKeyError:
-        raise
-    except ValueError:
-        saved = None
-    if saved != identity:
-        raise InputError(f"the partial run {partial_file} was made for another catalogue, "
-                         f"model, threshold, prior, --tta or --ebv; delete it or run without "
-                         f"--resume. "
-                         f"Received: {identity_differences(saved, identity)}")
-    content = content[:content.rfind(b"\n") + 1]  # a kill mid-line leaves half a row
-    rows = list(csv.reader(io.StringIO(content.decode("utf-8", errors="replace"),
-                                       newline="")))
-    if not rows or tuple(rows[0]) != tuple(columns):
-        raise InputError(f"the partial run {partial_file} does not start with the header line "
-                         f"{','.join(columns)}; delete it or run without --resume. "
-                         f"Received: {rows[0] if rows else ''}")
-    rows = rows[1:]
-    for number, row in enumerate(rows):
-        if len(row) != len(columns) or number >= len(ids) or row[0] != ids[number]:
-            raise InputError(f"the partial run {partial_file} does not match the catalogue at "
-                             f"row {number + 1}; delete it or run without --resume. Received: "
-                             f"{row}")
-    # Cut the half row in place (no link is followed: _open_partial).
-    with _open_partial(partial_file, mode="r+b") as stream:
-        stream.truncate(len(content))
-    return rows
 
 
 def _refuse_output_among_inputs(rows_source, output, model_dir, csv_output):
@@ -211,159 +122,6 @@ def _refuse_output_among_inputs(rows_source, output, model_dir, csv_output):
     inputs, trees = source_inputs(rows_source)
     refuse_output_among_inputs(output, itertools.chain(inputs, model_inputs(model_dir)),
                                trees=trees, beside=[sidecar_path(output)] if csv_output else [])
-
-
-def _refuse_linked_partial(partial):
-    """Refuse a partial file (or its record) that is a link or not a plain file: starqso
-    made neither, and writing through a link would write into its target."""
-    for path in partial:
-        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
-            kind = (f"a symbolic link to {os.readlink(path)}" if os.path.islink(path)
-                    else "not a plain file")
-            raise InputError(f"{path} is {kind}, not a partial run starqso wrote; it is not "
-                             f"written through: remove it (or choose another output). "
-                             f"Received: {path}")
-
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-def _open_partial(path, fresh=False, mode="a"):
-    """The partial file, opened without following a link: ``fresh`` creates it exclusively
-    (a stale one of a killed run, ours, is removed first: the output's lock is held), else
-    ``mode`` "a" appends, "rb" reads, "r+b" rewrites in place.
-
-    Raises:
-        InputError: a link appeared at ``path`` since :func:`_refuse_linked_partial`.
-    """
-    flags = {"a": os.O_WRONLY | os.O_APPEND, "rb": os.O_RDONLY, "r+b": os.O_RDWR}[mode]
-    if fresh:
-        if os.path.isfile(path) and not os.path.islink(path):
-            os.unlink(path)
-        flags, mode = os.O_WRONLY | os.O_CREAT | os.O_EXCL, "w"
-    try:
-        descriptor = os.open(path, flags | _NOFOLLOW, 0o666)
-    except OSError as err:
-        if os.path.islink(path) or err.errno == errno.EEXIST:
-            _refuse_linked_partial((path,))
-            raise InputError(f"{path} appeared while this run started it; another program "
-                             f"writes there. Received: {path}") from err
-        raise
-    if "b" in mode:
-        return os.fdopen(descriptor, mode)
-    return os.fdopen(descriptor, mode, newline="", encoding="utf-8")
-
-
-def _header_cards(record):
-    """FITS header cards of the output record (prior, threshold, temperature, ...)."""
-    prior = record["prior"]
-    return [
-        ("PRIOR", prior, "QSO fraction p_qso assumes" if prior is not None
-         else "QSO fraction p_qso assumes: training mix, unknown"),
-        ("PRIORSRC", record["prior_source"], "prior from: default, user or train"),
-        ("THRESH", record["threshold"], "label QSO when p_qso >= THRESH"),
-        ("TEMPER", 1.0 if record["temperature"] is None else record["temperature"],
-         "calibration temperature" if record["temperature"] is not None
-         else "not calibrated (older export)"),
-        ("TRNFRAC", record["training_qso_fraction"],
-         "training QSO fraction" + (" (assumed)" if record["training_qso_fraction_assumed"]
-                                    else "")),
-        ("TTA", record["tta"], "p_qso averaged over 8 dihedral views"),
-        ("UNCERT", record.get("uncertainty", False), "p_qso_err: std over dihedral views"),
-        ("EBV", record.get("ebv", EBV_NONE), "E(B-V) de-reddened: column ebv, value or none"),
-        ("RUNTIME", record["runtime"], "starqso predict --runtime"),
-        ("STQVER", record["starqso_version"], "starqso version"),
-        ("MODEL", record["model_name"], "model folder name"),
-        ("MODELSHA", record["model_sha256"], "SHA-256 of the model file"),
-        ("INPUT", record["source"], "input classified"),
-        ("INPUTSHA", record["catalog_sha256"], "SHA-256 of the input (or its listing)"),
-        ("DATE", record["created"], "UTC time the output was written"),
-        ("COMMAND", record["command"] or "", "the command line"),
-        *((f"QBIT{bit.bit_length() - 1}", name, f"qflag bit value {bit}")
-          for name, bit in QFLAG_BITS.items()),
-    ]
-
-
-def provenance(command=None):
-    """When and by what an output was made: ``created`` (UTC, ISO 8601) and ``command``.
-
-    Args:
-        command: the command line (the CLI passes its own); None: ``sys.argv`` when it is
-            starqso's, else None.
-    """
-    import shlex
-    import sys
-    import time
-
-    if command is None and sys.argv and "starqso" in " ".join(sys.argv[:2]):
-        command = shlex.join(sys.argv)
-    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command}
-
-
-def _csv_cells(values):
-    """Kept input values as CSV text: numbers as repr (round-trip exact), NaN/None blank."""
-    cells = []
-    for value in np.asarray(values, dtype=object):
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            cells.append("")
-        elif isinstance(value, (bytes, np.bytes_)):
-            cells.append(value.decode("utf-8", "replace"))
-        elif isinstance(value, (float, np.floating)):
-            cells.append(repr(float(value)))
-        else:
-            cells.append(str(value))
-    return cells
-
-
-def _fits_column(texts):
-    """A kept column back from the partial CSV: float64 when every cell is a number or
-    blank (NaN), else UTF-8 bytes."""
-    try:
-        return np.array([float(text) if text else np.nan for text in texts], np.float64)
-    except ValueError:
-        encoded = np.char.encode(np.asarray(texts, dtype=str), "utf-8")
-        return encoded.astype(f"S{max(encoded.dtype.itemsize, 1)}")
-
-
-def _finish(partial_file, output, fits_output, record, keep=()):
-    """The partial file becomes the output; then its record (side-car or header) is complete.
-
-    A CSV's side-car is removed before the rename and written after it, so a kill in between
-    leaves an output without a side-car, never one beside the record of another run.
-    """
-    from starqso._util.atomic import write_bytes_atomically, write_json_atomically
-
-    if not fits_output:
-        sidecar = sidecar_path(output)
-        sidecar.unlink(missing_ok=True)
-        os.replace(partial_file, output)
-        write_json_atomically(sidecar, record, sort_keys=False)
-        return
-    from astropy.io import fits
-    from astropy.table import Table
-
-    from starqso.io._fits import hdulist_bytes
-
-    with open(partial_file, newline="", encoding="utf-8") as stream:
-        rows = list(csv.reader(stream))[1:]
-    text = {name: np.char.encode(np.asarray([row[column] for row in rows], dtype=str), "utf-8")
-            for column, name in ((0, "id"), (2, "label"), (3, "flag"))}
-    # Text as UTF-8 bytes, as starqso.io.write_catalog stores it (which writes no header cards).
-    table = Table({"id": text["id"].astype(f"S{max(text['id'].dtype.itemsize, 1)}"),
-                   "p_qso": np.array([float(row[1]) if row[1] else np.nan for row in rows]),
-                   "label": text["label"].astype(f"S{max(text['label'].dtype.itemsize, 1)}"),
-                   "flag": text["flag"].astype(f"S{max(text['flag'].dtype.itemsize, 1)}"),
-                   QFLAG_COLUMN: np.array([int(row[4]) for row in rows], np.int32),
-                   P_QSO_ERR_COLUMN: np.array([float(row[5]) if row[5] else np.nan
-                                               for row in rows])})
-    for number, name in enumerate(keep, len(OUTPUT_COLUMNS)):
-        table[name] = _fits_column([row[number] for row in rows])
-    hdu = fits.table_to_hdu(table)
-    hdu.name = "CATALOG"
-    for keyword, value, comment in _header_cards(record):
-        hdu.header[keyword] = (value, comment)
-    write_bytes_atomically(output, hdulist_bytes(fits.HDUList([fits.PrimaryHDU(), hdu])))
-    partial_file.unlink()
 
 
 def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=256,
@@ -458,11 +216,11 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
               "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
               "starqso_version": __version__, "model_name": model_dir.resolve().name}
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_paths(output)
+    partial = partial_paths(output)
     # One writer per output, for the whole run (--resume included): see starqso._util.locking.
     with exclusive_lock(output):
-        _refuse_linked_partial(partial)
-        done = _resumed_rows(partial, ids, identity, log, columns) if resume else None
+        refuse_linked_partial(partial)
+        done = resumed_rows(partial, ids, identity, log, columns) if resume else None
         # The resumed rows answer to --strict as the new ones do (a fresh run would stop).
         # The partial file stays: without --strict, --resume continues after these rows.
         for number, (ident, _, _, flag, *_) in enumerate(done if strict and done else []):
@@ -482,13 +240,13 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         counts["resumed"] = counts["rows"]
         # The folder was checked above, before the catalogue: a bad catalogue fails before
         # TensorFlow is imported, and the model files are read once.
-        predictor = _checked_predictor(model_dir, runtime)
+        predictor = checked_predictor(model_dir, runtime)
         if done is None:
             from starqso._util.atomic import write_text_atomically
 
             write_text_atomically(partial[1], json.dumps(identity, indent=2) + "\n")
         try:
-            with _open_partial(partial[0], fresh=done is None) as stream:
+            with open_partial(partial[0], fresh=done is None) as stream:
                 writer = csv.writer(stream)
                 if done is None:
                     # On disk before the first batch: a run killed in it leaves a resumable file.
@@ -509,7 +267,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                         # The finished batches stay in the partial file, for --resume.
                         refuse_flagged(classified.flags, batch_ids, start, source)
                     label_block(classified, threshold, counts)
-                    kept = [_csv_cells(block.keep[name]) for name in rows_source.keep_columns]
+                    kept = [csv_cells(block.keep[name]) for name in rows_source.keep_columns]
                     for row, (ident, p_qso, flag, ok, bits, err) in enumerate(
                             zip(batch_ids, *classified, strict=False)):
                         writer.writerow((*output_cells(ident, p_qso, flag, ok, bits, err,
@@ -526,6 +284,6 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
             # A failed write or fsync (a full disk) names no file: name the partial file.
             raise type(err)(err.errno, err.strerror, str(partial[0])) from err
         record.update(provenance(command))
-        _finish(partial[0], output, suffix == ".fits", record, rows_source.keep_columns)
+        finish_output(partial[0], output, suffix == ".fits", record, rows_source.keep_columns)
         partial[1].unlink(missing_ok=True)
     return {**counts, "output": str(output), "prior": prior_label(settings), "record": record}

@@ -39,6 +39,7 @@ import csv
 import gzip
 import io
 import os
+import pathlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -440,7 +441,5 @@ def sidecar_path(output):
         >>> sidecar_path("out/predictions.csv").name
         'predictions.csv.json'
     """
-    import pathlib
-
     output = pathlib.Path(output)
     return output.with_name(output.name + ".json")

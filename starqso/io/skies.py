@@ -164,7 +164,7 @@ def _concatenated(parts, path):
 
 
 def _read_one(path) -> SkyBackgrounds:
-    from starqso.deploy.folder import read_npz
+    from starqso.deploy.safe_read import read_npz
 
     what = "sky-background"
     arrays = read_npz(path, what, max_bytes=MAX_BYTES)

@@ -16,7 +16,7 @@ from starqso.models.blocks import (
 )
 from starqso.models.calibration import LogitBlend
 from starqso.models.layers import PACKAGE, AperturePhotometry, CutoutScaling, ZeroNoise
-from starqso.models.trunks import image_trunk_features
+from starqso.models.trunks import image_trunk_features, keep_trunk_arguments
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -42,11 +42,7 @@ class ImageClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
         x = image_trunk_features(image, trunk, filters, dense_units, dropout, name=TRUNK)
         probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
         super().__init__(inputs={"image": image}, outputs=probability, **kwargs)
-        self.image_size = int(image_size)
-        self.filters = tuple(int(f) for f in filters)
-        self.dense_units = int(dense_units)
-        self.dropout = float(dropout)
-        self.trunk = str(trunk)
+        keep_trunk_arguments(self, image_size, filters, dense_units, dropout, trunk)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -112,13 +108,9 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
             x = layers.Dropout(dropout, name="dropout")(x)
         probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
         super().__init__(inputs=inputs, outputs=probability, **kwargs)
-        self.image_size = int(image_size)
-        self.filters = tuple(int(f) for f in filters)
+        keep_trunk_arguments(self, image_size, filters, dense_units, dropout, trunk)
         self.feature_dim = int(feature_dim)
-        self.dense_units = int(dense_units)
-        self.dropout = float(dropout)
         self.photometry_dim = int(photometry_dim)
-        self.trunk = str(trunk)
         self.embedding_dim = int(embedding_dim)
 
 

@@ -25,7 +25,7 @@ from starqso.models.blocks import (
     photometry_branch,
 )
 from starqso.models.layers import PACKAGE
-from starqso.models.trunks import image_trunk_features
+from starqso.models.trunks import image_trunk_features, keep_trunk_arguments
 
 
 def unscale(loss):
@@ -73,14 +73,10 @@ class FeatureGenerator(GeneratorInputs, ConstructorConfig, keras.Model):
         features = layers.Dense(feature_dim, activation="tanh", dtype="float32",
                                 name="features")(x)
         super().__init__(inputs=inputs, outputs=features, **kwargs)
-        self.image_size = int(image_size)
-        self.filters = tuple(int(f) for f in filters)
+        keep_trunk_arguments(self, image_size, filters, dense_units, dropout, trunk)
         self.feature_dim = int(feature_dim)
         self.noise_dim = int(noise_dim)
-        self.dense_units = int(dense_units)
-        self.dropout = float(dropout)
         self.photometry_dim = int(photometry_dim)
-        self.trunk = str(trunk)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -91,10 +87,8 @@ class FeatureDiscriminator(ConstructorConfig, keras.Model):
     object, not just whether it looks like some spectrum's vector.
 
     Args:
-        image_size: cutout side in pixels.
-        filters: image-trunk widths.
-        feature_dim: length of the feature vector.
-        dense_units: width of the hidden layers.
+        image_size, filters, feature_dim, dense_units: as for :class:`FeatureGenerator` (the
+            image trunk is always the ``cnn`` one).
         dropout: dropout in the hidden layers.
     """
 

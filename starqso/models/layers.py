@@ -62,7 +62,7 @@ class CutoutScaling(keras.layers.Layer):
         # sqrt(u^2 + 1)) is all scalars (no ABS/SIGN: SIGN also splits the XNNPACK partition;
         # the floor (MAXIMUM) stops its cancellation at very negative u); and the per-band
         # standardisation is a 1 x 1 convolution with a diagonal kernel, one GEMM-backed op
-        # (kept float in int8 exports, export.FLOAT_LAYERS): 1.7 ms in all (2.4-2.6 ms with
+        # (kept float in int8 exports, tflite.FLOAT_LAYERS): 1.7 ms in all (2.4-2.6 ms with
         # the trunk crop before it, benchmarks/edge.py --parts).
         inverse = (1.0 / np.asarray(self.softening, "float64")).astype("float32")
         scale = 1.0 / np.asarray(self.std, "float64")
@@ -111,7 +111,7 @@ class ZeroNoise(keras.layers.Layer):
 
 
 def _median3(a, b, c):
-    """Element-wise median of three tensors: MAXIMUM/MINIMUM, float ops of export.FLOAT_OPS."""
+    """Element-wise median of three tensors: MAXIMUM/MINIMUM, float ops of tflite.FLOAT_OPS."""
     return ops.maximum(ops.minimum(a, b), ops.minimum(ops.maximum(a, b), c))
 
 
@@ -243,7 +243,7 @@ class AperturePhotometry(keras.layers.Layer):
         pixels = (ops.take(flat, ops.convert_to_tensor(self._aperture), axis=1)
                   - (offset + sky[:, None, :]))  # one SUB on the aperture's pixels
         # All K aperture sums (outer, inner, PSF-weighted) as one (A, K) matmul on the
-        # band-major pixels: a float FULLY_CONNECTED (export.FLOAT_LAYERS keeps it float), 5x
+        # band-major pixels: a float FULLY_CONNECTED (tflite.FLOAT_LAYERS keeps it float), 5x
         # faster here than K MUL + SUM pairs.
         # (2-D: a 3-D matmul becomes Tensordot, with shape arithmetic in the graph.)
         area, count = self._sums.shape

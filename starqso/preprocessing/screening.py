@@ -11,58 +11,52 @@ checked in this order:
    values are no-data fills (1e30 is common, so is -1e30 or 65535 scaled) or another unit;
    a model fed one gives NaN or an arbitrary answer.
 2. **Not constant.** A crop with one value everywhere has no sky noise and no source.
-3. **Plausible sky noise.** The per-pixel sky sigma of each band (:func:`sky_background`:
-   the pixels beyond 4" from the centre, neighbours masked, sigma-clipped; robust to the
-   crowding that inflates a plain border estimate), must be inside
-   ``SKY_SIGMA_RANGE`` = 1e-4 .. 1e2 nanomaggies. SDSS single-epoch frames have about
-   0.01-0.2 nmgy per pixel (u and z the noisiest), deep coadds (Stripe 82, DES, Legacy
-   Surveys) about 10x lower, and even a 100x deeper stack or a 100x shallower survey stays
-   inside; the same data in Jy are about 3.6e-6 times smaller (sigma ~1e-7), in
-   erg/s/cm^2/Hz 3.6e-29 times smaller, in ADU or electrons usually far larger. Quantised
-   data (integers with ``BSCALE``) can leave more than half the annulus on one value, so a
-   zero MAD falls back to the annulus' standard deviation; a band whose annulus is flat even
-   so (zero-filled, masked) has no sky noise and is refused.
-4. **A detected source.** The source is at the crop centre. Its flux is the sky-subtracted
-   sum in a centred aperture (:func:`~starqso.preprocessing.photometry.aperture_fluxes`,
-   the sky level of :func:`sky_background`), its noise ``sky_sigma * sqrt(n + n**2 / m)``
-   for ``n`` aperture pixels and a sky level that is the mean of ``m`` annulus pixels
-   (sky-limited: the source's own Poisson noise only matters for sources detected anyway),
-   in the two apertures of the photometric features,
-   1.5" and 3" in radius (``DETECTION_APERTURES_ARCSEC``), keeping the better S/N per band.
-   The 3" aperture alone holds 181 pixels of sky noise for a point source whose light is
-   mostly within 1.5" (45 pixels) in SDSS seeing: it missed an r = 21.2 QSO (S/N 2.1 in r,
-   7.2 at 1.5") and a z = 19.9 M dwarf (4.1 in z, 8.5 at 1.5") of a simulated survey; the
-   3" aperture keeps resolved hosts. The object counts as detected when the S/N is at
-   least ``DETECTION_SNR_R`` = 4 in r, or at least ``DETECTION_SNR_OTHER`` = 5 in any other
-   band (a high-redshift QSO or a cool star can drop out of r but shine in i/z; 5 sigma in
-   one band is the usual survey detection limit, while r, SDSS's detection band, gets the
-   looser 4 to keep faint real objects), or at least ``DETECTION_SNR_COMBINED`` = 5 in the
-   five bands together (:func:`combined_snr`, a chi-square detection): a faint source under
-   a noisier sky can stay under every band's own limit while its bands add up to a clear
-   detection. White noise passes r at 4 sigma by chance about
-   0.05% of the time (two correlated apertures; 0.3% at 3 sigma), another band at 5 sigma
-   practically never. Real blank sky holds more than noise: sources below the survey's
-   detection limit, and at 3 sigma in r those faint r-only blips were most of the blank
-   real sky called QSO (a g-dropout to the network). On the dev fields
-   (``benchmarks/real_fields.py``) 4 sigma left 5 of 1,200 blank-sky cutouts called QSO
-   where 3 sigma left 12, refused none of 772 real point sources and lost none of 1,861
-   real QSOs; 5 sigma removed no more blank sky and lost one QSO.
-   A crop too small for a 3" aperture with a sky border (under 22 pixels) skips this rule.
-5. **Not narrower than the PSF.** A cosmic ray, a hot pixel or another detector artefact
-   puts its light in one pixel; any real source, star or QSO, is spread by the seeing over
-   several. A pixel within ``ARTEFACT_RADIUS_ARCSEC`` = 3" of the centre is *sharp*
-   (:func:`sharp_pixels`) when it stands at least ``ARTEFACT_MIN_SNR`` = 15 sky sigma above
-   the sky and the mean of its four neighbours is under ``ARTEFACT_NEIGHBOUR_RATIO`` = 0.15
-   of it, with a noise allowance of two sigma on both (``(neighbours + 2 sigma / 2) <
-   0.15 (pixel - 2 sigma)``). A Gaussian PSF of FWHM 0.7" (SDSS's best seeing) centred on a
-   pixel gives a ratio of 0.47, the median 1.4" 0.81; on the real SDSS cutouts of
-   ``benchmarks/artefacts.py`` the lowest ratio of 772 point sources is 0.25 (a saturated
-   star) and of 1,861 QSOs 0.33, so none is sharp. A crop whose source is *only* sharp
-   pixels, i.e. that fails rule 4 once each sharp pixel is replaced by its neighbours' mean,
-   is refused: it is neither a star nor a QSO. A crop still detected without them keeps its
-   answer, with the ARTEFACT quality bit (:mod:`starqso.preprocessing.qflags`). Below 15
-   sigma a single pixel cannot make a detection (rule 4 needs about 27 sigma in r), so
-   fainter ones do not matter here. A multi-pixel cosmic-ray track is not caught by this
+3. **Plausible sky noise.** The per-pixel sky sigma of each band (:func:`sky_background`: the
+   pixels beyond 4" from the centre, neighbours masked, sigma-clipped; robust to the crowding
+   that inflates a plain border estimate), must be inside ``SKY_SIGMA_RANGE`` = 1e-4 .. 1e2
+   nanomaggies: wide enough for SDSS single-epoch frames, deep coadds (Stripe 82, DES, Legacy
+   Surveys) and stacks much deeper or surveys much shallower than either, while the same data
+   in Jy or erg/s/cm^2/Hz fall far below it and data in ADU or electrons usually far above.
+   Quantised data (integers with ``BSCALE``) can leave more than half the annulus on one value,
+   so a zero MAD falls back to the annulus' standard deviation; a band whose annulus is flat
+   even so (zero-filled, masked) has no sky noise and is refused.
+4. **A detected source.** The source is at the crop centre. Its flux is the sky-subtracted sum
+   in a centred aperture (:func:`~starqso.preprocessing.photometry.aperture_fluxes`, the sky
+   level of :func:`sky_background`), its noise ``sky_sigma * sqrt(n + n**2 / m)`` for ``n``
+   aperture pixels and a sky level that is the mean of ``m`` annulus pixels (sky-limited: the
+   source's own Poisson noise only matters for sources detected anyway), in the two apertures
+   of the photometric features, 1.5" and 3" in radius (``DETECTION_APERTURES_ARCSEC``), keeping
+   the better S/N per band. The 3" aperture alone holds four times the sky noise pixels of the
+   1.5" one, for a point source whose light is mostly within 1.5" in SDSS seeing, so a faint
+   point source can be clear at 1.5" and lost at 3"; the 3" aperture keeps resolved hosts. The
+   object counts as detected when the S/N is at least ``DETECTION_SNR_R`` = 4 in r, or at least
+   ``DETECTION_SNR_OTHER`` = 5 in any other band (a high-redshift QSO or a cool star can drop
+   out of r but shine in i/z; 5 sigma in one band is the usual survey detection limit, while r,
+   SDSS's detection band, gets the looser 4 to keep faint real objects), or at least
+   ``DETECTION_SNR_COMBINED`` = 5 in the five bands together (:func:`combined_snr`, a
+   chi-square detection): a faint source under a noisier sky can stay under every band's own
+   limit while its bands add up to a clear detection. White noise rarely passes r at 4 sigma by
+   chance (two correlated apertures), another band at 5 sigma practically never. Real blank sky
+   holds more than noise: sources below the survey's detection limit, and at 3 sigma in r those
+   faint r-only blips are what blank real sky called QSO is made of (a g-dropout to the
+   network). 4 sigma in r is where they stop without refusing real point sources or QSOs, and 5
+   sigma costs real QSOs without removing more blank sky (measured on the dev fields by
+   ``benchmarks/real_fields.py``). A crop too small for a 3" aperture with a sky border (under
+   22 pixels) skips this rule.
+5. **Not narrower than the PSF.** A cosmic ray, a hot pixel or another detector artefact puts
+   its light in one pixel; any real source, star or QSO, is spread by the seeing over several.
+   A pixel within ``ARTEFACT_RADIUS_ARCSEC`` = 3" of the centre is *sharp*
+   (:func:`sharp_pixels`) when it stands at least ``ARTEFACT_MIN_SNR`` = 15 sky sigma above the
+   sky and the mean of its four neighbours is under ``ARTEFACT_NEIGHBOUR_RATIO`` = 0.15 of it,
+   with a noise allowance of two sigma on both (``(neighbours + 2 sigma / 2) < 0.15 (pixel - 2
+   sigma)``). A Gaussian PSF centred on a pixel, even in SDSS's best seeing, puts far more than
+   that into the neighbours, and so do the real point sources (saturated stars included) and
+   QSOs of ``benchmarks/artefacts.py``: none is sharp. A crop whose source is *only* sharp
+   pixels, i.e. that fails rule 4 once each sharp pixel is replaced by its neighbours' mean, is
+   refused: it is neither a star nor a QSO. A crop still detected without them keeps its
+   answer, with the ARTEFACT quality bit (:mod:`starqso.preprocessing.qflags`). Below 15 sigma
+   a single pixel cannot make a detection on its own (rule 4 needs much more of one pixel in
+   r), so fainter ones do not matter here. A multi-pixel cosmic-ray track is not caught by this
    single-pixel test.
 
 Only the crop the model sees is checked: a no-data fill at the far edge of a large cutout
@@ -71,12 +65,15 @@ does not change the answer and is not flagged.
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
-
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.preprocessing.local_sky import (
+    SkyBackground,
+    checked_crops,
+    sky_background,
+    sky_sigma,  # noqa: F401 (importers use it here)
+)
 from starqso.preprocessing.photometry import aperture_fluxes, aperture_masks
 from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC
 
@@ -98,192 +95,9 @@ ARTEFACT_RADIUS_ARCSEC = 3.0
 ARTEFACT_MIN_SNR = 15.0
 #: ... with its four neighbours' mean under this fraction of it (after a noise allowance).
 ARTEFACT_NEIGHBOUR_RATIO = 0.15
-#: The screening's sky annulus: every crop pixel beyond this radius (or beyond the photometry's
-#: border radius, ``S / 2 - 3`` pixels, in a crop too small for it) ...
-SKY_INNER_RADIUS_ARCSEC = 4.0
-#: ... less the pixels of neighbours: a 3x3 box mean at least this many of its own sigma above
-#: the sky in any band ...
-SKY_MASK_SNR = 4.0
-#: ... grown by this many pixels (a square), for the wings below the threshold;
-SKY_MASK_GROW_PX = 2
-#: then clipped at this many sigma, this many times.
-SKY_CLIP_SIGMA = 3.0
-SKY_CLIP_ITERATIONS = 2
-#: Mask and clip this many times, each mask from the sky of the pass before.
-SKY_MASK_PASSES = 2
-#: Fewer pixels than this left after the mask and the clip: the unmasked annulus' median and
-#: MAD instead (a galaxy or a cluster fills the crop).
-SKY_MIN_PIXELS = 40
-# The standard deviation of a unit Gaussian clipped at +-3 sigma; its interquartile range.
-_CLIPPED_STD = 0.98658
-_IQR_TO_SIGMA = 1.34898
 # The noise allowance of rule 5, in sky sigma of the pixel (and of its neighbours' mean).
 _ARTEFACT_ALLOWANCE = 2.0
-# MAD to Gaussian sigma.
-_MAD_TO_SIGMA = 1.4826
 _R = BANDS.index("r")
-
-
-def _crops(crops):
-    crops = np.asarray(crops)
-    if crops.ndim == 3:
-        crops = crops[None]
-    if crops.ndim != 4 or crops.shape[-1] != len(BANDS) or crops.shape[1] != crops.shape[2]:
-        raise InputError(f"crops must have shape (N, S, S, 5) or (S, S, 5). Received: "
-                         f"shape={crops.shape}")
-    return crops
-
-
-def _border(size):
-    """The sky border pixels of a ``size`` crop: those of aperture_masks, or the outer ring."""
-    try:
-        return aperture_masks(size, 0.0)[1]
-    except InputError:
-        # Too small for photometry's 3-pixel-deep border: the outermost ring of pixels.
-        ring = np.ones((size, size), bool)
-        ring[1:-1, 1:-1] = False
-        return ring
-
-
-def sky_sigma(crops):
-    """Robust per-pixel sky sigma of each band from the crop border, float64.
-
-    1.4826 times the median absolute deviation of the border pixels; the standard deviation
-    where that is 0 (quantised data), so 0 means a flat border.
-
-    Args:
-        crops: (N, S, S, 5) or (S, S, 5) crops, channels last.
-
-    Returns:
-        (N, 5) float64 sigmas in the crops' unit (nanomaggies for real input).
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> sigma = sky_sigma(rng.normal(0, 0.02, (1, 32, 32, 5)))
-        >>> bool(np.allclose(sigma, 0.02, rtol=0.15))
-        True
-    """
-    crops = _crops(crops)
-    pixels = crops[:, _border(crops.shape[1]), :].astype(np.float64)  # (N, border, 5)
-    deviation = np.abs(pixels - np.median(pixels, axis=1, keepdims=True))
-    sigma = _MAD_TO_SIGMA * np.median(deviation, axis=1)
-    return np.where(sigma > 0, sigma, pixels.std(axis=1))
-
-
-class SkyBackground(NamedTuple):
-    """The screening's sky of each crop and band (:func:`sky_background`), float64 (N, 5)."""
-
-    level: np.ndarray  # per-pixel sky level
-    sigma: np.ndarray  # per-pixel sky sigma (0: a flat annulus)
-    pixels: np.ndarray  # how many pixels the level is the mean of
-
-
-@functools.lru_cache(maxsize=16)
-def sky_annulus(size):
-    """The pixels of a ``size`` crop the screening's sky is measured on, (S, S) bool.
-
-    Every pixel beyond ``SKY_INNER_RADIUS_ARCSEC`` from the centre, or beyond the photometry's
-    border radius (``S / 2 - 3`` pixels) when that is smaller; the outermost ring of pixels
-    for a crop too small for either.
-
-    Example:
-        >>> int(sky_annulus(32).sum())
-        708
-    """
-    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
-    inner = min(SKY_INNER_RADIUS_ARCSEC / PIXEL_SCALE_ARCSEC, size / 2 - 3)
-    annulus = np.hypot(xx, yy) > inner if inner > 1 else _border(size)
-    annulus.flags.writeable = False  # cached: shared, read-only
-    return annulus
-
-
-def _box_mean(values):
-    """3x3 box mean of (N, S, S, B) images (edges repeat their pixels)."""
-    padded = np.pad(values, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
-    return (rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]) / 9.0
-
-
-def _grown(mask, pixels):
-    """(N, S, S) bool mask grown by ``pixels`` in x and y (a square structuring element)."""
-    grown = mask.copy()
-    for _ in range(pixels):
-        step = grown.copy()
-        step[:, 1:] |= grown[:, :-1]
-        step[:, :-1] |= grown[:, 1:]
-        step[:, :, 1:] |= step[:, :, :-1]
-        step[:, :, :-1] |= step[:, :, 1:]
-        grown = step
-    return grown
-
-
-def sky_background(crops):
-    """Sky level and sigma of each band from a sigma-clipped annulus with neighbours masked.
-
-    The crop border alone, the sky before, is inflated by a neighbour's light in a crowded
-    field (a faint star beside a bright one came out at S/N -2 to 1.5). Here, as a survey
-    pipeline does (photutils ``Background2D`` with a source mask): start from the median and
-    the interquartile sigma (IQR / 1.349) of the :func:`sky_annulus` pixels; mask every pixel
-    whose 3x3 box mean stands ``SKY_MASK_SNR`` of the box's own sigma (a third of a pixel's)
-    above that level in any band, grown by ``SKY_MASK_GROW_PX`` pixels for the wings; clip
-    the rest at ``SKY_CLIP_SIGMA`` around their mean, ``SKY_CLIP_ITERATIONS`` times. The level
-    is the clipped mean, the sigma the clipped standard deviation corrected for the clip
-    (x 1/0.987), ``pixels`` the number kept. Quantised data whose IQR is 0 start from the
-    standard deviation; a band flat even so gets sigma 0. Where fewer than
-    ``SKY_MIN_PIXELS`` survive, the start values.
-
-    Args:
-        crops: (N, S, S, 5) or (S, S, 5) crops, channels last.
-
-    Returns:
-        :class:`SkyBackground` of (N, 5) float64 arrays.
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> crop = rng.normal(0.1, 0.02, (1, 32, 32, 5))
-        >>> crop[0, 1:9, 1:9] += 1.0  # a bright neighbour in a corner
-        >>> sky = sky_background(crop)
-        >>> bool(np.allclose(sky.level, 0.1, atol=0.004) and np.allclose(sky.sigma, 0.02, rtol=0.1))
-        True
-    """
-    crops = _crops(crops)
-    count, size = len(crops), crops.shape[1]
-    annulus = sky_annulus(size)
-    # (N, 5, P): each band's annulus pixels contiguous, for the reductions below.
-    pixels = np.ascontiguousarray(np.moveaxis(crops[:, annulus, :], 1, 2), np.float64)
-    total = pixels.shape[2]
-    with np.errstate(invalid="ignore"):
-        # The median and the quartiles' sigma (IQR / 1.349) in one partial sort.
-        ranks = [(total - 1) // 4, (total - 1) // 2, (3 * (total - 1)) // 4]
-        quartiles = np.partition(pixels, ranks, axis=2)[:, :, ranks]
-        level = quartiles[:, :, 1]
-        sigma = (quartiles[:, :, 2] - quartiles[:, :, 0]) / _IQR_TO_SIGMA
-        sigma = np.where(sigma > 0, sigma, pixels.std(axis=2))
-        start = SkyBackground(level, sigma, np.full(level.shape, float(total)))
-        if not count:
-            return start
-        centre, scale = level, sigma
-        # The mask is remade once from the clipped sky: the start's sigma, inflated by the
-        # neighbours, sets too high a threshold to reach their faint wings.
-        for _ in range(SKY_MASK_PASSES):
-            box = _box_mean(crops - centre[:, None, None, :].astype(np.float32))
-            seeds = (box >= SKY_MASK_SNR / 3.0 * scale[:, None, None, :]).any(axis=3)
-            keep = ~_grown(seeds, SKY_MASK_GROW_PX)[:, annulus][:, None, :]  # (N, 1, P)
-            for _ in range(SKY_CLIP_ITERATIONS):
-                offset = pixels - centre[:, :, None]
-                chosen = keep & (np.abs(offset) <= SKY_CLIP_SIGMA * scale[:, :, None])
-                kept = chosen.sum(axis=2)
-                safe = np.maximum(kept, 1)
-                shift = np.where(chosen, offset, 0.0).sum(axis=2) / safe
-                centre = centre + shift
-                spread = np.where(chosen, offset, 0.0)
-                spread = (spread * spread).sum(axis=2) / safe - shift ** 2
-                scale = np.sqrt(np.clip(spread, 0.0, None) * safe / np.maximum(kept - 1, 1)
-                                ) / _CLIPPED_STD
-        enough = (kept >= SKY_MIN_PIXELS) & np.isfinite(centre) & np.isfinite(scale)
-        return SkyBackground(np.where(enough, centre, start.level),
-                             np.where(enough, scale, start.sigma),
-                             np.where(enough, kept, start.pixels).astype(np.float64))
 
 
 def aperture_snr(crops, sigma=None, radius_arcsec=3.0, background=None):
@@ -312,7 +126,7 @@ def aperture_snr(crops, sigma=None, radius_arcsec=3.0, background=None):
         >>> bool(aperture_snr(crop)[0, 2] > 20)
         True
     """
-    crops = _crops(crops)
+    crops = checked_crops(crops)
     inside, _ = aperture_masks(crops.shape[1], radius_arcsec)
     background = sky_background(crops) if background is None else background
     sigma = background.sigma if sigma is None else np.asarray(sigma, np.float64)
@@ -353,7 +167,7 @@ def sharp_pixels(crops, sigma=None, background=None):
         >>> np.argwhere(sharp_pixels(crop)[0]).tolist()
         [[16, 16, 2]]
     """
-    crops = _crops(crops).astype(np.float64)
+    crops = checked_crops(crops).astype(np.float64)
     size = crops.shape[1]
     if not len(crops) or size / 2 - 3 <= 1:
         return np.zeros(crops.shape, bool)
@@ -422,7 +236,7 @@ def narrower_than_psf(crops, sigma=None, background=None):
         >>> [flags.tolist() for flags in narrower_than_psf(crop)]
         [[True], [True]]
     """
-    crops = _crops(crops)
+    crops = checked_crops(crops)
     background = sky_background(crops) if background is None else background
     if sigma is not None:
         background = background._replace(sigma=np.asarray(sigma, np.float64))
@@ -486,9 +300,9 @@ def _failed_rules(peak, spread, sigma, snr, only_sharp, background=None
 def suspect_crops(crops, measured=False):
     """Which crops :func:`check_source` refuses, for a whole batch at once.
 
-    The same rules on the same statistics, vectorised over the batch (a per-crop call costs
-    about 0.3 ms, mostly NumPy call overhead, a third of `predict`'s time per row); only the
-    crops flagged here need :func:`check_source` for their message.
+    The same rules on the same statistics, vectorised over the batch (a per-crop call is
+    mostly NumPy call overhead); only the crops flagged here need :func:`check_source` for
+    their message.
 
     Args:
         crops: (N, S, S, 5) crops, channels last.
@@ -499,7 +313,7 @@ def suspect_crops(crops, measured=False):
         background)`` (``snr`` the better of the two detection apertures, None for crops too
         small; ``background`` the :class:`SkyBackground` both were measured with).
     """
-    crops = _crops(crops)
+    crops = checked_crops(crops)
     if not len(crops):
         empty = np.zeros(0, bool)
         none = np.zeros((0, len(BANDS)))
@@ -533,7 +347,7 @@ def check_source(crop, *, source: str = "cutout") -> dict:
         ...
         starqso.errors.InputError: no source detected at the cutout centre: ...
     """
-    crop = _crops(crop)[:1]
+    crop = checked_crops(crop)[:1]
     size = crop.shape[1]
     measured = _measured(crop)
     failed = [name for name, fails in _failed_rules(*measured).items() if fails[0]]

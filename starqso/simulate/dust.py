@@ -38,6 +38,15 @@ REDDENING_STREAM = 11
 CROWDING_STREAM = 13
 
 
+def _chosen_stream(seed, index, stream, fraction):
+    """Object ``index``'s side stream ``[seed, index, stream]`` after its first draw, which
+    picks the object with probability ``fraction``; None when the object is not picked."""
+    side = np.random.default_rng([seed, index, stream])
+    if side.random() >= fraction:
+        return None
+    return side
+
+
 @dataclass(frozen=True)
 class Reddening:
     """How a simulation reddens its objects.
@@ -58,10 +67,8 @@ class Reddening:
         """E(B-V) of object ``index`` of ``seed`` (0.0 when it is not reddened)."""
         if self.fraction <= 0 or self.max_ebv <= 0:
             return 0.0
-        side = np.random.default_rng([seed, index, REDDENING_STREAM])
-        if side.random() >= self.fraction:
-            return 0.0
-        return float(side.uniform(0.0, self.max_ebv))
+        side = _chosen_stream(seed, index, REDDENING_STREAM, self.fraction)
+        return 0.0 if side is None else float(side.uniform(0.0, self.max_ebv))
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,8 @@ class Crowding:
         """The neighbour density of object ``index`` of ``seed`` (1.0 when not crowded)."""
         if self.fraction <= 0 or self.max_density <= 1:
             return 1.0
-        side = np.random.default_rng([seed, index, CROWDING_STREAM])
-        if side.random() >= self.fraction:
-            return 1.0
-        return float(np.exp(side.uniform(0.0, np.log(self.max_density))))
+        side = _chosen_stream(seed, index, CROWDING_STREAM, self.fraction)
+        return 1.0 if side is None else float(np.exp(side.uniform(0.0, np.log(self.max_density))))
 
 
 def band_extinction(ebv) -> np.ndarray:

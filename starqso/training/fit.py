@@ -65,7 +65,7 @@ def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgro
                                      strict=strict)
 
 
-def _report_flags(folder, flags, log):
+def report_flags(folder, flags, log):
     path = folder.write_flags(flags)
     if path is None:
         return
@@ -198,7 +198,7 @@ def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, stric
         if not recorded:
             folder.save_data_source(given, None if backgrounds is None
                                     else backgrounds.describe())
-        _report_flags(folder, arrays.flags, log)
+        report_flags(folder, arrays.flags, log)
         folder.save_split({name: arrays.ids[index] for name, index in (
             ("train", context.train), ("validation", context.validation),
             ("test", context.test))})

@@ -42,6 +42,12 @@ from starqso.errors import InputError
 __all__ = ["RunFolder"]
 
 
+def _file_in_folder(name: str) -> property:
+    """A read-only :class:`RunFolder` property: the path of its file (or folder) whose name is
+    the class attribute ``name`` (``CONFIG``, ``DEPLOYABLE``...)."""
+    return property(lambda self: self.root / getattr(self, name))
+
+
 class RunFolder:
     """One run folder: its paths, its JSON state and its configuration.
 
@@ -78,21 +84,10 @@ class RunFolder:
         return self.root / name
 
     # --- paths --------------------------------------------------------------------------------
-    @property
-    def config_path(self) -> pathlib.Path:
-        return self.root / self.CONFIG
-
-    @property
-    def deployable_path(self) -> pathlib.Path:
-        return self.root / self.DEPLOYABLE
-
-    @property
-    def metric_head_path(self) -> pathlib.Path:
-        return self.root / self.METRIC_HEAD
-
-    @property
-    def export_dir(self) -> pathlib.Path:
-        return self.root / self.EXPORT
+    config_path = _file_in_folder("CONFIG")
+    deployable_path = _file_in_folder("DEPLOYABLE")
+    metric_head_path = _file_in_folder("METRIC_HEAD")
+    export_dir = _file_in_folder("EXPORT")
 
     def backup_dir(self, stage: str) -> pathlib.Path:
         """Checkpoints of ``stage`` while it runs (removed when it completes)."""
