@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from starqso.schema import EVIDENCE_SNR
+
 #: p(QSO) is clipped to [EPSILON, 1 - EPSILON] before the calibration's logit: float32 rounds
 #: a confident p to exactly 0 or 1, whose logit is infinite.
 EPSILON = 1e-7
@@ -78,8 +80,6 @@ def evidence_weight(snr, limits=None) -> np.ndarray:
         >>> evidence_weight([2.0, 9.5, 30.0, float("nan")], (4.0, 15.0)).round(2).tolist()
         [0.0, 0.5, 1.0, 1.0]
     """
-    from starqso.schema import EVIDENCE_SNR
-
     low, high = EVIDENCE_SNR if limits is None else limits
     snr = np.asarray(snr, np.float64)
     weight = np.clip((snr - low) / (high - low), 0.0, 1.0)

@@ -202,8 +202,8 @@ def test_object_arrays_cache_is_checked_the_same_way(tmp_path):
 
 
 def test_read_npz_refuses_arrays_over_its_limit(tmp_path):
-    from starqso.deploy.safe_read import read_npz
     from starqso.errors import InputError
+    from starqso.io.safe_read import read_npz
 
     path = tmp_path / "big.npz"
     path.write_bytes(_npz(a=np.zeros(100, np.float64), b=np.zeros(100, np.float64)))

@@ -25,10 +25,10 @@ from helpers import cli_error_line, rewrite_metadata, simulated_survey
 from starqso.cli import NATIVE_NOISE, main
 from starqso.deploy.folder import check_keras_file, check_model_dir
 from starqso.deploy.keras_file import STARQSO_CLASSES
-from starqso.deploy.safe_read import MAX_JSON_BYTES
-from starqso.deploy.safe_read import read_capped as _read_capped
 from starqso.errors import InputError
 from starqso.inference import default_model_dir
+from starqso.io.safe_read import MAX_JSON_BYTES
+from starqso.io.safe_read import read_capped as _read_capped
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CUTOUT = 40  # the shipped model crops 32x32 from it

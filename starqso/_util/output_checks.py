@@ -25,7 +25,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from starqso._util.jsonfile import read_json
 from starqso.errors import InputError
+from starqso.io.sources import BAND_COLUMNS
 
 __all__ = ["model_inputs", "refuse_output_among_inputs", "source_inputs"]
 
@@ -135,7 +137,6 @@ def _refuse_foreign_file(target, output_path, option, *, side_car):
                          f"{option} {output_path}")
     if not side_car:
         return
-    from starqso._util.jsonfile import read_json
 
     record = None
     # starqso's side-cars are a few kB: a large file there is the user's, and is not read.
@@ -255,8 +256,6 @@ def _parquet_cutout_files(rows_source):
     if getattr(rows_source, "layout", None) not in ("image", "bands"):
         return
     import pyarrow.parquet as pq
-
-    from starqso.io.sources import BAND_COLUMNS
 
     wanted = ["image"] if rows_source.layout == "image" else list(BAND_COLUMNS)
     for name in rows_source.files:

@@ -30,7 +30,10 @@ import os
 import pathlib
 from collections.abc import Iterable, Iterator
 
+from starqso import __version__
 from starqso._util import jsonfile as strict_json
+from starqso._util.atomic import write_json_atomically
+from starqso._util.locking import exclusive_lock, lock_path
 from starqso.errors import InputError
 
 __all__ = ["MARKER", "check_output_folder", "folder_maker", "output_folder", "write_marker",
@@ -139,9 +142,6 @@ def write_marker(folder: str | os.PathLike, command: str) -> pathlib.Path:
         >>> write_marker("clusters.partial", "cluster").name  # doctest: +SKIP
         '.starqso-output.json'
     """
-    from starqso import __version__
-    from starqso._util.atomic import write_json_atomically
-
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {COMMANDS}. Received: {command!r}")
     path = pathlib.Path(folder) / MARKER
@@ -321,8 +321,6 @@ def output_folder(folder: str | os.PathLike, command: str, *, option: str = "--o
         >>> with output_folder("runs/demo", "fit", mark=True) as folder:  # doctest: +SKIP
         ...     train_into(folder)
     """
-    from starqso._util.locking import exclusive_lock
-
     try:
         path = check_output_folder(folder, command, option=option, replaced=replaced)
     except InputError:
@@ -357,8 +355,6 @@ def output_folder(folder: str | os.PathLike, command: str, *, option: str = "--o
 def _refuse_if_busy(folder, replaced, what):
     """Raise the lock's "in use by another starqso run" line when another run holds
     ``folder``'s lock (the one :func:`output_folder` takes); return quietly otherwise."""
-    from starqso._util.locking import exclusive_lock, lock_path
-
     path = pathlib.Path(os.path.abspath(os.fspath(folder)))
     if replaced and path.is_symlink() and path.is_dir():
         path = path.resolve()

@@ -22,6 +22,7 @@ from starqso._util.atomic import atomic_path
 from starqso.data.catalog_arrays import read_catalog_arrays
 from starqso.data.simulated_arrays import simulate_chunk, simulation_cache_path
 from starqso.errors import InputError
+from starqso.io.safe_read import read_npz
 from starqso.schema import ENCODER_NUM_PIXELS, NUM_BANDS, SPECTRUM_CHANNELS, UNKNOWN_LABEL
 
 __all__ = ["ObjectArrays"]
@@ -344,8 +345,6 @@ class ObjectArrays:
         Raises:
             InputError: the file is missing or not an ``.npz`` file of :meth:`save`.
         """
-        from starqso.deploy.safe_read import read_npz
-
         path = os.fspath(path)
         # read_npz checks each array's declared size before allocating it.
         stored = read_npz(path, "object arrays (from ObjectArrays.save)", max_bytes=1 << 34)

@@ -8,7 +8,9 @@ import numpy as np
 from starqso.errors import InputError
 from starqso.io.catalog import read_catalog, resolve_path
 from starqso.io.cutouts import read_cutout
+from starqso.io.sources import Block
 from starqso.io.spectra import read_spectrum
+from starqso.preprocessing.blocks import prepare_block
 from starqso.preprocessing.spectra import encoder_input, resample_spectrum
 from starqso.schema import BANDS, LABEL_CODES
 
@@ -45,9 +47,6 @@ def read_catalog_arrays(cls, path, image_size, *, require_labels, progress, stri
     # Rows are screened in blocks by `starqso predict`'s own screening (crop, repair and
     # the source checks: no source detected, no-data fills, implausible sky), so a row
     # predict would flag is flagged, and left out of training, here too.
-    from starqso.io.sources import Block
-    from starqso.preprocessing.blocks import prepare_block
-
     for start in range(0, len(ids), _SCREEN_ROWS):
         rows = range(start, min(start + _SCREEN_ROWS, len(ids)))
         read = [_catalog_cutout(catalog, catalog["image"][row], image_size) for row in rows]

@@ -7,5 +7,5 @@
 * :mod:`~starqso.deploy.folder`: the export folder's files, checked before TensorFlow, and
   safe loading; :mod:`~starqso.deploy.metadata` (its ``metadata.json``),
   :mod:`~starqso.deploy.keras_file` (checks on a ``.keras`` file) and
-  :mod:`~starqso.deploy.safe_read` (bounded reads of JSON and ``.npz``, SHA-256).
+  :mod:`~starqso.io.safe_read` (bounded reads of JSON and ``.npz``, SHA-256).
 """

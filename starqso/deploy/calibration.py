@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from starqso._util.jsonfile import read_json
 from starqso.errors import InputError
+from starqso.evaluation import classification_metrics
 from starqso.probability import EPSILON, calibrate, logit
 from starqso.schema import DEFAULT_THRESHOLD
 
@@ -119,7 +121,6 @@ def finetune_calibration(folder):
     path = folder / "finetune.json"
     if not path.is_file():
         return None
-    from starqso._util.jsonfile import read_json
 
     return read_json(path).get("selection", {}).get("calibration")
 
@@ -132,8 +133,6 @@ def fit_calibration(raw_model, objects, held_name, log, chosen=None):
 
     Returns ``(the export_check.json "calibration" entry, temperature)``.
     """
-    from starqso.evaluation import classification_metrics
-
     def labelled(arrays):
         known = arrays.labels >= 0
         if not known.any():

@@ -50,11 +50,12 @@ import warnings
 import numpy as np
 
 from starqso._util.atomic import replace_folder, write_json_atomically, write_text_atomically
+from starqso._util.ownership import output_folder
+from starqso.data.arrays import ObjectArrays
 from starqso.deploy.calibration import THRESHOLD, finetune_calibration, fit_calibration
 from starqso.deploy.keras_file import check_keras_file
 from starqso.deploy.metadata import data_model_metadata
 from starqso.deploy.model_card import SELECTION_FILE, model_card, quality_card, quality_reference
-from starqso.deploy.safe_read import file_sha256
 from starqso.deploy.tflite import (
     INT8_MIN_AGREEMENT,
     TFLITE_VARIANTS,
@@ -62,7 +63,11 @@ from starqso.deploy.tflite import (
     float_nodes,
     write_saved_model,
 )
+from starqso.discovery.embed import EMBEDDING_REFERENCE, write_embedding_reference
 from starqso.errors import InputError
+from starqso.evaluation.metrics import selection_csv_text
+from starqso.inference import LiteRTPredictor
+from starqso.io.safe_read import file_sha256
 from starqso.training.run_folder import RunFolder
 
 #: Every name ``export`` writes into its folder: an existing export folder holding anything
@@ -118,8 +123,6 @@ def split_objects(folder, config, num_check, num_calibration, arrays=None):
     Raises:
         InputError: the data no longer holds the split's objects.
     """
-    from starqso.data.arrays import ObjectArrays
-
     split = folder.split()
     held_name = "test" if split.get("test") else "validation"
     if arrays is None:
@@ -180,8 +183,6 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
     Example:
         >>> export_run("runs/demo")  # doctest: +SKIP
     """
-    from starqso._util.ownership import output_folder
-
     folder = RunFolder(run_dir)
     # Check the folder before paying for the TensorFlow import.
     if not folder.is_complete():
@@ -196,7 +197,6 @@ def export_run(run_dir, out_dir=None, *, num_check=None, num_calibration=None, l
 
 def _export_run(folder, out, destination, num_check, num_calibration, log, arrays):
     from starqso.deploy.folder import load_keras_model
-    from starqso.inference import LiteRTPredictor
 
     config = folder.load_config()
     check_keras_file(folder.deployable_path)
@@ -279,7 +279,6 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
             metadata["quality"] = quality
             results["quality"] = {key: quality[key] for key in ("r_range", "ood_threshold",
                                                                 "validation_ood_fraction")}
-        from starqso.discovery.embed import EMBEDDING_REFERENCE, write_embedding_reference
 
         reference_info = write_embedding_reference(
             staging, raw_model.embedding_model(), objects["train"].images)
@@ -289,7 +288,6 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
             f"{', '.join(reference_info['spaces'])}")
         write_json_atomically(staging / "export_check.json", results, sort_keys=False)
         write_json_atomically(staging / "metadata.json", metadata, sort_keys=False)
-        from starqso.evaluation.metrics import selection_csv_text
 
         write_text_atomically(staging / SELECTION_FILE, selection_csv_text(selection))
         write_text_atomically(staging / "model_card.md",

@@ -18,8 +18,8 @@ import pathlib
 
 from starqso.deploy.keras_file import check_keras_archive, check_keras_file, keras_input_side
 from starqso.deploy.metadata import check_metadata
-from starqso.deploy.safe_read import file_sha256, one_line, shown
 from starqso.errors import InputError
+from starqso.io.safe_read import file_sha256, one_line, shown
 from starqso.schema import BANDS
 
 RUNTIME_FILES = {"keras": "starqso_classifier.keras", "litert": "model_int8.tflite"}

@@ -3,8 +3,8 @@
 A ``.keras`` file is a zip archive holding ``config.json`` (the model's structure),
 ``metadata.json`` and ``model.weights.h5``. Loading it runs whatever the config names, so
 starqso reads the config itself first, with :mod:`zipfile` and :mod:`json` only (at most
-:data:`~starqso.deploy.safe_read.MAX_JSON_BYTES`, nested at most
-:data:`~starqso.deploy.safe_read.MAX_JSON_DEPTH` deep), and refuses a file that names a
+:data:`~starqso.io.safe_read.MAX_JSON_BYTES`, nested at most
+:data:`~starqso.io.safe_read.MAX_JSON_DEPTH` deep), and refuses a file that names a
 ``Lambda`` layer, a serialised Python function, a class from a module that is neither Keras
 nor starqso, or a starqso class that starqso does not register (:data:`STARQSO_CLASSES`).
 Only then does :func:`starqso.deploy.folder.load_keras_model` hand the file to
@@ -16,8 +16,8 @@ from __future__ import annotations
 import pathlib
 import zipfile
 
-from starqso.deploy.safe_read import is_int, one_line, parse_json, read_capped, shown, shown_name
 from starqso.errors import InputError
+from starqso.io.safe_read import is_int, one_line, parse_json, read_capped, shown, shown_name
 
 KERAS_ARCHIVE_FILES = ("config.json", "metadata.json", "model.weights.h5")
 #: Every class starqso registers with Keras (``registered_name``: module), kept here so the
@@ -161,8 +161,8 @@ def check_keras_file(path) -> dict:
     Raises:
         InputError: the file is missing, empty, not a ``.keras`` zip archive, lacks
             ``config.json``/``metadata.json``/``model.weights.h5``, has one of those JSON
-            members over :data:`~starqso.deploy.safe_read.MAX_JSON_BYTES` or nested deeper
-            than :data:`~starqso.deploy.safe_read.MAX_JSON_DEPTH`, was saved by a Keras
+            members over :data:`~starqso.io.safe_read.MAX_JSON_BYTES` or nested deeper
+            than :data:`~starqso.io.safe_read.MAX_JSON_DEPTH`, was saved by a Keras
             other than 3.x, or names a Lambda layer, a Python function, a class from a module
             other than Keras or starqso, or a starqso class that starqso does not register
             (:data:`STARQSO_CLASSES`).

@@ -16,8 +16,8 @@ import math
 import pathlib
 
 from starqso import __version__
-from starqso.deploy.safe_read import is_int, is_number, parse_json, read_capped, shown
 from starqso.errors import InputError
+from starqso.io.safe_read import is_int, is_number, parse_json, read_capped, shown
 from starqso.schema import (
     BANDS,
     BUNIT,
@@ -125,7 +125,7 @@ def check_metadata(metadata_path: pathlib.Path) -> dict:
 
     Raises:
         InputError: the file cannot be read, is not a JSON object of at most
-            :data:`~starqso.deploy.safe_read.MAX_JSON_BYTES`, or any key is not what
+            :data:`~starqso.io.safe_read.MAX_JSON_BYTES`, or any key is not what
             ``starqso export`` writes (see the module's description).
     """
     metadata = _read_metadata(metadata_path)

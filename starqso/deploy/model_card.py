@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from starqso._util.jsonfile import read_json
+from starqso.evaluation.metrics import format_selection_markdown, selection_function
+from starqso.preprocessing.qflags import fit_quality_reference
+
 #: The model's selection function, beside its metadata.json.
 SELECTION_FILE = "selection_function.csv"
 
@@ -34,9 +38,6 @@ def quality_reference(train_images, validation, validation_p, threshold):
         (:func:`~starqso.evaluation.metrics.selection_function`: completeness and purity vs
         r, completeness vs redshift, with Wilson intervals) of the labelled validation objects.
     """
-    from starqso.evaluation.metrics import selection_function
-    from starqso.preprocessing.qflags import fit_quality_reference
-
     quality = fit_quality_reference(train_images, validation.images)
     known = validation.labels >= 0
     selection = selection_function(validation.labels[known].astype(np.int64),
@@ -54,8 +55,6 @@ def quality_reference(train_images, validation, validation_p, threshold):
 
 def quality_card(quality, selection):
     """The model card's section on quality bits and the selection function (markdown)."""
-    from starqso.evaluation.metrics import format_selection_markdown
-
     if quality is None:
         return ("\n## Quality bits and selection function\n\nThe model's input is too small "
                 "for the 3\" photometry: no magnitude-range or out-of-distribution bits.\n\n"
@@ -133,8 +132,6 @@ def model_card(folder, config, metadata, results):
     ]
     finetuned = folder / "finetune.json"
     if finetuned.is_file():
-        from starqso._util.jsonfile import read_json
-
         settings = read_json(finetuned)
         lines[-2] = ("* Made by: `starqso finetune` (settings in the run folder's "
                      "`finetune.json`), then `starqso export`.")

@@ -29,8 +29,34 @@ import pathlib
 
 import numpy as np
 
+from starqso import __version__
+from starqso._util.atomic import write_bytes_atomically, write_json_atomically
+from starqso._util.extras import require_tensorflow
+from starqso._util.jsonfile import read_json
+from starqso._util.locking import exclusive_lock
+from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+from starqso.deploy.folder import RUNTIME_FILES, check_checksum, file_sha256
+from starqso.discovery import outlier_scores
 from starqso.errors import InputError
+from starqso.inference import (
+    EBV_COLUMN,
+    block_ebv,
+    classify_block,
+    default_model_dir,
+    ebv_setting,
+    evidence_fraction,
+    model_settings,
+    parse_ebv,
+    predict_views,
+    prior_label,
+    provenance,
+    sidecar_path,
+)
+from starqso.io.embeddings import EmbeddingTable, write_embeddings
+from starqso.io.safe_read import read_npz
+from starqso.io.sources import Source, open_source
 from starqso.probability import calibrate, evidence_weight
+from starqso.schema import QFLAG_BITS
 
 #: The training objects' embeddings in an export folder.
 EMBEDDING_REFERENCE = "embedding_reference.npz"
@@ -67,8 +93,6 @@ def write_embedding_reference(folder, embedder, images, rows=REFERENCE_ROWS):
         dict for ``metadata.json: embedding``: ``file``, ``rows``, ``spaces`` (name ->
         dimension) and ``outlier_k``.
     """
-    from starqso._util.atomic import write_bytes_atomically
-
     spaces = _spaces(embedder, images[:rows])
     spaces.pop("p_qso")
     buffer = io.BytesIO()
@@ -92,9 +116,6 @@ def load_embedding_reference(model_dir, metadata):
             (rows, dimension) matrix of more than ``OUTLIER_K`` rows and the dimension
             ``metadata.json`` gives.
     """
-    from starqso.deploy.folder import check_checksum
-    from starqso.deploy.safe_read import read_npz
-
     path = pathlib.Path(model_dir) / EMBEDDING_REFERENCE
     if "embedding" not in metadata:
         return None
@@ -144,14 +165,11 @@ class Embedder:
     """
 
     def __init__(self, model_dir=None, prior=None, threshold=None, log=None):
-        from starqso._util.extras import require_tensorflow
-        from starqso.inference import model_settings
-
         self.model_dir, self.metadata, self.threshold, self.settings = model_settings(
             model_dir, "keras", threshold, prior, log)
         self.reference = load_embedding_reference(self.model_dir, self.metadata)
         require_tensorflow("starqso embed", note="embeddings come from the Keras model")
-        from starqso.deploy.folder import RUNTIME_FILES, load_keras_model
+        from starqso.deploy.folder import load_keras_model
 
         model = load_keras_model(self.model_dir / RUNTIME_FILES["keras"], checked=True)
         # The export's model is the calibrated wrapper of the run's StarQSOClassifier.
@@ -187,8 +205,6 @@ class Embedder:
         ``snr``, the rows' combined five-band detection S/N, makes a faint row's p_qso lean on the
         prior as ``predict``'s does (:func:`starqso.probability.evidence_weight`).
         """
-        from starqso.inference import evidence_fraction, predict_views
-
         fraction = evidence_fraction(self.settings)
         weight = None if snr is None or fraction is None else evidence_weight(snr)
         outputs = {}
@@ -231,18 +247,6 @@ def embed_catalog(source, output, model_dir=None, batch_size=256, prior=None,
     """
     import itertools
 
-    from starqso._util.locking import exclusive_lock
-    from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
-    from starqso.inference import (
-        EBV_COLUMN,
-        default_model_dir,
-        parse_ebv,
-        prior_label,
-        sidecar_path,
-    )
-    from starqso.io.embeddings import write_embeddings
-    from starqso.io.sources import open_source
-
     output = pathlib.Path(output)
     if output.suffix.lower() not in (".csv", ".fits", ".parquet"):
         raise InputError(f"--output must end in .csv, .fits or .parquet. Received: {output}")
@@ -282,21 +286,6 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     Example:
         >>> table = embed_rows("cutouts/", Embedder(None))  # doctest: +SKIP
     """
-    from starqso import __version__
-    from starqso.discovery import outlier_scores
-    from starqso.inference import (
-        EBV_COLUMN,
-        block_ebv,
-        classify_block,
-        ebv_setting,
-        evidence_fraction,
-        parse_ebv,
-        provenance,
-    )
-    from starqso.io.embeddings import EmbeddingTable
-    from starqso.io.sources import Source, open_source
-    from starqso.schema import QFLAG_BITS
-
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1. Received: {batch_size}")
     ebv = parse_ebv(ebv)
@@ -374,10 +363,6 @@ def add_embedding_reference(model_dir, images, rows=REFERENCE_ROWS):
     Example:
         >>> add_embedding_reference("runs/old/export", train_images)  # doctest: +SKIP
     """
-    from starqso._util.atomic import write_json_atomically
-    from starqso._util.jsonfile import read_json
-    from starqso.deploy.folder import file_sha256
-
     embedder = Embedder(model_dir, prior="train")
     info = write_embedding_reference(embedder.model_dir, embedder.embedder, images, rows)
     metadata_path = embedder.model_dir / "metadata.json"

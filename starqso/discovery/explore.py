@@ -25,7 +25,15 @@ import pathlib
 import numpy as np
 
 from starqso._util import jsonfile as strict_json
+from starqso._util.atomic import replace_folder, write_json_atomically, write_text_atomically
+from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+from starqso._util.ownership import output_folder
+from starqso.discovery import NeighbourIndex, cluster_purity, plot_clusters, voting_clusters
+from starqso.discovery.embed import Embedder, embed_rows
 from starqso.errors import InputError
+from starqso.inference import default_model_dir
+from starqso.io.embeddings import read_embeddings
+from starqso.io.sources import open_source
 
 #: Below this many rows the neighbours are exact; from here on, an HNSW graph.
 EXACT_LIMIT = 200_000
@@ -58,9 +66,6 @@ def neighbour_index(table, path, space, metric="euclidean", method="auto", log=N
     Returns:
         ``(index, rows)``: the index and the table rows it holds, in index order.
     """
-    from starqso._util.atomic import write_json_atomically
-    from starqso.discovery import NeighbourIndex
-
     rows = np.flatnonzero(table.usable(space))
     if not len(rows):
         raise InputError(f"{path} has no rows with a {space!r} embedding to search. "
@@ -122,8 +127,6 @@ def find_similar(query, index_path, k=20, space=None, metric="euclidean", method
         >>> find_similar("obj-17", "embeddings.parquet", k=5)[0]["rank"]  # doctest: +SKIP
         1
     """
-    from starqso.io.embeddings import read_embeddings
-
     if output is not None:
         _refuse_similar_output(output, index_path)
     table = read_embeddings(index_path)
@@ -170,15 +173,11 @@ def _refuse_similar_output(output, index_path, query=None, model_dir=None):
     or the model's. Returns the query, opened (its files were listed) when one is given."""
     import itertools
 
-    from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
-
     index_files = [(index_path, f"the --index embeddings file {index_path}"),
                    (f"{index_path}.json", f"the side-car {index_path}.json of --index")]
     if query is None:
         refuse_output_among_inputs(output, index_files)
         return None
-    from starqso.inference import default_model_dir
-    from starqso.io.sources import open_source
 
     rows_source = open_source(query)
     inputs, trees = source_inputs(rows_source)
@@ -189,8 +188,6 @@ def _refuse_similar_output(output, index_path, query=None, model_dir=None):
 
 
 def _embedded_query(query, table, space, index_path, model_dir, log, opened=None):
-    from starqso.discovery.embed import Embedder, embed_rows
-
     embedder = Embedder(model_dir, log=log)
     if space not in embedder.spaces:
         raise InputError(f"the model gives no {space!r} embedding, so a cutout query cannot "
@@ -252,9 +249,6 @@ def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, 
         >>> cluster_file("embeddings.parquet", "clusters")["clusters"]  # doctest: +SKIP
         4
     """
-    from starqso._util.output_checks import refuse_output_among_inputs
-    from starqso._util.ownership import output_folder
-
     # --out is replaced whole: it must not be, nor hold, the embeddings file it clusters.
     refuse_output_among_inputs(out_dir, [(path, f"the embeddings file {path}"),
                                          (f"{path}.json", f"the side-car {path}.json")],
@@ -266,10 +260,6 @@ def cluster_file(path, out_dir, space=None, n_clusters=None, n_bags=25, seed=0, 
 
 
 def _cluster_into(path, destination, space, n_clusters, n_bags, seed, log):
-    from starqso._util.atomic import replace_folder, write_json_atomically, write_text_atomically
-    from starqso.discovery import cluster_purity, plot_clusters, voting_clusters
-    from starqso.io.embeddings import read_embeddings
-
     table = read_embeddings(path)
     space = pick_space(table, space, path)
     rows = np.flatnonzero(table.usable(space))

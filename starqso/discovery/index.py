@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 
 from starqso._util import jsonfile as strict_json
+from starqso._util.atomic import write_bytes_atomically
 from starqso.discovery.checks import finite_matrix, whole_number
 from starqso.errors import InputError
 
@@ -251,8 +252,6 @@ class NeighbourIndex:
             >>> index.info = {"source_sha256": "..."}  # doctest: +SKIP
             >>> index.save("embeddings.parquet.hnsw")  # doctest: +SKIP
         """
-        from starqso._util.atomic import write_bytes_atomically
-
         if self._index is not None:
             payload = _faiss().serialize_index(self._index).tobytes()
         else:

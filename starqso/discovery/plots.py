@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 
+from starqso._util.atomic import write_bytes_atomically
 from starqso.discovery.checks import whole_number
 from starqso.discovery.clusters import known_labels
 from starqso.errors import InputError
@@ -47,8 +48,6 @@ def plot_clusters(projection, clusters, labels, path, title="", max_points=_PLOT
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from starqso._util.atomic import write_bytes_atomically
 
     projection = np.asarray(projection, np.float64)
     clusters = np.asarray(clusters).reshape(-1)

@@ -16,7 +16,11 @@ import re
 
 import numpy as np
 
+from starqso._util.extras import require_survey
+from starqso._util.jsonfile import DuplicateKeyError, loads
 from starqso.errors import InputError
+from starqso.io import read_catalog
+from starqso.io.catalog import sidecar_path
 from starqso.schema import CLASS_NAMES, QFLAG_COLUMN
 
 # How many ids of each kind of skipped row the report lists; the counts are always complete.
@@ -40,8 +44,6 @@ def recorded_threshold(predictions_path):
     """
     import pathlib
 
-    from starqso._util.jsonfile import DuplicateKeyError, loads
-
     path = pathlib.Path(predictions_path)
     if _is_parquet(path):
         record = _parquet_record(path)
@@ -57,8 +59,6 @@ def recorded_threshold(predictions_path):
             return None  # unreadable: join_predictions names the problem
         where = f"THRESH card of {path}"
     else:
-        from starqso.io.catalog import sidecar_path
-
         sidecar = sidecar_path(path)
         if not sidecar.is_file():
             return None
@@ -92,8 +92,6 @@ def _parquet_record(path) -> dict:
     the ``starqso`` key-value metadata of a file; {} when there is none."""
     import pathlib
 
-    from starqso._util.jsonfile import DuplicateKeyError, loads
-
     path = pathlib.Path(path)
     try:
         if path.is_dir():
@@ -125,8 +123,6 @@ def read_parquet_predictions(path):
     import os
 
     from astropy.table import Table
-
-    from starqso._util.extras import require_survey
 
     require_survey("reading Parquet predictions", "pyarrow")
     import pathlib
@@ -294,8 +290,6 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
         >>> report["evaluated"], report["missing"]["count"]  # doctest: +SKIP
         (9812, 3)
     """
-    from starqso.io import read_catalog
-
     predictions = (read_parquet_predictions(predictions_path) if _is_parquet(predictions_path)
                    else read_catalog(predictions_path, require=("id", "p_qso")))
     truth = read_catalog(truth_path, require=("id", "label"))

@@ -14,9 +14,10 @@ import numpy as np
 
 from starqso._util.atomic import replace_folder, write_json_atomically
 from starqso._util.jsonfile import read_json
-from starqso._util.ownership import MARKER
+from starqso._util.output_checks import refuse_output_among_inputs
+from starqso._util.ownership import MARKER, output_folder
 from starqso.errors import InputError
-from starqso.evaluation.join import join_predictions
+from starqso.evaluation.join import join_predictions, recorded_threshold
 from starqso.evaluation.metrics import (
     R_EDGES,
     REDSHIFT_EDGES,
@@ -159,8 +160,6 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         ...                                "evaluation")  # doctest: +SKIP
         >>> print(format_report(metrics))  # doctest: +SKIP
     """
-    from starqso.evaluation.join import recorded_threshold
-
     threshold_source = "--threshold"
     if threshold is None:
         threshold = recorded_threshold(predictions_path)
@@ -168,8 +167,6 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         threshold = 0.5 if threshold is None else threshold
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"--threshold must be within [0, 1]. Received: {threshold}")
-    from starqso._util.output_checks import refuse_output_among_inputs
-    from starqso._util.ownership import output_folder
 
     # --out is replaced whole: it must not be, nor hold, a file this run reads.
     refuse_output_among_inputs(out_dir, [

@@ -12,7 +12,10 @@ import numpy as np
 
 from starqso.errors import InputError
 from starqso.preprocessing.blocks import prepare_block
-from starqso.probability import apply_prior
+from starqso.preprocessing.photometry import EBV_RANGE, deredden
+from starqso.preprocessing.qflags import quality_bits, screened_bits
+from starqso.preprocessing.screening import combined_snr
+from starqso.probability import apply_prior, evidence_weight, temper
 from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
 
 # The first four are the original columns (readers of older outputs find them where they
@@ -22,8 +25,6 @@ OUTPUT_COLUMNS = ("id", "p_qso", "label", "flag", QFLAG_COLUMN, P_QSO_ERR_COLUMN
 
 def _bad_ebv(ebv, flags, usable):
     """Rows whose E(B-V) is not a number in the accepted range are not classified."""
-    from starqso.preprocessing.photometry import EBV_RANGE
-
     low, high = EBV_RANGE
     bad = ~((ebv >= low) & (ebv <= high))  # NaN compares False
     for row in np.flatnonzero(bad & usable):
@@ -85,8 +86,6 @@ def predict_views(predictor, images, tta=False, uncertainty=True, shift=0.0, wei
         >>> p.tolist(), p_err.tolist()
         ([0.5, 0.5], [0.0, 0.0])
     """
-    from starqso.probability import temper
-
     images = np.asarray(images, np.float32)
     count = len(images)
     if not count:
@@ -173,11 +172,6 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
         >>> classified = classify_block(block, predictor, 32)  # doctest: +SKIP
         >>> classified.probabilities[classified.usable]  # doctest: +SKIP
     """
-    from starqso.preprocessing.photometry import deredden
-    from starqso.preprocessing.qflags import quality_bits, screened_bits
-    from starqso.preprocessing.screening import combined_snr
-    from starqso.probability import evidence_weight
-
     measured = {}
     images, flags, usable = _prepare_block(block, size, measured)
     count = len(block.ids)

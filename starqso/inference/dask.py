@@ -34,7 +34,12 @@ import secrets
 import shutil
 import time
 
+from starqso import __version__
+from starqso._util.atomic import swap_in_folder, write_json_atomically
 from starqso._util.extras import require_survey
+from starqso._util.locking import exclusive_lock
+from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
+from starqso.deploy.folder import RUNTIME_FILES, file_sha256
 from starqso.errors import InputError
 from starqso.inference.classify import COUNT_KEYS
 from starqso.inference.dataset_output import (
@@ -47,7 +52,18 @@ from starqso.inference.dataset_output import (
     read_identity,
     write_hats,
 )
+from starqso.inference.model import (
+    EBV_COLUMN,
+    ebv_setting,
+    evidence_fraction,
+    model_settings,
+    parse_ebv,
+    prior_label,
+)
+from starqso.inference.output_table import provenance
 from starqso.inference.partition import run_partition
+from starqso.inference.resume import identity_differences
+from starqso.io.sources import MAX_CHECKED_IDS, describe, open_source
 
 #: Rows per partition by default: a few MB of Parquet, a minute of one worker's time.
 DEFAULT_PARTITION_ROWS = 50_000
@@ -111,21 +127,6 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
     Example:
         >>> predict_dataset("stack/", "predictions.parquet", workers=2)  # doctest: +SKIP
     """
-    from starqso import __version__
-    from starqso._util.atomic import swap_in_folder, write_json_atomically
-    from starqso._util.locking import exclusive_lock
-    from starqso.deploy.folder import RUNTIME_FILES, file_sha256
-    from starqso.inference.model import (
-        EBV_COLUMN,
-        ebv_setting,
-        evidence_fraction,
-        model_settings,
-        parse_ebv,
-        prior_label,
-    )
-    from starqso.inference.output_table import provenance
-    from starqso.io.sources import MAX_CHECKED_IDS, describe, open_source
-
     require_survey("a Parquet dataset output", "pyarrow", "dask", "distributed")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1. Received: {batch_size}")
@@ -150,8 +151,6 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
             f"partition only (the whole input above {MAX_CHECKED_IDS:,})")
     # The dataset folder is replaced whole: it must not be, nor hold, a file the run reads.
     import itertools
-
-    from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
 
     inputs, trees = source_inputs(rows_source)
     refuse_output_among_inputs(output, itertools.chain(inputs, model_inputs(model_dir)),
@@ -183,8 +182,6 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         done = set()
         if resume and saved is not None:
             if {key: value for key, value in saved.items() if key != "started"} != identity:
-                from starqso.inference.resume import identity_differences
-
                 raise InputError(f"the partial run {staging} was made for another input, "
                                  f"model, threshold, prior, --tta, --ebv or --partition-rows; "
                                  f"delete it or run without --resume. Received: "

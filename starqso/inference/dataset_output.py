@@ -17,6 +17,7 @@ import shutil
 import numpy as np
 
 from starqso._util import jsonfile as strict_json
+from starqso._util.ownership import is_current_or_above, shown_entries
 from starqso.errors import InputError
 from starqso.inference.classify import OUTPUT_COLUMNS
 from starqso.schema import QFLAG_COLUMN
@@ -100,8 +101,6 @@ def _foreign_entries(output, entries):
 def check_output_folder(output):
     """OUT must be new, empty or an earlier starqso output and nothing else: it is replaced
     whole, so a user's file put inside an earlier output (notes, a sub-folder) would go."""
-    from starqso._util.ownership import is_current_or_above, shown_entries
-
     if is_current_or_above(output):
         raise InputError(f"--output {output} is the current folder or one above it; a Parquet "
                          f"dataset output is replaced as a whole, so name a new folder (e.g. "

@@ -9,8 +9,10 @@ import pathlib
 
 import numpy as np
 
+from starqso._util.extras import require_tensorflow
 from starqso.deploy.folder import RUNTIME_FILES, check_model_dir
 from starqso.errors import InputError
+from starqso.preprocessing.photometry import EBV_RANGE
 from starqso.probability import prior_shift
 from starqso.schema import DEFAULT_THRESHOLD
 
@@ -65,8 +67,6 @@ class KerasPredictor:
     """
 
     def __init__(self, model_dir, *, checked=False):
-        from starqso._util.extras import require_tensorflow
-
         require_tensorflow("--runtime keras", note="the light install runs --runtime litert")
         from starqso.deploy.folder import load_keras_model
 
@@ -187,8 +187,6 @@ def parse_ebv(value):
         >>> parse_ebv("0.05"), parse_ebv("none"), parse_ebv(None), parse_ebv("column")
         (0.05, 'none', 'none', 'column')
     """
-    from starqso.preprocessing.photometry import EBV_RANGE
-
     if value is None:
         return EBV_NONE
     if isinstance(value, str) and value.strip().lower() in (EBV_NONE, EBV_COLUMN):

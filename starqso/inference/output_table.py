@@ -9,8 +9,10 @@ import os
 
 import numpy as np
 
+from starqso._util.atomic import write_bytes_atomically, write_json_atomically
 from starqso.inference.classify import OUTPUT_COLUMNS
 from starqso.inference.model import EBV_NONE
+from starqso.io._fits import hdulist_bytes
 from starqso.io.catalog import sidecar_path
 from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_BITS, QFLAG_COLUMN
 
@@ -92,8 +94,6 @@ def finish_output(partial_file, output, fits_output, record, keep=()):
     A CSV's side-car is removed before the rename and written after it, so a kill in between
     leaves an output without a side-car, never one beside the record of another run.
     """
-    from starqso._util.atomic import write_bytes_atomically, write_json_atomically
-
     if not fits_output:
         sidecar = sidecar_path(output)
         sidecar.unlink(missing_ok=True)
@@ -102,8 +102,6 @@ def finish_output(partial_file, output, fits_output, record, keep=()):
         return
     from astropy.io import fits
     from astropy.table import Table
-
-    from starqso.io._fits import hdulist_bytes
 
     with open(partial_file, newline="", encoding="utf-8") as stream:
         rows = list(csv.reader(stream))[1:]

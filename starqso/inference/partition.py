@@ -12,8 +12,17 @@ import pathlib
 
 import numpy as np
 
-from starqso.inference.classify import COUNT_KEYS, OUTPUT_COLUMNS
+from starqso._util.atomic import write_bytes_atomically
+from starqso.deploy.folder import RUNTIME_FILES
+from starqso.inference.classify import (
+    COUNT_KEYS,
+    OUTPUT_COLUMNS,
+    classify_block,
+    label_block,
+    refuse_flagged,
+)
 from starqso.inference.dataset_output import part_name
+from starqso.inference.model import KerasPredictor, LiteRTPredictor, block_ebv
 from starqso.schema import P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
 # Per worker process: the opened model and inputs, loaded by the first task that needs them.
@@ -47,9 +56,6 @@ def _keep_freed_memory():
 def _predictor(model_dir, runtime, model_sha256):
     key = ("model", model_dir, runtime, model_sha256)
     if key not in _CACHE:
-        from starqso.deploy.folder import RUNTIME_FILES
-        from starqso.inference.model import KerasPredictor, LiteRTPredictor
-
         # One thread per worker process: parallelism comes from the workers, and more threads
         # per interpreter would only fight over the same cores.
         _CACHE[key] = (KerasPredictor(model_dir, checked=True) if runtime == "keras" else
@@ -99,10 +105,6 @@ def run_partition(job, partition):
     Raises:
         InputError: with ``strict``, the partition's first flagged row.
     """
-    from starqso._util.atomic import write_bytes_atomically
-    from starqso.inference.classify import classify_block, label_block, refuse_flagged
-    from starqso.inference.model import block_ebv
-
     _keep_freed_memory()
     source = _source(job["source"])
     predictor = _predictor(job["model_dir"], job["runtime"], job["model_sha256"])

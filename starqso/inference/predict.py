@@ -82,6 +82,10 @@ import json
 import os
 import pathlib
 
+from starqso import __version__
+from starqso._util.atomic import write_text_atomically
+from starqso._util.locking import exclusive_lock
+from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
 from starqso.deploy.folder import RUNTIME_FILES, file_sha256
 from starqso.errors import InputError
 from starqso.inference.classify import (
@@ -110,14 +114,13 @@ from starqso.inference.resume import (
     resumed_rows,
 )
 from starqso.io.catalog import sidecar_path
+from starqso.io.sources import open_source
 
 
 def _refuse_output_among_inputs(rows_source, output, model_dir, csv_output):
     """The one rule (:mod:`starqso._util.output_checks`): the output, and a CSV's side-car, are
     neither a folder nor any file the run reads."""
     import itertools
-
-    from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
 
     inputs, trees = source_inputs(rows_source)
     refuse_output_among_inputs(output, itertools.chain(inputs, model_inputs(model_dir)),
@@ -189,7 +192,6 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                                                              prior, log)
     ebv = parse_ebv(ebv)
     size = int(metadata["input_shape"][1])
-    from starqso.io.sources import open_source
 
     rows_source = open_source(source, id_column=id_column, keep=keep, ebv=ebv == EBV_COLUMN)
     ebv = ebv_setting(ebv, rows_source)
@@ -197,8 +199,6 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     ids = rows_source.ids()
     _refuse_output_among_inputs(rows_source, output, model_dir, suffix != ".fits")
     source_name = str(pathlib.Path(source).resolve())
-    from starqso import __version__
-    from starqso._util.locking import exclusive_lock
 
     # What a partial file must match to be resumed, and what the finished output records:
     # content hashes too, so a replaced model file or an edited catalogue is not continued.
@@ -242,8 +242,6 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         # TensorFlow is imported, and the model files are read once.
         predictor = checked_predictor(model_dir, runtime)
         if done is None:
-            from starqso._util.atomic import write_text_atomically
-
             write_text_atomically(partial[1], json.dumps(identity, indent=2) + "\n")
         try:
             with open_partial(partial[0], fresh=done is None) as stream:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.io._fits import hdu_data, native, open_fits
 from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC, PIXEL_SCALE_TOLERANCE
 
 __all__ = ["FRAME_SUFFIXES", "Field", "Frame", "frame_paths", "group_fields", "read_field"]
@@ -327,8 +328,6 @@ def read_frame(path, band=None, position_band=None) -> Frame:
         :class:`Frame`.
     """
     from astropy.wcs import WCS, FITSFixedWarning
-
-    from starqso.io._fits import hdu_data, native, open_fits
 
     what = "survey frame"
     expected = "a 2-D image (one band of one field) in nanomaggies with a celestial WCS"

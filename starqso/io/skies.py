@@ -32,7 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from starqso import __version__
+from starqso._util.atomic import write_bytes_atomically
+from starqso._util.output_checks import refuse_output_among_inputs
 from starqso.errors import InputError
+from starqso.io.safe_read import read_npz
 from starqso.schema import BANDS, BUNIT, PIXEL_SCALE_ARCSEC
 
 __all__ = ["FORMAT", "SkyBackgrounds", "check_output", "is_sky_file", "read_skies", "write_skies"]
@@ -164,8 +168,6 @@ def _concatenated(parts, path):
 
 
 def _read_one(path) -> SkyBackgrounds:
-    from starqso.deploy.safe_read import read_npz
-
     what = "sky-background"
     arrays = read_npz(path, what, max_bytes=MAX_BYTES)
     expected = "a file written by starqso skies"
@@ -235,8 +237,6 @@ def check_output(out, inputs) -> str:
         >>> check_output("skies.npz", [])  # doctest: +SKIP
         'skies.npz'
     """
-    from starqso._util.output_checks import refuse_output_among_inputs
-
     out = os.fspath(out)
     if not out.lower().endswith(".npz"):
         raise InputError(f"--out must end in .npz (one sky-background file). Received: --out "
@@ -263,9 +263,6 @@ def write_skies(out, skies: SkyBackgrounds) -> str:
         >>> write_skies("skies.npz", skies)  # doctest: +SKIP
         'skies.npz'
     """
-    from starqso import __version__
-    from starqso._util.atomic import write_bytes_atomically
-
     arrays = {name: getattr(skies, name) for name in _PER_CUTOUT + _PER_FIELD}
     arrays["images"] = np.ascontiguousarray(arrays["images"], np.float32)
     for name in ("field", "fields", "frame_files", "frame_sha256", "alignment"):

@@ -26,6 +26,7 @@ from starqso.models.blocks import (
     ConstructorConfig,
     deserialize_submodel,
 )
+from starqso.models.gan import unscale
 from starqso.models.layers import PACKAGE
 
 #: The fusion classifier's layers after its trunk (the head, block 0).
@@ -198,8 +199,6 @@ class FineTuner(ConstructorConfig, keras.Model):
     def train_step(self, data):
         import tensorflow as tf  # the TF backend's GradientTape
 
-        from starqso.models.gan import unscale
-
         inputs, labels = data
         groups = self.block_variables()
         with tf.GradientTape() as tape:
@@ -219,8 +218,6 @@ class FineTuner(ConstructorConfig, keras.Model):
         return self._update(unscale(loss), labels, probabilities)
 
     def test_step(self, data):
-        from starqso.models.gan import unscale
-
         inputs, labels = data
         probabilities = self.classifier(inputs, training=False)
         return self._update(unscale(self.loss_fn(labels, probabilities)), labels,

@@ -10,6 +10,17 @@ import keras
 import numpy as np
 from keras import ops
 
+from starqso.errors import InputError
+from starqso.preprocessing.photometry import (
+    SKY_ARCS,
+    SKY_TRIM,
+    SOFTENING,
+    aperture_masks,
+    psf_weights,
+    sky_arcs,
+)
+from starqso.preprocessing.scaling import ASINH_FLOOR
+
 PACKAGE = "starqso"
 
 
@@ -52,8 +63,6 @@ class CutoutScaling(keras.layers.Layer):
                                  f"Received: {name}={values}")
 
     def call(self, inputs):
-        from starqso.preprocessing.scaling import ASINH_FLOOR
-
         # This runs float on every pixel of an int8 export, before the int8 network. In TFLite
         # an element-wise op with a per-band (5-vector) operand costs 2-4x one with a scalar
         # (0.65 vs 0.4 ms on a batch of 256 24-pixel cutouts; the 8 ops of
@@ -148,14 +157,6 @@ class AperturePhotometry(keras.layers.Layer):
     NUM_FEATURES = 6  # without weighted_fwhm; an instance has its own
 
     def __init__(self, image_size, mean=None, std=None, weighted_fwhm=(), **kwargs):
-        from starqso.errors import InputError
-        from starqso.preprocessing.photometry import (
-            SOFTENING,
-            aperture_masks,
-            psf_weights,
-            sky_arcs,
-        )
-
         super().__init__(**kwargs)
         self.image_size = int(image_size)
         if not isinstance(weighted_fwhm, (list, tuple)) or not all(
@@ -220,8 +221,6 @@ class AperturePhotometry(keras.layers.Layer):
                 ((offset - np.asarray(self.mean, "float64")) / std).astype("float32"))
 
     def call(self, inputs):
-        from starqso.preprocessing.photometry import SKY_ARCS, SKY_TRIM
-
         flat = ops.reshape(ops.cast(inputs, "float32"), (-1, self._pixels, 5))
         # Float32 on a sky pedestal: an offset near the sky (the median of three border
         # pixels) is subtracted from every pixel first, then the rest of the sky from each

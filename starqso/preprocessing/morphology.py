@@ -33,7 +33,10 @@ import importlib.resources
 
 import numpy as np
 
+from starqso._util.atomic import write_bytes_atomically
+from starqso._util.jsonfile import loads
 from starqso.errors import InputError
+from starqso.io.safe_read import read_npz
 from starqso.preprocessing.light_profile import (
     FEATURE_NAMES,
     combined_image,  # noqa: F401 (importers use it here)
@@ -107,8 +110,6 @@ class ExtendedScorer:
         """Write the scorer as a NumPy archive (no pickles), atomically."""
         import io
         import json
-
-        from starqso._util.atomic import write_bytes_atomically
 
         arrays = {f"node_{name}": values for name, values in self.nodes.items()}
         arrays.update(roots=self.roots, baseline=np.float64(self.baseline),
@@ -275,9 +276,6 @@ class ExtendedScorer:
 
 
 def _load(path):
-    from starqso._util.jsonfile import loads
-    from starqso.deploy.safe_read import read_npz
-
     # read_npz checks each array's declared size before allocating it.
     archive = read_npz(path, "extended-source scorer")
     try:

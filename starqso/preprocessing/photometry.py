@@ -30,6 +30,7 @@ import functools
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.schema import EXTINCTION_COEFFICIENTS
 from starqso.schema import PIXEL_SCALE_ARCSEC as PIXEL_SCALE
 
 # SDSS asinh softening parameters b per band (Lupton, Gunn & Szalay 1999; SDSS DR docs).
@@ -268,8 +269,6 @@ def extinction_factors(ebv):
         >>> extinction_factors([0.0, 1.0]).round(2).tolist()[1][:2]
         [49.61, 20.95]
     """
-    from starqso.schema import EXTINCTION_COEFFICIENTS
-
     ebv = np.nan_to_num(np.asarray(ebv, np.float64).reshape(-1), nan=0.0)
     return 10.0 ** (0.4 * np.outer(ebv, EXTINCTION_COEFFICIENTS))
 

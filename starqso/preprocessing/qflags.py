@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from starqso.preprocessing.morphology import ExtendedScorer, combined_image, profile_features
 from starqso.preprocessing.photometry import (
     aperture_fluxes,
     asinh_magnitudes,
@@ -219,8 +220,6 @@ def quality_bits(crops, repaired=None, reference=None, scorer=None, sigma=None, 
         >>> bool(quality_bits(crop)[0] & QFLAG_BITS["LOW_SNR"])
         True
     """
-    from starqso.preprocessing.morphology import ExtendedScorer, combined_image, profile_features
-
     crops = np.asarray(crops, np.float32)
     bits = np.zeros(len(crops), np.int64)
     if repaired is not None and len(crops):

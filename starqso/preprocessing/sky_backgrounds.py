@@ -28,7 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from starqso import __version__
+from starqso._util.locking import exclusive_lock
 from starqso.errors import InputError
+from starqso.io.frames import frame_paths, group_fields, read_field
+from starqso.io.skies import SkyBackgrounds, check_output, read_skies, write_skies
 from starqso.schema import BANDS, PIXEL_SCALE_ARCSEC
 
 __all__ = ["BandMeasurement", "make_sky_backgrounds", "make_sky_file", "measure_band",
@@ -284,10 +288,6 @@ def make_sky_backgrounds(frames, count=200, size=48, seed=0, detect_sigma=5.0,
     Example:
         >>> skies = make_sky_backgrounds(["frames/"], count=100)  # doctest: +SKIP
     """
-    from starqso import __version__
-    from starqso.io.frames import frame_paths, group_fields, read_field
-    from starqso.io.skies import SkyBackgrounds
-
     if count < 1:
         raise InputError(f"--count must be at least 1. Received: {count}")
     if size < 16:
@@ -385,10 +385,6 @@ def make_sky_file(frames, out, log=None, **settings):
     Example:
         >>> make_sky_file(["frames/"], "skies.npz", count=100)  # doctest: +SKIP
     """
-    from starqso._util.locking import exclusive_lock
-    from starqso.io.frames import frame_paths
-    from starqso.io.skies import check_output, read_skies, write_skies
-
     out = check_output(out, frame_paths(frames))
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from starqso.schema import EXTINCTION_COEFFICIENTS
+from starqso.simulate.photometry import effective_wavelengths
 
 __all__ = ["CROWDING_STREAM", "REDDENING_STREAM", "Crowding", "Reddening", "band_extinction",
            "spectrum_extinction"]
@@ -109,7 +110,5 @@ def band_extinction(ebv) -> np.ndarray:
 def spectrum_extinction(wavelength, ebv) -> np.ndarray:
     """Extinction in magnitudes at ``wavelength`` (Angstrom): the band coefficients
     interpolated in wavelength between the bands' effective wavelengths."""
-    from starqso.simulate.photometry import effective_wavelengths
-
     return np.interp(np.asarray(wavelength, np.float64), effective_wavelengths(),
                      EXTINCTION_COEFFICIENTS) * float(ebv)

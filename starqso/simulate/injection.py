@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.io.skies import read_skies
 from starqso.schema import PIXEL_SCALE_ARCSEC
 
 __all__ = ["INJECTION_STREAM", "Background", "BackgroundSource", "Backgrounds",
@@ -157,8 +158,6 @@ class BackgroundSource:
             InputError: one line naming the file and what was expected (not a skies file,
                 wrong bands or shape, cutouts smaller than ``size``, a missing path).
         """
-        from starqso.io.skies import read_skies
-
         fraction = DEFAULT_FRACTION if fraction is None else float(fraction)
         if not 0.0 <= fraction <= 1.0:
             raise InputError(f"the sky-background fraction must be within [0, 1]. Received: "
@@ -197,8 +196,6 @@ class BackgroundSource:
 
 @functools.lru_cache(maxsize=2)
 def _load(path, sha256, size):
-    from starqso.io.skies import read_skies
-
     # sha256 is part of the cache key only: a file replaced between calls is read anew.
     del sha256
     return Backgrounds.from_skies(read_skies(path), size, source=path)

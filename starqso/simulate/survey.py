@@ -28,9 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from starqso._util.ownership import MARKER, output_folder, shown_entries
 from starqso.errors import InputError
+from starqso.io import Spectrum, write_catalog, write_cutout, write_sdss_spectrum
 from starqso.simulate import resources
+from starqso.simulate.dust import band_extinction, spectrum_extinction
 from starqso.simulate.images import render_cutout
+from starqso.simulate.injection import choose_background
 from starqso.simulate.photometry import nanomaggies_to_magnitudes
 from starqso.simulate.spectra import (
     common_grid,
@@ -175,8 +179,6 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     galactic_ebv = 0.0 if reddening is None else reddening.draw(seed, index)
     spectrum_flux = model.flux
     if galactic_ebv > 0:
-        from starqso.simulate.dust import band_extinction, spectrum_extinction
-
         # Foreground dust dims the source and its host alike, before the telescope.
         dimming = 10.0 ** (-0.4 * band_extinction(galactic_ebv))
         point, host = point * dimming, host * dimming
@@ -189,8 +191,6 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     density = 1.0 if crowding is None else crowding.draw(seed, index)
     background = None
     if backgrounds is not None:
-        from starqso.simulate.injection import choose_background
-
         number = choose_background(seed, index, background_fraction, len(backgrounds))
         background = None if number is None else backgrounds[number]
     cutout, conditions = render_cutout(
@@ -227,8 +227,6 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
 
 def _write_object(outdir, index, seed, size, qso_fraction, id_width, reddening=None):
     """Simulate one object, write its cutout and spectrum, return its catalogue row."""
-    from starqso.io import Spectrum, write_cutout, write_sdss_spectrum
-
     obj = simulate_object(index, seed, size, qso_fraction, id_width=id_width,
                           reddening=reddening)
     image = f"images/{obj.id}.fits"
@@ -316,7 +314,6 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         # NumPy seeds are non-negative whole numbers; checked before any folder is made.
         raise InputError(f"--seed must be a whole number >= 0. Received: seed={seed}")
-    from starqso._util.ownership import output_folder
 
     # OUTDIR must be new, empty or a simulation (see starqso._util.ownership), one run at a time.
     with output_folder(outdir, "simulate", option="OUTDIR", mark=True):
@@ -338,8 +335,6 @@ def _previous_simulation(outdir: pathlib.Path) -> list[pathlib.Path]:
         InputError: ``outdir`` holds something simulate did not make, or ``images/`` /
             ``spectra/`` is not a plain folder (a link would send the removal elsewhere).
     """
-    from starqso._util.ownership import MARKER, shown_entries
-
     catalog_path = outdir / "catalog.csv"
     listed = set()
     try:
@@ -374,8 +369,6 @@ def _previous_simulation(outdir: pathlib.Path) -> list[pathlib.Path]:
 def _simulate_into(outdir, num_objects, seed, size, qso_fraction, overwrite, progress,
                    workers, reddening=None):
     from astropy.table import Table
-
-    from starqso.io import write_catalog
 
     catalog_path = outdir / "catalog.csv"
     if catalog_path.exists() and not overwrite:

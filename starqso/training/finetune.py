@@ -35,9 +35,19 @@ import time
 
 import numpy as np
 
+from starqso._util.atomic import atomic_path, write_json_atomically
+from starqso._util.jsonfile import read_json
+from starqso.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+from starqso.data.arrays import ObjectArrays
+from starqso.data.splits import split_indices
+from starqso.deploy.export import export_run
+from starqso.deploy.folder import check_model_dir, file_sha256
 from starqso.errors import InputError
+from starqso.inference import default_model_dir
 from starqso.training.finetune_selection import base_calibration, select_model
+from starqso.training.fit import report_flags
 from starqso.training.run_folder import RunFolder
+from starqso.training.runner import StageRunner
 from starqso.training.stages import Stage, StageContext, summary_metrics
 from starqso.training.stages.base import PREDICT_BATCH
 
@@ -52,8 +62,6 @@ def base_model_file(model_dir) -> tuple[pathlib.Path, int]:
     Raises:
         InputError: the folder is neither a complete run folder nor an export folder.
     """
-    from starqso.inference import default_model_dir
-
     folder = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
     run = RunFolder(folder)
     if run.is_complete():
@@ -61,8 +69,6 @@ def base_model_file(model_dir) -> tuple[pathlib.Path, int]:
     metadata = folder / "metadata.json"
     keras_file = folder / "starqso_classifier.keras"
     if metadata.is_file() and keras_file.is_file():
-        from starqso.deploy.folder import check_model_dir
-
         checked = check_model_dir(folder, "keras")
         return keras_file, int(checked["input_shape"][1])
     raise InputError(f"--model must be a starqso run folder (config.yaml and "
@@ -151,7 +157,6 @@ def _select(folder, base_file, context, labels, seed) -> dict:
     """:func:`select_model` on the validation split; the run's model becomes the chosen one."""
     import os
 
-    from starqso._util.atomic import atomic_path
     from starqso.deploy.folder import load_keras_model
 
     index = context.labelled(context.validation)
@@ -175,8 +180,6 @@ def _select(folder, base_file, context, labels, seed) -> dict:
 
 
 def _settings(base_file, train_depth, lr_decay, epochs, learning_rate):
-    from starqso.deploy.folder import file_sha256
-
     return {"base_model": str(base_file.resolve()), "base_sha256": file_sha256(base_file),
             "trainable": train_depth, "lr_decay": float(lr_decay), "epochs": int(epochs),
             "learning_rate": float(learning_rate)}
@@ -218,12 +221,6 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
     Example:
         >>> finetune_run("runs/mine", "my_labels.csv", trainable=1)  # doctest: +SKIP
     """
-    from starqso._util.atomic import write_json_atomically
-    from starqso._util.jsonfile import read_json
-    from starqso.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
-    from starqso.data.arrays import ObjectArrays
-    from starqso.data.splits import split_indices
-
     folder = RunFolder(out_dir)
     settings_path = folder / FINETUNE_FILE
     if resume:
@@ -275,7 +272,6 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
                          f"each class. Received: {counts[0]} STAR, {counts[1]} QSO in {data}")
 
     from starqso.deploy.folder import load_keras_model
-    from starqso.training.runner import StageRunner
 
     fraction = config.data.validation_fraction if config is not None else validation_fraction
     split_seed = config.data.split_seed if config is not None else seed
@@ -319,8 +315,6 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
             folder.save_split({name: arrays.ids[index] for name, index in (
                 ("train", train), ("validation", validation), ("test", test))})
             if arrays.flags:
-                from starqso.training.fit import report_flags
-
                 report_flags(folder, arrays.flags, log)
             write_json_atomically(settings_path, saved)
     log(f"[base] validation (n={saved['before']['n']}) before fine-tuning: " + " ".join(
@@ -334,8 +328,6 @@ def finetune_run(out_dir, data, model_dir=None, *, trainable="head", lr_decay=0.
         write_json_atomically(settings_path, saved)
         shutil.rmtree(folder / "backup", ignore_errors=True)
         if export:
-            from starqso.deploy.export import export_run
-
             export_run(folder.root, folder.export_dir, log=log, arrays=arrays)
     log(f"done in {time.perf_counter() - began:.0f} s -> {folder.root}")
     return saved

@@ -11,7 +11,12 @@ import pathlib
 
 import numpy as np
 
+from starqso._util.jsonfile import read_json
+from starqso.deploy.calibration import choose_threshold, fit_temperature, macro_f1
 from starqso.errors import InputError
+from starqso.inference import LEGACY_TRAINING_QSO_FRACTION
+from starqso.probability import EPSILON, apply_prior, calibrate, prior_shift
+from starqso.schema import DEFAULT_THRESHOLD
 
 #: Folds of the cross-validation that chooses the fine-tuned model's temperature and threshold.
 CALIBRATION_FOLDS = 5
@@ -32,10 +37,6 @@ def base_calibration(base_file) -> dict:
         temperature 1 and the default threshold. A metadata.json without the training
         fraction (an older export) gets the one ``starqso predict`` assumes for it.
     """
-    from starqso._util.jsonfile import read_json
-    from starqso.inference import LEGACY_TRAINING_QSO_FRACTION
-    from starqso.schema import DEFAULT_THRESHOLD
-
     folder = pathlib.Path(base_file).parent
     metadata = {}
     for candidate in (folder / "metadata.json", folder / "export" / "metadata.json"):
@@ -67,8 +68,6 @@ def stratified_folds(labels, folds: int, seed: int = 0) -> np.ndarray:
 
 
 def _log_loss(labels, probabilities) -> float:
-    from starqso.probability import EPSILON
-
     p = np.clip(np.asarray(probabilities, np.float64), EPSILON, 1 - EPSILON)
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
 
@@ -103,10 +102,6 @@ def cross_validated_calibration(labels, raw, folds: int = CALIBRATION_FOLDS,
         >>> cross_validated_calibration(labels, raw)["macro_f1"]
         1.0
     """
-    from starqso.deploy.calibration import choose_threshold, fit_temperature, macro_f1
-    from starqso.probability import calibrate
-    from starqso.schema import DEFAULT_THRESHOLD
-
     labels = np.asarray(labels, np.int64).ravel()
     raw = np.asarray(raw, np.float64).ravel()
     folds = int(min(folds, np.bincount(labels, minlength=2).min()))
@@ -161,9 +156,6 @@ def select_model(labels, base_raw, tuned_raw, base, label_fraction, seed=0) -> d
         ``fine-tuned`` scores (macro_f1, log_loss), and ``calibration``: what the export
         uses (temperature, threshold, threshold_rule, training_qso_fraction, default_prior).
     """
-    from starqso.deploy.calibration import macro_f1
-    from starqso.probability import apply_prior, calibrate, prior_shift
-
     labels = np.asarray(labels, np.int64).ravel()
     # The same Bayes shift as `starqso predict --prior label_fraction`.
     shift = prior_shift(label_fraction, base["training_qso_fraction"])

@@ -14,15 +14,19 @@ import pathlib
 import shutil
 import time
 
-from starqso.config import RunConfig, config_to_dict
+from starqso._util.ownership import output_folder, writes_output
+from starqso.config import PRESETS, RunConfig, config_to_dict
+from starqso.data.arrays import ObjectArrays
 from starqso.errors import InputError
+from starqso.simulate.brightness import Brightness
+from starqso.simulate.dust import Crowding, Reddening
+from starqso.simulate.injection import BackgroundSource
 from starqso.training.run_folder import RunFolder
+from starqso.training.runner import StageRunner
 from starqso.training.stages import STAGES, StageContext, default_stages
 
 
 def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgrounds=None):
-    from starqso.data.arrays import ObjectArrays
-
     if data is None:
         log(f"simulating {config.data.num_objects} demo objects (seed "
             f"{config.data.simulation_seed}) ...")
@@ -35,22 +39,16 @@ def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgro
                 f"fields ({backgrounds.path})")
             arguments["backgrounds"] = backgrounds
         if config.data.reddening_fraction > 0:
-            from starqso.simulate.dust import Reddening
-
             log(f"reddening a fraction {config.data.reddening_fraction:g} of them by E(B-V) "
                 f"up to {config.data.max_ebv:g}")
             arguments["reddening"] = Reddening(config.data.reddening_fraction,
                                                config.data.max_ebv)
         if config.data.neighbour_density_fraction > 0:
-            from starqso.simulate.dust import Crowding
-
             log(f"crowding the fields of a fraction {config.data.neighbour_density_fraction:g} "
                 f"of them up to {config.data.max_neighbour_density:g}x the neighbours")
             arguments["crowding"] = Crowding(config.data.neighbour_density_fraction,
                                              config.data.max_neighbour_density)
         if config.data.magnitude_mixing_fraction > 0:
-            from starqso.simulate.brightness import Brightness
-
             log(f"drawing the r magnitudes of a fraction "
                 f"{config.data.magnitude_mixing_fraction:g} of them from both classes alike")
             arguments["brightness"] = Brightness(config.data.magnitude_mixing_fraction)
@@ -120,8 +118,6 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
     Example:
         >>> metrics = fit_run("runs/demo", get_preset("tiny"))  # doctest: +SKIP
     """
-    from starqso._util.ownership import output_folder, writes_output
-
     if not writes_output(strategy):
         # A multi-worker run's other workers write a scratch folder, never --out.
         return _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, strict,
@@ -137,8 +133,6 @@ def fit_run(out_dir, config: RunConfig | None = None, data=None, strategy="defau
 
 def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, strict, stages,
              reuse, simulation_cache, sky_backgrounds=None):
-    from starqso.config import PRESETS
-
     folder = RunFolder(out_dir)
     out = folder.root
     stages = None if stages is None else list(stages)
@@ -185,7 +179,6 @@ def _fit_run(out_dir, config, data, strategy, resume, log, arrays, export, stric
     # The data first: a bad catalogue stops the run before it leaves a folder behind.
     if arrays is None:
         arrays = _load_arrays(config, data, log, strict, simulation_cache, backgrounds)
-    from starqso.training.runner import StageRunner
 
     for name, other in (reuse or {}).items():
         stage = next(stage for stage in stages if stage.name == name)
@@ -220,8 +213,6 @@ def _sky_backgrounds(folder, config, path, data, arrays, resume):
 
     ``--resume`` reuses the backgrounds the run started with (they must be unchanged).
     """
-    from starqso.simulate.injection import BackgroundSource
-
     recorded = folder.sky_backgrounds() if resume else None
     if resume and recorded is None and path is not None and folder.data_source()[0]:
         raise InputError(f"--resume continues {folder.root} on the data it started with, "

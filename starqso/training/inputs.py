@@ -16,6 +16,8 @@ import dataclasses
 import numpy as np
 
 from starqso.preprocessing.crop import crop_window
+from starqso.preprocessing.scaling import cutout_statistics
+from starqso.preprocessing.screening import sky_sigma
 from starqso.schema import BANDS, BUNIT
 
 _BATCH = 2048
@@ -101,7 +103,6 @@ class ModelInputs:
             (96, 24, 24, 5)
         """
         from starqso.models import CutoutScaling
-        from starqso.preprocessing.scaling import cutout_statistics
 
         statistics = cutout_statistics(images[train], seed=seed)
         scaling = CutoutScaling(**statistics, name="cutout_scaling")
@@ -151,8 +152,6 @@ def noisier_cutouts(images: np.ndarray, max_scale: float, rng) -> np.ndarray:
         >>> bool((noisy.std(axis=(1, 2)) >= 0.95 * clean.std(axis=(1, 2))).all())
         True
     """
-    from starqso.preprocessing.screening import sky_sigma
-
     if not max_scale >= 1:
         raise ValueError(f"noisier_cutouts max_scale must be >= 1. Received: "
                          f"max_scale={max_scale!r}")

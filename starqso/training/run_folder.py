@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 
 from starqso._util.atomic import write_bytes_atomically, write_json_atomically
 from starqso._util.jsonfile import DuplicateKeyError, read_json
+from starqso.config import load_config, load_yaml, save_config
 from starqso.errors import InputError
 
 __all__ = ["RunFolder"]
@@ -118,8 +119,6 @@ class RunFolder:
         Raises:
             InputError: a missing or invalid ``config.yaml``.
         """
-        from starqso.config import load_config, load_yaml
-
         config = load_config(self.config_path)
         model = load_yaml(self.config_path).get("model") or {}
         if "photometry" not in model:
@@ -128,8 +127,6 @@ class RunFolder:
         return config
 
     def save_config(self, config) -> None:
-        from starqso.config import save_config
-
         save_config(config, self.config_path)
 
     # --- JSON state ---------------------------------------------------------------------------

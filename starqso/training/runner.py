@@ -20,7 +20,9 @@ import time
 import warnings
 
 from starqso._util.atomic import atomic_path
+from starqso.training.loop import distributed_fit
 from starqso.training.run_folder import RunFolder
+from starqso.training.strategies import THREADS_VARIABLE, fix_thread_pools, is_chief, make_strategy
 
 
 def summary_line(stage, metrics, seconds, epochs):
@@ -50,13 +52,6 @@ class StageRunner:
     def __init__(self, folder, config, strategy="default", resume=False, log=print,
                  known_stages=None):
         import keras
-
-        from starqso.training.strategies import (
-            THREADS_VARIABLE,
-            fix_thread_pools,
-            is_chief,
-            make_strategy,
-        )
 
         self.folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
         self.config = config
@@ -136,8 +131,6 @@ class StageRunner:
         backup = self.folder.backup_dir(stage)
         patience = self.config.training.early_stopping_patience
         if self.multi_worker:
-            from starqso.training.loop import distributed_fit
-
             history = distributed_fit(
                 model, self.strategy, train_dataset, validation_dataset, epochs,
                 monitor=monitor, patience=patience, backup_dir=backup,

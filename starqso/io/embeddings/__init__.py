@@ -53,7 +53,10 @@ import pathlib
 
 import numpy as np
 
+from starqso._util.atomic import atomic_path, write_json_atomically
+from starqso._util.extras import require_survey
 from starqso.errors import InputError
+from starqso.io._fits import check_readable_file, missing_reason
 from starqso.io.catalog import sidecar_path
 from starqso.io.embeddings.csv_file import read_csv, write_csv
 from starqso.io.embeddings.fits_file import read_fits, write_fits
@@ -83,8 +86,6 @@ def _suffix(path) -> str:
 
 
 def _require_pyarrow(path) -> None:
-    from starqso._util.extras import require_survey
-
     require_survey(f"the Parquet embeddings file {path}", "pyarrow",
                    note="or write .csv or .fits")
 
@@ -128,8 +129,6 @@ def write_embeddings(table: EmbeddingTable, path: str | os.PathLike) -> str:
         >>> write_embeddings(table, "embeddings.parquet")  # doctest: +SKIP
         'embeddings.parquet'
     """
-    from starqso._util.atomic import atomic_path, write_json_atomically
-
     if not isinstance(table, EmbeddingTable):
         raise TypeError(f"table must be an EmbeddingTable. Received: {type(table).__name__}")
     path = os.fspath(path)
@@ -196,10 +195,7 @@ def read_embeddings(path: str | os.PathLike, space: str = "vector") -> Embedding
     if space not in SPACES:
         raise InputError(f"space must be one of {', '.join(SPACES)}. Received: space={space}")
     if not os.path.exists(path):
-        from starqso.io._fits import missing_reason
-
         raise InputError(f"embeddings file {missing_reason(path)}: {path}")
-    from starqso.io._fits import check_readable_file
 
     check_readable_file(path, "embeddings")
     if suffix == ".parquet":

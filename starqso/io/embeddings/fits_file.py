@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.io._fits import hdu_data, open_fits
 from starqso.io.embeddings.formats import RawTable, flat_spaces, fsync, parse_record
 from starqso.io.embeddings.table import FLOAT_COLUMNS, SPACES, TEXT_COLUMNS
 
@@ -84,8 +85,6 @@ def read_fits(path) -> RawTable:
     """The columns, spaces and record of a FITS file's (``EMBEDDINGS``) binary table."""
     from astropy.io import fits
     from astropy.table import Table
-
-    from starqso.io._fits import hdu_data, open_fits
 
     with open_fits(path, "embeddings") as hdulist:
         tables = [hdu for hdu in hdulist if isinstance(hdu, fits.BinTableHDU)]

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.io._fits import check_readable_file
 from starqso.io.embeddings.formats import RawTable, flat_spaces, fsync, parse_record
 from starqso.io.embeddings.table import FLOAT_COLUMNS, SPACES, TEXT_COLUMNS
 
@@ -101,8 +102,6 @@ def read_parquet(path) -> RawTable:
     """The columns, spaces and record of a Parquet file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from starqso.io._fits import check_readable_file
 
     check_readable_file(path, "embeddings")
     try:

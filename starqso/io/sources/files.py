@@ -8,6 +8,9 @@ import re
 import numpy as np
 
 from starqso.errors import InputError
+from starqso.io.catalog import read_catalog, resolve_path
+from starqso.io.cutouts import read_band_cutout, read_cutout
+from starqso.io.safe_read import file_sha256
 from starqso.io.sources.base import (
     BAND_COLUMNS,
     Block,
@@ -85,8 +88,6 @@ class FileSource(Source):
             self._ids = [ident for _, ident in found]
             self.files = [str(source / name) for name, _ in found]
         else:
-            from starqso.io.catalog import read_catalog, resolve_path
-
             table = read_catalog(source, require=("id",))
             if id_column is not None and id_column.lower() != "id":
                 raise InputError(f"a CSV/FITS catalogue's ids are its id column; --id-column "
@@ -129,8 +130,6 @@ class FileSource(Source):
         return self._ids[partition.start:partition.stop]
 
     def read(self, partition, size, start=None, stop=None):
-        from starqso.io.cutouts import read_band_cutout, read_cutout
-
         start = partition.start if start is None else start
         stop = partition.stop if stop is None else stop
         cubes, where = [], []
@@ -156,6 +155,5 @@ class FileSource(Source):
     def fingerprint(self):
         if pathlib.Path(self.path).is_dir():
             return listing_sha256(self.files)
-        from starqso.deploy.folder import file_sha256
 
         return file_sha256(self.path)

@@ -6,6 +6,7 @@ import glob
 import os
 
 from starqso.errors import InputError
+from starqso.io._fits import missing_reason
 from starqso.io.sources.files import FileSource, cutout_id
 from starqso.io.sources.parquet import HatsSource, ParquetSource, is_hats
 from starqso.io.sources.stacks import FitsStackSource, Hdf5StackSource
@@ -57,8 +58,6 @@ def open_source(path, id_column=None, keep=(), ebv=False):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        from starqso.io._fits import missing_reason
-
         raise InputError(f"input {missing_reason(path)}: {path}")
     lower = path.lower().rstrip("/")
     if os.path.isdir(path):

@@ -14,6 +14,7 @@ import numpy as np
 
 from starqso._util.extras import require_survey
 from starqso.errors import InputError
+from starqso.io.cutouts import read_band_cutout, read_cutout
 from starqso.io.sources.base import (
     BAND_COLUMNS,
     CUTOUT_COLUMN,
@@ -166,8 +167,6 @@ class ParquetSource(Source):
                          partition.start - partition.offset + 1)
 
     def read(self, partition, size, start=None, stop=None):
-        from starqso.io.cutouts import read_band_cutout, read_cutout
-
         start = partition.start if start is None else start
         stop = partition.stop if stop is None else stop
         name = self.files[partition.part]

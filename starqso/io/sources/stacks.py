@@ -10,6 +10,7 @@ import numpy as np
 
 from starqso._util.extras import require_survey
 from starqso.errors import InputError
+from starqso.io.safe_read import file_sha256
 from starqso.io.sources.base import (
     Block,
     Source,
@@ -53,8 +54,6 @@ class StackSource(Source):
                      {name: values[start:stop] for name, values in self._keep.items()})
 
     def fingerprint(self):
-        from starqso.deploy.folder import file_sha256
-
         return file_sha256(self.path)
 
     def _crop(self, array, start, stop, size, where, channels_last):

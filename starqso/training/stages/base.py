@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from starqso.evaluation import classification_metrics
+from starqso.training.inputs import noisier_chunks
+
 #: Objects per batch when a stage predicts (evaluation, vectors for later stages).
 PREDICT_BATCH = 512
 
 
 def summary_metrics(labels, probabilities, threshold=0.5) -> dict:
     """A stage's summary: n, accuracy, F1(QSO), macro-F1 and ROC AUC (when both classes)."""
-    from starqso.evaluation import classification_metrics
-
     metrics = classification_metrics(labels, probabilities, threshold)
     return {key: metrics[key] for key in ("n", "accuracy", "f1_qso", "macro_f1", "roc_auc")
             if metrics[key] is not None}
@@ -99,8 +100,6 @@ def with_noisier_copies(context, inputs, train_index, measure):
         the N objects' (validation indices keep their meaning) and the training index covers
         both; otherwise ``inputs``, ``context.target`` and ``train_index`` as given.
     """
-    from starqso.training.inputs import noisier_chunks
-
     training = context.config.training
     train_index = np.asarray(train_index)
     if training.noise_augment <= 1 or not len(train_index):

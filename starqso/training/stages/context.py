@@ -6,6 +6,9 @@ import dataclasses
 
 import numpy as np
 
+from starqso.data.splits import split_indices
+from starqso.training.inputs import ModelInputs
+
 
 @dataclasses.dataclass
 class StageContext:
@@ -31,9 +34,6 @@ class StageContext:
     @classmethod
     def create(cls, config, arrays) -> StageContext:
         """Split the objects (``data.*`` fractions and seed) and fit the input preprocessing."""
-        from starqso.data.splits import split_indices
-        from starqso.training.inputs import ModelInputs
-
         train, validation, test = split_indices(
             arrays.labels.astype(np.int64), config.data.validation_fraction,
             config.data.test_fraction, seed=config.data.split_seed)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from starqso.training.inputs import trunk_side
+from starqso.inference import dihedral_views
+from starqso.training.inputs import apply_layer, centre, fit_photometry, trunk_side
 from starqso.training.stages.base import (
     PREDICT_BATCH,
     Stage,
@@ -74,8 +75,6 @@ class FusionStage(Stage):
             # The run's own standardised photometry when it has one; the same fit otherwise.
             features = context.inputs.arrays.get("photometry")
             if features is None:
-                from starqso.training.inputs import fit_photometry
-
                 _, features = fit_photometry(
                     context.arrays.images, context.train, context.config.model.image_size,
                     weighted_fwhm=context.config.model.weighted_fwhm)
@@ -153,8 +152,6 @@ class FusionStage(Stage):
 
 def _trunk_outputs(generator, tapped, images, photometry, rng, train, augment):
     """One chunk's ``{"embedding", "features"}`` (see :func:`shared_trunk_inputs`)."""
-    from starqso.inference import dihedral_views
-
     noise = np.zeros((len(images), generator.noise_dim), np.float32)
     if train and augment:
         images = images.copy()
@@ -187,7 +184,6 @@ def shared_trunk_inputs(context, train_index, validation_index, chunk=8192):
         ``(inputs, target, train_index)`` as :func:`with_noisier_copies` returns them.
     """
     from starqso.models.classifiers import generator_with_embedding
-    from starqso.training.inputs import apply_layer, centre
 
     generator = context.products["generator"]
     tapped = generator_with_embedding(generator)

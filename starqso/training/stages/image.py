@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starqso.config import TRUNKS
 from starqso.training.inputs import trunk_side
 from starqso.training.stages.base import (
     PREDICT_BATCH,
@@ -25,8 +26,6 @@ class ImageStage(Stage):
     files = ("image_classifier.keras",)
 
     def __init__(self, trunk=None):
-        from starqso.config import TRUNKS
-
         if trunk is not None and trunk not in TRUNKS:
             raise ValueError(f"trunk must be one of {', '.join(TRUNKS)} or None. Received: "
                              f"trunk={trunk!r}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from starqso.discovery import average_precision_at_r, precision_at_k
 from starqso.errors import InputError
+from starqso.schema import FINE_CLASS_NAMES, fine_class_codes
 from starqso.training.stages.base import PREDICT_BATCH, Stage, generate_vectors
 
 
@@ -50,8 +52,6 @@ class MetricStage(Stage):
         return index[self.classes[index] >= 0]
 
     def prepare(self, context, train):
-        from starqso.schema import fine_class_codes
-
         self._loss(context)
         self.classes = fine_class_codes(context.arrays.labels, context.arrays.redshift)
         if not train:
@@ -76,7 +76,6 @@ class MetricStage(Stage):
 
     def build(self, context):
         from starqso.models.metric import MetricHead, MetricLearner
-        from starqso.schema import FINE_CLASS_NAMES
 
         model_config = context.config.model
         head = MetricHead(model_config.feature_dim,
@@ -97,8 +96,6 @@ class MetricStage(Stage):
         return {self.files[0]: model.head}
 
     def evaluate(self, context, outputs):
-        from starqso.discovery import average_precision_at_r, precision_at_k
-
         index = self._index(context, context.validation)
         generator = context.products["generator"]
         inputs = {"features": generate_vectors(generator, context.inputs.arrays, index,

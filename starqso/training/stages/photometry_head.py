@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from starqso.probability import sigmoid
+from starqso.training.inputs import apply_layer
 from starqso.training.stages.base import (
     PREDICT_BATCH,
     Stage,
@@ -28,8 +30,6 @@ class PhotometryHeadStage(Stage):
         return training.photometry_epochs
 
     def prepare(self, context, train):
-        from starqso.training.inputs import apply_layer
-
         self.inputs = {"photometry": context.inputs.arrays["photometry"]}
         self.target, self.train_index = context.target, context.labelled(context.train)
         if train:
@@ -82,7 +82,6 @@ def blend_weight(labels, p_fusion, p_head):
         1.0
     """
     from starqso.models.calibration import blend_logit
-    from starqso.probability import sigmoid
 
     labels = np.asarray(labels, dtype=float)
     first, second = blend_logit(np.ravel(p_fusion)), blend_logit(np.ravel(p_head))

@@ -17,6 +17,7 @@ import zipfile
 
 from starqso._util import jsonfile as strict_json
 from starqso.errors import InputError
+from starqso.io._fits import check_readable_file
 
 #: The most bytes starqso reads of a ``config.json`` or ``metadata.json`` (in a ``.keras``
 #: archive or an export folder). The shipped model's are 4 kB and 0.5 kB; a bigger one is a
@@ -184,8 +185,6 @@ def read_npz(path, what: str, *, max_bytes: int = MAX_NPZ_BYTES) -> dict:
         (5000, 128)
     """
     import numpy as np
-
-    from starqso.io._fits import check_readable_file
 
     path = check_readable_file(path, what)
     try:
