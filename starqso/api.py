@@ -30,7 +30,6 @@ import warnings
 import numpy as np
 from astropy.table import Table
 
-from starqso.deploy.folder import RUNTIME_FILES, file_sha256
 from starqso.errors import InputError
 from starqso.inference import (
     EBV_NONE,
@@ -43,6 +42,7 @@ from starqso.inference import (
     provenance,
     resolve_runtime,
 )
+from starqso.inference.model import model_identity, model_provenance
 from starqso.io.sources import Block
 from starqso.schema import NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
@@ -104,21 +104,11 @@ class Classifier:
         self.runtime = runtime
         self.size = int(self.metadata["input_shape"][1])
         self._predictor = open_model(self.model_dir, runtime)[1]
-        from starqso import __version__
-
-        settings = self.settings
         # The side-car's keys and order (starqso.inference.predict_catalog's record), less
         # those naming an input file.
-        self.meta = {"model": str(self.model_dir.resolve()),
-                     "model_sha256": file_sha256(self.model_dir / RUNTIME_FILES[runtime]),
-                     "runtime": runtime, "threshold": float(self.threshold),
-                     "prior": settings["prior"], "prior_source": settings["source"],
-                     "temperature": self.metadata.get("temperature"),
-                     "training_qso_fraction": settings["training_qso_fraction"],
-                     "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
-                     "starqso_version": __version__,
-                     "model_name": self.model_dir.resolve().name,
-                     "note": settings["note"]}
+        self.meta = {**model_identity(self.model_dir, runtime, self.threshold, self.settings),
+                     **model_provenance(self.model_dir, self.metadata, self.settings),
+                     "note": self.settings["note"]}
 
     def __repr__(self):
         return (f"Classifier(model={str(self.model_dir)!r}, runtime={self.runtime!r}, "

@@ -34,12 +34,10 @@ import secrets
 import shutil
 import time
 
-from starqso import __version__
 from starqso._util.atomic import swap_in_folder, write_json_atomically
 from starqso._util.extras import require_survey
 from starqso._util.locking import exclusive_lock
 from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
-from starqso.deploy.folder import RUNTIME_FILES, file_sha256
 from starqso.errors import InputError
 from starqso.inference.classify import COUNT_KEYS
 from starqso.inference.dataset_output import (
@@ -56,6 +54,8 @@ from starqso.inference.model import (
     EBV_COLUMN,
     ebv_setting,
     evidence_fraction,
+    model_identity,
+    model_provenance,
     model_settings,
     parse_ebv,
     prior_label,
@@ -161,19 +161,13 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         require_survey("a HATS catalogue output", "lsdb")
     common = {"source": str(pathlib.Path(source).resolve()), "input_kind": rows_source.kind,
               "rows": rows_source.num_rows, "catalog_sha256": rows_source.fingerprint(),
-              "model": str(model_dir.resolve()),
-              "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
-              "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
+              **model_identity(model_dir, runtime, threshold, settings),
               "tta": bool(tta), "uncertainty": bool(uncertainty),
               "partition_rows": int(partition_rows),
               "keep": list(rows_source.keep_columns), "ebv": ebv}
     # What each partition file carries: fixed by the settings, so a resumed or retried
     # partition writes the same bytes as an uninterrupted run.
-    record = {**common, "prior_source": settings["source"],
-              "temperature": metadata.get("temperature"),
-              "training_qso_fraction": settings["training_qso_fraction"],
-              "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
-              "starqso_version": __version__, "model_name": model_dir.resolve().name}
+    record = {**common, **model_provenance(model_dir, metadata, settings)}
     identity = {**common, "prior_shift": settings["shift"]}
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.partial")

@@ -9,8 +9,9 @@ import pathlib
 
 import numpy as np
 
+from starqso import __version__
 from starqso._util.extras import require_tensorflow
-from starqso.deploy.folder import RUNTIME_FILES, check_model_dir
+from starqso.deploy.folder import RUNTIME_FILES, check_model_dir, file_sha256
 from starqso.errors import InputError
 from starqso.preprocessing.photometry import EBV_RANGE
 from starqso.probability import prior_shift
@@ -284,6 +285,29 @@ def prior_label(settings):
         return f"{settings['prior']:g}"
     training = settings["training_qso_fraction"]
     return TRAINING_PRIOR if training is None else f"{TRAINING_PRIOR} ({training:g})"
+
+
+def model_identity(model_dir, runtime, threshold, settings):
+    """The model part of an output's identity, in the side-car's key order: ``model``,
+    ``model_sha256`` (of the runtime's file), ``runtime``, ``threshold``, ``prior``.
+
+    predict and predict --dask resume only a partial run whose identity matches, and the
+    Python API's tables carry the same keys, so all three build it here.
+    """
+    return {"model": str(model_dir.resolve()),
+            "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
+            "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"]}
+
+
+def model_provenance(model_dir, metadata, settings):
+    """What an output records of the model beyond its identity, in the side-car's key order:
+    the prior's source, the temperature, the training QSO fraction (and whether it was
+    assumed), the starqso version and the model folder's name."""
+    return {"prior_source": settings["source"],
+            "temperature": metadata.get("temperature"),
+            "training_qso_fraction": settings["training_qso_fraction"],
+            "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
+            "starqso_version": __version__, "model_name": model_dir.resolve().name}
 
 
 def model_settings(model_dir, runtime, threshold=None, prior=None, log=None):

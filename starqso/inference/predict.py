@@ -82,11 +82,9 @@ import json
 import os
 import pathlib
 
-from starqso import __version__
 from starqso._util.atomic import write_text_atomically
 from starqso._util.locking import exclusive_lock
 from starqso._util.output_checks import model_inputs, refuse_output_among_inputs, source_inputs
-from starqso.deploy.folder import RUNTIME_FILES, file_sha256
 from starqso.errors import InputError
 from starqso.inference.classify import (
     COUNT_KEYS,
@@ -102,6 +100,8 @@ from starqso.inference.model import (
     checked_predictor,
     ebv_setting,
     evidence_fraction,
+    model_identity,
+    model_provenance,
     model_settings,
     parse_ebv,
     prior_label,
@@ -204,17 +204,12 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     # content hashes too, so a replaced model file or an edited catalogue is not continued.
     common = {"source": source_name, "rows": len(ids),
               "catalog_sha256": rows_source.fingerprint(),
-              "model": str(model_dir.resolve()),
-              "model_sha256": file_sha256(model_dir / RUNTIME_FILES[runtime]),
-              "runtime": runtime, "threshold": float(threshold), "prior": settings["prior"],
+              **model_identity(model_dir, runtime, threshold, settings),
               "tta": bool(tta), "uncertainty": bool(uncertainty),
               "keep": list(rows_source.keep_columns), "ebv": ebv}
     identity = {**common, "prior_shift": settings["shift"]}
-    record = {"output": output.name, **common, "prior_source": settings["source"],
-              "temperature": metadata.get("temperature"),
-              "training_qso_fraction": settings["training_qso_fraction"],
-              "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],
-              "starqso_version": __version__, "model_name": model_dir.resolve().name}
+    record = {"output": output.name, **common,
+              **model_provenance(model_dir, metadata, settings)}
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_paths(output)
     # One writer per output, for the whole run (--resume included): see starqso._util.locking.
