@@ -37,12 +37,11 @@ from starqso.inference import (
     classify_block,
     evidence_fraction,
     model_settings,
-    open_model,
     output_cells,
     provenance,
     resolve_runtime,
 )
-from starqso.inference.model import model_identity, model_provenance
+from starqso.inference.model import checked_predictor, model_identity, model_provenance
 from starqso.io.sources import Block
 from starqso.schema import NUM_BANDS, P_QSO_ERR_COLUMN, QFLAG_COLUMN
 
@@ -103,7 +102,8 @@ class Classifier:
             warnings.warn(note, stacklevel=3)
         self.runtime = runtime
         self.size = int(self.metadata["input_shape"][1])
-        self._predictor = open_model(self.model_dir, runtime)[1]
+        # model_settings has checked the folder (and its checksum) already.
+        self._predictor = checked_predictor(self.model_dir, runtime)
         # The side-car's keys and order (starqso.inference.predict_catalog's record), less
         # those naming an input file.
         self.meta = {**model_identity(self.model_dir, runtime, self.threshold, self.settings),
