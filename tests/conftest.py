@@ -18,11 +18,12 @@ def pytest_configure(config):
 
 # The longest files first, so that pytest-xdist (``--dist loadfile --no-loadscope-reorder`` in
 # setup.cfg) does not end the run on one worker with a long file while the other idles. The
-# first file trains the shared tiny run; the second does not need it, so neither worker waits.
-LONGEST_FILES = ("test_finetune.py", "test_injection.py", "test_fit.py", "test_variants.py",
-                 "test_distributed.py", "test_interrupted.py", "test_bad_input_ownership.py",
-                 "test_predict_reliability.py", "test_determinism.py", "test_input_layouts.py",
-                 "test_embed.py", "test_scale.py", "test_export.py")
+# second file trains the shared tiny run; the first does not need it, so neither worker waits.
+LONGEST_FILES = ("test_variants.py", "test_finetune.py", "test_models.py", "test_fit.py",
+                 "test_input_layouts.py", "test_scale.py", "test_trunks.py",
+                 "test_distributed.py", "test_diffusion.py", "test_injection.py",
+                 "test_determinism.py", "test_predict_reliability.py", "test_interrupted.py",
+                 "test_export.py", "test_bad_input_training.py")
 
 
 def pytest_collection_modifyitems(config, items):

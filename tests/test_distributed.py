@@ -18,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
@@ -48,6 +49,18 @@ dataset = make_dataset({"x": x}, x.sum(axis=1), batch_size=16, shuffle=True)
 dataset = dataset.map(lambda inputs, target: (inputs["x"], target))
 history = distributed_fit(model, strategy, dataset, dataset, 3, monitor="val_loss", patience=3)
 np.savez(os.environ["WEIGHTS_PATH"], loss=history.history["val_loss"], *model.get_weights())
+"""
+
+
+# The encoder and image-only stages of the tiny preset through fit_run, as `starqso fit
+# --strategy multiworker` runs them: the default run's check of the chief-only writing and the
+# identical weights (the full CLI fit, every stage, is the slow test below).
+TWO_STAGE_SCRIPT = """
+import sys
+from starqso.config import get_preset
+from starqso.training import EncoderStage, ImageStage, fit_run
+fit_run(sys.argv[1], get_preset("tiny"), strategy="multiworker", export=False,
+        stages=[EncoderStage(), ImageStage()])
 """
 
 
@@ -114,40 +127,52 @@ def _weights(path):
     return [(variable.path, np.asarray(variable)) for variable in model.weights]
 
 
-def test_two_workers_train_identical_models_and_only_the_chief_writes(tmp_path):
-    def fit(index):
-        return [str(ROOT / "cli.py"), "fit", "--preset", "tiny", "--strategy", "multiworker",
-                "--out", str(tmp_path / f"out{index}")]
-
-    results = _wait(_start_workers(tmp_path, fit))
+def _check_chief_only_and_identical(tmp_path, results, stages, models):
+    """Both workers logged the same global values for ``stages``; only the chief wrote its
+    --out (``out0``), worker 1 a scratch folder; ``models`` have the same weights on both."""
     for index, (returncode, output) in enumerate(results):
         assert returncode == 0, f"worker {index} exited {returncode}:\n{output[-4000:]}"
-
-    # Both workers ran every stage through the distributed loop and logged the same values:
-    # the logged metrics are global, not per worker.
     chief_lines, other_lines = (_progress_lines(output) for _, output in results)
-    for stage in ("encoder", "gan", "fusion", "image"):
+    for stage in stages:
         assert any(line.startswith(f"[{stage}] epoch 1/") for line in chief_lines), stage
     assert chief_lines == other_lines
-
-    # Only the chief writes the run folder; the other worker's --out is never created.
     chief_out = tmp_path / "out0"
-    for name in RUN_FILES + COMPARED_MODELS + ("starqso_classifier.keras",):
+    for name in RUN_FILES + models:
         assert (chief_out / name).is_file(), name
-    assert not (chief_out / "backup").exists()
+    assert not (chief_out / "backup").exists() and not (chief_out / "export").exists()
     assert not (tmp_path / "out1").exists()
     assert not list((tmp_path / "tmp0").glob("starqso-worker-*"))
     scratch = list((tmp_path / "tmp1").glob("starqso-worker-*"))
     assert len(scratch) == 1
     assert not any((scratch[0] / name).exists() for name in RUN_FILES)
-
-    # Every weight, trainable or not (BatchNormalization statistics included), is the same
-    # on both workers.
-    for name in COMPARED_MODELS:
+    for name in models:
         chief, other = _weights(chief_out / name), _weights(scratch[0] / name)
         assert [path for path, _ in chief] == [path for path, _ in other], name
         for (path, mine), (_, theirs) in zip(chief, other, strict=True):
             np.testing.assert_array_equal(mine, theirs, err_msg=f"{name}: {path}")
+
+
+def test_two_workers_train_two_stages_identically_and_only_the_chief_writes(tmp_path):
+    results = _wait(_start_workers(
+        tmp_path, lambda index: ["-c", TWO_STAGE_SCRIPT, str(tmp_path / f"out{index}")]))
+    _check_chief_only_and_identical(tmp_path, results, ("encoder", "image"),
+                                    ("spectrum_classifier.keras", "image_classifier.keras"))
+
+
+@pytest.mark.slow  # every stage in two processes: about 75 s on 2 cores beside another test
+def test_two_workers_train_identical_models_and_only_the_chief_writes(tmp_path):
+    def fit(index):
+        return [str(ROOT / "cli.py"), "fit", "--preset", "tiny", "--strategy", "multiworker",
+                "--no-export", "--out", str(tmp_path / f"out{index}")]
+
+    results = _wait(_start_workers(tmp_path, fit))
+    # Every stage ran through the distributed loop on both workers, logging the same global
+    # values; every weight, trainable or not (BatchNormalization statistics included), is the
+    # same on both.
+    _check_chief_only_and_identical(tmp_path, results, ("encoder", "gan", "fusion", "image"),
+                                    COMPARED_MODELS)
+    chief_out = tmp_path / "out0"
+    assert (chief_out / "starqso_classifier.keras").is_file()
     history = json.loads((chief_out / "history.json").read_text())
     assert all(np.isfinite(value) for stage in history.values()
                for values in stage.values() for value in values)

@@ -90,6 +90,8 @@ def test_finetune_head_trains_only_the_head_and_exports(tmp_path, base, labels, 
     assert len(read_catalog(predictions, require=("id", "p_qso"))) == 60
 
 
+@pytest.mark.slow  # a full fine-tuning and export (about 20 s); the selection rule itself is
+# test_selection_keeps_the_base_unless_tuning_beats_it_out_of_fold, in the default run.
 def test_finetune_keeps_the_base_model_when_tuning_does_not_beat_it(tmp_path, base, labels,
                                                                     monkeypatch):
     import starqso.training.finetune_selection as finetune
@@ -170,6 +172,8 @@ def test_deeper_blocks_learn_at_decayed_rates(base):
         FineTuner(classifier, train_depth=3)
 
 
+@pytest.mark.slow  # a fit, an export and a fine-tuning: 35-45 s on 2 cores beside another test
+# (test_models checks the shared trunk's deployable graph and its fine-tuning in-process).
 def test_a_shared_trunk_run_exports_one_cnn_and_finetunes_the_generator_trunk(tmp_path,
                                                                               labels):
     import keras

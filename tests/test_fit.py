@@ -75,7 +75,7 @@ def test_fit_killed_mid_stage_resumes_from_its_last_epoch(tmp_path):
                       "  early_stopping_patience: 3\n")
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "cli.py"), "fit", "--preset", "tiny", "--config",
-               str(config), "--out", str(out)]
+               str(config), "--out", str(out), "--no-export"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -100,6 +100,8 @@ def test_fit_killed_mid_stage_resumes_from_its_last_epoch(tmp_path):
     for name in RUN_FILES:
         assert (out / name).exists(), name
     assert json.loads((out / "state.json").read_text())["completed"] == STAGES
+    # --no-export: the run is complete without its export (`starqso export` makes it later).
+    assert not (out / "export").exists() and "exported" not in resumed.stdout
 
 
 def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
@@ -120,7 +122,7 @@ def test_fit_on_a_catalogue_uses_spectra_where_present(tmp_path):
     write_catalog(table, catalogue)
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["fit", "--preset", "tiny", "--data", str(catalogue),
-                                       "--out", str(out)])
+                                       "--out", str(out), "--no-export"])
     assert result.exit_code == 0, result.output
     assert "2 catalogue rows flagged (1 left out, 1 used" in result.output
     flags = (out / "data_flags.csv").read_text().splitlines()
@@ -153,7 +155,7 @@ def test_stages_run_alone_and_a_variant_reuses_another_runs_stages(tmp_path):
     """The stage API the benchmarks use: reuse completed stages, run extra stage variants."""
     from starqso.config import get_preset
     from starqso.data.arrays import ObjectArrays
-    from starqso.training import EncoderStage, FusionStage, fit_run
+    from starqso.training import EncoderStage, FusionStage, ImageStage, fit_run
     from starqso.training.run_folder import RunFolder
 
     config = get_preset("tiny")
@@ -161,7 +163,9 @@ def test_stages_run_alone_and_a_variant_reuses_another_runs_stages(tmp_path):
                                           image_size=config.model.image_size,
                                           cutout_size=config.data.cutout_size, workers=1)
     base = tmp_path / "base"
-    fit_run(base, config, arrays=arrays, export=False, log=lambda line: None)
+    # The base run has only the stages the variant takes from it.
+    fit_run(base, config, arrays=arrays, export=False, log=lambda line: None,
+            stages=[EncoderStage(), ImageStage()])
 
     lines = []
     variant = fit_run(tmp_path / "variant", config, arrays=arrays, export=False,

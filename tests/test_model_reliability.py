@@ -296,6 +296,34 @@ def test_simulate_size_is_bounded(size, tmp_path):
 # ------------------------------------------------------------------------ native stderr
 
 
+# A process pool started under the filter (the simulation's, Dask's) starts multiprocessing's
+# resource tracker, which lives until the process ends. The filter's exit waits for its
+# filter process to drain stderr, up to 10 s: it must not wait on the tracker holding its pipe.
+POOL_UNDER_FILTER = """
+import concurrent.futures, multiprocessing, sys, time
+from starqso._util.native_stderr import native_stderr_filtered
+if __name__ == "__main__":
+    with native_stderr_filtered():
+        with concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            assert pool.submit(abs, -2).result() == 2
+        print("line through the filter", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+    print(f"exit {time.perf_counter() - start:.3f}")
+"""
+
+
+def test_leaving_the_filter_after_a_process_pool_does_not_wait(tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_UNDER_FILTER)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "line through the filter" in done.stderr
+    # Waiting on the tracker would take the filter's full 10 s timeout.
+    assert float(done.stdout.split()[-1]) < 5.0, done.stdout
+
+
 @pytest.mark.parametrize("runtime", ["keras", "litert"])
 def test_predict_stderr_has_no_native_log_lines(runtime, survey, tmp_path):
     """A real process (CliRunner cannot see file descriptor 2): only starqso's own lines."""

@@ -427,6 +427,27 @@ def test_finetuning_a_model_that_is_its_photometry_head_alone_trains_the_head():
         np.testing.assert_array_equal(a, b)
 
 
+def test_finetuning_a_shared_trunk_model_trains_the_generators_trunk_block():
+    from starqso.models import FineTuner
+
+    model, inputs, _ = tiny_models()["shared_trunk_deployable"]
+    tuner = FineTuner(model, train_depth=1)
+    # The trunk block is the generator's: the one trunk both read.
+    generator = tuner.classifier.generator
+    assert generator.get_layer("trunk_conv1_0").trainable
+    assert not generator.get_layer("trunk_conv0_0").trainable
+    assert not generator.get_layer("features").trainable
+    assert tuner.classifier.fusion.get_layer("embedding_dense").trainable
+    deeper, shallower = (np.array(generator.get_layer(name).get_weights()[0])
+                         for name in ("trunk_conv1_0", "trunk_conv0_0"))
+    tuner.compile(learning_rate=1e-2)
+    labels = np.array([[0], [1], [0], [1], [1], [0]], "float32")
+    tuner.fit(inputs, labels, epochs=1, batch_size=6, verbose=0)
+    assert not np.array_equal(deeper, generator.get_layer("trunk_conv1_0").get_weights()[0])
+    np.testing.assert_array_equal(shallower,
+                                  generator.get_layer("trunk_conv0_0").get_weights()[0])
+
+
 def test_cutout_scaling_matches_the_numpy_stretch_and_floors_dead_pixels():
     from starqso.preprocessing.scaling import ASINH_FLOOR, asinh_stretch
 

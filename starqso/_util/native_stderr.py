@@ -76,6 +76,12 @@ def native_stderr_filtered():
         absl.logging._warn_preinit_stderr = False
     except (ImportError, AttributeError):
         pass
+    # multiprocessing's resource tracker (started by the first spawned process pool: the
+    # simulation's, Dask's) lives until this process ends. Started after the redirect, it
+    # would hold the filter's pipe open, and the filter's exit below would wait on it.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     sys.stderr.flush()
     terminal = os.dup(2)
     read, write = os.pipe()

@@ -106,13 +106,6 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                          f"written by one process. Received: --output {output}")
     runtime = resolve_runtime(runtime, dataset)
     start = time.perf_counter()
-    if dataset:
-        # Dask's worker processes start multiprocessing's resource tracker, which lives until
-        # this process ends: started here, before stderr goes through the native-log filter,
-        # it does not hold the filter's pipe open (and the filter's exit waiting on it).
-        from multiprocessing import resource_tracker
-
-        resource_tracker.ensure_running()
     with native_stderr_filtered(), LazyProgress(None, "classifying") as progress:
         log = log_to_stderr
         if dataset:

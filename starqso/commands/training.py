@@ -36,12 +36,16 @@ from starqso._util.native_stderr import native_stderr_filtered
               help="A sky-background file from `starqso skies` (or a folder of them): inject "
                    "a fraction data.sky_backgrounds_fraction [default: 0.5] of the simulated "
                    "objects into its real blank-sky cutouts, with each field's PSF.")
+@click.option("--no-export", "no_export", is_flag=True,
+              help="Train only: leave out OUT/export (make it later with `starqso export "
+                   "OUT`).")
 def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation_cache,
-        sky_backgrounds):
+        sky_backgrounds, no_export):
     """Train the spectrum encoder, the GAN, the fusion classifier and the image-only baseline.
 
     Writes every model (.keras), config.yaml, preprocessing statistics, metrics.json and
-    history.json into the run folder, with a one-line validation summary per stage.
+    history.json into the run folder, with a one-line validation summary per stage, then
+    exports the deployable model into OUT/export (unless --no-export).
     """
     from starqso._util.extras import require_tensorflow
 
@@ -58,7 +62,7 @@ def fit(data, out_dir, config_path, preset, strategy, resume, strict, simulation
 
         fit_run(out_dir, config, data=data, strategy=strategy, resume=resume, log=click.echo,
                 strict=strict, simulation_cache=simulation_cache,
-                sky_backgrounds=sky_backgrounds)
+                sky_backgrounds=sky_backgrounds, export=not no_export)
 
 
 @click.command()

@@ -30,6 +30,10 @@ __all__ = ["ObjectArrays"]
 # The per-object fields, in order: what subset/save/load carry (flags name catalogue rows).
 _ROW_FIELDS = ("ids", "images", "spectra", "has_spectrum", "labels", "redshift", "mags")
 _CHUNK = 50
+# A spawned worker costs about 1.5 s to start (it imports NumPy, astropy and the simulator),
+# as much as simulating some 150 objects in-process: with workers=None, each worker gets at
+# least this many objects, so small runs (tests, tiny configs) stay in one process.
+_MIN_OBJECTS_PER_WORKER = 400
 
 
 @dataclasses.dataclass(eq=False)
@@ -195,10 +199,11 @@ class ObjectArrays:
             image_size: side of the centre crop (<= ``cutout_size``).
             cutout_size: side of the simulated cutout (>= 16), before cropping.
             qso_fraction: QSO probability; the real catalogue's (about 0.30) when None.
-            workers: processes; all CPU cores (at most 8) when None. Workers are spawned, not
-                forked, because forking a process that has imported TensorFlow is unsafe (so a
-                script calling this with ``workers > 1`` needs the ``if __name__ ==
-                "__main__":`` guard).
+            workers: processes; when None, all CPU cores (at most 8) but no more than one per
+                400 objects (a worker costs more to start than a few hundred objects take to
+                simulate). Workers are spawned, not forked, because forking a process that
+                has imported TensorFlow is unsafe (so a script calling this with more than one
+                worker needs the ``if __name__ == "__main__":`` guard).
             progress: called with the number of objects done so far, after each chunk.
             backgrounds: a :class:`starqso.simulate.injection.BackgroundSource`: that
                 fraction of the objects is injected into its real blank-sky cutouts
@@ -229,7 +234,9 @@ class ObjectArrays:
             raise InputError(f"QSO fraction must be within [0, 1]. Received: {qso_fraction}")
         if workers is not None and workers < 1:
             raise InputError(f"workers must be at least 1. Received: {workers}")
-        workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+        if workers is None:
+            workers = max(1, min(os.cpu_count() or 1, 8,
+                                 num_objects // _MIN_OBJECTS_PER_WORKER))
         # Chunks of at most 50, but enough of them to keep every worker busy on small runs.
         chunk = max(1, min(_CHUNK, -(-num_objects // workers)))
         id_width = max(6, len(str(num_objects - 1)))  # as simulate_survey, so ids match its files
