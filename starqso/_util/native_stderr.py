@@ -81,7 +81,10 @@ def native_stderr_filtered():
     # would hold the filter's pipe open, and the filter's exit below would wait on it.
     from multiprocessing import resource_tracker
 
-    resource_tracker.ensure_running()
+    try:
+        resource_tracker.ensure_running()
+    except OSError:  # no tracker yet: at worst the filter's exit waits its 10 s, as before
+        pass
     sys.stderr.flush()
     terminal = os.dup(2)
     read, write = os.pipe()
