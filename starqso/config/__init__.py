@@ -181,6 +181,10 @@ class DataConfig:
     # fainter than their stars, which taught the network that faint means QSO; 0 keeps the
     # simulation as it was (and is the default: see benchmarks/results/brightness_mixing.md)
     magnitude_mixing_fraction: float = setting(0.0, number(minimum=0, maximum=1))
+    # the fraction of the synthetic high-redshift QSOs whose r magnitude is uniform over the
+    # survey's range (starqso.simulate.brightness.HIGH_Z_R_RANGE) instead of a catalogue
+    # high-z QSO's (median r 20.8): otherwise a bright source with high-z colours means a star
+    high_z_magnitude_fraction: float = setting(0.0, number(minimum=0, maximum=1))
 
     def __post_init__(self) -> None:
         check_fields(self, "data")

@@ -33,6 +33,8 @@ def simulation_cache_path(folder, num_objects, seed, image_size, cutout_size, qs
     brightness = kwargs.get("brightness")
     if brightness is not None and brightness.fraction > 0:  # likewise
         key += ["brightness", brightness.fraction]
+    if brightness is not None and brightness.high_z_fraction > 0:  # likewise
+        key += ["high_z_magnitudes", brightness.high_z_fraction]
     digest = hashlib.sha256(json.dumps(key).encode())
     package = importlib.resources.files("starqso")
     for part in ("simulate", "resources"):

@@ -15,6 +15,7 @@ import numpy as np
 from starqso._util.jsonfile import read_json
 from starqso.evaluation.metrics import format_selection_markdown, selection_function
 from starqso.preprocessing.qflags import fit_quality_reference
+from starqso.simulate.brightness import HIGH_Z_R_RANGE
 
 #: The model's selection function, beside its metadata.json.
 SELECTION_FILE = "selection_function.csv"
@@ -101,6 +102,10 @@ def model_card(folder, config, metadata, results):
     if not data and config.data.magnitude_mixing_fraction > 0:
         trained_on += (f"; a fraction {config.data.magnitude_mixing_fraction:g} with r "
                        f"magnitudes drawn from both classes alike (colours kept)")
+    if not data and config.data.high_z_magnitude_fraction > 0:
+        trained_on += (f"; a fraction {config.data.high_z_magnitude_fraction:g} of the "
+                       f"high-redshift QSOs with r uniform over {HIGH_Z_R_RANGE[0]:g}-"
+                       f"{HIGH_Z_R_RANGE[1]:g}")
     lines = [
         "# starqso classifier: model card", "",
         f"* starqso {metadata['starqso_version']}, preset `{config.preset}`",

@@ -16,6 +16,13 @@ exactly what it was.
 It is off by default: taking the magnitude away also takes away what the spectroscopic sample
 does teach about faint QSOs, and a retrain with it lost more real QSOs than it gained
 (``benchmarks/results/brightness_mixing.md``).
+
+The synthetic high-redshift QSOs (:data:`starqso.simulate.survey.HIGH_Z_QSO_FRACTION`) have the
+same bias at its worst: their r magnitudes come from the catalogue's 132 QSOs above z 2.75,
+median r 20.8, so the network learns that high-redshift colours on a bright source mean a star.
+``high_z_fraction`` of them instead get an r magnitude uniform in :data:`HIGH_Z_R_RANGE`, which
+spans the survey's depth; the other QSOs and the stars keep theirs, and with it the faint-QSO
+cue of the spectroscopic rows (``benchmarks/results/high_z_magnitudes.md``).
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BRIGHTNESS_STREAM", "Brightness"]
+__all__ = ["BRIGHTNESS_STREAM", "HIGH_Z_R_RANGE", "HIGH_Z_STREAM", "Brightness"]
 
 BRIGHTNESS_STREAM = 17
+#: The side stream of the high-redshift QSOs' magnitudes, apart from the pooled redraw's.
+HIGH_Z_STREAM = 18
+#: r magnitudes of the redrawn high-redshift QSOs: from well inside SDSS's spectroscopic QSO
+#: targets' bright end to its photometric depth.
+HIGH_Z_R_RANGE = (17.5, 22.0)
 #: The spread added to a drawn magnitude, so that repeated draws of one row differ.
 MAGNITUDE_JITTER = 0.1
 
@@ -38,15 +50,20 @@ class Brightness:
     Attributes:
         fraction: probability that an object's r magnitude is redrawn from the pooled
             magnitudes of both classes (0: none is).
+        high_z_fraction: probability that a synthetic high-redshift QSO's r magnitude is
+            uniform in :data:`HIGH_Z_R_RANGE` instead of a catalogue high-z QSO's (0: none is).
 
     Example:
         >>> Brightness(0.0).draw(seed=0, index=3, magnitudes=np.array([18.0, 20.0])) is None
         True
         >>> 17.5 < Brightness(1.0).draw(seed=0, index=3, magnitudes=np.array([18.0])) < 18.5
         True
+        >>> 17.5 <= Brightness(high_z_fraction=1.0).draw_high_z(seed=0, index=3) <= 22.0
+        True
     """
 
     fraction: float = 0.0
+    high_z_fraction: float = 0.0
 
     def draw(self, seed, index, magnitudes) -> float | None:
         """The r magnitude of object ``index`` of ``seed``, or None to keep its row's.
@@ -65,3 +82,21 @@ class Brightness:
         if side.random() >= self.fraction:
             return None
         return float(side.choice(np.asarray(magnitudes)) + side.normal(0.0, MAGNITUDE_JITTER))
+
+    def draw_high_z(self, seed, index) -> float | None:
+        """The r magnitude of object ``index`` of ``seed`` if it is a synthetic high-redshift
+        QSO, or None to keep the catalogue-drawn one.
+
+        Args:
+            seed: simulation seed.
+            index: object number.
+
+        Returns:
+            An r magnitude uniform in :data:`HIGH_Z_R_RANGE`, or None.
+        """
+        if self.high_z_fraction <= 0:
+            return None
+        side = np.random.default_rng([seed, index, HIGH_Z_STREAM])
+        if side.random() >= self.high_z_fraction:
+            return None
+        return float(side.uniform(*HIGH_Z_R_RANGE))

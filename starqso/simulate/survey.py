@@ -138,8 +138,9 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         crowding: a :class:`starqso.simulate.dust.Crowding`: the object's field may hold
             more neighbours (side stream; ``info["neighbour_density"]``), or None.
         brightness: a :class:`starqso.simulate.brightness.Brightness`: the object's r
-            magnitude may be redrawn from both classes' pooled magnitudes, its colours kept
-            (side stream), or None.
+            magnitude may be redrawn from both classes' pooled magnitudes, its colours kept,
+            and a synthetic high-redshift QSO's from the survey's range (side streams), or
+            None.
 
     Returns:
         :class:`SimulatedObject`.
@@ -164,6 +165,10 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         r_mag = rng.choice(_high_z_r_magnitudes()) + rng.normal(0.0, 0.15)
         if new_r is not None:
             r_mag = new_r
+        elif brightness is not None:
+            # Drawn after the catalogue's, from a side stream: the main stream is unchanged.
+            high_z_r = brightness.draw_high_z(seed, index)
+            r_mag = r_mag if high_z_r is None else high_z_r
         model = high_z_qso_spectrum(r_mag, redshift, rng)
     elif is_qso:
         redshift = float(np.clip(catalogue["redshift"][row]

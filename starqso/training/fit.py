@@ -18,7 +18,7 @@ from starqso._util.ownership import output_folder, writes_output
 from starqso.config import PRESETS, RunConfig, config_to_dict
 from starqso.data.arrays import ObjectArrays
 from starqso.errors import InputError
-from starqso.simulate.brightness import Brightness
+from starqso.simulate.brightness import HIGH_Z_R_RANGE, Brightness
 from starqso.simulate.dust import Crowding, Reddening
 from starqso.simulate.injection import BackgroundSource
 from starqso.training.run_folder import RunFolder
@@ -51,7 +51,13 @@ def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgro
         if config.data.magnitude_mixing_fraction > 0:
             log(f"drawing the r magnitudes of a fraction "
                 f"{config.data.magnitude_mixing_fraction:g} of them from both classes alike")
-            arguments["brightness"] = Brightness(config.data.magnitude_mixing_fraction)
+        if config.data.high_z_magnitude_fraction > 0:
+            log(f"drawing the r magnitudes of a fraction "
+                f"{config.data.high_z_magnitude_fraction:g} of the high-redshift QSOs over "
+                f"{HIGH_Z_R_RANGE[0]:g}-{HIGH_Z_R_RANGE[1]:g}")
+        if max(config.data.magnitude_mixing_fraction, config.data.high_z_magnitude_fraction) > 0:
+            arguments["brightness"] = Brightness(config.data.magnitude_mixing_fraction,
+                                                 config.data.high_z_magnitude_fraction)
         if simulation_cache is not None:
             return ObjectArrays.from_simulation_cache(
                 simulation_cache, config.data.num_objects, config.data.simulation_seed,
