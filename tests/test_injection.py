@@ -387,3 +387,33 @@ def test_fit_data_follow_the_brightness_config(tmp_path):
                                                brightness=Brightness(1.0))
     assert len(list(tmp_path.glob("simulation-*.npz"))) == 2
     assert not np.allclose(cached.mags, mixed.mags)
+
+
+def test_high_z_magnitudes_move_only_the_synthetic_high_z_qsos_over_the_survey_range(tmp_path):
+    # The catalogue's high-z QSOs are faint (median r 20.8); with the option on, a fraction of
+    # the synthetic high-z QSOs get r uniform over HIGH_Z_R_RANGE, every other object bit for
+    # bit as in a plain simulation, and the simulation cache keys on it.
+    from starqso.data.arrays import ObjectArrays
+    from starqso.simulate import simulate_object
+    from starqso.simulate.brightness import HIGH_Z_R_RANGE, Brightness
+
+    indices = range(120)
+    plain = [simulate_object(index, 3, 32) for index in indices]
+    moved = [simulate_object(index, 3, 32, brightness=Brightness(high_z_fraction=1.0))
+             for index in indices]
+    high_z = [obj.info["population"] == "high_z" for obj in plain]
+    assert sum(high_z) >= 3
+    for before, after, is_high_z in zip(plain, moved, high_z, strict=True):
+        assert before.label == after.label and before.redshift == after.redshift
+        if not is_high_z:
+            np.testing.assert_array_equal(before.cutout, after.cutout)
+            continue
+        assert HIGH_Z_R_RANGE[0] - 0.2 <= after.mags[2] <= HIGH_Z_R_RANGE[1] + 0.2
+        assert not np.isclose(before.mags[2], after.mags[2], atol=0.01)
+    plain_cache = ObjectArrays.from_simulation_cache(tmp_path, 3, 0, image_size=16,
+                                                     cutout_size=32, qso_fraction=None,
+                                                     workers=1)
+    ObjectArrays.from_simulation_cache(tmp_path, 3, 0, image_size=16, cutout_size=32,
+                                       qso_fraction=None, workers=1,
+                                       brightness=Brightness(high_z_fraction=1.0))
+    assert len(list(tmp_path.glob("simulation-*.npz"))) == 2 and len(plain_cache.labels) == 3
