@@ -426,6 +426,24 @@ def test_bad_prior_is_one_line(prior, runtime, survey, tmp_path):
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.csv.json").exists()
 
 
+@pytest.mark.parametrize("prior, fragments", [
+    ("GALAXY=0.6", ("names class GALAXY, which the model does not tell apart", "STAR, QSO")),
+    ("QSO=0.02,GALAXY=0.6", ("names class GALAXY",)),
+    ("STAR=0.9", ("names class STAR, which takes the rest",)),
+    ("QSO=-0.1", ("gives class QSO the fraction -0.1", "strictly between 0 and 1")),
+    ("QSO=0.6,QSO=0.5", ("names class QSO twice",)),
+    ("QSO=0.6,GALAXY=0.5", ("fractions sum to 1.1", "less than 1")),
+    ("QSO=abc", ("NAME=F pairs",)),
+    ("=0.2", ("NAME=F pairs",)),
+])
+def test_bad_prior_by_class_name_is_one_line(prior, fragments, survey, tmp_path):
+    result = CliRunner().invoke(main, [
+        "predict", str(survey / "catalog.csv"), "--prior", prior, "--runtime", "litert",
+        "--output", str(tmp_path / "p.csv")])
+    _one_line_error(result, *fragments)
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.csv.json").exists()
+
+
 def _lambda_model_file(path):
     import keras
 

@@ -33,7 +33,7 @@ def test_predict_help_names_the_prior_and_tta_without_tensorflow():
         "result = CliRunner().invoke(main, ['predict', '--help'])\n"
         "assert result.exit_code == 0, result.output\n"
         "text = ' '.join(result.output.split())\n"
-        "assert '--prior F|train' in text and '--tta' in text, text\n"
+        "assert '--prior F|NAME=F|train' in text and '--tta' in text, text\n"
         "assert \"'train' for no correction\" in text and '8x' in text, text\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
     )

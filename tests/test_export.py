@@ -269,6 +269,9 @@ def test_prior_correction_and_the_side_car(run, catalogue, tmp_path):
     assert f"prior train ({training:g})" in train.output
     _predict(catalogue, export, tmp_path / "same.csv", "--prior", repr(training))
     _predict(catalogue, export, tmp_path / "low.csv", "--prior", "0.001")
+    # The prior by class name is the same prior.
+    _predict(catalogue, export, tmp_path / "named.csv", "--prior", "QSO=0.001")
+    assert (tmp_path / "named.csv").read_bytes() == (tmp_path / "low.csv").read_bytes()
     p_train = _p_column(tmp_path / "train.csv")
     p_default, p_low = _p_column(tmp_path / "default.csv"), _p_column(tmp_path / "low.csv")
     # The training fraction as the prior changes nothing.

@@ -39,8 +39,9 @@ _id_column_option = click.option(
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from the partial file (or the finished "
                    "partitions) beside --output.")
-@click.option("--prior", default=None, metavar="F|train",
-              help="QSO fraction of your sample, 0 < F < 1: p_qso is corrected to it by "
+@click.option("--prior", default=None, metavar="F|NAME=F|train",
+              help="QSO fraction of your sample, 0 < F < 1, or fractions by class name "
+                   "(QSO=0.02; STAR takes the rest): p_qso is corrected to it by "
                    "Bayes' rule from the model's training fraction; 'train' for no correction "
                    "[default: the model's default_prior, 0.02 (the sky's, high latitude, "
                    "r < 21); none for models exported without one].")
@@ -140,7 +141,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
               help="Embeddings table: .csv (with a side-car OUTPUT.json), .fits or .parquet.")
 @_model_option
 @click.option("--batch-size", default=256, show_default=True, type=int)
-@click.option("--prior", default=None, metavar="F|train",
+@click.option("--prior", default=None, metavar="F|NAME=F|train",
               help="QSO fraction of your sample for p_qso, as `predict --prior`.")
 @_id_column_option
 @click.option("--ebv", default=None, metavar="E|column|none",

@@ -140,28 +140,80 @@ def checked_predictor(model_dir, runtime):
 
 
 def parse_prior(value):
-    """A ``--prior`` value: None (the model's default), ``"train"`` or a fraction in (0, 1).
+    """A ``--prior`` value: None (the model's default), ``"train"``, a QSO fraction in (0, 1),
+    or class fractions by name, ``"QSO=0.02"`` (``NAME=F`` pairs joined by commas; the model's
+    first class, STAR, takes the rest: :func:`resolve_prior` checks the names against the
+    model).
 
     Raises:
-        InputError: anything else (0, 1, negative, not a number).
+        InputError: anything else: a fraction that is not a number, 0 or below, 1 or above,
+            a name given twice, or named fractions that sum to 1 or more.
 
     Example:
         >>> parse_prior("0.05"), parse_prior("train"), parse_prior(None)
         (0.05, 'train', None)
+        >>> parse_prior("QSO=0.02")
+        {'QSO': 0.02}
     """
     if value is None:
         return None
+    if isinstance(value, dict):  # parsed before: check it again as its text
+        value = ",".join(f"{name}={fraction!r}" for name, fraction in value.items())
     if isinstance(value, str) and value.strip().lower() == TRAINING_PRIOR:
         return TRAINING_PRIOR
+    if isinstance(value, str) and "=" in value:
+        return _named_fractions(value)
     try:
         fraction = float(value)
     except (TypeError, ValueError):
         fraction = float("nan")
     if isinstance(value, bool) or not 0 < fraction < 1:
         raise InputError(f"--prior must be the QSO fraction of your sample, strictly between 0 "
-                         f"and 1 (e.g. 0.02), or '{TRAINING_PRIOR}' for the model's training "
-                         f"mix. Received: {value!r}")
+                         f"and 1 (e.g. 0.02), class fractions by name (e.g. QSO=0.02), or "
+                         f"'{TRAINING_PRIOR}' for the model's training mix. Received: {value!r}")
     return fraction
+
+
+def _named_fractions(value):
+    fractions = {}
+    for part in value.split(","):
+        name, _, number = (piece.strip() for piece in part.partition("="))
+        try:
+            fraction = float(number)
+        except ValueError:
+            fraction = float("nan")
+        if not name or not np.isfinite(fraction):
+            raise InputError(f"--prior by class must be NAME=F pairs joined by commas, each F a "
+                             f"number (e.g. QSO=0.02). Received: {value!r}")
+        if name in fractions:
+            raise InputError(f"--prior names class {name} twice. Received: {value!r}")
+        if not 0 < fraction < 1:
+            raise InputError(f"--prior gives class {name} the fraction {fraction:g}; each must "
+                             f"be strictly between 0 and 1. Received: {value!r}")
+        fractions[name] = fraction
+    total = sum(fractions.values())
+    if total >= 1:
+        raise InputError(f"--prior's class fractions sum to {total:g}; they must sum to less "
+                         f"than 1, the first class (STAR) taking the rest. Received: {value!r}")
+    return fractions
+
+
+def _qso_fraction(fractions, metadata):
+    """The output class's fraction of a by-name prior, its names checked against the model's
+    classes (the first takes the rest, so it is not named)."""
+    from starqso.deploy.metadata import model_survey
+
+    names = model_survey(metadata)[1].names
+    text = ",".join(f"{name}={fraction:g}" for name, fraction in fractions.items())
+    for name in fractions:
+        if name not in names[1:]:
+            known = "which the model does not tell apart" if name not in names else \
+                "which takes the rest and is not named"
+            raise InputError(f"--prior names class {name}, {known} (the model's classes: "
+                             f"{', '.join(names)}; name any of {', '.join(names[1:])}). "
+                             f"Received: {text!r}")
+    # A two-class model (the only kind starqso reads) has one class to name: its output's.
+    return fractions[names[1]]
 
 
 #: ``--ebv`` values that ignore an input's ``ebv`` column (no de-reddening): the default.
@@ -236,7 +288,8 @@ def resolve_prior(metadata, prior=None):
 
     Args:
         metadata: the model folder's ``metadata.json``.
-        prior: as :func:`parse_prior` accepts (None: the model's ``default_prior``).
+        prior: as :func:`parse_prior` accepts (None: the model's ``default_prior``); class
+            names must be the model's.
 
     Returns:
         dict: ``prior`` (the QSO fraction the output p_qso assumes; None when that is the
@@ -250,6 +303,8 @@ def resolve_prior(metadata, prior=None):
         0.02
     """
     prior = parse_prior(prior)
+    if isinstance(prior, dict):
+        prior = _qso_fraction(prior, metadata)
     training = metadata.get("training_qso_fraction")
     source = "user"
     if prior is None:
