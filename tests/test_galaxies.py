@@ -165,3 +165,46 @@ def test_rows_restriction_and_split():
         simulate_galaxy(0, seed=0, rows=[count])
     with pytest.raises(InputError):
         split_galaxy_rows(1.0)
+
+
+def test_galaxy_spectra_match_real_rows_and_carry_the_templates_lines():
+    # Each real galaxy row gets the kcorrect mix that fits its colours: at low redshift the
+    # fit alone is within a few hundredths of a magnitude in g-r (the smooth correction does
+    # little), the final spectrum reaches the row's magnitudes, there is no point source,
+    # and a star-forming mix shows H-alpha in emission at the row's redshift.
+    from starqso.simulate.spectra import (
+        common_grid,
+        galaxy_mix,
+        galaxy_spectrum,
+        photometer,
+    )
+
+    templates = resources.galaxy_templates()
+    assert templates["flux"].shape[0] == 5 and np.all(templates["flux"] >= 0)
+    rows = galaxy_rows()
+    nearby = np.flatnonzero((rows["redshift"] > 0.02) & (rows["redshift"] < 0.15))[:40]
+    fit_errors = []
+    for row in nearby:
+        mags = rows["mags"][row].astype(np.float64)
+        mix, shapes = galaxy_mix(mags, float(rows["redshift"][row]))
+        fitted = photometer().magnitudes(mix @ shapes)
+        fit_errors.append(abs((fitted[1] - fitted[2]) - (mags[1] - mags[2])))
+        model = galaxy_spectrum(mags, float(rows["redshift"][row]), np.random.default_rng(row))
+        assert np.abs(photometer().magnitudes(model.flux) - mags).max() < 0.05
+        assert not model.point_flux.any() and model.host_fraction == 1.0
+        assert model.template.startswith("kcorrect:") and np.all(model.flux >= 0)
+    assert np.median(fit_errors) < 0.03
+    # Two draws of one row differ in their mix, not in their magnitudes.
+    mags, redshift = rows["mags"][nearby[0]].astype(np.float64), float(rows["redshift"][nearby[0]])
+    first = galaxy_spectrum(mags, redshift, np.random.default_rng(1))
+    second = galaxy_spectrum(mags, redshift, np.random.default_rng(2))
+    assert first.template != second.template
+    # A blue (star-forming) row: H-alpha in emission above the continuum beside it.
+    blue = nearby[np.argmin(rows["mags"][nearby, 1] - rows["mags"][nearby, 2])]
+    redshift = float(rows["redshift"][blue])
+    model = galaxy_spectrum(rows["mags"][blue].astype(np.float64), redshift,
+                            np.random.default_rng(0))
+    wave = common_grid() / (1.0 + redshift)
+    line = model.flux[np.abs(wave - 6564.6) < 4].max()
+    continuum = np.median(model.flux[(np.abs(wave - 6564.6) > 30) & (np.abs(wave - 6564.6) < 80)])
+    assert line > 1.3 * continuum

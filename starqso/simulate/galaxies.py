@@ -129,6 +129,42 @@ def build_galaxy_rows(csv_path, out_path):
     return len(numbers)
 
 
+#: Rest-frame range kept from the kcorrect templates: the common grid (2999-11002 A) seen
+#: from the catalogue galaxies' redshifts (up to about 2) and at rest.
+TEMPLATE_REST_RANGE = (600.0, 12500.0)
+
+
+def build_galaxy_templates(fits_path, out_path):
+    """Build the package data ``galaxy_templates.npz`` from kcorrect's default templates.
+
+    Source: ``src/kcorrect/data/templates/kcorrect-default-v4.fits`` of the repository
+    blanton144/kcorrect (BSD-3-Clause, Copyright (c) 2016 Michael R. Blanton): the five
+    non-negative basis spectra Blanton & Roweis (2007, AJ 133, 734) fitted to SDSS galaxies,
+    with nebular lines. Kept: their rest-frame wavelengths within :data:`TEMPLATE_REST_RANGE`,
+    each normalised to a median of 1 over 5400-5600 A.
+
+    Args:
+        fits_path: ``kcorrect-default-v4.fits`` (HDU ``FLUX``: ``wave`` (N,), ``flux`` (5, N)).
+        out_path: the ``.npz`` to write: ``wave`` (N' float64, Angstrom, rest frame) and
+            ``flux`` (5 x N' float32).
+
+    Returns:
+        the number of wavelengths kept.
+    """
+    from astropy.io import fits
+
+    with fits.open(fits_path) as hdus:
+        table = hdus["FLUX"].data
+        wave = np.asarray(table["wave"][0], np.float64)
+        flux = np.asarray(table["flux"][0], np.float64)
+    keep = (wave >= TEMPLATE_REST_RANGE[0]) & (wave <= TEMPLATE_REST_RANGE[1])
+    wave, flux = wave[keep], flux[:, keep]
+    window = (wave >= 5400.0) & (wave <= 5600.0)
+    flux = flux / np.median(flux[:, window], axis=1, keepdims=True)
+    np.savez_compressed(out_path, wave=wave, flux=flux.astype(np.float32))
+    return len(wave)
+
+
 @functools.cache
 def galaxy_rows():
     """The real SDSS GALAXY catalogue rows shipped with the package (loaded once).

@@ -48,6 +48,16 @@ def host_galaxy():
 
 
 @functools.cache
+def galaxy_templates():
+    """The five kcorrect v4 galaxy templates (Blanton & Roweis 2007), rest frame: ``wave``
+    (Angstrom) and ``flux`` (5 x N, f_lambda, arbitrary units)."""
+    data = _load_npz("galaxy_templates.npz")
+    data["flux"] = data["flux"].astype(np.float64)
+    data["wave"] = data["wave"].astype(np.float64)
+    return data
+
+
+@functools.cache
 def noise_calibration():
     """Spectral and image noise calibrated on real SDSS spectra and cutouts."""
     return _load_npz("noise_calibration.npz")

@@ -1,4 +1,4 @@
-"""Noise-free star and QSO spectra whose synthetic ugriz match real SDSS catalogue rows.
+"""Noise-free star, QSO and galaxy spectra whose synthetic ugriz match real SDSS catalogue rows.
 
 Every simulated object starts from a real SDSS catalogue row (its class, magnitudes and, for
 QSOs, redshift). The spectral shape comes from real data:
@@ -12,6 +12,10 @@ QSOs, redshift). The spectral shape comes from real data:
   Madau (1995) mean IGM transmission (Lyman alpha to delta forest and the Lyman-limit
   continuum of the intervening systems), scaled to an r magnitude only: their colours are
   the model's, not a catalogue row's.
+* galaxies (:func:`galaxy_spectrum`): the non-negative mix of the five kcorrect templates
+  (Blanton & Roweis 2007), redshifted to the row's redshift, whose synthetic ugriz fit the
+  row best (as kcorrect fits SDSS galaxies), with a small random change of the mix so that
+  repeated draws of a row differ in their lines.
 
 A smooth correction (piecewise linear in log wavelength between the filters' effective
 wavelengths) then brings the synthetic magnitudes onto the row's, so the simulated population
@@ -232,6 +236,80 @@ def star_spectrum(target_mags, rng):
     flux = library["flux"][pick].astype(np.float64)
     flux, _ = match_magnitudes(flux, target_mags)
     return SpectrumModel(flux=flux, point_flux=flux, template=str(library["id"][pick]))
+
+
+#: Relative weights of the bands in a galaxy's template fit: 1 / (fractional flux error);
+#: catalogue u is the noisiest.
+GALAXY_FIT_ERRORS = np.array([0.1, 0.03, 0.03, 0.03, 0.05])
+#: Log-normal scatter of each template's share of a galaxy's mix between draws.
+GALAXY_MIX_SCATTER = 0.1
+
+
+def galaxy_templates_at(redshift):
+    """The five galaxy templates seen at ``redshift`` on the common grid: (5, N) f_lambda,
+    each scaled to 1 nanomaggy in r."""
+    templates = resources.galaxy_templates()
+    observed = np.array([np.interp(common_grid(), templates["wave"] * (1.0 + redshift), flux)
+                         for flux in templates["flux"]])
+    return observed / photometer().nanomaggies(observed)[:, 2:3]
+
+
+def galaxy_mix(target_mags, redshift):
+    """The non-negative mix of the galaxy templates at ``redshift`` whose synthetic ugriz fit
+    ``target_mags`` best (weighted by :data:`GALAXY_FIT_ERRORS`), as kcorrect fits SDSS
+    galaxies.
+
+    Args:
+        target_mags: ugriz AB magnitudes, shape (5,).
+        redshift: the galaxy's redshift.
+
+    Returns:
+        ``(mix, templates)``: (5,) non-negative weights and :func:`galaxy_templates_at`'s
+        (5, N) spectra; ``mix @ templates`` is the fitted spectrum. When no mix fits (all
+        weights 0), the one template that fits best.
+    """
+    from scipy.optimize import nnls
+
+    templates = galaxy_templates_at(redshift)
+    bands = photometer().nanomaggies(templates).T  # (5 bands, 5 templates), r = 1
+    target = 10.0 ** (-0.4 * (np.asarray(target_mags, np.float64) - 22.5))
+    weight = 1.0 / (target * GALAXY_FIT_ERRORS)
+    mix, _ = nnls(bands * weight[:, None], target * weight, maxiter=500)
+    if not mix.any():
+        residual = [np.sum((weight * (target - bands[:, k] * target[2])) ** 2)
+                    for k in range(len(mix))]
+        mix[np.argmin(residual)] = target[2]
+    return mix, templates
+
+
+def galaxy_spectrum(target_mags, redshift, rng):
+    """A galaxy at ``redshift`` matching ``target_mags``: :func:`galaxy_mix`, each share
+    scattered by :data:`GALAXY_MIX_SCATTER`, then :func:`match_magnitudes`.
+
+    Args:
+        target_mags: ugriz AB magnitudes of the galaxy, shape (5,).
+        redshift: the galaxy's redshift (> 0).
+        rng: ``numpy.random.Generator``.
+
+    Returns:
+        :class:`SpectrumModel` with no point source (``point_flux`` zero, ``host_fraction``
+        1) and ``template`` naming the mix, e.g. ``"kcorrect:0.00,0.61,0.00,0.39,0.00"``
+        (each template's share of the r-band light).
+
+    Example:
+        >>> import numpy as np
+        >>> mags = np.array([19.8, 18.2, 17.4, 17.0, 16.7])
+        >>> model = galaxy_spectrum(mags, 0.1, np.random.default_rng(0))
+        >>> bool(np.allclose(photometer().magnitudes(model.flux), mags, atol=0.01))
+        True
+    """
+    mix, templates = galaxy_mix(target_mags, redshift)
+    mix = mix * rng.lognormal(0.0, GALAXY_MIX_SCATTER, len(mix))
+    flux, _ = match_magnitudes(mix @ templates, target_mags)
+    shares = mix / mix.sum()
+    return SpectrumModel(flux=flux, point_flux=np.zeros_like(flux),
+                         template="kcorrect:" + ",".join(f"{share:.2f}" for share in shares),
+                         host_fraction=1.0)
 
 
 @functools.lru_cache(maxsize=1)
