@@ -117,6 +117,18 @@ def main():
         name = "none" if ramp[0] is None else f"{ramp[0]:g}-{ramp[1]:g}"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     refused = {depth: int((~samples[depth]["usable"]).sum()) for depth in ("nominal", "noisier")}
+    # What the refused rendered rows are: no ramp can give them a p, so they stay misses.
+    refusal = ["| depth | refused | QSO among them | combined S/N < 3 (QSO) | 3-4 (QSO) | "
+               "4-5 (QSO) |", "|---|---|---|---|---|---|"]
+    for depth in ("nominal", "noisier"):
+        out = ~samples[depth]["usable"]
+        snr = combined_snr(samples[depth]["snr"])
+        bins = []
+        for lo, hi in ((0.0, 3.0), (3.0, 4.0), (4.0, 5.0)):
+            inside = out & (snr >= lo) & (snr < hi)
+            bins.append(f"{int(inside.sum())} ({int(labels[inside].sum())})")
+        refusal.append(f"| {depth} | {int(out.sum())} | {int(labels[out].sum())} | "
+                       + " | ".join(bins) + " |")
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     from starqso.schema import EVIDENCE_SNR
@@ -132,7 +144,9 @@ def main():
         f"{EVIDENCE_SNR[0]:g}-{EVIDENCE_SNR[1]:g}. {len(samples['stars']['p'])} point sources, "
         f"{len(samples['sky']['p'])} blank-sky cutouts, {len(samples['qso']['p'])} real QSOs, "
         f"{len(labels)} rendered rows ({refused['nominal']} / {refused['noisier']} refused by the "
-        "source check at nominal / noisier depth, counted as misses).", "", *lines, ""])
+        "source check at nominal / noisier depth, counted as misses).", "", *lines, "",
+        "The rendered rows the source check refuses (below S/N 5 in the five bands together, "
+        "4 in r and 5 in every other band), by their combined S/N:", "", *refusal, ""])
     print(text)
     if args.out is not None:
         write_text_atomically(args.out, text)
