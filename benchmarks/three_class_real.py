@@ -102,8 +102,8 @@ def main():
              row("real high-z QSOs (z 2.75-5)", answer["qso"], len(answer["qso"]))]
     per_field = ["| field | point sources r < 21 | STAR | QSO | GALAXY | refused |",
                  "|---|---|---|---|---|---|"]
-    for number, name in enumerate(field_names):
-        inside = stars & (fields["field"] == number)
+    for name in field_names:
+        inside = stars & (fields["field"] == name)
         given = src[inside]
         per_field.append(f"| {name} | {int(inside.sum())} | " + " | ".join(
             rate(int((given == label).sum()), int(inside.sum()))
