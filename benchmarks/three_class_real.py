@@ -17,7 +17,6 @@ and galaxy (refused rows lowest).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import pathlib
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quality_flags import crop, luptitudes_to_nanomaggies  # noqa: E402 - same KB conversion
 from real_fields import SIZE, auc, classify, has, rate  # noqa: E402 - predict's core, as there
+from real_samples import open_scored_model, parse_arguments  # noqa: E402
 
 from starqso._util.atomic import write_text_atomically  # noqa: E402
 
@@ -47,21 +47,15 @@ def answers(result, threshold):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=pathlib.Path, required=True,
-                        help="folder of real_fields_dev.npz, real_galaxies_dev.npz, "
-                             "real_qso_iqvit_dev.npz and sdss_cutouts_kim_brunner.npz")
-    parser.add_argument("--model", type=pathlib.Path, default=None,
-                        help="exported model folder [the shipped model]")
-    parser.add_argument("--out", type=pathlib.Path, default=None, help="results markdown")
-    args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = parse_arguments(__doc__.splitlines()[0], ("real_fields_dev.npz",
+                                                     "real_galaxies_dev.npz",
+                                                     "real_qso_iqvit_dev.npz",
+                                                     "sdss_cutouts_kim_brunner.npz"))
     from starqso.deploy.metadata import model_survey
-    from starqso.inference import default_model_dir, evidence_fraction, open_model, resolve_prior
+    from starqso.inference import evidence_fraction, resolve_prior
 
     started = time.perf_counter()
-    model_dir = args.model if args.model is not None else default_model_dir()
-    metadata, predictor = open_model(model_dir, "litert")
+    model_dir, metadata, predictor = open_scored_model(args.model)
     classes = model_survey(metadata)[1].names
     threshold = float(metadata["threshold"])
     settings = resolve_prior(metadata, None)

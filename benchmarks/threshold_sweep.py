@@ -21,7 +21,6 @@ threshold meets every bar, calibration cannot, and the model has to separate bet
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import pathlib
@@ -36,9 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_fields import classify  # noqa: E402 - predict's per-row core, as there
-from real_photometry import render_depth  # noqa: E402 - the same renderer
-from sim_realism import read_real  # noqa: E402
+from real_samples import classified_samples, open_scored_model, parse_arguments  # noqa: E402
 
 from starqso._util.atomic import write_text_atomically  # noqa: E402
 
@@ -46,39 +43,23 @@ THRESHOLDS = (0.5, 0.46, 0.44, 0.42, 0.41, 0.4, 0.38, 0.35, 0.32)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=pathlib.Path, required=True,
-                        help="folder of real_fields_dev.npz, real_qso_iqvit_dev.npz and "
-                             "sdss_photometry_labelled.csv.gz")
-    parser.add_argument("--model", type=pathlib.Path, default=None,
-                        help="exported model folder [the shipped model]")
-    parser.add_argument("--out", type=pathlib.Path, default=None, help="results markdown")
-    args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = parse_arguments(__doc__.splitlines()[0], ("real_fields_dev.npz",
+                                                     "real_qso_iqvit_dev.npz",
+                                                     "sdss_photometry_labelled.csv.gz"))
     from sklearn.metrics import f1_score
 
-    from starqso.inference import apply_prior, default_model_dir, open_model, resolve_prior
+    from starqso.inference import apply_prior, resolve_prior
     from starqso.preprocessing.screening import combined_snr
     from starqso.probability import evidence_weight, temper
 
     started = time.perf_counter()
-    model_dir = args.model if args.model is not None else default_model_dir()
-    metadata, predictor = open_model(model_dir, "litert")
+    model_dir, metadata, predictor = open_scored_model(args.model)
     own = float(metadata["threshold"])
     training = float(metadata["training_qso_fraction"])
     sky, qso_prior = resolve_prior(metadata, None), resolve_prior(metadata, 0.3)
-    fields = np.load(args.data / "real_fields_dev.npz")
-    with np.load(args.data / "real_qso_iqvit_dev.npz") as stored:
-        qso_cubes, qso_r, qso_z = stored["images"], stored["r"], stored["redshift"]
-    samples = {"stars": classify(fields["images"][fields["pointlike"]], predictor, metadata,
-                                 0.0, "stars"),
-               "sky": classify(fields["sky_images"], predictor, metadata, 0.0, "sky"),
-               "qso": classify(qso_cubes, predictor, metadata, 0.0, "qso")}
-    real = read_real(str(args.data / "sdss_photometry_labelled.csv.gz"))
-    labels = (real["label"] == "QSO").astype(int)
-    for depth in ("nominal", "noisier"):
-        cubes = render_depth(real["mags"], 0, depth)
-        samples[depth] = classify(cubes[:, :, 8:40, 8:40], predictor, metadata, 0.0, depth)
+    samples = classified_samples(args.data, predictor, metadata)
+    labels = samples["nominal"]["labels"]
+    qso_r, qso_z = samples["qso"]["r"], samples["qso"]["redshift"]
 
     def p_at(sample, shift):
         # As predict: p at the training mix, leaning on the prior near the detection limit,

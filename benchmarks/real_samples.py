@@ -1,0 +1,65 @@
+"""What the real-data benchmarks share: their command-line arguments, the model they score,
+and the real samples classified once as ``starqso predict`` does.
+
+Used by ``evidence_weight.py``, ``threshold_sweep.py`` and ``three_class_real.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from real_fields import classify  # noqa: E402 - predict's per-row core, as there
+from real_photometry import render_depth  # noqa: E402 - the same renderer
+from sim_realism import read_real  # noqa: E402
+
+
+def parse_arguments(description, files):
+    """``--data`` (the folder of ``files``), ``--model`` and ``--out``, parsed."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=pathlib.Path, required=True,
+                        help=f"folder of {', '.join(files)}")
+    parser.add_argument("--model", type=pathlib.Path, default=None,
+                        help="exported model folder [the shipped model]")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="results markdown")
+    return parser.parse_args()
+
+
+def open_scored_model(model):
+    """``(model_dir, metadata, predictor)`` of the LiteRT int8 model ``predict`` runs by
+    default; the shipped model when ``model`` is None."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from starqso.inference import default_model_dir, open_model
+
+    model_dir = model if model is not None else default_model_dir()
+    return (model_dir, *open_model(model_dir, "litert"))
+
+
+def classified_samples(data, predictor, metadata):
+    """The six fields' point sources (``stars``) and blank sky (``sky``), the real high-z QSOs
+    (``qso``, with their ``r`` and ``redshift``), and every real STAR/QSO catalogue row rendered
+    at two depths (``nominal``, ``noisier``, with ``labels`` 1 for QSO and ``r``), each
+    classified once with no prior shift (:func:`real_fields.classify`)."""
+    fields = np.load(data / "real_fields_dev.npz")
+    with np.load(data / "real_qso_iqvit_dev.npz") as stored:
+        qso_cubes, qso_r, qso_z = stored["images"], stored["r"], stored["redshift"]
+    samples = {"stars": classify(fields["images"][fields["pointlike"]], predictor, metadata,
+                                 0.0, "stars"),
+               "sky": classify(fields["sky_images"], predictor, metadata, 0.0, "sky"),
+               "qso": {**classify(qso_cubes, predictor, metadata, 0.0, "qso"), "r": qso_r,
+                       "redshift": qso_z}}
+    real = read_real(str(data / "sdss_photometry_labelled.csv.gz"))
+    for depth in ("nominal", "noisier"):
+        cubes = render_depth(real["mags"], 0, depth)
+        samples[depth] = {**classify(cubes[:, :, 8:40, 8:40], predictor, metadata, 0.0, depth),
+                          "labels": (real["label"] == "QSO").astype(int),
+                          "r": real["mags"][:, 2]}
+    return samples
