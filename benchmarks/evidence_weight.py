@@ -37,7 +37,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_samples import classified_samples, open_scored_model, parse_arguments  # noqa: E402
+from real_samples import (  # noqa: E402
+    classified_samples,
+    open_scored_model,
+    p_at,
+    parse_arguments,
+    shifts,
+)
 
 from starqso._util.atomic import write_text_atomically  # noqa: E402
 
@@ -50,26 +56,14 @@ def main():
                                                      "sdss_photometry_labelled.csv.gz"))
     from sklearn.metrics import f1_score, roc_auc_score
 
-    from starqso.inference import resolve_prior
     from starqso.preprocessing.screening import combined_snr
-    from starqso.probability import evidence_weight, temper
 
     started = time.perf_counter()
     model_dir, metadata, predictor = open_scored_model(args.model)
     threshold = float(metadata["threshold"])
-    training = float(metadata["training_qso_fraction"])
-    sky, qso_prior = resolve_prior(metadata, None), resolve_prior(metadata, 0.3)
+    training, sky_shift, qso_shift = shifts(metadata)
     samples = classified_samples(args.data, predictor, metadata)
     labels, r_mag = samples["nominal"]["labels"], samples["nominal"]["r"]
-
-    def p_at(sample, ramp, shift):
-        # p at the training mix, tempered by the ramp, then moved to the prior.
-        p = np.nan_to_num(sample["p"], nan=0.5)
-        if ramp[0] is not None:
-            p = temper(p, evidence_weight(combined_snr(sample["snr"]), ramp), training)
-        from starqso.inference import apply_prior
-
-        return apply_prior(p, shift)
 
     lines = ["| ramp (S/N from 0 to full weight) | field point sources called QSO | blank sky "
              "called QSO | real high-z QSOs: completeness at 0.3 | AUC vs point sources | "
@@ -79,18 +73,18 @@ def main():
         cells = []
         for name in ("stars", "sky"):
             sample = samples[name]
-            called = sample["usable"] & (p_at(sample, ramp, sky["shift"]) >= threshold)
+            called = sample["usable"] & (p_at(sample, sky_shift, training, ramp) >= threshold)
             cells.append(f"{int(called.sum())}/{len(called)}")
         qso = samples["qso"]
-        complete = qso["usable"] & (p_at(qso, ramp, qso_prior["shift"]) >= threshold)
-        scores = [np.where(s["usable"], p_at(s, ramp, sky["shift"]), -1.0)
+        complete = qso["usable"] & (p_at(qso, qso_shift, training, ramp) >= threshold)
+        scores = [np.where(s["usable"], p_at(s, sky_shift, training, ramp), -1.0)
                   for s in (qso, samples["stars"])]
         auc = roc_auc_score(np.r_[np.ones(len(scores[0])), np.zeros(len(scores[1]))],
                             np.r_[scores[0], scores[1]])
         cells += [f"{complete.mean():.3f}", f"{auc:.4f}"]
         for depth in ("nominal", "noisier"):
             sample = samples[depth]
-            called = sample["usable"] & (p_at(sample, ramp, qso_prior["shift"]) >= threshold)
+            called = sample["usable"] & (p_at(sample, qso_shift, training, ramp) >= threshold)
             faint = r_mag >= 21
             cells += [f"{f1_score(labels, called, average='macro'):.4f}",
                       f"{f1_score(labels[faint], called[faint]):.3f}"]
@@ -120,7 +114,7 @@ def main():
         f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. Model "
         f"`{model_dir}` (LiteRT int8, threshold {threshold:.2f}, training fraction "
         f"{training:.3f}); the field samples at the default prior "
-        f"{sky['prior']:g}, the real QSOs and rendered rows at 0.3. The shipped ramp: "
+        f"{metadata.get('default_prior')}, the real QSOs and rendered rows at 0.3. The shipped ramp: "
         f"{EVIDENCE_SNR[0]:g}-{EVIDENCE_SNR[1]:g}. {len(samples['stars']['p'])} point sources, "
         f"{len(samples['sky']['p'])} blank-sky cutouts, {len(samples['qso']['p'])} real QSOs, "
         f"{len(labels)} rendered rows ({refused['nominal']} / {refused['noisier']} refused by the "

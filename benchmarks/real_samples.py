@@ -63,3 +63,27 @@ def classified_samples(data, predictor, metadata):
                           "labels": (real["label"] == "QSO").astype(int),
                           "r": real["mags"][:, 2]}
     return samples
+
+
+def shifts(metadata):
+    """``(training fraction, the default prior's logit shift, prior 0.3's)``: the field samples
+    are scored at the default prior, the real QSOs and rendered rows at 0.3."""
+    from starqso.inference import resolve_prior
+
+    return (float(metadata["training_qso_fraction"]), resolve_prior(metadata, None)["shift"],
+            resolve_prior(metadata, 0.3)["shift"])
+
+
+def p_at(sample, shift, training, ramp=None):
+    """A sample's p(QSO) under a prior ``shift``: at the training mix, leaning on the prior near
+    the detection limit by the evidence ramp (``predict``'s, :data:`starqso.schema.
+    EVIDENCE_SNR`, when ``ramp`` is None; no leaning for ``(None, None)``), then moved to the
+    prior."""
+    from starqso.inference import apply_prior
+    from starqso.preprocessing.screening import combined_snr
+    from starqso.probability import evidence_weight, temper
+
+    p = np.nan_to_num(sample["p"], nan=0.5)
+    if ramp is None or ramp[0] is not None:
+        p = temper(p, evidence_weight(combined_snr(sample["snr"]), ramp), training)
+    return apply_prior(p, shift)

@@ -29,13 +29,17 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_samples import classified_samples, open_scored_model, parse_arguments  # noqa: E402
+from real_samples import (  # noqa: E402
+    classified_samples,
+    open_scored_model,
+    p_at,
+    parse_arguments,
+    shifts,
+)
 
 from starqso._util.atomic import write_text_atomically  # noqa: E402
 
@@ -48,25 +52,13 @@ def main():
                                                      "sdss_photometry_labelled.csv.gz"))
     from sklearn.metrics import f1_score
 
-    from starqso.inference import apply_prior, resolve_prior
-    from starqso.preprocessing.screening import combined_snr
-    from starqso.probability import evidence_weight, temper
-
     started = time.perf_counter()
     model_dir, metadata, predictor = open_scored_model(args.model)
     own = float(metadata["threshold"])
-    training = float(metadata["training_qso_fraction"])
-    sky, qso_prior = resolve_prior(metadata, None), resolve_prior(metadata, 0.3)
+    training, sky_shift, qso_shift = shifts(metadata)
     samples = classified_samples(args.data, predictor, metadata)
     labels = samples["nominal"]["labels"]
     qso_r, qso_z = samples["qso"]["r"], samples["qso"]["redshift"]
-
-    def p_at(sample, shift):
-        # As predict: p at the training mix, leaning on the prior near the detection limit,
-        # then moved to the prior.
-        p = temper(np.nan_to_num(sample["p"], nan=0.5),
-                   evidence_weight(combined_snr(sample["snr"])), training)
-        return apply_prior(p, shift)
 
     lines = ["| threshold | field point sources called QSO | blank sky called QSO (all 1200) | "
              "real high-z QSOs found at 0.3 | rendered rows nominal: macro-F1 | rendered rows "
@@ -75,20 +67,20 @@ def main():
         cells = []
         for name in ("stars", "sky"):
             sample = samples[name]
-            called = sample["usable"] & (p_at(sample, sky["shift"]) >= threshold)
+            called = sample["usable"] & (p_at(sample, sky_shift, training) >= threshold)
             cells.append(f"{int(called.sum())}/{len(called)}")
         qso = samples["qso"]
-        found = qso["usable"] & (p_at(qso, qso_prior["shift"]) >= threshold)
+        found = qso["usable"] & (p_at(qso, qso_shift, training) >= threshold)
         cells.append(f"{found.mean():.3f}")
         for depth in ("nominal", "noisier"):
             sample = samples[depth]
-            called = sample["usable"] & (p_at(sample, qso_prior["shift"]) >= threshold)
+            called = sample["usable"] & (p_at(sample, qso_shift, training) >= threshold)
             cells.append(f"{f1_score(labels, called, average='macro'):.4f}")
         name = f"**{threshold:g}** (the model's)" if threshold == own else f"{threshold:g}"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     # Where the real QSOs are missed, at the model's own threshold: by redshift and r.
     qso = samples["qso"]
-    found = qso["usable"] & (p_at(qso, qso_prior["shift"]) >= own)
+    found = qso["usable"] & (p_at(qso, qso_shift, training) >= own)
     by_r = ["| z | r < 19.5 | 19.5-20.5 | > 20.5 |", "|---|---|---|---|"]
     for z_lo, z_hi in ((2.75, 3.0), (3.0, 4.0), (4.0, 4.5), (4.5, 5.0)):
         cells = []
@@ -104,7 +96,7 @@ def main():
         f"{datetime.date.today()}, git {git}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. Model `{model_dir}` "
         f"(LiteRT int8, threshold {own:g}, training fraction {training:.3f}); field samples "
-        f"at the default prior {sky['prior']:g}, real QSOs and rendered rows at 0.3.", "",
+        f"at the default prior {metadata.get('default_prior')}, real QSOs and rendered rows at 0.3.", "",
         *lines, "", f"Real high-z QSOs found at prior 0.3 and threshold {own:g}, by redshift "
         "and r (the cutouts' catalogue r):", "", *by_r, ""])
     print(text)
