@@ -96,7 +96,8 @@ def main():
         f"{datetime.date.today()}, git {git}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. Model `{model_dir}` "
         f"(LiteRT int8, threshold {own:g}, training fraction {training:.3f}); field samples "
-        f"at the default prior {metadata.get('default_prior')}, real QSOs and rendered rows at 0.3.", "",
+        f"at the default prior {metadata.get('default_prior')}, real QSOs and rendered rows "
+        "at 0.3.", "",
         *lines, "", f"Real high-z QSOs found at prior 0.3 and threshold {own:g}, by redshift "
         "and r (the cutouts' catalogue r):", "", *by_r, ""])
     print(text)
