@@ -267,6 +267,7 @@ PYTHON_VIOLATIONS = [
     (DataConfig, "max_ebv", 11, "a number in [0, 10]"),
     (DataConfig, "neighbour_density_fraction", 2, "a number in [0, 1]"),
     (DataConfig, "magnitude_mixing_fraction", 2, "a number in [0, 1]"),
+    (DataConfig, "high_z_magnitude_fraction", -0.5, "a number in [0, 1]"),
     (DataConfig, "max_neighbour_density", 0.5, "a number in [1, 1000]"),
     (TrainingConfig, "seed", -1, "an integer >= 0"),
     (TrainingConfig, "batch_size", 0, "an integer >= 1"),

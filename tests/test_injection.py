@@ -417,3 +417,18 @@ def test_high_z_magnitudes_move_only_the_synthetic_high_z_qsos_over_the_survey_r
                                        qso_fraction=None, workers=1,
                                        brightness=Brightness(high_z_fraction=1.0))
     assert len(list(tmp_path.glob("simulation-*.npz"))) == 2 and len(plain_cache.labels) == 3
+
+
+def test_fit_data_follow_the_high_z_magnitude_config():
+    from starqso.config import config_from_dict
+    from starqso.training.fit import _load_arrays
+
+    lines = []
+    config = config_from_dict({"preset": "tiny", "data": {
+        "num_objects": 40, "qso_fraction": 1.0, "high_z_magnitude_fraction": 1.0}})
+    moved = _load_arrays(config, None, lines.append)
+    assert "a fraction 1 of the high-redshift QSOs over 17.5-22" in " ".join(lines)
+    plain = _load_arrays(config_from_dict({"preset": "tiny", "data": {
+        "num_objects": 40, "qso_fraction": 1.0}}), None, lines.append)
+    changed = ~np.isclose(moved.mags[:, 2], plain.mags[:, 2])
+    assert changed.any() and not changed.all()  # the high-z QSOs only
