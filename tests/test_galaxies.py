@@ -208,3 +208,25 @@ def test_galaxy_spectra_match_real_rows_and_carry_the_templates_lines():
     line = model.flux[np.abs(wave - 6564.6) < 4].max()
     continuum = np.median(model.flux[(np.abs(wave - 6564.6) > 30) & (np.abs(wave - 6564.6) < 80)])
     assert line > 1.3 * continuum
+
+
+def test_a_simulated_galaxy_can_carry_its_fibre_spectrum_without_changing_its_cutout():
+    from starqso.simulate.galaxies import fibre_fraction
+
+    # A large disc loses most of its light outside a 3" fibre; a compact one almost none.
+    assert fibre_fraction(6.0, 1.0, 1.5) < 0.2 < 0.85 < fibre_fraction(0.3, 4.0, 1.5)
+    assert fibre_fraction(0.3, 1.0, 1.5) > 0.99  # a compact disc: almost all of it
+    assert fibre_fraction(3.0, 4.0, 1.0) < fibre_fraction(3.0, 4.0, 1.5)
+    for index in range(6):
+        imaged = simulate_galaxy(index, seed=4, size=32)
+        both = simulate_galaxy(index, seed=4, size=32, with_spectrum=True)
+        assert imaged.spectrum is None
+        np.testing.assert_array_equal(imaged.cutout, both.cutout)
+        spectrum = both.spectrum
+        assert spectrum["spectrograph"] in ("SDSS", "BOSS")
+        assert spectrum["flux"].shape == spectrum["ivar"].shape == spectrum["wavelength"].shape
+        assert 0.0 < both.info["fibre_fraction"] <= 1.0
+        assert both.info["template"].startswith("kcorrect:")
+    again = simulate_galaxy(2, seed=4, size=32, with_spectrum=True)
+    assert np.array_equal(again.spectrum["flux"],
+                          simulate_galaxy(2, seed=4, size=32, with_spectrum=True).spectrum["flux"])

@@ -48,11 +48,17 @@ from starqso.schema import BANDS
 from starqso.simulate import resources
 from starqso.simulate.images import render_cutout
 from starqso.simulate.photometry import magnitudes_to_nanomaggies
+from starqso.simulate.profiles import sersic_b
 
 RESOURCE_NAME = "galaxy_rows.npz"
 # Stream tag: the third element of the seed sequence, so galaxies never share a stream with the
 # point sources of the same seed and index.
 STREAM_TAG = 7
+#: The side stream of a galaxy's spectrum (its template mix and spectrograph noise): drawn
+#: apart from the image, so that a galaxy's cutout is the same with or without a spectrum.
+SPECTRUM_STREAM = 1
+#: Fibre radii (arcsec) of the spectrographs (SDSS 3", BOSS 2" diameter).
+FIBRE_RADIUS_ARCSEC = {"SDSS": 1.5, "BOSS": 1.0}
 
 # Observed g - r of the red sequence against redshift (peaks of these rows' g - r histograms).
 # A galaxy is called red when it lies above the line minus RED_SEQUENCE_WIDTH.
@@ -296,7 +302,8 @@ class SimulatedGalaxy:
         redshift: the catalogue row's spectroscopic redshift.
         mags: true ugriz AB (total, model) magnitudes of the galaxy as imaged, shape (5,).
         cutout: float32 (5, size, size) nanomaggies.
-        spectrum: None (galaxies are imaged only).
+        spectrum: None, or with ``simulate_galaxy(..., with_spectrum=True)`` the fibre
+            spectrum (:func:`starqso.simulate.spectrograph.observe_spectrum`'s dict).
         info: the catalogue row, the shape parameters and the observing conditions of
             :func:`starqso.simulate.images.render_cutout`.
     """
@@ -332,7 +339,22 @@ def _candidate_rows(rows):
     return candidates
 
 
-def simulate_galaxy(index, seed, size=48, rows=None):
+def fibre_fraction(half_light_radius_arcsec, sersic_index, fibre_radius_arcsec):
+    """The fraction of a circular Sérsic profile's light inside a fibre of that radius (no
+    seeing): ``P(2n, b_n (R / Re)^(1/n))``, the regularised lower incomplete gamma function.
+
+    Example:
+        >>> round(fibre_fraction(1.5, 1.0, 1.5), 3)  # the half-light radius: half the light
+        0.5
+    """
+    from scipy import special
+
+    b = sersic_b(sersic_index)
+    x = b * (fibre_radius_arcsec / half_light_radius_arcsec) ** (1.0 / sersic_index)
+    return float(special.gammainc(2.0 * sersic_index, x))
+
+
+def simulate_galaxy(index, seed, size=48, rows=None, with_spectrum=False):
     """Simulate galaxy number ``index`` of the simulation with ``seed``.
 
     Args:
@@ -341,6 +363,10 @@ def simulate_galaxy(index, seed, size=48, rows=None):
         size: cutout side in pixels.
         rows: indices into :func:`galaxy_rows` to draw the catalogue row from (e.g. one half
             of :func:`split_galaxy_rows`); all rows when None.
+        with_spectrum: also observe its fibre spectrum: :func:`starqso.simulate.spectra.
+            galaxy_spectrum` of the row, times the light the SDSS or BOSS fibre takes in
+            (:func:`fibre_fraction`), through :func:`starqso.simulate.spectrograph.
+            observe_spectrum`, from a side stream (the cutout does not change).
 
     Returns:
         :class:`SimulatedGalaxy`.
@@ -371,8 +397,20 @@ def simulate_galaxy(index, seed, size=48, rows=None):
         **shape,
         **conditions,
     }
+    spectrum = None
+    if with_spectrum:
+        from starqso.simulate.spectra import common_grid, galaxy_spectrum
+        from starqso.simulate.spectrograph import observe_spectrum
+
+        side = np.random.default_rng([seed, index, STREAM_TAG, SPECTRUM_STREAM])
+        spectrograph = "SDSS" if side.random() < 0.4 else "BOSS"
+        model = galaxy_spectrum(mags, redshift, side)
+        fraction = fibre_fraction(shape["half_light_radius_arcsec"], shape["sersic_index"],
+                                  FIBRE_RADIUS_ARCSEC[spectrograph])
+        spectrum = observe_spectrum(common_grid(), model.flux * fraction, side, spectrograph)
+        info.update(template=model.template, fibre_fraction=fraction)
     return SimulatedGalaxy(id=f"gal-{index:06d}", label="GALAXY", redshift=redshift,
-                           mags=mags, cutout=cutout, info=info)
+                           mags=mags, cutout=cutout, spectrum=spectrum, info=info)
 
 
 def simulate_galaxies(num, seed, size=48, rows=None):
