@@ -230,3 +230,33 @@ def test_a_simulated_galaxy_can_carry_its_fibre_spectrum_without_changing_its_cu
     again = simulate_galaxy(2, seed=4, size=32, with_spectrum=True)
     assert np.array_equal(again.spectrum["flux"],
                           simulate_galaxy(2, seed=4, size=32, with_spectrum=True).spectrum["flux"])
+
+
+def test_simulate_object_draws_galaxies_from_a_side_stream_seen_like_point_sources():
+    # galaxy_fraction turns some objects into GALAXY ones (a real galaxy row, a Sérsic shape,
+    # a fibre spectrum); every other object is bit for bit a plain simulation's, and a
+    # galaxy seen through dust is dimmer, most in u.
+    from starqso.simulate import simulate_object
+    from starqso.simulate.dust import Reddening
+
+    plain = [simulate_object(index, 6, 32) for index in range(30)]
+    mixed = [simulate_object(index, 6, 32, galaxy_fraction=0.5) for index in range(30)]
+    galaxies = [obj for obj in mixed if obj.label == "GALAXY"]
+    assert 5 <= len(galaxies) <= 25
+    for before, after in zip(plain, mixed, strict=True):
+        if after.label != "GALAXY":
+            np.testing.assert_array_equal(before.cutout, after.cutout)
+            assert before.label == after.label and before.id == after.id
+    for galaxy in galaxies:
+        assert galaxy.info["population"] == "galaxy" and galaxy.redshift > 0
+        assert galaxy.spectrum["flux"].shape == galaxy.spectrum["ivar"].shape
+        assert galaxy.cutout.shape == (5, 32, 32) and np.isfinite(galaxy.cutout).all()
+    dusty = [simulate_object(index, 6, 32, galaxy_fraction=0.5,
+                             reddening=Reddening(1.0, 1.0)) for index in range(30)]
+    reddened = 0
+    for clear, seen in zip(mixed, dusty, strict=True):
+        if clear.label == "GALAXY" and seen.info["galactic_ebv"] > 0.05:
+            dimmed = seen.mags - clear.mags
+            assert seen.label == "GALAXY" and np.all(dimmed > 0) and dimmed[0] > dimmed[4]
+            reddened += 1
+    assert reddened >= 3

@@ -318,8 +318,9 @@ class SimulatedGalaxy:
 
 
 @functools.lru_cache(maxsize=1)
-def _neighbour_star_mags():
-    # The same star rows the point-source simulator borrows neighbour colours from.
+def neighbour_star_mags():
+    """The catalogue stars' ugriz (N x 5) that neighbours take their colours from: the same
+    rows the point-source simulator uses."""
     catalogue = resources.sdss_pointsources()
     return catalogue["mags"][np.flatnonzero(catalogue["label"] == "STAR")]
 
@@ -376,41 +377,69 @@ def simulate_galaxy(index, seed, size=48, rows=None, with_spectrum=False):
         >>> galaxy.cutout.shape, galaxy.label
         ((5, 32, 32), 'GALAXY')
     """
+    rng = np.random.default_rng([seed, index, STREAM_TAG])
+    row, mags, redshift, shape = draw_galaxy(rng, rows)
+    cutout, conditions = render_cutout(
+        rng, size, np.zeros(5), magnitudes_to_nanomaggies(mags),
+        shape["half_light_radius_arcsec"], star_mags=neighbour_star_mags(),
+        host_sersic_index=shape["sersic_index"], host_axis_ratio=shape["axis_ratio"],
+        host_angle=shape["angle"])
+    info = {**galaxy_info(row, shape), **conditions}
+    spectrum = None
+    if with_spectrum:
+        side = np.random.default_rng([seed, index, STREAM_TAG, SPECTRUM_STREAM])
+        spectrum = fibre_spectrum(side, mags, redshift, shape, info)
+    return SimulatedGalaxy(id=f"gal-{index:06d}", label="GALAXY", redshift=redshift,
+                           mags=mags, cutout=cutout, spectrum=spectrum, info=info)
+
+
+def draw_galaxy(rng, rows=None):
+    """A galaxy's catalogue row (jittered) and shape, drawn from ``rng``.
+
+    Args:
+        rng: ``numpy.random.Generator``.
+        rows: indices into :func:`galaxy_rows` to draw from; all rows when None.
+
+    Returns:
+        ``(row, mags, redshift, shape)``: the row index, its ugriz magnitudes with the
+        simulator's jitter, its redshift and :func:`draw_galaxy_shape`'s dict.
+    """
     candidates = _candidate_rows(rows)
     catalogue = galaxy_rows()
-    rng = np.random.default_rng([seed, index, STREAM_TAG])
     row = int(candidates[rng.integers(len(candidates))])
     # Jitter: a common magnitude shift and small colour changes, as for point sources.
     mags = (catalogue["mags"][row] + rng.normal(0.0, MAGNITUDE_JITTER)
             + rng.normal(0.0, COLOUR_JITTER, size=5))
     redshift = float(catalogue["redshift"][row])
-    shape = draw_galaxy_shape(rng, mags, redshift)
-    cutout, conditions = render_cutout(
-        rng, size, np.zeros(5), magnitudes_to_nanomaggies(mags),
-        shape["half_light_radius_arcsec"], star_mags=_neighbour_star_mags(),
-        host_sersic_index=shape["sersic_index"], host_axis_ratio=shape["axis_ratio"],
-        host_angle=shape["angle"])
-    info = {
-        "galaxy_row": row,
-        "source_row": int(catalogue["row"][row]),
-        "catalogue_mags": [float(value) for value in catalogue["mags"][row]],
-        **shape,
-        **conditions,
-    }
-    spectrum = None
-    if with_spectrum:
-        from starqso.simulate.spectra import common_grid, galaxy_spectrum
-        from starqso.simulate.spectrograph import observe_spectrum
+    return row, mags, redshift, draw_galaxy_shape(rng, mags, redshift)
 
-        side = np.random.default_rng([seed, index, STREAM_TAG, SPECTRUM_STREAM])
-        spectrograph = "SDSS" if side.random() < 0.4 else "BOSS"
-        model = galaxy_spectrum(mags, redshift, side)
-        fraction = fibre_fraction(shape["half_light_radius_arcsec"], shape["sersic_index"],
-                                  FIBRE_RADIUS_ARCSEC[spectrograph])
-        spectrum = observe_spectrum(common_grid(), model.flux * fraction, side, spectrograph)
-        info.update(template=model.template, fibre_fraction=fraction)
-    return SimulatedGalaxy(id=f"gal-{index:06d}", label="GALAXY", redshift=redshift,
-                           mags=mags, cutout=cutout, spectrum=spectrum, info=info)
+
+def galaxy_info(row, shape):
+    """The provenance and shape a simulated galaxy records in its ``info``."""
+    catalogue = galaxy_rows()
+    return {"galaxy_row": row, "source_row": int(catalogue["row"][row]),
+            "catalogue_mags": [float(value) for value in catalogue["mags"][row]], **shape}
+
+
+def fibre_spectrum(rng, mags, redshift, shape, info, dimming=None):
+    """A galaxy's spectrum through the SDSS or BOSS fibre: :func:`starqso.simulate.spectra.
+    galaxy_spectrum` times :func:`fibre_fraction` (and ``dimming``, f_lambda factors of
+    foreground dust, if given), observed by the spectrograph. Records ``template`` and
+    ``fibre_fraction`` in ``info``.
+
+    Returns:
+        :func:`starqso.simulate.spectrograph.observe_spectrum`'s dict.
+    """
+    from starqso.simulate.spectra import common_grid, galaxy_spectrum
+    from starqso.simulate.spectrograph import observe_spectrum
+
+    spectrograph = "SDSS" if rng.random() < 0.4 else "BOSS"
+    model = galaxy_spectrum(mags, redshift, rng)
+    fraction = fibre_fraction(shape["half_light_radius_arcsec"], shape["sersic_index"],
+                              FIBRE_RADIUS_ARCSEC[spectrograph])
+    flux = model.flux * fraction * (1.0 if dimming is None else dimming)
+    info.update(template=model.template, fibre_fraction=fraction)
+    return observe_spectrum(common_grid(), flux, rng, spectrograph)
 
 
 def simulate_galaxies(num, seed, size=48, rows=None):

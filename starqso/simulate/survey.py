@@ -35,7 +35,7 @@ from starqso.simulate import resources
 from starqso.simulate.dust import band_extinction, spectrum_extinction
 from starqso.simulate.images import render_cutout
 from starqso.simulate.injection import choose_background
-from starqso.simulate.photometry import nanomaggies_to_magnitudes
+from starqso.simulate.photometry import magnitudes_to_nanomaggies, nanomaggies_to_magnitudes
 from starqso.simulate.spectra import (
     common_grid,
     high_z_qso_spectrum,
@@ -51,6 +51,8 @@ HIGH_Z_QSO_FRACTION = 0.25
 HIGH_Z_RANGE = (2.7, 5.0)
 # Catalogue QSOs above this redshift supply the high-z population's r magnitudes.
 HIGH_Z_CATALOGUE_MIN = 2.75
+# The side stream deciding whether an object is a galaxy (simulate_object's galaxy_fraction).
+GALAXY_STREAM = 19
 
 
 @dataclass
@@ -114,7 +116,7 @@ def _kpc_per_arcsec_table():
 
 def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
                     high_z_fraction=None, backgrounds=None, background_fraction=0.0,
-                    reddening=None, crowding=None, brightness=None):
+                    reddening=None, crowding=None, brightness=None, galaxy_fraction=0.0):
     """Simulate object number ``index`` of the simulation with ``seed``.
 
     Args:
@@ -141,10 +143,18 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
             magnitude may be redrawn from both classes' pooled magnitudes, its colours kept,
             and a synthetic high-redshift QSO's from the survey's range (side streams), or
             None.
+        galaxy_fraction: probability that the object is a GALAXY instead (drawn from a side
+            stream: with 0, every object is what it was): a real galaxy row with a Sérsic
+            shape and its fibre spectrum (:mod:`starqso.simulate.galaxies`), seen through
+            the same ``backgrounds``, ``reddening`` and ``crowding`` as a point source.
 
     Returns:
         :class:`SimulatedObject`.
     """
+    if galaxy_fraction > 0 and np.random.default_rng(
+            [seed, index, GALAXY_STREAM]).random() < galaxy_fraction:
+        return _simulate_galaxy_object(index, seed, size, id_width, backgrounds,
+                                       background_fraction, reddening, crowding)
     rng = np.random.default_rng([seed, index])
     catalogue, stars, qsos = _population()
     if qso_fraction is None:
@@ -228,6 +238,43 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
         spectrum=spectrum,
         info=info,
     )
+
+
+def _simulate_galaxy_object(index, seed, size, id_width, backgrounds, background_fraction,
+                            reddening, crowding):
+    """Object ``index`` of ``seed`` as a galaxy (:func:`simulate_object`'s GALAXY branch)."""
+    from starqso.simulate.galaxies import (
+        draw_galaxy,
+        fibre_spectrum,
+        galaxy_info,
+        neighbour_star_mags,
+    )
+
+    rng = np.random.default_rng([seed, index, GALAXY_STREAM, 1])
+    row, mags, redshift, shape = draw_galaxy(rng)
+    flux = magnitudes_to_nanomaggies(mags)
+    galactic_ebv = 0.0 if reddening is None else reddening.draw(seed, index)
+    dimming = None
+    if galactic_ebv > 0:
+        flux = flux * 10.0 ** (-0.4 * band_extinction(galactic_ebv))
+        dimming = 10.0 ** (-0.4 * spectrum_extinction(common_grid(), galactic_ebv))
+    density = 1.0 if crowding is None else crowding.draw(seed, index)
+    background = None
+    if backgrounds is not None:
+        number = choose_background(seed, index, background_fraction, len(backgrounds))
+        background = None if number is None else backgrounds[number]
+    cutout, conditions = render_cutout(
+        rng, size, np.zeros(5), flux, shape["half_light_radius_arcsec"],
+        star_mags=neighbour_star_mags(), host_sersic_index=shape["sersic_index"],
+        host_axis_ratio=shape["axis_ratio"], host_angle=shape["angle"],
+        background=background, neighbour_density=density, neighbour_ebv=galactic_ebv)
+    info = {**galaxy_info(row, shape), "population": "galaxy", "host_fraction": 1.0,
+            "galactic_ebv": galactic_ebv, "neighbour_density": density, **conditions}
+    spectrum = fibre_spectrum(rng, mags, redshift, shape, info, dimming)
+    info["spectrograph"] = spectrum["spectrograph"]
+    return SimulatedObject(id=f"sim-{index:0{id_width}d}", label="GALAXY", redshift=redshift,
+                           mags=nanomaggies_to_magnitudes(flux), cutout=cutout,
+                           spectrum=spectrum, info=info)
 
 
 def _write_object(outdir, index, seed, size, qso_fraction, id_width, reddening=None):
