@@ -203,11 +203,7 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     if model.host_fraction > 0:
         table_z, table_scale = _kpc_per_arcsec_table()
         host_radius = rng.uniform(2.0, 6.0) / np.interp(redshift, table_z, table_scale)
-    density = 1.0 if crowding is None else crowding.draw(seed, index)
-    background = None
-    if backgrounds is not None:
-        number = choose_background(seed, index, background_fraction, len(backgrounds))
-        background = None if number is None else backgrounds[number]
+    density, background = _field(seed, index, backgrounds, background_fraction, crowding)
     cutout, conditions = render_cutout(
         rng, size, point, host if model.host_fraction > 0 else None, host_radius,
         star_mags=catalogue["mags"][stars], background=background,
@@ -240,6 +236,17 @@ def simulate_object(index, seed, size=48, qso_fraction=None, id_width=6,
     )
 
 
+def _field(seed, index, backgrounds, background_fraction, crowding):
+    """Object ``index``'s field, from side streams: ``(neighbour density, real blank-sky
+    background or None)``."""
+    density = 1.0 if crowding is None else crowding.draw(seed, index)
+    background = None
+    if backgrounds is not None:
+        number = choose_background(seed, index, background_fraction, len(backgrounds))
+        background = None if number is None else backgrounds[number]
+    return density, background
+
+
 def _simulate_galaxy_object(index, seed, size, id_width, backgrounds, background_fraction,
                             reddening, crowding):
     """Object ``index`` of ``seed`` as a galaxy (:func:`simulate_object`'s GALAXY branch)."""
@@ -258,11 +265,7 @@ def _simulate_galaxy_object(index, seed, size, id_width, backgrounds, background
     if galactic_ebv > 0:
         flux = flux * 10.0 ** (-0.4 * band_extinction(galactic_ebv))
         dimming = 10.0 ** (-0.4 * spectrum_extinction(common_grid(), galactic_ebv))
-    density = 1.0 if crowding is None else crowding.draw(seed, index)
-    background = None
-    if backgrounds is not None:
-        number = choose_background(seed, index, background_fraction, len(backgrounds))
-        background = None if number is None else backgrounds[number]
+    density, background = _field(seed, index, backgrounds, background_fraction, crowding)
     cutout, conditions = render_cutout(
         rng, size, np.zeros(5), flux, shape["half_light_radius_arcsec"],
         star_mags=neighbour_star_mags(), host_sersic_index=shape["sersic_index"],
