@@ -16,11 +16,7 @@ does (LiteRT int8, per-row core, the default prior), and so are the targets alon
 
 from __future__ import annotations
 
-import datetime
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -32,8 +28,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from real_fields import classify, has, rate  # noqa: E402 - predict's per-row core, as there
 from real_samples import open_scored_model, parse_arguments  # noqa: E402
+from report import command, provenance, publish  # noqa: E402
 
-from starqso._util.atomic import write_text_atomically  # noqa: E402
 from starqso.schema import PIXEL_SCALE_ARCSEC  # noqa: E402
 
 DRAWS = 3
@@ -122,13 +118,10 @@ def main():
     became = np.zeros(len(r), bool)
     became[target_of[paired_called]] = True
     became[targets[alone_called]] = False
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     text = "\n".join([
         "# Real field stars beside a real bright star", "",
-        f"`python benchmarks/bright_neighbours.py {' '.join(sys.argv[1:])}`", "",
-        f"{datetime.date.today()}, git {git}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. Model `{model_dir}` "
+        command(__file__), "",
+        f"{provenance(started)}. Model `{model_dir}` "
         f"(LiteRT int8, threshold {threshold:g}, default prior {settings['prior']:g}). "
         f"{len(targets)} point sources at r < 21 of the six developer fields, {DRAWS} pairs "
         f"each with a point source at r < 18 of the same field (median neighbour r "
@@ -136,9 +129,7 @@ def main():
         *rows, "",
         f"Targets not called QSO alone but called QSO in at least one pair: "
         f"{int(became.sum())} of {len(targets)}.", ""])
-    print(text)
-    if args.out is not None:
-        write_text_atomically(args.out, text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

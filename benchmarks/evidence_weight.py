@@ -23,11 +23,7 @@ costs faint QSOs that the network does tell apart: the table shows both.
 
 from __future__ import annotations
 
-import datetime
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -37,15 +33,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_samples import (  # noqa: E402
-    classified_samples,
-    open_scored_model,
-    p_at,
-    parse_arguments,
-    shifts,
-)
-
-from starqso._util.atomic import write_text_atomically  # noqa: E402
+from real_samples import p_at, parse_arguments, scored_samples  # noqa: E402
+from report import command, provenance, publish  # noqa: E402
 
 RAMPS = ((None, None), (4.0, 6.0), (5.0, 7.0), (5.0, 8.0), (5.0, 10.0), (5.0, 15.0))
 
@@ -59,10 +48,10 @@ def main():
     from starqso.preprocessing.screening import combined_snr
 
     started = time.perf_counter()
-    model_dir, metadata, predictor = open_scored_model(args.model)
-    threshold = float(metadata["threshold"])
-    training, sky_shift, qso_shift = shifts(metadata)
-    samples = classified_samples(args.data, predictor, metadata)
+    scored = scored_samples(args)
+    model_dir, metadata, threshold = scored["model_dir"], scored["metadata"], scored["threshold"]
+    training, sky_shift, qso_shift = scored["training"], scored["sky_shift"], scored["qso_shift"]
+    samples = scored["samples"]
     labels, r_mag = samples["nominal"]["labels"], samples["nominal"]["r"]
 
     lines = ["| ramp (S/N from 0 to full weight) | field point sources called QSO | blank sky "
@@ -103,15 +92,12 @@ def main():
             bins.append(f"{int(inside.sum())} ({int(labels[inside].sum())})")
         refusal.append(f"| {depth} | {int(out.sum())} | {int(labels[out].sum())} | "
                        + " | ".join(bins) + " |")
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     from starqso.schema import EVIDENCE_SNR
 
     text = "\n".join([
         "# Evidence weight: how far faint rows lean on the prior", "",
-        f"`python benchmarks/evidence_weight.py {' '.join(sys.argv[1:])}`", "",
-        f"{datetime.date.today()}, git {git}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. Model "
+        command(__file__), "",
+        f"{provenance(started)}. Model "
         f"`{model_dir}` (LiteRT int8, threshold {threshold:.2f}, training fraction "
         f"{training:.3f}); the field samples at the default prior "
         f"{metadata.get('default_prior')}, the real QSOs and rendered rows at 0.3. The "
@@ -122,9 +108,7 @@ def main():
         "source check at nominal / noisier depth, counted as misses).", "", *lines, "",
         "The rendered rows the source check refuses (below S/N 5 in the five bands together, "
         "4 in r and 5 in every other band), by their combined S/N:", "", *refusal, ""])
-    print(text)
-    if args.out is not None:
-        write_text_atomically(args.out, text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,9 @@ within 0.05 mag.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import datetime
 import gzip
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -35,7 +30,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from starqso._util.atomic import write_text_atomically  # noqa: E402
+from report import catalogue_arguments, command, provenance, publish  # noqa: E402
 
 BANDS = ("u", "g", "r", "i", "z")
 COLOURS = ("u-g", "g-r", "r-i", "i-z")
@@ -64,11 +59,7 @@ def cells(errors):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--catalog", type=pathlib.Path, required=True,
-                        help="sdss_photometry_labelled.csv.gz (real SDSS rows)")
-    parser.add_argument("--out", type=pathlib.Path, default=None, help="results markdown")
-    args = parser.parse_args()
+    args = catalogue_arguments(__doc__.splitlines()[0])
     from starqso.simulate.spectra import galaxy_mix, galaxy_spectrum, photometer
 
     started = time.perf_counter()
@@ -97,19 +88,14 @@ def main():
         lines.append(f"| {name} | {int(inside.sum())} | five-template mix | "
                      f"{cells(mix_errors[inside])} | {matched[inside].mean():.3f} |")
         lines.append(f"| {name} | | best single template | {cells(single_errors[inside])} | |")
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     text = "\n".join([
         "# Galaxy spectra against real SDSS galaxy colours", "",
-        f"`python benchmarks/galaxy_spectra.py {' '.join(sys.argv[1:])}`", "",
-        f"{datetime.date.today()}, git {git}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. {len(redshift)} real "
+        command(__file__), "",
+        f"{provenance(started)}. {len(redshift)} real "
         "GALAXY rows (SDSS model magnitudes, spectroscopic redshift > 0). Colour error: "
         "|template colour - row colour| in magnitudes, before the simulator's smooth "
         "correction onto the row.", "", *lines, ""])
-    print(text)
-    if args.out is not None:
-        write_text_atomically(args.out, text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

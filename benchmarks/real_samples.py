@@ -87,3 +87,15 @@ def p_at(sample, shift, training, ramp=None):
     if ramp is None or ramp[0] is not None:
         p = temper(p, evidence_weight(combined_snr(sample["snr"]), ramp), training)
     return apply_prior(p, shift)
+
+
+def scored_samples(args):
+    """The model of ``--model`` and the samples of ``--data`` classified once, as a dict:
+    ``model_dir``, ``metadata``, ``threshold`` (the model's), ``training``, ``sky_shift``,
+    ``qso_shift`` (:func:`shifts`) and ``samples`` (:func:`classified_samples`)."""
+    model_dir, metadata, predictor = open_scored_model(args.model)
+    training, sky_shift, qso_shift = shifts(metadata)
+    return {"model_dir": model_dir, "metadata": metadata,
+            "threshold": float(metadata["threshold"]), "training": training,
+            "sky_shift": sky_shift, "qso_shift": qso_shift,
+            "samples": classified_samples(args.data, predictor, metadata)}

@@ -21,14 +21,9 @@ the seeds), the 3x3 confusion matrix (seed 0, all folds), and per-class F1 by r 
 
 from __future__ import annotations
 
-import argparse
 import csv
-import datetime
 import gzip
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -37,7 +32,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from starqso._util.atomic import write_text_atomically  # noqa: E402
+from report import catalogue_arguments, command, provenance, publish  # noqa: E402
 
 CLASSES = ("STAR", "QSO", "GALAXY")
 BANDS = ("u", "g", "r", "i", "z")
@@ -93,11 +88,7 @@ def scores(y, predicted):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--catalog", type=pathlib.Path, required=True,
-                        help="sdss_photometry_labelled.csv.gz (real SDSS rows)")
-    parser.add_argument("--out", type=pathlib.Path, default=None, help="results markdown")
-    args = parser.parse_args()
+    args = catalogue_arguments(__doc__.splitlines()[0])
     from sklearn.metrics import confusion_matrix, f1_score
 
     started = time.perf_counter()
@@ -128,13 +119,10 @@ def main():
                                  average=None, zero_division=0)
             by_r.append(f"| {name} | {lo:g}-{hi:g} | {int(inside.sum())} | "
                         + " | ".join(f"{v:.3f}" for v in per_class) + " |")
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     text = "\n".join([
         "# Three classes from the catalogue alone (real SDSS rows)", "",
-        f"`python benchmarks/three_class_catalogue.py {' '.join(sys.argv[1:])}`", "",
-        f"{datetime.date.today()}, git {git}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. {len(y)} real rows "
+        command(__file__), "",
+        f"{provenance(started)}. {len(y)} real rows "
         f"({counts}; {skipped} with a sentinel magnitude left out), SDSS model magnitudes; "
         f"stratified 5-fold cross-validation, seeds {', '.join(map(str, SEEDS))} (mean ± "
         "standard deviation over the seeds).", "",
@@ -146,9 +134,7 @@ def main():
         "## Per-class F1 by r (model magnitude; seed 0)", "",
         "| classifier | r | n | F1 STAR | F1 QSO | F1 GALAXY |", "|---|---|---|---|---|---|",
         *by_r, ""])
-    print(text)
-    if args.out is not None:
-        write_text_atomically(args.out, text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,7 @@ and galaxy (refused rows lowest).
 
 from __future__ import annotations
 
-import datetime
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -34,8 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from quality_flags import crop, luptitudes_to_nanomaggies  # noqa: E402 - same KB conversion
 from real_fields import SIZE, auc, classify, has, rate  # noqa: E402 - predict's core, as there
 from real_samples import open_scored_model, parse_arguments  # noqa: E402
-
-from starqso._util.atomic import write_text_atomically  # noqa: E402
+from report import command, provenance, publish  # noqa: E402
 
 
 def answers(result, threshold):
@@ -109,13 +104,10 @@ def main():
     others = np.concatenate([scores(results["field sources"]),
                              scores(results["real_galaxies_dev"])])
     qso_auc = auc(scores(results["qso"]), others)
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     text = "\n".join([
         "# Three classes on real SDSS pixels", "",
-        f"`python benchmarks/three_class_real.py {' '.join(sys.argv[1:])}`", "",
-        f"{datetime.date.today()}, git {git}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. Model `{model_dir}` "
+        command(__file__), "",
+        f"{provenance(started)}. Model `{model_dir}` "
         f"(LiteRT int8, classes {'/'.join(classes)}, threshold {threshold:g}, default prior "
         f"{settings['prior']:g}). "
         + ("Two classes: GALAXY here is the EXTENDED quality bit." if len(classes) == 2
@@ -124,9 +116,7 @@ def main():
         f"AUC of p_qso, the real high-z QSOs against every real star and galaxy above "
         f"({len(others)} cutouts): {qso_auc:.4f}.", "",
         "Per field:", "", *per_field, ""])
-    print(text)
-    if args.out is not None:
-        write_text_atomically(args.out, text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

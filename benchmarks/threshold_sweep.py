@@ -21,11 +21,7 @@ threshold meets every bar, calibration cannot, and the model has to separate bet
 
 from __future__ import annotations
 
-import datetime
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -33,15 +29,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from real_samples import (  # noqa: E402
-    classified_samples,
-    open_scored_model,
-    p_at,
-    parse_arguments,
-    shifts,
-)
-
-from starqso._util.atomic import write_text_atomically  # noqa: E402
+from real_samples import p_at, parse_arguments, scored_samples  # noqa: E402
+from report import command, provenance, publish  # noqa: E402
 
 THRESHOLDS = (0.5, 0.46, 0.44, 0.42, 0.41, 0.4, 0.38, 0.35, 0.32)
 
@@ -53,10 +42,10 @@ def main():
     from sklearn.metrics import f1_score
 
     started = time.perf_counter()
-    model_dir, metadata, predictor = open_scored_model(args.model)
-    own = float(metadata["threshold"])
-    training, sky_shift, qso_shift = shifts(metadata)
-    samples = classified_samples(args.data, predictor, metadata)
+    scored = scored_samples(args)
+    model_dir, metadata, own = scored["model_dir"], scored["metadata"], scored["threshold"]
+    training, sky_shift, qso_shift = scored["training"], scored["sky_shift"], scored["qso_shift"]
+    samples = scored["samples"]
     labels = samples["nominal"]["labels"]
     qso_r, qso_z = samples["qso"]["r"], samples["qso"]["redshift"]
 
@@ -88,21 +77,16 @@ def main():
             inside = (qso_z >= z_lo) & (qso_z < z_hi) & (qso_r >= r_lo) & (qso_r < r_hi)
             cells.append(f"{found[inside].mean():.2f} (n {int(inside.sum())})")
         by_r.append(f"| {z_lo:g}-{z_hi:g} | " + " | ".join(cells) + " |")
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     text = "\n".join([
         "# The label threshold against the real-data rows", "",
-        f"`python benchmarks/threshold_sweep.py {' '.join(sys.argv[1:])}`", "",
-        f"{datetime.date.today()}, git {git}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {time.perf_counter() - started:.0f} s. Model `{model_dir}` "
+        command(__file__), "",
+        f"{provenance(started)}. Model `{model_dir}` "
         f"(LiteRT int8, threshold {own:g}, training fraction {training:.3f}); field samples "
         f"at the default prior {metadata.get('default_prior')}, real QSOs and rendered rows "
         "at 0.3.", "",
         *lines, "", f"Real high-z QSOs found at prior 0.3 and threshold {own:g}, by redshift "
         "and r (the cutouts' catalogue r):", "", *by_r, ""])
-    print(text)
-    if args.out is not None:
-        write_text_atomically(args.out, text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -265,8 +265,7 @@ def galaxy_mix(target_mags, redshift):
 
     Returns:
         ``(mix, templates)``: (5,) non-negative weights and :func:`galaxy_templates_at`'s
-        (5, N) spectra; ``mix @ templates`` is the fitted spectrum. When no mix fits (all
-        weights 0), the one template that fits best.
+        (5, N) spectra; ``mix @ templates`` is the fitted spectrum.
     """
     from scipy.optimize import nnls
 
@@ -274,11 +273,8 @@ def galaxy_mix(target_mags, redshift):
     bands = photometer().nanomaggies(templates).T  # (5 bands, 5 templates), r = 1
     target = 10.0 ** (-0.4 * (np.asarray(target_mags, np.float64) - 22.5))
     weight = 1.0 / (target * GALAXY_FIT_ERRORS)
+    # Positive fluxes and non-negative templates: the fit is never all zero.
     mix, _ = nnls(bands * weight[:, None], target * weight, maxiter=500)
-    if not mix.any():
-        residual = [np.sum((weight * (target - bands[:, k] * target[2])) ** 2)
-                    for k in range(len(mix))]
-        mix[np.argmin(residual)] = target[2]
     return mix, templates
 
 
