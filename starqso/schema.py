@@ -226,11 +226,14 @@ SDSS = Survey(
     unit_aliases=("nanomaggies",),
     extinction_coefficients=(4.239, 3.303, 2.285, 1.698, 1.263),
 )
-#: Star or quasar: STAR 0, QSO 1.
+#: Star or quasar: STAR 0, QSO 1 (the two-class models, the shipped one among them).
 CLASSES = ClassList(("STAR", "QSO"))
+#: Star, quasar or galaxy: STAR 0, QSO 1, GALAXY 2 (the same codes as :data:`CLASSES` for
+#: the first two, so a label's code does not depend on the model).
+THREE_CLASSES = ClassList(("STAR", "QSO", "GALAXY"))
 #: The surveys and class lists this release's models may be trained on and read.
 SUPPORTED_SURVEYS = (SDSS,)
-SUPPORTED_CLASSES = (CLASSES,)
+SUPPORTED_CLASSES = (CLASSES, THREE_CLASSES)
 
 # --- images ------------------------------------------------------------------------------------
 
@@ -272,13 +275,17 @@ SPECTRUM_CHANNELS = 2
 
 # --- labels and decisions ----------------------------------------------------------------------
 
-# Class names in the order of their integer codes (STAR 0, QSO 1): a model's output is
-# p(CLASS_NAMES[1]) = p(QSO); catalogue ``label`` cells are one of these or blank.
+# The two-class models' names in the order of their integer codes (STAR 0, QSO 1): a
+# two-class model's output is p(CLASS_NAMES[1]) = p(QSO).
 CLASS_NAMES = CLASSES.names
+# Every label a catalogue ``label`` cell may hold (or blank), in the order of their codes.
+LABEL_NAMES = THREE_CLASSES.names
 # Integer code of an object without a (known) label.
 UNKNOWN_LABEL = -1
-# Catalogue label -> integer label of the arrays: {"STAR": 0, "QSO": 1, "": -1}.
-LABEL_CODES = {**{name: code for code, name in enumerate(CLASS_NAMES)}, "": UNKNOWN_LABEL}
+# Catalogue label -> integer label of the arrays: {"STAR": 0, "QSO": 1, "GALAXY": 2, "": -1}.
+LABEL_CODES = {**{name: code for code, name in enumerate(LABEL_NAMES)}, "": UNKNOWN_LABEL}
+# The class name QSO, whose probability every output keeps as ``p_qso``.
+QSO_CLASS = "QSO"
 # p(QSO) at or above which an object is called QSO, unless a model's metadata says otherwise.
 DEFAULT_THRESHOLD = 0.5
 

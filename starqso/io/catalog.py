@@ -49,7 +49,7 @@ from astropy.table import Column, Table
 from starqso._util.atomic import write_bytes_atomically
 from starqso.errors import InputError
 from starqso.io._fits import check_readable_file, hdu_data, hdulist_bytes, open_fits
-from starqso.schema import BANDS, CLASS_NAMES
+from starqso.schema import BANDS, LABEL_NAMES
 
 CATALOG_COLUMNS = ("id", "image", "spectrum", "label", "redshift", *BANDS)
 
@@ -252,10 +252,10 @@ def _normalised_column(name: str, column, path: str, from_csv: bool):
         if name == "label":
             texts = [text.upper() for text in texts]
             for row, label in enumerate(texts, start=1):
-                if label and label not in CLASS_NAMES:
+                if label and label not in LABEL_NAMES:
                     raise InputError(
-                        f"catalogue label must be STAR, QSO or blank. Received: {label!r} at "
-                        f"row {row} in file {path}"
+                        f"catalogue label must be {', '.join(LABEL_NAMES)} or blank. "
+                        f"Received: {label!r} at row {row} in file {path}"
                     )
         return np.array(texts, dtype=str)
     if getattr(column, "dtype", None) is not None and column.dtype.kind == "S":
