@@ -533,7 +533,7 @@ BAD_CATALOGS = {
     "header_only": ("cat.csv", "id,image\n", "has no rows"),
     "zero_bytes": ("cat.csv", "", "empty"),
     "unknown_extension": ("cat.txt", "id,image\n1,a\n", "must end in .csv"),
-    "bad_label": ("cat.csv", "id,image,label\n1,a,galaxy\n", "'GALAXY' at row 1"),
+    "bad_label": ("cat.csv", "id,image,label\n1,a,planet\n", "'PLANET' at row 1"),
     "bad_number": ("cat.csv", "id,image,redshift\n1,a,high\n", "'high' at row 1"),
     "blank_id": ("cat.csv", "id,image\n1,a\n ,b\n", "blank id at row 2"),
     "ragged": ("cat.csv", "id,image\n1,a,extra\n", "line 2 has 3 fields"),

@@ -116,8 +116,9 @@ def _predict(*args):
     ({"survey": OTHER_SURVEY.to_dict()},
      ("survey LSST (u g r i z y, 0.2 arcsec/px, nJy)", "SDSS (u g r i z, 0.396 arcsec/px",
       "survey='LSST'")),
-    ({"classes": {"names": ["STAR", "QSO", "GALAXY"]}},
-     ("classes STAR/QSO/GALAXY", "STAR/QSO models only", "'GALAXY'")),
+    ({"classes": {"names": ["STAR", "QSO", "WHITE_DWARF"]}},
+     ("classes STAR/QSO/WHITE_DWARF", "STAR/QSO or STAR/QSO/GALAXY models only",
+      "'WHITE_DWARF'")),
     ({"survey": {**SDSS.to_dict(), "pixel_scale_arcsec": "0.396"}},
      ("metadata.json must give survey and classes", "pixel_scale_arcsec", "'0.396'")),
 ])
