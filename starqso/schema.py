@@ -286,6 +286,17 @@ UNKNOWN_LABEL = -1
 LABEL_CODES = {**{name: code for code, name in enumerate(LABEL_NAMES)}, "": UNKNOWN_LABEL}
 # The class name QSO, whose probability every output keeps as ``p_qso``.
 QSO_CLASS = "QSO"
+
+
+def output_name(num_classes: int) -> str:
+    """The name of a deployed model's output: ``"p_qso"`` (N, 1) for a two-class model,
+    ``"probabilities"`` (N, K) in class-list order for K >= 3 classes.
+
+    Example:
+        >>> output_name(2), output_name(3)
+        ('p_qso', 'probabilities')
+    """
+    return "p_qso" if num_classes == 2 else "probabilities"
 # p(QSO) at or above which an object is called QSO, unless a model's metadata says otherwise.
 DEFAULT_THRESHOLD = 0.5
 

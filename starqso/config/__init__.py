@@ -39,6 +39,7 @@ from starqso._util.atomic import write_text_atomically
 from starqso.config.fields import (
     check_fields,
     choice,
+    class_names,
     fail,
     flag,
     fwhm_tuple,
@@ -135,6 +136,10 @@ class ModelConfig:
     # exported inside the model for `starqso embed` (none: no head, the vector alone)
     metric_loss: str = setting("none", choice(METRIC_LOSSES))
     metric_dim: int = setting(32, integer(minimum=2))  # the head's unit-norm embedding
+    # the classes every stage tells apart (starqso.schema.SUPPORTED_CLASSES), in the order of
+    # their codes: [STAR, QSO] (sigmoid heads, p(QSO)) or [STAR, QSO, GALAXY] (softmax
+    # heads); training objects of another class are left out of the classifiers
+    classes: tuple[str, ...] = setting(("STAR", "QSO"), class_names())
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
@@ -185,6 +190,11 @@ class DataConfig:
     # survey's range (starqso.simulate.brightness.HIGH_Z_R_RANGE) instead of a catalogue
     # high-z QSO's (median r 20.8): otherwise a bright source with high-z colours means a star
     high_z_magnitude_fraction: float = setting(0.0, number(minimum=0, maximum=1))
+    # the fraction of simulated objects that are galaxies (bulge + disc Sersic profiles with
+    # real catalogue colours and kcorrect fibre spectra: starqso.simulate.galaxies), drawn
+    # from a side stream so that 0 keeps the simulation as it was; needs model.classes with
+    # GALAXY
+    galaxy_fraction: float = setting(0.0, number(minimum=0, maximum=1, open_max=True))
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
@@ -269,6 +279,11 @@ def _check_run(config: RunConfig) -> None:
         raise InputError(
             f"model.shared_trunk reads the GAN generator's trunk embedding, so it needs "
             f"model.generator: gan. Received: model.generator={model.generator}")
+    if data.galaxy_fraction > 0 and "GALAXY" not in model.classes:
+        raise InputError(
+            f"data.galaxy_fraction simulates galaxies, which a model of classes "
+            f"{', '.join(model.classes)} does not tell apart; set model.classes: [STAR, QSO, "
+            f"GALAXY]. Received: {data.galaxy_fraction!r}")
     if data.cutout_size < model.image_size:
         raise InputError(
             f"data.cutout_size must be >= model.image_size ({model.image_size}) because cutouts "

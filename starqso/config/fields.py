@@ -89,6 +89,14 @@ def int_tuple() -> Check:  # stored as a tuple
                   and len(v) > 0 and all(_is_int(item) and item >= 1 for item in v), tuple)
 
 
+def class_names() -> Check:  # stored as a tuple; one of the class lists models may tell apart
+    from starqso.schema import SUPPORTED_CLASSES
+
+    known = [list(classes.names) for classes in SUPPORTED_CLASSES]
+    return _check(f"one of {' or '.join(map(str, known))}",
+                  lambda v: isinstance(v, (list, tuple)) and list(v) in known, tuple)
+
+
 def flag() -> Check:
     return _check("true or false", lambda v: isinstance(v, bool))
 

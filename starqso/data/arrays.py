@@ -185,7 +185,7 @@ class ObjectArrays:
                         workers: int | None = None,
                         progress: Callable[[int], None] | None = None,
                         backgrounds=None, reddening=None, crowding=None,
-                        brightness=None) -> ObjectArrays:
+                        brightness=None, galaxy_fraction: float = 0.0) -> ObjectArrays:
         """Simulate objects ``0 .. num_objects-1`` of ``seed`` as in-memory arrays, no files.
 
         Object ``i`` is :func:`starqso.simulate.simulate_object` ``(i, seed, cutout_size,
@@ -214,6 +214,8 @@ class ObjectArrays:
                 fraction of the objects), or None for none.
             brightness: a :class:`starqso.simulate.brightness.Brightness` (r magnitudes of a
                 fraction of the objects drawn from both classes alike), or None for none.
+            galaxy_fraction: probability that an object is a GALAXY (label code 2) instead,
+                drawn from a side stream (:func:`starqso.simulate.simulate_object`); 0: none.
 
         Raises:
             InputError: for an out-of-range argument.
@@ -232,6 +234,9 @@ class ObjectArrays:
                              f"Received: {image_size}")
         if qso_fraction is not None and not 0.0 <= qso_fraction <= 1.0:
             raise InputError(f"QSO fraction must be within [0, 1]. Received: {qso_fraction}")
+        if not 0.0 <= galaxy_fraction < 1.0:
+            raise InputError(f"galaxy fraction must be within [0, 1). Received: "
+                             f"{galaxy_fraction}")
         if workers is not None and workers < 1:
             raise InputError(f"workers must be at least 1. Received: {workers}")
         if workers is None:
@@ -242,7 +247,7 @@ class ObjectArrays:
         id_width = max(6, len(str(num_objects - 1)))  # as simulate_survey, so ids match its files
         tasks = [(cls, range(start, min(start + chunk, num_objects)), seed, image_size,
                   cutout_size, qso_fraction, id_width, backgrounds, reddening, crowding,
-                  brightness)
+                  brightness, galaxy_fraction)
                  for start in range(0, num_objects, chunk)]
         workers = min(workers, len(tasks))
         executor = None

@@ -35,6 +35,8 @@ def simulation_cache_path(folder, num_objects, seed, image_size, cutout_size, qs
         key += ["brightness", brightness.fraction]
     if brightness is not None and brightness.high_z_fraction > 0:  # likewise
         key += ["high_z_magnitudes", brightness.high_z_fraction]
+    if kwargs.get("galaxy_fraction", 0) > 0:  # likewise
+        key += ["galaxies", kwargs["galaxy_fraction"]]
     digest = hashlib.sha256(json.dumps(key).encode())
     package = importlib.resources.files("starqso")
     for part in ("simulate", "resources"):
@@ -50,14 +52,14 @@ def simulate_chunk(task):
     """Objects ``indices`` of a simulation as arrays (a worker of ``from_simulation``), of the
     task's class ``cls`` (:class:`~starqso.data.ObjectArrays`)."""
     (cls, indices, seed, image_size, cutout_size, qso_fraction, id_width, source, reddening,
-     crowding, brightness) = task
+     crowding, brightness, galaxy_fraction) = task
     # Each worker reads the backgrounds once (BackgroundSource.load is cached).
     backgrounds = None if source is None else source.load(cutout_size)
     fraction = 0.0 if source is None else source.fraction
     objects = [simulate_object(index, seed, cutout_size, qso_fraction, id_width=id_width,
                                backgrounds=backgrounds, background_fraction=fraction,
                                reddening=reddening, crowding=crowding,
-                               brightness=brightness)
+                               brightness=brightness, galaxy_fraction=galaxy_fraction)
                for index in indices]
     arrays = cls.empty([obj.id for obj in objects], image_size)
     for row, obj in enumerate(objects):

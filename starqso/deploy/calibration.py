@@ -26,6 +26,13 @@ THRESHOLD = DEFAULT_THRESHOLD
 # trained at 30% overstates every faint star's chance of being a QSO; 0.02 is the middle of
 # that range.
 SKY_QSO_PRIOR = 0.02
+# The class mix `starqso predict` corrects a three-class model to by default (STAR takes the
+# rest): the sky's at high Galactic latitude and SDSS depth (r < 21). QSOs as above; galaxies
+# are about two thirds of the sources there (SDSS galaxy counts, Yasuda et al. 2001, AJ 122,
+# 1104: some 5,000-7,000 per deg^2 to r = 21, against 2,000-3,000 stars per deg^2 at
+# |b| > 45 deg, Juric et al. 2008, ApJ 673, 864), and 0.6 keeps the stars' share on the
+# generous side.
+SKY_CLASS_PRIOR = {"QSO": SKY_QSO_PRIOR, "GALAXY": 0.6}
 # The temperature is searched in [1/20, 20] (on log T): beyond that a model is broken, not
 # miscalibrated.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -82,6 +89,79 @@ def fit_temperature(labels, probabilities, bounds=TEMPERATURE_BOUNDS):
     return float(np.exp(result.x))
 
 
+def _class_nll(codes, log_p, temperature):
+    z = log_p / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_q[np.arange(len(codes)), codes]))
+
+
+def _class_logs(probabilities):
+    # Clipped as the TemperatureScaling layer clips its (N, K) input.
+    return np.log(np.clip(np.asarray(probabilities, np.float64), EPSILON, 1.0))
+
+
+def calibrate_classes(probabilities, temperature) -> np.ndarray:
+    """``softmax(log(p) / T)`` of (N, K) class probabilities, float64, as the
+    :class:`~starqso.models.TemperatureScaling` layer computes it (p clipped to [EPSILON, 1]).
+
+    Example:
+        >>> calibrate_classes([[0.5, 0.25, 0.25]], 1.0).round(3).tolist()
+        [[0.5, 0.25, 0.25]]
+    """
+    z = _class_logs(probabilities) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def fit_class_temperature(labels, probabilities, bounds=TEMPERATURE_BOUNDS):
+    """:func:`fit_temperature` for (N, K) class probabilities: the T minimising the NLL of
+    ``softmax(log(p) / T)`` against integer ``labels`` (at least two classes present).
+
+    Example:
+        >>> fit_class_temperature([0, 1, 2, 0], [[0.98, 0.01, 0.01], [0.01, 0.98, 0.01],
+        ...                                      [0.98, 0.01, 0.01], [0.01, 0.01, 0.98]]) > 1
+        True
+    """
+    from scipy.optimize import minimize_scalar
+
+    codes = np.asarray(labels, np.int64).ravel()
+    log_p = _class_logs(probabilities)
+    if log_p.ndim != 2 or len(codes) != len(log_p) or len(codes) < 2 or len(
+            np.unique(codes)) < 2:
+        raise InputError(f"temperature scaling needs labelled objects of at least two classes. "
+                         f"Received: {len(codes)} objects, classes "
+                         f"{sorted(set(codes.tolist()))}")
+    result = minimize_scalar(lambda log_t: _class_nll(codes, log_p, np.exp(log_t)),
+                             bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+                             options={"xatol": 1e-6})
+    return float(np.exp(result.x))
+
+
+def class_decisions(probabilities, threshold) -> np.ndarray:
+    """Integer classes of (N, K) probabilities: QSO (code 1) where p(QSO) >= ``threshold``,
+    else the most probable other class.
+
+    Example:
+        >>> class_decisions([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6]], 0.25).tolist()
+        [1, 1]
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    others = probabilities.copy()
+    others[:, 1] = -np.inf
+    return np.where(probabilities[:, 1] >= threshold, 1, others.argmax(axis=1))
+
+
+def class_macro_f1(labels, predicted, count) -> float:
+    """Macro-F1 over ``count`` classes (0 for a class neither present nor predicted)."""
+    scores = []
+    for positive in range(count):
+        tp = np.sum((predicted == positive) & (labels == positive))
+        wrong = np.sum((predicted == positive) != (labels == positive))
+        scores.append(2 * tp / (2 * tp + wrong) if 2 * tp + wrong else 0.0)
+    return float(np.mean(scores))
+
+
 def macro_f1(labels, predicted):
     scores = []
     for positive in (1, 0):
@@ -107,8 +187,15 @@ def choose_threshold(labels, probabilities, grid=THRESHOLD_GRID):
         (0.61, 1.0)
     """
     labels = np.asarray(labels).ravel().astype(np.int64)
-    probabilities = np.asarray(probabilities, np.float64).ravel()
-    scores = [macro_f1(labels, (probabilities >= t).astype(np.int64)) for t in grid]
+    probabilities = np.asarray(probabilities, np.float64)
+    if probabilities.ndim == 2 and probabilities.shape[1] > 1:
+        # K classes: QSO at p(QSO) >= t, else the more probable other class; macro-F1 over K.
+        count = probabilities.shape[1]
+        scores = [class_macro_f1(labels, class_decisions(probabilities, t), count)
+                  for t in grid]
+    else:
+        probabilities = probabilities.ravel()
+        scores = [macro_f1(labels, (probabilities >= t).astype(np.int64)) for t in grid]
     best = max(scores)
     chosen = min((abs(t - 0.5), t) for t, score in zip(grid, scores, strict=False)
                  if score >= best - 1e-12)[1]
@@ -130,11 +217,17 @@ def fit_calibration(raw_model, objects, held_name, log, chosen=None):
 
     ``chosen``: a fine-tuning run's calibration (:func:`starqso.training.finetune.select_model`:
     temperature, threshold, its rule, training QSO fraction and default prior), used as it is.
+    A model of three or more classes (``raw_model.num_classes``) is calibrated by
+    :func:`fit_class_calibration`.
 
     Returns ``(the export_check.json "calibration" entry, temperature)``.
     """
+    count = getattr(raw_model, "num_classes", 2)
+    if count > 2:
+        return fit_class_calibration(raw_model, objects, held_name, log, count)
+
     def labelled(arrays):
-        known = arrays.labels >= 0
+        known = (arrays.labels >= 0) & (arrays.labels < count)
         if not known.any():
             return None, None
         images = arrays.images[known]
@@ -143,7 +236,7 @@ def fit_calibration(raw_model, objects, held_name, log, chosen=None):
         return arrays.labels[known].astype(np.int64), raw
 
     train_labels = objects["train"].labels
-    train_labels = train_labels[train_labels >= 0]
+    train_labels = train_labels[(train_labels >= 0) & (train_labels < count)]
     if not train_labels.size:
         raise InputError("the run's training split has no labelled objects; export needs them "
                          "for the training QSO fraction")
@@ -194,4 +287,83 @@ def fit_calibration(raw_model, objects, held_name, log, chosen=None):
     log(f"calibration: temperature {temperature:.3f}, ECE {shown['ece_before']:.4f} -> "
         f"{shown['ece_after']:.4f} ({'test' if 'test' in entry else 'validation'}), threshold "
         f"{threshold:.2f} (macro-F1 {macro_f1:.4f} on validation)")
+    return entry, temperature
+
+
+def fit_class_calibration(raw_model, objects, held_name, log, count):
+    """:func:`fit_calibration` for a model of ``count`` >= 3 classes: one temperature on the
+    softmax logits (:func:`fit_class_temperature`) and the p(QSO) threshold of
+    :func:`choose_threshold` (macro-F1 over the classes), the training class fractions and
+    the default prior vector :data:`SKY_CLASS_PRIOR`.
+
+    Returns ``(the export_check.json "calibration" entry, temperature)``.
+    """
+    from starqso.schema import LABEL_NAMES
+
+    names = LABEL_NAMES[:count]
+
+    def labelled(arrays):
+        known = (arrays.labels >= 0) & (arrays.labels < count)
+        if not known.any():
+            return None, None
+        raw = np.asarray(raw_model.predict({"image": arrays.images[known]}, batch_size=512,
+                                           verbose=0), np.float64).reshape(-1, count)
+        return arrays.labels[known].astype(np.int64), raw
+
+    train_labels = objects["train"].labels
+    train_labels = train_labels[(train_labels >= 0) & (train_labels < count)]
+    if not train_labels.size:
+        raise InputError("the run's training split has no labelled objects; export needs them "
+                         "for the training class fractions")
+    fractions = np.bincount(train_labels, minlength=count) / train_labels.size
+    labels, raw = labelled(objects["validation"])
+    if labels is None or len(np.unique(labels)) < 2:
+        raise InputError(f"the run's validation split needs labelled objects of at least two "
+                         f"of the classes {', '.join(names)} to fit the temperature and the "
+                         f"threshold of the export")
+    temperature = fit_class_temperature(labels, raw)
+    if not TEMPERATURE_BOUNDS[0] * 1.01 < temperature < TEMPERATURE_BOUNDS[1] / 1.01:
+        log(f"warning: the fitted temperature {temperature:.3g} is at the edge of its range "
+            f"{TEMPERATURE_BOUNDS} ({labels.size} validation objects)")
+    calibrated = calibrate_classes(raw, temperature)
+    threshold, best = choose_threshold(labels, calibrated)
+    entry = {
+        "fitted_on": {"split": "validation", "objects": int(labels.size),
+                      "class_fractions": {name: float(np.mean(labels == code))
+                                          for code, name in enumerate(names)}},
+        "temperature": temperature, "threshold": threshold,
+        "threshold_rule": THRESHOLD_RULE.replace("macro-F1 of the calibrated p(QSO)",
+                                                 "macro-F1 over the classes (QSO at p(QSO) >= "
+                                                 "t, else the more probable other class)"),
+        "training_qso_fraction": float(fractions[1]),
+        "training_class_fractions": {name: float(value)
+                                     for name, value in zip(names, fractions, strict=True)},
+        "default_prior": {name: SKY_CLASS_PRIOR[name] for name in names[1:]},
+    }
+
+    def scores(labels, raw, calibrated):
+        def ece(probabilities):
+            return float(np.mean([classification_metrics(labels == code, probabilities[:, code],
+                                                         0.5)["ece"]
+                                  for code in range(count)]))
+
+        return {"objects": int(labels.size),
+                "ece_before": ece(raw), "ece_after": ece(calibrated),
+                "nll_before": _class_nll(labels, _class_logs(raw), 1.0),
+                "nll_after": _class_nll(labels, _class_logs(raw), temperature),
+                "macro_f1_at_0.5": class_macro_f1(labels, class_decisions(raw, 0.5), count),
+                "macro_f1_at_threshold": class_macro_f1(
+                    labels, class_decisions(calibrated, threshold), count)}
+
+    entry["validation"] = scores(labels, raw, calibrated)
+    if held_name == "test":
+        test_labels, test_raw = labelled(objects["check"])
+        if test_labels is not None:
+            entry["test"] = scores(test_labels, test_raw,
+                                   calibrate_classes(test_raw, temperature))
+    shown = entry.get("test", entry["validation"])
+    log(f"calibration: temperature {temperature:.3f}, mean per-class ECE "
+        f"{shown['ece_before']:.4f} -> {shown['ece_after']:.4f} "
+        f"({'test' if 'test' in entry else 'validation'}), threshold {threshold:.2f} "
+        f"(macro-F1 over {count} classes {best:.4f} on validation)")
     return entry, temperature

@@ -52,7 +52,12 @@ import numpy as np
 from starqso._util.atomic import replace_folder, write_json_atomically, write_text_atomically
 from starqso._util.ownership import output_folder
 from starqso.data.arrays import ObjectArrays
-from starqso.deploy.calibration import THRESHOLD, finetune_calibration, fit_calibration
+from starqso.deploy.calibration import (
+    THRESHOLD,
+    class_decisions,
+    finetune_calibration,
+    fit_calibration,
+)
 from starqso.deploy.keras_file import check_keras_file
 from starqso.deploy.metadata import data_model_metadata
 from starqso.deploy.model_card import SELECTION_FILE, model_card, quality_card, quality_reference
@@ -68,6 +73,7 @@ from starqso.errors import InputError
 from starqso.evaluation.metrics import selection_csv_text
 from starqso.inference import LiteRTPredictor
 from starqso.io.safe_read import file_sha256
+from starqso.schema import CLASSES, THREE_CLASSES, output_name
 from starqso.training.run_folder import RunFolder
 
 #: Every name ``export`` writes into its folder: an existing export folder holding anything
@@ -78,6 +84,17 @@ EXPORT_FILES = ("starqso_classifier.keras", "saved_model", "export_check.json",
 
 
 def _agreement(reference, other, threshold=THRESHOLD):
+    """Max and mean |dp| and label agreement of a format's output against Keras': p(QSO)
+    (N,), or class probabilities (N, K) labelled by :func:`class_decisions`."""
+    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    if reference.ndim == 2 and reference.shape[1] > 1:
+        other = other.reshape(reference.shape)
+        return {
+            "max_abs_diff": float(np.max(np.abs(reference - other))),
+            "mean_abs_diff": float(np.mean(np.abs(reference - other))),
+            "label_agreement": float(np.mean(class_decisions(reference, threshold)
+                                              == class_decisions(other, threshold))),
+        }
     reference, other = np.ravel(reference), np.ravel(other)
     return {
         "max_abs_diff": float(np.max(np.abs(reference - other))),
@@ -221,7 +238,15 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
                                                        finetune_calibration(folder))
     model = CalibratedClassifier(raw_model, temperature, name="starqso_calibrated")
     threshold = calibration_results["threshold"]
-    reference = np.asarray(model.predict({"image": check}, batch_size=512, verbose=0)).ravel()
+    count = model.num_classes
+    classes = THREE_CLASSES if count == 3 else CLASSES
+
+    def outputs(values):
+        """A model's output as (N,) p(QSO) for two classes, (N, K) otherwise."""
+        values = np.asarray(values, np.float64)
+        return values.reshape(-1) if count == 2 else values.reshape(-1, count)
+
+    reference = outputs(model.predict({"image": check}, batch_size=512, verbose=0))
 
     def build(staging):
         staging = pathlib.Path(staging)
@@ -232,7 +257,7 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
         write_saved_model(model, staging / "saved_model")
         served = tf.saved_model.load(str(staging / "saved_model")).signatures["serving_default"]
         saved_p = np.concatenate([
-            served(image=tf.constant(check[i:i + 512]))["p_qso"].numpy().ravel()
+            outputs(served(image=tf.constant(check[i:i + 512]))[output_name(count)].numpy())
             for i in range(0, len(check), 512)])
         results = {"saved_model": _agreement(reference, saved_p, threshold)}
         log(f"saved_model: max |dp| {results['saved_model']['max_abs_diff']:.2e}")
@@ -244,7 +269,7 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
             if variant == "fp32":
                 keep_float = float_nodes(path.read_bytes())
             predictor = LiteRTPredictor(path)
-            litert_p = np.concatenate([predictor(check[i:i + 256])
+            litert_p = np.concatenate([outputs(predictor(check[i:i + 256]))
                                        for i in range(0, len(check), 256)])
             results[f"model_{variant}.tflite"] = {**_agreement(reference, litert_p, threshold),
                                                   "bytes": path.stat().st_size}
@@ -261,9 +286,11 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
             "qso_fraction": float(np.mean(check_arrays.labels == 1))}
         results["calibration"] = calibration_results
         metadata = {
-            **data_model_metadata(model.image_size), "threshold": threshold,
+            **data_model_metadata(model.image_size, classes), "threshold": threshold,
             "temperature": temperature,
             "training_qso_fraction": calibration_results["training_qso_fraction"],
+            **({"training_class_fractions": calibration_results["training_class_fractions"]}
+               if count > 2 else {}),
             "default_prior": calibration_results["default_prior"],
             # Checked by `starqso predict` before loading (folder.check_model_dir): a
             # flipped byte in a .tflite often still runs, with different answers.
@@ -271,10 +298,10 @@ def _export_run(folder, out, destination, num_check, num_calibration, log, array
                 [*staging.glob("*.tflite"), staging / "starqso_classifier.keras"])},
         }
         validation = objects["validation"]
-        validation_p = np.asarray(model.predict({"image": validation.images}, batch_size=512,
-                                                verbose=0), np.float64).ravel()
+        validation_p = outputs(model.predict({"image": validation.images}, batch_size=512,
+                                             verbose=0))
         quality, selection = quality_reference(objects["train"].images, validation,
-                                               validation_p, threshold)
+                                               validation_p, threshold, count)
         if quality is not None:
             metadata["quality"] = quality
             results["quality"] = {key: quality[key] for key in ("r_range", "ood_threshold",

@@ -21,7 +21,6 @@ from starqso.io.safe_read import is_int, is_number, parse_json, read_capped, sho
 from starqso.schema import (
     BANDS,
     BUNIT,
-    CLASS_NAMES,
     CLASSES,
     DEFAULT_THRESHOLD,
     LAYOUT,
@@ -31,6 +30,7 @@ from starqso.schema import (
     SUPPORTED_SURVEYS,
     ClassList,
     Survey,
+    output_name,
 )
 
 #: The export folder layout this version writes and reads (``metadata.json: format_version``).
@@ -41,7 +41,7 @@ MODEL_FORMAT_VERSION = 1
 MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 256
 
 
-def data_model_metadata(image_size: int) -> dict:
+def data_model_metadata(image_size: int, classes: ClassList = CLASSES) -> dict:
     """The first keys of an export's ``metadata.json``: its format, the starqso that wrote
     it, the model's input and output names and the data model it takes (input shape, bands,
     units, pixel scale, layout, class names, survey and classes), as :func:`check_metadata`
@@ -49,18 +49,21 @@ def data_model_metadata(image_size: int) -> dict:
 
     Args:
         image_size: the model's cutout side in pixels.
+        classes: the classes the model tells apart (:data:`starqso.schema.CLASSES`, output
+            ``p_qso`` (N, 1); or :data:`starqso.schema.THREE_CLASSES`, output
+            ``probabilities`` (N, K) in their order).
 
     Returns:
         dict, in the order ``metadata.json`` lists them.
     """
     return {
         "format_version": MODEL_FORMAT_VERSION, "starqso_version": __version__,
-        "input_name": "image", "output_name": "p_qso",
+        "input_name": "image", "output_name": output_name(len(classes.names)),
         "input_shape": [None, image_size, image_size, len(BANDS)],
         "bands": "".join(BANDS), "units": BUNIT, "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
-        "layout": LAYOUT, "class_names": list(CLASS_NAMES),
+        "layout": LAYOUT, "class_names": list(classes.names),
         # The whole data model, read back (and checked) by model_survey.
-        "survey": SDSS.to_dict(), "classes": CLASSES.to_dict(),
+        "survey": SDSS.to_dict(), "classes": classes.to_dict(),
     }
 
 
@@ -139,9 +142,9 @@ def check_metadata(metadata_path: pathlib.Path) -> dict:
                          f"{metadata_path}")
     # Before the single keys below: a model of another survey is named as such, not as a
     # mismatched band string.
-    model_survey(metadata, metadata_path)
+    classes = model_survey(metadata, metadata_path)[1]
     expected = {"bands": "".join(BANDS), "units": BUNIT, "layout": LAYOUT,
-                "class_names": list(CLASS_NAMES)}
+                "class_names": list(classes.names)}
     for key, value in expected.items():
         if metadata.get(key) != value:
             raise InputError(f"{metadata_path} must say {key}={value!r}. Received: "
@@ -166,9 +169,23 @@ def check_metadata(metadata_path: pathlib.Path) -> dict:
                          f"temperature={shown(temperature)}")
     for key in ("training_qso_fraction", "default_prior"):
         value = metadata.get(key)
+        if key == "default_prior" and isinstance(value, dict) and len(classes.names) > 2:
+            if not _class_fractions_ok(value, classes.names[1:], below_one=True):
+                raise InputError(f"{metadata_path} must give default_prior as fractions of "
+                                 f"classes {', '.join(classes.names[1:])} (each in (0, 1), "
+                                 f"summing to less than 1). Received: default_prior="
+                                 f"{shown(value)}")
+            continue
         if key in metadata and not (is_number(value) and 0 < value < 1):
             raise InputError(f"{metadata_path} must give {key} strictly between 0 and 1. "
                              f"Received: {key}={shown(value)}")
+    fractions = metadata.get("training_class_fractions")
+    if "training_class_fractions" in metadata and not (
+            _class_fractions_ok(fractions, classes.names, below_one=False)
+            and abs(sum(fractions.values()) - 1) < 1e-6):
+        raise InputError(f"{metadata_path} must give training_class_fractions as a fraction "
+                         f"of each class {', '.join(classes.names)} in (0, 1), summing to 1. "
+                         f"Received: training_class_fractions={shown(fractions)}")
     if "default_prior" in metadata and "training_qso_fraction" not in metadata:
         raise InputError(f"{metadata_path} gives a default_prior but no training_qso_fraction "
                          f"to correct from. Received: default_prior="
@@ -187,6 +204,18 @@ def check_metadata(metadata_path: pathlib.Path) -> dict:
                          f"4-colour means and 4x4 covariances); re-export the model or remove "
                          f"the key. Received: quality={shown(metadata['quality'])}")
     return metadata
+
+
+def _class_fractions_ok(fractions, names, *, below_one) -> bool:
+    """Whether ``fractions`` maps class names among ``names`` (all of them unless
+    ``below_one``) to numbers in (0, 1), summing to below 1 when ``below_one``."""
+    if not isinstance(fractions, dict) or not fractions or not all(
+            name in names and is_number(value) and 0 < value < 1
+            for name, value in fractions.items()):
+        return False
+    if below_one:
+        return sum(fractions.values()) < 1
+    return set(fractions) == set(names)
 
 
 def _quality_ok(quality) -> bool:

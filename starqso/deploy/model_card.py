@@ -21,15 +21,18 @@ from starqso.simulate.brightness import HIGH_Z_R_RANGE
 SELECTION_FILE = "selection_function.csv"
 
 
-def quality_reference(train_images, validation, validation_p, threshold):
+def quality_reference(train_images, validation, validation_p, threshold, num_classes=2):
     """What a model folder ships for its quality bits and its selection function.
 
     Args:
         train_images: (N, S, S, 5) training-split crops.
         validation: the validation split's :class:`~starqso.data.ObjectArrays` (labels, true
             r magnitudes, redshifts).
-        validation_p: the calibrated model's p(QSO) of those objects (training mix).
+        validation_p: the calibrated model's p(QSO) of those objects (training mix), (N,);
+            or its class probabilities (N, K), whose QSO column is used.
         threshold: the model's decision threshold.
+        num_classes: the classes the model tells apart; objects of other classes are left
+            out, and the selection function is QSO against the rest.
 
     Returns:
         ``(quality, selection)``: the ``metadata.json: quality`` entry
@@ -40,9 +43,12 @@ def quality_reference(train_images, validation, validation_p, threshold):
         r, completeness vs redshift, with Wilson intervals) of the labelled validation objects.
     """
     quality = fit_quality_reference(train_images, validation.images)
-    known = validation.labels >= 0
-    selection = selection_function(validation.labels[known].astype(np.int64),
-                                   np.asarray(validation_p)[known], threshold,
+    known = (validation.labels >= 0) & (validation.labels < num_classes)
+    validation_p = np.asarray(validation_p)
+    if validation_p.ndim == 2:
+        validation_p = validation_p[:, 1]
+    selection = selection_function((validation.labels[known] == 1).astype(np.int64),
+                                   validation_p[known], threshold,
                                    r=validation.mags[known, 2],
                                    redshift=validation.redshift[known])
     if quality is not None:

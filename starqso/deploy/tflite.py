@@ -45,16 +45,20 @@ INT8_MIN_AGREEMENT = 0.995
 
 
 def write_saved_model(model, path):
-    """Write ``model`` as a SavedModel with one serving signature ``image -> p_qso``."""
+    """Write ``model`` as a SavedModel with one serving signature ``image -> p_qso`` (a
+    two-class model) or ``image -> probabilities`` (K >= 3 classes, (N, K))."""
     import keras
     import tensorflow as tf
 
+    from starqso.models.classifiers import probability_key
+
     size = model.image_size
+    key = probability_key(getattr(model, "num_classes", 2))
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         name="serving_default",
-        fn=lambda image: {"p_qso": model({"image": image}, training=False)},
+        fn=lambda image: {key: model({"image": image}, training=False)},
         input_signature=[tf.TensorSpec((None, size, size, 5), tf.float32, name="image")])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

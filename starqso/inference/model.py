@@ -107,7 +107,10 @@ class LiteRTPredictor:
             self.shape = images.shape
         self.interpreter.set_tensor(self.input_index, images)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output_index).reshape(-1).copy()
+        output = self.interpreter.get_tensor(self.output_index)
+        # p(QSO) (N,) of a two-class model; (N, K) class probabilities otherwise.
+        output = output.reshape(len(images), -1)
+        return (output.reshape(-1) if output.shape[1] == 1 else output).copy()
 
 
 def open_model(model_dir, runtime="keras"):

@@ -148,23 +148,72 @@ class CompileFromConfig:
             self.optimizer.build(self.trainable_variables)
 
 
-class BinaryClassifierDefaults(CompileFromConfig):
-    """Mixin: the compile defaults of every p(QSO) classifier, owned by the model class.
+#: The output layer of a two-class classifier: p(QSO), (N, 1).
+BINARY_OUTPUT = "p_qso"
+#: The output layer of a classifier of three or more classes: softmax probabilities (N, K)
+#: in the order of the run's class list (``model.classes``).
+CLASSES_OUTPUT = "class_probabilities"
 
-    ``model.compile(learning_rate=1e-3)`` gives Adam, binary cross-entropy and the accuracy
-    and AUC metrics the stage summaries report; any argument given explicitly (a saved
-    model's compile config, a caller's own optimizer) wins.
+
+def check_num_classes(owner, num_classes) -> int:
+    """``num_classes`` as an int >= 2; a one-line ValueError naming ``owner`` otherwise."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"{owner} num_classes must be an integer >= 2. Received: "
+                         f"num_classes={num_classes!r}")
+    return num_classes
+
+
+def output_layer_name(num_classes) -> str:
+    """The name of a classifier's output layer: :data:`BINARY_OUTPUT` for two classes,
+    :data:`CLASSES_OUTPUT` for more.
+
+    Example:
+        >>> output_layer_name(2), output_layer_name(3)
+        ('p_qso', 'class_probabilities')
     """
+    return BINARY_OUTPUT if num_classes == 2 else CLASSES_OUTPUT
+
+
+def class_output(x, num_classes):
+    """A classifier's output on ``x``: two classes keep the one sigmoid unit, p(QSO) (N, 1),
+    so two-class models and their files are what they were; three or more get a softmax
+    over the classes, (N, K). In float32 under mixed precision.
+    """
+    if num_classes == 2:
+        return layers.Dense(1, activation="sigmoid", dtype="float32", name=BINARY_OUTPUT)(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32",
+                        name=CLASSES_OUTPUT)(x)
+
+
+class BinaryClassifierDefaults(CompileFromConfig):
+    """Mixin: the compile defaults of every classifier, owned by the model class.
+
+    ``model.compile(learning_rate=1e-3)`` gives Adam and, for a two-class model (the
+    default; ``num_classes`` 2), binary cross-entropy and the accuracy and AUC metrics the
+    stage summaries report; for three or more classes, sparse categorical cross-entropy on
+    the integer labels and accuracy. Any argument given explicitly (a saved model's compile
+    config, a caller's own optimizer) wins.
+    """
+
+    num_classes = 2
 
     def compile(self, optimizer=None, loss=None, metrics=None, *, learning_rate=1e-3,
                 **kwargs):
+        binary = self.num_classes == 2
+        if loss is None:
+            loss = (keras.losses.BinaryCrossentropy() if binary
+                    else keras.losses.SparseCategoricalCrossentropy())
+        if metrics is None:
+            metrics = ([keras.metrics.BinaryAccuracy(name="accuracy"),
+                        keras.metrics.AUC(name="auc")] if binary
+                       else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
         super().compile(
             optimizer=optimizer if optimizer is not None else keras.optimizers.Adam(
-                learning_rate),
-            loss=loss if loss is not None else keras.losses.BinaryCrossentropy(),
-            metrics=metrics if metrics is not None else [
-                keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
-            **kwargs)
+                learning_rate), loss=loss, metrics=metrics, **kwargs)
+
+
+#: The same mixin under the name that says what it is now (two or more classes).
+ClassifierDefaults = BinaryClassifierDefaults
 
 
 

@@ -52,7 +52,9 @@ def _check_temperature(temperature):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TemperatureScaling(keras.layers.Layer):
-    """p(QSO) (N, 1) -> sigmoid(logit(p) / temperature) (N, 1).
+    """p(QSO) (N, 1) -> sigmoid(logit(p) / temperature) (N, 1); class probabilities (N, K),
+    K >= 3 -> softmax(log(p) / temperature) (N, K), temperature on the softmax logits (which
+    ``log p`` equals up to a per-row constant that softmax ignores).
 
     Args:
         temperature: the fitted temperature, > 0 (1: no change).
@@ -69,6 +71,9 @@ class TemperatureScaling(keras.layers.Layer):
         self.temperature = _check_temperature(temperature)
 
     def call(self, probability):
+        if probability.shape[-1] != 1:
+            p = ops.clip(ops.cast(probability, "float32"), EPSILON, 1.0)
+            return ops.softmax(ops.log(p) * (1.0 / self.temperature), axis=-1)
         p = ops.clip(ops.cast(probability, "float32"), EPSILON, 1.0 - EPSILON)
         logit = ops.log(p) - ops.log(1.0 - p)
         return ops.sigmoid(logit * (1.0 / self.temperature))
@@ -82,7 +87,9 @@ class TemperatureScaling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LogitBlend(keras.layers.Layer):
-    """[p_a, p_b] (N, 1) each -> sigmoid((1 - weight) * logit(p_a) + weight * logit(p_b)).
+    """[p_a, p_b] (N, 1) each -> sigmoid((1 - weight) * logit(p_a) + weight * logit(p_b));
+    class probabilities (N, K) each, K >= 3 -> softmax((1 - weight) * log(p_a + eps) + weight
+    * log(p_b + eps)), the same product of experts over K classes.
 
     How the deployed model combines the fusion classifier with its photometry head: a
     weighted mean of log-odds (a product of experts). The log-odds are
@@ -113,6 +120,12 @@ class LogitBlend(keras.layers.Layer):
             return ops.log(p + BLEND_EPSILON) - ops.log((1.0 + BLEND_EPSILON) - p)
 
         first, second = inputs
+        if first.shape[-1] != 1:
+            def log(probability):
+                return ops.log(ops.cast(probability, "float32") + BLEND_EPSILON)
+
+            return ops.softmax(log(first) * (1.0 - self.weight) + log(second) * self.weight,
+                               axis=-1)
         return ops.sigmoid(logit(first) * (1.0 - self.weight) + logit(second) * self.weight)
 
     def compute_output_shape(self, input_shape):
@@ -127,7 +140,8 @@ class CalibratedClassifier(ConstructorConfig, keras.Model):
     """A deployable classifier with temperature scaling on its output.
 
     Same interface as :class:`~starqso.models.StarQSOClassifier`: input ``{"image": raw
-    nanomaggie cutouts (N, S, S, 5)}``, output calibrated p(QSO) (N, 1).
+    nanomaggie cutouts (N, S, S, 5)}``, output calibrated p(QSO) (N, 1), or calibrated class
+    probabilities (N, K) for a classifier of K >= 3 classes.
 
     Args:
         classifier: the uncalibrated deployable model (a ``StarQSOClassifier``, or its config).
@@ -151,6 +165,11 @@ class CalibratedClassifier(ConstructorConfig, keras.Model):
         self.classifier = classifier
         self.temperature = temperature
         self.image_size = size
+
+    @property
+    def num_classes(self) -> int:
+        """The wrapped classifier's :attr:`~starqso.models.StarQSOClassifier.num_classes`."""
+        return getattr(self.classifier, "num_classes", 2)
 
 
 __all__ = ["EPSILON", "CalibratedClassifier", "TemperatureScaling"]

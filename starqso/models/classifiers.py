@@ -11,12 +11,15 @@ from starqso.models.blocks import (
     TRUNK_EMBEDDING,
     BinaryClassifierDefaults,
     ConstructorConfig,
+    check_num_classes,
+    class_output,
     deserialize_submodel,
     photometry_branch,
 )
 from starqso.models.calibration import LogitBlend
 from starqso.models.layers import PACKAGE, AperturePhotometry, CutoutScaling, ZeroNoise
 from starqso.models.trunks import image_trunk_features, keep_trunk_arguments
+from starqso.schema import output_name
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -29,20 +32,23 @@ class ImageClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
         dense_units: embedding width.
         dropout: dropout rate.
         trunk: the image trunk, one of :data:`starqso.config.TRUNKS`.
+        num_classes: 2 (p(QSO), (N, 1)) or the number of classes (softmax, (N, K)).
 
     Example:
         >>> model = ImageClassifier(16, filters=(4, 8), dense_units=8)
     """
 
-    CONFIG_KEYS = ("image_size", "filters", "dense_units", "dropout", "trunk")
+    CONFIG_KEYS = ("image_size", "filters", "dense_units", "dropout", "trunk", "num_classes")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), dense_units=128, dropout=0.2,
-                 trunk="cnn", **kwargs):
+                 trunk="cnn", num_classes=2, **kwargs):
+        num_classes = check_num_classes("ImageClassifier", num_classes)
         image = keras.Input((image_size, image_size, 5), name="image")
         x = image_trunk_features(image, trunk, filters, dense_units, dropout, name=TRUNK)
-        probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
+        probability = class_output(x, num_classes)
         super().__init__(inputs={"image": image}, outputs=probability, **kwargs)
         keep_trunk_arguments(self, image_size, filters, dense_units, dropout, trunk)
+        self.num_classes = num_classes
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -67,6 +73,7 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
             GAN generator's trunk embedding of the same image (``model.shared_trunk``), so the
             deployed model runs one CNN instead of two. ``image_size``, ``filters`` and
             ``trunk`` then describe that trunk.
+        num_classes: 2 (p(QSO), (N, 1)) or the number of classes (softmax, (N, K)).
 
     Example:
         >>> fusion = FusionClassifier(16, filters=(4, 8), feature_dim=8, photometry_dim=6)
@@ -76,10 +83,12 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
     """
 
     CONFIG_KEYS = ("image_size", "filters", "feature_dim", "dense_units", "dropout",
-                   "photometry_dim", "trunk", "embedding_dim")
+                   "photometry_dim", "trunk", "embedding_dim", "num_classes")
 
     def __init__(self, image_size=32, filters=(32, 64, 96), feature_dim=128, dense_units=128,
-                 dropout=0.2, photometry_dim=0, trunk="cnn", embedding_dim=0, **kwargs):
+                 dropout=0.2, photometry_dim=0, trunk="cnn", embedding_dim=0, num_classes=2,
+                 **kwargs):
+        num_classes = check_num_classes("FusionClassifier", num_classes)
         if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or (
                 embedding_dim < 0):
             raise ValueError(f"FusionClassifier embedding_dim must be an integer >= 0. "
@@ -106,12 +115,13 @@ class FusionClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model)
         x = layers.Dense(dense_units, activation="relu", name="hidden")(x)
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
-        probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
+        probability = class_output(x, num_classes)
         super().__init__(inputs=inputs, outputs=probability, **kwargs)
         keep_trunk_arguments(self, image_size, filters, dense_units, dropout, trunk)
         self.feature_dim = int(feature_dim)
         self.photometry_dim = int(photometry_dim)
         self.embedding_dim = int(embedding_dim)
+        self.num_classes = num_classes
 
 
 def generator_with_embedding(generator):
@@ -145,6 +155,7 @@ class PhotometryClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Mo
         input_noise: standard deviation of Gaussian noise added to the standardised photometry
             while training (none at inference), so the head does not lean on colour
             differences that a noisier image blurs. 0: no noise layer.
+        num_classes: 2 (p(QSO), (N, 1)) or the number of classes (softmax, (N, K)).
 
     Example:
         >>> head = PhotometryClassifier(21, dense_units=8)
@@ -152,10 +163,11 @@ class PhotometryClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Mo
         (None, 1)
     """
 
-    CONFIG_KEYS = ("photometry_dim", "dense_units", "dropout", "input_noise")
+    CONFIG_KEYS = ("photometry_dim", "dense_units", "dropout", "input_noise", "num_classes")
 
     def __init__(self, photometry_dim=21, dense_units=128, dropout=0.2, input_noise=0.0,
-                 **kwargs):
+                 num_classes=2, **kwargs):
+        num_classes = check_num_classes("PhotometryClassifier", num_classes)
         if not isinstance(photometry_dim, int) or photometry_dim < 1:
             raise ValueError(f"PhotometryClassifier photometry_dim must be an integer >= 1. "
                              f"Received: photometry_dim={photometry_dim!r}")
@@ -170,12 +182,13 @@ class PhotometryClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Mo
         x = photometry_branch(x, dense_units)
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
-        probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
+        probability = class_output(x, num_classes)
         super().__init__(inputs={"photometry": photometry}, outputs=probability, **kwargs)
         self.photometry_dim = int(photometry_dim)
         self.dense_units = int(dense_units)
         self.dropout = float(dropout)
         self.input_noise = float(input_noise)
+        self.num_classes = num_classes
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -257,6 +270,12 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
                 raise ValueError(f"StarQSOClassifier photometry_head must take the model's "
                                  f"photometry ({measured} features). Received: "
                                  f"photometry_dim={photometry_head.photometry_dim}")
+        classes = {"fusion": fusion.num_classes}
+        if photometry_head is not None:
+            classes["photometry_head"] = photometry_head.num_classes
+        if len(set(classes.values())) > 1:
+            raise ValueError(f"StarQSOClassifier fusion classifier and photometry head must tell "
+                             f"apart the same classes. Received: num_classes={classes}")
         head_weight = float(head_weight)
         if not 0.0 <= head_weight <= 1.0:
             raise ValueError(f"StarQSOClassifier head_weight must be in [0, 1]. Received: "
@@ -264,7 +283,8 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
         cutout = keras.Input((size, size, 5), name="image")
         outputs = _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head,
                                   (photometry_head, head_weight))
-        super().__init__(inputs={"image": cutout}, outputs=outputs["p_qso"], **kwargs)
+        super().__init__(inputs={"image": cutout},
+                         outputs=outputs[probability_key(fusion.num_classes)], **kwargs)
         self.scaling = scaling
         self.generator = generator
         self.fusion = fusion
@@ -274,8 +294,14 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
         self.head_weight = head_weight
         self.image_size = size
 
+    @property
+    def num_classes(self) -> int:
+        """The classes the model tells apart: 2 (output p(QSO), (N, 1)) or K (softmax, (N, K))."""
+        return self.fusion.num_classes
+
     def embedding_model(self):
-        """A model sharing these layers: raw cutouts -> ``{"p_qso", "vector"[, "metric"]}``.
+        """A model sharing these layers: raw cutouts -> ``{"p_qso", "vector"[, "metric"]}``
+        (``"probabilities"``, (N, K), instead of ``"p_qso"`` for K >= 3 classes).
 
         ``vector`` is the generated spectral feature vector (zero noise, as deployed);
         ``metric`` the metric-learning head's unit-norm embedding of it, when the model has
@@ -297,6 +323,11 @@ class StarQSOClassifier(ConstructorConfig, keras.Model):
                            name=f"{self.name}_embedding")
 
 
+
+
+#: The key of the class probabilities in the deployed graph's outputs (and the SavedModel's
+#: signature): ``"p_qso"`` (N, 1) for a two-class model, ``"probabilities"`` (N, K) for more.
+probability_key = output_name
 
 
 def _deployed_graph(cutout, scaling, generator, fusion, photometry, metric_head,
@@ -331,7 +362,8 @@ def deployed_network(inputs, noise, generator, fusion, head=(None, 0.5)):
         head: ``(photometry_head or None, head_weight)``.
 
     Returns:
-        ``{"p_qso", "vector"}`` tensors.
+        ``{"p_qso", "vector"}`` tensors (:func:`probability_key`: ``"probabilities"`` for a
+        model of three or more classes).
 
     Example:
         >>> outputs = deployed_network(inputs, noise, generator, fusion)  # doctest: +SKIP
@@ -351,7 +383,7 @@ def deployed_network(inputs, noise, generator, fusion, head=(None, 0.5)):
         p_head = photometry_head({"photometry": inputs["photometry"]})
         p_qso = (p_head if head_weight >= 1 else
                  LogitBlend(head_weight, name="logit_blend")([p_qso, p_head]))
-    return {"p_qso": p_qso, "vector": features}
+    return {probability_key(fusion.num_classes): p_qso, "vector": features}
 
 
 __all__ = [
@@ -364,4 +396,5 @@ __all__ = [
     "TRUNK_EMBEDDING",
     "deployed_network",
     "generator_with_embedding",
+    "probability_key",
 ]

@@ -160,7 +160,10 @@ class ConditionalGAN(ConstructorConfig, keras.Model):
         self.generator_loss_tracker = keras.metrics.Mean(name="generator_loss")
         self.discriminator_loss_tracker = keras.metrics.Mean(name="discriminator_loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
-        self.distillation_loss = keras.losses.BinaryCrossentropy()
+        # The teacher's p(QSO) (one unit) or its class probabilities (a softmax over K).
+        self.distillation_loss = (
+            keras.losses.CategoricalCrossentropy()
+            if getattr(teacher, "units", 1) > 1 else keras.losses.BinaryCrossentropy())
         self.distillation_tracker = keras.metrics.Mean(name="distillation")
         # Both sub-models are functional, hence already built; so is this wrapper (callbacks
         # such as BackupAndRestore insist on a built model).

@@ -9,6 +9,8 @@ from starqso.models.blocks import (
     BinaryClassifierDefaults,
     ConstructorConfig,
     batch_norm,
+    check_num_classes,
+    class_output,
     deserialize_submodel,
     residual_block_1d,
 )
@@ -59,27 +61,31 @@ class SpectrumEncoder(ConstructorConfig, keras.Model):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SpectrumClassifier(BinaryClassifierDefaults, ConstructorConfig, keras.Model):
-    """Spectrum -> p(QSO): the encoder with a logistic head (a spectrum-only classifier).
+    """Spectrum -> p(QSO): the encoder with a logistic head (a spectrum-only classifier), or
+    with a softmax head over three or more classes.
 
     Args:
         encoder: a :class:`SpectrumEncoder` (or its serialized config).
         dropout: dropout before the head.
+        num_classes: 2 (p(QSO), (N, 1)) or the number of classes (softmax, (N, K)).
 
     Example:
         >>> classifier = SpectrumClassifier(SpectrumEncoder(filters=(8,), feature_dim=8))
     """
 
-    CONFIG_KEYS = ("encoder", "dropout")
+    CONFIG_KEYS = ("encoder", "dropout", "num_classes")
 
-    def __init__(self, encoder, dropout=0.2, **kwargs):
+    def __init__(self, encoder, dropout=0.2, num_classes=2, **kwargs):
+        num_classes = check_num_classes("SpectrumClassifier", num_classes)
         encoder = deserialize_submodel(encoder)
         spectrum = keras.Input((encoder.num_pixels, SPECTRUM_CHANNELS), name="spectrum")
         x = encoder({"spectrum": spectrum})
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
-        probability = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_qso")(x)
+        probability = class_output(x, num_classes)
         super().__init__(inputs={"spectrum": spectrum}, outputs=probability, **kwargs)
         self.encoder = encoder
         self.dropout = float(dropout)
+        self.num_classes = num_classes
 
 

@@ -17,10 +17,45 @@ PREDICT_BATCH = 512
 
 
 def summary_metrics(labels, probabilities, threshold=0.5) -> dict:
-    """A stage's summary: n, accuracy, F1(QSO), macro-F1 and ROC AUC (when both classes)."""
+    """A stage's summary: n, accuracy, F1(QSO), macro-F1 and ROC AUC (when both classes).
+
+    ``probabilities`` is p(QSO), (N,) or (N, 1), for a two-class model, or (N, K) class
+    probabilities (K >= 3, classes in :data:`starqso.schema.LABEL_NAMES` order): then an
+    object is QSO when p(QSO) >= ``threshold`` and otherwise the more probable other class;
+    accuracy and macro-F1 are over the K classes, F1(QSO) and the ROC AUC of QSO against the
+    rest, and ``f1_<class>`` is added for each class.
+
+    Example:
+        >>> summary_metrics([0, 1, 2], np.eye(3))["macro_f1"]
+        1.0
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    if probabilities.ndim == 2 and probabilities.shape[1] > 1:
+        return _class_summary(np.asarray(labels, np.int64).ravel(), probabilities, threshold)
     metrics = classification_metrics(labels, probabilities, threshold)
     return {key: metrics[key] for key in ("n", "accuracy", "f1_qso", "macro_f1", "roc_auc")
             if metrics[key] is not None}
+
+
+def _class_summary(labels, probabilities, threshold) -> dict:
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from starqso.schema import LABEL_CODES, LABEL_NAMES
+
+    qso = LABEL_CODES["QSO"]
+    count = probabilities.shape[1]
+    others = probabilities.copy()
+    others[:, qso] = -1.0
+    predicted = np.where(probabilities[:, qso] >= threshold, qso, others.argmax(axis=1))
+    scores = f1_score(labels, predicted, labels=range(count), average=None, zero_division=0)
+    is_qso = labels == qso
+    metrics = {"n": int(labels.size), "accuracy": float(np.mean(predicted == labels)),
+               "f1_qso": float(scores[qso]), "macro_f1": float(np.mean(scores))}
+    if is_qso.any() and not is_qso.all():
+        metrics["roc_auc"] = float(roc_auc_score(is_qso, probabilities[:, qso]))
+    metrics.update({f"f1_{LABEL_NAMES[code].lower()}": float(scores[code])
+                    for code in range(count)})
+    return metrics
 
 
 def with_trunk_weights(model, model_config):

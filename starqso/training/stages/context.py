@@ -41,8 +41,21 @@ class StageContext:
         return cls(config, arrays, train, validation, test, inputs)
 
     @property
+    def class_names(self) -> tuple:
+        """The classes the run's classifiers tell apart (``model.classes``), in code order."""
+        return tuple(self.config.model.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
     def labels(self) -> np.ndarray:
-        return self.arrays.labels.astype(np.int64)
+        """Integer labels (:data:`starqso.schema.LABEL_CODES`); an object of a class the run
+        does not tell apart (a GALAXY of a STAR/QSO run) is unknown, -1, so no classifier
+        trains or is scored on it."""
+        labels = self.arrays.labels.astype(np.int64)
+        return np.where(labels < self.num_classes, labels, -1)
 
     @property
     def target(self) -> np.ndarray:
@@ -50,7 +63,7 @@ class StageContext:
         return self.labels.astype(np.float32).reshape(-1, 1)
 
     def labelled(self, index) -> np.ndarray:
-        """The labelled objects (STAR or QSO) among ``index``."""
+        """The labelled objects (of the run's classes) among ``index``."""
         return index[self.labels[index] >= 0]
 
     def with_spectrum(self, index) -> np.ndarray:

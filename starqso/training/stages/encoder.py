@@ -29,6 +29,7 @@ class EncoderStage(Stage):
         encoder = SpectrumEncoder(model_config.spectrum_filters, model_config.feature_dim,
                                   name="spectrum_encoder")
         classifier = SpectrumClassifier(encoder, model_config.dropout,
+                                        num_classes=context.num_classes,
                                         name="spectrum_classifier")
         classifier.compile(learning_rate=context.config.training.learning_rate)
         return classifier
@@ -47,11 +48,14 @@ class EncoderStage(Stage):
         return summary_metrics(context.labels[index], probabilities)
 
     def provide(self, context, outputs):
+        from starqso.models.blocks import output_layer_name
+
         model = outputs["spectrum_classifier.keras"]
         arrays, feature_dim = context.arrays, context.config.model.feature_dim
-        with_spectrum = arrays.has_spectrum & (arrays.labels >= 0)
+        with_spectrum = arrays.has_spectrum & (context.labels >= 0)
         vectors = np.zeros((len(arrays), feature_dim), np.float32)
         vectors[with_spectrum] = model.encoder.predict(
             {"spectrum": arrays.spectra[with_spectrum]}, batch_size=PREDICT_BATCH, verbose=0)
         context.products.update(spectrum_classifier=model, encoder=model.encoder,
-                                head=model.get_layer("p_qso"), vectors=vectors)
+                                head=model.get_layer(output_layer_name(model.num_classes)),
+                                vectors=vectors)

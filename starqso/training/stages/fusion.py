@@ -95,6 +95,7 @@ class FusionStage(Stage):
             self.inputs["features"].shape[1], model_config.dense_units, model_config.dropout,
             context.inputs.photometry_dim if generated else 0, trunk=model_config.trunk,
             embedding_dim=model_config.dense_units if shared else 0,
+            num_classes=context.num_classes,
             name="fusion_classifier" if generated else self.name)
         if not shared:
             with_trunk_weights(model, model_config)

@@ -46,7 +46,8 @@ class ImageStage(Stage):
         trunk = self.trunk or model_config.trunk
         model = ImageClassifier(trunk_side(model_config), model_config.image_filters,
                                 model_config.dense_units, model_config.dropout,
-                                trunk=trunk, name=self.model_name)
+                                trunk=trunk, num_classes=context.num_classes,
+                                name=self.model_name)
         if trunk == model_config.trunk:
             with_trunk_weights(model, model_config)
         model.compile(learning_rate=context.config.training.learning_rate)

@@ -43,6 +43,7 @@ class PhotometryHeadStage(Stage):
         model_config = context.config.model
         model = PhotometryClassifier(context.inputs.photometry_dim, model_config.dense_units,
                                      model_config.dropout, model_config.photometry_noise,
+                                     num_classes=context.num_classes,
                                      name="photometry_classifier")
         model.compile(learning_rate=context.config.training.learning_rate)
         return model
@@ -71,8 +72,10 @@ def blend_weight(labels, p_fusion, p_head):
     """The photometry head's share of the logit with the lowest validation log-loss.
 
     Args:
-        labels: (N,) 0/1 validation labels.
-        p_fusion, p_head: (N,) the two classifiers' p(QSO) on them.
+        labels: (N,) integer validation labels (0/1 for two classes).
+        p_fusion, p_head: (N,) the two classifiers' p(QSO) on them, or (N, K) class
+            probabilities for K >= 3 classes (blended as :class:`LogitBlend` does: a weighted
+            mean of log-probabilities, then softmax).
 
     Returns:
         a weight of :data:`BLEND_GRID` (0: the fusion classifier alone, 1: the head alone).
@@ -81,8 +84,21 @@ def blend_weight(labels, p_fusion, p_head):
         >>> blend_weight(np.array([0, 1]), np.array([0.4, 0.6]), np.array([0.1, 0.9]))
         1.0
     """
-    from starqso.models.calibration import blend_logit
+    from starqso.models.calibration import BLEND_EPSILON, blend_logit
 
+    p_fusion, p_head = np.asarray(p_fusion, np.float64), np.asarray(p_head, np.float64)
+    if p_fusion.ndim == 2 and p_fusion.shape[1] > 1:
+        rows = np.arange(len(p_fusion))
+        codes = np.asarray(labels, np.int64).ravel()
+        first, second = np.log(p_fusion + BLEND_EPSILON), np.log(p_head + BLEND_EPSILON)
+
+        def class_log_loss(weight):
+            mixed = (1 - weight) * first + weight * second
+            mixed -= mixed.max(axis=1, keepdims=True)
+            log_p = mixed - np.log(np.exp(mixed).sum(axis=1, keepdims=True))
+            return -np.mean(np.maximum(log_p[rows, codes], np.log(1e-7)))
+
+        return min(BLEND_GRID, key=class_log_loss)
     labels = np.asarray(labels, dtype=float)
     first, second = blend_logit(np.ravel(p_fusion)), blend_logit(np.ravel(p_head))
 
