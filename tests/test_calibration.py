@@ -258,3 +258,37 @@ def test_metadata_keys_are_checked(tmp_path):
     path.write_text(json.dumps({k: v for k, v in good.items() if k != "training_qso_fraction"}))
     with pytest.raises(InputError, match="no training_qso_fraction"):
         _check_metadata(path)
+
+
+def test_three_class_temperature_is_softmax_of_log_p_over_t_and_fits_an_over_confident_model():
+    from starqso.deploy.calibration import (
+        calibrate_classes,
+        choose_threshold,
+        class_decisions,
+        fit_class_temperature,
+    )
+
+    p = np.array([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]], "float32")
+    layer = TemperatureScaling(2.0)
+    np.testing.assert_allclose(np.asarray(layer(p)), calibrate_classes(p, 2.0), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(TemperatureScaling(1.0)(p[[0, 2]])), p[[0, 2]],
+                               atol=1e-6)
+    # An over-confident model (right 70% of the time, always 98% sure) gets T > 1, and its
+    # calibrated top probability lands near the 70% it earns.
+    local = np.random.default_rng(0)
+    labels = local.integers(0, 3, 3000)
+    guess = np.where(local.random(3000) < 0.7, labels, (labels + 1) % 3)
+    confident = np.full((3000, 3), 0.01)
+    confident[np.arange(3000), guess] = 0.98
+    temperature = fit_class_temperature(labels, confident)
+    assert temperature > 1
+    assert calibrate_classes(confident, temperature).max(axis=1).mean() == pytest.approx(
+        0.7, abs=0.02)
+    # QSO (code 1) at p(QSO) >= t, else the more probable other class.
+    assert class_decisions([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6], [0.2, 0.2, 0.6]],
+                           0.25).tolist() == [1, 1, 2]
+    threshold, score = choose_threshold([0, 1, 2], [[0.6, 0.3, 0.1], [0.3, 0.4, 0.3],
+                                                    [0.2, 0.35, 0.45]])
+    assert score == 1.0 and 0.36 <= threshold <= 0.4
+    with pytest.raises(InputError, match="at least two classes"):
+        fit_class_temperature([2, 2], confident[:2])

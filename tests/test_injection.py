@@ -185,16 +185,24 @@ def test_bad_sky_backgrounds_are_one_line(tmp_path, kind):
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
 
 
-def test_fit_tiny_with_sky_backgrounds_records_them(skies_file, tmp_path):
+def test_fit_tiny_three_classes_with_sky_backgrounds_records_them_and_exports_three_outputs(
+        skies_file, tmp_path):
+    # One tiny run checks two things (the default test run has no time for two): real-sky
+    # injection, and a STAR/QSO/GALAXY model from fit through every export format.
     out = tmp_path / "run"
     config = tmp_path / "run.yaml"
-    config.write_text("preset: tiny\ndata:\n  num_objects: 40\n  export_check_objects: 8\n"
+    config.write_text("preset: tiny\nmodel:\n  classes: [STAR, QSO, GALAXY]\n"
+                      "data:\n  num_objects: 40\n  export_check_objects: 8\n"
                       "  export_calibration_objects: 8\n  sky_backgrounds_fraction: 0.75\n"
-                      "  reddening_fraction: 0.3\n  neighbour_density_fraction: 0.2\n")
+                      "  reddening_fraction: 0.3\n  neighbour_density_fraction: 0.2\n"
+                      "  galaxy_fraction: 0.3\n")
     result = CliRunner().invoke(main, ["fit", "--config", str(config), "--sky-backgrounds",
                                        str(skies_file), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "injecting a fraction 0.75 of them into 8 real blank-sky cutouts" in result.output
+    assert "making a fraction 0.3 of them galaxies" in result.output
+    assert "f1_galaxy=" in result.output
+    _check_three_class_export(out / "export")
     record = json.loads((out / "data.json").read_text())
     assert record["data"] is None
     skies = record["sky_backgrounds"]
@@ -204,6 +212,40 @@ def test_fit_tiny_with_sky_backgrounds_records_them(skies_file, tmp_path):
     assert f"SHA-256 {skies['sha256']}" in card and "8 real blank-sky cutouts" in card
     assert "a fraction 0.3 reddened by E(B-V) up to 1.5" in card
     assert "a fraction 0.2 in crowded fields (up to 20x the neighbours)" in card
+
+
+def _check_three_class_export(folder):
+    """A three-class export: its metadata, and (N, 3) probabilities alike in every format."""
+    import keras
+    import tensorflow as tf
+
+    from starqso.inference import LiteRTPredictor
+
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["classes"] == {"names": ["STAR", "QSO", "GALAXY"]}
+    assert metadata["class_names"] == ["STAR", "QSO", "GALAXY"]
+    assert metadata["output_name"] == "probabilities"
+    fractions = metadata["training_class_fractions"]
+    assert sorted(fractions) == ["GALAXY", "QSO", "STAR"]
+    assert sum(fractions.values()) == pytest.approx(1.0)
+    assert metadata["training_qso_fraction"] == fractions["QSO"]
+    assert metadata["default_prior"] == {"QSO": 0.02, "GALAXY": 0.6}
+    cutouts = np.abs(np.random.default_rng(3).normal(0.05, 0.02, (4, 24, 24, 5))).astype(
+        "float32")
+    cutouts[:, 10:14, 10:14] += 5.0
+    model = keras.saving.load_model(folder / "starqso_classifier.keras")
+    expected = np.asarray(model.predict({"image": cutouts}, verbose=0), np.float64)
+    assert expected.shape == (4, 3)
+    assert expected.sum(axis=1) == pytest.approx(np.ones(4), abs=1e-5)
+    served = tf.saved_model.load(str(folder / "saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(served(image=tf.constant(cutouts))["probabilities"].numpy(),
+                               expected, atol=1e-5)
+    for variant, tolerance in (("fp32", 1e-5), ("fp16", 0.02), ("int8", 0.2)):
+        got = LiteRTPredictor(folder / f"model_{variant}.tflite")(cutouts)
+        assert got.shape == (4, 3)
+        np.testing.assert_allclose(got, expected, atol=tolerance)
+    check = json.loads((folder / "export_check.json").read_text())
+    assert check["calibration"]["training_class_fractions"] == fractions
 
 
 def test_reddening_moves_colours_by_the_coefficients_and_is_recorded(tmp_path):

@@ -80,6 +80,20 @@ def tiny_models():
         "image": (ImageClassifier(SIZE, (4, 8), 8, 0.1), {"image": IMAGES}, (6, 1)),
         "deployable": (StarQSOClassifier(scaling, generator, fusion),
                        {"image": np.abs(IMAGES)}, (6, 1)),
+        # Three classes (STAR, QSO, GALAXY): softmax heads, (N, 3) outputs.
+        "three_class_spectrum_classifier": (SpectrumClassifier(encoder, 0.1, num_classes=3),
+                                            {"spectrum": SPECTRA}, (6, 3)),
+        "three_class_image": (ImageClassifier(SIZE, (4, 8), 8, 0.1, num_classes=3),
+                              {"image": IMAGES}, (6, 3)),
+        "three_class_head": (PhotometryClassifier(6, 8, 0.1, 0.2, num_classes=3),
+                             {"photometry": table}, (6, 3)),
+        "three_class_deployable": (
+            StarQSOClassifier(scaling, generator_c,
+                              FusionClassifier(16, (4, 8), FEATURES, 8, 0.1, photometry_dim=6,
+                                               embedding_dim=8, num_classes=3),
+                              photometry, image_size=24,
+                              photometry_head=PhotometryClassifier(6, 8, num_classes=3),
+                              head_weight=0.3), {"image": big}, (6, 3)),
     }
 
 
@@ -105,6 +119,58 @@ def test_one_fit_step_gives_a_finite_loss(name):
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy())
     history = model.fit(inputs, LABELS, epochs=1, batch_size=6, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("name", ["three_class_spectrum_classifier", "three_class_image",
+                                  "three_class_head"])
+def test_three_class_models_compile_to_sparse_cross_entropy_and_train(name):
+    model, inputs, _ = tiny_models()[name]
+    model.compile(learning_rate=1e-2)
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    labels = np.array([0, 1, 2, 0, 1, 2], "float32").reshape(-1, 1)
+    history = model.fit(inputs, labels, epochs=2, batch_size=6, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert np.asarray(model(inputs)).sum(axis=1) == pytest.approx(np.ones(6), abs=1e-5)
+
+
+def test_three_class_deployable_blends_softmax_log_probabilities_and_exports(tmp_path):
+    from starqso.deploy.tflite import convert_tflite, write_saved_model
+    from starqso.inference import LiteRTPredictor
+    from starqso.models.calibration import BLEND_EPSILON, CalibratedClassifier
+
+    model, inputs, _ = tiny_models()["three_class_deployable"]
+    assert model.num_classes == 3
+    expected = np.asarray(model(inputs), np.float64)
+    # The blend is softmax((1 - w) log(p_fusion + eps) + w log(p_head + eps)), w = 0.3.
+    fusion = np.asarray(model.replaced(head_weight=0.0)(inputs), np.float64)
+    head = np.asarray(model.replaced(head_weight=1.0)(inputs), np.float64)
+    mixed = 0.7 * np.log(fusion + BLEND_EPSILON) + 0.3 * np.log(head + BLEND_EPSILON)
+    np.testing.assert_allclose(expected, np.exp(mixed) / np.exp(mixed).sum(axis=1,
+                                                                          keepdims=True),
+                               atol=1e-5)
+    parts = model.embedding_model()(inputs)
+    assert sorted(parts) == ["probabilities", "vector"]
+    np.testing.assert_allclose(np.asarray(parts["probabilities"]), expected, atol=1e-6)
+    calibrated = CalibratedClassifier(model, 2.0)
+    scaled = np.asarray(calibrated(inputs), np.float64)
+    logs = np.log(np.clip(expected, 1e-7, 1)) / 2.0
+    manual = np.exp(logs) / np.exp(logs).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(scaled, manual, atol=1e-5)
+    write_saved_model(calibrated, tmp_path / "saved_model")
+    served = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(served(image=tf.constant(inputs["image"]))["probabilities"]
+                               .numpy(), scaled, atol=1e-6)
+    path = tmp_path / "model_fp32.tflite"
+    path.write_bytes(convert_tflite(tmp_path / "saved_model", "fp32"))
+    np.testing.assert_allclose(LiteRTPredictor(path)(inputs["image"]), scaled, atol=1e-5)
+
+
+def test_a_deployable_refuses_heads_of_different_class_counts():
+    model, _, _ = tiny_models()["three_class_deployable"]
+    with pytest.raises(ValueError, match="same classes"):
+        model.replaced(photometry_head=PhotometryClassifier(6, 8))
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        ImageClassifier(SIZE, (4, 8), 8, num_classes=1)
 
 
 def test_deployable_model_scales_raw_cutouts_inside():

@@ -26,10 +26,14 @@ SIMULATE_SIZE_RANGE = (16, 256)
               help="Cutout side in pixels (0.396\"/px), 16 to 256.")
 @click.option("--qso-fraction", default=None, type=float,
               help="Fraction of QSOs [default: the real SDSS catalogue's, about 0.30].")
+@click.option("--galaxy-fraction", default=0.0, show_default=True, type=float,
+              help="Fraction of galaxies (Sersic bulge + disc, real catalogue colours, "
+                   "kcorrect spectra); 0 simulates stars and QSOs only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing simulation in OUTDIR.")
 @click.option("--workers", default=None, type=int,
               help="Processes to use [default: all CPU cores, at most 8].")
-def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
+def simulate(outdir, num_objects, seed, size, qso_fraction, galaxy_fraction, overwrite,
+             workers):
     """Simulate SDSS-like cutouts, spectra and a catalogue into OUTDIR.
 
     Writes OUTDIR/catalog.csv, OUTDIR/images/*.fits (5-band cutouts) and
@@ -47,9 +51,11 @@ def simulate(outdir, num_objects, seed, size, qso_fraction, overwrite, workers):
     with LazyProgress(num_objects, "simulating") as progress:
         summary = simulate_survey(outdir, num_objects, seed=seed, size=size,
                                   qso_fraction=qso_fraction, overwrite=overwrite,
-                                  progress=progress, workers=workers)
+                                  progress=progress, workers=workers,
+                                  galaxy_fraction=galaxy_fraction)
+    galaxies = f", {summary.num_galaxy} GALAXY" if galaxy_fraction > 0 else ""
     click.echo(f"simulated {summary.num_objects} objects ({summary.num_qso} QSO, "
-               f"{summary.num_star} STAR) in {time.perf_counter() - start:.1f} s -> "
+               f"{summary.num_star} STAR{galaxies}) in {time.perf_counter() - start:.1f} s -> "
                f"{summary.catalog}")
 
 

@@ -150,7 +150,8 @@ def split_objects(folder, config, num_check, num_calibration, arrays=None):
             arrays = ObjectArrays.from_simulation(
                 config.data.num_objects, config.data.simulation_seed,
                 image_size=config.model.image_size, cutout_size=config.data.cutout_size,
-                qso_fraction=config.data.qso_fraction)
+                qso_fraction=config.data.qso_fraction,
+                galaxy_fraction=config.data.galaxy_fraction)
     position = {str(identifier): row for row, identifier in enumerate(arrays.ids)}
 
     def rows(ids, limit):

@@ -280,10 +280,11 @@ def _simulate_galaxy_object(index, seed, size, id_width, backgrounds, background
                            spectrum=spectrum, info=info)
 
 
-def _write_object(outdir, index, seed, size, qso_fraction, id_width, reddening=None):
+def _write_object(outdir, index, seed, size, qso_fraction, id_width, reddening=None,
+                  galaxy_fraction=0.0):
     """Simulate one object, write its cutout and spectrum, return its catalogue row."""
     obj = simulate_object(index, seed, size, qso_fraction, id_width=id_width,
-                          reddening=reddening)
+                          reddening=reddening, galaxy_fraction=galaxy_fraction)
     image = f"images/{obj.id}.fits"
     spectrum_file = f"spectra/{obj.id}.fits"
     write_cutout(outdir / image, obj.cutout, overwrite=True, header={
@@ -299,7 +300,9 @@ def _write_object(outdir, index, seed, size, qso_fraction, id_width, reddening=N
         "id": obj.id, "image": image, "spectrum": spectrum_file, "label": obj.label,
         "redshift": round(obj.redshift, 6),
         **{band: round(float(mag), 5) for band, mag in zip("ugriz", obj.mags, strict=False)},
-        "template": obj.info["template"], "sdss_row": obj.info["sdss_row"],
+        # A galaxy's colours come from a real catalogue galaxy row (galaxy_row).
+        "template": obj.info["template"],
+        "sdss_row": obj.info["sdss_row"] if "sdss_row" in obj.info else obj.info["galaxy_row"],
         "psf_fwhm_r": round(obj.info["psf_fwhm_r"], 4),
         "sky_sigma_r": round(obj.info["sky_sigma_r"], 5),
         "noise_scale": round(float(np.mean(obj.info["noise_scale"])), 4),
@@ -321,16 +324,18 @@ class SurveySummary:
     num_objects: int
     num_qso: int
     num_star: int
+    num_galaxy: int = 0
 
 
 def _write_chunk(task):
-    outdir, indices, seed, size, qso_fraction, id_width, reddening = task
-    return [_write_object(outdir, index, seed, size, qso_fraction, id_width, reddening)
+    outdir, indices, seed, size, qso_fraction, id_width, reddening, galaxy_fraction = task
+    return [_write_object(outdir, index, seed, size, qso_fraction, id_width, reddening,
+                          galaxy_fraction)
             for index in indices]
 
 
 def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, overwrite=False,
-                    progress=None, workers=None, reddening=None):
+                    progress=None, workers=None, reddening=None, galaxy_fraction=0.0):
     """Write a simulated survey: ``catalog.csv``, ``images/*.fits`` and ``spectra/*.fits``.
 
     Args:
@@ -345,6 +350,8 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
         workers: processes to use; all CPU cores (at most 8) when None.
         reddening: a :class:`starqso.simulate.dust.Reddening` (the catalogue's ``ebv``
             column is each object's E(B-V), 0 when not reddened); None: no dust.
+        galaxy_fraction: probability that an object is a GALAXY (:func:`simulate_object`);
+            0 (the default) writes exactly the STAR/QSO simulation of before.
 
     Returns:
         :class:`SurveySummary`: the catalogue's path and how many objects of each class.
@@ -364,6 +371,9 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
         raise InputError(f"--size must be at least 16 pixels. Received: size={size}")
     if qso_fraction is not None and not 0.0 <= qso_fraction <= 1.0:
         raise InputError(f"--qso-fraction must be within [0, 1]. Received: {qso_fraction}")
+    if not 0.0 <= galaxy_fraction < 1.0:
+        raise InputError(f"--galaxy-fraction must be within [0, 1). Received: "
+                         f"{galaxy_fraction}")
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1. Received: workers={workers}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -373,7 +383,8 @@ def simulate_survey(outdir, num_objects, seed=0, size=48, qso_fraction=None, ove
     # OUTDIR must be new, empty or a simulation (see starqso._util.ownership), one run at a time.
     with output_folder(outdir, "simulate", option="OUTDIR", mark=True):
         return _simulate_into(pathlib.Path(outdir), num_objects, int(seed), size,
-                              qso_fraction, overwrite, progress, workers, reddening)
+                              qso_fraction, overwrite, progress, workers, reddening,
+                              galaxy_fraction)
 
 
 _MADE_NAMES = re.compile(r"sim-\d+\.fits")
@@ -422,7 +433,7 @@ def _previous_simulation(outdir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _simulate_into(outdir, num_objects, seed, size, qso_fraction, overwrite, progress,
-                   workers, reddening=None):
+                   workers, reddening=None, galaxy_fraction=0.0):
     from astropy.table import Table
 
     catalog_path = outdir / "catalog.csv"
@@ -449,7 +460,7 @@ def _simulate_into(outdir, num_objects, seed, size, qso_fraction, overwrite, pro
     id_width = max(6, len(str(num_objects - 1)))
     chunk = 50
     tasks = [(outdir, range(start, min(start + chunk, num_objects)), seed, size, qso_fraction,
-              id_width, reddening) for start in range(0, num_objects, chunk)]
+              id_width, reddening, galaxy_fraction) for start in range(0, num_objects, chunk)]
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     workers = min(workers, len(tasks))
     rows = []
@@ -472,4 +483,5 @@ def _simulate_into(outdir, num_objects, seed, size, qso_fraction, overwrite, pro
     # The catalogue is written last and atomically: its presence means the simulation is whole.
     write_catalog(Table(rows=rows, names=list(rows[0])), catalog_path, overwrite=True)
     labels = [row["label"] for row in rows]
-    return SurveySummary(catalog_path, len(rows), labels.count("QSO"), labels.count("STAR"))
+    return SurveySummary(catalog_path, len(rows), labels.count("QSO"), labels.count("STAR"),
+                         labels.count("GALAXY"))

@@ -58,6 +58,9 @@ def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgro
         if max(config.data.magnitude_mixing_fraction, config.data.high_z_magnitude_fraction) > 0:
             arguments["brightness"] = Brightness(config.data.magnitude_mixing_fraction,
                                                  config.data.high_z_magnitude_fraction)
+        if config.data.galaxy_fraction > 0:
+            log(f"making a fraction {config.data.galaxy_fraction:g} of them galaxies")
+            arguments["galaxy_fraction"] = config.data.galaxy_fraction
         if simulation_cache is not None:
             return ObjectArrays.from_simulation_cache(
                 simulation_cache, config.data.num_objects, config.data.simulation_seed,
