@@ -449,8 +449,8 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
         report["galaxy_truth"] = {
             **_skipped([truth_ids[t] for t, _ in galaxies]),
             "scored": three_class,
-            "reason": ("truth GALAXY: not in the two-class STAR/QSO metrics; scored in the "
-                       "three-class ones" if three_class else
-                       "truth GALAXY: not scorable by the two-class STAR/QSO metrics, and the "
+            "reason": ("not in the two-class STAR/QSO metrics; scored in the three-class "
+                       "ones" if three_class else
+                       "not scorable: the STAR/QSO metrics have no GALAXY class and the "
                        "predictions are two-class (no p_galaxy)")}
     return rows, report

@@ -406,8 +406,8 @@ def _three_class_lines(metrics: dict) -> list[str]:
     names, per_class = section["classes"], section["per_class"]
     kind = ("three-class predictions" if section["predictions_classes"] == 3 else
             "two-class predictions (no p_galaxy: nothing is called GALAXY)")
-    lines = ["", f"three classes (n={section['n']}, {kind}; {section['rule']} "
-                 f"{section['threshold']:g}):"]
+    rule = section["rule"].replace("threshold", f"{section['threshold']:g}")
+    lines = ["", f"three classes (n={section['n']}, {kind}; {rule}):"]
     if metrics.get("confusion") is not None and section["predictions_classes"] == 3:
         lines.append("  the two-class metrics above are QSO vs not QSO on STAR/QSO truth rows "
                      "(a GALAXY answer counts as not QSO)")
@@ -455,7 +455,7 @@ def _tail_lines(metrics: dict) -> list[str]:
         galaxies = join.get("galaxy_truth")
         if galaxies:
             more = ", ..." if galaxies["count"] > len(galaxies["first_ids"]) else ""
-            lines.append(f"  {galaxies['reason']}: {galaxies['count']} (ids: "
+            lines.append(f"  truth GALAXY ({galaxies['reason']}): {galaxies['count']} (ids: "
                          f"{', '.join(galaxies['first_ids'])}{more})")
     lines += _quality_lines(metrics)
     if metrics.get("out_dir"):
