@@ -7,6 +7,9 @@ error bars from their Wilson intervals (:func:`starqso.evaluation.metrics.wilson
 matplotlib is imported here only, and only when a figure is drawn, so the metrics and the
 join work without it.
 
+The three-class section (STAR / QSO / GALAXY) has its own figures, :data:`CLASS_PLOT_FILES`,
+drawn by :func:`write_class_plots`.
+
 Example:
     >>> from starqso.evaluation.plots import write_plots
     >>> write_plots("evaluation", metrics, labels, probabilities, bins)  # doctest: +SKIP

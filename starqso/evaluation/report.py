@@ -127,7 +127,9 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     Writes ``out_dir`` as a whole: ``metrics.json``, ``confusion_matrix.png``, ``roc.png``,
     ``precision_recall.png``, ``reliability.png``, and ``completeness_purity_r.png`` /
     ``completeness_purity_redshift.png`` when the truth catalogue has ``r`` / ``redshift``
-    values for the evaluated rows, and the marker of :mod:`starqso._util.ownership`. Everything is
+    values for the evaluated rows, the three-class figures (:data:`CLASS_PLOT_FILES`) when
+    there is a ``three_class`` section, and the marker of :mod:`starqso._util.ownership`.
+    Everything is
     written into a staging folder beside it (hidden, unique to the run) that replaces
     ``out_dir`` only once complete
     (:func:`starqso._util.atomic.replace_folder`): no plot of an earlier run stays beside the new
@@ -136,9 +138,10 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     (:func:`check_output_folder`).
 
     Args:
-        predictions_path: ``starqso predict`` output, CSV or FITS (``id``, ``p_qso``, ``flag``,
-            and ``qflag`` from versions that write it).
-        truth_path: Catalogue with ``id``, ``label`` and optionally ``r`` and ``redshift``.
+        predictions_path: ``starqso predict`` output, CSV, FITS or Parquet (``id``, ``p_qso``,
+            ``flag``, and ``qflag``, ``p_star``, ``p_galaxy`` from versions that write them).
+        truth_path: Catalogue with ``id``, ``label`` (STAR, QSO, GALAXY or blank) and
+            optionally ``r`` and ``redshift``.
         out_dir: Folder for the outputs.
         threshold: An object is called QSO when p_qso >= threshold. None: the threshold
             ``starqso predict`` labelled the file with (its side-car or FITS header,
@@ -155,9 +158,15 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
         (names written). ``quality`` is :func:`~starqso.evaluation.metrics.quality_metrics`
         of the evaluated rows at the same threshold (``unflagged`` = qflag 0, ``flagged``,
         ``bits``), or None when the predictions have no ``qflag`` column (older files).
+        The two-class keys score the STAR/QSO truth rows as QSO vs not QSO from p_qso (a
+        GALAXY answer is not QSO); with GALAXY truth rows only they are None (``n`` 0).
+        ``three_class`` (:func:`three_class_metrics`) is there only when the predictions give
+        p_galaxy or the truth has GALAXY rows, so a two-class evaluation of STAR/QSO truth
+        is as before.
 
     Raises:
-        InputError: A file is unreadable, p_qso is not a number in [0, 1], a qflag is not a
+        InputError: A file is unreadable, p_qso (p_star, p_galaxy) is not a number in
+            [0, 1], a row's class probabilities do not sum to 1, a qflag is not a
             non-negative whole number, the threshold is outside [0, 1], no row is left to
             score, ``out_dir`` cannot be made, or it holds something other than an earlier
             evaluation.
@@ -352,8 +361,11 @@ def format_report(metrics: dict) -> str:
         metrics: The dict returned by :func:`evaluate_predictions`.
 
     Returns:
-        Markdown-style text: a metric | value table, then one line per kind of skipped row
-        with the first few ids, then the error rates of unflagged and flagged objects and one
+        Markdown-style text: a metric | value table (or a line saying there is none, for
+        GALAXY truth rows only), then, with a ``three_class`` section, its confusion matrix,
+        per-class F1, macro-F1, ROC AUC, ECE and how many STAR/QSO rows were called GALAXY,
+        then one line per kind of skipped row with the first few ids (and the GALAXY truth
+        rows with why), then the error rates of unflagged and flagged objects and one
         line per quality bit that occurs (or a line saying the predictions have no qflag),
         then the output folder.
 
