@@ -129,9 +129,8 @@ def evaluate_predictions(predictions_path, truth_path, out_dir, threshold: float
     ``completeness_purity_redshift.png`` when the truth catalogue has ``r`` / ``redshift``
     values for the evaluated rows, the three-class figures (:data:`CLASS_PLOT_FILES`) when
     there is a ``three_class`` section, and the marker of :mod:`starqso._util.ownership`.
-    Everything is
-    written into a staging folder beside it (hidden, unique to the run) that replaces
-    ``out_dir`` only once complete
+    Everything is written into a staging folder beside it (hidden, unique to the run) that
+    replaces ``out_dir`` only once complete
     (:func:`starqso._util.atomic.replace_folder`): no plot of an earlier run stays beside the new
     ``metrics.json``, and a failure or a kill midway leaves the previous folder as it was.
     An existing ``out_dir`` must be empty or an earlier evaluation
@@ -287,8 +286,7 @@ def _evaluate_into(predictions_path, truth_path, out_dir, destination, threshold
     for key, values, present, edges in (("r", rows["r"], rows["has_r"], R_EDGES),
                                         ("redshift", rows["redshift"], rows["has_redshift"],
                                          REDSHIFT_EDGES)):
-        known = present and bool(np.isfinite(values).any())
-        known = known and two_class
+        known = two_class and present and bool(np.isfinite(values).any())
         metrics[f"by_{key}"] = binned_metrics(labels, predicted, values, edges) if known else None
     bins = reliability_bins(labels, probabilities) if two_class else None
     metrics["reliability"] = _json_ready(bins)
