@@ -13,7 +13,8 @@ from starqso.errors import InputError
 @click.command()
 @click.argument("predictions", type=click.Path())
 @click.option("--truth", "truth", type=click.Path(), required=True,
-              help="Labelled catalogue (CSV/FITS with id, label; optional r, redshift).")
+              help="Labelled catalogue (CSV/FITS with id, label: STAR, QSO, GALAXY or blank; "
+                   "optional r, redshift).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation",
               show_default=True, help="Folder for metrics.json and the plots; replaced "
               "as a whole, so it must be new, empty or an earlier evaluation.")
@@ -29,6 +30,10 @@ def evaluate(predictions, truth, out_dir, threshold, strict):
     Joins the two by id and reports ids missing from PREDICTIONS, extra ids, flagged rows and
     unlabelled truth rows. Writes metrics.json and plots (confusion matrix, ROC,
     precision-recall, reliability, QSO completeness/purity vs r and redshift) into --out.
+    With three-class predictions (p_galaxy) or GALAXY truth rows, also the STAR/QSO/GALAXY
+    confusion matrix, per-class precision/recall/F1 (overall and vs r and redshift),
+    one-vs-rest ROC and per-class reliability; STAR/QSO truth is still scored as QSO vs not
+    QSO.
     """
     from starqso.evaluation import evaluate_predictions, format_report
 

@@ -21,7 +21,9 @@ from starqso._util.jsonfile import DuplicateKeyError, loads
 from starqso.errors import InputError
 from starqso.io import read_catalog
 from starqso.io.catalog import sidecar_path
-from starqso.schema import CLASS_NAMES, QFLAG_COLUMN
+from starqso.schema import CLASS_NAMES, LABEL_CODES, QFLAG_COLUMN
+
+GALAXY_CLASS = "GALAXY"
 
 # How many ids of each kind of skipped row the report lists; the counts are always complete.
 SHOWN_IDS = 5
@@ -162,8 +164,9 @@ def read_parquet_predictions(path):
     return result
 
 
-def _parse_probabilities(column, path: str) -> np.ndarray:
-    """p_qso as floats (NaN where blank), whatever type the catalogue reader gave it."""
+def _parse_probabilities(column, path: str, name: str = "p_qso") -> np.ndarray:
+    """A probability column (p_qso, p_star, p_galaxy) as floats (NaN where blank), whatever
+    type the catalogue reader gave it."""
     if getattr(column, "dtype", None) is not None and column.dtype.kind in "fiu":
         # FITS predictions: already numbers, NaN for flagged rows.
         values = np.ma.filled(np.ma.asarray(column, dtype=np.float64), np.nan)
@@ -178,14 +181,65 @@ def _parse_probabilities(column, path: str) -> np.ndarray:
             try:
                 values[row - 1] = float(text)
             except ValueError:
-                raise InputError(f"predictions column 'p_qso' must hold numbers (blank for "
+                raise InputError(f"predictions column '{name}' must hold numbers (blank for "
                                  f"flagged rows). Received: {text!r} at row {row} in file "
                                  f"{path}") from None
     bad = np.flatnonzero(~np.isnan(values) & ~((values >= 0.0) & (values <= 1.0)))
     if bad.size:
-        raise InputError(f"predictions column 'p_qso' must be within [0, 1]. Received: "
+        raise InputError(f"predictions column '{name}' must be within [0, 1]. Received: "
                          f"{float(values[bad[0]])!r} at row {bad[0] + 1} in file {path}")
     return values
+
+
+#: How far p_star + p_qso (+ p_galaxy) may be from 1: predict rounds each to 6 decimals, so
+#: an honest row is off by a few 1e-6; 1e-3 still catches a column that is not a probability.
+SUM_TOLERANCE = 1e-3
+
+
+def _class_probabilities(predictions, p_qso: np.ndarray, path: str):
+    """p(STAR), p(GALAXY) per predictions row, and whether the file is three-class.
+
+    Files of older versions have neither column: p(STAR) is then 1 - p_qso and p(GALAXY) NaN.
+    A two-class model's new outputs have p_star and a blank p_galaxy. On every classified row
+    (finite p_qso) the probabilities given must sum to 1 within :data:`SUM_TOLERANCE`, and
+    p_galaxy must be given on all of them or on none.
+    """
+    classified = np.isfinite(p_qso)
+    has_star = "p_star" in predictions.colnames
+    has_galaxy = "p_galaxy" in predictions.colnames
+    p_star = (_parse_probabilities(predictions["p_star"], path, "p_star") if has_star
+              else np.full(p_qso.size, np.nan))
+    p_galaxy = (_parse_probabilities(predictions["p_galaxy"], path, "p_galaxy") if has_galaxy
+                else np.full(p_qso.size, np.nan))
+    galaxy_given = classified & np.isfinite(p_galaxy)
+    three_class = bool(galaxy_given.any())
+    if three_class and not galaxy_given[classified].all():
+        row = int(np.flatnonzero(classified & ~galaxy_given)[0])
+        raise InputError(f"predictions column 'p_galaxy' must be given on every classified "
+                         f"row of a three-class file (or on none, for a two-class model). "
+                         f"Received: blank at row {row + 1} in file {path}")
+    if three_class and has_star and not np.isfinite(p_star[classified]).all():
+        row = int(np.flatnonzero(classified & ~np.isfinite(p_star))[0])
+        raise InputError(f"predictions column 'p_star' must be given on every classified row "
+                         f"of a three-class file. Received: blank at row {row + 1} in file "
+                         f"{path}")
+    galaxy = p_galaxy if three_class else 0.0
+    if has_star:
+        terms, total = ("p_star + p_qso" + (" + p_galaxy" if three_class else ""),
+                        p_star + p_qso + galaxy)
+        bad = classified & np.isfinite(p_star) & ~(np.abs(total - 1.0) <= SUM_TOLERANCE)
+    else:
+        # No p_star column: p_star is what is left, so only an excess can be caught.
+        terms, total = "p_qso + p_galaxy", p_qso + galaxy
+        bad = classified & ~(total <= 1.0 + SUM_TOLERANCE)
+        p_star = np.clip(1.0 - total, 0.0, 1.0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"predictions' class probabilities must sum to 1 ({terms}, within "
+                         f"{SUM_TOLERANCE:g}). Received: {float(total[row]):.6g} at row "
+                         f"{row + 1} in file {path}")
+    p_star = np.where(np.isfinite(p_star), p_star, 1.0 - p_qso)
+    return p_star, p_galaxy, three_class
 
 
 _WHOLE_NUMBER = re.compile(r"\+?[0-9]+")
@@ -260,16 +314,18 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
 
     Every row is counted once, in the first category that applies: ``missing`` (truth id
     without prediction) or ``extra`` (prediction id not in truth), then ``flagged``, then
-    ``no_probability`` (blank p_qso without a flag), then ``unlabelled`` (blank truth label),
-    else ``evaluated``. So ``matched = flagged + no_probability + unlabelled + evaluated``.
+    ``no_probability`` (blank p_qso without a flag), then ``galaxy_truth`` (truth label
+    GALAXY: not STAR/QSO, so not in the two-class metrics), then ``unlabelled`` (blank truth
+    label), else ``evaluated``. So ``matched = flagged + no_probability + galaxy_truth +
+    unlabelled + evaluated``.
 
     Args:
         predictions_path: ``starqso predict`` output, in a format
             :func:`starqso.io.read_catalog` reads (CSV or FITS): ``id``, ``p_qso`` and
-            optionally ``flag`` and ``qflag``; its ``label`` column is ignored (the threshold
-            is re-applied).
-        truth_path: Catalogue with ``id`` and ``label`` (STAR/QSO/blank), optionally ``r`` and
-            ``redshift``.
+            optionally ``flag``, ``qflag``, ``p_star`` and ``p_galaxy`` (blank for a
+            two-class model); its ``label`` column is ignored (the threshold is re-applied).
+        truth_path: Catalogue with ``id`` and ``label`` (STAR/QSO/GALAXY/blank), optionally
+            ``r`` and ``redshift``.
 
     Returns:
         ``(rows, report)``: ``rows`` holds arrays ``ids``, ``labels`` (0/1),
@@ -277,13 +333,21 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
         (int64 bitmask, :data:`starqso.schema.QFLAG_BITS`; -1 on every row when the
         predictions have no qflag column, as files of older versions do) of the evaluated
         rows in truth order, and ``has_r`` / ``has_redshift`` / ``has_qflag`` (whether the
-        column exists); ``report`` is the JSON-ready join summary, with ``qflag_column``
-        saying whether the predictions had a qflag column.
+        column exists); ``three_class`` (whether the predictions give p_galaxy) and
+        ``classes``: the rows of every STAR, QSO or GALAXY truth label (GALAXY ones too), as
+        ``ids``, ``codes`` (:data:`~starqso.schema.LABEL_CODES`), ``probabilities`` ``(N, 3)``
+        p_star, p_qso, p_galaxy (p_star 1 - p_qso where the file has none; p_galaxy NaN for
+        two-class predictions), ``r`` and ``redshift``. ``report`` is the JSON-ready join
+        summary, with ``qflag_column`` saying whether the predictions had a qflag column,
+        and, only when the truth has GALAXY rows, ``galaxy_truth`` (count, first ids,
+        ``scored``: whether the three-class metrics score them, and the ``reason``).
 
     Raises:
-        InputError: A file is unreadable or lacks a required column, a p_qso cell is not a
-            number in [0, 1], or a qflag cell is not a non-negative whole number (blank
-            included); the message names the file, the row and the value.
+        InputError: A file is unreadable or lacks a required column, a p_qso, p_star or
+            p_galaxy cell is not a number in [0, 1], a classified row's class probabilities
+            do not sum to 1 (within :data:`SUM_TOLERANCE`), p_galaxy is given on some
+            classified rows but not others, or a qflag cell is not a non-negative whole
+            number (blank included); the message names the file, the row and the value.
 
     Example:
         >>> rows, report = join_predictions("predictions.csv", "truth.csv")  # doctest: +SKIP
@@ -294,6 +358,8 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
                    else read_catalog(predictions_path, require=("id", "p_qso")))
     truth = read_catalog(truth_path, require=("id", "label"))
     probabilities = _parse_probabilities(predictions["p_qso"], predictions.meta["path"])
+    p_star, p_galaxy, three_class = _class_probabilities(predictions, probabilities,
+                                                         predictions.meta["path"])
     has_qflag = QFLAG_COLUMN in predictions.colnames
     qflag = (_parse_qflag(predictions[QFLAG_COLUMN], predictions.meta["path"]) if has_qflag
              else np.full(len(predictions), -1, dtype=np.int64))
@@ -305,6 +371,7 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
     labels = _texts(truth, "label")
 
     missing, flagged, flag_texts, no_probability, unlabelled, keep = [], [], [], [], [], []
+    galaxies = []
     repaired, repair_texts = [], []
     for truth_row, identifier in enumerate(truth_ids):
         row = by_id.get(identifier)
@@ -315,6 +382,10 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
             flag_texts.append(flags[row])
         elif np.isnan(probabilities[row]):
             no_probability.append(identifier)
+        elif labels[truth_row] == GALAXY_CLASS:
+            # Not STAR/QSO, so out of the two-class metrics either way; scored by the
+            # three-class ones (rows["classes"]).
+            galaxies.append((truth_row, row))
         elif labels[truth_row] not in CLASS_NAMES:
             unlabelled.append(identifier)
         else:
@@ -328,10 +399,15 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
     truth_rows = np.array([t for t, _ in keep], dtype=np.int64)
     prediction_rows = np.array([p for _, p in keep], dtype=np.int64)
 
-    def truth_floats(name):
+    def truth_floats(name, rows_of_truth=truth_rows):
         if name not in truth.colnames:
-            return np.full(truth_rows.size, np.nan)
-        return np.asarray(truth[name], dtype=np.float64)[truth_rows]
+            return np.full(rows_of_truth.size, np.nan)
+        return np.asarray(truth[name], dtype=np.float64)[rows_of_truth]
+
+    # Every classified row with a STAR, QSO or GALAXY truth label, in truth order.
+    every = sorted(keep + galaxies)
+    class_truth = np.array([t for t, _ in every], dtype=np.int64)
+    class_rows = np.array([p for _, p in every], dtype=np.int64)
 
     rows = {
         "ids": [truth_ids[t] for t in truth_rows],
@@ -343,6 +419,15 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
         "has_redshift": "redshift" in truth.colnames,
         "qflag": qflag[prediction_rows],
         "has_qflag": has_qflag,
+        "three_class": three_class,
+        "classes": {
+            "ids": [truth_ids[t] for t in class_truth],
+            "codes": np.array([LABEL_CODES[labels[t]] for t in class_truth], dtype=np.int64),
+            "probabilities": np.column_stack([p_star[class_rows], probabilities[class_rows],
+                                              p_galaxy[class_rows]]).reshape(-1, 3),
+            "r": truth_floats("r", class_truth),
+            "redshift": truth_floats("redshift", class_truth),
+        },
     }
     report = {
         "predictions": predictions.meta["path"],
@@ -359,4 +444,13 @@ def join_predictions(predictions_path, truth_path) -> tuple[dict, dict]:
         "unlabelled": _skipped(unlabelled),
         "qflag_column": has_qflag,
     }
+    if galaxies:
+        # Only when there are some: a STAR/QSO evaluation's report is as it always was.
+        report["galaxy_truth"] = {
+            **_skipped([truth_ids[t] for t, _ in galaxies]),
+            "scored": three_class,
+            "reason": ("not in the two-class STAR/QSO metrics; scored in the three-class "
+                       "ones" if three_class else
+                       "not scorable: the STAR/QSO metrics have no GALAXY class and the "
+                       "predictions are two-class (no p_galaxy)")}
     return rows, report

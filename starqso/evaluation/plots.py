@@ -7,6 +7,9 @@ error bars from their Wilson intervals (:func:`starqso.evaluation.metrics.wilson
 matplotlib is imported here only, and only when a figure is drawn, so the metrics and the
 join work without it.
 
+The three-class section (STAR / QSO / GALAXY) has its own figures, :data:`CLASS_PLOT_FILES`,
+drawn by :func:`write_class_plots`.
+
 Example:
     >>> from starqso.evaluation.plots import write_plots
     >>> write_plots("evaluation", metrics, labels, probabilities, bins)  # doctest: +SKIP
@@ -26,6 +29,9 @@ from starqso.schema import CLASS_NAMES
 
 PLOT_FILES = ("confusion_matrix.png", "roc.png", "precision_recall.png",
               "completeness_purity_r.png", "completeness_purity_redshift.png", "reliability.png")
+#: The figures of the three-class section (STAR / QSO / GALAXY), drawn only when there is one.
+CLASS_PLOT_FILES = ("confusion_matrix_classes.png", "roc_classes.png",
+                    "reliability_classes.png", "class_f1_r.png", "class_f1_redshift.png")
 
 
 def _save(figure, path: str) -> None:
@@ -51,23 +57,31 @@ def _note(axes, text):
     axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, wrap=True)
 
 
-def _plot_confusion(metrics, path):
-    confusion = np.array(metrics["confusion"], dtype=np.float64)
-    figure = _new_figure()
+def _draw_confusion(confusion, names, title, path, figsize=(5.0, 4.2)):
+    """A confusion matrix coloured by each row's share (rows true, columns predicted)."""
+    confusion = np.array(confusion, dtype=np.float64)
+    figure = _new_figure(figsize)
     axes = figure.add_subplot()
     totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     axes.imshow(confusion / totals, cmap="Blues", vmin=0, vmax=1)
-    for true in range(2):
-        for guess in range(2):
+    for true in range(len(names)):
+        for guess in range(len(names)):
             share = confusion[true, guess] / totals[true, 0]
             axes.text(guess, true, f"{int(confusion[true, guess])}\n({share:.1%} of row)",
                       ha="center", va="center", color="white" if share > 0.5 else "black")
-    axes.set_xticks([0, 1], CLASS_NAMES)
-    axes.set_yticks([0, 1], CLASS_NAMES)
+    ticks = list(range(len(names)))
+    axes.set_xticks(ticks, names)
+    axes.set_yticks(ticks, names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(f"confusion matrix (n={metrics['n']}, threshold {metrics['threshold']:g})")
+    axes.set_title(title)
     _save(figure, path)
+
+
+def _plot_confusion(metrics, path):
+    _draw_confusion(metrics["confusion"], CLASS_NAMES,
+                    f"confusion matrix (n={metrics['n']}, threshold {metrics['threshold']:g})",
+                    path)
 
 
 def _save_rate_axes(figure, axes, xlabel, ylabel, path):
@@ -234,4 +248,122 @@ def write_plots(out_dir: str, metrics: dict, labels, probabilities, bins) -> lis
             files.append("completeness_purity_redshift.png")
         _plot_reliability(bins, metrics["ece"], os.path.join(out_dir, "reliability.png"))
         files.append("reliability.png")
+    return files
+
+
+def _plot_class_roc(section, codes, probabilities, path):
+    from sklearn.metrics import roc_curve
+
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    skipped = []
+    for code, name in enumerate(section["classes"]):
+        auc = section["per_class"][name].get("roc_auc")
+        if auc is None:
+            skipped.append(name)
+            continue
+        false_rate, true_rate, _ = roc_curve(codes == code, probabilities[:, code])
+        axes.plot(false_rate, true_rate, color=f"C{code}", label=f"{name} (AUC = {auc:.4f})")
+    if len(skipped) < len(section["classes"]):
+        axes.legend(loc="lower right", fontsize=8)
+    else:
+        _note(axes, "ROC undefined: no class has both members and non-members with a "
+                    "probability")
+    # Why a class has no curve: absent from the truth, or no p(GALAXY) (two-class model).
+    axes.set_title("one-vs-rest ROC" + (f" (none for {', '.join(skipped)})" if skipped else ""),
+                   fontsize=10)
+    _save_rate_axes(figure, axes, "false positive rate", "true positive rate", path)
+
+
+def _plot_class_reliability(section, path):
+    names = section["classes"]
+    figure = _new_figure(figsize=(4.0 * len(names), 4.0))
+    for code, (axes, name) in enumerate(zip(figure.subplots(1, len(names)), names,
+                                            strict=False)):
+        axes.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+        bins = section["reliability"].get(name)
+        if bins is None:
+            _note(axes, f"no p({name}) in the predictions")
+        else:
+            count = np.asarray(bins["count"])
+            filled = count > 0
+            mean = np.array([np.nan if v is None else v for v in bins["mean_probability"]],
+                            dtype=np.float64)[filled]
+            fraction = np.array([np.nan if v is None else v for v in bins["fraction"]],
+                                dtype=np.float64)[filled]
+            yerr = _asymmetric_errors(fraction, np.asarray(bins["fraction_low"],
+                                                           dtype=object)[filled],
+                                      np.asarray(bins["fraction_high"], dtype=object)[filled])
+            axes.errorbar(mean, fraction, yerr=yerr, fmt="o-", color=f"C{code}", capsize=3,
+                          elinewidth=1)
+        ece = section["per_class"][name].get("ece")
+        axes.set_title(f"{name}" + ("" if ece is None else f" (ECE = {ece:.4f})"), fontsize=10)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel(f"p({name})")
+        axes.set_ylabel(f"fraction that are {name} (68 % Wilson)")
+    _save(figure, path)
+
+
+def _plot_class_binned(bins, names, quantity, path):
+    figure = _new_figure(figsize=(12.0, 3.8))
+    centres = [(part["lo"] + part["hi"]) / 2 for part in bins]
+    for axes, key in zip(figure.subplots(1, 3, sharey=True), ("precision", "recall", "f1"),
+                         strict=False):
+        for code, name in enumerate(names):
+            values = np.array([np.nan if part["classes"][name][key] is None
+                               else part["classes"][name][key] for part in bins],
+                              dtype=np.float64)
+            yerr = None if key == "f1" else _asymmetric_errors(
+                values, [part["classes"][name][f"{key}_low"] for part in bins],
+                [part["classes"][name][f"{key}_high"] for part in bins])
+            axes.errorbar(centres, values, yerr=yerr, fmt="o-", color=f"C{code}", capsize=3,
+                          elinewidth=1, label=name)
+        axes.set_ylim(0, 1.05)
+        axes.set_xlabel(quantity)
+        axes.set_title({"f1": "F1"}.get(key, key), fontsize=10)
+    axes.legend(loc="lower left", fontsize=8)
+    _save(figure, path)
+
+
+def write_class_plots(out_dir: str, section: dict, codes, probabilities) -> list[str]:
+    """Draw the three-class figures of :func:`~starqso.evaluation.report.evaluate_predictions`.
+
+    Args:
+        out_dir: Existing folder for the PNG files.
+        section: The ``three_class`` dict of ``metrics.json``
+            (:func:`~starqso.evaluation.metrics.class_metrics` keys plus ``reliability``,
+            ``by_r``, ``by_redshift`` and ``threshold``).
+        codes: True class codes (0 STAR, 1 QSO, 2 GALAXY) of its rows.
+        probabilities: ``(N, 3)`` p(STAR), p(QSO), p(GALAXY) of its rows (NaN p(GALAXY) for
+            two-class predictions).
+
+    Returns:
+        The names written, in :data:`CLASS_PLOT_FILES` order less the r / redshift figures
+        when ``section["by_r"]`` / ``section["by_redshift"]`` is None.
+
+    Example:
+        >>> write_class_plots("evaluation", section, codes, probabilities)  # doctest: +SKIP
+        ['confusion_matrix_classes.png', 'roc_classes.png', 'reliability_classes.png']
+    """
+    codes = np.asarray(codes)
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(codes.size, -1)
+    names = section["classes"]
+    files = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _draw_confusion(section["confusion"], names,
+                        f"confusion matrix (n={section['n']}, QSO at p_qso >= "
+                        f"{section['threshold']:g})",
+                        os.path.join(out_dir, "confusion_matrix_classes.png"),
+                        figsize=(6.0, 5.0))
+        _plot_class_roc(section, codes, probabilities, os.path.join(out_dir, "roc_classes.png"))
+        _plot_class_reliability(section, os.path.join(out_dir, "reliability_classes.png"))
+        files += ["confusion_matrix_classes.png", "roc_classes.png", "reliability_classes.png"]
+        for key, quantity in (("r", "r magnitude"), ("redshift", "redshift")):
+            if section[f"by_{key}"] is not None:
+                _plot_class_binned(section[f"by_{key}"], names, quantity,
+                                   os.path.join(out_dir, f"class_f1_{key}.png"))
+                files.append(f"class_f1_{key}.png")
     return files

@@ -20,6 +20,9 @@ One module a job, every public name importable from here:
   :func:`format_selection_markdown` / :func:`selection_csv_text`.
 - :mod:`~starqso.evaluation.metrics.quality`: :func:`quality_metrics` of flagged vs
   unflagged objects.
+- :mod:`~starqso.evaluation.metrics.multiclass`: the STAR / QSO / GALAXY metrics
+  (:func:`predicted_classes`, :func:`class_metrics`, :func:`class_reliability`,
+  :func:`binned_class_metrics`), on class codes 0 / 1 / 2 rather than 0/1 labels.
 
 Example:
     >>> from starqso.evaluation.metrics import classification_metrics
@@ -35,6 +38,13 @@ from starqso.evaluation.metrics.classification import (
     reliability_bins,
 )
 from starqso.evaluation.metrics.intervals import WILSON_CONFIDENCE, wilson_interval
+from starqso.evaluation.metrics.multiclass import (
+    CLASS_ORDER,
+    binned_class_metrics,
+    class_metrics,
+    class_reliability,
+    predicted_classes,
+)
 from starqso.evaluation.metrics.quality import quality_metrics
 from starqso.evaluation.metrics.selection import (
     R_EDGES,
@@ -46,15 +56,20 @@ from starqso.evaluation.metrics.selection import (
 )
 
 __all__ = [
+    "CLASS_ORDER",
     "ECE_BINS",
     "REDSHIFT_EDGES",
     "R_EDGES",
     "SELECTION_COLUMNS",
     "WILSON_CONFIDENCE",
+    "binned_class_metrics",
     "binned_metrics",
+    "class_metrics",
+    "class_reliability",
     "classification_metrics",
     "expected_calibration_error",
     "format_selection_markdown",
+    "predicted_classes",
     "quality_metrics",
     "reliability_bins",
     "selection_csv_text",
