@@ -103,3 +103,19 @@ def test_training_arrays_flag_the_rows_predict_flags(blank_sky):
     assert len(arrays) == 100 - BLANK_ROWS
     assert not set(blank_ids) & set(arrays.ids.tolist())
     assert sorted(flag["id"] for flag in arrays.flags) == sorted(blank_ids)
+
+
+def test_finetune_refuses_a_three_class_model_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("preset: tiny\nmodel:\n  classes: [STAR, QSO, GALAXY]\n")
+    (run / "starqso_classifier.keras").write_bytes(b"not read: refused before loading")
+    catalog = tmp_path / "labels.csv"
+    catalog.write_text("id,image,label\n1,a.fits,STAR\n")
+    out = tmp_path / "tuned"
+    result = CliRunner().invoke(main, ["finetune", "--model", str(run), "--data", str(catalog),
+                                       "--out", str(out)])
+    assert result.exit_code != 0
+    line = cli_error_line(result)
+    assert "two-class (STAR/QSO) models" in line and "STAR/QSO/GALAXY" in line
+    assert str(run) in line and not out.exists()

@@ -65,16 +65,26 @@ def base_model_file(model_dir) -> tuple[pathlib.Path, int]:
     folder = pathlib.Path(model_dir) if model_dir is not None else default_model_dir()
     run = RunFolder(folder)
     if run.is_complete():
-        return run.deployable_path, run.load_config().model.image_size
+        model_config = run.load_config().model
+        _two_classes(model_config.classes, folder)
+        return run.deployable_path, model_config.image_size
     metadata = folder / "metadata.json"
     keras_file = folder / "starqso_classifier.keras"
     if metadata.is_file() and keras_file.is_file():
         checked = check_model_dir(folder, "keras")
+        _two_classes(checked.get("class_names", ["STAR", "QSO"]), folder)
         return keras_file, int(checked["input_shape"][1])
     raise InputError(f"--model must be a starqso run folder (config.yaml and "
                      f"starqso_classifier.keras) or an export folder (metadata.json and "
                      f"starqso_classifier.keras). Received: {folder}"
                      + ("" if folder.exists() else " (does not exist)"))
+
+
+def _two_classes(names, folder):
+    """Fine-tuning trains STAR/QSO models: a model of more classes is refused in one line."""
+    if len(names) != 2:
+        raise InputError(f"finetune trains two-class (STAR/QSO) models in this release; the "
+                         f"model tells apart {'/'.join(names)}. Received: --model {folder}")
 
 
 def deployable(model):
