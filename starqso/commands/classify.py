@@ -129,7 +129,8 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                                       ebv=ebv)
     seconds = time.perf_counter() - start
     new_rows = summary["rows"] - summary["resumed"]
-    click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "
+    click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['galaxy']} GALAXY, "
+               f"{summary['flagged']} flagged, "
                f"{summary['repaired']} repaired, {summary['caveats']} with a qflag caveat, "
                f"prior {summary['prior']}, "
                f"{new_rows / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")
