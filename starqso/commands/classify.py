@@ -90,7 +90,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     blank, negative or above 10 is not classified, with a flag. The output appears only when
     complete; an interrupted run continues with --resume.
     """
-    from starqso.inference import parse_ebv, resolve_runtime
+    from starqso.inference import parse_ebv, resolve_runtime, two_class_note
 
     ebv = parse_ebv(ebv)  # a bad value is one line before anything is opened
     keep = tuple(name.strip() for name in keep.split(",") if name.strip())
@@ -134,6 +134,10 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                f"{summary['repaired']} repaired, {summary['caveats']} with a qflag caveat, "
                f"prior {summary['prior']}, "
                f"{new_rows / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")
+    # Once per run, after it succeeded (an error stays the one line on stderr).
+    note = two_class_note(summary["record"])
+    if note:
+        log_to_stderr(note)
 
 
 @click.command()

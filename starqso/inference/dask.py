@@ -59,7 +59,6 @@ from starqso.inference.model import (
     model_settings,
     parse_ebv,
     prior_label,
-    two_class_note,
 )
 from starqso.inference.output_table import provenance
 from starqso.inference.partition import run_partition
@@ -140,8 +139,6 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
         output = pathlib.Path(os.path.abspath(output))
     model_dir, metadata, threshold, settings = model_settings(model_dir, runtime, threshold,
                                                              prior, log)
-    if log is not None and two_class_note(settings):
-        log(two_class_note(settings))
     ebv = parse_ebv(ebv)
     rows_source = open_source(source, id_column=id_column, keep=keep,
                               ebv=ebv == EBV_COLUMN)

@@ -495,7 +495,16 @@ def prior_label(settings):
 
 def two_class_note(settings):
     """The line ``predict`` prints once for a two-class model (its p_galaxy is empty), or
-    None for a model that tells GALAXY apart."""
+    None for a model that tells GALAXY apart.
+
+    Args:
+        settings: :func:`resolve_prior`'s settings, or an output's record (both hold
+            ``classes``).
+
+    Example:
+        >>> two_class_note({"classes": ["STAR", "QSO"]})
+        'note: the model is two-class (STAR/QSO): p_star is 1 - p_qso and p_galaxy is empty'
+    """
     classes = settings.get("classes") or ()
     if len(classes) > 2:
         return None

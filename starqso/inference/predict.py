@@ -106,7 +106,6 @@ from starqso.inference.model import (
     model_settings,
     parse_ebv,
     prior_label,
-    two_class_note,
 )
 from starqso.inference.output_table import csv_cells, finish_output, provenance
 from starqso.inference.resume import (
@@ -139,7 +138,8 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
     p_qso is the model's calibrated p(QSO), averaged over the eight dihedral views with
     ``tta``, then corrected to ``prior`` (see the module docstring); the label is QSO where
     it reaches the threshold, else the most probable other class (STAR for a two-class
-    model, whose p_star is 1 - p_qso and whose p_galaxy is blank: ``log`` gets a note once).
+    model, whose p_star is 1 - p_qso and whose p_galaxy is blank; the record's ``classes``
+    says which: :func:`~starqso.inference.two_class_note`).
     A CSV output gets the side-car :func:`sidecar_path` and a FITS output header cards
     (``PRIOR``, ``PRIORVEC``, ``PRIORSRC``, ``THRESH``, ``TEMPER``, ``TRNFRAC``, ``TTA``,
     ``RUNTIME``) saying which prior (QSO fraction, and fraction per class), threshold,
@@ -200,8 +200,6 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                                                              prior, log)
     ebv = parse_ebv(ebv)
     size = int(metadata["input_shape"][1])
-    if log is not None and two_class_note(settings):
-        log(two_class_note(settings))
 
     rows_source = open_source(source, id_column=id_column, keep=keep, ebv=ebv == EBV_COLUMN)
     ebv = ebv_setting(ebv, rows_source)
