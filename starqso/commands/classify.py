@@ -41,7 +41,8 @@ _id_column_option = click.option(
                    "partitions) beside --output.")
 @click.option("--prior", default=None, metavar="F|NAME=F|train",
               help="QSO fraction of your sample, 0 < F < 1, or fractions by class name "
-                   "(QSO=0.02; STAR takes the rest): p_qso is corrected to it by "
+                   "(QSO=0.02, or QSO=0.02,GALAXY=0.6 for a three-class model; STAR takes "
+                   "the rest): the class probabilities are corrected to it by "
                    "Bayes' rule from the model's training fraction; 'train' for no correction "
                    "[default: the model's default_prior, 0.02 (the sky's, high latitude, "
                    "r < 21); none for models exported without one].")
