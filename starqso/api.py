@@ -3,9 +3,9 @@
 :func:`load` opens a model once (the shipped one by default) and returns a
 :class:`Classifier`; :meth:`Classifier.classify` takes ``(N, 5, H, W)`` ugriz cubes in
 nanomaggies and returns the table ``starqso predict`` writes: the columns
-``id, p_qso, label, flag, qflag, p_qso_err`` with the same values, computed by the same
-per-row core (:func:`starqso.inference.classify_block`: crop, repair, source checks, the model,
-the prior, the quality bits) and written by the same row helper
+``id, p_qso, label, flag, qflag, p_qso_err, p_star, p_galaxy`` with the same values, computed
+by the same per-row core (:func:`starqso.inference.classify_block`: crop, repair, source
+checks, the model, the prior, the quality bits) and written by the same row helper
 (:func:`starqso.inference.output_cells`). The table's ``meta`` holds what predict's side-car
 holds: the prior, threshold, temperature, model and runtime.
 
@@ -18,7 +18,7 @@ Example:
     >>> cubes = np.zeros((2, 5, 40, 40), np.float32)
     >>> table = classifier.classify(cubes, ids=["a", "b"], uncertainty=False)
     >>> table.colnames
-    ['id', 'p_qso', 'label', 'flag', 'qflag', 'p_qso_err']
+    ['id', 'p_qso', 'label', 'flag', 'qflag', 'p_qso_err', 'p_star', 'p_galaxy']
     >>> table["flag"][0][:22], int(table["qflag"][0])
     ('cutout is all zeros in', 1)
 """
@@ -34,6 +34,7 @@ from starqso.errors import InputError
 from starqso.inference import (
     EBV_NONE,
     OUTPUT_COLUMNS,
+    block_rows,
     classify_block,
     evidence_fraction,
     model_settings,
@@ -131,10 +132,13 @@ class Classifier:
 
         Returns:
             astropy ``Table`` with columns ``id`` (str), ``p_qso`` (float64, 6 decimals as
-            predict writes it, NaN when not classified), ``label`` (``QSO``, ``STAR`` or
-            ""), ``flag`` (str), ``qflag`` (int32 bitmask, :data:`starqso.schema.QFLAG_BITS`)
-            and ``p_qso_err`` (float64, NaN when not computed); ``meta`` holds the model,
-            runtime, prior, threshold, temperature, ``tta``, ``uncertainty`` and ``created``.
+            predict writes it, NaN when not classified), ``label`` (``QSO``, ``STAR``,
+            ``GALAXY`` or ""), ``flag`` (str), ``qflag`` (int32 bitmask,
+            :data:`starqso.schema.QFLAG_BITS`), ``p_qso_err`` (float64, NaN when not
+            computed), ``p_star`` and ``p_galaxy`` (float64, 6 decimals; ``p_star`` is
+            1 - p_qso and ``p_galaxy`` NaN for a two-class model); ``meta`` holds the model,
+            its classes, runtime, prior (and ``prior_vector``), threshold, temperature,
+            ``tta``, ``uncertainty`` and ``created``.
 
         Raises:
             InputError: (a ``ValueError``) cubes that are not a real ``(N, 5, H, W)`` array
@@ -158,9 +162,8 @@ class Classifier:
             result = classify_block(block, self._predictor, self.size, self.settings["shift"],
                                     tta, uncertainty, self.metadata.get("quality"),
                                     evidence_fraction(self.settings))
-            rows.extend(output_cells(*row, self.threshold) for row in zip(
-                block.ids, result.probabilities, result.flags, result.usable, result.qflag,
-                result.p_err, strict=False))
+            rows.extend(output_cells(*row[:6], self.threshold, row[6])
+                        for row in block_rows(block.ids, result))
         meta = {**self.meta, "tta": bool(tta), "uncertainty": bool(uncertainty),
                 "ebv": EBV_NONE, "rows": len(rows), **provenance()}
         return _table(rows, meta)
@@ -222,4 +225,5 @@ def _table(rows, meta):
                   "label": np.array(values["label"], str),
                   "flag": np.array(values["flag"], str),
                   QFLAG_COLUMN: np.array([int(cell) for cell in values[QFLAG_COLUMN]], np.int32),
-                  P_QSO_ERR_COLUMN: numbers(values[P_QSO_ERR_COLUMN])}, meta=meta)
+                  P_QSO_ERR_COLUMN: numbers(values[P_QSO_ERR_COLUMN]),
+                  **{name: numbers(values[name]) for name in OUTPUT_COLUMNS[6:]}}, meta=meta)

@@ -1,5 +1,13 @@
 """Probabilities and log-odds in NumPy: the one logit and sigmoid of export and predict.
 
+Two kinds of model output meet here. A two-class (STAR/QSO) model gives p(QSO), (N,), and
+its arithmetic is on the log-odds (:func:`logit`, :func:`temper`, :func:`apply_prior`). A
+K-class model (STAR/QSO/GALAXY) gives an (N, K) matrix of class probabilities, each row
+summing to 1, and the same operations act on its rows in log space
+(:func:`temper_classes`, :func:`apply_class_prior`, :func:`calibrate_classes`); for K = 2
+they give the two-class results up to rounding, but a two-class model keeps the scalar
+functions, so its p(QSO) does not change by a bit.
+
 NumPy only (no TensorFlow), so the LiteRT path of ``predict`` can use it.
 """
 
@@ -13,8 +21,9 @@ from starqso.schema import EVIDENCE_SNR
 #: a confident p to exactly 0 or 1, whose logit is infinite.
 EPSILON = 1e-7
 
-__all__ = ["EPSILON", "apply_prior", "calibrate", "evidence_weight", "logit", "prior_shift",
-           "sigmoid", "temper"]
+__all__ = ["EPSILON", "apply_class_prior", "apply_prior", "calibrate", "calibrate_classes",
+           "class_prior_shifts", "evidence_weight", "logit", "prior_shift", "sigmoid", "temper",
+           "temper_classes"]
 
 
 def logit(p, epsilon: float = 0.0) -> np.ndarray:
@@ -144,3 +153,133 @@ def apply_prior(probabilities, shift):
     if shift == 0:
         return probabilities
     return sigmoid(logit(probabilities) + shift)
+
+
+# --- K classes: (N, K) rows of class probabilities ------------------------------------------
+
+
+def _normalised(log_p) -> np.ndarray:
+    """``exp(log_p)`` renormalised along the last axis, the largest subtracted first (no
+    overflow, and a row of -inf but one stays finite)."""
+    log_p = log_p - np.max(log_p, axis=-1, keepdims=True)
+    p = np.exp(log_p)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def class_decisions(probabilities, threshold) -> np.ndarray:
+    """The class of each row of (N, K) class probabilities (classes in
+    :data:`starqso.schema.LABEL_NAMES` order): QSO (code 1) where p(QSO) >= ``threshold``,
+    else the most probable other class (ties to the lower code, STAR first; NaN never wins).
+
+    The one decision rule of labels, calibration thresholds, stage summaries and evaluate, so
+    that "called QSO" is p(QSO) >= threshold for any number of classes.
+
+    Example:
+        >>> class_decisions([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6], [0.2, 0.2, 0.6]], 0.25).tolist()
+        [1, 1, 2]
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    others = np.where(np.isnan(probabilities), -np.inf, probabilities)
+    others[:, 1] = -np.inf
+    return np.where(probabilities[:, 1] >= threshold, 1, others.argmax(axis=1))
+
+
+def calibrate_classes(probabilities, temperature) -> np.ndarray:
+    """Temperature scaling of class probabilities: ``softmax(log(p) / T)`` per row, float64.
+
+    The K-class form of :func:`calibrate` (log p is the softmax logit up to a per-row
+    constant, which the softmax ignores); p is clipped to [EPSILON, 1] first, so a class
+    float32 rounded to 0 stays finite.
+
+    Args:
+        probabilities: (..., K) class probabilities, each row summing to 1.
+        temperature: T (> 1 softens an over-confident model); 1 returns p as float64.
+
+    Returns:
+        float64 (..., K), rows summing to 1.
+
+    Example:
+        >>> calibrate_classes([[0.8, 0.1, 0.1]], 2.0).round(4).tolist()
+        [[0.5858, 0.2071, 0.2071]]
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    if temperature == 1:
+        return probabilities
+    return _normalised(np.log(np.clip(probabilities, EPSILON, 1.0)) / temperature)
+
+
+def temper_classes(probabilities, weight, training_fractions) -> np.ndarray:
+    """Class probabilities with the cutout's evidence scaled by ``weight``, at the training mix.
+
+    ``log p'_k = log f_k + w (log p_k - log f_k)``, renormalised per row: the K-class form of
+    :func:`temper` (for K = 2 the two agree). ``w = 0`` gives the training fractions ``f``
+    themselves and ``w = 1`` leaves p as it is, bit for bit. A prior correction
+    (:func:`apply_class_prior`) applies after it.
+
+    Args:
+        probabilities: (..., K) class probabilities at the training mix.
+        weight: :func:`evidence_weight`, broadcasting with ``probabilities[..., 0]``.
+        training_fractions: (K,) the model's training class fractions, each in (0, 1).
+
+    Returns:
+        float64 (..., K), rows summing to 1.
+
+    Example:
+        >>> p = [[0.9, 0.05, 0.05], [0.9, 0.05, 0.05]]
+        >>> temper_classes(p, [0.0, 1.0], [0.5, 0.3, 0.2]).round(4).tolist()
+        [[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]]
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    base = np.log(np.asarray(training_fractions, np.float64))
+    weight = np.asarray(weight, np.float64)[..., None]
+    log_p = np.log(np.clip(probabilities, EPSILON, 1.0))
+    tempered = _normalised(base + weight * (log_p - base))
+    # Full weight returns p untouched (bit for bit), as temper does.
+    return np.where(weight >= 1.0, probabilities, tempered)
+
+
+def class_prior_shifts(prior, training) -> np.ndarray:
+    """The per-class log shifts that move class probabilities from the training mix to
+    another one (Bayes): ``log F_k - log f_k``.
+
+    The K-class form of :func:`prior_shift`: adding them to log p and renormalising is
+    ``p' ∝ p F / f``.
+
+    Args:
+        prior: (K,) the class fractions of the sky the model is applied to, each in (0, 1).
+        training: (K,) the class fractions the model was trained and calibrated on.
+
+    Returns:
+        float64 (K,) shifts for :func:`apply_class_prior`.
+
+    Example:
+        >>> class_prior_shifts([0.5, 0.25, 0.25], [0.5, 0.5, 0.5 / 2]).round(6).tolist()
+        [0.0, -0.693147, 0.0]
+    """
+    return np.log(np.asarray(prior, np.float64)) - np.log(np.asarray(training, np.float64))
+
+
+def apply_class_prior(probabilities, shifts) -> np.ndarray:
+    """Class probabilities moved to another prior: ``p'_k ∝ p_k exp(shift_k)``, per row.
+
+    ``shifts`` is :func:`class_prior_shifts`; all zero returns p unchanged (as float64), and
+    a class at p = 0 stays at 0.
+
+    Args:
+        probabilities: (..., K) class probabilities.
+        shifts: (K,) log shifts.
+
+    Returns:
+        float64 (..., K), rows summing to 1.
+
+    Example:
+        >>> shifts = class_prior_shifts([0.9, 0.05, 0.05], [1 / 3, 1 / 3, 1 / 3])
+        >>> apply_class_prior([[1 / 3, 1 / 3, 1 / 3]], shifts).round(4).tolist()
+        [[0.9, 0.05, 0.05]]
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    shifts = np.asarray(shifts, np.float64)
+    if not shifts.any():
+        return probabilities
+    with np.errstate(divide="ignore"):
+        return _normalised(np.log(probabilities) + shifts)

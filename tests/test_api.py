@@ -92,8 +92,9 @@ def test_table_equals_predict_output(survey, stack, classifiers, tmp_path, optio
     table = classifiers[prior].classify(survey["cubes"], ids=survey["ids"], tta=tta,
                                         uncertainty=uncertainty)
     assert table.colnames == list(rows[0]) == ["id", "p_qso", "label", "flag", "qflag",
-                                               "p_qso_err"]
-    assert [table[name].dtype.kind for name in table.colnames] == ["U", "f", "U", "U", "i", "f"]
+                                               "p_qso_err", "p_star", "p_galaxy"]
+    assert [table[name].dtype.kind for name in table.colnames] == ["U", "f", "U", "U", "i", "f",
+                                                                   "f", "f"]
     assert len(table) == len(rows) == COUNT
     for number, (row, line) in enumerate(zip(table, rows, strict=False)):
         assert row["id"] == line["id"]
@@ -101,6 +102,8 @@ def test_table_equals_predict_output(survey, stack, classifiers, tmp_path, optio
         assert row["label"] == line["label"]
         assert row["qflag"] == int(line["qflag"])
         assert _same(row["p_qso_err"], _number(line["p_qso_err"]))
+        assert _same(row["p_star"], _number(line["p_star"]))
+        assert math.isnan(row["p_galaxy"]) and line["p_galaxy"] == ""  # a two-class model
         if number in (ZERO, NAN):
             # The same reason; only the ``Received:`` tail names where the cube came from.
             assert row["flag"].split(" Received:")[0] == line["flag"].split(" Received:")[0]
@@ -174,7 +177,8 @@ def test_bad_runtime_and_empty_input(classifiers):
     with pytest.raises(ValueError, match="Received: runtime='tf'"):
         starqso.load(runtime="tf")
     table = classifiers[None].classify(np.zeros((0, 5, 32, 32), np.float32))
-    assert table.colnames == ["id", "p_qso", "label", "flag", "qflag", "p_qso_err"]
+    assert table.colnames == ["id", "p_qso", "label", "flag", "qflag", "p_qso_err", "p_star",
+                              "p_galaxy"]
     assert len(table) == 0 and table.meta["rows"] == 0
 
 

@@ -153,7 +153,9 @@ def test_prior_correction_is_bayes_on_the_odds():
     assert resolve_prior(metadata)["shift"] == pytest.approx(shift)
     assert resolve_prior(metadata, "train") == {
         "prior": 0.3, "source": "train", "shift": 0.0, "training_qso_fraction": 0.3,
-        "training_qso_fraction_assumed": False, "note": None}
+        "training_qso_fraction_assumed": False, "note": None, "classes": ["STAR", "QSO"],
+        "prior_vector": {"STAR": 0.7, "QSO": 0.3},
+        "training_class_fractions": {"STAR": 0.7, "QSO": 0.3}}
     assert resolve_prior(metadata, 0.3)["shift"] == 0.0
     # An older model: no correction by default; a given prior uses the assumed 0.30.
     assert resolve_prior({})["shift"] == 0.0 and resolve_prior({})["prior"] is None

@@ -41,7 +41,10 @@ def make_table(rows=ROWS, metric=True, seed=0):
         space[3] = np.nan
     p_qso[3], outlier[3] = np.nan, np.nan
     flag[3] = 'cutout unreadable, "truncated" (é)'
-    label = np.where(p_qso >= 0.5, "QSO", "STAR")
+    # Three classes: p_galaxy takes part of the rest (NaN where not classified).
+    p_galaxy = (1 - p_qso) * rng.random(rows)
+    p_star = 1 - p_qso - p_galaxy
+    label = np.where(p_qso >= 0.5, "QSO", np.where(p_galaxy > p_star, "GALAXY", "STAR"))
     label[3] = ""
     ids = [f"obj-{i:03d}" for i in range(rows)]
     if rows > 5:
@@ -49,7 +52,8 @@ def make_table(rows=ROWS, metric=True, seed=0):
     return EmbeddingTable(
         ids=ids, spaces=spaces,
         columns={"p_qso": p_qso, "label": label, "flag": flag.astype(str),
-                 "qflag": np.arange(rows) * 3, "outlier": outlier},
+                 "qflag": np.arange(rows) * 3, "outlier": outlier, "p_star": p_star,
+                 "p_galaxy": p_galaxy},
         record={"model": "/models/prés", "prior": 0.1, "note": "it's & ok " * 20,
                 "spaces": {name: int(value.shape[1]) for name, value in spaces.items()}})
 
@@ -61,7 +65,7 @@ def assert_same(read, written):
         assert read.spaces[name].dtype == np.float32
         # Bit for bit, NaN rows included.
         np.testing.assert_array_equal(read.spaces[name], value)
-    for name in ("p_qso", "outlier"):
+    for name in ("p_qso", "outlier", "p_star", "p_galaxy"):
         np.testing.assert_array_equal(read.columns[name], written.columns[name])
     for name in ("label", "flag", "qflag"):
         assert read.columns[name].tolist() == written.columns[name].tolist(), name
@@ -98,9 +102,10 @@ def test_csv_layout_and_sidecar(tmp_path):
     path = tmp_path / "embeddings.csv"
     write_embeddings(table, path)
     header = path.read_text(encoding="utf-8").splitlines()[0].split(",")
-    assert header[:6] == ["id", "p_qso", "label", "flag", "qflag", "outlier"]
-    assert header[6] == "vector_000" and header[6 + 127] == "vector_127"
-    assert header[6 + 128] == "metric_00" and header[-1] == "metric_31"
+    assert header[:8] == ["id", "p_qso", "label", "flag", "qflag", "outlier", "p_star",
+                          "p_galaxy"]
+    assert header[8] == "vector_000" and header[8 + 127] == "vector_127"
+    assert header[8 + 128] == "metric_00" and header[-1] == "metric_31"
     assert json.loads(sidecar_path(path).read_text()) == table.record
     assert space_columns("vector", 1000)[-1] == "vector_999"
     assert space_columns("vector", 1001)[-1] == "vector_1000"
@@ -114,7 +119,7 @@ def test_csv_blocks_name_rows_across_blocks(tmp_path, monkeypatch):
     assert_same(read_embeddings(path), table)
     lines = path.read_text(encoding="utf-8").splitlines()
     cells = lines[10].split(",")
-    cells[6 + 7] = "abc"
+    cells[8 + 7] = "abc"
     lines[10] = ",".join(cells)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(InputError) as excinfo:
@@ -377,9 +382,11 @@ def test_bad_cells(tmp_path):
         read_embeddings(path)
     assert_one_line_error(excinfo, "'qflag'", "'1.5'", "row 1", str(path))
     write_csv(path, ["id", "label", "vector_000"], [["a", "star", "1"], ["b", "GALAXY", "2"]])
+    assert read_embeddings(path).columns["label"].tolist() == ["STAR", "GALAXY"]
+    write_csv(path, ["id", "label", "vector_000"], [["a", "star", "1"], ["b", "PLANET", "2"]])
     with pytest.raises(InputError) as excinfo:
         read_embeddings(path)
-    assert_one_line_error(excinfo, "'GALAXY'", "row 2", str(path))
+    assert_one_line_error(excinfo, "'PLANET'", "row 2", str(path))
     write_csv(path, ["id", "vector_000"], [["a", "1"], ["", "2"]])
     with pytest.raises(InputError) as excinfo:
         read_embeddings(path)

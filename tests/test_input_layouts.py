@@ -651,8 +651,8 @@ def test_keep_copies_input_columns_into_every_output(survey, reference, tmp_path
     result = _predict(catalog, tmp_path / "out.csv", "--keep", "ra,DEC,field")
     assert result.exit_code == 0, result.output
     rows = _rows(tmp_path / "out.csv")
-    assert list(rows[0]) == ["id", "p_qso", "label", "flag", "qflag", "p_qso_err", "ra", "dec",
-                            "field"]
+    assert list(rows[0]) == ["id", "p_qso", "label", "flag", "qflag", "p_qso_err", "p_star",
+                            "p_galaxy", "ra", "dec", "field"]
     assert [float(row["ra"]) for row in rows] == list(ra)  # exact: repr round-trips
     assert [row["field"] for row in rows][:4] == ["field 0", "field 1", "field 2", "field 0"]
     assert [row["p_qso"] for row in rows] == [row["p_qso"] for row in reference]
@@ -667,7 +667,8 @@ def test_keep_copies_input_columns_into_every_output(survey, reference, tmp_path
     result = _predict(stack, tmp_path / "out.parquet", "--keep", "ra", "--workers", 1)
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(tmp_path / "out.parquet")
-    assert list(frame.columns) == ["id", "p_qso", "label", "flag", "qflag", "p_qso_err", "ra"]
+    assert list(frame.columns) == ["id", "p_qso", "label", "flag", "qflag", "p_qso_err",
+                                   "p_star", "p_galaxy", "ra"]
     assert np.allclose(frame["ra"], np.linspace(10, 20, COUNT))
 
 

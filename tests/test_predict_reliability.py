@@ -397,7 +397,7 @@ def test_kill_during_the_first_batch_is_resumable(survey, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert partial.read_bytes() == b"id,p_qso,label,flag,qflag,p_qso_err\r\n", \
+    assert partial.read_bytes() == b"id,p_qso,label,flag,qflag,p_qso_err,p_star,p_galaxy\r\n", \
         "killed in the first batch"
     resumed = subprocess.run(command + ["--resume"], env=ENV, capture_output=True, text=True,
                              timeout=300)

@@ -41,7 +41,8 @@ _id_column_option = click.option(
                    "partitions) beside --output.")
 @click.option("--prior", default=None, metavar="F|NAME=F|train",
               help="QSO fraction of your sample, 0 < F < 1, or fractions by class name "
-                   "(QSO=0.02; STAR takes the rest): p_qso is corrected to it by "
+                   "(QSO=0.02, or QSO=0.02,GALAXY=0.6 for a three-class model; STAR takes "
+                   "the rest): the class probabilities are corrected to it by "
                    "Bayes' rule from the model's training fraction; 'train' for no correction "
                    "[default: the model's default_prior, 0.02 (the sky's, high latitude, "
                    "r < 21); none for models exported without one].")
@@ -90,7 +91,7 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
     blank, negative or above 10 is not classified, with a flag. The output appears only when
     complete; an interrupted run continues with --resume.
     """
-    from starqso.inference import parse_ebv, resolve_runtime
+    from starqso.inference import parse_ebv, resolve_runtime, two_class_note
 
     ebv = parse_ebv(ebv)  # a bad value is one line before anything is opened
     keep = tuple(name.strip() for name in keep.split(",") if name.strip())
@@ -129,10 +130,15 @@ def predict(catalog, model_dir, output, runtime, batch_size, strict, resume, pri
                                       ebv=ebv)
     seconds = time.perf_counter() - start
     new_rows = summary["rows"] - summary["resumed"]
-    click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['flagged']} flagged, "
+    click.echo(f"{summary['rows']} rows, {summary['qso']} QSO, {summary['galaxy']} GALAXY, "
+               f"{summary['flagged']} flagged, "
                f"{summary['repaired']} repaired, {summary['caveats']} with a qflag caveat, "
                f"prior {summary['prior']}, "
                f"{new_rows / max(seconds, 1e-9):.0f} rows/s -> {summary['output']}")
+    # Once per run, after it succeeded (an error stays the one line on stderr).
+    note = two_class_note(summary["record"])
+    if note:
+        log_to_stderr(note)
 
 
 @click.command()

@@ -16,7 +16,7 @@ import numpy as np
 from starqso._util.jsonfile import read_json
 from starqso.errors import InputError
 from starqso.evaluation import classification_metrics
-from starqso.probability import EPSILON, calibrate, logit
+from starqso.probability import EPSILON, calibrate, calibrate_classes, class_decisions, logit
 from starqso.schema import DEFAULT_THRESHOLD
 
 THRESHOLD = DEFAULT_THRESHOLD
@@ -101,19 +101,6 @@ def _class_logs(probabilities):
     return np.log(np.clip(np.asarray(probabilities, np.float64), EPSILON, 1.0))
 
 
-def calibrate_classes(probabilities, temperature) -> np.ndarray:
-    """``softmax(log(p) / T)`` of (N, K) class probabilities, float64, as the
-    :class:`~starqso.models.TemperatureScaling` layer computes it (p clipped to [EPSILON, 1]).
-
-    Example:
-        >>> calibrate_classes([[0.5, 0.25, 0.25]], 1.0).round(3).tolist()
-        [[0.5, 0.25, 0.25]]
-    """
-    z = _class_logs(probabilities) / temperature
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
 def fit_class_temperature(labels, probabilities, bounds=TEMPERATURE_BOUNDS):
     """:func:`fit_temperature` for (N, K) class probabilities: the T minimising the NLL of
     ``softmax(log(p) / T)`` against integer ``labels`` (at least two classes present).
@@ -136,20 +123,6 @@ def fit_class_temperature(labels, probabilities, bounds=TEMPERATURE_BOUNDS):
                              bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
                              options={"xatol": 1e-6})
     return float(np.exp(result.x))
-
-
-def class_decisions(probabilities, threshold) -> np.ndarray:
-    """Integer classes of (N, K) probabilities: QSO (code 1) where p(QSO) >= ``threshold``,
-    else the most probable other class.
-
-    Example:
-        >>> class_decisions([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6]], 0.25).tolist()
-        [1, 1]
-    """
-    probabilities = np.asarray(probabilities, np.float64)
-    others = probabilities.copy()
-    others[:, 1] = -np.inf
-    return np.where(probabilities[:, 1] >= threshold, 1, others.argmax(axis=1))
 
 
 def class_macro_f1(labels, predicted, count) -> float:

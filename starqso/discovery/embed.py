@@ -8,8 +8,9 @@ Every row of an input (any layout ``starqso predict`` reads) gets:
 * ``metric``: the metric-learning head's unit-norm embedding of that vector (and the
   photometry), when the model has one (``model.metric_loss``: Proxy-NCA or
   Normalised-Softmax on STAR and the QSO redshift bins of :data:`starqso.schema.FINE_CLASS_NAMES`);
-* ``p_qso`` and ``label`` exactly as ``predict`` gives them (calibrated, at the chosen prior,
-  the model's threshold), ``flag`` and ``qflag`` as ``predict`` sets them;
+* ``p_qso``, ``label``, ``p_star`` and ``p_galaxy`` exactly as ``predict`` gives them
+  (calibrated, at the chosen prior, the model's threshold; p_galaxy NaN for a two-class
+  model), ``flag`` and ``qflag`` as ``predict`` sets them;
 * ``outlier``: the distance to the 10th nearest of the model's training objects in the
   metric space (the vector space without a head), over the median of that distance among the
   training objects themselves (:func:`starqso.discovery.outlier_scores`): about 1 for a
@@ -41,21 +42,24 @@ from starqso.errors import InputError
 from starqso.inference import (
     EBV_COLUMN,
     block_ebv,
+    block_rows,
     classify_block,
     default_model_dir,
     ebv_setting,
     evidence_fraction,
     model_settings,
+    other_classes,
     parse_ebv,
     predict_views,
     prior_label,
     provenance,
+    row_label,
     sidecar_path,
 )
 from starqso.io.embeddings import EmbeddingTable, write_embeddings
 from starqso.io.safe_read import read_npz
 from starqso.io.sources import Source, open_source
-from starqso.probability import calibrate, evidence_weight
+from starqso.probability import calibrate, calibrate_classes, evidence_weight
 from starqso.schema import QFLAG_BITS
 
 #: The training objects' embeddings in an export folder.
@@ -190,13 +194,20 @@ class Embedder:
     def outputs(self, images):
         """The model's outputs for raw cutouts (N, S, S, 5): ``{"p_qso", "vector"[,
         "metric"]}``, p_qso calibrated at the training mix as the exported classifier gives it
-        (:func:`starqso.probability.calibrate` by the model's temperature).
+        (:func:`starqso.probability.calibrate` by the model's temperature); a K-class model's
+        ``{"probabilities", ...}``, (N, K), calibrated the same way
+        (:func:`starqso.probability.calibrate_classes`).
 
         The predictor :func:`starqso.inference.classify_block` runs for ``embed``: it moves
         p_qso to the prior and flags rows as ``predict`` does, and hands the spaces back.
         """
         outputs = _spaces(self.embedder, images)
-        outputs["p_qso"] = calibrate(outputs["p_qso"], self.temperature)
+        if "probabilities" in outputs:
+            outputs["probabilities"] = calibrate_classes(outputs["probabilities"],
+                                                         self.temperature)
+            outputs.pop("p_qso", None)
+        else:
+            outputs["p_qso"] = calibrate(outputs["p_qso"], self.temperature)
         return outputs
 
     def __call__(self, images, snr=None):
@@ -299,6 +310,8 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     spaces = {name: np.full((count, dim), np.nan, np.float32)
               for name, dim in zip(embedder.spaces, dims, strict=False)}
     p_qso = np.full(count, np.nan)
+    labels = np.full(count, "", dtype=object)
+    others = np.full((count, 2), np.nan)  # p_star, p_galaxy
     flags = np.full(count, "", dtype=object)
     qflag = np.full(count, QFLAG_BITS["NOT_CLASSIFIED"], np.int64)
     done = 0
@@ -314,6 +327,12 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
             ebv=block_ebv(ebv, rows_source, block), outputs=outputs)
         usable = classified.usable
         p_qso[rows[usable]] = classified.probabilities[usable]
+        for row, (_, p, _, ok, _, _, classes) in zip(rows, block_rows(block.ids, classified),
+                                                    strict=False):
+            # predict's labels and p_star / p_galaxy (GALAXY below the threshold too).
+            labels[row] = row_label(p, ok, embedder.threshold, classes)
+            if ok:
+                others[row] = other_classes(p, classes)
         flags[rows] = classified.flags
         qflag[rows] = classified.qflag
         for name in spaces:
@@ -323,7 +342,6 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
         if progress is not None:
             progress(done, count)
     embedded = np.isfinite(p_qso)
-    labels = np.where(embedded, np.where(p_qso >= embedder.threshold, "QSO", "STAR"), "")
     outlier = np.full(count, np.nan)
     space = outlier_space(spaces)
     if embedder.reference is not None and embedded.any() and space in embedder.reference:
@@ -332,7 +350,9 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     record = {"source": str(pathlib.Path(rows_source.path).resolve()), "rows": int(count),
               "model": str(embedder.model_dir.resolve()),
               "prior": embedder.settings["prior"], "prior_source":
-              embedder.settings["source"], "threshold": embedder.threshold,
+              embedder.settings["source"], "classes": embedder.settings.get("classes"),
+              "prior_vector": embedder.settings.get("prior_vector"),
+              "threshold": embedder.threshold,
               "temperature": embedder.temperature, "ebv": ebv,
               "spaces": {name: int(value.shape[1]) for name, value in spaces.items()},
               "outlier_space": space if np.isfinite(outlier).any() else None,
@@ -341,7 +361,8 @@ def embed_rows(source, embedder, batch_size=256, id_column=None, progress=None, 
     table = EmbeddingTable(
         ids=ids, spaces=spaces,
         columns={"p_qso": p_qso, "label": labels.astype(str), "flag": flags.astype(str),
-                 "qflag": qflag, "outlier": outlier},
+                 "qflag": qflag, "outlier": outlier, "p_star": others[:, 0],
+                 "p_galaxy": others[:, 1]},
         record=record)
     return table
 

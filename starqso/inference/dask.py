@@ -117,7 +117,7 @@ def predict_dataset(source, output, model_dir=None, runtime="litert", batch_size
             :func:`starqso.inference.predict_catalog`.
 
     Returns:
-        dict summary: rows, qso, flagged, repaired, resumed (rows of skipped partitions),
+        dict summary: rows, qso, galaxy, flagged, repaired, resumed (rows of skipped partitions),
         partitions, workers, output, prior and the provenance ``record``.
 
     Raises:

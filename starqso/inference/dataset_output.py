@@ -140,6 +140,7 @@ def file_counts(path):
     flags = np.asarray(table.column("flag").to_pylist())
     bits = table.column(QFLAG_COLUMN).to_numpy(zero_copy_only=False)
     return {"rows": len(labels), "qso": int(np.sum(labels == "QSO")),
+            "galaxy": int(np.sum(labels == "GALAXY")),
             "flagged": int(p_qso.sum()), "repaired": int(np.sum(~p_qso & (flags != ""))),
             "caveats": int(np.sum(~p_qso & (bits != 0)))}
 

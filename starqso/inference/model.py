@@ -14,8 +14,8 @@ from starqso._util.extras import require_tensorflow
 from starqso.deploy.folder import RUNTIME_FILES, check_model_dir, file_sha256
 from starqso.errors import InputError
 from starqso.preprocessing.photometry import EBV_RANGE
-from starqso.probability import prior_shift
-from starqso.schema import DEFAULT_THRESHOLD
+from starqso.probability import class_prior_shifts, prior_shift
+from starqso.schema import DEFAULT_THRESHOLD, QSO_CLASS
 
 RUNTIMES = tuple(RUNTIME_FILES)
 
@@ -59,8 +59,17 @@ def default_model_dir():
     return pathlib.Path(str(importlib.resources.files("starqso") / "pretrained"))
 
 
+def _model_output(values, count):
+    """A model's output for ``count`` rows: p(QSO), (N,), for a two-class model, whose output
+    is (N, 1); the class probabilities, (N, K), for a K-class model (K >= 3)."""
+    values = np.asarray(values)
+    values = values.reshape(values.shape[0], -1) if values.ndim else values.reshape(1, 1)
+    return values[:count, 0] if values.shape[1] == 1 else values[:count]
+
+
 class KerasPredictor:
-    """p(QSO) with the Keras model (imports TensorFlow).
+    """p(QSO), (N,), with a two-class Keras model, or the class probabilities, (N, K), with
+    a K-class one (imports TensorFlow).
 
     Args:
         model_dir: exported model folder.
@@ -85,11 +94,12 @@ class KerasPredictor:
         padded = -(-count // self.PAD_ROWS) * self.PAD_ROWS
         if padded != count:
             images = np.concatenate([images, np.repeat(images[-1:], padded - count, axis=0)])
-        return np.asarray(self.model.predict_on_batch({"image": images})).reshape(-1)[:count]
+        return _model_output(self.model.predict_on_batch({"image": images}), count)
 
 
 class LiteRTPredictor:
-    """p(QSO) with a TFLite model through LiteRT (no TensorFlow)."""
+    """p(QSO), (N,), or the class probabilities, (N, K), as :class:`KerasPredictor`, with a
+    TFLite model through LiteRT (no TensorFlow)."""
 
     def __init__(self, model_path, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
@@ -107,10 +117,7 @@ class LiteRTPredictor:
             self.shape = images.shape
         self.interpreter.set_tensor(self.input_index, images)
         self.interpreter.invoke()
-        output = self.interpreter.get_tensor(self.output_index)
-        # p(QSO) (N,) of a two-class model; (N, K) class probabilities otherwise.
-        output = output.reshape(len(images), -1)
-        return (output.reshape(-1) if output.shape[1] == 1 else output).copy()
+        return _model_output(self.interpreter.get_tensor(self.output_index), len(images)).copy()
 
 
 def open_model(model_dir, runtime="keras"):
@@ -122,7 +129,8 @@ def open_model(model_dir, runtime="keras"):
 
     Returns:
         ``(metadata, predictor)``: the folder's ``metadata.json`` and a callable mapping raw
-        cutouts (N, S, S, 5) to p(QSO) (N,).
+        cutouts (N, S, S, 5) to p(QSO) (N,) for a two-class model, to the class
+        probabilities (N, K) for a K-class one.
 
     Raises:
         InputError: see :func:`~starqso.deploy.folder.check_model_dir`.
@@ -144,9 +152,9 @@ def checked_predictor(model_dir, runtime):
 
 def parse_prior(value):
     """A ``--prior`` value: None (the model's default), ``"train"``, a QSO fraction in (0, 1),
-    or class fractions by name, ``"QSO=0.02"`` (``NAME=F`` pairs joined by commas; the model's
-    first class, STAR, takes the rest: :func:`resolve_prior` checks the names against the
-    model).
+    or class fractions by name, ``"QSO=0.02,GALAXY=0.6"`` (``NAME=F`` pairs joined by commas;
+    the classes not named, the model's first, STAR, among them, share the rest:
+    :func:`resolve_prior` checks the names against the model).
 
     Raises:
         InputError: anything else: a fraction that is not a number, 0 or below, 1 or above,
@@ -201,12 +209,16 @@ def _named_fractions(value):
     return fractions
 
 
-def _qso_fraction(fractions, metadata):
-    """The output class's fraction of a by-name prior, its names checked against the model's
-    classes (the first takes the rest, so it is not named)."""
+def _model_classes(metadata):
+    """The class names a model tells apart (``metadata.json: classes``; STAR/QSO without)."""
     from starqso.deploy.metadata import model_survey
 
-    names = model_survey(metadata)[1].names
+    return model_survey(metadata)[1].names
+
+
+def _check_prior_names(fractions, names):
+    """Refuse a by-name prior that names a class the model does not tell apart, or its first
+    class (which takes the rest, so it is not named)."""
     text = ",".join(f"{name}={fraction:g}" for name, fraction in fractions.items())
     for name in fractions:
         if name not in names[1:]:
@@ -215,8 +227,97 @@ def _qso_fraction(fractions, metadata):
             raise InputError(f"--prior names class {name}, {known} (the model's classes: "
                              f"{', '.join(names)}; name any of {', '.join(names[1:])}). "
                              f"Received: {text!r}")
-    # A two-class model (the only kind starqso reads) has one class to name: its output's.
+
+
+def _qso_fraction(fractions, metadata):
+    """The output class's fraction of a by-name prior for a two-class model, its names
+    checked against the model's classes (the first takes the rest, so it is not named)."""
+    names = _model_classes(metadata)
+    _check_prior_names(fractions, names)
+    # A two-class model has one class to name: its output's.
     return fractions[names[1]]
+
+
+def _training_fractions(metadata, names):
+    """A K-class model's training class fractions (``metadata.json:
+    training_class_fractions``) in class order, or None when the metadata gives none.
+
+    Raises:
+        InputError: the key is there but is not a fraction in (0, 1) for every class,
+            summing to 1.
+    """
+    if "training_class_fractions" not in metadata:
+        return None
+    given = metadata["training_class_fractions"]
+    if not (isinstance(given, dict) and set(given) == set(names) and all(
+            isinstance(given[name], (int, float)) and not isinstance(given[name], bool)
+            and 0 < given[name] < 1 for name in names)
+            and abs(sum(given.values()) - 1) < 1e-6):
+        raise InputError(f"metadata.json must give training_class_fractions as a fraction in "
+                         f"(0, 1) for each of {', '.join(names)}, summing to 1. Received: "
+                         f"training_class_fractions={given!r}")
+    return {name: float(given[name]) for name in names}
+
+
+def prior_vector(fractions, names, training):
+    """The class fractions a by-name prior stands for, every class of the model given one.
+
+    The named classes get their fractions; the classes not named (the first, STAR, always
+    among them) share the rest in their training proportions. So a bare QSO fraction,
+    ``{"QSO": F}``, keeps the other classes' training proportions of ``1 - F``, and
+    ``QSO=0.02,GALAXY=0.6`` leaves STAR the rest.
+
+    Args:
+        fractions: ``{name: F}`` as :func:`parse_prior` gives them (names checked).
+        names: the model's class names.
+        training: ``{name: f}``, the training class fractions.
+
+    Returns:
+        dict ``{name: F}`` in class order, summing to 1.
+
+    Example:
+        >>> training = {"STAR": 0.4, "QSO": 0.3, "GALAXY": 0.3}
+        >>> vector = prior_vector({"QSO": 0.02}, ("STAR", "QSO", "GALAXY"), training)
+        >>> {name: round(value, 12) for name, value in vector.items()}
+        {'STAR': 0.56, 'QSO': 0.02, 'GALAXY': 0.42}
+    """
+    rest = 1.0 - sum(fractions.values())
+    share = sum(training[name] for name in names if name not in fractions)
+    return {name: float(fractions[name]) if name in fractions else
+            rest * training[name] / share for name in names}
+
+
+def _resolve_class_prior(metadata, prior, names):
+    """:func:`resolve_prior` for a K-class model (K >= 3): the prior as a class vector."""
+    training = _training_fractions(metadata, names)
+    source, note = "user", None
+    if prior is None:
+        source = "default"
+        prior = parse_prior(metadata.get("default_prior", TRAINING_PRIOR))
+        if training is None and prior != TRAINING_PRIOR:
+            note = ("note: the model's metadata.json gives no training_class_fractions; "
+                    "its default_prior is not applied (class probabilities at the training "
+                    "mix)")
+            prior = TRAINING_PRIOR
+    if prior != TRAINING_PRIOR and training is None:
+        raise InputError(f"--prior needs the model's training class fractions "
+                         f"(metadata.json: training_class_fractions), which this model does "
+                         f"not give; run with --prior {TRAINING_PRIOR}. Received: --prior "
+                         f"{prior!r}")
+    if prior == TRAINING_PRIOR:
+        vector, source = training, TRAINING_PRIOR
+    else:
+        fractions = prior if isinstance(prior, dict) else {QSO_CLASS: float(prior)}
+        _check_prior_names(fractions, names)
+        vector = prior_vector(fractions, names, training)
+    shifts = [0.0] * len(names) if source == TRAINING_PRIOR else [
+        float(value) for value in class_prior_shifts([vector[name] for name in names],
+                                                     [training[name] for name in names])]
+    qso_training = None if training is None else training[QSO_CLASS]
+    return {"prior": None if vector is None else vector[QSO_CLASS], "source": source,
+            "shift": shifts, "training_qso_fraction": qso_training,
+            "training_qso_fraction_assumed": False, "note": note, "classes": list(names),
+            "prior_vector": vector, "training_class_fractions": training}
 
 
 #: ``--ebv`` values that ignore an input's ``ebv`` column (no de-reddening): the default.
@@ -287,7 +388,15 @@ def block_ebv(setting, rows_source, block):
 
 
 def resolve_prior(metadata, prior=None):
-    """Which prior p(QSO) will assume, and the logit shift that gets it there.
+    """Which prior the class probabilities will assume, and the shift that gets them there.
+
+    A two-class model's prior is the QSO fraction F, its shift the logit shift
+    (:func:`~starqso.probability.prior_shift`). A K-class model's is a fraction per class
+    (:func:`prior_vector`: ``--prior QSO=0.02,GALAXY=0.6``, or a bare QSO fraction, the
+    other classes keeping their training proportions of the rest), its shift one log shift
+    per class (:func:`~starqso.probability.class_prior_shifts`) from the model's
+    ``training_class_fractions``; its ``default_prior`` is a QSO fraction or such fractions
+    by name.
 
     Args:
         metadata: the model folder's ``metadata.json``.
@@ -297,15 +406,30 @@ def resolve_prior(metadata, prior=None):
     Returns:
         dict: ``prior`` (the QSO fraction the output p_qso assumes; None when that is the
         training mix of an older model, which is unknown), ``source`` ("default", "user" or
-        "train"), ``shift`` (added to logit p; 0 for none), ``training_qso_fraction`` (None
-        when unknown), ``training_qso_fraction_assumed`` (the legacy 0.30 was used) and
-        ``note`` (None, or a line saying what was assumed).
+        "train"), ``shift`` (a two-class model: float added to logit p, 0 for none; a
+        K-class model: a list of K log shifts, zeros for none), ``training_qso_fraction``
+        (None when unknown), ``training_qso_fraction_assumed`` (the legacy 0.30 was used),
+        ``note`` (None, or a line saying what was assumed), ``classes`` (the model's class
+        names), ``prior_vector`` (``{name: F}`` for every class; None when unknown) and
+        ``training_class_fractions`` (``{name: f}``; None when unknown).
+
+    Raises:
+        InputError: a bad prior (:func:`parse_prior`), a class the model does not tell
+            apart, or bad training fractions in ``metadata``.
 
     Example:
         >>> resolve_prior({"training_qso_fraction": 0.3, "default_prior": 0.02})["prior"]
         0.02
+        >>> three = {"classes": {"names": ["STAR", "QSO", "GALAXY"]},
+        ...          "training_class_fractions": {"STAR": 0.4, "QSO": 0.3, "GALAXY": 0.3}}
+        >>> vector = resolve_prior(three, "QSO=0.02,GALAXY=0.6")["prior_vector"]
+        >>> {name: round(value, 12) for name, value in vector.items()}
+        {'STAR': 0.38, 'QSO': 0.02, 'GALAXY': 0.6}
     """
     prior = parse_prior(prior)
+    names = _model_classes(metadata)
+    if len(names) > 2:
+        return _resolve_class_prior(metadata, prior, names)
     if isinstance(prior, dict):
         prior = _qso_fraction(prior, metadata)
     training = metadata.get("training_qso_fraction")
@@ -316,7 +440,8 @@ def resolve_prior(metadata, prior=None):
     if prior == TRAINING_PRIOR:
         return {"prior": training, "source": TRAINING_PRIOR, "shift": 0.0,
                 "training_qso_fraction": training, "training_qso_fraction_assumed": False,
-                "note": None}
+                "note": None, "classes": list(names),
+                **_two_class_vectors(names, training, training)}
     note, assumed = None, training is None
     if assumed:
         training = LEGACY_TRAINING_QSO_FRACTION
@@ -326,23 +451,65 @@ def resolve_prior(metadata, prior=None):
     shift = prior_shift(prior, training)
     return {"prior": float(prior), "source": source, "shift": shift,
             "training_qso_fraction": float(training), "training_qso_fraction_assumed": assumed,
-            "note": note}
+            "note": note, "classes": list(names),
+            **_two_class_vectors(names, float(prior), float(training))}
+
+
+def _two_class_vectors(names, prior, training):
+    """A two-class model's prior and training fractions as class vectors (None unknown)."""
+    def vector(fraction):
+        return None if fraction is None else {names[0]: 1.0 - fraction, names[1]: fraction}
+
+    return {"prior_vector": vector(prior), "training_class_fractions": vector(training)}
 
 
 def evidence_fraction(settings):
     """The training fraction faint rows lean toward (:func:`classify_block`'s
-    ``training_fraction``): None when the model does not record it (no leaning then)."""
+    ``training_fraction``): the QSO fraction of a two-class model, the list of class
+    fractions of a K-class one; None when the model does not record it (no leaning then)."""
     if settings.get("training_qso_fraction_assumed"):
         return None
+    classes = settings.get("classes") or ()
+    if len(classes) > 2:
+        training = settings.get("training_class_fractions")
+        return None if training is None else [training[name] for name in classes]
     return settings.get("training_qso_fraction")
 
 
 def prior_label(settings):
-    """How the summary line names the prior: ``0.02``, ``train (0.3)`` or ``train``."""
+    """How the summary line names the prior: ``0.02``, ``train (0.3)`` or ``train``; for a
+    K-class model the fractions of the classes after the first, ``QSO=0.02,GALAXY=0.6``."""
+    classes = settings.get("classes") or ()
+    if len(classes) > 2:
+        vector = settings.get("prior_vector")
+        text = None if vector is None else ",".join(f"{name}={vector[name]:g}"
+                                                    for name in classes[1:])
+        if settings["source"] != TRAINING_PRIOR:
+            return text
+        return TRAINING_PRIOR if text is None else f"{TRAINING_PRIOR} ({text})"
     if settings["source"] != TRAINING_PRIOR:
         return f"{settings['prior']:g}"
     training = settings["training_qso_fraction"]
     return TRAINING_PRIOR if training is None else f"{TRAINING_PRIOR} ({training:g})"
+
+
+def two_class_note(settings):
+    """The line ``predict`` prints once for a two-class model (its p_galaxy is empty), or
+    None for a model that tells GALAXY apart.
+
+    Args:
+        settings: :func:`resolve_prior`'s settings, or an output's record (both hold
+            ``classes``).
+
+    Example:
+        >>> two_class_note({"classes": ["STAR", "QSO"]})
+        'note: the model is two-class (STAR/QSO): p_star is 1 - p_qso and p_galaxy is empty'
+    """
+    classes = settings.get("classes") or ()
+    if len(classes) > 2:
+        return None
+    return (f"note: the model is two-class ({'/'.join(classes) or 'STAR/QSO'}): p_star is "
+            f"1 - p_qso and p_galaxy is empty")
 
 
 def model_identity(model_dir, runtime, threshold, settings):
@@ -359,9 +526,12 @@ def model_identity(model_dir, runtime, threshold, settings):
 
 def model_provenance(model_dir, metadata, settings):
     """What an output records of the model beyond its identity, in the side-car's key order:
-    the prior's source, the temperature, the training QSO fraction (and whether it was
-    assumed), the starqso version and the model folder's name."""
+    the prior's source, the model's classes, the prior as a fraction per class, the
+    temperature, the training QSO fraction (and whether it was assumed), the starqso version
+    and the model folder's name."""
     return {"prior_source": settings["source"],
+            "classes": settings.get("classes"),
+            "prior_vector": settings.get("prior_vector"),
             "temperature": metadata.get("temperature"),
             "training_qso_fraction": settings["training_qso_fraction"],
             "training_qso_fraction_assumed": settings["training_qso_fraction_assumed"],

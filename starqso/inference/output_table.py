@@ -24,6 +24,10 @@ def _header_cards(record):
         ("PRIOR", prior, "QSO fraction p_qso assumes" if prior is not None
          else "QSO fraction p_qso assumes: training mix, unknown"),
         ("PRIORSRC", record["prior_source"], "prior from: default, user or train"),
+        ("PRIORVEC", _class_text(record.get("prior_vector")) or "unknown",
+         "class fractions assumed"),
+        ("CLASSES", ",".join(record.get("classes") or ()) or "STAR,QSO",
+         "model classes"),
         ("THRESH", record["threshold"], "label QSO when p_qso >= THRESH"),
         ("TEMPER", 1.0 if record["temperature"] is None else record["temperature"],
          "calibration temperature" if record["temperature"] is not None
@@ -45,6 +49,11 @@ def _header_cards(record):
         *((f"QBIT{bit.bit_length() - 1}", name, f"qflag bit value {bit}")
           for name, bit in QFLAG_BITS.items()),
     ]
+
+
+def _class_text(vector):
+    """``{name: F}`` as ``NAME=F,...`` (the FITS card of the prior vector); "" for None."""
+    return ",".join(f"{name}={fraction:.6g}" for name, fraction in (vector or {}).items())
 
 
 def provenance(command=None):
@@ -114,7 +123,10 @@ def finish_output(partial_file, output, fits_output, record, keep=()):
                    "flag": text["flag"].astype(f"S{max(text['flag'].dtype.itemsize, 1)}"),
                    QFLAG_COLUMN: np.array([int(row[4]) for row in rows], np.int32),
                    P_QSO_ERR_COLUMN: np.array([float(row[5]) if row[5] else np.nan
-                                               for row in rows])})
+                                               for row in rows]),
+                   **{name: np.array([float(row[column]) if row[column] else np.nan
+                                      for row in rows])
+                      for column, name in enumerate(OUTPUT_COLUMNS[6:], 6)}})
     for number, name in enumerate(keep, len(OUTPUT_COLUMNS)):
         table[name] = _fits_column([row[number] for row in rows])
     hdu = fits.table_to_hdu(table)

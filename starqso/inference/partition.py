@@ -17,8 +17,10 @@ from starqso.deploy.folder import RUNTIME_FILES
 from starqso.inference.classify import (
     COUNT_KEYS,
     OUTPUT_COLUMNS,
+    block_rows,
     classify_block,
     label_block,
+    other_classes,
     refuse_flagged,
 )
 from starqso.inference.dataset_output import part_name
@@ -82,7 +84,10 @@ def _table_bytes(columns, keep, record):
               QFLAG_COLUMN: pa.array(columns[QFLAG_COLUMN], pa.int32()),
               P_QSO_ERR_COLUMN: pa.array(columns[P_QSO_ERR_COLUMN], pa.float64(),
                                          mask=np.isnan(np.asarray(columns[P_QSO_ERR_COLUMN],
-                                                                  np.float64)))}
+                                                                  np.float64))),
+              **{name: pa.array(columns[name], pa.float64(),
+                                mask=np.isnan(np.asarray(columns[name], np.float64)))
+                 for name in ("p_star", "p_galaxy")}}
     for name, values in keep.items():
         arrays[name] = pa.array(values)
     table = pa.table(arrays).replace_schema_metadata(
@@ -121,14 +126,17 @@ def run_partition(job, partition):
         if job["strict"]:
             refuse_flagged(classified.flags, block.ids, start, job["input"])
         labels = label_block(classified, threshold, counts)
-        for ident, p_qso, flag, ok, bits, err, label in zip(block.ids, *classified, labels,
-                                                            strict=False):
+        for (ident, p_qso, flag, ok, bits, err, classes), label in zip(
+                block_rows(block.ids, classified), labels, strict=False):
+            p_star, p_galaxy = other_classes(p_qso, classes)
             columns["id"].append(ident)
             columns["p_qso"].append(float(p_qso) if ok else np.nan)
             columns["label"].append(label)
             columns["flag"].append(flag)
             columns[QFLAG_COLUMN].append(int(bits))
             columns[P_QSO_ERR_COLUMN].append(float(err))
+            columns["p_star"].append(p_star if ok else np.nan)
+            columns["p_galaxy"].append(p_galaxy if ok else np.nan)
         for name in source.keep_columns:  # block.keep also holds an unkept ebv column
             keep.setdefault(name, []).append(np.asarray(block.keep[name]))
     keep = {name: np.concatenate(parts) for name, parts in keep.items()}

@@ -89,6 +89,7 @@ from starqso.errors import InputError
 from starqso.inference.classify import (
     COUNT_KEYS,
     OUTPUT_COLUMNS,
+    block_rows,
     classify_block,
     label_block,
     output_cells,
@@ -131,13 +132,18 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                     threshold=None, progress=None, strict=False, resume=False, log=None,
                     prior=None, tta=False, id_column=None, keep=(), command=None,
                     uncertainty=True, ebv=None):
-    """Classify every row of ``source`` and write ``id, p_qso, label, flag`` to ``output``.
+    """Classify every row of ``source`` and write ``id, p_qso, label, flag, qflag,
+    p_qso_err, p_star, p_galaxy`` to ``output``.
 
     p_qso is the model's calibrated p(QSO), averaged over the eight dihedral views with
-    ``tta``, then corrected to ``prior`` (see the module docstring); the label compares it to
-    the threshold. A CSV output gets the side-car :func:`sidecar_path` and a FITS output
-    header cards (``PRIOR``, ``PRIORSRC``, ``THRESH``, ``TEMPER``, ``TRNFRAC``, ``TTA``,
-    ``RUNTIME``) saying which prior, threshold, temperature and runtime p_qso comes from.
+    ``tta``, then corrected to ``prior`` (see the module docstring); the label is QSO where
+    it reaches the threshold, else the most probable other class (STAR for a two-class
+    model, whose p_star is 1 - p_qso and whose p_galaxy is blank; the record's ``classes``
+    says which: :func:`~starqso.inference.two_class_note`).
+    A CSV output gets the side-car :func:`sidecar_path` and a FITS output header cards
+    (``PRIOR``, ``PRIORVEC``, ``PRIORSRC``, ``THRESH``, ``TEMPER``, ``TRNFRAC``, ``TTA``,
+    ``RUNTIME``) saying which prior (QSO fraction, and fraction per class), threshold,
+    temperature and runtime the probabilities come from.
 
     Args:
         source: any input :func:`starqso.io.sources.open_source` reads: a catalogue
@@ -152,8 +158,10 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         strict: raise on the first row that would be flagged (a repair included).
         resume: continue the partial file an interrupted run left beside ``output``.
         log: optional callable for notes (e.g. where a resumed run continues).
-        prior: the QSO fraction of the sample, in (0, 1); ``"train"`` for none (p at the
-            training mix); None for the model's ``default_prior`` (none for older models).
+        prior: the QSO fraction of the sample, in (0, 1), or class fractions by name
+            (``"QSO=0.02,GALAXY=0.6"``, :func:`~starqso.inference.resolve_prior`); ``"train"``
+            for none (p at the training mix); None for the model's ``default_prior`` (none
+            for older models).
         tta: average p(QSO) over the eight dihedral views of each cutout (8x the model work).
         id_column: the id column of Parquet, HATS, zarr metadata and stack tables.
         keep: input columns copied into the output after ``flag`` (``--keep ra,dec``).
@@ -167,8 +175,8 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
             ``"none"``.
 
     Returns:
-        dict summary: rows, qso, flagged (not classified), repaired, caveats (classified rows
-        with a non-zero qflag), resumed (rows taken
+        dict summary: rows, qso, galaxy (GALAXY labels), flagged (not classified), repaired,
+        caveats (classified rows with a non-zero qflag), resumed (rows taken
         from the partial file), the output path and ``record`` (what the side-car holds:
         prior, threshold, temperature, ...).
 
@@ -229,6 +237,7 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
         for _, p_qso, label, flag, qflag, *_ in done or []:
             counts["rows"] += 1
             counts["qso"] += label == "QSO"
+            counts["galaxy"] += label == "GALAXY"
             counts["flagged"] += bool(flag) and not p_qso
             counts["repaired"] += bool(flag) and bool(p_qso)
             counts["caveats"] += bool(p_qso) and qflag not in ("", "0")
@@ -261,10 +270,10 @@ def predict_catalog(source, output, model_dir=None, runtime="keras", batch_size=
                         refuse_flagged(classified.flags, batch_ids, start, source)
                     label_block(classified, threshold, counts)
                     kept = [csv_cells(block.keep[name]) for name in rows_source.keep_columns]
-                    for row, (ident, p_qso, flag, ok, bits, err) in enumerate(
-                            zip(batch_ids, *classified, strict=False)):
+                    for row, (ident, p_qso, flag, ok, bits, err, classes) in enumerate(
+                            block_rows(batch_ids, classified)):
                         writer.writerow((*output_cells(ident, p_qso, flag, ok, bits, err,
-                                                       threshold),
+                                                       threshold, classes),
                                          *(column[row] for column in kept)))
                     # Each batch reaches the disk whole before the next starts: what --resume reads.
                     stream.flush()

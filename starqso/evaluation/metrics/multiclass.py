@@ -69,8 +69,10 @@ def predicted_classes(p_star, p_qso, p_galaxy, threshold: float = 0.5) -> np.nda
     p_star = np.asarray(p_star, dtype=np.float64).ravel()
     p_qso = np.asarray(p_qso, dtype=np.float64).ravel()
     p_galaxy = np.asarray(p_galaxy, dtype=np.float64).ravel()
-    galaxy = np.where(np.isnan(p_galaxy), -np.inf, p_galaxy) > np.nan_to_num(p_star, nan=-1.0)
-    return np.where(p_qso >= threshold, _QSO, np.where(galaxy, _GALAXY, _STAR)).astype(np.int64)
+    from starqso.probability import class_decisions
+
+    return class_decisions(np.stack([p_star, p_qso, p_galaxy], axis=1),
+                           threshold).astype(np.int64)
 
 
 def _class_rates(confusion: np.ndarray, code: int, confidence: float) -> dict:

@@ -8,10 +8,12 @@ One row per input row, in input order:
 ``id``         str, unique, not blank (leading/trailing spaces removed on reading, as in
                :mod:`starqso.io.catalog`)
 ``p_qso``      float, NaN when the row was not classified
-``label``      ``STAR``, ``QSO`` or blank
+``label``      ``STAR``, ``QSO``, ``GALAXY`` or blank
 ``flag``       str, blank for none; says why a row has no embedding
 ``qflag``      int, the quality bits of :data:`starqso.schema.QFLAG_BITS`
 ``outlier``    float, NaN when unknown (:func:`starqso.discovery.outlier_scores`)
+``p_star``     float, NaN when not classified (``1 - p_qso`` for a two-class model)
+``p_galaxy``   float, NaN when not classified or the model is two-class (STAR/QSO)
 ``vector``     float32 ``(N, d)``: the generated spectral vector (always)
 ``metric``     float32 ``(N, m)``: the metric-learning head's embedding (optional)
 =============  ==========================================================================
@@ -62,7 +64,7 @@ from starqso.io.embeddings.csv_file import read_csv, write_csv
 from starqso.io.embeddings.fits_file import read_fits, write_fits
 from starqso.io.embeddings.parquet_file import read_parquet, write_parquet
 from starqso.io.embeddings.table import COLUMNS, SPACES, EmbeddingTable, space_columns
-from starqso.schema import CLASS_NAMES
+from starqso.schema import LABEL_NAMES
 
 __all__ = [
     "COLUMNS",
@@ -153,9 +155,9 @@ def write_embeddings(table: EmbeddingTable, path: str | os.PathLike) -> str:
 
 def _labels(values, path):
     labels = np.char.upper(np.char.strip(np.asarray(values, dtype=str)))
-    bad = np.flatnonzero(~np.isin(labels, [*CLASS_NAMES, ""])) if len(labels) else []
+    bad = np.flatnonzero(~np.isin(labels, [*LABEL_NAMES, ""])) if len(labels) else []
     if len(bad):
-        raise InputError(f"embeddings label must be {', '.join(CLASS_NAMES)} or blank. "
+        raise InputError(f"embeddings label must be {', '.join(LABEL_NAMES)} or blank. "
                          f"Received: {str(labels[bad[0]])!r} at row {bad[0] + 1} in file {path}")
     return labels
 
@@ -174,7 +176,8 @@ def read_embeddings(path: str | os.PathLike, space: str = "vector") -> Embedding
 
     Returns:
         :class:`EmbeddingTable` with ids stripped of leading/trailing spaces, labels upper
-        case, and missing per-row columns filled (``p_qso``, ``outlier`` NaN; ``label``,
+        case, and missing per-row columns filled (``p_qso``, ``outlier``, ``p_star``,
+        ``p_galaxy`` NaN; ``label``,
         ``flag`` blank; ``qflag`` 0). ``record`` is the side-car (CSV), the ``RECORD`` card
         (FITS) or the schema metadata (Parquet); ``{}`` when there is none.
 

@@ -46,6 +46,8 @@ def _csv_blocks(table):
         stop = min(start + _CSV_BLOCK, len(table))
         p_qso = _float_text(columns["p_qso"][start:stop])
         outlier = _float_text(columns["outlier"][start:stop])
+        p_star = _float_text(columns["p_star"][start:stop])
+        p_galaxy = _float_text(columns["p_galaxy"][start:stop])
         block = matrix[start:stop]
         finite = np.isfinite(block).all(axis=1)
         lines = []
@@ -60,7 +62,8 @@ def _csv_blocks(table):
             lines.append(f"{_csv_field(table.ids[row])},{p_qso[offset]},"
                          f"{_csv_field(columns['label'][row])},"
                          f"{_csv_field(columns['flag'][row])},{int(columns['qflag'][row])},"
-                         f"{outlier[offset]},{vector}\n")
+                         f"{outlier[offset]},{p_star[offset]},{p_galaxy[offset]},"
+                         f"{vector}\n")
         yield "".join(lines)
 
 

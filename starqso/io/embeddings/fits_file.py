@@ -33,7 +33,9 @@ def write_fits(table, temporary: str) -> None:
                fits.Column("label", f"{text['label'].dtype.itemsize}A", array=text["label"]),
                fits.Column("flag", f"{text['flag'].dtype.itemsize}A", array=text["flag"]),
                fits.Column("qflag", "K", array=table.columns["qflag"]),
-               fits.Column("outlier", "D", array=table.columns["outlier"])]
+               fits.Column("outlier", "D", array=table.columns["outlier"]),
+               fits.Column("p_star", "D", array=table.columns["p_star"]),
+               fits.Column("p_galaxy", "D", array=table.columns["p_galaxy"])]
     for space, value in table.spaces.items():
         columns.append(fits.Column(space, f"{value.shape[1]}E", array=value))
     hdu = fits.BinTableHDU.from_columns(columns, name=_FITS_EXTNAME)

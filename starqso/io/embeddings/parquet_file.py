@@ -25,7 +25,9 @@ def write_parquet(table, temporary: str) -> None:
               "label": pa.array(table.columns["label"].tolist(), pa.string()),
               "flag": pa.array(table.columns["flag"].tolist(), pa.string()),
               "qflag": pa.array(table.columns["qflag"], pa.int64()),
-              "outlier": pa.array(table.columns["outlier"], pa.float64())}
+              "outlier": pa.array(table.columns["outlier"], pa.float64()),
+              "p_star": pa.array(table.columns["p_star"], pa.float64()),
+              "p_galaxy": pa.array(table.columns["p_galaxy"], pa.float64())}
     for space, value in table.spaces.items():
         # NaN stays a NaN value (not null), so the vector round-trips bit for bit.
         arrays[space] = pa.FixedSizeListArray.from_arrays(

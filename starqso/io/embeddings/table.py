@@ -9,14 +9,15 @@ import numpy as np
 
 from starqso.errors import InputError
 
-#: The per-row columns, in file order, before the embeddings.
-COLUMNS = ("id", "p_qso", "label", "flag", "qflag", "outlier")
+#: The per-row columns, in file order, before the embeddings (p_star and p_galaxy after the
+#: original six, so readers of older files find those where they were).
+COLUMNS = ("id", "p_qso", "label", "flag", "qflag", "outlier", "p_star", "p_galaxy")
 #: The embedding spaces, in file order; ``vector`` is always there.
 SPACES = ("vector", "metric")
 #: The per-row columns by type, and all of them (``id`` aside).
-FLOAT_COLUMNS = ("p_qso", "outlier")
+FLOAT_COLUMNS = ("p_qso", "outlier", "p_star", "p_galaxy")
 TEXT_COLUMNS = ("label", "flag")
-PER_ROW = ("p_qso", "label", "flag", "qflag", "outlier")
+PER_ROW = ("p_qso", "label", "flag", "qflag", "outlier", "p_star", "p_galaxy")
 
 
 def space_columns(space: str, dim: int) -> list[str]:
@@ -50,8 +51,9 @@ class EmbeddingTable:
         spaces: ``{"vector": float32 (N, d)[, "metric": float32 (N, m)]}``; NaN rows for
             objects without an embedding.
         columns: ``p_qso`` (float64, NaN when not classified), ``label`` (str), ``flag``
-            (str), ``qflag`` (int64), ``outlier`` (float64, NaN when unknown), each ``(N,)``;
-            missing ones are filled with those defaults (``qflag`` 0).
+            (str), ``qflag`` (int64), ``outlier`` (float64, NaN when unknown), ``p_star`` and
+            ``p_galaxy`` (float64, NaN when not classified; p_galaxy NaN for a two-class
+            model), each ``(N,)``; missing ones are filled with those defaults (``qflag`` 0).
         record: provenance (model, prior, ...), a JSON-serialisable dict.
 
     Example:
@@ -89,7 +91,8 @@ class EmbeddingTable:
                              f"{sorted(unknown)}")
         defaults = {"p_qso": np.full(count, np.nan), "label": np.full(count, "", dtype=str),
                     "flag": np.full(count, "", dtype=str), "qflag": np.zeros(count, np.int64),
-                    "outlier": np.full(count, np.nan)}
+                    "outlier": np.full(count, np.nan), "p_star": np.full(count, np.nan),
+                    "p_galaxy": np.full(count, np.nan)}
         columns = {**defaults, **self.columns}
         for name in FLOAT_COLUMNS:
             columns[name] = np.asarray(columns[name], np.float64)

@@ -40,13 +40,12 @@ def summary_metrics(labels, probabilities, threshold=0.5) -> dict:
 def _class_summary(labels, probabilities, threshold) -> dict:
     from sklearn.metrics import f1_score, roc_auc_score
 
+    from starqso.probability import class_decisions
     from starqso.schema import LABEL_CODES, LABEL_NAMES
 
     qso = LABEL_CODES["QSO"]
     count = probabilities.shape[1]
-    others = probabilities.copy()
-    others[:, qso] = -1.0
-    predicted = np.where(probabilities[:, qso] >= threshold, qso, others.argmax(axis=1))
+    predicted = class_decisions(probabilities, threshold)
     scores = f1_score(labels, predicted, labels=range(count), average=None, zero_division=0)
     is_qso = labels == qso
     metrics = {"n": int(labels.size), "accuracy": float(np.mean(predicted == labels)),
