@@ -102,6 +102,8 @@ def classify(cubes, predictor, metadata, shift, name, training_fraction=None):
             "flags": sum((list(part.flags) for part in parts), []),
             "qflag": np.concatenate([part.qflag for part in parts]),
             "p_err": np.concatenate([part.p_err for part in parts]),
+            # (N, K) class probabilities under the prior ([1 - p, p] for a two-class model)
+            "classes": np.concatenate([part.classes for part in parts]),
             "sigma": sigma, "snr": snr, "crops": crops}
 
 

@@ -9,10 +9,11 @@ Brunner galaxies, the six fields' point sources at r < 21, and the real high-z Q
 (``real_qso_iqvit_dev.npz``), each classified as the default ``starqso predict`` does (LiteRT
 int8, its per-row core, the model's default prior).
 
-Today's models tell two classes apart, so their GALAXY answer is the EXTENDED quality bit (a
-classified row with it is counted GALAXY, whatever its label); a refused row gets no answer
-and counts against every class. The AUC ranks p_qso of the real QSOs against every real star
-and galaxy (refused rows lowest).
+A three-class model's answer is its label (QSO at p_qso >= the threshold, else the more
+probable of STAR and GALAXY: ``starqso.probability.class_decisions``). A two-class model's
+GALAXY answer is the EXTENDED quality bit (a classified row with it is counted GALAXY,
+whatever its label). A refused row gets no answer and counts against every class. The AUC
+ranks p_qso of the real QSOs against every real star and galaxy (refused rows lowest).
 """
 
 from __future__ import annotations
@@ -34,8 +35,16 @@ from report import command, provenance, publish  # noqa: E402
 
 
 def answers(result, threshold):
-    """Per row: "QSO", "GALAXY" (EXTENDED), "STAR" or "" (refused)."""
+    """Per row: "QSO", "GALAXY" (the label; EXTENDED for a two-class model), "STAR" or ""
+    (refused)."""
+    from starqso.probability import class_decisions
+    from starqso.schema import LABEL_NAMES
+
     usable = result["usable"]
+    classes = result["classes"]
+    if classes.shape[1] > 2:
+        decided = class_decisions(np.nan_to_num(classes), threshold)
+        return np.where(usable, np.array(LABEL_NAMES)[decided], "")
     galaxy = usable & has(result["qflag"], "EXTENDED")
     qso = usable & ~galaxy & (np.nan_to_num(result["p"]) >= threshold)
     return np.where(~usable, "", np.where(galaxy, "GALAXY", np.where(qso, "QSO", "STAR")))
@@ -48,6 +57,7 @@ def main():
                                                      "sdss_cutouts_kim_brunner.npz"))
     from starqso.deploy.metadata import model_survey
     from starqso.inference import evidence_fraction, resolve_prior
+    from starqso.inference.model import prior_label
 
     started = time.perf_counter()
     model_dir, metadata, predictor = open_scored_model(args.model)
@@ -109,7 +119,7 @@ def main():
         command(__file__), "",
         f"{provenance(started)}. Model `{model_dir}` "
         f"(LiteRT int8, classes {'/'.join(classes)}, threshold {threshold:g}, default prior "
-        f"{settings['prior']:g}). "
+        f"{prior_label(settings)}). "
         + ("Two classes: GALAXY here is the EXTENDED quality bit." if len(classes) == 2
            else ""), "",
         *lines, "",

@@ -5,6 +5,7 @@ The sky-background files here are written through the skies writer from small sy
 nothing needs ../shared.
 """
 
+import csv
 import json
 
 import numpy as np
@@ -246,6 +247,31 @@ def _check_three_class_export(folder):
         np.testing.assert_allclose(got, expected, atol=tolerance)
     check = json.loads((folder / "export_check.json").read_text())
     assert check["calibration"]["training_class_fractions"] == fractions
+    # predict on a cube stack: p_star + p_qso + p_galaxy = 1, labels of the three classes.
+    from astropy.io import fits
+
+    stack, output = folder.parent / "stack.fits", folder.parent / "predictions.csv"
+    fits.HDUList([fits.PrimaryHDU(np.moveaxis(cutouts, -1, 1)), fits.BinTableHDU.from_columns(
+        [fits.Column(name="id", format="8A", array=np.array(["a", "b", "c", "d"]))])]
+                 ).writeto(stack)
+    result = CliRunner().invoke(main, ["predict", str(stack), "--model", str(folder),
+                                       "--runtime", "litert", "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "prior QSO=0.02,GALAXY=0.6" in result.output
+    rows = list(csv.DictReader(output.open()))
+    assert list(rows[0])[:8] == ["id", "p_qso", "label", "flag", "qflag", "p_qso_err",
+                                 "p_star", "p_galaxy"]
+    for row in rows:
+        if row["label"]:
+            total = sum(float(row[key]) for key in ("p_star", "p_qso", "p_galaxy"))
+            assert total == pytest.approx(1.0, abs=2e-6)
+            assert row["label"] in ("STAR", "QSO", "GALAXY")
+    for prior, expected in (("QSO=0.6,GALAXY=0.5", "sum to 1.1"),
+                            ("WHITE_DWARF=0.1", "WHITE_DWARF")):
+        bad = CliRunner().invoke(main, ["predict", str(stack), "--model", str(folder),
+                                        "--runtime", "litert", "--prior", prior,
+                                        "--output", str(folder.parent / "bad.csv")])
+        assert bad.exit_code != 0 and expected in cli_error_line(bad)
 
 
 def test_reddening_moves_colours_by_the_coefficients_and_is_recorded(tmp_path):
