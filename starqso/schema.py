@@ -306,14 +306,29 @@ DEFAULT_THRESHOLD = 0.5
 # different in the cutout). Codes are indices into FINE_CLASS_NAMES.
 QSO_REDSHIFT_EDGES = (1.0, 2.0, 3.0)
 FINE_CLASS_NAMES = ("STAR", "QSO z<1", "QSO 1<=z<2", "QSO 2<=z<3", "QSO z>=3")
+# A three-class run's metric head also learns GALAXY, the fine class after the QSO bins.
+GALAXY_FINE_CLASS = "GALAXY"
 
 
-def fine_class_codes(labels, redshift):
-    """The fine class (index into :data:`FINE_CLASS_NAMES`) of each object; -1 where unknown.
+def fine_class_names(num_classes: int = 2) -> tuple:
+    """The fine classes of a run telling ``num_classes`` classes apart: :data:`FINE_CLASS_NAMES`
+    for STAR/QSO, then :data:`GALAXY_FINE_CLASS` for STAR/QSO/GALAXY.
+
+    Example:
+        >>> fine_class_names(3)[-1]
+        'GALAXY'
+    """
+    return FINE_CLASS_NAMES + ((GALAXY_FINE_CLASS,) if num_classes > 2 else ())
+
+
+def fine_class_codes(labels, redshift, num_classes: int = 2):
+    """The fine class (index into :func:`fine_class_names`) of each object; -1 where unknown.
 
     Args:
-        labels: int ``(N,)`` STAR 0 / QSO 1 / unknown -1 (:data:`LABEL_CODES`).
+        labels: int ``(N,)`` STAR 0 / QSO 1 / GALAXY 2 / unknown -1 (:data:`LABEL_CODES`).
         redshift: float ``(N,)``; a QSO without a finite redshift is unknown (-1).
+        num_classes: the run's classes: with 3, a GALAXY is the last fine class; with 2 it
+            is unknown (-1).
 
     Returns:
         int64 ``(N,)`` codes.
@@ -330,6 +345,8 @@ def fine_class_codes(labels, redshift):
     codes[labels == 0] = 0
     qso = (labels == 1) & np.isfinite(redshift)
     codes[qso] = 1 + np.searchsorted(QSO_REDSHIFT_EDGES, redshift[qso], side="right")
+    if num_classes > 2:
+        codes[labels == LABEL_CODES["GALAXY"]] = len(FINE_CLASS_NAMES)
     return codes
 
 # --- quality bits ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 
 from starqso.discovery import average_precision_at_r, precision_at_k
 from starqso.errors import InputError
-from starqso.schema import FINE_CLASS_NAMES, fine_class_codes
+from starqso.schema import fine_class_codes, fine_class_names
 from starqso.training.stages.base import PREDICT_BATCH, Stage, generate_vectors
 
 
@@ -14,7 +14,8 @@ class MetricStage(Stage):
     """The metric-learning head: the generated vector (+ photometry) -> a unit-norm embedding.
 
     Trained with Proxy-NCA or Normalised-Softmax (:mod:`starqso.models.metric`) on the fine
-    classes of :func:`starqso.schema.fine_class_codes` (STAR and the QSO redshift bins) of the
+    classes of :func:`starqso.schema.fine_class_codes` (STAR and the QSO redshift bins, and
+    GALAXY in a three-class run) of the
     labelled objects, on the vectors the deployed generator makes (noise while training, zero
     noise for validation, as the fusion stage). The export puts the head inside the deployable
     model, where ``starqso embed`` reads its output.
@@ -53,7 +54,8 @@ class MetricStage(Stage):
 
     def prepare(self, context, train):
         self._loss(context)
-        self.classes = fine_class_codes(context.arrays.labels, context.arrays.redshift)
+        self.classes = fine_class_codes(context.arrays.labels, context.arrays.redshift,
+                                        context.num_classes)
         if not train:
             return
         train_index = self._index(context, context.train)
@@ -82,7 +84,8 @@ class MetricStage(Stage):
                           self.inputs["photometry"].shape[1] if "photometry" in self.inputs
                           else 0, model_config.dense_units, model_config.metric_dim,
                           model_config.dropout, name=self.files[0][:-len(".keras")])
-        learner = MetricLearner(head, len(FINE_CLASS_NAMES), self._loss(context),
+        learner = MetricLearner(head, len(fine_class_names(context.num_classes)),
+                                self._loss(context),
                                 name=f"{self.name}_learner")
         learner.compile(learning_rate=context.config.training.learning_rate)
         return learner
