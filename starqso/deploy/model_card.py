@@ -88,9 +88,15 @@ def model_card(folder, config, metadata, results):
     appends :func:`quality_card`)."""
     metrics = folder.metrics()
     _, data = folder.data_source()
+    names = list(metadata.get("class_names", ["STAR", "QSO"]))
+    three = len(names) > 2
     trained_on = data or (f"{config.data.num_objects} simulated objects (seed "
                           f"{config.data.simulation_seed}) drawn from real SDSS STAR/QSO "
                           f"catalogue rows with real stellar spectra and QSO archetypes")
+    if not data and config.data.galaxy_fraction > 0:
+        trained_on += (f"; a fraction {config.data.galaxy_fraction:g} of them galaxies (real "
+                       f"SDSS galaxy rows' colours and redshifts, bulge + disc Sérsic "
+                       f"profiles, kcorrect fibre spectra)")
     skies = folder.sky_backgrounds()
     if skies is not None:
         fields = ", ".join(skies["fields"][:6]) + (", ..." if len(skies["fields"]) > 6 else "")
@@ -112,16 +118,28 @@ def model_card(folder, config, metadata, results):
         trained_on += (f"; a fraction {config.data.high_z_magnitude_fraction:g} of the "
                        f"high-redshift QSOs with r uniform over {HIGH_Z_R_RANGE[0]:g}-"
                        f"{HIGH_Z_R_RANGE[1]:g}")
+    prior = metadata["default_prior"]
+    prior_text = (",".join(f"{name}={value:g}" for name, value in prior.items())
+                  if isinstance(prior, dict) else f"{prior:g}")
+    output = (f"calibrated class probabilities p({', '.join(names)}) (N, {len(names)}) at the "
+              f"training mix ("
+              + ", ".join(f"{name} {value:.3f}" for name, value in
+                          metadata.get("training_class_fractions", {}).items()) + ")"
+              if three else "calibrated p(QSO) at the training QSO fraction "
+              f"({metadata['training_qso_fraction']:.3f})")
     lines = [
         "# starqso classifier: model card", "",
-        f"* starqso {metadata['starqso_version']}, preset `{config.preset}`",
+        f"* starqso {metadata['starqso_version']}, preset `{config.preset}`, classes "
+        f"{'/'.join(names)}",
         f"* Input: raw cutouts, float32 nanomaggies, NHWC {metadata['input_shape']}, bands "
-        "ugriz, 0.396\"/px; output calibrated p(QSO) at the training QSO fraction "
-        f"({metadata['training_qso_fraction']:.3f}); `starqso predict` labels QSO when p >= "
-        f"{metadata['threshold']} after correcting p to the prior it is given (default "
-        f"{metadata['default_prior']}, " + (
+        f"ugriz, 0.396\"/px; output {output}; `starqso predict` labels QSO when p(QSO) >= "
+        f"{metadata['threshold']}" + (", else the more probable of the other classes," if three
+                                      else "")
+        + f" after correcting p to the prior it is given (default {prior_text}, " + (
             "the QSO fraction of the fine-tuning labels, the user's sample"
-            if (folder / "finetune.json").is_file() else "the sky's QSO fraction")
+            if (folder / "finetune.json").is_file() else
+            "the sky's class mix at high latitude and r < 21" if three
+            else "the sky's QSO fraction")
         + "; `--prior train`: none).",
         f"* Trained on: {trained_on}.",
         "* Inside: asinh scaling" + ((", aperture photometry (colours, r, concentration)"
@@ -182,18 +200,20 @@ def model_card(folder, config, metadata, results):
                          f"{result['label_agreement']:.4f} |")
     calibration = results["calibration"]
     lines += ["", "## Calibration and decision threshold", "",
-              f"* Temperature scaling inside every format: p = sigmoid(logit(p_raw) / T), "
-              f"T = {calibration['temperature']:.4f}, fitted (NLL) on the "
+              "* Temperature scaling inside every format: "
+              + ("p = softmax(log(p_raw) / T), " if three else "p = sigmoid(logit(p_raw) / T), ")
+              + f"T = {calibration['temperature']:.4f}, fitted (NLL) on the "
               f"{calibration['fitted_on']['objects']} validation objects.",
               f"* Threshold {calibration['threshold']:.2f}: {calibration['threshold_rule']}.",
               f"* p(QSO) assumes the training QSO fraction "
               f"{calibration['training_qso_fraction']:.3f}; `starqso predict` corrects it by "
-              f"Bayes' rule to `--prior` (default {calibration['default_prior']}: "
+              f"Bayes' rule to `--prior` (default {prior_text}: "
               + ("the QSO fraction of the labels it was fine-tuned on, so that by default "
                  "p(QSO) is the chance of being a QSO in a sample like the user's; give "
                  "`--prior` for another sample, e.g. 0.02 for the sky's point sources)."
                  if (folder / "finetune.json").is_file() else
-                 "QSOs are about 1-3% of point sources at high Galactic latitude and r < 21)."),
+                 "QSOs are about 1-3% of point sources at high Galactic latitude and r < 21"
+                 + ("; galaxies about two thirds of all sources there)." if three else ").")),
               "",
               "| objects | n | ECE before | ECE after | macro-F1 at 0.5 (raw) | "
               "macro-F1 at threshold (calibrated) |", "|---|---|---|---|---|---|"]
@@ -206,8 +226,11 @@ def model_card(folder, config, metadata, results):
     lines += ["", "## Limits", "",
               "* Trained on simulated images; real surveys differ in PSF, noise and "
               "neighbours. Check it on your own labelled objects before trusting p(QSO).",
-              "* Point sources only (galaxies were not in the training set). A cutout with no "
-              "source detected at its centre is flagged by `starqso predict`, not classified; "
+              ("* Galaxies are a class of their own, simulated (Sérsic profiles with real "
+               "catalogue colours); real galaxies' shapes vary more. A cutout with no "
+               if three else
+               "* Point sources only (galaxies were not in the training set). A cutout with no ")
+              + "source detected at its centre is flagged by `starqso predict`, not classified; "
               "so is a source narrower than the PSF (a cosmic ray or hot pixel: qflag "
               "NOT_CLASSIFIED + ARTEFACT).",
               "* Validation metrics are on the simulated population (about 30% QSOs); "
