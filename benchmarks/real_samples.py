@@ -23,12 +23,15 @@ from sim_realism import read_real  # noqa: E402
 
 
 def parse_arguments(description, files):
-    """``--data`` (the folder of ``files``), ``--model`` and ``--out``, parsed."""
+    """``--data`` (the folder of ``files``), ``--model``, ``--prior`` and ``--out``, parsed."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=pathlib.Path, required=True,
                         help=f"folder of {', '.join(files)}")
     parser.add_argument("--model", type=pathlib.Path, default=None,
                         help="exported model folder [the shipped model]")
+    parser.add_argument("--prior", default=None,
+                        help="as predict's --prior (used by three_class_real.py) [the model's "
+                             "default]")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="results markdown")
     return parser.parse_args()
 

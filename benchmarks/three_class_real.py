@@ -7,7 +7,7 @@ The measures of the three-class issue, on the developer data: real extended sour
 (``real_galaxies_dev.npz`` and the extended sources of ``real_fields_dev.npz``), the Kim &
 Brunner galaxies, the six fields' point sources at r < 21, and the real high-z QSOs
 (``real_qso_iqvit_dev.npz``), each classified as the default ``starqso predict`` does (LiteRT
-int8, its per-row core, the model's default prior).
+int8, its per-row core, the model's default prior or ``--prior``).
 
 A three-class model's answer is its label (QSO at p_qso >= the threshold, else the more
 probable of STAR and GALAXY: ``starqso.probability.class_decisions``). A two-class model's
@@ -63,7 +63,7 @@ def main():
     model_dir, metadata, predictor = open_scored_model(args.model)
     classes = model_survey(metadata)[1].names
     threshold = float(metadata["threshold"])
-    settings = resolve_prior(metadata, None)
+    settings = resolve_prior(metadata, args.prior)
     with np.load(args.data / "real_fields_dev.npz") as stored:
         fields = {name: stored[name] for name in ("images", "pointlike", "r_auto", "field")}
         field_names = list(stored["fields"])
