@@ -162,10 +162,31 @@ def cross_validated(features, labels, seed):
 
 
 def with_prior(p_qso, prior, metadata):
-    """p(QSO) under ``prior`` (Bayes' correction from the model's training mix)."""
+    """p(QSO) under ``prior`` (Bayes' correction from the model's training mix). ``p_qso``
+    is a two-class model's (N,) p(QSO) or a K-class model's (N, K) class probabilities, whose
+    whole vector is corrected (a bare QSO fraction keeps the other classes' training
+    proportions) before its QSO column is taken."""
     from starqso.inference import apply_prior, resolve_prior
+    from starqso.probability import apply_class_prior
 
-    return apply_prior(p_qso, resolve_prior(metadata, prior)["shift"])
+    shift = resolve_prior(metadata, prior)["shift"]
+    p_qso = np.asarray(p_qso, np.float64)
+    if p_qso.ndim == 2:
+        return apply_class_prior(p_qso, shift)[:, 1]
+    return apply_prior(p_qso, shift)
+
+
+def qso_column(p):
+    """p(QSO) of a model's raw output: (N,) as it is, the QSO column of (N, K)."""
+    p = np.asarray(p, np.float64)
+    return p[:, 1] if p.ndim == 2 else p
+
+
+def prior_text(prior):
+    """A default prior as text: ``0.02`` or ``QSO=0.02,GALAXY=0.6``."""
+    if isinstance(prior, dict):
+        return ",".join(f"{name}={value:g}" for name, value in prior.items())
+    return f"{prior:g}"
 
 
 def predict_called(cubes, predictor, metadata, prior, threshold, ebv=None):
@@ -210,7 +231,7 @@ def star_rates(labels, p_train, mags_r, metadata, threshold):
 
     called = with_prior(p_train, None, metadata) >= threshold
     stars = labels == 0
-    row = {"auc": roc_auc_score(labels, p_train), "all": called[stars].mean()}
+    row = {"auc": roc_auc_score(labels, qso_column(p_train)), "all": called[stars].mean()}
     for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=False):
         inside = stars & (mags_r >= lo) & (mags_r < hi)
         row[f"r{lo:g}"] = called[inside].mean() if inside.any() else np.nan
@@ -220,7 +241,7 @@ def star_rates(labels, p_train, mags_r, metadata, threshold):
 def star_table(rows, depth, prior):
     r_names = [f"r {lo:g}-{hi:g}" for lo, hi in zip(R_EDGES[:-1], R_EDGES[1:], strict=False)]
     lines = [f"Stars called QSO at the model's default prior ({depth} depth; the sky's QSO "
-             f"fraction, {prior:g}) and "
+             f"fraction, {prior_text(prior)}) and "
              "the threshold-free AUC of QSO vs star:", "",
              "| classifier | AUC | stars called QSO | " + " | ".join(r_names) + " |",
              "|---|---|---|" + "---|" * len(r_names)]
@@ -328,7 +349,7 @@ def main():
     name, metadata, predictor = runtimes[0]
     star_mags = mags[labels == 0]
     lines = ["### The catalogue's stars behind dust (nominal depth, default prior "
-             f"{metadata.get('default_prior')})", "",
+             f"{prior_text(metadata.get('default_prior'))})", "",
              f"{len(star_mags)} STAR rows reddened by E(B-V) (A/E(B-V) "
              f"{', '.join(f'{value:g}' for value in EXTINCTION_COEFFICIENTS)} for ugriz), "
              "rendered as above; `starqso predict` without and with the `ebv` column "
