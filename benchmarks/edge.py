@@ -216,6 +216,15 @@ def main():
     keras_p = np.concatenate([KerasPredictor(model_dir)(images[i:i + 512])
                               for i in range(0, len(images), 512)])
 
+    def labels(outputs):
+        """The label each output gives: p(QSO) >= threshold, or a K-class model's
+        class_decisions (QSO at the threshold, else the more probable other class)."""
+        from starqso.probability import class_decisions
+
+        outputs = np.asarray(outputs)
+        return (class_decisions(outputs, threshold) if outputs.ndim == 2
+                else (outputs >= threshold).astype(int))
+
     print(f"model {model_dir}, {args.n} simulated cutouts (seed {args.seed}), "
           f"CPU {cpu_name()} ({os.cpu_count()} cores), LiteRT on 1 thread, batch {BATCH}, "
           f"best of {args.rounds} interleaved rounds; label agreement at the model's threshold "
@@ -234,7 +243,7 @@ def main():
             agreement = "- (random weights)"
         else:
             compared = keras_p[:len(probabilities)]
-            agreement = f"{np.mean((probabilities >= threshold) == (compared >= threshold)):.4f}"
+            agreement = f"{np.mean(labels(probabilities) == labels(compared)):.4f}"
         print(f"| {name} | {sizes[name] / 1e3:.0f} | {rate:,.0f} | {agreement} |")
     int8 = results["int8"][0]
     print(f"\nint8 / fp32: {int8 / results['fp32'][0]:.2f}x")
