@@ -295,7 +295,7 @@ def test_schema_constants_are_shared_not_copied():
         assert getattr(starqso.preprocessing, name) is getattr(schema, name), name
     assert spectrum.SPECTRUM_PIXELS is schema.ENCODER_NUM_PIXELS
     assert spectrum.SPECTRUM_CHANNELS is schema.SPECTRUM_CHANNELS
-    assert schema.LABEL_CODES == {"STAR": 0, "QSO": 1, "": -1}
+    assert schema.LABEL_CODES == {"STAR": 0, "QSO": 1, "GALAXY": 2, "": -1}
     assert [schema.LABEL_CODES[name] for name in schema.CLASS_NAMES] == [0, 1]
 
 
