@@ -107,6 +107,18 @@ def classify(cubes, predictor, metadata, shift, name, training_fraction=None):
             "sigma": sigma, "snr": snr, "crops": crops}
 
 
+def moved(result, shift):
+    """p(QSO) of a classified sample moved by a prior ``shift`` (:func:`classify`'s result):
+    a two-class model's log-odds shift, or a K-class model's vector of log shifts applied to
+    its class probabilities (``starqso.probability.apply_class_prior``)."""
+    from starqso.probability import apply_class_prior, apply_prior
+
+    shift = np.asarray(shift, np.float64)
+    if shift.ndim:
+        return apply_class_prior(np.nan_to_num(result["classes"]), shift)[:, 1]
+    return apply_prior(np.nan_to_num(result["p"]), float(shift))
+
+
 def run_predict(samples, folder, name, runtime):
     """``starqso predict`` (what its console script runs) on one FITS cube stack of
     ``samples``: the rows of its CSV output, and the seconds it took."""
@@ -397,7 +409,6 @@ def main():
     path = lambda given, name: given if given is not None else args.data / name  # noqa: E731
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from starqso.inference import (
-        apply_prior,
         default_model_dir,
         evidence_fraction,
         open_model,
@@ -408,7 +419,9 @@ def main():
     metadata, predictor = open_model(model_dir, args.runtime)
     threshold = float(metadata["threshold"])
     sky_settings = resolve_prior(metadata, None)
-    qso_shift = resolve_prior(metadata, args.qso_prior)["shift"] - sky_settings["shift"]
+    # From the sky prior to the QSO prior: one log-odds shift, or a K-class model's vector.
+    qso_shift = np.subtract(resolve_prior(metadata, args.qso_prior)["shift"],
+                            sky_settings["shift"])
     sky_prior = sky_settings["prior"]
 
     with np.load(path(args.fields, FILES["fields"])) as stored:
@@ -466,7 +479,7 @@ def main():
     def scores(result):
         return np.where(result["usable"], result["p"], -1.0)
 
-    qso_called = qs["usable"] & (apply_prior(np.nan_to_num(qs["p"]), qso_shift) >= threshold)
+    qso_called = qs["usable"] & (moved(qs, qso_shift) >= threshold)
     peer_qso_called = peer.called(samples["qso"]["peer_p"], args.qso_prior)
     z = qso["redshift"]
 
@@ -616,11 +629,11 @@ def main():
               "beyond 3\" (with its distance), and the offset of the g+r+i light centroid within"
               " 3\" from the crop centre.", ""]
     lines += listing(f"### Blank sky called QSO ({len(false_sky)} of {len(p_sky)})", false_sky,
-                     info_sky, sky, p_sky, apply_prior(p_sky, -sky_settings["shift"]))
+                     info_sky, sky, p_sky, moved(sky, -np.asarray(sky_settings["shift"])))
     lines += [""]
     lines += listing(f"### Field point sources called QSO ({len(false_star)} of "
                      f"{int(point.sum())})", false_star, info_src, src, src["p"],
-                     apply_prior(src["p"], -sky_settings["shift"]), "r_auto",
+                     moved(src, -np.asarray(sky_settings["shift"])), "r_auto",
                      [f"{value:.2f}" for value in r_src])
     header = ("| rows | n | r S/N | best other S/N | sky sigma / frame's (r) | centre box "
               "S/N | ring box S/N | neighbour box S/N | centroid offset |")

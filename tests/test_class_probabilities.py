@@ -196,6 +196,24 @@ def test_the_core_carries_three_classes(tta):
     assert cells[1][1] == cells[1][6] == cells[1][7] == ""
 
 
+def test_a_block_with_no_classified_row_is_as_wide_as_the_model():
+    # Blocks stack (benchmarks, Dask partitions): an all-refused block of a 3-class model has
+    # three NaN columns, from the predictor's num_classes or the prior's vector.
+    blank = np.zeros_like(CUTOUTS)
+    settings = resolve_prior(THREE, None)
+
+    class Predictor:
+        num_classes = 3
+
+        def __call__(self, images):
+            return _softmax(images)
+
+    for predictor, shift in ((Predictor(), 0.0), (_softmax, settings["shift"])):
+        classified = classify_block(_block(blank), predictor, SIZE, shift)
+        assert not classified.usable.any()
+        assert classified.classes.shape == (6, 3) and np.isnan(classified.classes).all()
+
+
 def test_the_core_on_a_two_class_predictor_is_unchanged():
     def predictor(images):
         return _softmax(images)[:, 1]

@@ -279,7 +279,9 @@ def classify_block(block, predictor, size, shift=0.0, tta=False, uncertainty=Tru
         ebv = np.asarray(ebv, np.float64).reshape(count)
         usable = _bad_ebv(ebv, flags, usable)
     p_err = np.full(count, np.nan)
-    classes = np.full((count, 2), np.nan)
+    # As wide as the model's answer even when no row is classified, so blocks stack.
+    width = getattr(predictor, "num_classes", None) or (len(shift) if np.ndim(shift) else 2)
+    classes = np.full((count, width), np.nan)
     given = {}
     if usable.any():
         weight = None

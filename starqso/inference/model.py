@@ -82,6 +82,8 @@ class KerasPredictor:
 
         self.model = load_keras_model(pathlib.Path(model_dir) / RUNTIME_FILES["keras"],
                                       checked=checked)
+        #: The classes the model tells apart (its output's width; one column is p(QSO)).
+        self.num_classes = max(2, int(self.model.output_shape[-1]))
 
     #: Batches are padded to a multiple of this many rows: Keras traces its predict function
     #: once per input shape (about a second each), and the rows left after flagging vary
@@ -106,7 +108,10 @@ class LiteRTPredictor:
 
         self.interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
         self.input_index = self.interpreter.get_input_details()[0]["index"]
-        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        output = self.interpreter.get_output_details()[0]
+        self.output_index = output["index"]
+        #: The classes the model tells apart (its output's width; one column is p(QSO)).
+        self.num_classes = max(2, int(output["shape"][-1]))
         self.shape = None
 
     def __call__(self, images):
