@@ -119,7 +119,7 @@ def moved(result, shift):
     return apply_prior(np.nan_to_num(result["p"]), float(shift))
 
 
-def run_predict(samples, folder, name, runtime):
+def run_predict(samples, folder, name, runtime, model_dir):
     """``starqso predict`` (what its console script runs) on one FITS cube stack of
     ``samples``: the rows of its CSV output, and the seconds it took."""
     import csv
@@ -134,7 +134,8 @@ def run_predict(samples, folder, name, runtime):
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", "import sys; from starqso.cli import main; "
                            "sys.argv[0] = 'starqso'; sys.exit(main())", "predict", str(stack),
-                           "--runtime", runtime, "--output", str(output)],
+                           "--runtime", runtime, "--model", str(model_dir),
+                           "--output", str(output)],
                           capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode:
@@ -146,14 +147,17 @@ def run_predict(samples, folder, name, runtime):
 def differing_rows(samples, rows, threshold):
     """The ids of the CLI ``rows`` whose p_qso, label, qflag or flag (its reason, without
     the row's location) differ from this script's results of ``samples``."""
+    from starqso.inference import row_label
+
     ours = {key: np.concatenate([np.asarray(sample["result"][key]) for sample in samples])
-            for key in ("p", "usable", "qflag")}
+            for key in ("p", "usable", "qflag", "classes")}
     flags = sum((sample["result"]["flags"] for sample in samples), [])
     differ = []
     for row, cli in enumerate(rows):
         usable = ours["usable"][row]
         p_text = f"{ours['p'][row]:.6f}" if usable else ""
-        label = ("QSO" if ours["p"][row] >= threshold else "STAR") if usable else ""
+        classes = ours["classes"][row] if ours["classes"].shape[1] > 2 else None
+        label = row_label(ours["p"][row], usable, threshold, classes)
         if (p_text, label, str(int(ours["qflag"][row])), flags[row].split(" Received:")[0]) != (
                 cli["p_qso"], cli["label"], cli["qflag"], cli["flag"].split(" Received:")[0]):
             differ.append(f"{cli['id']} (qflag {int(ours['qflag'][row])} here, "
@@ -161,7 +165,7 @@ def differing_rows(samples, rows, threshold):
     return differ
 
 
-def check_cli(samples, threshold, runtime):
+def check_cli(samples, threshold, runtime, model_dir):
     """Run ``starqso predict`` on one FITS cube stack per sample and compare every row (the
     same batches of 256 as here), then on one stack of all of them (other batches).
 
@@ -172,10 +176,11 @@ def check_cli(samples, threshold, runtime):
         folder = pathlib.Path(folder)
         differ, seconds, rows = [], 0.0, 0
         for sample in samples:
-            cli_rows, took = run_predict([sample], folder, sample["name"], runtime)
+            cli_rows, took = run_predict([sample], folder, sample["name"], runtime,
+                                          model_dir)
             differ += differing_rows([sample], cli_rows, threshold)
             seconds, rows = seconds + took, rows + len(cli_rows)
-        cli_rows, took = run_predict(samples, folder, "joint", runtime)
+        cli_rows, took = run_predict(samples, folder, "joint", runtime, model_dir)
         joint = differing_rows(samples, cli_rows, threshold)
     return rows, differ, joint, seconds + took
 
@@ -704,7 +709,7 @@ def main():
     cli_line = ""
     if args.check_cli:
         rows, differ, joint, seconds = check_cli([samples["sources"], samples["sky"]],
-                                                 threshold, args.runtime)
+                                                 threshold, args.runtime, model_dir)
         cli_line = (f"`starqso predict --runtime {args.runtime}` on FITS cube stacks of the "
                     f"field cutouts (one of the {len(src['p'])} sources, one of the "
                     f"{len(sky['p'])} blank-sky cutouts): {rows - len(differ)} of {rows} rows "
