@@ -108,6 +108,15 @@ def main():
             rate(int((given == label).sum()), int(inside.sum()))
             for label in ("STAR", "QSO", "GALAXY")) + f" | {int((given == '').sum())} |")
 
+    by_r = ["| r (sep `r_auto`) | point sources | STAR | QSO | GALAXY | refused |",
+            "|---|---|---|---|---|---|"]
+    for lo, hi in ((14, 18), (18, 19), (19, 20), (20, 21), (21, 23)):
+        inside = point & (r >= lo) & (r < hi)
+        given = src[inside]
+        by_r.append(f"| {lo}-{hi} | {int(inside.sum())} | " + " | ".join(
+            rate(int((given == label).sum()), int(inside.sum()))
+            for label in ("STAR", "QSO", "GALAXY")) + f" | {int((given == '').sum())} |")
+
     def scores(result):
         return np.where(result["usable"], np.nan_to_num(result["p"]), -1.0)
 
@@ -125,7 +134,8 @@ def main():
         *lines, "",
         f"AUC of p_qso, the real high-z QSOs against every real star and galaxy above "
         f"({len(others)} cutouts): {qso_auc:.4f}.", "",
-        "Per field:", "", *per_field, ""])
+        "Per field:", "", *per_field, "",
+        "The six fields' point sources per r bin:", "", *by_r, ""])
     publish(text, args.out)
 
 
