@@ -204,6 +204,23 @@ def test_fit_tiny_three_classes_with_sky_backgrounds_records_them_and_exports_th
     assert "making a fraction 0.3 of them galaxies" in result.output
     assert "f1_galaxy=" in result.output
     _check_three_class_export(out / "export")
+    # A later `starqso export` of the run simulates the very objects fit trained on: the
+    # recorded sky backgrounds, the dust, the crowding and the galaxies (before, it
+    # re-simulated plain objects under the same ids).
+    from starqso.data.arrays import ObjectArrays
+    from starqso.deploy.export import split_objects
+    from starqso.simulate.dust import Crowding, Reddening
+    from starqso.training.run_folder import RunFolder
+
+    folder = RunFolder(out)
+    check = split_objects(folder, folder.load_config(), 4, 1)["check"]
+    expected = ObjectArrays.from_simulation(
+        40, 0, image_size=24, cutout_size=24, workers=1,
+        backgrounds=BackgroundSource.open(skies_file, 0.75, size=24),
+        reddening=Reddening(0.3, 1.5), crowding=Crowding(0.2, 20.0), galaxy_fraction=0.3)
+    rows = [list(expected.ids).index(identifier) for identifier in check.ids]
+    assert np.array_equal(check.images, expected.images[rows])
+    assert np.array_equal(check.labels, expected.labels[rows])
     record = json.loads((out / "data.json").read_text())
     assert record["data"] is None
     skies = record["sky_backgrounds"]

@@ -147,11 +147,13 @@ def split_objects(folder, config, num_check, num_calibration, arrays=None):
         if data:
             arrays = ObjectArrays.from_catalog(data, config.model.image_size, strict=False)
         else:
+            # The run's own simulation: its sky backgrounds (unchanged), dust, crowding,
+            # brightness and galaxies, as fit simulated them.
+            from starqso.training.fit import recorded_backgrounds, simulation_arguments
+
             arrays = ObjectArrays.from_simulation(
                 config.data.num_objects, config.data.simulation_seed,
-                image_size=config.model.image_size, cutout_size=config.data.cutout_size,
-                qso_fraction=config.data.qso_fraction,
-                galaxy_fraction=config.data.galaxy_fraction)
+                **simulation_arguments(config, recorded_backgrounds(folder, config)))
     position = {str(identifier): row for row, identifier in enumerate(arrays.ids)}
 
     def rows(ids, limit):

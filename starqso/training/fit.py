@@ -26,41 +26,73 @@ from starqso.training.runner import StageRunner
 from starqso.training.stages import STAGES, StageContext, default_stages
 
 
+def simulation_arguments(config, backgrounds=None, log=None) -> dict:
+    """The keyword arguments of :meth:`ObjectArrays.from_simulation
+    <starqso.data.ObjectArrays.from_simulation>` (after the count and seed) for ``config``'s
+    simulated demo data: one place, so that ``fit`` and a later ``export`` of the same run
+    simulate the same objects.
+
+    Args:
+        config: the run's :class:`~starqso.config.RunConfig`.
+        backgrounds: the run's :class:`~starqso.simulate.injection.BackgroundSource`, or None.
+        log: optional callable told what the simulation adds (injection, dust, crowding,
+            brightness, galaxies).
+
+    Returns:
+        dict of keyword arguments.
+
+    Example:
+        >>> simulation_arguments(get_preset("tiny"))["cutout_size"]  # doctest: +SKIP
+        24
+    """
+    data = config.data
+    log = log or (lambda line: None)
+    arguments = dict(image_size=config.model.image_size, cutout_size=data.cutout_size,
+                     qso_fraction=data.qso_fraction)
+    if backgrounds is not None:
+        log(f"injecting a fraction {backgrounds.fraction:g} of them into "
+            f"{backgrounds.count} real blank-sky cutouts of {len(backgrounds.fields)} "
+            f"fields ({backgrounds.path})")
+        arguments["backgrounds"] = backgrounds
+    if data.reddening_fraction > 0:
+        log(f"reddening a fraction {data.reddening_fraction:g} of them by E(B-V) up to "
+            f"{data.max_ebv:g}")
+        arguments["reddening"] = Reddening(data.reddening_fraction, data.max_ebv)
+    if data.neighbour_density_fraction > 0:
+        log(f"crowding the fields of a fraction {data.neighbour_density_fraction:g} of them "
+            f"up to {data.max_neighbour_density:g}x the neighbours")
+        arguments["crowding"] = Crowding(data.neighbour_density_fraction,
+                                         data.max_neighbour_density)
+    if data.magnitude_mixing_fraction > 0:
+        log(f"drawing the r magnitudes of a fraction {data.magnitude_mixing_fraction:g} of "
+            f"them from both classes alike")
+    if data.high_z_magnitude_fraction > 0:
+        log(f"drawing the r magnitudes of a fraction {data.high_z_magnitude_fraction:g} of "
+            f"the high-redshift QSOs over {HIGH_Z_R_RANGE[0]:g}-{HIGH_Z_R_RANGE[1]:g}")
+    if max(data.magnitude_mixing_fraction, data.high_z_magnitude_fraction) > 0:
+        arguments["brightness"] = Brightness(data.magnitude_mixing_fraction,
+                                             data.high_z_magnitude_fraction)
+    if data.galaxy_fraction > 0:
+        log(f"making a fraction {data.galaxy_fraction:g} of them galaxies")
+        arguments["galaxy_fraction"] = data.galaxy_fraction
+    return arguments
+
+
+def recorded_backgrounds(folder, config):
+    """The sky backgrounds a simulated run was trained with (its ``data.json``), opened and
+    checked unchanged, or None for a run without them.
+
+    Raises:
+        InputError: the recorded file is gone or has changed since the run.
+    """
+    return _sky_backgrounds(folder, config, None, None, None, resume=True)
+
+
 def _load_arrays(config, data, log, strict=False, simulation_cache=None, backgrounds=None):
     if data is None:
         log(f"simulating {config.data.num_objects} demo objects (seed "
             f"{config.data.simulation_seed}) ...")
-        arguments = dict(image_size=config.model.image_size,
-                         cutout_size=config.data.cutout_size,
-                         qso_fraction=config.data.qso_fraction)
-        if backgrounds is not None:
-            log(f"injecting a fraction {backgrounds.fraction:g} of them into "
-                f"{backgrounds.count} real blank-sky cutouts of {len(backgrounds.fields)} "
-                f"fields ({backgrounds.path})")
-            arguments["backgrounds"] = backgrounds
-        if config.data.reddening_fraction > 0:
-            log(f"reddening a fraction {config.data.reddening_fraction:g} of them by E(B-V) "
-                f"up to {config.data.max_ebv:g}")
-            arguments["reddening"] = Reddening(config.data.reddening_fraction,
-                                               config.data.max_ebv)
-        if config.data.neighbour_density_fraction > 0:
-            log(f"crowding the fields of a fraction {config.data.neighbour_density_fraction:g} "
-                f"of them up to {config.data.max_neighbour_density:g}x the neighbours")
-            arguments["crowding"] = Crowding(config.data.neighbour_density_fraction,
-                                             config.data.max_neighbour_density)
-        if config.data.magnitude_mixing_fraction > 0:
-            log(f"drawing the r magnitudes of a fraction "
-                f"{config.data.magnitude_mixing_fraction:g} of them from both classes alike")
-        if config.data.high_z_magnitude_fraction > 0:
-            log(f"drawing the r magnitudes of a fraction "
-                f"{config.data.high_z_magnitude_fraction:g} of the high-redshift QSOs over "
-                f"{HIGH_Z_R_RANGE[0]:g}-{HIGH_Z_R_RANGE[1]:g}")
-        if max(config.data.magnitude_mixing_fraction, config.data.high_z_magnitude_fraction) > 0:
-            arguments["brightness"] = Brightness(config.data.magnitude_mixing_fraction,
-                                                 config.data.high_z_magnitude_fraction)
-        if config.data.galaxy_fraction > 0:
-            log(f"making a fraction {config.data.galaxy_fraction:g} of them galaxies")
-            arguments["galaxy_fraction"] = config.data.galaxy_fraction
+        arguments = simulation_arguments(config, backgrounds, log)
         if simulation_cache is not None:
             return ObjectArrays.from_simulation_cache(
                 simulation_cache, config.data.num_objects, config.data.simulation_seed,
