@@ -185,6 +185,30 @@ def finetune_calibration(folder):
     return read_json(path).get("selection", {}).get("calibration")
 
 
+def _labelled_outputs(raw_model, arrays, count):
+    """``(labels, raw outputs)`` of the objects of ``arrays`` labelled with one of the model's
+    ``count`` classes: p(QSO) (N,) for two classes, (N, K) float64 otherwise; ``(None, None)``
+    when there are none."""
+    known = (arrays.labels >= 0) & (arrays.labels < count)
+    if not known.any():
+        return None, None
+    raw = np.asarray(raw_model.predict({"image": arrays.images[known]}, batch_size=512,
+                                       verbose=0))
+    raw = raw.ravel() if count == 2 else np.asarray(raw, np.float64).reshape(-1, count)
+    return arrays.labels[known].astype(np.int64), raw
+
+
+def _training_labels(objects, count, what):
+    """The training split's labels of the model's ``count`` classes; a one-line error when
+    there are none (export needs them for ``what``)."""
+    labels = objects["train"].labels
+    labels = labels[(labels >= 0) & (labels < count)]
+    if not labels.size:
+        raise InputError(f"the run's training split has no labelled objects; export needs them "
+                         f"for {what}")
+    return labels
+
+
 def fit_calibration(raw_model, objects, held_name, log, chosen=None):
     """Fit the temperature and the threshold on the validation split; ECE before and after.
 
@@ -199,22 +223,9 @@ def fit_calibration(raw_model, objects, held_name, log, chosen=None):
     if count > 2:
         return fit_class_calibration(raw_model, objects, held_name, log, count)
 
-    def labelled(arrays):
-        known = (arrays.labels >= 0) & (arrays.labels < count)
-        if not known.any():
-            return None, None
-        images = arrays.images[known]
-        raw = np.asarray(raw_model.predict({"image": images}, batch_size=512,
-                                           verbose=0)).ravel()
-        return arrays.labels[known].astype(np.int64), raw
-
-    train_labels = objects["train"].labels
-    train_labels = train_labels[(train_labels >= 0) & (train_labels < count)]
-    if not train_labels.size:
-        raise InputError("the run's training split has no labelled objects; export needs them "
-                         "for the training QSO fraction")
+    train_labels = _training_labels(objects, count, "the training QSO fraction")
     training_fraction = float(np.mean(train_labels == 1))
-    labels, raw = labelled(objects["validation"])
+    labels, raw = _labelled_outputs(raw_model, objects["validation"], count)
     if labels is None or not 0 < labels.mean() < 1:
         raise InputError("the run's validation split needs labelled STARs and QSOs to fit the "
                          "temperature and the threshold of the export")
@@ -253,7 +264,7 @@ def fit_calibration(raw_model, objects, held_name, log, chosen=None):
     entry["validation"] = scores(labels, raw, calibrated)
     if held_name == "test":
         # Out of sample: the temperature and threshold never saw these objects.
-        test_labels, test_raw = labelled(objects["check"])
+        test_labels, test_raw = _labelled_outputs(raw_model, objects["check"], count)
         if test_labels is not None:
             entry["test"] = scores(test_labels, test_raw, calibrate(test_raw, temperature))
     shown = entry.get("test", entry["validation"])
@@ -275,21 +286,9 @@ def fit_class_calibration(raw_model, objects, held_name, log, count):
 
     names = LABEL_NAMES[:count]
 
-    def labelled(arrays):
-        known = (arrays.labels >= 0) & (arrays.labels < count)
-        if not known.any():
-            return None, None
-        raw = np.asarray(raw_model.predict({"image": arrays.images[known]}, batch_size=512,
-                                           verbose=0), np.float64).reshape(-1, count)
-        return arrays.labels[known].astype(np.int64), raw
-
-    train_labels = objects["train"].labels
-    train_labels = train_labels[(train_labels >= 0) & (train_labels < count)]
-    if not train_labels.size:
-        raise InputError("the run's training split has no labelled objects; export needs them "
-                         "for the training class fractions")
+    train_labels = _training_labels(objects, count, "the training class fractions")
     fractions = np.bincount(train_labels, minlength=count) / train_labels.size
-    labels, raw = labelled(objects["validation"])
+    labels, raw = _labelled_outputs(raw_model, objects["validation"], count)
     if labels is None or len(np.unique(labels)) < 2:
         raise InputError(f"the run's validation split needs labelled objects of at least two "
                          f"of the classes {', '.join(names)} to fit the temperature and the "
@@ -330,7 +329,7 @@ def fit_class_calibration(raw_model, objects, held_name, log, count):
 
     entry["validation"] = scores(labels, raw, calibrated)
     if held_name == "test":
-        test_labels, test_raw = labelled(objects["check"])
+        test_labels, test_raw = _labelled_outputs(raw_model, objects["check"], count)
         if test_labels is not None:
             entry["test"] = scores(test_labels, test_raw,
                                    calibrate_classes(test_raw, temperature))

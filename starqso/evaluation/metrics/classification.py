@@ -156,6 +156,25 @@ def classification_metrics(labels, probabilities, threshold: float = 0.5) -> dic
     }
 
 
+def checked_bins(labels, predicted, values, edges):
+    """``(values, edges)`` as float64 arrays for binning ``labels`` and ``predicted`` (the
+    one check of :func:`binned_metrics` and the per-class bins of ``evaluate``).
+
+    Raises:
+        InputError: the three lengths differ, or ``edges`` are not at least two increasing
+            numbers (one line).
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    edges = np.asarray(edges, dtype=np.float64).ravel()
+    if not np.size(labels) == np.size(predicted) == values.size:
+        raise InputError(f"labels, predicted and values must have the same length. Received: "
+                         f"{np.size(labels)}, {np.size(predicted)} and {values.size}")
+    if edges.size < 2 or not np.all(np.diff(edges) > 0):
+        raise InputError(f"edges must be at least two increasing numbers. Received: "
+                         f"{edges.tolist()}")
+    return values, edges
+
+
 def binned_metrics(labels, predicted, values, edges,
                    confidence: float = WILSON_CONFIDENCE) -> list[dict]:
     """QSO completeness, purity and F1 in bins of a quantity such as r magnitude or redshift.
@@ -184,14 +203,7 @@ def binned_metrics(labels, predicted, values, edges,
     """
     labels = as_labels(labels)
     predicted = as_labels(predicted)
-    values = np.asarray(values, dtype=np.float64).ravel()
-    edges = np.asarray(edges, dtype=np.float64).ravel()
-    if not labels.size == predicted.size == values.size:
-        raise InputError(f"labels, predicted and values must have the same length. Received: "
-                         f"{labels.size}, {predicted.size} and {values.size}")
-    if edges.size < 2 or not np.all(np.diff(edges) > 0):
-        raise InputError(f"edges must be at least two increasing numbers. Received: "
-                         f"{edges.tolist()}")
+    values, edges = checked_bins(labels, predicted, values, edges)
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         # NaN compares False both ways, so unknown values fall out here.

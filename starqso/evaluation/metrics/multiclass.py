@@ -21,6 +21,7 @@ from starqso.errors import InputError
 from starqso.evaluation.metrics.checks import check_threshold
 from starqso.evaluation.metrics.classification import (
     _f1,
+    checked_bins,
     expected_calibration_error,
     reliability_bins,
 )
@@ -215,14 +216,7 @@ def binned_class_metrics(labels, predicted, values, edges,
     """
     labels = _codes(labels, "labels")
     predicted = _codes(predicted, "predicted classes")
-    values = np.asarray(values, dtype=np.float64).ravel()
-    edges = np.asarray(edges, dtype=np.float64).ravel()
-    if not labels.size == predicted.size == values.size:
-        raise InputError(f"labels, predicted and values must have the same length. Received: "
-                         f"{labels.size}, {predicted.size} and {values.size}")
-    if edges.size < 2 or not np.all(np.diff(edges) > 0):
-        raise InputError(f"edges must be at least two increasing numbers. Received: "
-                         f"{edges.tolist()}")
+    values, edges = checked_bins(labels, predicted, values, edges)
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         inside = (values >= lo) & (values < hi)
